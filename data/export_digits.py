@@ -23,7 +23,7 @@ def main() -> None:
     digits = load_digits()
     # The 8x8 images hold intensities 0..16; stretch them to 8-bit grey.
     pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)
-    for index, (image, target) in enumerate(zip(pixels, digits.target)):
+    for index, (image, target) in enumerate(zip(pixels, digits.target, strict=True)):
         subset = "source" if target in SOURCE_CLASSES else "target"
         class_dir = OUT_DIR / subset / str(target)
         class_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,7 @@
+"""Transfer learning of torchvision image classifiers as a DVC pipeline (see README.md)."""
+
+import os
+
+# Every torch.load in this process, torchvision's download cache included (torch.hub passes
+# weights_only=False), loads tensors only and refuses pickled code.
+os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"

@@ -1,0 +1,119 @@
+"""Files that must never be half-written or trusted blindly: atomic writes and safe checkpoints.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads
+with `torch.load(weights_only=True)`, which refuses pickled code. It carries a SHA-256
+of its own contents, so a truncated or bit-flipped file is caught on load, not used.
+"""
+
+import hashlib
+import os
+import pickle
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from pipeline.cli import UserError
+
+FORMAT = "tl-pipeline-checkpoint/1"
+
+
+class CheckpointError(UserError):
+    """A checkpoint or weights file that is missing, damaged or unsafe."""
+
+
+@contextmanager
+def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Write `path` through a temporary file in the same folder, renamed into place on success.
+
+    A kill at any moment leaves either the old file or the new one, never a mix.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch_{epoch:03d}.pt"
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
+    """Atomically save a pipeline checkpoint, stamped with its format and checksum."""
+    checkpoint = {**checkpoint, "format": FORMAT}
+    checkpoint["checksum"] = content_digest(checkpoint)
+    with atomic_write(path) as file:
+        torch.save(checkpoint, file)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a pipeline checkpoint, verifying it is safe, complete and undamaged."""
+    return verify_checkpoint(load_weights_file(path), path)
+
+
+def verify_checkpoint(loaded: Any, path: Path) -> dict[str, Any]:
+    """Check what `load_weights_file(path)` returned: a pipeline checkpoint whose checksum matches."""
+    if not is_checkpoint(loaded):
+        raise CheckpointError(f"{path} is not a checkpoint of this pipeline (no '{FORMAT}' format tag)")
+    checkpoint = dict(loaded)
+    stored = checkpoint.pop("checksum", None)
+    if stored != content_digest(checkpoint):
+        raise CheckpointError(f"{path} is damaged: its contents do not match the checksum stored in it")
+    return checkpoint
+
+
+def load_weights_file(path: Path) -> Any:
+    """torch.load with weights_only=True, turning every failure into a one-line CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower():
+            raise CheckpointError(
+                f"{path} was refused: it holds pickled Python objects, not just tensors, and loading it could run "
+                "code. Re-save it as a plain state_dict (torch.save(model.state_dict(), path))"
+            ) from None
+        raise CheckpointError(f"{path} is damaged (truncated or corrupt): {error}") from None
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnicodeDecodeError... for damage
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path} is damaged (truncated or corrupt): {reason}") from None
+
+
+def is_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def content_digest(obj: Any) -> str:
+    """SHA-256 over every key, number, string and tensor byte, in a stable order."""
+    digest = hashlib.sha256()
+    _feed(digest, obj)
+    return digest.hexdigest()
+
+
+def _feed(digest: "hashlib._Hash", obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        tensor = obj.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        digest.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=repr):
+            _feed(digest, key)
+            _feed(digest, obj[key])
+    elif isinstance(obj, list | tuple):
+        digest.update(f"L{len(obj)}".encode())
+        for item in obj:
+            _feed(digest, item)
+    else:
+        digest.update(f"{type(obj).__name__}:{obj!r};".encode())

@@ -1,0 +1,34 @@
+"""How a stage starts and fails: logging set-up and one-line errors for user mistakes."""
+
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+
+log = logging.getLogger("pipeline")
+
+
+class UserError(Exception):
+    """A mistake the user can fix (params, data, files). Shown as one line, no traceback."""
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's main(): user errors become `error: ...` on stderr and exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    try:
+        main()
+    except UserError as error:
+        log.error("error: %s", error)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        sys.exit(130)
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
+    """A tqdm bar on a terminal; silent when output goes to a file or CI log."""
+    return tqdm(items, desc=desc, total=total, leave=False, disable=None)

@@ -1,0 +1,163 @@
+"""The typed schema of params.yaml, and the loader every stage starts with.
+
+params.yaml holds every default; the dataclasses below hold only types (MISSING), so
+each default is written once. omegaconf checks keys and types; `validate` checks ranges.
+"""
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+from pipeline.cli import UserError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class Optimizer(Enum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class Mode(Enum):
+    min = "min"
+    max = "max"
+
+
+@dataclass
+class PrepareParams:
+    data_dir: str = MISSING
+    val_fraction: float = MISSING
+    test_fraction: float = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class ModelParams:
+    arch: str = MISSING
+    # A torchvision weights name (DEFAULT, IMAGENET1K_V1, ...), a .pt/.pth path, or null.
+    weights: str | None = MISSING
+    image_size: int = MISSING
+
+
+@dataclass
+class OptimParams:
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    optimizer: Optimizer = MISSING
+    lr: float = MISSING
+    momentum: float = MISSING
+    weight_decay: float = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class PretrainParams(OptimParams):
+    data_dir: str = MISSING
+    val_fraction: float = MISSING
+
+
+@dataclass
+class AugmentParams:
+    hflip: bool = MISSING
+    # RandomResizedCrop-style zoom: each crop keeps [min_scale, 1] of the image area.
+    min_scale: float = MISSING
+
+
+@dataclass
+class TrainParams(OptimParams):
+    augment: AugmentParams = field(default_factory=AugmentParams)
+
+
+@dataclass
+class EvaluateParams:
+    batch_size: int = MISSING
+
+
+@dataclass
+class SelectParams:
+    metric: str = MISSING
+    mode: Mode = MISSING
+
+
+@dataclass
+class Params:
+    freeze: str = MISSING
+    device: str = MISSING
+    prepare: PrepareParams = field(default_factory=PrepareParams)
+    pretrain: PretrainParams = field(default_factory=PretrainParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    select: SelectParams = field(default_factory=SelectParams)
+
+
+# Columns of evaluate's table that select-best may rank by.
+SELECTABLE_METRICS = ("val_loss", "val_accuracy", "val_f1")
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read params.yaml into the typed schema; raise UserError naming the bad key."""
+    if not path.is_file():
+        raise UserError(f"{path} not found: run the stage from the project root")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Params), OmegaConf.load(path))
+        params = OmegaConf.to_object(merged)
+    except ConfigKeyError as error:
+        raise UserError(_unknown_key_message(path, error)) from None
+    except MissingMandatoryValue as error:
+        raise UserError(f"{path}: {error.full_key} is missing; every param needs a value") from None
+    except OmegaConfBaseException as error:
+        first_line = str(error).splitlines()[0]
+        raise UserError(f"{path}: {error.full_key}: {first_line}") from None
+    validate(params)
+    return params
+
+
+def _unknown_key_message(path: Path, error: ConfigKeyError) -> str:
+    allowed = [f.name for f in dataclasses.fields(error.object_type)] if error.object_type else []
+    message = f"{path}: unknown key '{error.full_key}'"
+    if allowed:
+        message += f"; allowed here: {', '.join(allowed)}"
+        close = difflib.get_close_matches(str(error.key), allowed, n=1)
+        if close:
+            message += f" (did you mean '{close[0]}'?)"
+    return message
+
+
+def validate(params: Params) -> None:
+    """Range checks that types alone cannot express."""
+    for group in ("pretrain", "train"):
+        optim: OptimParams = getattr(params, group)
+        _require(optim.epochs >= 1, f"{group}.epochs", optim.epochs, "an integer >= 1")
+        _require(optim.batch_size >= 1, f"{group}.batch_size", optim.batch_size, "an integer >= 1")
+        _require(optim.lr > 0, f"{group}.lr", optim.lr, "a number > 0")
+        _require(optim.momentum >= 0, f"{group}.momentum", optim.momentum, "a number >= 0")
+        _require(optim.weight_decay >= 0, f"{group}.weight_decay", optim.weight_decay, "a number >= 0")
+    prepare = params.prepare
+    for key in ("val_fraction", "test_fraction"):
+        value = getattr(prepare, key)
+        _require(0 < value < 1, f"prepare.{key}", value, "a fraction between 0 and 1 (exclusive)")
+    _require(
+        prepare.val_fraction + prepare.test_fraction < 1,
+        "prepare.val_fraction + prepare.test_fraction",
+        prepare.val_fraction + prepare.test_fraction,
+        "less than 1, so that some images are left for training",
+    )
+    pretrain_val = params.pretrain.val_fraction
+    _require(0 < pretrain_val < 1, "pretrain.val_fraction", pretrain_val, "a fraction between 0 and 1 (exclusive)")
+    _require(params.model.image_size >= 1, "model.image_size", params.model.image_size, "an integer >= 1")
+    scale = params.train.augment.min_scale
+    _require(0 < scale <= 1, "train.augment.min_scale", scale, "a number in (0, 1]; 1 turns zoom off")
+    _require(params.evaluate.batch_size >= 1, "evaluate.batch_size", params.evaluate.batch_size, "an integer >= 1")
+    metric = params.select.metric
+    _require(metric in SELECTABLE_METRICS, "select.metric", metric, f"one of {', '.join(SELECTABLE_METRICS)}")
+
+
+def _require(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise UserError(f"params.yaml: {key} = {value!r} is not allowed; it must be {allowed}")

@@ -1,0 +1,170 @@
+"""The inner loops shared by pretrain, train and evaluate: one training epoch, batched
+prediction, and the scores (loss, accuracy, macro-F1).
+
+Inputs are the decoded uint8 image tensor from `data.decoded_images`, so a batch is an
+index, a copy and a normalisation: no file is opened inside an epoch.
+"""
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.cli import UserError
+from pipeline.config import Optimizer, OptimParams
+from pipeline.data import augment, batch_indices, normalize
+from pipeline.models import set_train_mode
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite; the message names the epoch and batch."""
+
+
+@dataclass
+class Batches:
+    """One split of the decoded images, with class indices, ready to batch onto `device`."""
+
+    images: torch.Tensor  # uint8 (N_all, 3, H, W): every image of the manifest
+    rows: torch.Tensor  # int64 (N,): this split's rows of `images`
+    targets: torch.Tensor  # int64 (N,)
+    mean: list[float]
+    std: list[float]
+    device: torch.device
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images, targets = self.images[self.rows[index]], self.targets[index]
+        if self.device.type == "cuda":
+            images = images.pin_memory().to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+        images = normalize(images, self.mean, self.std)
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets
+
+
+def split_batches(
+    images: torch.Tensor,
+    manifest: pd.DataFrame,
+    classes: list[str],
+    split: str,
+    normalization: dict[str, list[float]],
+    device: torch.device,
+) -> Batches:
+    """The `split` rows of `manifest` as Batches; `normalization` holds the model's mean and std."""
+    in_split = manifest["split"].to_numpy() == split
+    class_index = {name: i for i, name in enumerate(classes)}
+    targets = torch.tensor([class_index[label] for label in manifest["label"][in_split]], dtype=torch.int64)
+    rows = torch.from_numpy(in_split.nonzero()[0])
+    return Batches(images, rows, targets, normalization["mean"], normalization["std"], device)
+
+
+def make_optimizer(params: OptimParams, model: nn.Module) -> torch.optim.Optimizer:
+    """An optimizer over the trainable parameters only, so frozen ones carry no state."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if params.optimizer is Optimizer.adamw:
+        return torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
+    return torch.optim.SGD(trainable, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; anything else must be a torch device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device = {name!r}, but CUDA is not available here; use auto or cpu")
+    return device
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; the CPU path stays in float32 so its results do not change."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The RNG for one epoch's shuffle and augmentation.
+
+    Seeding per epoch, rather than carrying one stream along, makes epoch k's data order
+    a function of (seed, k) alone, so a run resumed at epoch k is identical to one that
+    never stopped.
+    """
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    data: Batches,
+    optimizer: torch.optim.Optimizer,
+    *,
+    frozen: list[str],
+    batch_size: int,
+    generator: torch.Generator,
+    epoch: int,
+    hflip: bool = False,
+    min_scale: float = 1.0,
+) -> float:
+    """One pass over `data` in a seeded random order; returns the mean training loss."""
+    set_train_mode(model, frozen)
+    # Dropout draws from the global RNG: tie it to this epoch's seed too (see epoch_generator).
+    torch.manual_seed(generator.initial_seed())
+    batches = batch_indices(len(data), batch_size, generator)
+    losses = torch.zeros(len(batches), device=data.device)
+    sizes = torch.tensor([len(b) for b in batches], dtype=torch.float32)
+    for step, index in enumerate(batches):
+        images, targets = data.load(index)
+        images = augment(images, hflip, min_scale, generator)
+        with autocast(data.device):
+            loss = F.cross_entropy(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses[step] = loss.detach()
+    # One host sync per epoch: the per-batch losses are checked here, not inside the loop.
+    losses = losses.float().cpu()
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        raise NonFiniteLoss(
+            f"training loss became {losses[bad[0, 0]].item()} in epoch {epoch}, batch {bad[0, 0].item() + 1} "
+            f"of {len(batches)}; lower the learning rate. Checkpoints of earlier epochs are kept"
+        )
+    return float((losses * sizes).sum() / sizes.sum())
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Batches, batch_size: int) -> torch.Tensor:
+    """Logits for every item of `data`, in order, as float32 on the CPU."""
+    model.eval()
+    outputs = []
+    for index in batch_indices(len(data), batch_size):
+        images, _ = data.load(index)
+        with autocast(data.device):
+            outputs.append(model(images).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0, 0)
+
+
+def score(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Mean cross-entropy, accuracy and macro-F1 (over classes present in targets or predictions)."""
+    predictions = logits.argmax(dim=1)
+    confusion = torch.bincount(targets * num_classes + predictions, minlength=num_classes**2).view(
+        num_classes, num_classes
+    )
+    true_positive = confusion.diag().float()
+    support, predicted = confusion.sum(dim=1).float(), confusion.sum(dim=0).float()
+    present = (support + predicted) > 0
+    f1 = 2 * true_positive / (support + predicted).clamp(min=1)
+    return {
+        "loss": F.cross_entropy(logits, targets).item(),
+        "accuracy": (predictions == targets).float().mean().item(),
+        "f1": f1[present].mean().item(),
+    }

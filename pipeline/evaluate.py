@@ -1,0 +1,73 @@
+"""Stage evaluate: score every checkpoint on the validation and the test split.
+
+Reads:  params device, evaluate.batch_size; checkpoints/; data/prepared/; the images
+Writes: eval/scores.csv         (one row per epoch: loss, accuracy and macro-F1 on val and test)
+        eval/predictions/epoch_NNN.csv  (each checkpoint's test predictions)
+"""
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.checkpoints import load_checkpoint
+from pipeline.cli import UserError, progress, run_stage
+from pipeline.config import load_params
+from pipeline.data import decoded_images, read_manifest, write_csv
+from pipeline.engine import predict, resolve_device, score, split_batches
+from pipeline.models import model_from_checkpoint
+
+log = logging.getLogger("pipeline.evaluate")
+
+PREPARED_DIR = Path("data/prepared")
+CHECKPOINT_DIR = Path("checkpoints")
+EVAL_DIR = Path("eval")
+PREDICTIONS_DIR = EVAL_DIR / "predictions"
+
+
+def main() -> None:
+    params = load_params()
+    device = resolve_device(params.device)
+    batch_size = params.evaluate.batch_size
+    manifest, classes = read_manifest(PREPARED_DIR)
+    paths = sorted(CHECKPOINT_DIR.glob("epoch_*.pt"))
+    if not paths:
+        raise UserError(f"no checkpoints in {CHECKPOINT_DIR}/: run the train stage first")
+
+    model, rows = None, []
+    for path in progress(paths, "evaluating checkpoints"):
+        checkpoint = load_checkpoint(path)  # a damaged checkpoint stops the stage, naming the file
+        if checkpoint["classes"] != classes:
+            raise UserError(f"{path} was trained on classes {checkpoint['classes']}, but the manifest has {classes}")
+        if model is None:  # every checkpoint of a run shares its architecture and preprocessing
+            model = model_from_checkpoint(checkpoint).to(device)
+            images = decoded_images(manifest, checkpoint["image_size"])
+            splits = {
+                split: split_batches(images, manifest, classes, split, checkpoint, device) for split in ("val", "test")
+            }
+        else:
+            model.load_state_dict(checkpoint["model_state_dict"])
+
+        row = {"epoch": checkpoint["epoch"]}
+        logits = {split: predict(model, data, batch_size) for split, data in splits.items()}
+        for split, data in splits.items():
+            row |= {f"{split}_{name}": v for name, v in score(logits[split], data.targets, len(classes)).items()}
+        rows.append(row)
+
+        test_rows = manifest[manifest["split"] == "test"]
+        confidence, predicted = logits["test"].softmax(dim=1).max(dim=1)
+        predictions = pd.DataFrame({
+            "path": test_rows["path"].to_numpy(),
+            "actual": test_rows["label"].to_numpy(),
+            "predicted": [classes[i] for i in predicted.tolist()],
+            "confidence": confidence.numpy().round(6),
+        })  # fmt: skip
+        write_csv(predictions, PREDICTIONS_DIR / path.with_suffix(".csv").name)
+
+    scores = pd.DataFrame(rows)
+    write_csv(scores, EVAL_DIR / "scores.csv")
+    log.info("scored %d checkpoints:\n%s", len(scores), scores.to_string(index=False, float_format="%.4f"))
+
+
+if __name__ == "__main__":
+    run_stage(main)

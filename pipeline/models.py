@@ -1,0 +1,324 @@
+"""Models: build a torchvision classifier, load pretrained weights, give it a new head, freeze it.
+
+Freeze specs (the top-level `freeze` param):
+    none            train everything
+    all_but_head    train only the new head; the rest is a fixed feature extractor
+    first:N         freeze the first N backbone stages (`stage_names` lists them)
+    modules:A+B     freeze the named modules, e.g. modules:conv1+bn1+layer1
+
+Frozen modules run in inference mode, BatchNorm and dropout included, so their
+running statistics never change (like Keras's `trainable=False`, unlike a bare
+`requires_grad=False`).
+"""
+
+import difflib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import get_model, get_model_weights, list_models
+
+from pipeline.checkpoints import CheckpointError, is_checkpoint, load_weights_file, verify_checkpoint
+from pipeline.cli import UserError
+
+log = logging.getLogger(__name__)
+
+# Normalisation for models without torchvision weights: the ImageNet statistics that
+# torchvision's own weights use, so a later switch to pretrained weights changes nothing.
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+WEIGHTS_FILE_SUFFIXES = (".pt", ".pth")
+
+
+@dataclass
+class Built:
+    """A model with its new head, and what is needed to rebuild it without params.yaml."""
+
+    model: nn.Module
+    arch: str
+    head: str
+    classes: list[str]
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, Any]:
+        """The checkpoint fields that `model_from_checkpoint` and predict need."""
+        return {
+            "arch": self.arch,
+            "head": self.head,
+            "classes": list(self.classes),
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "model_kwargs": dict(self.model_kwargs),
+        }
+
+
+def classification_models() -> list[str]:
+    return list_models(module=torchvision.models)
+
+
+def check_arch(arch: str) -> None:
+    known = classification_models()
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; choose one of {', '.join(known)}"
+        raise UserError(f"model.arch = {arch!r} is not a torchvision classification model{hint}")
+
+
+def is_weights_file(weights: str) -> bool:
+    return weights.endswith(WEIGHTS_FILE_SUFFIXES) or "/" in weights or os.sep in weights
+
+
+def build_model(arch: str, weights: str | None, classes: list[str], image_size: int) -> Built:
+    """Build `arch` with `weights` (torchvision name, .pt/.pth path or None) and a new head.
+
+    Every check that needs no weights (arch, weights name, input size) runs first.
+    """
+    check_arch(arch)
+    weights_path = Path(weights) if weights is not None and is_weights_file(weights) else None
+    tv_weights = resolve_torchvision_weights(arch, weights) if weights is not None and not weights_path else None
+    model_kwargs = _size_kwargs(arch, tv_weights.meta["min_size"][0] if tv_weights else image_size)
+    check_input_size(arch, model_kwargs, image_size)
+    if weights_path is not None and not weights_path.is_file():
+        raise UserError(f"model.weights = {weights!r}: the file does not exist")
+
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if tv_weights is not None:
+        model = _load_torchvision_weights(arch, tv_weights)
+        transforms = tv_weights.transforms()
+        mean, std = list(transforms.mean), list(transforms.std)
+    else:
+        model = get_model(arch, weights=None, **model_kwargs)
+    _drop_aux_heads(model)
+    head = find_head(model)
+    if weights_path is not None:
+        mean, std = _load_weights_file(model, arch, head, weights_path, mean, std)
+    if hasattr(model, "transform_input"):  # Inception, GoogLeNet: part of how their weights expect input
+        model_kwargs["transform_input"] = model.transform_input
+    replace_head(model, head, len(classes))
+    return Built(model, arch, head, list(classes), image_size, mean, std, model_kwargs)
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
+    """Rebuild the exact model a checkpoint was saved from; needs no params.yaml."""
+    model = get_model(checkpoint["arch"], weights=None, **checkpoint["model_kwargs"])
+    _drop_aux_heads(model)
+    replace_head(model, checkpoint["head"], len(checkpoint["classes"]))
+    model.load_state_dict(checkpoint["model_state_dict"])
+    return model
+
+
+def _size_kwargs(arch: str, image_size: int) -> dict[str, Any]:
+    # ViT and MaxViT fix their input size at construction; the others adapt to any size.
+    if arch.startswith("vit_"):
+        return {"image_size": image_size}
+    if arch.startswith("maxvit_"):
+        return {"input_size": [image_size, image_size]}
+    return {}
+
+
+def _load_torchvision_weights(arch: str, weights: torchvision.models.WeightsEnum) -> nn.Module:
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    try:
+        model = get_model(arch, weights=weights)
+    except Exception as error:  # urllib raises URLError, socket errors, HTTPError...
+        if cached.exists():
+            raise
+        raise UserError(
+            f"torchvision weights {weights} are not in the cache and could not be downloaded "
+            f"({type(error).__name__}: {error}). Put the file {cached.name} (from {weights.url}) "
+            f"into {cached.parent}, or set model.weights: null to train from scratch"
+        ) from None
+    log.info("loaded torchvision weights %s from %s", weights, cached)
+    return model
+
+
+def resolve_torchvision_weights(arch: str, name: str) -> torchvision.models.WeightsEnum:
+    """'DEFAULT', 'IMAGENET1K_V1' or 'ResNet50_Weights.IMAGENET1K_V1' -> the weights enum member."""
+    enum = get_model_weights(arch)
+    member = name.split(".", 1)[1] if name.startswith(f"{enum.__name__}.") else name
+    try:
+        return enum[member]
+    except KeyError:
+        valid = ["DEFAULT", *(w.name for w in enum)]
+        raise UserError(
+            f"model.weights = {name!r} is not a weights name of {arch}; valid names: {', '.join(valid)}, "
+            "a path to a .pt/.pth file, or null"
+        ) from None
+
+
+def _load_weights_file(
+    model: nn.Module, arch: str, head: str, path: Path, mean: list[float], std: list[float]
+) -> tuple[list[float], list[float]]:
+    """Load a plain state_dict or a pipeline checkpoint into everything but the head."""
+    loaded = load_weights_file(path)
+    if is_checkpoint(loaded):
+        checkpoint = verify_checkpoint(loaded, path)
+        if checkpoint["arch"] != arch:
+            raise UserError(f"{path} holds a {checkpoint['arch']} checkpoint, but model.arch is {arch}")
+        state, mean, std = checkpoint["model_state_dict"], checkpoint["mean"], checkpoint["std"]
+    elif isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        state = loaded
+    else:
+        raise CheckpointError(f"{path} is neither a state_dict nor a checkpoint of this pipeline")
+    trunk = {k: v for k, v in state.items() if not _is_head_key(k, head)}
+    missing, unexpected = model.load_state_dict(trunk, strict=False)
+    missing = [k for k in missing if not _is_head_key(k, head)]
+    if missing or unexpected:
+        raise UserError(
+            f"{path} does not fit {arch}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+            f"{' ...' if len(missing) > 5 or len(unexpected) > 5 else ''}"
+        )
+    log.info("loaded %d tensors from %s (its head, if any, is replaced)", len(trunk), path)
+    return list(mean), list(std)
+
+
+def _is_head_key(key: str, head: str) -> bool:
+    return key.startswith(f"{head}.") or key.split(".")[0] in _AUX_HEADS
+
+
+# Auxiliary classifiers help train Inception/GoogLeNet from scratch; fine-tuning drops them.
+_AUX_HEADS = ("AuxLogits", "aux1", "aux2")
+
+
+def _drop_aux_heads(model: nn.Module) -> None:
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        for name in _AUX_HEADS:
+            if hasattr(model, name):
+                setattr(model, name, None)
+
+
+def find_head(model: nn.Module) -> str:
+    """The classifier layer: the last Linear or Conv2d registered (fc, classifier.1, heads.head...)."""
+    layers = [name for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    return layers[-1]
+
+
+def replace_head(model: nn.Module, head: str, num_classes: int) -> None:
+    old = model.get_submodule(head)
+    if isinstance(old, nn.Conv2d):  # SqueezeNet classifies with a 1x1 convolution
+        new: nn.Module = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size)
+    else:
+        new = nn.Linear(old.in_features, num_classes)
+    parent, _, child = head.rpartition(".")
+    setattr(model.get_submodule(parent), child, new.to(next(old.parameters()).device))
+
+
+def check_input_size(arch: str, model_kwargs: dict[str, Any], image_size: int) -> None:
+    """Run a shape-only forward pass, so a size the model cannot take fails before any work."""
+    with torch.device("meta"):
+        probe = get_model(arch, weights=None, **model_kwargs)
+        try:
+            probe.eval()(torch.empty(1, 3, image_size, image_size))
+        except Exception as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserError(f"model.image_size = {image_size} does not fit {arch}: {reason}") from None
+
+
+# --- freezing -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FreezeSpec:
+    kind: str  # none | all_but_head | first | modules
+    count: int = 0
+    modules: tuple[str, ...] = ()
+
+
+FREEZE_SYNTAX = "none, all_but_head, first:N (freeze the first N backbone stages) or modules:NAME+NAME"
+
+
+def parse_freeze(text: str) -> FreezeSpec:
+    kind, _, arg = text.partition(":")
+    if text in ("none", "all_but_head"):
+        return FreezeSpec(text)
+    if kind == "first" and arg.isdigit():
+        return FreezeSpec("first", count=int(arg))
+    if kind == "modules" and arg and all(arg.split("+")):
+        return FreezeSpec("modules", modules=tuple(arg.split("+")))
+    raise UserError(f"freeze = {text!r} is not a freeze spec; use {FREEZE_SYNTAX}")
+
+
+def stage_names(model: nn.Module, head: str) -> list[str]:
+    """The backbone's stages, in order: the top-level modules with parameters, except the one
+    holding the head. A lone container (MobileNet's `features`) is opened up into its children."""
+    prefix = ""
+    while True:
+        parent = model.get_submodule(prefix.rstrip("."))
+        stages = [
+            f"{prefix}{name}"
+            for name, child in parent.named_children()
+            if any(True for _ in child.parameters()) and not (head + ".").startswith(f"{prefix}{name}.")
+        ]
+        if len(stages) != 1 or not list(model.get_submodule(stages[0]).children()):
+            return stages
+        prefix = f"{stages[0]}."
+
+
+def freeze(model: nn.Module, spec: FreezeSpec, head: str) -> list[str]:
+    """Set requires_grad=False on the frozen part; return the frozen modules' names."""
+    if spec.kind == "none":
+        return []
+    if spec.kind == "all_but_head":
+        frozen = _siblings_along_path(model, head)
+        for name, param in model.named_parameters():
+            if not name.startswith(f"{head}."):  # includes tokens held by the root (ViT class_token)
+                param.requires_grad_(False)
+        return frozen
+    stages = stage_names(model, head)
+    if spec.kind == "first":
+        if not 0 <= spec.count <= len(stages):
+            raise UserError(
+                f"freeze = first:{spec.count}, but this model has {len(stages)} stages: {', '.join(stages)}"
+            )
+        frozen = stages[: spec.count]
+    else:
+        known = {name for name, _ in model.named_modules() if name}
+        unknown = [name for name in spec.modules if name not in known]
+        if unknown:
+            raise UserError(
+                f"freeze names module(s) {', '.join(unknown)} that the model does not have; "
+                f"its stages are {', '.join(stages)} (any dotted module name works, e.g. {stages[0]}.0)"
+            )
+        if any(head == name or head.startswith(f"{name}.") for name in spec.modules):
+            raise UserError(f"freeze names the head ({head}) or a module holding it; the head always trains")
+        frozen = list(spec.modules)
+    for name in frozen:
+        model.get_submodule(name).requires_grad_(False)
+    return frozen
+
+
+def _siblings_along_path(model: nn.Module, head: str) -> list[str]:
+    """Every module that is neither the head, nor inside it, nor on the path from the root to it."""
+    parts = head.split(".")
+    siblings = []
+    for depth in range(len(parts)):
+        prefix = ".".join(parts[:depth])
+        parent = model.get_submodule(prefix)
+        for name, _ in parent.named_children():
+            if name != parts[depth]:
+                siblings.append(f"{prefix}.{name}" if prefix else name)
+    return siblings
+
+
+def set_train_mode(model: nn.Module, frozen: list[str]) -> None:
+    """model.train(), except frozen modules, which stay in inference mode."""
+    model.train()
+    for name in frozen:
+        model.get_submodule(name).eval()
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

@@ -1,0 +1,76 @@
+"""Stage pretrain: train the backbone from scratch on the source classes.
+
+The demo's stand-in for ImageNet weights: the model learns digits 0-4 here, and the
+train stage transfers it to the unseen digits 5-9 (Yosinski et al., 2014). With your
+own data and internet, set model.weights: DEFAULT and delete this stage.
+
+Reads:  params model.arch, model.image_size, pretrain.*, device; images under pretrain.data_dir
+Writes: models/pretrained.pt (a pipeline checkpoint without optimizer state)
+"""
+
+import logging
+from pathlib import Path
+
+import torch
+
+from pipeline.checkpoints import save_checkpoint
+from pipeline.cli import run_stage
+from pipeline.config import load_params
+from pipeline.data import decoded_images, stratified_split, usable_images
+from pipeline.engine import (
+    epoch_generator,
+    make_optimizer,
+    predict,
+    resolve_device,
+    score,
+    split_batches,
+    train_one_epoch,
+)
+from pipeline.models import build_model
+
+log = logging.getLogger("pipeline.pretrain")
+
+OUT_FILE = Path("models/pretrained.pt")
+
+
+def main() -> None:
+    params = load_params()
+    config = params.pretrain
+    device = resolve_device(params.device)
+    classes, manifest, _ = usable_images(Path(config.data_dir))
+    manifest["split"] = stratified_split(manifest["label"].tolist(), {"val": config.val_fraction}, config.seed)
+
+    torch.manual_seed(config.seed)
+    built = build_model(params.model.arch, None, classes, params.model.image_size)
+    model = built.model.to(device)
+    images = decoded_images(manifest, params.model.image_size)
+    normalization = {"mean": built.mean, "std": built.std}
+    train_data = split_batches(images, manifest, classes, "train", normalization, device)
+    val_data = split_batches(images, manifest, classes, "val", normalization, device)
+    optimizer = make_optimizer(config, model)
+
+    for epoch in range(1, config.epochs + 1):
+        loss = train_one_epoch(
+            model, train_data, optimizer, frozen=[], batch_size=config.batch_size,
+            generator=epoch_generator(config.seed, epoch), epoch=epoch,
+        )  # fmt: skip
+        val = score(predict(model, val_data, config.batch_size), val_data.targets, len(classes))
+        log.info(
+            "pretrain epoch %d/%d: loss %.4f, val loss %.4f, val accuracy %.3f",
+            epoch, config.epochs, loss, val["loss"], val["accuracy"],
+        )  # fmt: skip
+
+    checkpoint = {
+        **built.metadata(),
+        "epoch": config.epochs,
+        "model_state_dict": model.state_dict(),
+        "loss": loss,
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+    }
+    save_checkpoint(checkpoint, OUT_FILE)
+    log.info("wrote %s (%d source classes: %s)", OUT_FILE, len(classes), ", ".join(classes))
+
+
+if __name__ == "__main__":
+    run_stage(main)
