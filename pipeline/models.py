@@ -216,13 +216,23 @@ def replace_head(model: nn.Module, head: str, num_classes: int) -> None:
 
 def check_input_size(arch: str, model_kwargs: dict[str, Any], image_size: int) -> None:
     """Run a shape-only forward pass, so a size the model cannot take fails before any work."""
-    with torch.device("meta"):
-        probe = get_model(arch, weights=None, **model_kwargs)
+    probe = skeleton_model(arch, model_kwargs)
+    device = next(probe.parameters()).device
+    with torch.no_grad():
         try:
-            probe.eval()(torch.empty(1, 3, image_size, image_size))
+            probe.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
         except Exception as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise UserError(f"model.image_size = {image_size} does not fit {arch}: {reason}") from None
+
+
+def skeleton_model(arch: str, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """`arch` with random weights, on the meta device where possible: structure only, built in milliseconds."""
+    try:
+        with torch.device("meta"):
+            return get_model(arch, weights=None, **(model_kwargs or {}))
+    except NotImplementedError:  # RegNet computes its widths with tensor ops that meta cannot run
+        return get_model(arch, weights=None, **(model_kwargs or {}))
 
 
 # --- freezing -------------------------------------------------------------------------
@@ -250,19 +260,33 @@ def parse_freeze(text: str) -> FreezeSpec:
 
 
 def stage_names(model: nn.Module, head: str) -> list[str]:
-    """The backbone's stages, in order: the top-level modules with parameters, except the one
-    holding the head. A lone container (MobileNet's `features`) is opened up into its children."""
-    prefix = ""
-    while True:
-        parent = model.get_submodule(prefix.rstrip("."))
-        stages = [
-            f"{prefix}{name}"
+    """The backbone's stages, in order, as `first:N` counts them.
+
+    Start from the top-level modules that hold parameters, leaving out the one holding the
+    head. While one stage holds over 90% of the parameters (MobileNet's `features`, ViT's
+    `encoder`), open it up into its own children.
+    """
+
+    def children(prefix: str) -> list[str]:
+        parent = model.get_submodule(prefix)
+        return [
+            f"{prefix}.{name}".lstrip(".")
             for name, child in parent.named_children()
-            if any(True for _ in child.parameters()) and not (head + ".").startswith(f"{prefix}{name}.")
+            if any(True for _ in child.parameters()) and not f"{head}.".startswith(f"{prefix}.{name}.".lstrip("."))
         ]
-        if len(stages) != 1 or not list(model.get_submodule(stages[0]).children()):
+
+    def size(name: str) -> int:
+        return sum(p.numel() for p in model.get_submodule(name).parameters())
+
+    stages = children("")
+    while stages:
+        largest = max(stages, key=size)
+        inner = children(largest)
+        if size(largest) <= 0.9 * sum(size(s) for s in stages) or not inner:
             return stages
-        prefix = f"{stages[0]}."
+        position = stages.index(largest)
+        stages[position : position + 1] = inner
+    return stages
 
 
 def freeze(model: nn.Module, spec: FreezeSpec, head: str) -> list[str]:
@@ -322,3 +346,22 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def describe(arch: str) -> str:
+    """What `python -m pipeline.models ARCH` prints: the head and the stages `first:N` counts."""
+    check_arch(arch)
+    model = skeleton_model(arch)
+    _drop_aux_heads(model)
+    head = find_head(model)
+    stages = stage_names(model, head)
+    lines = [f"{arch}: head {head}; {len(stages)} stages for freeze first:N"]
+    lines += [f"  first:{i + 1:<3d} freezes up to and including {name}" for i, name in enumerate(stages)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    for name in sys.argv[1:] or ["resnet18"]:
+        print(describe(name))
