@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from omegaconf import MISSING, OmegaConf
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from pipeline.cli import UserError
@@ -105,7 +106,13 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     if not path.is_file():
         raise UserError(f"{path} not found: run the stage from the project root")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Params), OmegaConf.load(path))
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as error:  # a hand-edit that broke the syntax: say where, not a traceback
+        raise UserError(f"{path} is not valid YAML: {_yaml_problem(error)}") from None
+    try:
+        # omegaconf reports a group given as a single value (`train: 0.1`) without its key.
+        _check_groups(path, Params, loaded)
+        merged = OmegaConf.merge(OmegaConf.structured(Params), loaded)
         params = OmegaConf.to_object(merged)
     except ConfigKeyError as error:
         raise UserError(_unknown_key_message(path, error)) from None
@@ -116,6 +123,25 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
         raise UserError(f"{path}: {error.full_key}: {first_line}") from None
     validate(params)
     return params
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        problem = error.problem or error.context or type(error).__name__
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(error).split())
+
+
+def _check_groups(path: Path, schema: type, node: object, key: str = "") -> None:
+    """Raise UserError naming a group of params (train, train.augment...) that is not a mapping."""
+    if not isinstance(node, DictConfig):
+        keys = ", ".join(f.name for f in dataclasses.fields(schema))
+        what = f"{path}: {key} = {node!r} is not allowed" if key else f"{path} does not hold a mapping"
+        raise UserError(f"{what}; it must be a group of keys: {keys}")
+    for f in dataclasses.fields(schema):
+        if dataclasses.is_dataclass(f.type) and f.name in node:
+            _check_groups(path, f.type, node[f.name], f"{key}.{f.name}" if key else f.name)
 
 
 def _unknown_key_message(path: Path, error: ConfigKeyError) -> str:

@@ -216,10 +216,12 @@ def replace_head(model: nn.Module, head: str, num_classes: int) -> None:
 
 def check_input_size(arch: str, model_kwargs: dict[str, Any], image_size: int) -> None:
     """Run a shape-only forward pass, so a size the model cannot take fails before any work."""
-    probe = skeleton_model(arch, model_kwargs)
-    device = next(probe.parameters()).device
     with torch.no_grad():
         try:
+            # Inside the try: ViT (AssertionError) and MaxViT (ValueError) reject a size in
+            # their constructor already, the others only in the forward pass.
+            probe = skeleton_model(arch, model_kwargs)
+            device = next(probe.parameters()).device
             probe.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
         except Exception as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -307,12 +309,16 @@ def freeze(model: nn.Module, spec: FreezeSpec, head: str) -> list[str]:
             )
         frozen = stages[: spec.count]
     else:
-        known = {name for name, _ in model.named_modules() if name}
+        names = [name for name, _ in model.named_modules() if name]
+        known = set(names)
         unknown = [name for name in spec.modules if name not in known]
         if unknown:
+            # The example must be a module that exists: `<first stage>.0` is not one when the
+            # first stage is a single layer (ResNet's conv1 has no children).
+            example = next((n for n in names if any(n.startswith(f"{stage}.") for stage in stages)), stages[0])
             raise UserError(
                 f"freeze names module(s) {', '.join(unknown)} that the model does not have; "
-                f"its stages are {', '.join(stages)} (any dotted module name works, e.g. {stages[0]}.0)"
+                f"its stages are {', '.join(stages)} (any dotted module name works, e.g. {example})"
             )
         if any(head == name or head.startswith(f"{name}.") for name in spec.modules):
             raise UserError(f"freeze names the head ({head}) or a module holding it; the head always trains")

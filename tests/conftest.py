@@ -32,7 +32,9 @@ def set_params(project: Path, **overrides: object) -> None:
 
 def run(args: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """Run a command the way a user would, in `cwd`, capturing its output."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # DVC runs stage commands as `python -m ...`: make that this interpreter.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": path}
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
@@ -44,11 +46,11 @@ def stage(name: str, cwd: Path, check: bool = True) -> subprocess.CompletedProce
     return run([sys.executable, "-m", f"pipeline.{name}"], cwd, check=check)
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A copy of the repo's tracked files in a fresh git repo, with TINY_PARAMS applied."""
-    root = tmp_path / "project"
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+def make_project(root: Path) -> Path:
+    """Copy the repo's files (tracked, and new ones not ignored) into a fresh git repo at
+    `root`, with TINY_PARAMS applied."""
+    listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
+    files = subprocess.run(listing, cwd=REPO, capture_output=True, text=True, check=True).stdout
     for name in files.splitlines():
         source = REPO / name
         if source.is_file():
@@ -63,3 +65,9 @@ def project(tmp_path: Path) -> Path:
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "copy"], root)
     return root
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A throw-away copy of the project, with tiny params, to run stages and dvc in."""
+    return make_project(tmp_path / "project")

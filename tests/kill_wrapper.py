@@ -1,0 +1,73 @@
+"""Run the real train stage, but SIGKILL it (or poison its loss) at an exact point.
+
+    python -m tests.kill_wrapper POINT N    (from the project root)
+
+POINT is what gets patched and N is which call of it triggers:
+    step     the N-th optimizer step                        (a kill mid-epoch)
+    save     the N-th torch.save: half its bytes written    (a kill mid-checkpoint-write)
+    publish  just after the N-th checkpoint is published    (a kill between epochs)
+    nan      the N-th cross-entropy returns NaN              (a diverging run; no kill)
+"""
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import pipeline.train as train
+from pipeline.cli import run_stage
+
+
+def on_call(owner: Any, name: str, trigger: int, action: Callable[..., Any]) -> None:
+    """Replace owner.name so that its `trigger`-th call runs `action(original, *args)` instead."""
+    original = getattr(owner, name)
+    calls = 0
+
+    def patched(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == trigger:
+            return action(original, *args, **kwargs)
+        return original(*args, **kwargs)
+
+    setattr(owner, name, patched)
+
+
+def die(*_: Any, **__: Any) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def half_save(original: Callable[..., None], obj: Any, file: Any, *args: Any, **kwargs: Any) -> None:
+    original(obj, file, *args, **kwargs)
+    file.seek(0, os.SEEK_END)
+    file.truncate(file.tell() // 2)
+    file.flush()
+    os.fsync(file.fileno())
+    die()
+
+
+def publish_then_die(original: Callable[..., None], *args: Any) -> None:
+    original(*args)
+    die()
+
+
+def nan_loss(original: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+    return original(*args, **kwargs) * float("nan")
+
+
+if __name__ == "__main__":
+    point, trigger = sys.argv[1], int(sys.argv[2])
+    if point == "step":
+        on_call(torch.optim.SGD, "step", trigger, lambda original, *a, **k: die())
+    elif point == "save":
+        on_call(torch, "save", trigger, half_save)
+    elif point == "publish":
+        on_call(train, "publish", trigger, publish_then_die)
+    elif point == "nan":
+        on_call(torch.nn.functional, "cross_entropy", trigger, nan_loss)
+    else:
+        raise SystemExit(f"unknown point {point}")
+    run_stage(train.main)

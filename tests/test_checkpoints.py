@@ -1,0 +1,282 @@
+"""Checkpoints: exact round trips, atomic writes, damage detection, and refusal of pickled code."""
+
+import pickle
+import struct
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.checkpoints import (
+    FORMAT,
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    load_weights_file,
+    save_checkpoint,
+)
+from tests.conftest import REPO, run, set_params, stage
+
+FORCE_SAFE_LOAD = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    return tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def assert_identical(actual: Any, expected: Any, where: str = "checkpoint") -> None:
+    """Equal values of equal types; tensors bit for bit (dtype, shape and every byte)."""
+    assert type(actual) is type(expected), where
+    if isinstance(expected, torch.Tensor):
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape, where
+        assert tensor_bytes(actual) == tensor_bytes(expected), where
+    elif isinstance(expected, dict):
+        assert list(actual) == list(expected), where
+        for key in expected:
+            assert_identical(actual[key], expected[key], f"{where}[{key!r}]")
+    elif isinstance(expected, list | tuple):
+        assert len(actual) == len(expected), where
+        for index, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            assert_identical(a, e, f"{where}[{index}]")
+    else:
+        assert actual == expected, where
+
+
+def sample_checkpoint() -> dict[str, Any]:
+    """What train saves, in miniature: model and optimizer state (int keys), numbers, strings, lists."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(2, 3, 6, 6))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 6, 6)).sum().backward()
+    optimizer.step()
+    return {
+        "model_state_dict": model.state_dict(),
+        "optimizer_state_dict": optimizer.state_dict(),
+        "odd_tensors": {
+            "nan_and_inf": torch.tensor([float("nan"), float("inf"), -0.0, 1e-45]),
+            "half": torch.randn(5).half(),
+            "bfloat16": torch.randn(5).bfloat16(),
+            "int64": torch.arange(-3, 3),
+            "bool": torch.tensor([True, False]),
+            "empty": torch.empty(0, 3),
+            "scalar": torch.tensor(3.5),
+            "strided_view": torch.arange(12.0).reshape(3, 4).t(),
+        },
+        "epoch": 3,
+        "loss": 0.1 + 0.2,
+        "seconds": 1e-300,
+        "arch": "resnet18",
+        "classes": ["5", "6", "ü ✓"],
+        "mean": [0.485, 0.456, 0.406],
+        "nested": {"a": {"b": [1, 2.5, "x", None, True, (1, 2)]}},
+        "frozen_modules": [],
+    }
+
+
+def tensor_bytes_offset(path: Path) -> tuple[int, int]:
+    """(offset, size) in the file of the largest tensor's raw bytes (torch.save stores them uncompressed)."""
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        tensors = [i for i in archive.infolist() if "/data/" in i.filename and not i.filename.endswith(".pkl")]
+        entry = max(tensors, key=lambda i: i.file_size)
+    assert entry.compress_type == zipfile.ZIP_STORED
+    name_length, extra_length = struct.unpack("<HH", data[entry.header_offset + 26 : entry.header_offset + 30])
+    return entry.header_offset + 30 + name_length + extra_length, entry.file_size
+
+
+# --- round trip -----------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path: Path) -> None:
+    path = tmp_path / "epoch_001.pt"
+    checkpoint = sample_checkpoint()
+    save_checkpoint(checkpoint, path)
+
+    loaded = load_checkpoint(path)
+    assert loaded.pop("format") == FORMAT
+    assert "checksum" not in loaded
+    assert_identical(loaded, checkpoint)
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch_001.pt"]  # no temp file left behind
+
+
+# --- atomic writes --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("interruption", [RuntimeError, KeyboardInterrupt])
+def test_atomic_write_interrupted_keeps_the_old_file(tmp_path: Path, interruption: type[BaseException]) -> None:
+    path = tmp_path / "scores.csv"
+    path.write_text("old contents\n")
+    with pytest.raises(interruption), atomic_write(path, "w") as file:
+        file.write("new contents, cut short")
+        file.flush()
+        raise interruption
+    assert path.read_text() == "old contents\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]  # the temp file is gone too
+
+
+def test_atomic_write_interrupted_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "scores.csv"
+    with pytest.raises(RuntimeError), atomic_write(path, "w") as file:
+        file.write("new contents, cut short")
+        raise RuntimeError
+    assert list(path.parent.iterdir()) == []
+
+
+def test_atomic_write_replaces_the_file_on_success(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "model.bin"
+    path.parent.mkdir()
+    path.write_bytes(b"old")
+    with atomic_write(path) as file:
+        file.write(b"new bytes")
+        assert path.read_bytes() == b"old"  # nobody sees a half-written file
+    assert path.read_bytes() == b"new bytes"
+    assert [p.name for p in path.parent.iterdir()] == ["model.bin"]
+
+
+# --- damage ---------------------------------------------------------------------------
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def flip_tensor_byte(path: Path) -> None:
+    offset, size = tensor_bytes_offset(path)
+    data = bytearray(path.read_bytes())
+    data[offset + size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [truncate, empty, flip_tensor_byte])
+def test_damaged_checkpoint_is_detected(tmp_path: Path, damage: Callable[[Path], None]) -> None:
+    path = tmp_path / "epoch_002.pt"
+    save_checkpoint({"weights": torch.randn(64, 64), "epoch": 2}, path)
+    damage(path)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert str(path) in message and "damaged" in message, message
+    assert "\n" not in message
+
+
+def test_the_flipped_byte_really_lands_in_tensor_data(tmp_path: Path) -> None:
+    """Guards the damage test above: without the checksum, the flip would load as a silently wrong weight."""
+    path = tmp_path / "epoch_002.pt"
+    weights = torch.randn(64, 64)
+    save_checkpoint({"weights": weights, "epoch": 2}, path)
+    flip_tensor_byte(path)
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["epoch"] == 2
+    assert (loaded["weights"] != weights).sum() == 1
+
+
+# --- pickled code is refused ----------------------------------------------------------
+
+
+class Evil:
+    """Unpickling this opens (creates) the marker file: stands for any code a pickle can run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture(params=["torch.save", "pickle.dump"])
+def evil_file(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Path]:
+    """(a malicious weights file, the marker it creates when loaded unsafely)."""
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
+    if request.param == "torch.save":
+        torch.save(Evil(marker), path)
+    else:
+        with path.open("wb") as file:
+            pickle.dump(Evil(marker), file)
+    assert not marker.exists()
+    return path, marker
+
+
+def test_evil_file_runs_code_when_unpickled(evil_file: tuple[Path, Path]) -> None:
+    """The control for the refusal tests: this file really does run code under a plain unpickler."""
+    path, marker = evil_file
+    if path.read_bytes().startswith(b"PK"):
+        with zipfile.ZipFile(path) as archive:
+            payload = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    else:
+        payload = path.read_bytes()
+    pickle.loads(payload).close()
+    assert marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("loader", [load_checkpoint, load_weights_file])
+def test_pickled_code_is_refused_not_run(
+    evil_file: tuple[Path, Path], loader: Callable[[Path], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without the process-wide safety net that `import pipeline` sets: the loader itself must refuse.
+    monkeypatch.delenv(FORCE_SAFE_LOAD, raising=False)
+    path, marker = evil_file
+    with pytest.raises(CheckpointError) as caught:
+        loader(path)
+    message = str(caught.value)
+    assert f"{path} was refused" in message and "could run code" in message, message
+    assert not marker.exists()
+
+
+IMPORT_THEN_LOAD = """
+import sys, torch
+if sys.argv[1] == "import pipeline":
+    import pipeline
+torch.load(sys.argv[2], weights_only=False)
+"""
+
+
+@pytest.mark.parametrize("import_pipeline", [False, True], ids=["without-pipeline", "after-import-pipeline"])
+def test_importing_pipeline_makes_every_torch_load_safe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, import_pipeline: bool
+) -> None:
+    """Even torch.load(weights_only=False), as torch.hub calls it, refuses pickled code once pipeline is imported.
+
+    Without the import the same load runs the code: the control that shows the file is live.
+    """
+    monkeypatch.delenv(FORCE_SAFE_LOAD, raising=False)  # this pytest process imported pipeline already
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save(Evil(marker), path)
+    args = [sys.executable, "-c", IMPORT_THEN_LOAD, "import pipeline" if import_pipeline else "-", str(path)]
+    result = run(args, REPO, check=False)
+    if import_pipeline:
+        assert result.returncode != 0
+        assert "Weights only load failed" in result.stderr, result.stderr
+        assert not marker.exists()
+    else:
+        assert result.returncode == 0, result.stderr
+        assert marker.exists()
+
+
+def test_train_refuses_an_evil_weights_file(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(FORCE_SAFE_LOAD, raising=False)  # as in a user's shell
+    stage("prepare", project)
+    marker = project.parent / "pwned"
+    torch.save(Evil(marker), project / "models" / "evil.pt")
+    set_params(project, **{"model.weights": "models/evil.pt"})
+
+    result = stage("train", project, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr
+    assert "models/evil.pt was refused" in errors[0]
+    assert not marker.exists()
+    assert not (project / "checkpoints").exists()
+    assert not (project / ".cache").exists()

@@ -1,0 +1,354 @@
+"""params.yaml validation: each mistake stops the stage before any work, with one `error:` line and exit code 2.
+
+Each mistake runs the real entry point (`python -m pipeline.train`, or `... prepare`) in its
+own copy of the project; the runs go side by side, as they are almost all import time. The
+model-level checks (arch, weights, freeze) come after train reads data/prepared, so those
+copies get the prepare stage's output, made once per module. `load_params` itself is
+unit-tested in-process at the end, including the `dvc exp run -S` overrides.
+"""
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+from operator import attrgetter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from omegaconf import OmegaConf
+from torchvision.models import ResNet18_Weights
+
+from pipeline.cli import UserError
+from pipeline.config import AugmentParams, Mode, Optimizer, Params, TrainParams, load_params
+from tests.conftest import REPO, set_params, stage
+
+PREPARED = Path("data/prepared")
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def rename_key(project: Path, key: str, new_name: str | None) -> None:
+    """Rename the dotted `key` in params.yaml (set_params refuses new keys); None deletes it."""
+    path = project / "params.yaml"
+    params = OmegaConf.load(path)
+    parent_key, _, name = key.rpartition(".")
+    parent = OmegaConf.select(params, parent_key) if parent_key else params
+    value = parent.pop(name)
+    if new_name is not None:
+        parent[new_name] = value
+    OmegaConf.save(params, path)
+
+
+def assert_one_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit code 2, no traceback, and exactly one `error:` line holding every fragment."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], f"{fragment!r} not in: {errors[0]}"
+    return errors[0]
+
+
+def assert_train_did_nothing(project: Path) -> None:
+    """No checkpoints, no run folder, no decoded-image cache, no curves."""
+    assert not (project / "checkpoints").exists()
+    assert not (project / ".cache").exists(), sorted(p.name for p in (project / ".cache").rglob("*"))
+    assert not (project / "dvclive" / "train").exists()
+
+
+@pytest.fixture(scope="module")
+def prepared_outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data/prepared as the prepare stage writes it for the repo's target digits (run once)."""
+    root = tmp_path_factory.mktemp("prepare_once")
+    shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(REPO / "params.yaml", root / "params.yaml")
+    (root / "data").mkdir()
+    (root / "data" / "digits").symlink_to(REPO / "data" / "digits", target_is_directory=True)
+    stage("prepare", root)
+    return root / PREPARED
+
+
+@pytest.fixture
+def prepared_project(project: Path, prepared_outputs: Path) -> Path:
+    """A project whose prepare stage has run, with model.weights null (pretrain has not run)."""
+    shutil.copytree(prepared_outputs, project / PREPARED)
+    set_params(project, **{"model.weights": None})
+    return project
+
+
+# --- params.yaml mistakes, through the stages' entry points ------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One mistake: how to make it in a project, and what the single error line must say."""
+
+    id: str
+    edit: Callable[[Path], None]
+    fragments: tuple[str, ...]
+    stage: str = "train"
+    # The model-level checks run after train reads data/prepared: give it the prepare output.
+    prepared: bool = False
+
+
+def params(**overrides: object) -> Callable[[Path], None]:
+    return lambda project: set_params(project, **overrides)
+
+
+def model_params(**overrides: object) -> Callable[[Path], None]:
+    # model.weights: null unless the case sets it: models/pretrained.pt is a pretrain output.
+    return params(**{"model.weights": None, **overrides})
+
+
+def renamed(key: str, new_name: str | None) -> Callable[[Path], None]:
+    return lambda project: rename_key(project, key, new_name)
+
+
+CASES = [
+    # Read by load_params, before anything else.
+    Case(
+        "unknown-top-level-key",
+        renamed("freeze", "frezee"),
+        ("params.yaml: unknown key 'frezee'", "allowed here: freeze,", "did you mean 'freeze'?"),
+    ),
+    Case(
+        "unknown-nested-key",
+        renamed("train.lr", "lrr"),
+        ("params.yaml: unknown key 'train.lrr'", "allowed here: epochs,", "did you mean 'lr'?"),
+    ),
+    Case("wrong-type", params(**{"train.epochs": "abc"}), ("params.yaml: train.epochs", "'abc'", "Integer")),
+    Case("lr-zero", params(**{"train.lr": 0}), ("params.yaml: train.lr = 0.0", "a number > 0")),
+    Case("epochs-zero", params(**{"train.epochs": 0}), ("params.yaml: train.epochs = 0", "an integer >= 1")),
+    Case("batch-size-zero", params(**{"train.batch_size": 0}), ("params.yaml: train.batch_size = 0", ">= 1")),
+    Case("missing-key", renamed("train.seed", None), ("params.yaml: train.seed is missing",)),
+    Case(
+        "no-training-data",
+        params(**{"prepare.val_fraction": 0.5, "prepare.test_fraction": 0.5}),
+        ("params.yaml: prepare.val_fraction + prepare.test_fraction = 1.0", "less than 1"),
+        stage="prepare",
+    ),
+    # Checked by pipeline/models.py while building the model, before any data is decoded.
+    Case(
+        "unknown-arch",
+        model_params(**{"model.arch": "resnet19"}),
+        ("model.arch = 'resnet19'", "not a torchvision classification model", "did you mean resnet18"),
+        prepared=True,
+    ),
+    Case(
+        "weights-name-not-of-arch",
+        model_params(**{"model.weights": "IMAGENET1K_V9"}),
+        ("model.weights = 'IMAGENET1K_V9'", "valid names: DEFAULT, IMAGENET1K_V1,", "or null"),
+        prepared=True,
+    ),
+    Case(
+        "freeze-bad-syntax",
+        model_params(freeze="half"),
+        ("freeze = 'half' is not a freeze spec", "none, all_but_head, first:N", "modules:NAME+NAME"),
+        prepared=True,
+    ),
+    Case(
+        "freeze-unknown-module",
+        model_params(freeze="modules:layer9"),
+        # The example module in the hint must exist: layer1.0 (resnet18's conv1 has no conv1.0).
+        ("module(s) layer9", "its stages are conv1, bn1, layer1, layer2, layer3, layer4", "e.g. layer1.0)"),
+        prepared=True,
+    ),
+    Case(
+        "weights-file-missing",
+        model_params(**{"model.weights": "models/nope.pt"}),
+        ("model.weights = 'models/nope.pt': the file does not exist",),
+        prepared=True,
+    ),
+]
+
+
+def run_cases(base: Path, prepared_outputs: Path) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Run each case's stage in its own copy of `base`, several at once.
+
+    A refused run is almost all imports (seconds of one core each), so running them side by
+    side, not one after another, is what keeps this module fast.
+    """
+    projects = {}
+    for case in CASES:
+        copy = base.parent / case.id
+        shutil.copytree(base, copy, symlinks=True)
+        if case.prepared:
+            shutil.copytree(prepared_outputs, copy / PREPARED)
+        case.edit(copy)
+        projects[case.id] = copy
+    with ThreadPoolExecutor(max_workers=min(len(CASES), os.cpu_count() or 2)) as pool:
+        results = pool.map(lambda case: stage(case.stage, projects[case.id], check=False), CASES)
+        return {case.id: (projects[case.id], result) for case, result in zip(CASES, results, strict=True)}
+
+
+def test_param_mistakes_stop_the_stage_before_any_work(
+    project: Path, prepared_outputs: Path, subtests: pytest.Subtests
+) -> None:
+    results = run_cases(project, prepared_outputs)
+    for case in CASES:
+        with subtests.test(case.id):
+            copy, result = results[case.id]
+            assert_one_error(result, *case.fragments)
+            if case.stage == "train":
+                assert_train_did_nothing(copy)
+            else:
+                assert not (copy / PREPARED).exists()
+
+
+def test_train_explains_uncached_torchvision_weights_without_network(
+    prepared_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch_home = tmp_path / "torch_home"
+    torch_home.mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    # No network, whatever the machine has: every download goes to a closed local port.
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    set_params(prepared_project, **{"model.weights": "DEFAULT"})
+
+    file_name = Path(urlparse(ResNet18_Weights.DEFAULT.url).path).name  # resnet18-f37072fd.pth
+    assert_one_error(
+        stage("train", prepared_project, check=False),
+        "not in the cache and could not be downloaded",
+        f"Put the file {file_name} ",
+        f"into {torch_home / 'hub' / 'checkpoints'}",
+        "model.weights: null",
+    )
+    assert not list((torch_home / "hub" / "checkpoints").glob("*.pth"))
+    assert_train_did_nothing(prepared_project)
+
+
+# --- load_params, in-process ----------------------------------------------------------
+
+
+def replace_line(path: Path, group: str, key: str, new_line: str) -> int:
+    """Replace the `  key: ...` line of top-level `group` in a params file by hand; return its line number."""
+    lines = path.read_text().splitlines()
+    start = lines.index(f"{group}:")
+    index = next(i for i in range(start + 1, len(lines)) if lines[i].startswith(f"  {key}:"))
+    lines[index] = new_line
+    path.write_text("\n".join(lines) + "\n")
+    return index + 1
+
+
+@pytest.fixture
+def params_file(tmp_path: Path) -> Path:
+    path = tmp_path / "params.yaml"
+    shutil.copy2(REPO / "params.yaml", path)
+    return path
+
+
+def assert_typed_like_schema(obj: object, raw: Any, where: str) -> None:
+    """Every field of the dataclass `obj` has its declared type and the value written in `raw` (the YAML)."""
+    for f in dataclasses.fields(obj):
+        value, written, key = getattr(obj, f.name), raw[f.name], f"{where}{f.name}"
+        if dataclasses.is_dataclass(f.type):
+            assert type(value) is f.type, key
+            assert_typed_like_schema(value, written, f"{key}.")
+        elif isinstance(f.type, type) and issubclass(f.type, Enum):
+            assert type(value) is f.type and value.value == written, key
+        else:
+            assert isinstance(value, f.type) and value == written, key  # f.type may be `str | None`
+            assert type(value) is not bool or f.type is bool, key  # no True sneaking into an int
+
+
+def test_repo_params_load_into_typed_dataclasses(params_file: Path) -> None:
+    params = load_params(params_file)
+    assert type(params) is Params
+    assert_typed_like_schema(params, OmegaConf.to_container(OmegaConf.load(params_file)), "")
+    # Spot checks of the conversions that matter most.
+    assert isinstance(params.train, TrainParams)
+    assert isinstance(params.train.augment, AugmentParams)
+    assert isinstance(params.train.optimizer, Optimizer)
+    assert isinstance(params.select.mode, Mode)
+    assert type(params.train.lr) is float
+
+
+def test_exponent_notation_typed_by_hand_is_a_float(params_file: Path) -> None:
+    # YAML 1.1 (PyYAML) reads `1e-3` as a string; the loader must still give a float.
+    replace_line(params_file, "train", "lr", "  lr: 1e-3")
+    params = load_params(params_file)
+    assert type(params.train.lr) is float
+    assert params.train.lr == 0.001
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "expected"),
+    [
+        ("train.lr=1e-3", "train.lr", 0.001),
+        ("train.epochs=3", "train.epochs", 3),
+        ("prepare.val_fraction=0.3", "prepare.val_fraction", 0.3),
+        ("train.optimizer=adamw", "train.optimizer", Optimizer.adamw),
+        ("select.mode=max", "select.mode", Mode.max),
+        ("select.metric=val_f1", "select.metric", "val_f1"),
+        ("train.augment.hflip=true", "train.augment.hflip", True),
+        ("model.weights=null", "model.weights", None),
+        ("model.weights=IMAGENET1K_V1", "model.weights", "IMAGENET1K_V1"),
+        ("model.weights=models/other.pt", "model.weights", "models/other.pt"),
+        ("freeze=first:2", "freeze", "first:2"),
+        ("freeze=modules:conv1+bn1", "freeze", "modules:conv1+bn1"),
+        ("device=cuda:1", "device", "cuda:1"),
+    ],
+)
+def test_dvc_set_param_overrides_load_with_their_types(
+    params_file: Path, override: str, key: str, expected: object
+) -> None:
+    from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S` edits params.yaml with
+
+    apply_overrides(params_file, [override])
+    value = attrgetter(key)(load_params(params_file))
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragments"),
+    [
+        ("train.lr", -0.5, ["train.lr = -0.5", "a number > 0"]),
+        ("pretrain.epochs", 0, ["pretrain.epochs = 0", "an integer >= 1"]),
+        ("train.momentum", -1, ["train.momentum = -1.0", "a number >= 0"]),
+        ("prepare.test_fraction", 1.0, ["prepare.test_fraction = 1.0", "between 0 and 1"]),
+        ("train.augment.min_scale", 0, ["train.augment.min_scale = 0.0", "(0, 1]"]),
+        ("select.metric", "accuracy", ["select.metric = 'accuracy'", "val_loss, val_accuracy, val_f1"]),
+        ("train.optimizer", "adam", ["train.optimizer", "'adam'", "sgd, adamw"]),
+        ("train.augment.hflip", "maybe", ["train.augment.hflip", "'maybe'", "bool"]),
+        ("model", "resnet50", ["model = 'resnet50'", "a group of keys: arch, weights, image_size"]),
+        ("train.augment", None, ["train.augment = None", "a group of keys: hflip, min_scale"]),
+    ],
+)
+def test_load_params_names_key_value_and_what_is_allowed(
+    params_file: Path, key: str, value: object, fragments: list[str]
+) -> None:
+    edited = OmegaConf.load(params_file)
+    OmegaConf.update(edited, key, value, merge=False)
+    OmegaConf.save(edited, params_file)
+    with pytest.raises(UserError) as caught:
+        load_params(params_file)
+    message = str(caught.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_load_params_reports_broken_yaml_with_its_line(params_file: Path) -> None:
+    number = replace_line(params_file, "train", "lr", "  lr: 0.01: 0.02")
+    with pytest.raises(UserError) as caught:
+        load_params(params_file)
+    pattern = rf"{re.escape(str(params_file))} is not valid YAML: mapping values are not allowed here \(line {number}, "
+    assert re.match(pattern, str(caught.value)), str(caught.value)
+
+
+def test_missing_params_file_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not found: run the stage from the project root"):
+        load_params(tmp_path / "params.yaml")

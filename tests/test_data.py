@@ -1,0 +1,405 @@
+"""pipeline/data.py: finding and decoding images, stratified splits, the pixel cache, augmentation."""
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import pipeline.data as data
+from pipeline.cli import UserError
+from pipeline.data import augment, decoded_images, file_sha1, find_images, load_image, stratified_split
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 200, 0), (0, 0, 255)
+EXIF_ORIENTATION = 0x0112
+
+
+def save_solid(path: Path, color: tuple[int, int, int] = RED, size: tuple[int, int] = (8, 8)) -> Path:
+    """A one-colour RGB image at `path` (format from the extension, in any case)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
+    Image.new("RGB", size, color).save(path, format=fmt)
+    return path
+
+
+def bands(width: int, height: int, colors: list[tuple[int, int, int]], vertical: bool = True) -> np.ndarray:
+    """An (height, width, 3) uint8 array split into equal bands, left to right (or top to bottom)."""
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    step = (width if vertical else height) // len(colors)
+    for i, color in enumerate(colors):
+        if vertical:
+            pixels[:, i * step : (i + 1) * step] = color
+        else:
+            pixels[i * step : (i + 1) * step, :] = color
+    return pixels
+
+
+def rgb_at(image: np.ndarray, row: int, col: int) -> tuple[int, ...]:
+    """The (r, g, b) of a channels-first image at one pixel."""
+    return tuple(int(v) for v in image[:, row, col])
+
+
+def assert_close(actual: tuple[int, ...], expected: tuple[int, ...], tolerance: int) -> None:
+    assert max(abs(a - e) for a, e in zip(actual, expected, strict=True)) <= tolerance, (actual, expected)
+
+
+# --- find_images -------------------------------------------------------------------------
+
+
+def test_find_images_ignores_hidden_files_and_folders(tmp_path: Path) -> None:
+    keep = save_solid(tmp_path / "cat" / "a.png")
+    save_solid(tmp_path / "cat" / ".hidden.png")
+    save_solid(tmp_path / "cat" / ".thumbnails" / "b.png")
+    save_solid(tmp_path / "cat" / "sub" / ".c.png")
+    save_solid(tmp_path / ".trash" / "d.png")  # a hidden folder at class level is not a class
+    (tmp_path / "cat" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+
+    classes, files, skipped = find_images(tmp_path)
+
+    assert classes == ["cat"]
+    assert files == [(keep, "cat")]
+    assert skipped == []  # hidden files are ignored, not reported
+
+
+def test_find_images_counts_nested_folders_for_their_class(tmp_path: Path) -> None:
+    top = save_solid(tmp_path / "cat" / "top.png")
+    deep = save_solid(tmp_path / "cat" / "2023" / "summer" / "deep.png")
+    other = save_solid(tmp_path / "dog" / "x" / "d.png")
+
+    classes, files, _ = find_images(tmp_path)
+
+    assert classes == ["cat", "dog"]
+    assert sorted(files) == sorted([(top, "cat"), (deep, "cat"), (other, "dog")])
+
+
+def test_find_images_accepts_upper_and_mixed_case_extensions(tmp_path: Path) -> None:
+    names = ["a.PNG", "b.JPG", "c.JpEg", "d.png"]
+    paths = [save_solid(tmp_path / "cat" / name) for name in names]
+
+    _, files, skipped = find_images(tmp_path)
+
+    assert sorted(files) == sorted((p, "cat") for p in paths)
+    assert skipped == []
+
+
+def test_find_images_and_load_image_handle_non_ascii_names(tmp_path: Path) -> None:
+    path = save_solid(tmp_path / "кошка" / "ünïcødé_图.png", GREEN)
+
+    classes, files, _ = find_images(tmp_path)
+
+    assert classes == ["кошка"]
+    assert files == [(path, "кошка")]
+    assert rgb_at(load_image(files[0][0], 4), 0, 0) == GREEN
+
+
+def test_find_images_reports_non_image_files_as_skipped(tmp_path: Path) -> None:
+    image = save_solid(tmp_path / "cat" / "a.png")
+    (tmp_path / "cat" / "README.txt").write_text("notes")
+    (tmp_path / "cat" / "labels.csv").write_text("a,b\n")
+    (tmp_path / "cat" / "LICENSE").write_text("no extension")
+    (tmp_path / "cat" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+
+    _, files, skipped = find_images(tmp_path)
+
+    assert files == [(image, "cat")]
+    reasons = {Path(s.path).name: s.reason for s in skipped}
+    assert set(reasons) == {"README.txt", "labels.csv", "LICENSE"}
+    assert ".txt" in reasons["README.txt"]
+    assert ".csv" in reasons["labels.csv"]
+    assert all("extension" in reason for reason in reasons.values())
+
+
+def test_find_images_missing_folder_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        find_images(tmp_path / "nope")
+
+
+# --- load_image --------------------------------------------------------------------------
+
+
+def _grey_l(path: Path) -> tuple[int, int, int]:
+    Image.new("L", (8, 8), 77).save(path, format="PNG")
+    return (77, 77, 77)
+
+
+def _palette(path: Path) -> tuple[int, int, int]:
+    image = Image.new("P", (8, 8), 1)
+    image.putpalette([*RED, *GREEN] + [0] * 762)
+    image.save(path, format="PNG")
+    return GREEN
+
+
+def _cmyk(path: Path) -> tuple[int, int, int]:
+    # Pure cyan ink, no black: no red light, full green and blue.
+    Image.new("CMYK", (8, 8), (255, 0, 0, 0)).save(path, format="JPEG", quality=95)
+    return (0, 255, 255)
+
+
+def _grey_la(path: Path) -> tuple[int, int, int]:
+    Image.new("LA", (8, 8), (200, 0)).save(path, format="PNG")  # fully transparent light grey
+    return (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("mode", "make", "tolerance"),
+    [("L", _grey_l, 0), ("P", _palette, 0), ("CMYK", _cmyk, 6), ("LA", _grey_la, 0)],
+    ids=["L", "P", "CMYK", "LA"],
+)
+def test_load_image_converts_modes_to_rgb(tmp_path: Path, mode: str, make, tolerance: int) -> None:
+    path = tmp_path / "image"
+    expected = make(path)
+    assert Image.open(path).mode == mode  # the file really is in the mode under test
+
+    image = load_image(path, 4)
+
+    assert image.dtype == np.uint8
+    assert image.shape == (3, 4, 4)
+    for row, col in [(0, 0), (3, 3), (1, 2)]:
+        assert_close(rgb_at(image, row, col), expected, tolerance)
+
+
+def test_load_image_flattens_rgba_onto_black(tmp_path: Path) -> None:
+    pixels = np.zeros((8, 8, 4), dtype=np.uint8)
+    pixels[:, :4] = (255, 255, 255, 0)  # fully transparent white
+    pixels[:, 4:] = (*RED, 255)  # opaque red
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "a.png")
+
+    image = load_image(tmp_path / "a.png", 8)
+
+    assert image.dtype == np.uint8 and image.shape == (3, 8, 8)
+    assert rgb_at(image, 3, 0) == (0, 0, 0)
+    assert rgb_at(image, 3, 7) == RED
+
+
+def test_load_image_flattens_palette_transparency_onto_black(tmp_path: Path) -> None:
+    image = Image.new("P", (8, 8), 0)
+    image.putpalette([255, 255, 255, *GREEN] + [0] * 762)
+    for row in range(8):
+        image.putpixel((7, row), 1)
+    image.save(tmp_path / "p.png", transparency=0)  # palette index 0 (white) is transparent
+    assert "transparency" in Image.open(tmp_path / "p.png").info
+
+    out = load_image(tmp_path / "p.png", 8)
+
+    assert out.dtype == np.uint8 and out.shape == (3, 8, 8)
+    assert rgb_at(out, 4, 0) == (0, 0, 0)
+    assert rgb_at(out, 4, 7) == GREEN
+
+
+def test_load_image_scales_16_bit_grey_instead_of_clipping(tmp_path: Path) -> None:
+    grey16 = 32768
+    Image.fromarray(np.full((8, 8), grey16, dtype=np.uint16)).save(tmp_path / "g.png")
+    assert Image.open(tmp_path / "g.png").mode == "I;16"
+
+    image = load_image(tmp_path / "g.png", 4)
+
+    assert image.dtype == np.uint8 and image.shape == (3, 4, 4)
+    expected = round(grey16 / 65535 * 255)
+    assert np.abs(image.astype(int) - expected).max() <= 1
+    assert image.max() < 255  # Pillow's plain convert("RGB") would clip to white
+
+
+@pytest.mark.parametrize(("orientation", "top", "bottom"), [(6, RED, BLUE), (8, BLUE, RED)], ids=["6", "8"])
+def test_load_image_follows_exif_orientation(tmp_path: Path, orientation: int, top, bottom) -> None:
+    # Stored landscape, red left half and blue right half. Orientation 6 means "rotate 90°
+    # clockwise to display": the left half ends up on top; 8 is the counter-clockwise turn.
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    Image.fromarray(bands(32, 16, [RED, BLUE])).save(tmp_path / "photo.jpg", exif=exif.tobytes(), quality=95)
+
+    image = load_image(tmp_path / "photo.jpg", 16)
+
+    assert image.shape == (3, 16, 16)
+    for col in (0, 8, 15):
+        assert_close(rgb_at(image, 1, col), top, 16)
+        assert_close(rgb_at(image, 14, col), bottom, 16)
+
+
+@pytest.mark.parametrize("vertical", [True, False], ids=["landscape", "portrait"])
+def test_load_image_resizes_shorter_side_then_crops_centre(tmp_path: Path, vertical: bool) -> None:
+    # Three equal bands along the long side; a centre crop keeps only the middle one,
+    # whereas squashing the whole image into a square would keep all three.
+    width, height = (48, 16) if vertical else (16, 48)
+    Image.fromarray(bands(width, height, [RED, GREEN, BLUE], vertical)).save(tmp_path / "wide.png")
+
+    image = load_image(tmp_path / "wide.png", 8)
+
+    assert image.dtype == np.uint8 and image.shape == (3, 8, 8)
+    # Bilinear downscaling may blend the band edges; the inside is pure green.
+    inside = image[:, 1:7, 1:7].reshape(3, -1)
+    assert np.abs(inside.astype(int) - np.array(GREEN)[:, None]).max() <= 2
+
+
+def test_load_image_upscales_small_images(tmp_path: Path) -> None:
+    Image.fromarray(bands(6, 2, [RED, GREEN, BLUE])).save(tmp_path / "tiny.png")
+
+    image = load_image(tmp_path / "tiny.png", 8)
+
+    assert image.shape == (3, 8, 8)
+    assert_close(rgb_at(image, 4, 4), GREEN, 2)  # the middle band fills the centre
+
+
+# --- stratified_split --------------------------------------------------------------------
+
+FRACTIONS = {"val": 0.2, "test": 0.1}
+
+
+def test_stratified_split_is_deterministic_for_a_seed() -> None:
+    labels = ["a"] * 30 + ["b"] * 12 + ["c"] * 5
+
+    first = stratified_split(labels, FRACTIONS, seed=7)
+
+    assert stratified_split(labels, FRACTIONS, seed=7) == first
+    assert stratified_split(labels, FRACTIONS, seed=8) != first
+    assert set(first) == {"train", "val", "test"}
+    assert len(first) == len(labels)
+
+
+def test_stratified_split_gives_every_class_every_split() -> None:
+    # From the smallest possible class (one per split) up to a big one.
+    sizes = {"tiny": 3, "small": 4, "mid": 7, "big": 200}
+    labels = [label for label, n in sizes.items() for _ in range(n)]
+
+    splits = stratified_split(labels, FRACTIONS, seed=0)
+
+    counts = Counter(zip(labels, splits, strict=True))
+    for label in sizes:
+        for split in ("train", "val", "test"):
+            assert counts[label, split] >= 1, (label, split, counts)
+
+
+def test_stratified_split_sizes_follow_fractions_for_a_big_class() -> None:
+    n = 500
+    fractions = {"val": 0.15, "test": 0.25}
+    labels = ["big"] * n + ["other"] * 10
+
+    splits = stratified_split(labels, fractions, seed=3)
+
+    counts = Counter(split for label, split in zip(labels, splits, strict=True) if label == "big")
+    for name, fraction in fractions.items():
+        assert abs(counts[name] - fraction * n) <= 1
+    assert abs(counts["train"] - (1 - sum(fractions.values())) * n) <= 2
+
+
+def test_stratified_split_shuffles_within_a_class() -> None:
+    labels = ["a"] * 100
+    splits = stratified_split(labels, FRACTIONS, seed=0)
+    # Not simply the first items to val and the next to test.
+    assert splits[:20] != ["val"] * 20
+    assert "train" in splits[:30]
+
+
+def test_stratified_split_rejects_a_class_too_small_for_every_split() -> None:
+    with pytest.raises(UserError, match="'b' has 2 usable image"):
+        stratified_split(["a"] * 10 + ["b"] * 2, FRACTIONS, seed=0)
+
+
+# --- decoded_images ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> pd.DataFrame:
+    """Three tiny, different images and their manifest rows (absolute paths)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, shape in enumerate([(10, 10), (12, 20), (20, 12)]):
+        path = tmp_path / "images" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(path)
+        rows.append((path.as_posix(), "x", "train", file_sha1(path)))
+    return pd.DataFrame(rows, columns=data.MANIFEST_COLUMNS)
+
+
+def cache_files(cache_dir: Path) -> dict[str, tuple[int, int]]:
+    """Each cache file's name -> (inode, mtime in ns)."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache_dir.iterdir()}
+
+
+def test_decoded_images_match_load_image(tmp_path: Path, manifest: pd.DataFrame) -> None:
+    images = decoded_images(manifest, 8, tmp_path / "cache")
+
+    assert images.dtype == torch.uint8
+    assert tuple(images.shape) == (len(manifest), 3, 8, 8)
+    for i, path in enumerate(manifest["path"]):
+        np.testing.assert_array_equal(images[i].numpy(), load_image(path, 8))
+
+
+def test_decoded_images_reuse_the_cache(tmp_path: Path, manifest: pd.DataFrame, monkeypatch) -> None:
+    cache = tmp_path / "cache"
+    first = decoded_images(manifest, 8, cache).clone()
+    before = cache_files(cache)
+    assert len(before) == 1
+
+    def no_decoding(path, size):
+        raise AssertionError(f"{path} decoded again despite the cache")
+
+    monkeypatch.setattr(data, "load_image", no_decoding)
+    again = decoded_images(manifest, 8, cache)
+
+    assert torch.equal(again, first)
+    assert cache_files(cache) == before
+
+
+def test_decoded_images_rebuild_for_a_new_size_or_changed_files(tmp_path: Path, manifest: pd.DataFrame) -> None:
+    cache = tmp_path / "cache"
+    decoded_images(manifest, 8, cache)
+    first = cache_files(cache)
+
+    at_4 = decoded_images(manifest, 4, cache)
+    assert tuple(at_4.shape) == (len(manifest), 3, 4, 4)
+    after_size = cache_files(cache)
+    assert len(after_size) == 2
+    assert {name: after_size[name] for name in first} == first  # the old array is left as it was
+
+    # An image replaced in place: the same path with new contents, hence a new sha1.
+    path = Path(manifest.loc[1, "path"])
+    Image.new("RGB", (12, 20), BLUE).save(path)
+    changed = manifest.copy()
+    changed.loc[1, "sha1"] = file_sha1(path)
+    images = decoded_images(changed, 8, cache)
+
+    assert len(cache_files(cache)) == 3
+    assert rgb_at(images[1].numpy(), 4, 4) == BLUE
+
+
+# --- augment -----------------------------------------------------------------------------
+
+
+def random_batch(n: int = 16, size: int = 8) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(123))
+
+
+def test_augment_off_returns_the_input_unchanged() -> None:
+    images = random_batch()
+    out = augment(images, hflip=False, min_scale=1.0, generator=torch.Generator().manual_seed(0))
+    assert out is images or torch.equal(out, images)
+
+
+def test_augment_is_reproducible_for_a_generator_seed() -> None:
+    images = random_batch()
+
+    first = augment(images, hflip=True, min_scale=0.5, generator=torch.Generator().manual_seed(5))
+    second = augment(images, hflip=True, min_scale=0.5, generator=torch.Generator().manual_seed(5))
+
+    assert first.shape == images.shape
+    assert torch.equal(first, second)
+    assert not torch.allclose(first, images)  # it did change something
+
+
+def test_augment_hflip_gives_the_original_or_its_exact_mirror() -> None:
+    images = random_batch()
+
+    out = augment(images, hflip=True, min_scale=1.0, generator=torch.Generator().manual_seed(0))
+
+    kinds = []
+    for original, result in zip(images, out, strict=True):
+        if torch.allclose(result, original, atol=1e-5):
+            kinds.append("same")
+        elif torch.allclose(result, original.flip(-1), atol=1e-5):
+            kinds.append("mirror")
+        else:
+            pytest.fail("an augmented image is neither the original nor its horizontal mirror")
+    assert set(kinds) == {"same", "mirror"}  # both happen in a batch of 16

@@ -1,0 +1,197 @@
+"""Engine: the scores, the non-finite loss guard, and the seeded, repeatable training epoch."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.cli import UserError
+from pipeline.config import Optimizer, OptimParams
+from pipeline.data import batch_indices
+from pipeline.engine import Batches, NonFiniteLoss, epoch_generator, make_optimizer, score, train_one_epoch
+
+SIZE = 8
+NUM_CLASSES = 3
+
+
+def random_batches(n: int, seed: int = 0) -> Batches:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8, generator=generator)
+    targets = torch.randint(0, NUM_CLASSES, (n,), generator=generator)
+    return Batches(images, torch.arange(n), targets, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], torch.device("cpu"))
+
+
+def optim_params(lr: float = 0.1, optimizer: Optimizer = Optimizer.sgd) -> OptimParams:
+    return OptimParams(epochs=1, batch_size=2, optimizer=optimizer, lr=lr, momentum=0.9, weight_decay=1e-4, seed=0)
+
+
+def tiny_model() -> nn.Module:
+    """Convolution, BatchNorm and dropout: every kind of state and randomness an epoch touches."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(4, NUM_CLASSES),
+    )
+
+
+# --- score --------------------------------------------------------------------------------
+
+
+def expected_scores(logits: list[list[float]], targets: list[int], num_classes: int) -> dict[str, float]:
+    """The scores by hand: softmax cross-entropy, hit rate, and per-class F1 from TP/FP/FN counts."""
+    losses, predictions = [], []
+    for row, target in zip(logits, targets, strict=True):
+        log_total = math.log(sum(math.exp(value) for value in row))
+        losses.append(log_total - row[target])
+        predictions.append(max(range(len(row)), key=lambda k: row[k]))
+    hits = sum(1 for p, t in zip(predictions, targets, strict=True) if p == t)
+    f1s = []
+    for k in range(num_classes):
+        tp = sum(1 for p, t in zip(predictions, targets, strict=True) if p == k and t == k)
+        fp = sum(1 for p, t in zip(predictions, targets, strict=True) if p == k and t != k)
+        fn = sum(1 for p, t in zip(predictions, targets, strict=True) if p != k and t == k)
+        if tp + fp + fn == 0:  # neither in the targets nor predicted: not averaged
+            continue
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return {"loss": sum(losses) / len(losses), "accuracy": hits / len(targets), "f1": sum(f1s) / len(f1s)}
+
+
+SCORE_CASES = {
+    # 4 classes, class 3 never appears: it must not drag the macro average down.
+    "absent_class": (
+        [[2.0, 0.1, 0.3, -1.0], [0.2, 1.5, 0.0, -1.0], [0.0, 3.0, 1.0, -1.0],
+         [0.1, 2.0, 0.4, -1.0], [0.0, 0.5, 2.5, -1.0], [1.2, 0.3, 0.2, -1.0]],
+        [0, 0, 1, 1, 2, 2],
+    ),
+    # class 3 is predicted once but never the target: it counts, with F1 0.
+    "predicted_only": (
+        [[2.0, 0.1, 0.3, -1.0], [0.2, 0.1, 0.0, 1.0], [0.0, 3.0, 1.0, -1.0],
+         [0.1, 2.0, 0.4, -1.0], [0.0, 0.5, 2.5, -1.0], [0.0, 0.3, 4.2, -1.0], [0.5, 0.4, 0.3, 0.2]],
+        [0, 0, 1, 1, 2, 2, 1],
+    ),
+    "all_right": ([[5.0, 0.0], [0.0, 5.0], [4.0, 1.0]], [0, 1, 0]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", SCORE_CASES)
+def test_score_matches_a_hand_count(case: str):
+    logits, targets = SCORE_CASES[case]
+    num_classes = len(logits[0])
+    expected = expected_scores(logits, targets, num_classes)
+    actual = score(torch.tensor(logits), torch.tensor(targets), num_classes)
+    assert actual == pytest.approx(expected, rel=1e-6)
+
+
+def test_score_known_values():
+    # Predictions 0, 1, 1, 1, 2, 0 against 0, 0, 1, 1, 2, 2: 4 of 6 right.
+    # F1: class 0 has TP 1, FP 1, FN 1 -> 1/2; class 1 TP 2, FP 1, FN 0 -> 4/5; class 2 TP 1, FN 1 -> 2/3.
+    logits, targets = SCORE_CASES["absent_class"]
+    scores = score(torch.tensor(logits), torch.tensor(targets), 4)
+    assert scores["accuracy"] == pytest.approx(4 / 6)
+    assert scores["f1"] == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
+
+
+# --- non-finite loss ------------------------------------------------------------------------
+
+
+class NaNOnCall(nn.Module):
+    """A linear classifier whose output is NaN on the `bad_call`-th forward pass."""
+
+    def __init__(self, bad_call: int):
+        super().__init__()
+        self.linear = nn.Linear(3 * SIZE * SIZE, NUM_CLASSES)
+        self.bad_call, self.calls = bad_call, 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        logits = self.linear(images.flatten(1))
+        return logits * float("nan") if self.calls == self.bad_call else logits
+
+
+@pytest.mark.parametrize("bad_call", [1, 2, 3])
+def test_nan_loss_names_epoch_and_batch(bad_call: int):
+    model = NaNOnCall(bad_call)
+    data = random_batches(6)
+    with pytest.raises(NonFiniteLoss) as error:
+        train_one_epoch(
+            model, data, make_optimizer(optim_params(), model), frozen=[], batch_size=2,
+            generator=epoch_generator(0, 7), epoch=7,
+        )  # fmt: skip
+    assert isinstance(error.value, UserError)  # shown as one line, exit code 2
+    message = str(error.value)
+    assert f"training loss became nan in epoch 7, batch {bad_call} of 3" in message
+    assert "Checkpoints of earlier epochs are kept" in message
+
+
+def test_finite_epoch_returns_the_size_weighted_mean_loss():
+    # lr 0 and no BatchNorm: each item's loss does not depend on its batch, so the epoch's loss
+    # over batches of 2, 2 and 1 must be the plain mean over the 5 items (an unweighted mean of
+    # the three batch means would differ).
+    model = NaNOnCall(bad_call=0)
+    data = random_batches(5)
+    with torch.no_grad():
+        images, targets = data.load(torch.arange(5))
+        expected = nn.functional.cross_entropy(model(images), targets).item()
+    batch_means = [
+        nn.functional.cross_entropy(model.linear(images[i].flatten(1)), targets[i]).item()
+        for i in ([0, 1], [2, 3], [4])
+    ]
+    assert sum(batch_means) / 3 != pytest.approx(expected, rel=1e-6)  # the weighting matters here
+
+    loss = train_one_epoch(
+        model, data, make_optimizer(optim_params(lr=0.0), model), frozen=[], batch_size=2,
+        generator=epoch_generator(0, 1), epoch=1,
+    )  # fmt: skip
+    assert loss == pytest.approx(expected, rel=1e-6)
+
+
+# --- seeding and repeatability ---------------------------------------------------------------
+
+
+def test_epoch_generator_is_a_function_of_seed_and_epoch():
+    def order(seed: int, epoch: int) -> torch.Tensor:
+        return torch.randperm(100, generator=epoch_generator(seed, epoch))
+
+    assert torch.equal(order(3, 1), order(3, 1))
+    assert not torch.equal(order(3, 1), order(3, 2))
+    assert not torch.equal(order(3, 1), order(4, 1))
+    # The epoch's batches are that permutation, split.
+    batches = batch_indices(100, 32, epoch_generator(3, 1))
+    assert torch.equal(torch.cat(batches), order(3, 1))
+
+
+def run_epoch(
+    initial: nn.Module, seed: int, epoch: int, optimizer: Optimizer, global_seed: int
+) -> tuple[nn.Module, float]:
+    model = copy.deepcopy(initial)
+    torch.manual_seed(global_seed)  # the epoch must not depend on the global RNG's state (dropout)
+    loss = train_one_epoch(
+        model, random_batches(12), make_optimizer(optim_params(optimizer=optimizer), model), frozen=[],
+        batch_size=4, generator=epoch_generator(seed, epoch), epoch=epoch, hflip=True, min_scale=0.5,
+    )  # fmt: skip
+    return model, loss
+
+
+@pytest.mark.parametrize("optimizer", list(Optimizer))
+def test_same_seed_and_epoch_give_bit_identical_weights(optimizer: Optimizer):
+    torch.manual_seed(0)
+    initial = tiny_model()
+    first, first_loss = run_epoch(initial, seed=5, epoch=2, optimizer=optimizer, global_seed=1)
+    second, second_loss = run_epoch(initial, seed=5, epoch=2, optimizer=optimizer, global_seed=2)
+    other, _ = run_epoch(initial, seed=5, epoch=3, optimizer=optimizer, global_seed=1)
+
+    state, second_state = first.state_dict(), second.state_dict()
+    assert first_loss == second_loss
+    for name, tensor in state.items():
+        assert torch.equal(tensor, second_state[name]), name
+    # Controls: training did change the weights, and another epoch's order changes them differently.
+    assert not torch.equal(state["0.weight"], initial.state_dict()["0.weight"])
+    assert not torch.equal(state["0.weight"], other.state_dict()["0.weight"])

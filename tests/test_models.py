@@ -1,0 +1,533 @@
+"""Models: every torchvision classifier gets a new head and freezes cleanly; weights load; sizes are checked.
+
+The all-model tests build each architecture as a skeleton (`skeleton_model`, on the meta
+device) and run the same steps `build_model` runs after it: drop the auxiliary heads, find
+the head, replace it. A meta-device forward pass checks shapes without computing anything.
+
+RegNet is the exception: its builder computes the block widths with tensor ops that meta
+cannot run, so `skeleton_model` builds it on the CPU, where the weight initialisation of
+regnet_y_128gf alone takes over 10 s. `_skeleton` below turns torch.nn.init's in-place
+initialisers into no-ops while building (the structure does not depend on the values) and
+then moves the model to meta, so the largest RegNet builds in well under a second.
+"""
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import ResNet18_Weights
+
+from pipeline import models
+from pipeline.checkpoints import load_checkpoint, save_checkpoint
+from pipeline.cli import UserError
+from pipeline.config import Optimizer, OptimParams
+from pipeline.engine import Batches, epoch_generator, make_optimizer, train_one_epoch
+from pipeline.models import (
+    FREEZE_SYNTAX,
+    FreezeSpec,
+    _drop_aux_heads,
+    _size_kwargs,
+    build_model,
+    check_input_size,
+    count_parameters,
+    find_head,
+    freeze,
+    model_from_checkpoint,
+    parse_freeze,
+    replace_head,
+    set_train_mode,
+    skeleton_model,
+    stage_names,
+)
+
+ARCHS = torchvision.models.list_models(module=torchvision.models)
+NUM_CLASSES = 3
+CLASSES = ["ant", "bee", "cat"]
+SIZE = 16  # resnet18 takes 16 px: its last stage then sees 1x1 feature maps
+RESNET18_STAGES = ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"]
+STAGE_LIST = ", ".join(RESNET18_STAGES)
+
+# torch.nn.init's public in-place initialisers (normal_, kaiming_uniform_, trunc_normal_...).
+INITIALIZERS = [name for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")]
+
+# GoogLeNet and Inception warn that their from-scratch initialisation will change.
+pytestmark = pytest.mark.filterwarnings("ignore:The default weight initialization of:FutureWarning")
+
+
+# --- every torchvision classification model, as a skeleton ------------------------------
+
+
+def probe_size(arch: str) -> int:
+    return 299 if arch == "inception_v3" else 224
+
+
+@contextmanager
+def no_weight_init() -> Iterator[None]:
+    """Skip the values of new weights (not their allocation): structure only."""
+    with ExitStack() as stack:
+        for name in INITIALIZERS:
+            stack.enter_context(mock.patch.object(nn.init, name, lambda tensor, *args, **kwargs: tensor))
+        yield
+
+
+def skeleton(arch: str) -> nn.Module:
+    """`skeleton_model` as check_input_size calls it, then on meta (RegNet comes back on the CPU)."""
+    with no_weight_init():
+        model = skeleton_model(arch, _size_kwargs(arch, probe_size(arch)))
+    return model.to("meta")
+
+
+def skeleton_with_head(arch: str) -> tuple[nn.Module, str, nn.Module]:
+    """build_model's steps after constructing the model: drop aux heads, find and replace the head."""
+    model = skeleton(arch)
+    _drop_aux_heads(model)
+    head = find_head(model)
+    old_head = model.get_submodule(head)
+    replace_head(model, head, NUM_CLASSES)
+    return model, head, old_head
+
+
+def out_size(layer: nn.Module) -> int:
+    return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+
+
+def parameter_names(module: nn.Module, prefix: str) -> set[str]:
+    return {f"{prefix}.{name}" for name, _ in module.named_parameters()}
+
+
+def test_model_list_is_complete():
+    assert len(ARCHS) == 80
+    assert {"resnet18", "inception_v3", "googlenet", "squeezenet1_0", "vit_b_16", "swin_t", "regnet_y_128gf"} <= set(
+        ARCHS
+    )
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_model_gets_a_new_head_and_only_the_head_trains(arch: str):
+    model, head, old_head = skeleton_with_head(arch)
+
+    # The layer found is the ImageNet classifier: 1000 outputs before the swap.
+    assert isinstance(old_head, nn.Linear | nn.Conv2d)
+    assert out_size(old_head) == 1000
+    new_head = model.get_submodule(head)
+    assert type(new_head) is type(old_head)
+    assert out_size(new_head) == NUM_CLASSES
+    assert all(p.device.type == "meta" for p in model.parameters())
+
+    frozen = freeze(model, parse_freeze("all_but_head"), head)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == parameter_names(new_head, head)
+    assert trainable
+    assert count_parameters(model)[0] == sum(p.numel() for p in new_head.parameters())
+
+    # In training mode only the head and the modules on the path to it train.
+    set_train_mode(model, frozen)
+    for name, module in model.named_modules():
+        on_path = name == "" or head == name or head.startswith(f"{name}.") or name.startswith(f"{head}.")
+        assert module.training == on_path, name
+
+    size = probe_size(arch)
+    output = model(torch.zeros(2, 3, size, size, device="meta"))
+    # A plain tensor even in training mode: no InceptionOutputs/GoogLeNetOutputs left.
+    assert isinstance(output, torch.Tensor)
+    assert output.shape == (2, NUM_CLASSES)
+
+    if arch in ("inception_v3", "googlenet"):
+        assert model.aux_logits is False
+        assert not [name for name, _ in model.named_modules() if name.split(".")[0] in ("AuxLogits", "aux1", "aux2")]
+    if arch.startswith("squeezenet"):
+        assert isinstance(new_head, nn.Conv2d)
+        assert new_head.kernel_size == (1, 1)
+    if arch.startswith("vit_"):
+        assert head == "heads.head"
+    if arch.startswith("swin_"):
+        assert head == "head"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_model_has_stages_and_first_n_freezes_them(arch: str):
+    model, head, _ = skeleton_with_head(arch)
+    stages = stage_names(model, head)
+    assert stages
+    # Disjoint, and none holds the head.
+    for stage in stages:
+        assert stage != head
+        assert not head.startswith(f"{stage}.")
+        assert not any(other.startswith(f"{stage}.") for other in stages if other != stage)
+
+    assert freeze(model, parse_freeze("first:1"), head) == stages[:1]
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == parameter_names(model.get_submodule(stages[0]), stages[0])
+    assert frozen
+
+    model.requires_grad_(True)
+    assert freeze(model, parse_freeze(f"first:{len(stages)}"), head) == stages
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == set().union(*(parameter_names(model.get_submodule(s), s) for s in stages))
+    assert not frozen & parameter_names(model.get_submodule(head), head)
+
+    with pytest.raises(UserError, match=f"has {len(stages)} stages"):
+        freeze(model, parse_freeze(f"first:{len(stages) + 1}"), head)
+
+
+# --- freezing a real small model ---------------------------------------------------------
+
+
+def small_resnet(freeze_text: str = "none", seed: int = 0) -> tuple[models.Built, list[str]]:
+    torch.manual_seed(seed)
+    built = build_model("resnet18", None, CLASSES, SIZE)
+    frozen = freeze(built.model, parse_freeze(freeze_text), built.head)
+    return built, frozen
+
+
+def random_batches(built: models.Built, n: int = 8, seed: int = 0) -> Batches:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, built.image_size, built.image_size), dtype=torch.uint8, generator=generator)
+    targets = torch.randint(0, len(built.classes), (n,), generator=generator)
+    return Batches(images, torch.arange(n), targets, built.mean, built.std, torch.device("cpu"))
+
+
+def sgd(lr: float = 0.1) -> OptimParams:
+    return OptimParams(epochs=1, batch_size=4, optimizer=Optimizer.sgd, lr=lr, momentum=0.9, weight_decay=1e-4, seed=0)
+
+
+def train_two_steps(built: models.Built, frozen: list[str]) -> torch.optim.Optimizer:
+    """One epoch of 8 images in batches of 4: two optimizer steps."""
+    optimizer = make_optimizer(sgd(), built.model)
+    train_one_epoch(
+        built.model, random_batches(built), optimizer, frozen=frozen, batch_size=4,
+        generator=epoch_generator(0, 1), epoch=1,
+    )  # fmt: skip
+    return optimizer
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def changed(before: dict[str, torch.Tensor], model: nn.Module) -> set[str]:
+    return {name for name, tensor in model.state_dict().items() if not torch.equal(tensor, before[name])}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("none", FreezeSpec("none")),
+        ("all_but_head", FreezeSpec("all_but_head")),
+        ("first:0", FreezeSpec("first", count=0)),
+        ("first:3", FreezeSpec("first", count=3)),
+        ("modules:layer1", FreezeSpec("modules", modules=("layer1",))),
+        ("modules:layer1+bn1", FreezeSpec("modules", modules=("layer1", "bn1"))),
+        ("modules:layer2.0.bn1", FreezeSpec("modules", modules=("layer2.0.bn1",))),
+    ],
+)
+def test_parse_freeze_accepts(text: str, expected: FreezeSpec):
+    assert parse_freeze(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "all", "None", " none", "all_but_head:1", "first", "first:", "first:x", "first:-1", "first:1.5",
+     "modules", "modules:", "modules:a++b", "modules:+a", "last:2"],
+)  # fmt: skip
+def test_parse_freeze_rejects_junk_and_lists_the_syntax(text: str):
+    with pytest.raises(UserError) as error:
+        parse_freeze(text)
+    message = str(error.value)
+    assert repr(text) in message
+    assert FREEZE_SYNTAX in message
+    for form in ("none", "all_but_head", "first:N", "modules:NAME+NAME"):
+        assert form in message
+
+
+def test_resnet18_stages():
+    built, _ = small_resnet()
+    assert built.head == "fc"
+    assert stage_names(built.model, built.head) == RESNET18_STAGES
+
+
+def test_all_but_head_counts_and_optimizer_hold_only_the_head():
+    built, frozen = small_resnet("all_but_head")
+    model = built.model
+    assert built.head == "fc"
+    assert model.fc.weight.shape == (len(CLASSES), 512)
+    head_params = model.fc.weight.numel() + model.fc.bias.numel()
+    assert count_parameters(model) == (head_params, sum(p.numel() for p in model.parameters()))
+    optimizer = make_optimizer(sgd(), model)
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    assert {id(p) for p in held} == {id(model.fc.weight), id(model.fc.bias)}
+    assert len(held) == 2
+    assert set(frozen) == {"conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"}
+
+
+def test_all_but_head_training_leaves_every_trunk_tensor_bit_identical():
+    built, frozen = small_resnet("all_but_head")
+    before = snapshot(built.model)
+    train_two_steps(built, frozen)
+    # Weights, running_mean/var and num_batches_tracked of every BatchNorm: untouched.
+    assert changed(before, built.model) == {"fc.weight", "fc.bias"}
+
+
+def test_freeze_none_training_changes_every_tensor_including_batchnorm_statistics():
+    # The control for the test above: the same two steps do reach every tensor when nothing is frozen.
+    built, frozen = small_resnet("none")
+    assert frozen == []
+    before = snapshot(built.model)
+    train_two_steps(built, frozen)
+    assert changed(before, built.model) == set(before)
+    assert built.model.bn1.num_batches_tracked.item() == before["bn1.num_batches_tracked"].item() + 2
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("first:1", ["conv1"]),
+        ("first:2", ["conv1", "bn1"]),
+        ("first:3", ["conv1", "bn1", "layer1"]),
+        ("modules:layer1+bn1", ["layer1", "bn1"]),
+        ("modules:layer2.0.bn1", ["layer2.0.bn1"]),
+    ],
+)
+def test_partial_freeze_freezes_exactly_the_named_modules(text: str, expected: list[str]):
+    built, frozen = small_resnet(text)
+    model = built.model
+    assert frozen == expected
+
+    def in_frozen(name: str) -> bool:
+        return any(name == f or name.startswith(f"{f}.") for f in expected)
+
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == {
+        n for n, _ in model.named_parameters() if in_frozen(n)
+    }
+    set_train_mode(model, frozen)
+    for name, module in model.named_modules():
+        assert module.training == (not in_frozen(name)), name
+
+    before = snapshot(model)
+    train_two_steps(built, frozen)
+    assert changed(before, model) == {name for name in before if not in_frozen(name)}
+    # train_one_epoch itself puts the frozen BatchNorms into inference mode.
+    assert all(not model.get_submodule(name).training for name in expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("modules:layer9", "module(s) layer9 that the model does not have; its stages are " + STAGE_LIST),
+        ("modules:bn1+nope+layer1", "module(s) nope that"),
+        ("modules:fc", "names the head (fc)"),
+        ("first:7", "has 6 stages: " + STAGE_LIST),
+    ],
+)
+def test_bad_freeze_targets_raise_and_freeze_nothing(text: str, message: str):
+    built, _ = small_resnet()
+    with pytest.raises(UserError) as error:
+        freeze(built.model, parse_freeze(text), built.head)
+    assert message in str(error.value)
+    assert all(p.requires_grad for p in built.model.parameters())
+
+
+def autograd_ops(tensor: torch.Tensor) -> set[str]:
+    """Names of every node in the autograd graph behind `tensor`."""
+    seen, todo, names = set(), [tensor.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("freeze_text", ["all_but_head", "none"])
+def test_all_but_head_runs_no_backward_through_the_trunk(freeze_text: str):
+    built, frozen = small_resnet(freeze_text)
+    model = built.model
+    head_inputs = []
+    model.fc.register_forward_pre_hook(lambda module, args: head_inputs.append(args[0]))
+    set_train_mode(model, frozen)
+    images, targets = random_batches(built).load(torch.arange(4))
+    loss = nn.functional.cross_entropy(model(images), targets)
+    ops = autograd_ops(loss)
+    trunk_ops = {op for op in ops if "Convolution" in op or "BatchNorm" in op}
+    if freeze_text == "all_but_head":
+        assert not head_inputs[0].requires_grad
+        assert head_inputs[0].grad_fn is None
+        assert not trunk_ops
+        assert "AddmmBackward0" in ops  # the head's own op is in the graph
+    else:  # control: the same checks see the trunk when it trains
+        assert head_inputs[0].requires_grad
+        assert trunk_ops
+
+    head_inputs.clear()
+    train_two_steps(built, frozen)
+    for name, param in model.named_parameters():
+        assert (param.grad is None) == (freeze_text == "all_but_head" and not name.startswith("fc.")), name
+
+
+# --- weights --------------------------------------------------------------------------
+
+
+def scrambled_resnet(arch: str = "resnet18", num_classes: int = 1000, seed: int = 1) -> nn.Module:
+    """A torchvision model whose every tensor, BatchNorm statistics included, differs from a fresh one."""
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+            module.num_batches_tracked.fill_(17)
+    return model
+
+
+def assert_trunk_equal(model: nn.Module, state: dict[str, torch.Tensor], head: str) -> None:
+    loaded = model.state_dict()
+    trunk = [name for name in state if not name.startswith(f"{head}.")]
+    assert set(trunk) == {name for name in loaded if not name.startswith(f"{head}.")}
+    for name in trunk:
+        assert torch.equal(loaded[name], state[name]), name
+
+
+def test_plain_state_dict_loads_into_everything_but_the_head(tmp_path: Path):
+    state = scrambled_resnet().state_dict()
+    path = tmp_path / "resnet18.pth"
+    torch.save(state, path)
+    built = build_model("resnet18", str(path), CLASSES, SIZE)
+    assert_trunk_equal(built.model, state, "fc")
+    assert built.model.fc.weight.shape == (len(CLASSES), 512)
+    assert (built.mean, built.std) == (models.IMAGENET_MEAN, models.IMAGENET_STD)
+
+
+def save_pipeline_checkpoint(built: models.Built, path: Path) -> None:
+    save_checkpoint({**built.metadata(), "epoch": 1, "model_state_dict": built.model.state_dict()}, path)
+
+
+def test_pipeline_checkpoint_loads_with_its_normalisation(tmp_path: Path):
+    source = build_model("resnet18", None, ["zero", "one", "two", "three", "four"], SIZE)
+    source.model = scrambled_resnet(num_classes=5)
+    source.mean, source.std = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]
+    path = tmp_path / "pretrained.pt"
+    save_pipeline_checkpoint(source, path)
+
+    built = build_model("resnet18", str(path), CLASSES, SIZE)
+    assert_trunk_equal(built.model, source.model.state_dict(), "fc")
+    assert built.model.fc.out_features == len(CLASSES)
+    assert (built.mean, built.std) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+
+
+def test_checkpoint_of_another_arch_is_a_clear_error(tmp_path: Path):
+    path = tmp_path / "resnet34.pt"
+    save_pipeline_checkpoint(build_model("resnet34", None, CLASSES, SIZE), path)
+    with pytest.raises(UserError, match=r"holds a resnet34 checkpoint, but model.arch is resnet18"):
+        build_model("resnet18", str(path), CLASSES, SIZE)
+
+
+def test_plain_state_dict_of_another_arch_is_a_clear_error(tmp_path: Path):
+    path = tmp_path / "resnet34.pth"
+    torch.save(scrambled_resnet("resnet34").state_dict(), path)
+    with pytest.raises(UserError, match=r"does not fit resnet18: missing keys \[\], unexpected keys \['layer1.2"):
+        build_model("resnet18", str(path), CLASSES, SIZE)
+
+
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty TORCH_HOME, and no network: a download attempt fails at once."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # torch.hub.set_dir() would win over TORCH_HOME
+
+    def offline(url: str, *args, **kwargs) -> None:
+        raise OSError(f"offline: {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    # get_dir() reads TORCH_HOME when called, not at import, so the loader looks here.
+    assert Path(torch.hub.get_dir()) == tmp_path / "torch" / "hub"
+    return tmp_path / "torch"
+
+
+@pytest.mark.parametrize("name", ["IMAGENET1K_V1", "DEFAULT", "ResNet18_Weights.IMAGENET1K_V1"])
+def test_torchvision_weights_load_from_the_hub_cache(name: str, torch_home: Path, monkeypatch: pytest.MonkeyPatch):
+    url = ResNet18_Weights.IMAGENET1K_V1.url
+    cached = torch_home / "hub" / "checkpoints" / Path(url).name
+    assert cached.name == "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    state = scrambled_resnet().state_dict()
+    torch.save(state, cached)
+    # Different fallback statistics, so the test sees where mean and std come from.
+    monkeypatch.setattr(models, "IMAGENET_MEAN", [0.0, 0.0, 0.0])
+    monkeypatch.setattr(models, "IMAGENET_STD", [1.0, 1.0, 1.0])
+
+    built = build_model("resnet18", name, CLASSES, SIZE)
+    assert_trunk_equal(built.model, state, "fc")
+    assert built.model.fc.out_features == len(CLASSES)
+    transforms = ResNet18_Weights.IMAGENET1K_V1.transforms()
+    assert (built.mean, built.std) == (list(transforms.mean), list(transforms.std))
+    assert built.mean != [0.0, 0.0, 0.0]
+
+
+def test_missing_torchvision_weights_name_the_file_and_folder(torch_home: Path):
+    with pytest.raises(UserError) as error:
+        build_model("resnet18", "DEFAULT", CLASSES, SIZE)
+    message = str(error.value)
+    assert "resnet18-f37072fd.pth" in message
+    assert str(torch_home / "hub" / "checkpoints") in message
+    assert "model.weights: null" in message
+
+
+def test_unknown_torchvision_weights_name_lists_the_valid_ones():
+    with pytest.raises(UserError, match=r"valid names: DEFAULT, IMAGENET1K_V1"):
+        build_model("resnet18", "IMAGENET1K_V9", CLASSES, SIZE)
+
+
+@pytest.mark.parametrize(("arch", "size"), [("resnet18", SIZE), ("googlenet", 32), ("vit_b_32", 32)])
+def test_model_from_checkpoint_rebuilds_the_same_model(arch: str, size: int, tmp_path: Path):
+    torch.manual_seed(0)
+    built = build_model(arch, None, CLASSES, size)
+    for module in built.model.modules():  # statistics that a fresh build would not have
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_()
+    path = tmp_path / "checkpoint.pt"
+    save_pipeline_checkpoint(built, path)
+
+    torch.manual_seed(1)  # a different random init, overwritten by the checkpoint
+    rebuilt = model_from_checkpoint(load_checkpoint(path))
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, actual = built.model.eval()(images), rebuilt.eval()(images)
+    assert actual.shape == (2, len(CLASSES))
+    assert torch.equal(actual, expected)
+
+
+# --- input size -----------------------------------------------------------------------
+
+
+def test_check_input_size_accepts_small_resnet():
+    check_input_size("resnet18", {}, SIZE)
+
+
+@pytest.mark.parametrize(("arch", "size"), [("vit_b_16", 30), ("maxvit_t", 64), ("alexnet", 16)])
+def test_sizes_a_model_cannot_take_are_user_errors(arch: str, size: int):
+    # ViT and MaxViT refuse the size in their constructor, AlexNet in its forward pass.
+    with pytest.raises(UserError, match=rf"^model.image_size = {size} does not fit {arch}: "):
+        build_model(arch, None, CLASSES, size)
+
+
+def test_vit_from_scratch_takes_any_multiple_of_its_patch_size():
+    check_input_size("vit_b_16", _size_kwargs("vit_b_16", 32), 32)
+    built = build_model("vit_b_16", None, CLASSES, 32)
+    assert built.model_kwargs == {"image_size": 32}
+    assert built.model.image_size == 32
+
+
+def test_vit_with_torchvision_weights_needs_their_size(torch_home: Path):
+    # Fails on the size before looking for the weights file (the cache is empty).
+    min_size = torchvision.models.ViT_B_16_Weights.DEFAULT.meta["min_size"][0]
+    assert min_size == 224
+    with pytest.raises(UserError, match=r"^model.image_size = 32 does not fit vit_b_16: "):
+        build_model("vit_b_16", "DEFAULT", CLASSES, 32)
+    check_input_size("vit_b_16", _size_kwargs("vit_b_16", min_size), min_size)

@@ -1,0 +1,82 @@
+"""End to end, the way users drive it: dvc repro, dvc exp run -S, dvc metrics/exp show."""
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pipeline.checkpoints import load_checkpoint
+from tests.conftest import run
+
+
+def dvc(project: Path, *args: str) -> str:
+    return run([sys.executable, "-m", "dvc", *args], project).stdout
+
+
+def trunk(state: dict[str, torch.Tensor], head: str) -> dict[str, torch.Tensor]:
+    return {name: tensor for name, tensor in state.items() if not name.startswith(f"{head}.")}
+
+
+def test_repro_then_frozen_experiment(project: Path) -> None:
+    """The README's flow, in one project (each `dvc repro` costs several seconds)."""
+    dvc(project, "repro")
+    assert "Running stage" not in dvc(project, "repro")  # nothing changed: nothing runs
+
+    # One checkpoint per epoch, each with what resuming and choosing need.
+    checkpoints = sorted((project / "checkpoints").glob("*.pt"))
+    assert [p.name for p in checkpoints] == ["epoch_001.pt", "epoch_002.pt"]
+    first = load_checkpoint(checkpoints[0])
+    for key in ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "val_loss", "val_accuracy"):
+        assert key in first
+    assert first["classes"] == ["5", "6", "7", "8", "9"]
+
+    # The best is the argmin of validation loss over evaluate's table.
+    scores = pd.read_csv(project / "eval" / "scores.csv")
+    assert scores["epoch"].tolist() == [1, 2]
+    best_epoch = int(scores.loc[scores["val_loss"].idxmin(), "epoch"])
+    metrics = json.loads(dvc(project, "metrics", "show", "--json"))[""]["data"]["best/metrics.json"]["data"]
+    assert metrics["epoch"] == best_epoch
+    assert metrics["val_loss"] == scores["val_loss"].min()
+    assert metrics["trainable_params"] == metrics["total_params"]  # freeze: none
+
+    best = load_checkpoint(project / "models" / "best.pt")
+    chosen = load_checkpoint(checkpoints[best_epoch - 1])
+    assert "optimizer_state_dict" not in best
+    assert all(torch.equal(best["model_state_dict"][k], v) for k, v in chosen["model_state_dict"].items())
+
+    # Keep this result as the baseline commit, then run the head-only experiment on top.
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline"], project)
+    dvc(project, "exp", "run", "-S", "freeze=all_but_head")
+
+    pretrained = load_checkpoint(project / "models" / "pretrained.pt")
+    head = pretrained["head"]
+    for path in sorted((project / "checkpoints").glob("*.pt")):
+        checkpoint = load_checkpoint(path)
+        assert checkpoint["freeze"] == "all_but_head"
+        frozen, original = trunk(checkpoint["model_state_dict"], head), trunk(pretrained["model_state_dict"], head)
+        assert frozen.keys() == original.keys()
+        # Weights and BatchNorm running statistics alike: bit-identical to the pretrained backbone.
+        changed = [name for name in frozen if not torch.equal(frozen[name], original[name])]
+        assert changed == []
+
+    frozen_metrics = json.loads(dvc(project, "metrics", "show", "--json"))[""]["data"]["best/metrics.json"]["data"]
+    assert frozen_metrics["trainable_params"] < frozen_metrics["total_params"]
+
+    # dvc exp show puts both runs side by side, each with its metrics.
+    rows = json.loads(dvc(project, "exp", "show", "--json"))
+    baseline = next(row for row in rows if row["rev"] != "workspace")
+    experiments = [rev for exp in baseline["experiments"] for rev in exp["revs"]]
+    runs = [baseline["data"], *(rev["data"] for rev in experiments)]
+    freezes = {r["params"]["params.yaml"]["data"]["freeze"]: r["metrics"]["best/metrics.json"]["data"] for r in runs}
+    assert set(freezes) == {"none", "all_but_head"}
+    assert freezes["none"]["epoch"] == best_epoch
+    assert freezes["all_but_head"]["trainable_params"] == frozen_metrics["trainable_params"]
+
+    # Back to the baseline's params: DVC restores every stage from its run-cache, no retraining.
+    output = dvc(project, "exp", "run", "-S", "freeze=none")
+    assert "Stage 'train' is cached - skipping run" in output
+    restored = json.loads(dvc(project, "metrics", "show", "--json"))[""]["data"]["best/metrics.json"]["data"]
+    assert restored == metrics

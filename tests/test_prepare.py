@@ -1,0 +1,185 @@
+"""The prepare stage through its entry point: messy folders, one-line errors, reproducible splits."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from pipeline.data import SPLITS, file_sha1
+from tests.conftest import set_params, stage
+
+PREPARED = Path("data/prepared")
+OUTPUTS = ("manifest.csv", "classes.json", "skipped.csv")
+
+
+def noise_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (12, 10), seed: int = 0, **save) -> Path:
+    """A small random image of `mode` at `path`; the format comes from the extension."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16))
+    else:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    image.save(path, format=fmt, **save)
+    return path
+
+
+def simple_folder(root: Path, counts: dict[str, int]) -> None:
+    """An ImageFolder tree with counts[class] small PNGs per class."""
+    for k, (label, n) in enumerate(counts.items()):
+        for i in range(n):
+            noise_image(root / label / f"{i:02d}.png", seed=100 * k + i)
+
+
+def read_outputs(project: Path) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
+    prepared = project / PREPARED
+    manifest = pd.read_csv(prepared / "manifest.csv", dtype=str)
+    skipped = pd.read_csv(prepared / "skipped.csv", dtype=str)
+    return manifest, json.loads((prepared / "classes.json").read_text()), skipped
+
+
+def assert_every_class_in_every_split(manifest: pd.DataFrame) -> None:
+    present = set(zip(manifest["label"], manifest["split"], strict=True))
+    missing = {(label, split) for label in manifest["label"].unique() for split in SPLITS} - present
+    assert not missing, f"(class, split) pairs with no image: {sorted(missing)}"
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """Exit code 2 and a single `error: ...` line on stderr, with no traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "error:" in lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_prepare_handles_a_messy_folder(project: Path) -> None:
+    root = project / "messy"
+    good: dict[str, str] = {}  # path as prepare writes it (relative to the project) -> class
+    bad: dict[str, str] = {}  # path -> a word its reason must contain
+
+    def add_good(path: Path, label: str) -> None:
+        good[path.relative_to(project).as_posix()] = label
+
+    def add_bad(path: Path, why: str) -> None:
+        bad[path.relative_to(project).as_posix()] = why
+
+    cat, dog = root / "cat", root / "dog"
+    add_good(noise_image(cat / "rgb.png", seed=1), "cat")
+    add_good(noise_image(cat / "grey.png", "L", seed=2), "cat")
+    add_good(noise_image(cat / "alpha.png", "RGBA", seed=3), "cat")
+    add_good(noise_image(cat / "palette.png", "P", seed=4), "cat")
+    add_good(noise_image(cat / "palette_transparent.png", "P", seed=5, transparency=0), "cat")
+    add_good(noise_image(cat / "cmyk.jpg", "CMYK", seed=6), "cat")
+    add_good(noise_image(cat / "sixteen.png", "I;16", seed=7), "cat")
+    add_good(noise_image(cat / "SHOUTING.PNG", seed=8), "cat")
+    add_good(noise_image(cat / "ünïcødé_图.png", seed=9), "cat")
+    add_good(noise_image(cat / "2024" / "june" / "nested.jpg", seed=10), "cat")
+    add_good(noise_image(dog / "a.JPG", seed=11), "dog")
+    add_good(noise_image(dog / "b.jpeg", seed=12), "dog")
+    add_good(noise_image(dog / "c.png", "L", seed=13), "dog")
+    add_good(noise_image(dog / "d.png", "RGBA", seed=14), "dog")
+
+    (cat / "corrupt.jpg").write_bytes(np.random.default_rng(0).bytes(300))
+    add_bad(cat / "corrupt.jpg", "decoded")
+    whole = noise_image(root / "whole.png", size=(32, 32)).read_bytes()
+    (root / "whole.png").unlink()
+    (dog / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    add_bad(dog / "truncated.png", "decoded")
+    (dog / "empty.png").write_bytes(b"")
+    add_bad(dog / "empty.png", "decoded")
+    (cat / "README.txt").write_text("photos from the shelter")
+    add_bad(cat / "README.txt", ".txt")
+    (dog / "labels.csv").write_text("file,label\n")
+    add_bad(dog / "labels.csv", ".csv")
+    # Classes without a usable image: an empty folder and one holding only a broken file.
+    (root / "bird").mkdir()
+    (root / "fish").mkdir()
+    (root / "fish" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    add_bad(root / "fish" / "broken.png", "decoded")
+    # Hidden files and folders are neither used nor reported.
+    noise_image(cat / ".hidden.png")
+    noise_image(dog / ".thumbs" / "t.png")
+    (dog / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    noise_image(root / ".trash" / "x.png")
+
+    set_params(project, **{"prepare.data_dir": "messy"})
+    result = stage("prepare", project)
+
+    assert result.returncode == 0
+    assert "Traceback" not in result.stderr
+    manifest, classes, skipped = read_outputs(project)
+    assert classes == ["cat", "dog"]
+    assert dict(zip(manifest["path"], manifest["label"], strict=True)) == good
+    assert len(manifest) == len(good)
+    assert all(manifest["sha1"] == [file_sha1(project / p) for p in manifest["path"]])
+    assert_every_class_in_every_split(manifest)
+    assert set(manifest["split"]) == set(SPLITS)
+
+    assert sorted(skipped["path"]) == sorted(bad)
+    for path, reason in zip(skipped["path"], skipped["reason"], strict=True):
+        assert bad[path] in reason, (path, reason)
+
+    log = result.stderr
+    counts = manifest["split"].value_counts()
+    assert (
+        f"{len(good)} images in 2 classes: {counts['train']} train, {counts['val']} val, {counts['test']} test; "
+        f"{len(bad)} files left out"
+    ) in log
+    warning = next(line for line in log.splitlines() if "left out:" in line)
+    assert "bird" in warning and "fish" in warning
+
+
+def test_prepare_rejects_a_single_class(project: Path) -> None:
+    simple_folder(project / "one", {"only": 6})
+    set_params(project, **{"prepare.data_dir": "one"})
+
+    assert_one_line_error(stage("prepare", project, check=False), "1 class folder", "at least 2")
+
+
+def test_prepare_rejects_a_class_too_small_for_every_split(project: Path) -> None:
+    simple_folder(project / "few", {"many": 6, "rare": 2})
+    set_params(project, **{"prepare.data_dir": "few"})
+
+    assert_one_line_error(stage("prepare", project, check=False), "'rare'", "2 usable image")
+
+
+def test_prepare_rejects_a_missing_data_dir(project: Path) -> None:
+    set_params(project, **{"prepare.data_dir": "no/such/folder"})
+
+    assert_one_line_error(stage("prepare", project, check=False), "no/such/folder", "does not exist")
+
+
+def test_prepare_is_reproducible_and_seeded(project: Path) -> None:
+    simple_folder(project / "pics", {"a": 9, "b": 7, "c": 5})
+    (project / "pics" / "a" / "notes.txt").write_text("so skipped.csv has a row")
+    set_params(project, **{"prepare.data_dir": "pics", "prepare.seed": 0})
+    outputs = [project / PREPARED / name for name in OUTPUTS]
+
+    stage("prepare", project)
+    first = [path.read_bytes() for path in outputs]
+    stage("prepare", project)
+    assert [path.read_bytes() for path in outputs] == first
+
+    manifest0, classes0, skipped0 = read_outputs(project)
+    set_params(project, **{"prepare.seed": 1})
+    result = stage("prepare", project)
+    manifest1, classes1, skipped1 = read_outputs(project)
+
+    assert classes1 == classes0
+    assert skipped1.equals(skipped0)
+    # The same images, labels and hashes, split differently, each class still in every split.
+    assert manifest1.drop(columns="split").equals(manifest0.drop(columns="split"))
+    assert not manifest1["split"].equals(manifest0["split"])
+    assert_every_class_in_every_split(manifest1)
+    # Split sizes per class depend on the fractions, not on the seed.
+    sizes0 = manifest0.groupby(["label", "split"]).size()
+    assert manifest1.groupby(["label", "split"]).size().equals(sizes0)
+    assert re.search(rf"{len(manifest1)} images in 3 classes", result.stderr)

@@ -1,0 +1,168 @@
+"""Kill the train stage with SIGKILL at several points, re-run it, and get the uninterrupted result.
+
+The kills come from inside the real stage process (tests/kill_wrapper.py patches one
+function to SIGKILL itself at a chosen call), so each lands exactly where intended:
+mid-epoch, mid-checkpoint-write, or between epochs. One more test kills `dvc repro`
+from outside, the way a user's Ctrl-\\ or an OOM killer would.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.checkpoints import load_checkpoint
+from tests.conftest import make_project, run, set_params, stage
+
+WRAPPER = [sys.executable, "-m", "tests.kill_wrapper"]
+EPOCHS = 3
+METRICS = ("epoch", "loss", "val_loss", "val_accuracy", "val_f1", "lr")
+
+
+def train_killed_at(project: Path, point: str, call: int) -> subprocess.CompletedProcess:
+    result = run([*WRAPPER, point, str(call)], project, check=False)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    return result
+
+
+def final_state(project: Path) -> list[dict]:
+    """Every checkpoint in checkpoints/, loaded, in epoch order."""
+    paths = sorted((project / "checkpoints").glob("epoch_*.pt"))
+    assert [p.name for p in paths] == [f"epoch_{e:03d}.pt" for e in range(1, EPOCHS + 1)]
+    return [load_checkpoint(path) for path in paths]
+
+
+def assert_same_run(got: list[dict], expected: list[dict]) -> None:
+    for mine, theirs in zip(got, expected, strict=True):
+        assert {k: mine[k] for k in METRICS} == {k: theirs[k] for k in METRICS}
+        for part in ("model_state_dict", "optimizer_state_dict"):
+            assert_tensors_equal(mine[part], theirs[part], f"epoch {mine['epoch']} {part}")
+
+
+def assert_tensors_equal(a: object, b: object, where: str) -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            assert_tensors_equal(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_tensors_equal(x, y, f"{where}[{index}]")
+    else:
+        assert a == b, where
+
+
+# Resuming does not depend on the architecture; a small one keeps checkpoints (and tests) light.
+ARCH = "shufflenet_v2_x0_5"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    """A project with prepare and pretrain done, and an uninterrupted train run's checkpoints."""
+    project = make_project(tmp_path_factory.mktemp("reference") / "project")
+    set_params(project, **{"train.epochs": EPOCHS, "model.arch": ARCH})
+    run([sys.executable, "-m", "dvc", "repro", "pretrain", "prepare"], project)
+    stage("train", project)
+    assert not any((project / ".cache" / "runs").iterdir()), "a finished run leaves no resume folder"
+    return project, final_state(project)
+
+
+@pytest.fixture
+def trained(reference: tuple[Path, list[dict]], tmp_path: Path) -> tuple[Path, list[dict]]:
+    """A fresh copy of the reference project, decoded-image cache included, for one test to kill runs in."""
+    project = tmp_path / "project"
+    shutil.copytree(reference[0], project, symlinks=True)
+    return project, reference[1]
+
+
+# (what the wrapper patches, which call of it kills the process)
+KILL_POINTS = {
+    "mid-epoch": ("step", 8),  # 5 steps per epoch: the 3rd step of epoch 2
+    "mid-checkpoint-write": ("save", 2),  # epoch 2's file half written
+    "between-epochs": ("publish", 1),  # right after epoch 1's checkpoint is in place
+}
+
+
+@pytest.mark.parametrize("where", KILL_POINTS)
+def test_resume_after_sigkill_gives_the_uninterrupted_result(trained: tuple[Path, list[dict]], where: str) -> None:
+    project, expected = trained
+    train_killed_at(project, *KILL_POINTS[where])
+    resumed = stage("train", project)
+    assert "resuming after epoch 1" in resumed.stderr
+    assert_same_run(final_state(project), expected)
+
+
+def test_damaged_checkpoint_falls_back_to_the_last_good_one(trained: tuple[Path, list[dict]]) -> None:
+    project, expected = trained
+    train_killed_at(project, "publish", 2)  # epochs 1 and 2 done
+    (run_dir,) = (project / ".cache" / "runs").iterdir()
+    damaged = run_dir / "epoch_002.pt"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+
+    resumed = stage("train", project)
+    assert f"{damaged.relative_to(project)} is damaged" in resumed.stderr
+    assert "resuming after epoch 1" in resumed.stderr
+    assert_same_run(final_state(project), expected)
+
+
+def test_other_params_never_resume_another_run(trained: tuple[Path, list[dict]]) -> None:
+    project, expected = trained
+    train_killed_at(project, "publish", 1)
+    set_params(project, **{"train.lr": 0.02})
+    other = stage("train", project)
+    assert "resuming" not in other.stderr
+    assert [c["lr"] for c in final_state(project)] == [0.02] * EPOCHS
+
+    set_params(project, **{"train.lr": 0.01})  # back to the killed run's params: it resumes
+    resumed = stage("train", project)
+    assert "resuming after epoch 1" in resumed.stderr
+    assert_same_run(final_state(project), expected)
+
+
+def test_nan_loss_stops_with_the_epoch_and_batch_and_keeps_earlier_checkpoints(
+    trained: tuple[Path, list[dict]],
+) -> None:
+    project, expected = trained
+    result = run([*WRAPPER, "nan", "8"], project, check=False)  # epoch 2, batch 2
+    assert result.returncode == 2
+    assert "epoch 2, batch 2" in result.stderr
+    assert "Traceback" not in result.stderr
+    kept = sorted((project / "checkpoints").glob("*.pt"))
+    assert [p.name for p in kept] == ["epoch_001.pt"]
+    assert_same_run([load_checkpoint(kept[0])], expected[:1])
+
+
+def test_dvc_repro_killed_from_outside_resumes_on_the_next_repro(project: Path) -> None:
+    set_params(project, **{"train.epochs": EPOCHS, "model.arch": ARCH})
+    dvc = [sys.executable, "-m", "dvc", "repro"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen(
+        dvc, cwd=project, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    runs = project / ".cache" / "runs"
+    deadline = time.monotonic() + 300
+    while not list(runs.glob("*/epoch_001.pt")):
+        assert process.poll() is None, "dvc repro ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+    output = run(dvc, project).stdout
+    assert "Running stage 'train'" in output
+    resumed = final_state(project)
+
+    # The same run, uninterrupted, from scratch: its folder is gone once it finished.
+    assert not any(runs.iterdir())
+    stage("train", project)
+    assert_same_run(resumed, final_state(project))
