@@ -3,5 +3,7 @@
 import os
 
 # Every torch.load in this process, torchvision's download cache included (torch.hub passes
-# weights_only=False), loads tensors only and refuses pickled code.
+# weights_only=False), loads tensors only and refuses pickled code. The opposite switch
+# would make torch refuse to load anything, so it is dropped.
+os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
 os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"

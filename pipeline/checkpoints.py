@@ -1,4 +1,4 @@
-"""Files that must never be half-written or trusted blindly: atomic writes and safe checkpoints.
+"""Checkpoints: saved atomically, loaded safely, checked for damage.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads
 with `torch.load(weights_only=True)`, which refuses pickled code. It carries a SHA-256
@@ -6,42 +6,20 @@ of its own contents, so a truncated or bit-flipped file is caught on load, not u
 """
 
 import hashlib
-import os
 import pickle
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from pipeline.cli import UserError
+from pipeline.files import atomic_write
 
 FORMAT = "tl-pipeline-checkpoint/1"
 
 
 class CheckpointError(UserError):
     """A checkpoint or weights file that is missing, damaged or unsafe."""
-
-
-@contextmanager
-def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Write `path` through a temporary file in the same folder, renamed into place on success.
-
-    A kill at any moment leaves either the old file or the new one, never a mix.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def checkpoint_name(epoch: int) -> str:

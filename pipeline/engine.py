@@ -1,13 +1,14 @@
-"""The inner loops shared by pretrain, train and evaluate: one training epoch, batched
-prediction, and the scores (loss, accuracy, macro-F1).
+"""The inner loops shared by pretrain, train and evaluate: batches, augmentation, one
+training epoch, batched prediction, and the scores (loss, accuracy, macro-F1).
 
-Inputs are the decoded uint8 image tensor from `data.decoded_images`, so a batch is an
-index, a copy and a normalisation: no file is opened inside an epoch.
+Inputs are the decoded uint8 images from `data.decoded_images`, so a batch is an index,
+a copy and a normalisation: no file is opened inside an epoch.
 """
 
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,6 @@ from torch import nn
 
 from pipeline.cli import UserError
 from pipeline.config import Optimizer, OptimParams
-from pipeline.data import augment, batch_indices, normalize
 from pipeline.models import set_train_mode
 
 
@@ -49,7 +49,7 @@ class Batches:
 
 
 def split_batches(
-    images: torch.Tensor,
+    images: np.ndarray,
     manifest: pd.DataFrame,
     classes: list[str],
     split: str,
@@ -61,7 +61,7 @@ def split_batches(
     class_index = {name: i for i, name in enumerate(classes)}
     targets = torch.tensor([class_index[label] for label in manifest["label"][in_split]], dtype=torch.int64)
     rows = torch.from_numpy(in_split.nonzero()[0])
-    return Batches(images, rows, targets, normalization["mean"], normalization["std"], device)
+    return Batches(torch.from_numpy(images), rows, targets, normalization["mean"], normalization["std"], device)
 
 
 def make_optimizer(params: OptimParams, model: nn.Module) -> torch.optim.Optimizer:
@@ -168,3 +168,36 @@ def score(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict
         "accuracy": (predictions == targets).float().mean().item(),
         "f1": f1[present].mean().item(),
     }
+
+
+def augment(images: torch.Tensor, hflip: bool, min_scale: float, generator: torch.Generator) -> torch.Tensor:
+    """Random zoom-crop and horizontal flip of a float batch, in one batched resampling.
+
+    The random draws come from `generator` on the CPU, so a seed gives the same
+    augmentation on every device.
+    """
+    if not hflip and min_scale >= 1:
+        return images
+    n = images.shape[0]
+    scale = torch.empty(n).uniform_(min_scale, 1.0, generator=generator).sqrt()
+    shift_x = (torch.rand(n, generator=generator) * 2 - 1) * (1 - scale)
+    shift_y = (torch.rand(n, generator=generator) * 2 - 1) * (1 - scale)
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if hflip else torch.ones(n)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = scale * flip, shift_x
+    theta[:, 1, 1], theta[:, 1, 2] = scale, shift_y
+    grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 (N, 3, H, W) on any device -> normalised float32."""
+    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * 255
+    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1) * 255
+    return (images.float() - mean_t) / std_t
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Index batches over n items, shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return list(order.split(batch_size))

@@ -13,8 +13,9 @@ import pandas as pd
 from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import UserError, progress, run_stage
 from pipeline.config import load_params
-from pipeline.data import decoded_images, read_manifest, write_csv
+from pipeline.data import decoded_images, read_manifest
 from pipeline.engine import predict, resolve_device, score, split_batches
+from pipeline.files import write_csv
 from pipeline.models import model_from_checkpoint
 
 log = logging.getLogger("pipeline.evaluate")

@@ -14,6 +14,8 @@ running statistics never change (like Keras's `trainable=False`, unlike a bare
 import difflib
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,20 +223,37 @@ def check_input_size(arch: str, model_kwargs: dict[str, Any], image_size: int) -
             # Inside the try: ViT (AssertionError) and MaxViT (ValueError) reject a size in
             # their constructor already, the others only in the forward pass.
             probe = skeleton_model(arch, model_kwargs)
-            device = next(probe.parameters()).device
-            probe.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
+            probe.eval()(torch.zeros(1, 3, image_size, image_size, device="meta"))
         except Exception as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise UserError(f"model.image_size = {image_size} does not fit {arch}: {reason}") from None
 
 
 def skeleton_model(arch: str, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """`arch` with random weights, on the meta device where possible: structure only, built in milliseconds."""
+    """`arch` on the meta device: structure only, no memory, built in milliseconds."""
     try:
         with torch.device("meta"):
             return get_model(arch, weights=None, **(model_kwargs or {}))
-    except NotImplementedError:  # RegNet computes its widths with tensor ops that meta cannot run
-        return get_model(arch, weights=None, **(model_kwargs or {}))
+    except NotImplementedError:
+        # RegNet computes its widths with tensor ops that meta cannot run. Build it on the CPU
+        # with weight initialisation switched off (values are not needed; regnet_y_128gf
+        # would take over 10 s), then move it to meta.
+        with _no_weight_init():
+            model = get_model(arch, weights=None, **(model_kwargs or {}))
+        return model.to("meta")
+
+
+@contextmanager
+def _no_weight_init() -> Iterator[None]:
+    initializers = [name for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")]
+    originals = {name: getattr(nn.init, name) for name in initializers}
+    for name in initializers:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(nn.init, name, original)
 
 
 # --- freezing -------------------------------------------------------------------------

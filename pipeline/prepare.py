@@ -13,7 +13,8 @@ import pandas as pd
 
 from pipeline.cli import run_stage
 from pipeline.config import load_params
-from pipeline.data import MANIFEST_COLUMNS, stratified_split, usable_images, write_csv, write_json
+from pipeline.data import MANIFEST_COLUMNS, stratified_split, usable_images
+from pipeline.files import write_csv, write_json
 
 log = logging.getLogger("pipeline.prepare")
 

@@ -18,7 +18,7 @@ import pandas as pd
 from pipeline.checkpoints import checkpoint_name, load_checkpoint, save_checkpoint
 from pipeline.cli import UserError, run_stage
 from pipeline.config import Mode, load_params
-from pipeline.data import write_csv, write_json
+from pipeline.files import write_csv, write_json
 
 log = logging.getLogger("pipeline.select_best")
 

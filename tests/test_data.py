@@ -1,4 +1,4 @@
-"""pipeline/data.py: finding and decoding images, stratified splits, the pixel cache, augmentation."""
+"""pipeline/data.py: finding and decoding images, stratified splits, the pixel cache; and engine.augment."""
 
 from collections import Counter
 from pathlib import Path
@@ -11,7 +11,8 @@ from PIL import Image
 
 import pipeline.data as data
 from pipeline.cli import UserError
-from pipeline.data import augment, decoded_images, file_sha1, find_images, load_image, stratified_split
+from pipeline.data import decoded_images, file_sha1, find_images, load_image, stratified_split
+from pipeline.engine import augment
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 200, 0), (0, 0, 255)
 EXIF_ORIENTATION = 0x0112
@@ -321,15 +322,15 @@ def cache_files(cache_dir: Path) -> dict[str, tuple[int, int]]:
 def test_decoded_images_match_load_image(tmp_path: Path, manifest: pd.DataFrame) -> None:
     images = decoded_images(manifest, 8, tmp_path / "cache")
 
-    assert images.dtype == torch.uint8
+    assert images.dtype == np.uint8
     assert tuple(images.shape) == (len(manifest), 3, 8, 8)
     for i, path in enumerate(manifest["path"]):
-        np.testing.assert_array_equal(images[i].numpy(), load_image(path, 8))
+        np.testing.assert_array_equal(images[i], load_image(path, 8))
 
 
 def test_decoded_images_reuse_the_cache(tmp_path: Path, manifest: pd.DataFrame, monkeypatch) -> None:
     cache = tmp_path / "cache"
-    first = decoded_images(manifest, 8, cache).clone()
+    first = decoded_images(manifest, 8, cache).copy()
     before = cache_files(cache)
     assert len(before) == 1
 
@@ -339,7 +340,7 @@ def test_decoded_images_reuse_the_cache(tmp_path: Path, manifest: pd.DataFrame, 
     monkeypatch.setattr(data, "load_image", no_decoding)
     again = decoded_images(manifest, 8, cache)
 
-    assert torch.equal(again, first)
+    np.testing.assert_array_equal(again, first)
     assert cache_files(cache) == before
 
 
@@ -362,7 +363,7 @@ def test_decoded_images_rebuild_for_a_new_size_or_changed_files(tmp_path: Path, 
     images = decoded_images(changed, 8, cache)
 
     assert len(cache_files(cache)) == 3
-    assert rgb_at(images[1].numpy(), 4, 4) == BLUE
+    assert rgb_at(images[1], 4, 4) == BLUE
 
 
 # --- augment -----------------------------------------------------------------------------

@@ -9,8 +9,15 @@ from torch import nn
 
 from pipeline.cli import UserError
 from pipeline.config import Optimizer, OptimParams
-from pipeline.data import batch_indices
-from pipeline.engine import Batches, NonFiniteLoss, epoch_generator, make_optimizer, score, train_one_epoch
+from pipeline.engine import (
+    Batches,
+    NonFiniteLoss,
+    batch_indices,
+    epoch_generator,
+    make_optimizer,
+    score,
+    train_one_epoch,
+)
 
 SIZE = 8
 NUM_CLASSES = 3

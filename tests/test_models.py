@@ -1,20 +1,12 @@
 """Models: every torchvision classifier gets a new head and freezes cleanly; weights load; sizes are checked.
 
 The all-model tests build each architecture as a skeleton (`skeleton_model`, on the meta
-device) and run the same steps `build_model` runs after it: drop the auxiliary heads, find
-the head, replace it. A meta-device forward pass checks shapes without computing anything.
-
-RegNet is the exception: its builder computes the block widths with tensor ops that meta
-cannot run, so `skeleton_model` builds it on the CPU, where the weight initialisation of
-regnet_y_128gf alone takes over 10 s. `_skeleton` below turns torch.nn.init's in-place
-initialisers into no-ops while building (the structure does not depend on the values) and
-then moves the model to meta, so the largest RegNet builds in well under a second.
+device, RegNet included) and run the same steps `build_model` runs after it: drop the
+auxiliary heads, find the head, replace it. A meta-device forward pass checks shapes
+without computing anything.
 """
 
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
@@ -52,9 +44,6 @@ SIZE = 16  # resnet18 takes 16 px: its last stage then sees 1x1 feature maps
 RESNET18_STAGES = ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"]
 STAGE_LIST = ", ".join(RESNET18_STAGES)
 
-# torch.nn.init's public in-place initialisers (normal_, kaiming_uniform_, trunc_normal_...).
-INITIALIZERS = [name for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")]
-
 # GoogLeNet and Inception warn that their from-scratch initialisation will change.
 pytestmark = pytest.mark.filterwarnings("ignore:The default weight initialization of:FutureWarning")
 
@@ -66,20 +55,11 @@ def probe_size(arch: str) -> int:
     return 299 if arch == "inception_v3" else 224
 
 
-@contextmanager
-def no_weight_init() -> Iterator[None]:
-    """Skip the values of new weights (not their allocation): structure only."""
-    with ExitStack() as stack:
-        for name in INITIALIZERS:
-            stack.enter_context(mock.patch.object(nn.init, name, lambda tensor, *args, **kwargs: tensor))
-        yield
-
-
 def skeleton(arch: str) -> nn.Module:
-    """`skeleton_model` as check_input_size calls it, then on meta (RegNet comes back on the CPU)."""
-    with no_weight_init():
-        model = skeleton_model(arch, _size_kwargs(arch, probe_size(arch)))
-    return model.to("meta")
+    """The model as check_input_size builds it: on meta, RegNet included."""
+    model = skeleton_model(arch, _size_kwargs(arch, probe_size(arch)))
+    assert all(p.is_meta for p in model.parameters())
+    return model
 
 
 def skeleton_with_head(arch: str) -> tuple[nn.Module, str, nn.Module]:

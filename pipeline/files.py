@@ -1,0 +1,50 @@
+"""Writing files so that a kill at any moment leaves the old file or the new one, never a mix.
+
+Every manifest, table, metrics file, checkpoint and cached array goes through here.
+"""
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path in `path`'s folder, renamed onto `path` if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as file:  # flush to disk before the rename makes it visible
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a file for writing through `atomic_path`; text is UTF-8 with \\n line ends on every OS."""
+    text = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
+    with atomic_path(path) as tmp, open(tmp, mode, **text) as file:
+        yield file
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_write(path, "w") as file:
+        frame.to_csv(file, index=False)
+
+
+def write_json(data: object, path: Path) -> None:
+    with atomic_write(path, "w") as file:
+        json.dump(data, file, indent=2)
+        file.write("\n")
