@@ -3,12 +3,15 @@
 import json
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pandas as pd
+import pytest
 import torch
+from torchvision.models import ResNet18_Weights, resnet18
 
 from pipeline.checkpoints import load_checkpoint
-from tests.conftest import run
+from tests.conftest import run, set_params, stage
 
 
 def dvc(project: Path, *args: str) -> str:
@@ -80,3 +83,26 @@ def test_repro_then_frozen_experiment(project: Path) -> None:
     assert "Stage 'train' is cached - skipping run" in output
     restored = json.loads(dvc(project, "metrics", "show", "--json"))[""]["data"]["best/metrics.json"]["data"]
     assert restored == metrics
+
+
+def test_train_takes_torchvision_weights_from_the_offline_cache(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """model.weights: IMAGENET1K_V1 with the file already in $TORCH_HOME: no network needed."""
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / Path(urlparse(weights.url).path).name
+    cached.parent.mkdir(parents=True)
+    imagenet_like = resnet18().state_dict()  # random values stand in for the real download
+    torch.save(imagenet_like, cached)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    set_params(project, **{"model.weights": "IMAGENET1K_V1", "freeze": "all_but_head", "train.epochs": 1})
+
+    stage("prepare", project)
+    stage("train", project)
+
+    checkpoint = load_checkpoint(project / "checkpoints" / "epoch_001.pt")
+    assert checkpoint["mean"] == list(weights.transforms().mean)
+    assert checkpoint["std"] == list(weights.transforms().std)
+    trained = trunk(checkpoint["model_state_dict"], "fc")
+    assert trained.keys() == trunk(imagenet_like, "fc").keys()
+    assert all(torch.equal(tensor, imagenet_like[name]) for name, tensor in trained.items())

@@ -166,3 +166,22 @@ def test_dvc_repro_killed_from_outside_resumes_on_the_next_repro(project: Path) 
     assert not any(runs.iterdir())
     stage("train", project)
     assert_same_run(resumed, final_state(project))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_evaluate_refuses_a_damaged_checkpoint_and_names_it(trained: tuple[Path, list[dict]], damage: str) -> None:
+    project, _ = trained
+    path = project / "checkpoints" / "epoch_002.pt"
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 3]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    path.unlink()  # a hard link to the run's files: replace, don't edit in place
+    path.write_bytes(bytes(data))
+
+    result = stage("evaluate", project, check=False)
+    assert result.returncode == 2
+    assert "checkpoints/epoch_002.pt is damaged" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (project / "eval" / "scores.csv").exists()

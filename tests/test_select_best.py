@@ -1,0 +1,45 @@
+"""select-best: chooses on validation only; NaN is worst; a tie goes to the earlier epoch."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from pipeline.cli import UserError
+from pipeline.config import Mode
+from pipeline.select_best import pick_best
+
+NAN = math.nan
+
+
+def scores(val_loss: list[float], test_loss: list[float] | None = None) -> pd.DataFrame:
+    epochs = range(1, len(val_loss) + 1)
+    test = test_loss if test_loss is not None else [1.0] * len(val_loss)
+    return pd.DataFrame({"epoch": list(epochs), "val_loss": val_loss, "val_accuracy": val_loss, "test_loss": test})
+
+
+@pytest.mark.parametrize(
+    ("val_loss", "mode", "expected_epoch"),
+    [
+        ([0.9, 0.5, 0.7], Mode.min, 2),
+        ([0.9, 0.5, 0.7], Mode.max, 1),
+        ([NAN, 0.8, 0.6], Mode.min, 3),  # NaN is never best when minimising...
+        ([0.2, NAN, 0.1], Mode.max, 1),  # ...nor when maximising
+        ([0.4, math.inf, 0.5], Mode.max, 3),  # inf is a diverged run, not a great score
+        ([0.5, 0.3, 0.3, 0.4], Mode.min, 2),  # a tie goes to the earlier epoch
+    ],
+)
+def test_pick_best(val_loss: list[float], mode: Mode, expected_epoch: int) -> None:
+    metric = "val_loss" if mode is Mode.min else "val_accuracy"
+    assert pick_best(scores(val_loss), metric, mode)["epoch"] == expected_epoch
+
+
+def test_test_scores_never_decide() -> None:
+    # Epoch 2 is best on validation; epoch 1 would be best on test.
+    chosen = pick_best(scores([0.6, 0.5], test_loss=[0.1, 0.9]), "val_loss", Mode.min)
+    assert chosen["epoch"] == 2
+
+
+def test_every_checkpoint_nan_is_a_clear_error() -> None:
+    with pytest.raises(UserError, match="every checkpoint has val_loss = NaN"):
+        pick_best(scores([NAN, NAN]), "val_loss", Mode.min)
