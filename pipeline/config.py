@@ -72,6 +72,10 @@ class AugmentParams:
 @dataclass
 class TrainParams(OptimParams):
     augment: AugmentParams = field(default_factory=AugmentParams)
+    # With freeze: all_but_head and no augmentation, run the frozen backbone once per split
+    # and train the head on its outputs.
+    cache_features: bool = MISSING
+    compile: bool = MISSING  # torch.compile the model for training
 
 
 @dataclass

@@ -25,31 +25,48 @@ class NonFiniteLoss(UserError):
 
 @dataclass
 class Batches:
-    """One split of the decoded images, with class indices, ready to batch onto `device`."""
+    """One split, ready to batch onto `device`: rows of the decoded uint8 images (normalised
+    per batch), or a frozen backbone's features (used as they are, see `head_inputs`)."""
 
-    images: torch.Tensor  # uint8 (N_all, 3, H, W): every image of the manifest
-    rows: torch.Tensor  # int64 (N,): this split's rows of `images`
+    inputs: torch.Tensor  # uint8 (N_all, 3, H, W) images, or float (N, ...) features
+    rows: torch.Tensor  # int64 (N,): this split's rows of `inputs`
     targets: torch.Tensor  # int64 (N,)
-    mean: list[float]
-    std: list[float]
     device: torch.device
+    mean: list[float] | None = None  # None: `inputs` are features, not images
+    std: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def load(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images, targets = self.images[self.rows[index]], self.targets[index]
-        if self.device.type == "cuda":
-            images = images.pin_memory().to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-        images = normalize(images, self.mean, self.std)
+        inputs = self.inputs[self.rows[index].to(self.inputs.device)]
+        if inputs.device != self.device:
+            if self.device.type == "cuda":
+                inputs = inputs.pin_memory()  # lets the copy below overlap with compute
+            inputs = inputs.to(self.device, non_blocking=True)
+        targets = self.targets[index].to(self.device, non_blocking=True)
+        if self.mean is None or self.std is None:
+            return inputs, targets
+        images = normalize(inputs, self.mean, self.std)
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         return images, targets
 
+    def with_features(self, features: torch.Tensor) -> "Batches":
+        return Batches(features, torch.arange(len(features)), self.targets, self.device)
+
+
+def images_on(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The decoded images as a tensor: on the GPU when they fit in a quarter of its free
+    memory, so batches never cross the PCIe bus; else (and on the CPU) the memory map."""
+    tensor = torch.from_numpy(images)
+    if device.type == "cuda" and tensor.nbytes < torch.cuda.mem_get_info(device)[0] // 4:
+        return tensor.to(device)
+    return tensor
+
 
 def split_batches(
-    images: np.ndarray,
+    images: torch.Tensor,
     manifest: pd.DataFrame,
     classes: list[str],
     split: str,
@@ -61,7 +78,35 @@ def split_batches(
     class_index = {name: i for i, name in enumerate(classes)}
     targets = torch.tensor([class_index[label] for label in manifest["label"][in_split]], dtype=torch.int64)
     rows = torch.from_numpy(in_split.nonzero()[0])
-    return Batches(torch.from_numpy(images), rows, targets, normalization["mean"], normalization["std"], device)
+    return Batches(images, rows, targets, device, normalization["mean"], normalization["std"])
+
+
+@torch.no_grad()
+def head_inputs(model: nn.Module, head: str, data: Batches, batch_size: int) -> torch.Tensor | None:
+    """What the (frozen) network feeds its head, for every item of `data`, in order.
+
+    None when the head's output is not the model's output (SqueezeNet pools after its
+    1x1-conv head): then the head cannot be trained on these features alone.
+    """
+    model.eval()
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(_: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        captured["input"], captured["output"] = inputs[0], output
+
+    handle = model.get_submodule(head).register_forward_hook(capture)
+    try:
+        features = []
+        for index in batch_indices(len(data), batch_size):
+            images, _ = data.load(index)
+            with autocast(data.device):
+                output = model(images)
+            if output is not captured["output"]:
+                return None
+            features.append(captured["input"])
+    finally:
+        handle.remove()
+    return torch.cat(features)
 
 
 def make_optimizer(params: OptimParams, model: nn.Module) -> torch.optim.Optimizer:

@@ -19,6 +19,7 @@ from pipeline.config import load_params
 from pipeline.data import decoded_images, stratified_split, usable_images
 from pipeline.engine import (
     epoch_generator,
+    images_on,
     make_optimizer,
     predict,
     resolve_device,
@@ -43,7 +44,7 @@ def main() -> None:
     torch.manual_seed(config.seed)
     built = build_model(params.model.arch, None, classes, params.model.image_size)
     model = built.model.to(device)
-    images = decoded_images(manifest, params.model.image_size)
+    images = images_on(decoded_images(manifest, params.model.image_size), device)
     normalization = {"mean": built.mean, "std": built.std}
     train_data = split_batches(images, manifest, classes, "train", normalization, device)
     val_data = split_batches(images, manifest, classes, "val", normalization, device)

@@ -33,6 +33,8 @@ from pipeline.config import Params, load_params
 from pipeline.data import decoded_images, read_manifest
 from pipeline.engine import (
     epoch_generator,
+    head_inputs,
+    images_on,
     make_optimizer,
     predict,
     resolve_device,
@@ -73,10 +75,24 @@ def main() -> None:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model)
 
-    images = decoded_images(manifest, params.model.image_size)
+    images = images_on(decoded_images(manifest, params.model.image_size), device)
     normalization = {"mean": built.mean, "std": built.std}
     train_data = split_batches(images, manifest, classes, "train", normalization, device)
     val_data = split_batches(images, manifest, classes, "val", normalization, device)
+
+    # What each epoch runs: the whole model or, when the backbone is frozen and nothing is
+    # random before the head, the head alone on the backbone's outputs, computed once.
+    net, net_frozen = model, frozen
+    augmenting = config.augment.hflip or config.augment.min_scale < 1
+    if spec.kind == "all_but_head" and config.cache_features and not augmenting:
+        train_features = head_inputs(model, built.head, train_data, config.batch_size)
+        val_features = head_inputs(model, built.head, val_data, config.batch_size)
+        if train_features is not None and val_features is not None:
+            net, net_frozen = model.get_submodule(built.head), []
+            train_data, val_data = train_data.with_features(train_features), val_data.with_features(val_features)
+            log.info("frozen backbone: features computed once; each epoch trains only the head on them")
+    if config.compile:
+        net.compile()
 
     fingerprint = run_fingerprint(params, device)
     run_dir = RUNS_DIR / fingerprint
@@ -88,11 +104,11 @@ def main() -> None:
     for epoch in range(len(history) + 1, config.epochs + 1):
         started = time.perf_counter()
         loss = train_one_epoch(
-            model, train_data, optimizer, frozen=frozen, batch_size=config.batch_size,
+            net, train_data, optimizer, frozen=net_frozen, batch_size=config.batch_size,
             generator=epoch_generator(config.seed, epoch), epoch=epoch,
             hflip=config.augment.hflip, min_scale=config.augment.min_scale,
         )  # fmt: skip
-        val = score(predict(model, val_data, config.batch_size), val_data.targets, len(classes))
+        val = score(predict(net, val_data, config.batch_size), val_data.targets, len(classes))
         record = {
             "epoch": epoch,
             "loss": loss,

@@ -27,7 +27,7 @@ def random_batches(n: int, seed: int = 0) -> Batches:
     generator = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8, generator=generator)
     targets = torch.randint(0, NUM_CLASSES, (n,), generator=generator)
-    return Batches(images, torch.arange(n), targets, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], torch.device("cpu"))
+    return Batches(images, torch.arange(n), targets, torch.device("cpu"), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
 
 
 def optim_params(lr: float = 0.1, optimizer: Optimizer = Optimizer.sgd) -> OptimParams:

@@ -169,7 +169,7 @@ def random_batches(built: models.Built, n: int = 8, seed: int = 0) -> Batches:
     generator = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, built.image_size, built.image_size), dtype=torch.uint8, generator=generator)
     targets = torch.randint(0, len(built.classes), (n,), generator=generator)
-    return Batches(images, torch.arange(n), targets, built.mean, built.std, torch.device("cpu"))
+    return Batches(images, torch.arange(n), targets, torch.device("cpu"), built.mean, built.std)
 
 
 def sgd(lr: float = 0.1) -> OptimParams:
