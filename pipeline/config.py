@@ -29,6 +29,17 @@ class Mode(Enum):
     max = "max"
 
 
+class Schedule(Enum):
+    constant = "constant"
+    step = "step"
+    cosine = "cosine"
+
+
+class ClassWeights(Enum):
+    none = "none"
+    balanced = "balanced"
+
+
 @dataclass
 class PrepareParams:
     data_dir: str = MISSING
@@ -70,7 +81,23 @@ class AugmentParams:
 
 
 @dataclass
+class EarlyStoppingParams:
+    patience: int = MISSING  # epochs without improvement of select.metric; 0 turns it off
+    min_delta: float = MISSING
+
+
+@dataclass
 class TrainParams(OptimParams):
+    schedule: Schedule = MISSING
+    warmup_epochs: int = MISSING
+    step_every: int = MISSING
+    step_gamma: float = MISSING
+    trunk_lr_scale: float = MISSING  # the pretrained trunk learns at lr * this; the new head at lr
+    unfreeze_after: int = MISSING  # gradual unfreezing: after this many epochs, `unfreeze_to` applies
+    unfreeze_to: str = MISSING
+    label_smoothing: float = MISSING
+    class_weights: ClassWeights = MISSING
+    early_stopping: EarlyStoppingParams = field(default_factory=EarlyStoppingParams)
     augment: AugmentParams = field(default_factory=AugmentParams)
     # With freeze: all_but_head and no augmentation, run the frozen backbone once per split
     # and train the head on its outputs.
@@ -181,6 +208,18 @@ def validate(params: Params) -> None:
     pretrain_val = params.pretrain.val_fraction
     _require(0 < pretrain_val < 1, "pretrain.val_fraction", pretrain_val, "a fraction between 0 and 1 (exclusive)")
     _require(params.model.image_size >= 1, "model.image_size", params.model.image_size, "an integer >= 1")
+    train = params.train
+    _require(train.warmup_epochs >= 0, "train.warmup_epochs", train.warmup_epochs, "an integer >= 0")
+    _require(train.step_every >= 1, "train.step_every", train.step_every, "an integer >= 1")
+    _require(train.step_gamma > 0, "train.step_gamma", train.step_gamma, "a number > 0")
+    _require(train.trunk_lr_scale >= 0, "train.trunk_lr_scale", train.trunk_lr_scale, "a number >= 0")
+    _require(train.unfreeze_after >= 0, "train.unfreeze_after", train.unfreeze_after, "an integer >= 0; 0 = never")
+    smoothing = train.label_smoothing
+    _require(0 <= smoothing < 1, "train.label_smoothing", smoothing, "a number in [0, 1)")
+    patience = train.early_stopping.patience
+    _require(patience >= 0, "train.early_stopping.patience", patience, "an integer >= 0; 0 = off")
+    delta = train.early_stopping.min_delta
+    _require(delta >= 0, "train.early_stopping.min_delta", delta, "a number >= 0")
     scale = params.train.augment.min_scale
     _require(0 < scale <= 1, "train.augment.min_scale", scale, "a number in (0, 1]; 1 turns zoom off")
     _require(params.evaluate.batch_size >= 1, "evaluate.batch_size", params.evaluate.batch_size, "an integer >= 1")

@@ -5,6 +5,8 @@ Inputs are the decoded uint8 images from `data.decoded_images`, so a batch is an
 a copy and a normalisation: no file is opened inside an epoch.
 """
 
+import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -14,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.cli import UserError
-from pipeline.config import Optimizer, OptimParams
+from pipeline.cli import UserError, progress
+from pipeline.config import Optimizer, OptimParams, Schedule
 from pipeline.models import set_train_mode
 
 
@@ -109,12 +111,54 @@ def head_inputs(model: nn.Module, head: str, data: Batches, batch_size: int) -> 
     return torch.cat(features)
 
 
-def make_optimizer(params: OptimParams, model: nn.Module) -> torch.optim.Optimizer:
-    """An optimizer over the trainable parameters only, so frozen ones carry no state."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
+def head_feature_batches(
+    model: nn.Module, head: str, splits: dict[str, Batches], batch_size: int
+) -> dict[str, Batches]:
+    """Each split as its `head_inputs` features; empty when the head cannot be trained on them."""
+    features = {name: head_inputs(model, head, data, batch_size) for name, data in splits.items()}
+    if any(f is None for f in features.values()):
+        return {}
+    return {name: splits[name].with_features(f) for name, f in features.items() if f is not None}
+
+
+def make_optimizer(
+    params: OptimParams,
+    model: nn.Module,
+    head: str,
+    trunk_lr_scale: float = 1.0,
+    trains_later: frozenset[str] = frozenset(),
+) -> torch.optim.Optimizer:
+    """An optimizer over the parameters that train at some point of the run: the head at `lr`
+    (group 0), the rest at `lr * trunk_lr_scale` (group 1).
+
+    Parameters frozen now but in `trains_later` (gradual unfreezing) get no gradients, so
+    they carry no optimizer state until they are unfrozen; frozen for good, they are left out.
+    """
+    head_params, trunk_params = [], []
+    for name, param in model.named_parameters():
+        if name.startswith(f"{head}."):
+            head_params.append(param)
+        elif param.requires_grad or name in trains_later:
+            trunk_params.append(param)
+    groups = [{"params": head_params, "lr": params.lr}]
+    if trunk_params:
+        groups.append({"params": trunk_params, "lr": params.lr * trunk_lr_scale})
     if params.optimizer is Optimizer.adamw:
-        return torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
-    return torch.optim.SGD(trainable, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+        return torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
+    return torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+
+
+def lr_factor(epoch: int, epochs: int, schedule: Schedule, warmup_epochs: int, step_every: int, gamma: float) -> float:
+    """The multiplier of the base learning rates in `epoch` (1-based): a linear warm-up, then
+    constant, step (times `gamma` every `step_every` epochs) or cosine decay to near zero."""
+    if epoch <= warmup_epochs:
+        return epoch / (warmup_epochs + 1)
+    after, length = epoch - warmup_epochs - 1, max(1, epochs - warmup_epochs)
+    if schedule is Schedule.step:
+        return gamma ** (after // step_every)
+    if schedule is Schedule.cosine:
+        return 0.5 * (1 + math.cos(math.pi * after / length))
+    return 1.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -158,19 +202,24 @@ def train_one_epoch(
     epoch: int,
     hflip: bool = False,
     min_scale: float = 1.0,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
-    """One pass over `data` in a seeded random order; returns the mean training loss."""
+    """One pass over `data` in a seeded random order; returns the mean training loss.
+
+    `criterion` defaults to plain cross-entropy (looked up at call time, so tests can patch it).
+    """
+    criterion = criterion or F.cross_entropy
     set_train_mode(model, frozen)
     # Dropout draws from the global RNG: tie it to this epoch's seed too (see epoch_generator).
     torch.manual_seed(generator.initial_seed())
     batches = batch_indices(len(data), batch_size, generator)
     losses = torch.zeros(len(batches), device=data.device)
     sizes = torch.tensor([len(b) for b in batches], dtype=torch.float32)
-    for step, index in enumerate(batches):
+    for step, index in enumerate(progress(batches, f"epoch {epoch}")):
         images, targets = data.load(index)
         images = augment(images, hflip, min_scale, generator)
         with autocast(data.device):
-            loss = F.cross_entropy(model(images), targets)
+            loss = criterion(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

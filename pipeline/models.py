@@ -311,7 +311,9 @@ def stage_names(model: nn.Module, head: str) -> list[str]:
 
 
 def freeze(model: nn.Module, spec: FreezeSpec, head: str) -> list[str]:
-    """Set requires_grad=False on the frozen part; return the frozen modules' names."""
+    """Set requires_grad from `spec`: False on the frozen part, True on the rest (so a later
+    call can unfreeze). Returns the frozen modules' names."""
+    model.requires_grad_(True)
     if spec.kind == "none":
         return []
     if spec.kind == "all_but_head":

@@ -48,7 +48,7 @@ def main() -> None:
     normalization = {"mean": built.mean, "std": built.std}
     train_data = split_batches(images, manifest, classes, "train", normalization, device)
     val_data = split_batches(images, manifest, classes, "val", normalization, device)
-    optimizer = make_optimizer(config, model)
+    optimizer = make_optimizer(config, model, built.head)
 
     for epoch in range(1, config.epochs + 1):
         loss = train_one_epoch(

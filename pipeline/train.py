@@ -17,24 +17,30 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from dvclive import Live
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from pipeline.checkpoints import CheckpointError, checkpoint_name, load_checkpoint, save_checkpoint
-from pipeline.cli import run_stage
-from pipeline.config import Params, load_params
+from pipeline.cli import progress, run_stage
+from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Params, load_params
 from pipeline.data import decoded_images, read_manifest
 from pipeline.engine import (
+    Batches,
     epoch_generator,
-    head_inputs,
+    head_feature_batches,
     images_on,
+    lr_factor,
     make_optimizer,
     predict,
     resolve_device,
@@ -42,7 +48,7 @@ from pipeline.engine import (
     split_batches,
     train_one_epoch,
 )
-from pipeline.models import build_model, count_parameters, freeze, is_weights_file, parse_freeze
+from pipeline.models import FreezeSpec, build_model, count_parameters, freeze, is_weights_file, parse_freeze
 
 log = logging.getLogger("pipeline.train")
 
@@ -58,57 +64,85 @@ def main() -> None:
     params = load_params()
     config = params.train
     spec = parse_freeze(params.freeze)
+    # Gradual unfreezing: after `unfreeze_after` epochs, `unfreeze_to` replaces `freeze`.
+    later = parse_freeze(config.unfreeze_to) if config.unfreeze_after else None
     device = resolve_device(params.device)
     manifest, classes = read_manifest(PREPARED_DIR)
 
     torch.manual_seed(config.seed)
     built = build_model(params.model.arch, params.model.weights, classes, params.model.image_size)
-    model = built.model
-    frozen = freeze(model, spec, built.head)
-    trainable, total = count_parameters(model)
-    log.info(
-        "%s with %d classes, freeze %s: %s of %s parameters trainable",
-        built.arch, len(classes), params.freeze, f"{trainable:,}", f"{total:,}",
-    )  # fmt: skip
+    model, head = built.model, built.head
+    trains_later = frozenset()
+    if later is not None:
+        freeze(model, later, head)  # also checks the spec's module names before any work
+        trains_later = frozenset(name for name, p in model.named_parameters() if p.requires_grad)
+    freeze(model, spec, head)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(config, model)
+    optimizer = make_optimizer(config, model, head, config.trunk_lr_scale, trains_later)
+    schedule = partial(
+        lr_factor, epochs=config.epochs, schedule=config.schedule, warmup_epochs=config.warmup_epochs,
+        step_every=config.step_every, gamma=config.step_gamma,
+    )  # fmt: skip
+    scheduler = LambdaLR(optimizer, lambda index: schedule(index + 1))  # LambdaLR counts epochs from 0
 
     images = images_on(decoded_images(manifest, params.model.image_size), device)
     normalization = {"mean": built.mean, "std": built.std}
-    train_data = split_batches(images, manifest, classes, "train", normalization, device)
-    val_data = split_batches(images, manifest, classes, "val", normalization, device)
+    splits = {
+        split: split_batches(images, manifest, classes, split, normalization, device) for split in ("train", "val")
+    }
+    criterion = partial(
+        F.cross_entropy, weight=class_weights(config.class_weights, splits["train"].targets, len(classes), device),
+        label_smoothing=config.label_smoothing,
+    )  # fmt: skip
+    features: dict[str, Batches] = {}  # the frozen backbone's outputs, computed once if used
 
-    # What each epoch runs: the whole model or, when the backbone is frozen and nothing is
-    # random before the head, the head alone on the backbone's outputs, computed once.
-    net, net_frozen = model, frozen
-    augmenting = config.augment.hflip or config.augment.min_scale < 1
-    if spec.kind == "all_but_head" and config.cache_features and not augmenting:
-        train_features = head_inputs(model, built.head, train_data, config.batch_size)
-        val_features = head_inputs(model, built.head, val_data, config.batch_size)
-        if train_features is not None and val_features is not None:
-            net, net_frozen = model.get_submodule(built.head), []
-            train_data, val_data = train_data.with_features(train_features), val_data.with_features(val_features)
-            log.info("frozen backbone: features computed once; each epoch trains only the head on them")
-    if config.compile:
-        net.compile()
+    def what_to_train(active: FreezeSpec, frozen: list[str]) -> tuple[nn.Module, list[str], dict[str, Batches]]:
+        """The module each epoch runs, its frozen parts, and its data. With a frozen backbone and
+        nothing random before the head, that is the head alone on the backbone's outputs."""
+        augmenting = config.augment.hflip or config.augment.min_scale < 1
+        if active.kind == "all_but_head" and config.cache_features and not augmenting:
+            if not features:
+                started = time.perf_counter()
+                features.update(head_feature_batches(model, head, splits, config.batch_size))
+                log.info("frozen backbone: features computed once in %.2fs", time.perf_counter() - started)
+            if features:
+                return model.get_submodule(head), [], features
+        return model, frozen, splits
 
     fingerprint = run_fingerprint(params, device)
     run_dir = RUNS_DIR / fingerprint
-    history = resume(run_dir, fingerprint, model, optimizer)
+    history = resume(run_dir, fingerprint, model, optimizer, scheduler)
     live = Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False)
     for record in history:
         log_epoch(live, record)
 
-    for epoch in range(len(history) + 1, config.epochs + 1):
+    first_epoch = len(history) + 1
+    for epoch in progress(range(first_epoch, config.epochs + 1), "training"):
+        stop = early_stop(history, params.select.metric, params.select.mode, config.early_stopping)
+        if stop:
+            log.info("%s", stop)
+            break
+        active = later if later is not None and epoch > config.unfreeze_after else spec
+        frozen = freeze(model, active, head)
+        trainable, total = count_parameters(model)
+        net, net_frozen, data = what_to_train(active, frozen)
+        if config.compile:
+            net.compile()
+        if epoch == first_epoch or (active is not spec and epoch == config.unfreeze_after + 1):
+            log.info(
+                "%s, %d classes, freeze %s: %s of %s parameters train",
+                built.arch, len(classes), active_name(active, params), f"{trainable:,}", f"{total:,}",
+            )  # fmt: skip
+
         started = time.perf_counter()
         loss = train_one_epoch(
-            net, train_data, optimizer, frozen=net_frozen, batch_size=config.batch_size,
+            net, data["train"], optimizer, frozen=net_frozen, batch_size=config.batch_size,
             generator=epoch_generator(config.seed, epoch), epoch=epoch,
-            hflip=config.augment.hflip, min_scale=config.augment.min_scale,
+            hflip=config.augment.hflip, min_scale=config.augment.min_scale, criterion=criterion,
         )  # fmt: skip
-        val = score(predict(net, val_data, config.batch_size), val_data.targets, len(classes))
+        val = score(predict(net, data["val"], config.batch_size), data["val"].targets, len(classes))
         record = {
             "epoch": epoch,
             "loss": loss,
@@ -118,12 +152,14 @@ def main() -> None:
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - started,
         }
+        scheduler.step()
         checkpoint = {
             **built.metadata(),
             **record,
             "model_state_dict": model.state_dict(),
             "optimizer_state_dict": optimizer.state_dict(),
-            "freeze": params.freeze,
+            "scheduler_state_dict": scheduler.state_dict(),
+            "freeze": active_name(active, params),
             "frozen_modules": frozen,
             "trainable_params": trainable,
             "total_params": total,
@@ -132,6 +168,7 @@ def main() -> None:
         path = run_dir / checkpoint_name(epoch)
         save_checkpoint(checkpoint, path)
         publish(path)
+        history.append(record)
         log_epoch(live, record)
         log.info(
             "epoch %d/%d: loss %.4f, val loss %.4f, val accuracy %.3f, lr %.2g, %.1fs",
@@ -143,6 +180,40 @@ def main() -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def active_name(active: FreezeSpec, params: Params) -> str:
+    return params.freeze if active == parse_freeze(params.freeze) else params.train.unfreeze_to
+
+
+def class_weights(
+    kind: ClassWeights, targets: torch.Tensor, num_classes: int, device: torch.device
+) -> torch.Tensor | None:
+    """`balanced`: each class weighs n / (classes * its count) in the training loss, as in scikit-learn."""
+    if kind is ClassWeights.none:
+        return None
+    counts = torch.bincount(targets, minlength=num_classes).float()
+    return (len(targets) / (num_classes * counts.clamp(min=1))).to(device)
+
+
+def early_stop(history: list[dict[str, Any]], metric: str, mode: Mode, config: EarlyStoppingParams) -> str | None:
+    """Why training should stop now, or None: `metric` has not improved by more than
+    min_delta for `patience` epochs. Derived from the history, so it survives a resume."""
+    if config.patience <= 0 or not history:
+        return None
+    sign = 1 if mode is Mode.min else -1
+    best_epoch, best = 0, math.inf
+    for record in history:
+        value = sign * record[metric]
+        if math.isfinite(value) and value < best - config.min_delta:
+            best_epoch, best = record["epoch"], value
+    waited = history[-1]["epoch"] - best_epoch
+    if waited < config.patience:
+        return None
+    return (
+        f"early stopping after epoch {history[-1]['epoch']}: {metric} has not improved by more than "
+        f"{config.min_delta} for {waited} epochs (best: epoch {best_epoch})"
+    )
+
+
 def run_fingerprint(params: Params, device: torch.device) -> str:
     """A hash of everything that shapes a training run: params, data, weights and code."""
     digest = hashlib.sha256()
@@ -151,6 +222,7 @@ def run_fingerprint(params: Params, device: torch.device) -> str:
         "device": device.type,
         "model": dataclasses.asdict(params.model),
         "train": dataclasses.asdict(params.train),
+        "select": dataclasses.asdict(params.select),  # early stopping watches select.metric
     }
     digest.update(json.dumps(shaping, sort_keys=True, default=str).encode())
     files = [PREPARED_DIR / "manifest.csv", PREPARED_DIR / "classes.json", *sorted(Path(__file__).parent.glob("*.py"))]
@@ -163,7 +235,9 @@ def run_fingerprint(params: Params, device: torch.device) -> str:
     return digest.hexdigest()[:16]
 
 
-def resume(run_dir: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+def resume(
+    run_dir: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LambdaLR
+) -> list[dict[str, Any]]:
     """Restore the last good checkpoint of this run, if a killed attempt left any.
 
     Returns the finished epochs' records. Damaged checkpoints, and any after them, are
@@ -194,6 +268,7 @@ def resume(run_dir: Path, fingerprint: str, model: nn.Module, optimizer: torch.o
     if last is not None:
         model.load_state_dict(last["model_state_dict"])
         optimizer.load_state_dict(last["optimizer_state_dict"])
+        scheduler.load_state_dict(last["scheduler_state_dict"])
         log.info("resuming after epoch %d from %s", last["epoch"], run_dir)
     return history
 

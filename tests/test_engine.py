@@ -129,7 +129,7 @@ def test_nan_loss_names_epoch_and_batch(bad_call: int):
     data = random_batches(6)
     with pytest.raises(NonFiniteLoss) as error:
         train_one_epoch(
-            model, data, make_optimizer(optim_params(), model), frozen=[], batch_size=2,
+            model, data, make_optimizer(optim_params(), model, "6"), frozen=[], batch_size=2,
             generator=epoch_generator(0, 7), epoch=7,
         )  # fmt: skip
     assert isinstance(error.value, UserError)  # shown as one line, exit code 2
@@ -154,7 +154,7 @@ def test_finite_epoch_returns_the_size_weighted_mean_loss():
     assert sum(batch_means) / 3 != pytest.approx(expected, rel=1e-6)  # the weighting matters here
 
     loss = train_one_epoch(
-        model, data, make_optimizer(optim_params(lr=0.0), model), frozen=[], batch_size=2,
+        model, data, make_optimizer(optim_params(lr=0.0), model, "6"), frozen=[], batch_size=2,
         generator=epoch_generator(0, 1), epoch=1,
     )  # fmt: skip
     assert loss == pytest.approx(expected, rel=1e-6)
@@ -181,7 +181,7 @@ def run_epoch(
     model = copy.deepcopy(initial)
     torch.manual_seed(global_seed)  # the epoch must not depend on the global RNG's state (dropout)
     loss = train_one_epoch(
-        model, random_batches(12), make_optimizer(optim_params(optimizer=optimizer), model), frozen=[],
+        model, random_batches(12), make_optimizer(optim_params(optimizer=optimizer), model, "6"), frozen=[],
         batch_size=4, generator=epoch_generator(seed, epoch), epoch=epoch, hflip=True, min_scale=0.5,
     )  # fmt: skip
     return model, loss

@@ -178,7 +178,7 @@ def sgd(lr: float = 0.1) -> OptimParams:
 
 def train_two_steps(built: models.Built, frozen: list[str]) -> torch.optim.Optimizer:
     """One epoch of 8 images in batches of 4: two optimizer steps."""
-    optimizer = make_optimizer(sgd(), built.model)
+    optimizer = make_optimizer(sgd(), built.model, built.head)
     train_one_epoch(
         built.model, random_batches(built), optimizer, frozen=frozen, batch_size=4,
         generator=epoch_generator(0, 1), epoch=1,
@@ -238,7 +238,7 @@ def test_all_but_head_counts_and_optimizer_hold_only_the_head():
     assert model.fc.weight.shape == (len(CLASSES), 512)
     head_params = model.fc.weight.numel() + model.fc.bias.numel()
     assert count_parameters(model) == (head_params, sum(p.numel() for p in model.parameters()))
-    optimizer = make_optimizer(sgd(), model)
+    optimizer = make_optimizer(sgd(), model, built.head)
     held = [p for group in optimizer.param_groups for p in group["params"]]
     assert {id(p) for p in held} == {id(model.fc.weight), id(model.fc.bias)}
     assert len(held) == 2

@@ -1,0 +1,131 @@
+"""Fine-tuning recipes: LR schedules with warm-up, a lower trunk LR, gradual unfreezing,
+early stopping, label smoothing and class weights."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.checkpoints import load_checkpoint
+from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Optimizer, OptimParams, Schedule
+from pipeline.engine import lr_factor, make_optimizer
+from pipeline.models import build_model, freeze, parse_freeze
+from pipeline.train import class_weights, early_stop
+from tests.conftest import run, set_params, stage
+from tests.test_resume import assert_same_run
+
+
+@pytest.mark.parametrize(
+    ("schedule", "warmup", "expected"),
+    [
+        (Schedule.constant, 0, [1, 1, 1, 1, 1, 1]),
+        (Schedule.constant, 2, [1 / 3, 2 / 3, 1, 1, 1, 1]),
+        (Schedule.step, 0, [1, 1, 0.5, 0.5, 0.25, 0.25]),  # step_every 2, gamma 0.5
+        (Schedule.step, 1, [0.5, 1, 1, 0.5, 0.5, 0.25]),
+        (Schedule.cosine, 0, [0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]),
+        (Schedule.cosine, 2, [1 / 3, 2 / 3] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]),
+    ],
+)
+def test_lr_factor(schedule: Schedule, warmup: int, expected: list[float]) -> None:
+    got = [lr_factor(e, 6, schedule, warmup, step_every=2, gamma=0.5) for e in range(1, 7)]
+    assert got == pytest.approx(expected)
+
+
+def test_trunk_learns_at_a_scaled_rate_and_later_unfrozen_params_are_in_the_optimizer() -> None:
+    built = build_model("resnet18", None, ["a", "b"], 16)
+    model, head = built.model, built.head
+    freeze(model, parse_freeze("first:4"), head)
+    later = frozenset(name for name, p in model.named_parameters() if p.requires_grad)
+    freeze(model, parse_freeze("all_but_head"), head)
+    params = OptimParams(epochs=1, batch_size=2, optimizer=Optimizer.sgd, lr=0.1, momentum=0.9, weight_decay=0, seed=0)
+    optimizer = make_optimizer(params, model, head, trunk_lr_scale=0.1, trains_later=later)
+
+    head_group, trunk_group = optimizer.param_groups
+    assert head_group["lr"] == 0.1 and trunk_group["lr"] == pytest.approx(0.01)
+    assert {id(p) for p in head_group["params"]} == {id(p) for p in model.fc.parameters()}
+    # layer3 and layer4 (trainable after first:4 unfreezes them) are there; layer1 never trains.
+    in_trunk = {id(p) for p in trunk_group["params"]}
+    assert all(id(p) in in_trunk for p in model.layer4.parameters())
+    assert not any(id(p) in in_trunk for p in model.layer1.parameters())
+
+
+def records(values: list[float]) -> list[dict]:
+    return [{"epoch": i + 1, "val_loss": v, "val_accuracy": v} for i, v in enumerate(values)]
+
+
+@pytest.mark.parametrize(
+    ("values", "mode", "patience", "min_delta", "stops"),
+    [
+        ([0.9, 0.8, 0.7], Mode.min, 2, 0.0, False),  # still improving
+        ([0.9, 0.8, 0.85, 0.82], Mode.min, 2, 0.0, True),  # two epochs since the best
+        ([0.9, 0.8, 0.85], Mode.min, 2, 0.0, False),  # only one
+        ([0.9, 0.895, 0.89], Mode.min, 2, 0.01, True),  # improvements below min_delta do not count
+        ([0.5, 0.6, 0.7], Mode.max, 1, 0.0, False),
+        ([0.5, math.nan, 0.4], Mode.max, 2, 0.0, True),  # NaN is never an improvement
+        ([0.9, 0.9, 0.9], Mode.min, 0, 0.0, False),  # patience 0: off
+    ],
+)
+def test_early_stop(values: list[float], mode: Mode, patience: int, min_delta: float, stops: bool) -> None:
+    metric = "val_loss" if mode is Mode.min else "val_accuracy"
+    reason = early_stop(records(values), metric, mode, EarlyStoppingParams(patience=patience, min_delta=min_delta))
+    assert (reason is not None) == stops
+
+
+def test_balanced_class_weights() -> None:
+    targets = torch.tensor([0, 0, 0, 1])  # 3:1
+    weights = class_weights(ClassWeights.balanced, targets, 2, torch.device("cpu"))
+    assert weights.tolist() == pytest.approx([4 / (2 * 3), 4 / (2 * 1)])
+
+
+def test_early_stopping_keeps_every_finished_epoch(project: Path) -> None:
+    # A frozen backbone and a vanishing lr: validation loss moves by far less than min_delta,
+    # so patience 1 stops after epoch 2.
+    set_params(
+        project,
+        freeze="all_but_head",
+        **{
+            "train.epochs": 4,
+            "train.lr": 1e-9,
+            "train.early_stopping.patience": 1,
+            "train.early_stopping.min_delta": 0.01,
+        },
+    )
+    run([sys.executable, "-m", "dvc", "repro", "pretrain", "prepare"], project)
+    result = stage("train", project)
+    assert "early stopping after epoch 2" in result.stderr
+    assert sorted(p.name for p in (project / "checkpoints").glob("*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
+
+
+def test_gradual_unfreezing_survives_a_resume(project: Path) -> None:
+    """Head alone for 1 epoch (on cached features), then layer3+layer4 at a lower LR; killed in epoch 3."""
+    set_params(
+        project,
+        freeze="all_but_head",
+        **{
+            "model.arch": "shufflenet_v2_x0_5",
+            "train.epochs": 3,
+            "train.unfreeze_after": 1,
+            "train.unfreeze_to": "first:3",
+            "train.trunk_lr_scale": 0.1,
+            "train.schedule": "cosine",
+            "train.warmup_epochs": 1,
+            "train.label_smoothing": 0.1,
+            "train.class_weights": "balanced",
+        },
+    )
+    run([sys.executable, "-m", "dvc", "repro", "pretrain", "prepare"], project)
+    stage("train", project)
+    expected = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
+    assert [c["freeze"] for c in expected] == ["all_but_head", "first:3", "first:3"]
+    assert expected[0]["trainable_params"] < expected[1]["trainable_params"] < expected[1]["total_params"]
+    trunk_lr = [c["optimizer_state_dict"]["param_groups"][1]["lr"] for c in expected]
+    head_lr = [c["optimizer_state_dict"]["param_groups"][0]["lr"] for c in expected]
+    assert trunk_lr == pytest.approx([h * 0.1 for h in head_lr])
+
+    killed = run([sys.executable, "-m", "tests.kill_wrapper", "step", "13"], project, check=False)  # in epoch 3
+    assert killed.returncode == -9, killed.stderr
+    resumed = stage("train", project)
+    assert "resuming after epoch 2" in resumed.stderr
+    assert_same_run([load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))], expected)
