@@ -106,3 +106,32 @@ def test_train_takes_torchvision_weights_from_the_offline_cache(
     trained = trunk(checkpoint["model_state_dict"], "fc")
     assert trained.keys() == trunk(imagenet_like, "fc").keys()
     assert all(torch.equal(tensor, imagenet_like[name]) for name, tensor in trained.items())
+
+
+def test_results_travel_through_a_remote_to_a_fresh_clone(project: Path, tmp_path: Path) -> None:
+    """dvc push to a local-folder remote; a fresh clone gets the same bytes with dvc pull."""
+    set_params(project, **{"model.arch": "shufflenet_v2_x0_5"})  # small checkpoints: this is about the flow
+    dvc(project, "repro")
+    dvc(project, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
+    run(["git", "init", "-q", "--bare", str(tmp_path / "origin.git")], tmp_path)
+    run(["git", "remote", "add", "origin", str(tmp_path / "origin.git")], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "results and remote"], project)
+    run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], project)
+    dvc(project, "push")
+    dvc(project, "exp", "run", "-S", "freeze=all_but_head", "--name", "frozen-head")
+    dvc(project, "exp", "push", "origin", "frozen-head")
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", "-b", "main", str(tmp_path / "origin.git"), str(clone)], tmp_path)
+    dvc(clone, "pull")
+    shared = ["models/best.pt", *(f"checkpoints/{p.name}" for p in (project / "checkpoints").glob("*.pt"))]
+    run(["git", "checkout", "-q", "."], project)  # back to the committed results (the exp was applied)
+    dvc(project, "checkout")
+    for name in shared:
+        assert (clone / name).read_bytes() == (project / name).read_bytes(), name
+
+    dvc(clone, "exp", "pull", "origin", "frozen-head")
+    experiments = json.loads(dvc(clone, "exp", "show", "--json"))
+    names = [exp["name"] for row in experiments for exp in row.get("experiments") or []]
+    assert "frozen-head" in names
