@@ -51,15 +51,24 @@ def find_images(root: Path) -> tuple[list[str], list[tuple[Path, str]], list[Ski
     files: list[tuple[Path, str]] = []
     skipped: list[Skipped] = []
     for class_dir in class_dirs:
-        for path in sorted(class_dir.rglob("*")):
-            relative = path.relative_to(class_dir)
-            if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-                continue
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append((path, class_dir.name))
-            else:
-                skipped.append(Skipped(path.as_posix(), f"not an image file extension ({path.suffix or 'none'})"))
+        images, others = image_files(class_dir)
+        files += [(path, class_dir.name) for path in images]
+        skipped += [Skipped(p.as_posix(), f"not an image file extension ({p.suffix or 'none'})") for p in others]
     return [d.name for d in class_dirs], files, skipped
+
+
+def image_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Every file below `folder`, sorted: (image files, other files).
+
+    Hidden files and folders are ignored; extensions match in any case.
+    """
+    images: list[Path] = []
+    others: list[Path] = []
+    for path in sorted(folder.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
+            continue
+        (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
+    return images, others
 
 
 def load_image(path: Path | str, size: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Stage evaluate: score every checkpoint on the validation and the test split.
 
 Reads:  params device, evaluate.batch_size; checkpoints/; data/prepared/; the images
-Writes: eval/scores.csv         (one row per epoch: loss, accuracy and macro-F1 on val and test)
+Writes: eval/scores.csv         (one row per epoch: its training loss; loss, accuracy and macro-F1 on val and test)
         eval/predictions/epoch_NNN.csv  (each checkpoint's test predictions)
 """
 
@@ -49,7 +49,7 @@ def main() -> None:
         else:
             model.load_state_dict(checkpoint["model_state_dict"])
 
-        row = {"epoch": checkpoint["epoch"]}
+        row = {"epoch": checkpoint["epoch"], "train_loss": checkpoint["loss"]}
         logits = {split: predict(model, data, batch_size) for split, data in splits.items()}
         for split, data in splits.items():
             row |= {f"{split}_{name}": v for name, v in score(logits[split], data.targets, len(classes)).items()}

@@ -5,26 +5,48 @@ never used to choose. NaN counts as worst; a tie goes to the earlier epoch.
 
 Reads:  params select.*; eval/scores.csv; eval/predictions/; checkpoints/
 Writes: models/best.pt        (model weights and metadata, no optimizer state)
+        models/best.pt2       (the same model as a torch.export program; see below)
         best/metrics.json     (what `dvc metrics show` reads)
         best/confusion.csv    (the chosen checkpoint's test predictions, for the confusion plot)
+        best/epochs.csv       (eval/scores.csv with the chosen epoch marked, for the curves)
+
+models/best.pt2 runs with plain torch, without this project's code:
+
+    model = torch.export.load("models/best.pt2").module()   # already in eval mode
+    logits = model(x)
+
+x is a float32 tensor (N, 3, S, S), any N >= 1, on the CPU, preprocessed as in training:
+resize the shorter side to S = image_size and crop the centre S x S, RGB, scale to [0, 1],
+then subtract `mean` and divide by `std` per channel. image_size, mean, std and the
+class names (output i is classes[i]) are stored in best.pt and, as JSON, in the .pt2:
+`extra = {"metadata.json": ""}; torch.export.load(path, extra_files=extra)`.
+`python -m pipeline.predict` does all of this for you.
+
+The export is a convenience: a model that torch.export cannot capture still gets best.pt
+and its metrics, with a warning, and best.pt2 then holds a line of text saying why.
 """
 
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from pipeline.checkpoints import checkpoint_name, load_checkpoint, save_checkpoint
 from pipeline.cli import UserError, run_stage
 from pipeline.config import Mode, load_params
-from pipeline.files import write_csv, write_json
+from pipeline.files import atomic_write, write_csv, write_json
+from pipeline.models import model_from_checkpoint
 
 log = logging.getLogger("pipeline.select_best")
 
 CHECKPOINT_DIR = Path("checkpoints")
 EVAL_DIR = Path("eval")
 BEST_MODEL = Path("models/best.pt")
+BEST_EXPORT = Path("models/best.pt2")
 BEST_DIR = Path("best")
 REPORTED = ("val_loss", "val_accuracy", "val_f1", "test_loss", "test_accuracy", "test_f1")
 
@@ -40,6 +62,27 @@ def pick_best(scores: pd.DataFrame, metric: str, mode: Mode) -> pd.Series:
     return tied.sort_values("epoch").iloc[0]
 
 
+def export_model(checkpoint: dict[str, Any], path: Path) -> None:
+    """Write the checkpoint's model as a torch.export program, in eval mode, for any batch size.
+
+    Before writing, the program is run on a batch of another size than the example and
+    compared with the model itself, so a written file computes what the checkpoint does.
+    """
+    model = model_from_checkpoint(checkpoint).eval()
+    size = checkpoint["image_size"]
+    # The example's batch is 2, not 1: export specialises sizes 0 and 1 to constants.
+    example = torch.zeros(2, 3, size, size)
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(probe), model(probe))
+    metadata = {key: checkpoint[key] for key in ("arch", "classes", "image_size", "mean", "std")}
+    # A file object, not the temporary path: torch.export.save warns about a name not ending in .pt2.
+    with atomic_write(path) as file:
+        torch.export.save(program, file, extra_files={"metadata.json": json.dumps(metadata)})
+    log.info("exported %s for any batch of (N, 3, %d, %d) inputs -> %s", checkpoint["arch"], size, size, path)
+
+
 def main() -> None:
     params = load_params().select
     scores = pd.read_csv(EVAL_DIR / "scores.csv")
@@ -49,6 +92,17 @@ def main() -> None:
     checkpoint = load_checkpoint(CHECKPOINT_DIR / checkpoint_name(epoch))
     del checkpoint["optimizer_state_dict"]  # best.pt is for using the model, not for resuming
     save_checkpoint(checkpoint, BEST_MODEL)
+    try:
+        export_model(checkpoint, BEST_EXPORT)
+    except Exception as error:  # torch.export raises many types; best.pt and the metrics matter more
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        log.warning(
+            "could not export %s with torch.export (%s); %s holds this message instead, %s is fine",
+            checkpoint["arch"], reason, BEST_EXPORT, BEST_MODEL,
+        )  # fmt: skip
+        # DVC fails a stage whose declared output is missing, so write why instead of nothing.
+        with atomic_write(BEST_EXPORT, "w") as file:
+            file.write(f"not a model: exporting {checkpoint['arch']} with torch.export failed: {reason}\n")
 
     metrics = {
         "epoch": epoch,
@@ -59,6 +113,8 @@ def main() -> None:
     write_json(metrics, BEST_DIR / "metrics.json")
     predictions = pd.read_csv(EVAL_DIR / "predictions" / f"{checkpoint_name(epoch).removesuffix('.pt')}.csv")
     write_csv(predictions[["actual", "predicted"]], BEST_DIR / "confusion.csv")
+    # evaluate's table with the choice marked, for the per-epoch plots' red line
+    write_csv(scores.assign(selected=(scores["epoch"] == epoch).astype(int)), BEST_DIR / "epochs.csv")
     log.info(
         "best: epoch %d of %d by %s (%s): val loss %.4f, test accuracy %.3f -> %s",
         epoch, len(scores), params.metric, params.mode.value, best["val_loss"], best["test_accuracy"], BEST_MODEL,

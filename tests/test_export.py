@@ -1,0 +1,108 @@
+"""select-best's models/best.pt2: a torch.export program that plain torch loads and runs,
+with the checkpoint's outputs for any batch size, and that never costs the stage its results."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import select_best
+from pipeline.checkpoints import load_checkpoint, save_checkpoint
+from pipeline.models import build_model, model_from_checkpoint
+from tests.conftest import stage
+
+CLASSES = ["a", "b", "c"]
+
+
+def tiny_checkpoint(arch: str, size: int) -> dict:
+    torch.manual_seed(0)
+    built = build_model(arch, None, CLASSES, size)
+    return {**built.metadata(), "model_state_dict": built.model.state_dict()}
+
+
+def assert_same_outputs(path: Path, checkpoint: dict) -> None:
+    """The file's program and the checkpoint's model agree on batches unlike the example (2)."""
+    exported = torch.export.load(path).module()
+    model = model_from_checkpoint(checkpoint).eval()
+    size = checkpoint["image_size"]
+    for batch in (1, 5):
+        images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            torch.testing.assert_close(exported(images), model(images), rtol=1e-6, atol=1e-6)
+
+
+# resnet18 is the default; SqueezeNet's head is a 1x1 convolution followed by pooling.
+# The other 78 torchvision models were checked once by hand, at 224 px (README).
+@pytest.mark.parametrize("arch", ["resnet18", "squeezenet1_1"])
+def test_exported_program_computes_what_the_checkpoint_does(arch: str, tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(arch, 32)
+    select_best.export_model(checkpoint, tmp_path / "best.pt2")
+    assert_same_outputs(tmp_path / "best.pt2", checkpoint)
+
+
+def fake_evaluation(project: Path, checkpoint: dict) -> None:
+    """What select-best reads from the train and evaluate stages, for one epoch."""
+    save_checkpoint(
+        {**checkpoint, "epoch": 1, "optimizer_state_dict": {}, "trainable_params": 1, "total_params": 1},
+        project / "checkpoints/epoch_001.pt",
+    )
+    (project / "eval/predictions").mkdir(parents=True)
+    scores = {name: [0.5] for name in select_best.REPORTED}
+    pd.DataFrame({"epoch": [1], **scores}).to_csv(project / "eval/scores.csv", index=False)
+    pd.DataFrame({"actual": ["a"], "predicted": ["b"]}).to_csv(project / "eval/predictions/epoch_001.csv", index=False)
+
+
+LOAD_WITH_PLAIN_TORCH = """
+import json, sys
+import torch
+extra = {"metadata.json": ""}
+model = torch.export.load(sys.argv[1], extra_files=extra).module()
+images = torch.load("images.pt", weights_only=True)
+with torch.no_grad():
+    torch.save(model(images), "logits.pt")
+print(json.loads(extra["metadata.json"])["classes"])
+assert not any(name == "pipeline" or name.startswith("pipeline.") for name in sys.modules)
+"""
+
+
+def test_select_best_writes_a_file_that_plain_torch_runs(project: Path, tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint("resnet18", 16)
+    fake_evaluation(project, checkpoint)
+    stage("select_best", project)
+    assert load_checkpoint(project / "models/best.pt")["classes"] == CLASSES
+
+    # Load it where no pipeline package can be imported: not in cwd, not on PYTHONPATH.
+    images = torch.randn(4, 3, 16, 16)
+    torch.save(images, tmp_path / "images.pt")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    script = [sys.executable, "-c", LOAD_WITH_PLAIN_TORCH, str(project / "models/best.pt2")]
+    result = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(CLASSES)
+    with torch.no_grad():
+        expected = model_from_checkpoint(checkpoint).eval()(images)
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt", weights_only=True), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_failed_export_keeps_the_results_and_says_why(
+    project: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("this model cannot be captured")
+
+    fake_evaluation(project, tiny_checkpoint("resnet18", 16))
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(torch.export, "export", fail)
+    with caplog.at_level(logging.WARNING):
+        select_best.main()
+    assert "could not export resnet18 with torch.export (RuntimeError: this model cannot be captured)" in caplog.text
+    assert load_checkpoint(project / "models/best.pt")["classes"] == CLASSES
+    assert json.loads((project / "best/metrics.json").read_text())["epoch"] == 1
+    marker = (project / "models/best.pt2").read_text()
+    assert marker.startswith("not a model: exporting resnet18 with torch.export failed: RuntimeError")

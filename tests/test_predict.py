@@ -1,0 +1,124 @@
+"""predict: top-k classes of image files and folders, through the real entry point.
+
+Its probabilities must be the ones the training code computes (model_from_checkpoint,
+load_image, normalize); an unreadable image gets an error row, not a crash.
+"""
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.checkpoints import load_checkpoint, save_checkpoint
+from pipeline.data import load_image
+from pipeline.engine import normalize
+from pipeline.models import build_model, model_from_checkpoint
+from tests.conftest import make_project, run
+
+CLASSES = ["cat", "dog", "fox"]
+MODEL = "models/tiny.pt"
+# In the order predict must list them: arguments in order, a folder's files sorted.
+READABLE = ["shots/a.png", "shots/sub/b.JPG", "c.png"]
+BROKEN = "shots/broken.png"
+EXPECTED_PATHS = ["shots/a.png", BROKEN, "shots/sub/b.JPG", "c.png"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy with a tiny 3-class checkpoint and a few images, one of them corrupt."""
+    root = make_project(tmp_path_factory.mktemp("predict") / "project")
+    torch.manual_seed(0)
+    built = build_model("resnet18", None, CLASSES, 16)
+    save_checkpoint({**built.metadata(), "model_state_dict": built.model.state_dict()}, root / MODEL)
+    rng = np.random.default_rng(0)
+    for name, size in [("shots/a.png", (20, 24)), ("shots/sub/b.JPG", (40, 30)), ("c.png", (16, 16))]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / name, format="JPEG" if name.endswith("JPG") else "PNG")
+    (root / BROKEN).write_bytes((root / "c.png").read_bytes()[:40])  # a truncated PNG
+    (root / "shots/.hidden.png").write_bytes((root / "c.png").read_bytes())  # hidden: never listed
+    (root / "shots/notes.txt").write_text("not an image\n")  # not an image extension: not listed
+    return root
+
+
+def predict(project: Path, *args: str, check: bool = True):
+    return run([sys.executable, "-m", "pipeline.predict", *args], project, check=check)
+
+
+def expected_top(project: Path, k: int) -> dict[str, list[tuple[str, float]]]:
+    """What the training code's own functions give for each readable image, in-process."""
+    checkpoint = load_checkpoint(project / MODEL)
+    model = model_from_checkpoint(checkpoint).eval()
+    expected = {}
+    for name in READABLE:
+        image = torch.from_numpy(load_image(project / name, checkpoint["image_size"]))[None]
+        with torch.no_grad():
+            probabilities = model(normalize(image, checkpoint["mean"], checkpoint["std"])).softmax(dim=1)[0]
+        values, indices = probabilities.topk(k)
+        expected[name] = [(CLASSES[i], p) for i, p in zip(indices.tolist(), values.tolist(), strict=True)]
+    return expected
+
+
+def test_csv_matches_the_training_code_and_reports_the_broken_file(project: Path) -> None:
+    result = predict(project, "shots", "c.png", "--model", MODEL, "--format", "csv", "--top-k", "2")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [row["path"] for row in rows] == EXPECTED_PATHS
+    expected = expected_top(project, 2)
+    for row in rows:
+        if row["path"] == BROKEN:
+            assert "cannot be decoded" in row["error"]
+            assert row["class_1"] == row["probability_1"] == ""
+            continue
+        assert row["error"] == ""
+        for k, (name, probability) in enumerate(expected[row["path"]], start=1):
+            assert row[f"class_{k}"] == name
+            assert float(row[f"probability_{k}"]) == pytest.approx(probability, abs=1e-6)
+    assert "1 of 4 image(s) could not be decoded" in result.stderr
+
+
+def test_json_lists_top_k_per_image(project: Path) -> None:
+    # --top-k above the number of classes gives every class.
+    result = predict(project, "shots", "c.png", "--model", MODEL, "--format", "json", "--top-k", "5")
+    objects = json.loads(result.stdout)
+    assert [obj["path"] for obj in objects] == EXPECTED_PATHS
+    expected = expected_top(project, 3)
+    for obj in objects:
+        if obj["path"] == BROKEN:
+            assert obj["top"] == [] and "cannot be decoded" in obj["error"]
+            continue
+        assert obj["error"] is None
+        assert [entry["class"] for entry in obj["top"]] == [name for name, _ in expected[obj["path"]]]
+        assert obj["top"][0]["probability"] == pytest.approx(expected[obj["path"]][0][1], abs=1e-6)
+        assert sum(entry["probability"] for entry in obj["top"]) == pytest.approx(1, abs=1e-5)
+
+
+def test_table_prints_a_line_per_image(project: Path) -> None:
+    lines = predict(project, "shots", "c.png", "--model", MODEL).stdout.splitlines()
+    assert lines[0].split() == ["path", "top", "1", "top", "2", "top", "3"]
+    assert [line.split()[0] for line in lines[1:]] == EXPECTED_PATHS
+    expected = expected_top(project, 1)
+    for line in lines[1:]:
+        path, first, *_ = line.split()
+        assert first == ("error:" if path == BROKEN else expected[path][0][0])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["c.png", "--model", "models/nope.pt"], "model file models/nope.pt does not exist"),
+        (["nope.png", "--model", MODEL], "nope.png: no such file or folder"),
+        ([BROKEN, "--model", MODEL], "none of the 1 image(s) could be decoded"),
+    ],
+)
+def test_user_errors_are_one_line(project: Path, args: list[str], message: str) -> None:
+    result = predict(project, *args, check=False)
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert result.returncode == 2
+    assert len(errors) == 1 and errors[0].startswith(f"pipeline: error: {message}"), result.stderr
+    assert "Traceback" not in result.stderr
