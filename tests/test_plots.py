@@ -59,11 +59,13 @@ def test_plots_mark_the_chosen_epoch_and_name_the_classes(reproduced: Path) -> N
 
 @pytest.mark.skipif(not (CHROMIUM and NPM), reason="needs Debian's chromium and npm")
 def test_plots_html_renders_in_headless_chromium(reproduced: Path, tmp_path: Path) -> None:
-    subprocess.run(
+    installed = subprocess.run(
         [NPM, "install", "--prefix", str(tmp_path / "vega"), "--no-audit", "--no-fund", "--legacy-peer-deps",
          "vega@5.20.2", "vega-lite@5.2.0", "vega-embed@6.18.2"],
-        check=True, capture_output=True,
+        capture_output=True, text=True,
     )  # fmt: skip
+    if installed.returncode != 0:
+        pytest.skip(f"npm could not install Vega (no registry?): {installed.stderr.strip()[-300:]}")
     dvc(reproduced, "plots", "show", "-o", str(tmp_path / "plots"))
     page = (tmp_path / "plots" / "index.html").read_text()
     assert all(url in page for url in VEGA), "dvc-render changed its Vega scripts; update VEGA"
