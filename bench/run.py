@@ -220,7 +220,6 @@ def main() -> None:
     # The demo's defaults, except the tiny test settings make_project applies.
     set_params(project, **{"model.image_size": SIZE, "train.batch_size": BATCH, "model.weights": None})
     python(project, "-m", "pipeline.prepare")
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
     measure = {
         "loop": loop_overhead,

@@ -119,21 +119,24 @@ def main() -> None:
         log_epoch(live, record)
 
     first_epoch = len(history) + 1
+    compiled: set[nn.Module] = set()
     for epoch in progress(range(first_epoch, config.epochs + 1), "training"):
         stop = early_stop(history, params.select.metric, params.select.mode, config.early_stopping)
         if stop:
             log.info("%s", stop)
             break
-        active = later if later is not None and epoch > config.unfreeze_after else spec
+        unfrozen = later is not None and epoch > config.unfreeze_after
+        active, active_name = (later, config.unfreeze_to) if unfrozen else (spec, params.freeze)
         frozen = freeze(model, active, head)
         trainable, total = count_parameters(model)
         net, net_frozen, data = what_to_train(active, frozen)
-        if config.compile:
+        if config.compile and net not in compiled:  # once per module: compiling again would recompile
             net.compile()
-        if epoch == first_epoch or (active is not spec and epoch == config.unfreeze_after + 1):
+            compiled.add(net)
+        if epoch == first_epoch or (unfrozen and epoch == config.unfreeze_after + 1):
             log.info(
                 "%s, %d classes, freeze %s: %s of %s parameters train",
-                built.arch, len(classes), active_name(active, params), f"{trainable:,}", f"{total:,}",
+                built.arch, len(classes), active_name, f"{trainable:,}", f"{total:,}",
             )  # fmt: skip
 
         started = time.perf_counter()
@@ -159,7 +162,7 @@ def main() -> None:
             "model_state_dict": model.state_dict(),
             "optimizer_state_dict": optimizer.state_dict(),
             "scheduler_state_dict": scheduler.state_dict(),
-            "freeze": active_name(active, params),
+            "freeze": active_name,
             "frozen_modules": frozen,
             "trainable_params": trainable,
             "total_params": total,
@@ -178,10 +181,6 @@ def main() -> None:
     live.end()
     # Finished: the checkpoints live on in checkpoints/ (and DVC's cache), not here.
     shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def active_name(active: FreezeSpec, params: Params) -> str:
-    return params.freeze if active == parse_freeze(params.freeze) else params.train.unfreeze_to
 
 
 def class_weights(
