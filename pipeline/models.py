@@ -310,6 +310,17 @@ def stage_names(model: nn.Module, head: str) -> list[str]:
     return stages
 
 
+def loose_parameters(model: nn.Module, stages: list[str]) -> dict[str, nn.Parameter]:
+    """Parameters held directly by the root or by a module that `stage_names` opened up,
+    so in no stage: ViT's class_token and encoder.pos_embedding."""
+    containers = {".".join(stage.split(".")[:depth]) for stage in stages for depth in range(stage.count(".") + 1)}
+    return {
+        f"{container}.{name}".lstrip("."): param
+        for container in sorted(containers)
+        for name, param in model.get_submodule(container).named_parameters(recurse=False)
+    }
+
+
 def freeze(model: nn.Module, spec: FreezeSpec, head: str) -> list[str]:
     """Set requires_grad from `spec`: False on the frozen part, True on the rest (so a later
     call can unfreeze). Returns the frozen modules' names."""
@@ -329,6 +340,12 @@ def freeze(model: nn.Module, spec: FreezeSpec, head: str) -> list[str]:
                 f"freeze = first:{spec.count}, but this model has {len(stages)} stages: {', '.join(stages)}"
             )
         frozen = stages[: spec.count]
+        if spec.count:
+            # ViT's class_token and encoder.pos_embedding sit beside the stages, not in one. They
+            # are part of the input embedding, so they freeze with the first stage (timm groups
+            # them with the patch embedding the same way).
+            for param in loose_parameters(model, stages).values():
+                param.requires_grad_(False)
     else:
         names = [name for name, _ in model.named_modules() if name]
         known = set(names)
@@ -382,8 +399,11 @@ def describe(arch: str) -> str:
     _drop_aux_heads(model)
     head = find_head(model)
     stages = stage_names(model, head)
+    loose = loose_parameters(model, stages)
     lines = [f"{arch}: head {head}; {len(stages)} stages for freeze first:N"]
     lines += [f"  first:{i + 1:<3d} freezes up to and including {name}" for i, name in enumerate(stages)]
+    if loose:
+        lines.append(f"  (first:1 and up also freeze {', '.join(loose)})")
     return "\n".join(lines)
 
 

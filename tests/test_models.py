@@ -29,6 +29,7 @@ from pipeline.models import (
     count_parameters,
     find_head,
     freeze,
+    loose_parameters,
     model_from_checkpoint,
     parse_freeze,
     replace_head,
@@ -140,15 +141,19 @@ def test_every_model_has_stages_and_first_n_freezes_them(arch: str):
         assert not head.startswith(f"{stage}.")
         assert not any(other.startswith(f"{stage}.") for other in stages if other != stage)
 
+    # Parameters beside the stages (only ViT's tokens) freeze with the first stage.
+    loose = set(loose_parameters(model, stages))
+    assert loose == ({"class_token", "encoder.pos_embedding"} if arch.startswith("vit_") else set())
+
     assert freeze(model, parse_freeze("first:1"), head) == stages[:1]
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == parameter_names(model.get_submodule(stages[0]), stages[0])
+    assert frozen == parameter_names(model.get_submodule(stages[0]), stages[0]) | loose
     assert frozen
 
     model.requires_grad_(True)
     assert freeze(model, parse_freeze(f"first:{len(stages)}"), head) == stages
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == set().union(*(parameter_names(model.get_submodule(s), s) for s in stages))
+    assert frozen == set().union(loose, *(parameter_names(model.get_submodule(s), s) for s in stages))
     assert not frozen & parameter_names(model.get_submodule(head), head)
 
     with pytest.raises(UserError, match=f"has {len(stages)} stages"):
