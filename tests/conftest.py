@@ -11,6 +11,12 @@ from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parent.parent
 
+# pytest-xdist (`-n auto` in pyproject.toml) runs a worker per core. One torch thread per
+# worker, and in the stages it starts, instead of each worker's torch taking every core:
+# here, 8.4 minutes for the suite instead of 10.7 (and 12.2 without workers).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Small enough that a full `dvc repro` takes seconds on two CPU cores.
 TINY_PARAMS = {
     "model.image_size": 16,
@@ -65,6 +71,18 @@ def make_project(root: Path) -> Path:
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "copy"], root)
     return root
+
+
+# The end-to-end tests that take a minute or more. They start first, so that the workers
+# are not left waiting on one of them at the end.
+LONGEST_FIRST = ("test_pipeline.py", "test_resume.py", "test_config.py", "test_feature_cache.py", "test_recipes.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        return LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file is kept
 
 
 @pytest.fixture
