@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # pytest-xdist (`-n auto` in pyproject.toml) runs a worker per core. One torch thread per
 # worker, and in the stages it starts, instead of each worker's torch taking every core:
-# here, 8.4 minutes for the suite instead of 10.7 (and 12.2 without workers).
+# here, about 8 minutes for the suite instead of 10.7 (and 12.2 without workers).
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
