@@ -16,8 +16,11 @@ import json
 import subprocess
 import sys
 import time
-import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import torch
 
 RESULTS = Path("export_survey.jsonl")
 BIG_LAST = [
@@ -30,31 +33,46 @@ def reason(error: Exception) -> str:
     return f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
 
 
-def check(fn, x2, x3, x1, eager):
-    """Compare fn's output with eager's on batches of 2 (the example), 3 and 1."""
-    import torch
-
+def check(fn: Callable[[torch.Tensor], torch.Tensor], inputs: dict[str, torch.Tensor],
+          eager: dict[str, torch.Tensor]) -> dict[str, str]:  # fmt: skip
+    """Compare fn's output with the eager model's on each batch."""
     out = {}
-    for name, x in (("b2", x2), ("b3", x3), ("b1", x1)):
+    for name, x in inputs.items():
         try:
             with torch.no_grad():
                 got = fn(x)
-            want = eager[name]
-            diff = (got - want).abs().max().item()
+            diff = (got - eager[name]).abs().max().item()
             try:
-                torch.testing.assert_close(got, want)
+                torch.testing.assert_close(got, eager[name])
                 out[name] = f"equal(maxdiff={diff:.1e})"
             except AssertionError:
-                ok_loose = torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+                ok_loose = torch.allclose(got, eager[name], rtol=1e-4, atol=1e-4)
                 out[name] = f"DIFF(maxdiff={diff:.1e},loose_ok={ok_loose})"
         except Exception as e:
             out[name] = f"ERROR {reason(e)}"
     return out
 
 
-def one(arch: str) -> dict:
-    import torch
+def attempt(capture: Callable[[], Any], save: Callable[[Any, io.BytesIO], None],
+            load: Callable[[io.BytesIO], Any], inputs: dict[str, torch.Tensor],
+            eager: dict[str, torch.Tensor]) -> dict[str, Any]:  # fmt: skip
+    """Capture the model one way, save it to memory, load it back and compare it with eager."""
+    try:
+        started = time.perf_counter()
+        with torch.no_grad():
+            captured = capture()
+        buffer = io.BytesIO()
+        save(captured, buffer)
+        seconds = time.perf_counter() - started
+        megabytes = buffer.getbuffer().nbytes / 1e6
+        buffer.seek(0)
+        loaded = load(buffer)
+        return {"ok": True, "s": round(seconds, 1), "bytes_MB": round(megabytes, 1), **check(loaded, inputs, eager)}
+    except Exception as e:
+        return {"ok": False, "error": reason(e)}
 
+
+def one(arch: str) -> dict[str, Any]:
     from pipeline.models import build_model
 
     torch.manual_seed(0)
@@ -64,53 +82,20 @@ def one(arch: str) -> dict:
     result = {"arch": arch, "build_s": round(time.perf_counter() - t, 1),
               "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1)}  # fmt: skip
     g = torch.Generator().manual_seed(1)
-    x2, x3, x1 = (torch.randn(n, 3, size, size, generator=g) for n in (2, 3, 1))
+    inputs = {f"b{n}": torch.randn(n, 3, size, size, generator=g) for n in (2, 3, 1)}  # b2 is the example
     with torch.no_grad():
-        eager = {"b2": model(x2), "b3": model(x3), "b1": model(x1)}
+        eager = {name: model(x) for name, x in inputs.items()}
 
-    # (a) torch.export with a dynamic batch dimension, saved and loaded back as a .pt2
-    try:
-        t = time.perf_counter()
-        batch = torch.export.Dim("batch", min=1)
-        with torch.no_grad():
-            program = torch.export.export(model, (x2,), dynamic_shapes=({0: batch},))
-        buffer = io.BytesIO()
-        torch.export.save(program, buffer)
-        seconds = time.perf_counter() - t
-        buffer.seek(0)
-        loaded = torch.export.load(buffer).module()
-        result["export"] = {"ok": True, "s": round(seconds, 1), "bytes_MB": round(buffer.getbuffer().nbytes / 1e6, 1),
-                            **check(loaded, x2, x3, x1, eager)}  # fmt: skip
-    except Exception as e:
-        result["export"] = {"ok": False, "error": reason(e),
-                            "tb": traceback.format_exc()[-1500:]}  # fmt: skip
-
-    # (b) torch.jit.trace
-    try:
-        t = time.perf_counter()
-        with torch.no_grad():
-            traced = torch.jit.trace(model, (x2,), check_trace=False)
-        buffer = io.BytesIO()
-        torch.jit.save(traced, buffer)
-        seconds = time.perf_counter() - t
-        buffer.seek(0)
-        loaded = torch.jit.load(buffer)
-        result["trace"] = {"ok": True, "s": round(seconds, 1), **check(loaded, x2, x3, x1, eager)}
-    except Exception as e:
-        result["trace"] = {"ok": False, "error": reason(e)}
-
-    # (c) torch.jit.script
-    try:
-        t = time.perf_counter()
-        scripted = torch.jit.script(model)
-        buffer = io.BytesIO()
-        torch.jit.save(scripted, buffer)
-        seconds = time.perf_counter() - t
-        buffer.seek(0)
-        loaded = torch.jit.load(buffer)
-        result["script"] = {"ok": True, "s": round(seconds, 1), **check(loaded, x2, x3, x1, eager)}
-    except Exception as e:
-        result["script"] = {"ok": False, "error": reason(e)}
+    example = (inputs["b2"],)
+    dynamic_batch = ({0: torch.export.Dim("batch", min=1)},)
+    methods = {
+        "export": (lambda: torch.export.export(model, example, dynamic_shapes=dynamic_batch),
+                   torch.export.save, lambda buffer: torch.export.load(buffer).module()),
+        "trace": (lambda: torch.jit.trace(model, example, check_trace=False), torch.jit.save, torch.jit.load),
+        "script": (lambda: torch.jit.script(model), torch.jit.save, torch.jit.load),
+    }  # fmt: skip
+    for name, (capture, save, load) in methods.items():
+        result[name] = attempt(capture, save, load, inputs, eager)
     return result
 
 
