@@ -31,13 +31,13 @@ from pipeline.data import decoded_images, read_manifest
 from pipeline.engine import (
     epoch_generator,
     images_on,
-    make_optimizer,
     normalize,
     resolve_device,
     split_batches,
     train_one_epoch,
 )
 from pipeline.models import build_model
+from pipeline.optim import make_optimizer
 from tests.conftest import make_project, run, set_params
 
 ARCH, SIZE, BATCH = "resnet18", 32, 64
@@ -65,7 +65,7 @@ def loop_overhead(project: Path) -> dict[str, float]:
     model = built.model.to(device)
     optimizer = make_optimizer(load_params(project / "params.yaml").train, model, built.head)
     images = images_on(decoded_images(manifest, SIZE, project / ".cache/images"), device)
-    data = split_batches(images, manifest, classes, "train", {"mean": built.mean, "std": built.std}, device)
+    data = split_batches(images, manifest, classes, "train", built.mean, built.std, device)
     # The minimal loop gets the images already normalised, on the device: nothing to do but train.
     inputs = normalize(data.inputs[data.rows].to(device), built.mean, built.std)
     targets = data.targets.to(device)

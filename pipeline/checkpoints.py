@@ -28,10 +28,22 @@ def checkpoint_name(epoch: int) -> str:
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
     """Atomically save a pipeline checkpoint, stamped with its format and checksum."""
-    checkpoint = {**checkpoint, "format": FORMAT}
+    # One device-to-host copy of each tensor, shared by the checksum and the save.
+    checkpoint = {**on_cpu(checkpoint), "format": FORMAT}
     checkpoint["checksum"] = content_digest(checkpoint)
     with atomic_write(path) as file:
         torch.save(checkpoint, file)
+
+
+def on_cpu(obj: Any) -> Any:
+    """`obj` with every tensor in it copied to the CPU (tensors already there are kept)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {key: on_cpu(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(on_cpu(item) for item in obj)
+    return obj
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

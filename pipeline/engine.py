@@ -1,14 +1,19 @@
-"""The inner loops shared by pretrain, train and evaluate: batches, augmentation, one
-training epoch, batched prediction, and the scores (loss, accuracy, macro-F1).
+"""The inner loops shared by pretrain, train and evaluate: devices, batches, augmentation,
+one training epoch, batched prediction, and the scores (loss, accuracy, macro-F1).
 
 Inputs are the decoded uint8 images from `data.decoded_images`, so a batch is an index,
 a copy and a normalisation: no file is opened inside an epoch.
+
+On a GPU, an epoch makes no host sync but the one at its end: the epoch's order, its
+augmentation draws, the targets, mean and std are put on the device once, and per-batch
+losses are checked after the last batch. Images that fit stay on the GPU; larger sets
+stream from the memory map through pinned buffers, gathered one batch ahead.
 """
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -17,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.cli import UserError, progress
-from pipeline.config import Optimizer, OptimParams, Schedule
 from pipeline.models import set_train_mode
 
 
@@ -25,37 +29,170 @@ class NonFiniteLoss(UserError):
     """The loss became NaN or infinite; the message names the epoch and batch."""
 
 
-@dataclass
-class Batches:
-    """One split, ready to batch onto `device`: rows of the decoded uint8 images (normalised
-    per batch), or a frozen backbone's features (used as they are, see `head_inputs`)."""
+# --- devices and layouts ----------------------------------------------------------------------
 
-    inputs: torch.Tensor  # uint8 (N_all, 3, H, W) images, or float (N, ...) features
-    rows: torch.Tensor  # int64 (N,): this split's rows of `inputs`
-    targets: torch.Tensor  # int64 (N,)
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; anything else must be a torch device.
+    The result is canonical (`cuda` becomes `cuda:<current index>`), see `canonical_device`."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device = {name!r}, but CUDA is not available here; use auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device = {name!r}, but there are {torch.cuda.device_count()} CUDA device(s) here")
+    return canonical_device(device)
+
+
+def canonical_device(device: torch.device) -> torch.device:
+    """`cuda` as `cuda:<current index>`, the way tensors report it.
+
+    torch.device("cuda") != torch.device("cuda:0"), although tensors moved to the first
+    name report the second: compare devices only in this form.
+    """
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA (what cuDNN's fast bf16 kernels want); the CPU keeps the default
+    layout, so its results stay what they were."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def place_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move `model` to `device` in the layout that `Batches.load` gives its inputs there.
+
+    Every stage moves its model with this, so model and inputs always share a layout
+    (a mismatch makes each convolution convert, and changes the numbers).
+    """
+    return model.to(device).to(memory_format=memory_format(device))
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`: as it is when already there; CPU -> CUDA from pinned memory,
+    without blocking the host."""
+    if canonical_device(tensor.device) == canonical_device(device):
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; the CPU path stays in float32 so its results do not change."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageBatches:
+    """One split of the decoded uint8 images, batched onto `device` and normalised there.
+
+    `images` holds every split (N_all, 3, H, W): on the device when it fits there (see
+    `images_on`), else the CPU memory map. `rows` picks this split's images.
+    """
+
+    images: torch.Tensor
+    rows: torch.Tensor  # int64 (N,)
+    targets: torch.Tensor  # int64 (N,), on the CPU: what the scores compare with
     device: torch.device
-    mean: list[float] | None = None  # None: `inputs` are features, not images
-    std: list[float] | None = None
+    mean: list[float]
+    std: list[float]
+    # Copies where the gather runs (beside `images`) and where the model runs, made once.
+    _rows: torch.Tensor = field(init=False, repr=False)
+    _targets: torch.Tensor = field(init=False, repr=False)
+    _mean: torch.Tensor = field(init=False, repr=False)
+    _std: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.device = canonical_device(self.device)
+        self._rows = self.rows.to(self.images.device)
+        self._targets = self.targets.to(self.images.device)
+        self._mean, self._std = normalization_tensors(self.mean, self.std, self.device)
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def load(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = self.inputs[self.rows[index].to(self.inputs.device)]
-        if inputs.device != self.device:
-            if self.device.type == "cuda":
-                inputs = inputs.pin_memory()  # lets the copy below overlap with compute
-            inputs = inputs.to(self.device, non_blocking=True)
-        targets = self.targets[index].to(self.device, non_blocking=True)
-        if self.mean is None or self.std is None:
-            return inputs, targets
-        images = normalize(inputs, self.mean, self.std)
-        if self.device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, targets
+    @property
+    def index_device(self) -> torch.device:
+        """Where batch indices must be: beside the images they gather."""
+        return self.images.device
 
-    def with_features(self, features: torch.Tensor) -> "Batches":
-        return Batches(features, torch.arange(len(features)), self.targets, self.device)
+    @property
+    def streams(self) -> bool:
+        """True when each batch is gathered on the CPU and copied to another device."""
+        return canonical_device(self.images.device) != self.device
+
+    def gather(self, index: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 images and targets of `index` (on `index_device`), where the images are."""
+        rows = self._rows[index]
+        if out is None:
+            return self.images[rows], self._targets[index]
+        return torch.index_select(self.images, 0, rows, out=out[: len(rows)]), self._targets[index]
+
+    def finish(self, pixels: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gathered uint8 images on the device -> normalised float images in the device's layout."""
+        images = (pixels.float() - self._mean) / self._std
+        return images.contiguous(memory_format=memory_format(self.device)), targets
+
+    def load(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels, targets = self.gather(index)
+        return self.finish(to_device(pixels, self.device), to_device(targets, self.device))
+
+
+@dataclass
+class FeatureBatches:
+    """One split as a frozen backbone's outputs (what its head takes in), on the device."""
+
+    features: torch.Tensor  # (N, ...) float
+    targets: torch.Tensor  # int64 (N,), on the CPU
+    device: torch.device
+    _targets: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.device = canonical_device(self.device)
+        self._targets = self.targets.to(self.features.device)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def index_device(self) -> torch.device:
+        return self.features.device
+
+    def load(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[index], self._targets[index]
+
+
+Batches = ImageBatches | FeatureBatches
+
+
+def normalization_tensors(
+    mean: list[float], std: list[float], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as (1, C, 1, 1) tensors on `device`, scaled to uint8 pixel values."""
+    shape = (1, -1, 1, 1)
+    return (
+        torch.tensor(mean, device=device).view(shape) * 255,
+        torch.tensor(std, device=device).view(shape) * 255,
+    )
+
+
+def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 (N, 3, H, W) on any device -> normalised float32."""
+    mean_t, std_t = normalization_tensors(mean, std, images.device)
+    return (images.float() - mean_t) / std_t
 
 
 def images_on(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -72,113 +209,121 @@ def split_batches(
     manifest: pd.DataFrame,
     classes: list[str],
     split: str,
-    normalization: dict[str, list[float]],
+    mean: list[float],
+    std: list[float],
     device: torch.device,
-) -> Batches:
-    """The `split` rows of `manifest` as Batches; `normalization` holds the model's mean and std."""
+) -> ImageBatches:
+    """The `split` rows of `manifest` as batches, normalised with the model's `mean` and `std`."""
     in_split = manifest["split"].to_numpy() == split
     class_index = {name: i for i, name in enumerate(classes)}
     targets = torch.tensor([class_index[label] for label in manifest["label"][in_split]], dtype=torch.int64)
     rows = torch.from_numpy(in_split.nonzero()[0])
-    return Batches(images, rows, targets, device, normalization["mean"], normalization["std"])
+    return ImageBatches(images, rows, targets, device, list(mean), list(std))
 
 
-@torch.no_grad()
-def head_inputs(model: nn.Module, head: str, data: Batches, batch_size: int) -> torch.Tensor | None:
+def iterate(data: Batches, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`data.load` of each index batch, in order; streamed (see `streamed`) when the images
+    are not on the device."""
+    if isinstance(data, ImageBatches) and data.streams and batches:
+        yield from streamed(data, batches)
+    else:
+        yield from map(data.load, batches)
+
+
+def streamed(data: ImageBatches, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches gathered from CPU memory one step ahead, on a worker thread.
+
+    The gather from the memory map is the slow part (index_select releases the GIL), so
+    it runs while the device works on the previous batch. On CUDA, two pinned buffers take
+    turns, the worker copies each to the GPU on a side stream, and an event per copy tells
+    the compute stream when the batch is there and the worker when its buffer is free again.
+    """
+    on_cuda = data.device.type == "cuda"
+    largest = max(len(index) for index in batches)
+    buffers = [torch.empty((largest, *data.images.shape[1:]), dtype=data.images.dtype) for _ in range(2)]
+    side = torch.cuda.Stream(data.device) if on_cuda else None
+    if on_cuda:
+        buffers = [buffer.pin_memory() for buffer in buffers]
+    copied: list[torch.cuda.Event | None] = [None, None]  # the last copy out of each buffer
+
+    def fetch(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]:
+        slot = step % 2
+        if copied[slot] is not None:
+            copied[slot].synchronize()  # the buffer's previous batch has reached the device
+        pixels, targets = data.gather(batches[step], out=buffers[slot])
+        if not on_cuda:
+            return pixels.to(data.device, copy=True), targets.to(data.device), None
+        with torch.cuda.stream(side):
+            pixels = pixels.to(data.device, non_blocking=True)
+            targets = targets.pin_memory().to(data.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(side)
+        copied[slot] = done
+        return pixels, targets, done
+
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        pending = worker.submit(fetch, 0)
+        for step in range(len(batches)):
+            pixels, targets, done = pending.result()
+            if step + 1 < len(batches):
+                pending = worker.submit(fetch, step + 1)
+            if done is not None:
+                compute = torch.cuda.current_stream(data.device)
+                compute.wait_event(done)
+                # Made on the side stream, used on this one: keep the allocator from reusing them early.
+                pixels.record_stream(compute)
+                targets.record_stream(compute)
+            yield data.finish(pixels, targets)
+
+
+# --- frozen-backbone features -----------------------------------------------------------------
+
+
+@torch.no_grad()  # not inference_mode: the head trains on these tensors afterwards
+def head_inputs(model: nn.Module, head: str, data: ImageBatches, batch_size: int) -> torch.Tensor | None:
     """What the (frozen) network feeds its head, for every item of `data`, in order.
 
     None when the head's output is not the model's output (SqueezeNet pools after its
     1x1-conv head): then the head cannot be trained on these features alone.
     """
     model.eval()
+    place_model(model, data.device)
     captured: dict[str, torch.Tensor] = {}
 
     def capture(_: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        captured["input"], captured["output"] = inputs[0], output
+        # A copy of just what the head reads: ViT's is x[:, 0], a view that would keep the
+        # whole (B, 197, 768) encoder output alive until the end.
+        captured["input"], captured["output"] = inputs[0].clone(), output
 
     handle = model.get_submodule(head).register_forward_hook(capture)
     try:
         features = []
-        for index in batch_indices(len(data), batch_size):
-            images, _ = data.load(index)
+        for images, _ in iterate(data, batch_indices(len(data), batch_size, device=data.index_device)):
             with autocast(data.device):
                 output = model(images)
             if output is not captured["output"]:
                 return None
-            features.append(captured["input"])
+            features.append(captured.pop("input"))
+            captured.clear()
     finally:
         handle.remove()
     return torch.cat(features)
 
 
 def head_feature_batches(
-    model: nn.Module, head: str, splits: dict[str, Batches], batch_size: int
-) -> dict[str, Batches]:
-    """Each split as its `head_inputs` features; empty when the head cannot be trained on them."""
-    features = {name: head_inputs(model, head, data, batch_size) for name, data in splits.items()}
-    if any(f is None for f in features.values()):
-        return {}
-    return {name: splits[name].with_features(f) for name, f in features.items() if f is not None}
+    model: nn.Module, head: str, splits: dict[str, ImageBatches], batch_size: int
+) -> dict[str, FeatureBatches] | None:
+    """Each split as its `head_inputs` features; None when the head cannot be trained on them."""
+    features = {}
+    for name, data in splits.items():
+        inputs = head_inputs(model, head, data, batch_size)
+        if inputs is None:
+            return None
+        features[name] = FeatureBatches(inputs, data.targets, data.device)
+    return features
 
 
-def make_optimizer(
-    params: OptimParams,
-    model: nn.Module,
-    head: str,
-    trunk_lr_scale: float = 1.0,
-    trains_later: frozenset[str] = frozenset(),
-) -> torch.optim.Optimizer:
-    """An optimizer over the parameters that train at some point of the run: the head at `lr`
-    (group 0), the rest at `lr * trunk_lr_scale` (group 1).
-
-    Parameters frozen now but in `trains_later` (gradual unfreezing) get no gradients, so
-    they carry no optimizer state until they are unfrozen; frozen for good, they are left out.
-    """
-    head_params, trunk_params = [], []
-    for name, param in model.named_parameters():
-        if name.startswith(f"{head}."):
-            head_params.append(param)
-        elif param.requires_grad or name in trains_later:
-            trunk_params.append(param)
-    groups = [{"params": head_params, "lr": params.lr}]
-    if trunk_params:
-        groups.append({"params": trunk_params, "lr": params.lr * trunk_lr_scale})
-    if params.optimizer is Optimizer.adamw:
-        return torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
-    return torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
-
-
-def lr_factor(epoch: int, epochs: int, schedule: Schedule, warmup_epochs: int, step_every: int, gamma: float) -> float:
-    """The multiplier of the base learning rates in `epoch` (1-based): a linear warm-up, then
-    constant, step (times `gamma` every `step_every` epochs) or cosine decay to near zero."""
-    if epoch <= warmup_epochs:
-        return epoch / (warmup_epochs + 1)
-    after, length = epoch - warmup_epochs - 1, max(1, epochs - warmup_epochs)
-    if schedule is Schedule.step:
-        return gamma ** (after // step_every)
-    if schedule is Schedule.cosine:
-        return 0.5 * (1 + math.cos(math.pi * after / length))
-    return 1.0
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present, else the CPU; anything else must be a torch device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device = {name!r}, but CUDA is not available here; use auto or cpu")
-    return device
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; the CPU path stays in float32 so its results do not change."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+# --- training and prediction ------------------------------------------------------------------
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -189,6 +334,16 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     never stopped.
     """
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def compile_for_training(model: nn.Module, backend: str = "inductor") -> nn.Module:
+    """`model` compiled for the training steps; prediction keeps running the plain module.
+
+    One graph per run: `train_steps` marks the batch dimension dynamic, so the smaller
+    last batch needs no second compile, and evaluation (no autograd) needs none at all.
+    A last batch of one image is the exception (torch specialises size 1).
+    """
+    return torch.compile(model, backend=backend)
 
 
 def train_one_epoch(
@@ -203,48 +358,89 @@ def train_one_epoch(
     hflip: bool = False,
     min_scale: float = 1.0,
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    step_model: nn.Module | None = None,
 ) -> float:
     """One pass over `data` in a seeded random order; returns the mean training loss.
 
-    `criterion` defaults to plain cross-entropy (looked up at call time, so tests can patch it).
+    `step_model` runs the steps when given (`model` compiled); `criterion` defaults to plain
+    cross-entropy (looked up at call time, so tests can patch it).
     """
-    criterion = criterion or F.cross_entropy
     set_train_mode(model, frozen)
     # Dropout draws from the global RNG: tie it to this epoch's seed too (see epoch_generator).
     torch.manual_seed(generator.initial_seed())
-    batches = batch_indices(len(data), batch_size, generator)
+    order = torch.randperm(len(data), generator=generator)
+    transforms = draw_augmentation(len(data), hflip, min_scale, generator)
+    losses = train_steps(
+        step_model or model, data, optimizer, order, transforms, batch_size, criterion or F.cross_entropy,
+        f"epoch {epoch}", dynamic_batch=step_model is not None,
+    )  # fmt: skip
+    sizes = torch.tensor([len(b) for b in order.split(batch_size)], dtype=torch.float32)
+    return epoch_loss(losses, sizes, epoch)
+
+
+def train_steps(
+    model: nn.Module,
+    data: Batches,
+    optimizer: torch.optim.Optimizer,
+    order: torch.Tensor,
+    transforms: torch.Tensor | None,
+    batch_size: int,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    desc: str,
+    dynamic_batch: bool = False,
+) -> torch.Tensor:
+    """The optimizer steps of one epoch, in `order`; the per-batch losses, left on the device.
+
+    Nothing here waits for the device: the order and the augmentation draws travel to it
+    once, before the first step, and the losses are read after the last. `dynamic_batch`:
+    `model` is compiled (see `compile_for_training`).
+    """
+    batches = list(to_device(order, data.index_device).split(batch_size))
+    per_batch = [None] * len(batches) if transforms is None else to_device(transforms, data.device).split(batch_size)
+    place_model(model, data.device)
     losses = torch.zeros(len(batches), device=data.device)
-    sizes = torch.tensor([len(b) for b in batches], dtype=torch.float32)
-    for step, index in enumerate(progress(batches, f"epoch {epoch}")):
-        images, targets = data.load(index)
-        images = augment(images, hflip, min_scale, generator)
+    loaded = iterate(data, batches)
+    for step, ((images, targets), theta) in enumerate(
+        zip(progress(loaded, desc, len(batches)), per_batch, strict=True)
+    ):
+        if theta is not None:
+            images = apply_augmentation(images, theta)
+        if dynamic_batch and images.shape[0] > 1:
+            torch._dynamo.mark_dynamic(images, 0)  # one compiled graph for every batch size
         with autocast(data.device):
             loss = criterion(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses[step] = loss.detach()
-    # One host sync per epoch: the per-batch losses are checked here, not inside the loop.
+    return losses
+
+
+def epoch_loss(losses: torch.Tensor, sizes: torch.Tensor, epoch: int) -> float:
+    """The size-weighted mean of the per-batch losses, after checking that each is finite.
+
+    This is the epoch's one host sync.
+    """
     losses = losses.float().cpu()
     bad = (~torch.isfinite(losses)).nonzero()
     if len(bad):
         raise NonFiniteLoss(
             f"training loss became {losses[bad[0, 0]].item()} in epoch {epoch}, batch {bad[0, 0].item() + 1} "
-            f"of {len(batches)}; lower the learning rate. Checkpoints of earlier epochs are kept"
+            f"of {len(losses)}; lower the learning rate. Checkpoints of earlier epochs are kept"
         )
     return float((losses * sizes).sum() / sizes.sum())
 
 
-@torch.no_grad()
 def predict(model: nn.Module, data: Batches, batch_size: int) -> torch.Tensor:
     """Logits for every item of `data`, in order, as float32 on the CPU."""
     model.eval()
+    place_model(model, data.device)  # outside inference mode, which would make the weights inference tensors
     outputs = []
-    for index in batch_indices(len(data), batch_size):
-        images, _ = data.load(index)
-        with autocast(data.device):
-            outputs.append(model(images).float().cpu())
-    return torch.cat(outputs) if outputs else torch.empty(0, 0)
+    with torch.inference_mode():
+        for images, _ in iterate(data, batch_indices(len(data), batch_size, device=data.index_device)):
+            with autocast(data.device):
+                outputs.append(model(images))
+        return torch.cat(outputs).float().cpu() if outputs else torch.empty(0, 0)
 
 
 def score(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, float]:
@@ -264,15 +460,17 @@ def score(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict
     }
 
 
-def augment(images: torch.Tensor, hflip: bool, min_scale: float, generator: torch.Generator) -> torch.Tensor:
-    """Random zoom-crop and horizontal flip of a float batch, in one batched resampling.
+# --- augmentation -----------------------------------------------------------------------------
 
-    The random draws come from `generator` on the CPU, so a seed gives the same
-    augmentation on every device.
+
+def draw_augmentation(n: int, hflip: bool, min_scale: float, generator: torch.Generator) -> torch.Tensor | None:
+    """Random zoom-crops and horizontal flips for n images, as (n, 2, 3) affine matrices.
+
+    Drawn on the CPU from `generator`, so a seed gives the same augmentation on every
+    device; None when both are off.
     """
     if not hflip and min_scale >= 1:
-        return images
-    n = images.shape[0]
+        return None
     scale = torch.empty(n).uniform_(min_scale, 1.0, generator=generator).sqrt()
     shift_x = (torch.rand(n, generator=generator) * 2 - 1) * (1 - scale)
     shift_y = (torch.rand(n, generator=generator) * 2 - 1) * (1 - scale)
@@ -280,18 +478,29 @@ def augment(images: torch.Tensor, hflip: bool, min_scale: float, generator: torc
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = scale * flip, shift_x
     theta[:, 1, 1], theta[:, 1, 2] = scale, shift_y
-    grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return theta
 
 
-def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
-    """uint8 (N, 3, H, W) on any device -> normalised float32."""
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * 255
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1) * 255
-    return (images.float() - mean_t) / std_t
+def apply_augmentation(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample a float batch through its affine matrices, keeping the batch's memory layout
+    (grid_sample returns the default one)."""
+    layout = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    resampled = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return resampled.contiguous(memory_format=layout)
 
 
-def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Index batches over n items, shuffled when a generator is given."""
+def augment(images: torch.Tensor, hflip: bool, min_scale: float, generator: torch.Generator) -> torch.Tensor:
+    """Random zoom-crop and horizontal flip of one float batch (draw, then apply)."""
+    theta = draw_augmentation(images.shape[0], hflip, min_scale, generator)
+    return images if theta is None else apply_augmentation(images, theta.to(images.device))
+
+
+def batch_indices(
+    n: int, batch_size: int, generator: torch.Generator | None = None, device: torch.device | None = None
+) -> list[torch.Tensor]:
+    """Index batches over n items, shuffled when a generator is given, on `device` (one copy)."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    if device is not None:
+        order = to_device(order, device)
     return list(order.split(batch_size))

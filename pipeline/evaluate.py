@@ -14,7 +14,7 @@ from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import UserError, progress, run_stage
 from pipeline.config import load_params
 from pipeline.data import decoded_images, read_manifest
-from pipeline.engine import images_on, predict, resolve_device, score, split_batches
+from pipeline.engine import images_on, place_model, predict, resolve_device, score, split_batches
 from pipeline.files import write_csv
 from pipeline.models import model_from_checkpoint
 
@@ -41,10 +41,11 @@ def main() -> None:
         if checkpoint["classes"] != classes:
             raise UserError(f"{path} was trained on classes {checkpoint['classes']}, but the manifest has {classes}")
         if model is None:  # every checkpoint of a run shares its architecture and preprocessing
-            model = model_from_checkpoint(checkpoint).to(device)
+            model = place_model(model_from_checkpoint(checkpoint), device)
             images = images_on(decoded_images(manifest, checkpoint["image_size"]), device)
             splits = {
-                split: split_batches(images, manifest, classes, split, checkpoint, device) for split in ("val", "test")
+                split: split_batches(images, manifest, classes, split, checkpoint["mean"], checkpoint["std"], device)
+                for split in ("val", "test")
             }
         else:
             model.load_state_dict(checkpoint["model_state_dict"])

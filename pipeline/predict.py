@@ -32,7 +32,7 @@ import torch
 from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import UserError, progress, run_stage
 from pipeline.data import image_files, load_image
-from pipeline.engine import autocast, normalize, resolve_device
+from pipeline.engine import autocast, memory_format, normalize, place_model, resolve_device
 from pipeline.models import model_from_checkpoint
 
 log = logging.getLogger("pipeline.predict")
@@ -81,7 +81,7 @@ def collect_files(paths: list[Path]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_files(
     model: torch.nn.Module,
     checkpoint: dict[str, Any],
@@ -109,6 +109,7 @@ def predict_files(
         if not pixels:
             continue
         images = normalize(torch.from_numpy(np.stack(pixels)).to(device), checkpoint["mean"], checkpoint["std"])
+        images = images.contiguous(memory_format=memory_format(device))
         with autocast(device):
             logits = model(images)
         probabilities, indices = logits.float().softmax(dim=1).topk(top_k, dim=1)
@@ -164,7 +165,7 @@ def main() -> None:
         raise UserError(f"model file {args.model} does not exist: run `dvc repro` to make it, or pass --model")
     checkpoint = load_checkpoint(args.model)  # verifies the checksum; refuses pickled code
     device = resolve_device(args.device)
-    model = model_from_checkpoint(checkpoint).to(device)
+    model = place_model(model_from_checkpoint(checkpoint), device)
     top_k = min(args.top_k, len(checkpoint["classes"]))
     log.info(
         "%s (%s, %d classes, %dpx) on %d image(s), on %s",

@@ -20,7 +20,7 @@ from pipeline.data import decoded_images, stratified_split, usable_images
 from pipeline.engine import (
     epoch_generator,
     images_on,
-    make_optimizer,
+    place_model,
     predict,
     resolve_device,
     score,
@@ -28,6 +28,7 @@ from pipeline.engine import (
     train_one_epoch,
 )
 from pipeline.models import build_model
+from pipeline.optim import make_optimizer
 
 log = logging.getLogger("pipeline.pretrain")
 
@@ -43,11 +44,10 @@ def main() -> None:
 
     torch.manual_seed(config.seed)
     built = build_model(params.model.arch, None, classes, params.model.image_size)
-    model = built.model.to(device)
+    model = place_model(built.model, device)
     images = images_on(decoded_images(manifest, params.model.image_size), device)
-    normalization = {"mean": built.mean, "std": built.std}
-    train_data = split_batches(images, manifest, classes, "train", normalization, device)
-    val_data = split_batches(images, manifest, classes, "val", normalization, device)
+    train_data = split_batches(images, manifest, classes, "train", built.mean, built.std, device)
+    val_data = split_batches(images, manifest, classes, "val", built.mean, built.std, device)
     optimizer = make_optimizer(config, model, built.head)
 
     for epoch in range(1, config.epochs + 1):

@@ -37,11 +37,11 @@ from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Params, loa
 from pipeline.data import decoded_images, read_manifest
 from pipeline.engine import (
     Batches,
+    compile_for_training,
     epoch_generator,
     head_feature_batches,
     images_on,
-    lr_factor,
-    make_optimizer,
+    place_model,
     predict,
     resolve_device,
     score,
@@ -49,6 +49,7 @@ from pipeline.engine import (
     train_one_epoch,
 )
 from pipeline.models import FreezeSpec, build_model, count_parameters, freeze, is_weights_file, parse_freeze
+from pipeline.optim import lr_factor, make_optimizer
 
 log = logging.getLogger("pipeline.train")
 
@@ -77,9 +78,7 @@ def main() -> None:
         freeze(model, later, head)  # also checks the spec's module names before any work
         trains_later = frozenset(name for name, p in model.named_parameters() if p.requires_grad)
     freeze(model, spec, head)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    place_model(model, device)
     optimizer = make_optimizer(config, model, head, config.trunk_lr_scale, trains_later)
     schedule = partial(
         lr_factor, epochs=config.epochs, schedule=config.schedule, warmup_epochs=config.warmup_epochs,
@@ -88,27 +87,27 @@ def main() -> None:
     scheduler = LambdaLR(optimizer, lambda index: schedule(index + 1))  # LambdaLR counts epochs from 0
 
     images = images_on(decoded_images(manifest, params.model.image_size), device)
-    normalization = {"mean": built.mean, "std": built.std}
     splits = {
-        split: split_batches(images, manifest, classes, split, normalization, device) for split in ("train", "val")
+        split: split_batches(images, manifest, classes, split, built.mean, built.std, device)
+        for split in ("train", "val")
     }
     criterion = partial(
         F.cross_entropy, weight=class_weights(config.class_weights, splits["train"].targets, len(classes), device),
         label_smoothing=config.label_smoothing,
     )  # fmt: skip
-    features: dict[str, Batches] = {}  # the frozen backbone's outputs, computed once if used
+    features: dict[str, Batches | None] = {}  # the frozen backbone's outputs, computed once if used
 
     def what_to_train(active: FreezeSpec, frozen: list[str]) -> tuple[nn.Module, list[str], dict[str, Batches]]:
         """The module each epoch runs, its frozen parts, and its data. With a frozen backbone and
         nothing random before the head, that is the head alone on the backbone's outputs."""
         augmenting = config.augment.hflip or config.augment.min_scale < 1
         if active.kind == "all_but_head" and config.cache_features and not augmenting:
-            if not features:
+            if "features" not in features:
                 started = time.perf_counter()
-                features.update(head_feature_batches(model, head, splits, config.batch_size))
+                features["features"] = head_feature_batches(model, head, splits, config.batch_size)
                 log.info("frozen backbone: features computed once in %.2fs", time.perf_counter() - started)
-            if features:
-                return model.get_submodule(head), [], features
+            if features["features"] is not None:
+                return model.get_submodule(head), [], features["features"]
         return model, frozen, splits
 
     fingerprint = run_fingerprint(params, device)
@@ -119,7 +118,7 @@ def main() -> None:
         log_epoch(live, record)
 
     first_epoch = len(history) + 1
-    compiled: set[nn.Module] = set()
+    compiled: dict[nn.Module, nn.Module] = {}  # each module compiled once: compiling again would recompile
     for epoch in progress(range(first_epoch, config.epochs + 1), "training"):
         stop = early_stop(history, params.select.metric, params.select.mode, config.early_stopping)
         if stop:
@@ -130,9 +129,8 @@ def main() -> None:
         frozen = freeze(model, active, head)
         trainable, total = count_parameters(model)
         net, net_frozen, data = what_to_train(active, frozen)
-        if config.compile and net not in compiled:  # once per module: compiling again would recompile
-            net.compile()
-            compiled.add(net)
+        if config.compile and net not in compiled:
+            compiled[net] = compile_for_training(net)
         if epoch == first_epoch or (unfrozen and epoch == config.unfreeze_after + 1):
             log.info(
                 "%s, %d classes, freeze %s: %s of %s parameters train",
@@ -144,6 +142,7 @@ def main() -> None:
             net, data["train"], optimizer, frozen=net_frozen, batch_size=config.batch_size,
             generator=epoch_generator(config.seed, epoch), epoch=epoch,
             hflip=config.augment.hflip, min_scale=config.augment.min_scale, criterion=criterion,
+            step_model=compiled.get(net),
         )  # fmt: skip
         val = score(predict(net, data["val"], config.batch_size), data["val"].targets, len(classes))
         record = {

@@ -10,24 +10,24 @@ from torch import nn
 from pipeline.cli import UserError
 from pipeline.config import Optimizer, OptimParams
 from pipeline.engine import (
-    Batches,
+    ImageBatches,
     NonFiniteLoss,
     batch_indices,
     epoch_generator,
-    make_optimizer,
     score,
     train_one_epoch,
 )
+from pipeline.optim import make_optimizer
 
 SIZE = 8
 NUM_CLASSES = 3
 
 
-def random_batches(n: int, seed: int = 0) -> Batches:
+def random_batches(n: int, seed: int = 0) -> ImageBatches:
     generator = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8, generator=generator)
     targets = torch.randint(0, NUM_CLASSES, (n,), generator=generator)
-    return Batches(images, torch.arange(n), targets, torch.device("cpu"), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    return ImageBatches(images, torch.arange(n), targets, torch.device("cpu"), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
 
 
 def optim_params(lr: float = 0.1, optimizer: Optimizer = Optimizer.sgd) -> OptimParams:

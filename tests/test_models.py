@@ -18,7 +18,7 @@ from pipeline import models
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.cli import UserError
 from pipeline.config import Optimizer, OptimParams
-from pipeline.engine import Batches, epoch_generator, make_optimizer, train_one_epoch
+from pipeline.engine import ImageBatches, epoch_generator, train_one_epoch
 from pipeline.models import (
     FREEZE_SYNTAX,
     FreezeSpec,
@@ -37,6 +37,7 @@ from pipeline.models import (
     skeleton_model,
     stage_names,
 )
+from pipeline.optim import make_optimizer
 
 ARCHS = torchvision.models.list_models(module=torchvision.models)
 NUM_CLASSES = 3
@@ -170,11 +171,11 @@ def small_resnet(freeze_text: str = "none", seed: int = 0) -> tuple[models.Built
     return built, frozen
 
 
-def random_batches(built: models.Built, n: int = 8, seed: int = 0) -> Batches:
+def random_batches(built: models.Built, n: int = 8, seed: int = 0) -> ImageBatches:
     generator = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, built.image_size, built.image_size), dtype=torch.uint8, generator=generator)
     targets = torch.randint(0, len(built.classes), (n,), generator=generator)
-    return Batches(images, torch.arange(n), targets, torch.device("cpu"), built.mean, built.std)
+    return ImageBatches(images, torch.arange(n), targets, torch.device("cpu"), built.mean, built.std)
 
 
 def sgd(lr: float = 0.1) -> OptimParams:

@@ -10,8 +10,8 @@ import torch
 
 from pipeline.checkpoints import load_checkpoint
 from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Optimizer, OptimParams, Schedule
-from pipeline.engine import lr_factor, make_optimizer
 from pipeline.models import build_model, freeze, parse_freeze
+from pipeline.optim import lr_factor, make_optimizer
 from pipeline.train import class_weights, early_stop
 from tests.conftest import run, set_params, stage
 from tests.test_resume import assert_same_run
