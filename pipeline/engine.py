@@ -52,7 +52,7 @@ def resolve_device(name: str) -> torch.device:
 def canonical_device(device: torch.device) -> torch.device:
     """`cuda` as `cuda:<current index>`, the way tensors report it.
 
-    torch.device("cuda") != torch.device("cuda:0"), although tensors moved to the first
+    torch.device("cuda") and torch.device("cuda:0") differ, although tensors moved to the first
     name report the second: compare devices only in this form.
     """
     if device.type == "cuda" and device.index is None:

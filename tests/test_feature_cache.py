@@ -10,6 +10,10 @@ from pipeline.checkpoints import load_checkpoint
 from tests.conftest import set_params, stage
 
 METRICS = ("loss", "val_loss", "val_accuracy", "val_f1")
+# The stage runs on `device: auto`. On the CPU both paths compute in float32 and differ only
+# by summation order. On CUDA the features are bf16 and the backbone's kernels depend on the
+# batch, so the two runs agree to bf16 precision over 3 epochs, not to float32's.
+RTOL, ATOL = (5e-2, 1e-2) if torch.cuda.is_available() else (1e-4, 1e-6)
 
 
 def train(project: Path, cache_features: bool) -> tuple[list[dict], str]:
@@ -31,7 +35,7 @@ def test_cached_features_give_the_same_checkpoints_as_the_full_model(project: Pa
     assert len(cached) == len(full) == 3
     for mine, theirs in zip(cached, full, strict=True):
         for key in METRICS:
-            assert mine[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
+            assert mine[key] == pytest.approx(theirs[key], rel=RTOL, abs=ATOL), key
         assert mine["model_state_dict"].keys() == theirs["model_state_dict"].keys()
         for name, tensor in mine["model_state_dict"].items():
-            torch.testing.assert_close(tensor, theirs["model_state_dict"][name], rtol=1e-4, atol=1e-6, msg=name)
+            torch.testing.assert_close(tensor, theirs["model_state_dict"][name], rtol=RTOL, atol=ATOL, msg=name)

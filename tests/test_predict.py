@@ -27,6 +27,10 @@ MODEL = "models/tiny.pt"
 READABLE = ["shots/a.png", "shots/sub/b.JPG", "c.png"]
 BROKEN = "shots/broken.png"
 EXPECTED_PATHS = ["shots/a.png", BROKEN, "shots/sub/b.JPG", "c.png"]
+# predict runs on `--device auto`. The CPU computes in float32 like the reference below, so
+# the probabilities agree to rounding; CUDA runs the model in bf16 autocast (8 bits of
+# mantissa), so there they agree to 0.02.
+PROBABILITY_TOLERANCE = 2e-2 if torch.cuda.is_available() else 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +82,7 @@ def test_csv_matches_the_training_code_and_reports_the_broken_file(project: Path
         assert row["error"] == ""
         for k, (name, probability) in enumerate(expected[row["path"]], start=1):
             assert row[f"class_{k}"] == name
-            assert float(row[f"probability_{k}"]) == pytest.approx(probability, abs=1e-6)
+            assert float(row[f"probability_{k}"]) == pytest.approx(probability, abs=PROBABILITY_TOLERANCE)
     assert "1 of 4 image(s) could not be decoded" in result.stderr
 
 
@@ -94,7 +98,7 @@ def test_json_lists_top_k_per_image(project: Path) -> None:
             continue
         assert obj["error"] is None
         assert [entry["class"] for entry in obj["top"]] == [name for name, _ in expected[obj["path"]]]
-        assert obj["top"][0]["probability"] == pytest.approx(expected[obj["path"]][0][1], abs=1e-6)
+        assert obj["top"][0]["probability"] == pytest.approx(expected[obj["path"]][0][1], abs=PROBABILITY_TOLERANCE)
         assert sum(entry["probability"] for entry in obj["top"]) == pytest.approx(1, abs=1e-5)
 
 

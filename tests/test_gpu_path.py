@@ -1,0 +1,255 @@
+"""The GPU path, checked on the CPU: device identity, one memory layout for model and inputs,
+no host sync inside an epoch, streamed batches, and one compiled graph per run.
+
+No GPU is needed: the meta device stands in for one where only the code path matters
+(what is copied where, how often), and a patched layout policy makes the CPU take the
+channels_last path that CUDA takes.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.testing import CompileCounter
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from pipeline import engine
+from pipeline.cli import UserError
+from pipeline.engine import (
+    ImageBatches,
+    canonical_device,
+    compile_for_training,
+    epoch_generator,
+    iterate,
+    predict,
+    resolve_device,
+    streamed,
+    to_device,
+    train_one_epoch,
+    train_steps,
+)
+from pipeline.optim import make_optimizer
+from tests.test_engine import optim_params
+
+REPO = Path(__file__).resolve().parent.parent
+META = torch.device("meta")
+CPU = torch.device("cpu")
+
+
+def conv_model() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4, 3),
+    )  # fmt: skip
+
+
+def image_batches(n: int, on: torch.device, device: torch.device, size: int = 8) -> ImageBatches:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n + 3, 3, size, size), dtype=torch.uint8, generator=generator)
+    targets = torch.randint(0, 3, (n,), generator=generator)
+    rows = torch.arange(3, n + 3)  # not the first rows: the gather must use `rows`
+    return ImageBatches(images.to(on), rows, targets, device, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
+
+
+# --- device identity ----------------------------------------------------------------------------
+
+
+def test_cuda_without_an_index_is_the_current_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The crash this guards against: torch.device("cuda") != torch.device("cuda:0"), the name
+    # tensors report, so images already on the GPU were "moved" again and pinned.
+    assert torch.device("cuda") != torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert canonical_device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert canonical_device(torch.device("cuda", 0)) == torch.device("cuda", 0)
+    assert canonical_device(CPU) == CPU
+
+
+def test_resolve_device_on_a_machine_without_cuda() -> None:
+    if torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cuda", torch.cuda.current_device())
+        assert resolve_device("auto").index is not None
+        return
+    assert resolve_device("auto") == CPU
+    with pytest.raises(UserError, match="CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.raises(UserError, match="is not a device"):
+        resolve_device("gpu")
+
+
+def test_a_tensor_already_on_the_device_is_not_copied() -> None:
+    tensor = torch.zeros(3, device=META)
+    assert to_device(tensor, META) is tensor
+    cpu = torch.zeros(3)
+    assert to_device(cpu, CPU) is cpu
+
+
+def test_no_raw_device_comparisons_in_pipeline_or_bench() -> None:
+    """Devices are compared only in canonical form (see canonical_device)."""
+    raw = re.compile(r"\.device\s*(==|!=)|(==|!=)\s*[\w.]*\.device\b")
+    offenders = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for folder in ("pipeline", "bench", "tools")
+        for path in sorted((REPO / folder).glob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if raw.search(line) and "canonical_device" not in line
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+# --- layouts ------------------------------------------------------------------------------------
+
+
+def test_model_and_inputs_share_the_channels_last_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What CUDA does, forced on the CPU: training (augmented too) and prediction feed the
+    model channels_last inputs, and the model's convolution is channels_last as well."""
+    monkeypatch.setattr(engine, "memory_format", lambda device: torch.channels_last)
+    model = conv_model()
+    seen: list[tuple[bool, bool]] = []
+
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        seen.append((
+            inputs[0].is_contiguous(memory_format=torch.channels_last),
+            module.weight.is_contiguous(memory_format=torch.channels_last),
+        ))  # fmt: skip
+
+    model[0].register_forward_pre_hook(record)
+    data = image_batches(10, CPU, CPU)
+    train_one_epoch(
+        model, data, make_optimizer(optim_params(), model, "5"), frozen=[], batch_size=4,
+        generator=epoch_generator(0, 1), epoch=1, hflip=True, min_scale=0.5,
+    )  # fmt: skip
+    predict(model, data, batch_size=4)
+    assert len(seen) == 6  # 3 training batches, 3 prediction batches
+    assert all(inputs and weight for inputs, weight in seen), seen
+
+
+def test_the_cpu_keeps_the_default_layout() -> None:
+    model = conv_model()
+    data = image_batches(4, CPU, CPU)
+    images, _ = data.load(torch.arange(4))
+    assert images.is_contiguous()
+    engine.place_model(model, CPU)
+    assert model[0].weight.is_contiguous()
+
+
+# --- host syncs ---------------------------------------------------------------------------------
+
+
+class TransferCounter(TorchDispatchMode):
+    """Counts copies between devices and reads of a tensor's value by the host (`.item()`,
+    `bool(t)`): what makes a GPU step wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transfers: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = str(func.overloadpacket.__name__)
+        if name in ("_local_scalar_dense", "is_nonzero", "nonzero"):
+            self.transfers.append(name)
+        elif name == "_to_copy" and isinstance(out, torch.Tensor) and out.device.type != args[0].device.type:
+            self.transfers.append(f"{name} {args[0].device.type}->{out.device.type}")
+        elif name == "copy_" and args[0].device.type != args[1].device.type:
+            self.transfers.append(f"{name} {args[1].device.type}->{args[0].device.type}")
+        return out
+
+
+def epoch_transfers(n: int, images_on: torch.device, augment: bool) -> list[str]:
+    """The transfers made by one epoch's steps on the meta device, a stand-in for a GPU."""
+    model = conv_model().to(META)
+    data = image_batches(n, images_on, META)
+    generator = epoch_generator(0, 1)
+    order = torch.randperm(n, generator=generator)
+    transforms = engine.draw_augmentation(n, augment, 0.5 if augment else 1.0, generator)
+    optimizer = make_optimizer(optim_params(), model, "5")
+    with TransferCounter() as counter:
+        train_steps(model, data, optimizer, order, transforms, 4, nn.functional.cross_entropy, "epoch")
+    return counter.transfers
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_images_on_the_device_make_no_transfer_per_step(augment: bool) -> None:
+    short, long = epoch_transfers(8, META, augment), epoch_transfers(40, META, augment)
+    assert short == long  # 2 steps or 10: the same transfers, all before the first step
+    # The epoch's order, and the augmentation draws when there are any, travel once.
+    assert long == ["_to_copy cpu->meta"] * (2 if augment else 1)
+
+
+def test_streamed_images_leave_the_compute_thread_no_transfer_per_step() -> None:
+    # Gathering and copying run on the worker thread (dispatch modes are per thread), so
+    # the thread that launches the steps never waits for a copy.
+    assert epoch_transfers(8, CPU, False) == epoch_transfers(40, CPU, False) == []
+
+
+def test_streamed_batches_equal_loaded_ones() -> None:
+    data = image_batches(11, CPU, CPU)
+    batches = list(torch.randperm(11, generator=torch.Generator().manual_seed(3)).split(4))
+    got = list(streamed(data, batches))  # the path taken when images are not on the device
+    expected = [data.load(index) for index in batches]
+    assert len(got) == len(expected) == 3
+    for (images, targets), (want_images, want_targets) in zip(got, expected, strict=True):
+        assert torch.equal(images, want_images) and torch.equal(targets, want_targets)
+
+
+def test_iterate_streams_only_when_the_images_are_elsewhere() -> None:
+    assert not image_batches(4, CPU, CPU).streams
+    assert not image_batches(4, META, META).streams
+    data = image_batches(9, CPU, META)
+    assert data.streams
+    shapes = [tuple(images.shape) for images, _ in iterate(data, list(torch.arange(9).split(4)))]
+    assert shapes == [(4, 3, 8, 8), (4, 3, 8, 8), (1, 3, 8, 8)]
+
+
+# --- compile ------------------------------------------------------------------------------------
+
+
+def test_a_ragged_last_batch_and_evaluation_compile_no_second_graph() -> None:
+    model = conv_model()
+    counter = CompileCounter()
+    step_model = compile_for_training(model, backend=counter)
+    data = image_batches(10, CPU, CPU)  # batches of 4, 4 and 2
+    optimizer = make_optimizer(optim_params(), model, "5")
+    for epoch in (1, 2):
+        train_one_epoch(
+            model, data, optimizer, frozen=[], batch_size=4, generator=epoch_generator(0, epoch), epoch=epoch,
+            step_model=step_model,
+        )  # fmt: skip
+        predict(model, data, batch_size=4)
+    assert counter.frame_count == 1
+
+
+# --- frozen-backbone features -------------------------------------------------------------------
+
+
+class TokenModel(nn.Module):
+    """A head that reads one token of a larger tensor, as ViT's heads.head reads x[:, 0]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(images.flatten(2).transpose(1, 2))  # (B, H*W, 16)
+        return self.head(tokens[:, 0])
+
+
+def test_feature_cache_keeps_only_what_the_head_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    concatenated: list[list[torch.Tensor]] = []
+    real_cat = torch.cat
+
+    def spy(tensors, *args, **kwargs):
+        concatenated.append(list(tensors))
+        return real_cat(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "cat", spy)
+    features = engine.head_inputs(TokenModel(), "head", image_batches(10, CPU, CPU), batch_size=4)
+    assert features is not None and features.shape == (10, 16)
+    kept = concatenated[-1]  # what head_inputs held until the end
+    assert len(kept) == 3
+    for tensor in kept:  # a compact copy, not a view that keeps the (B, 64, 16) tokens alive
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
