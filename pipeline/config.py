@@ -103,6 +103,7 @@ class TrainParams(OptimParams):
     # and train the head on its outputs.
     cache_features: bool = MISSING
     compile: bool = MISSING  # torch.compile the model for training
+    deterministic: bool = MISSING  # deterministic CUDA kernels: bit-identical resume on a GPU
 
 
 @dataclass

@@ -10,6 +10,7 @@ losses are checked after the last batch. Images that fit stay on the GPU; larger
 stream from the memory map through pinned buffers, gathered one batch ahead.
 """
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -83,6 +84,18 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if tensor.device.type == "cpu" and device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+def set_determinism(enabled: bool) -> None:
+    """Deterministic kernels on CUDA (param train.deterministic), so that a resumed GPU run
+    repeats an uninterrupted one bit for bit, at some cost in speed. The CPU path is
+    deterministic either way. Call it before the first CUDA operation: cuBLAS reads its
+    workspace setting when it starts."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = False  # its choice of kernel can differ between runs
 
 
 def autocast(device: torch.device):
@@ -370,9 +383,11 @@ def train_one_epoch(
     torch.manual_seed(generator.initial_seed())
     order = torch.randperm(len(data), generator=generator)
     transforms = draw_augmentation(len(data), hflip, min_scale, generator)
+    # `is None`, not `or`: a compiled module has no truth value.
+    runs_steps = model if step_model is None else step_model
     losses = train_steps(
-        step_model or model, data, optimizer, order, transforms, batch_size, criterion or F.cross_entropy,
-        f"epoch {epoch}", dynamic_batch=step_model is not None,
+        runs_steps, data, optimizer, order, transforms, batch_size, criterion or F.cross_entropy, f"epoch {epoch}",
+        dynamic_batch=step_model is not None,
     )  # fmt: skip
     sizes = torch.tensor([len(b) for b in order.split(batch_size)], dtype=torch.float32)
     return epoch_loss(losses, sizes, epoch)

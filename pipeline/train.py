@@ -45,6 +45,7 @@ from pipeline.engine import (
     predict,
     resolve_device,
     score,
+    set_determinism,
     split_batches,
     train_one_epoch,
 )
@@ -67,6 +68,7 @@ def main() -> None:
     spec = parse_freeze(params.freeze)
     # Gradual unfreezing: after `unfreeze_after` epochs, `unfreeze_to` replaces `freeze`.
     later = parse_freeze(config.unfreeze_to) if config.unfreeze_after else None
+    set_determinism(config.deterministic)
     device = resolve_device(params.device)
     manifest, classes = read_manifest(PREPARED_DIR)
 
