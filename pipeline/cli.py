@@ -1,6 +1,9 @@
 """How a stage starts and fails: logging set-up and one-line errors for user mistakes."""
 
+import errno
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -16,17 +19,62 @@ class UserError(Exception):
     """A mistake the user can fix (params, data, files). Shown as one line, no traceback."""
 
 
+class Terminated(BaseException):
+    """SIGTERM (what schedulers and Kubernetes send to stop a job), raised where the stage is."""
+
+
+# Exit codes of the shell's convention, 128 + the signal's number.
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE, EXIT_TERMINATED = 130, 141, 143
+SAFE_TO_RERUN = "every file written so far is complete (writes are atomic); rerunning resumes"
+
+
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(): user errors become `error: ...` on stderr and exit code 2."""
+    """Run a stage's main() (or a tool's), turning every way it can end into one line and an
+    exit code: user errors 2, a full disk 1, Ctrl-C 130, SIGTERM 143, a closed pipe 141."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    interrupted = False
+
+    def on_sigint(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        interrupted = True
+        raise KeyboardInterrupt
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         main()
     except UserError as error:
         log.error("error: %s", error)
         sys.exit(2)
     except KeyboardInterrupt:
-        log.error("interrupted")
-        sys.exit(130)
+        log.error("interrupted; %s", SAFE_TO_RERUN)
+        sys.exit(EXIT_INTERRUPTED)
+    except Terminated:
+        log.error("terminated (SIGTERM); %s", SAFE_TO_RERUN)
+        sys.exit(EXIT_TERMINATED)
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly, and keep Python from failing
+        # again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_BROKEN_PIPE)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        log.error("error: no space left on the disk (%s); %s", error.filename or error, SAFE_TO_RERUN)
+        sys.exit(1)
+    except RuntimeError as error:
+        # torch.save reports a failed write (disk full, or Ctrl-C inside it) as a RuntimeError
+        # from its zip writer, "unexpected pos ...".
+        if "unexpected pos" not in str(error) and "file write failed" not in str(error):
+            raise
+        if interrupted:
+            log.error("interrupted while writing a checkpoint; %s", SAFE_TO_RERUN)
+            sys.exit(EXIT_INTERRUPTED)
+        log.error("error: writing a checkpoint failed (is the disk full?); %s", SAFE_TO_RERUN)
+        sys.exit(1)
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:

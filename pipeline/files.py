@@ -26,9 +26,18 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb+") as file:  # flush to disk before the rename makes it visible
             os.fsync(file.fileno())
         os.replace(tmp, path)
+        fsync_folder(path.parent)  # the rename itself survives a power loss only once its folder is synced
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 @contextmanager

@@ -1,0 +1,52 @@
+"""Faults from outside: a full disk, Ctrl-C, SIGTERM and a closed pipe each end a stage with
+one line and the conventional exit code, never a traceback, and leave every file intact."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import stage
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 1 MB tmpfs: too small for any checkpoint. Needs root (CI runs as root)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_line(project: Path, tiny_disk: Path) -> None:
+    stage("prepare", project)
+    stage("pretrain", project)
+    (project / ".cache").mkdir(exist_ok=True)
+    (project / ".cache/runs").symlink_to(tiny_disk)
+    result = stage("train", project, check=False)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "writing a checkpoint failed (is the disk full?)" in errors[0], result.stderr
+    assert "every file written so far is complete" in errors[0]
+    assert not list(tiny_disk.rglob("epoch_*.pt"))  # no partial checkpoint under its final name
+
+
+def test_a_closed_pipe_ends_predict_quietly(project: Path) -> None:
+    # A script that writes more lines than `head` reads, through run_stage, as predict does.
+    script = (
+        "from pipeline.cli import run_stage\n"
+        "def main():\n"
+        "    for i in range(100000):\n"
+        "        print('line', i)\n"
+        "run_stage(main)\n"
+    )
+    result = subprocess.run(
+        f'{sys.executable} -c "{script}" | head -n 2', shell=True, cwd=project, capture_output=True, text=True
+    )
+    assert result.stdout.splitlines() == ["line 0", "line 1"]
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
