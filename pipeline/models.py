@@ -85,14 +85,7 @@ def build_model(arch: str, weights: str | None, classes: list[str], image_size: 
 
     Every check that needs no weights (arch, weights name, input size) runs first.
     """
-    check_arch(arch)
-    weights_path = Path(weights) if weights is not None and is_weights_file(weights) else None
-    tv_weights = resolve_torchvision_weights(arch, weights) if weights is not None and not weights_path else None
-    model_kwargs = _size_kwargs(arch, tv_weights.meta["min_size"][0] if tv_weights else image_size)
-    check_input_size(arch, model_kwargs, image_size)
-    if weights_path is not None and not weights_path.is_file():
-        raise UserError(f"model.weights = {weights!r}: the file does not exist")
-
+    weights_path, tv_weights, model_kwargs = _checked_model_params(arch, weights, image_size)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if tv_weights is not None:
         model = _load_torchvision_weights(arch, tv_weights)
@@ -108,6 +101,21 @@ def build_model(arch: str, weights: str | None, classes: list[str], image_size: 
         model_kwargs["transform_input"] = model.transform_input
     replace_head(model, head, len(classes))
     return Built(model, arch, head, list(classes), image_size, mean, std, model_kwargs)
+
+
+def _checked_model_params(
+    arch: str, weights: str | None, image_size: int
+) -> tuple[Path | None, torchvision.models.WeightsEnum | None, dict[str, Any]]:
+    """The checks of arch, weights and input size that need no weights: (the weights file or
+    None, the torchvision weights or None, the constructor's size kwargs)."""
+    check_arch(arch)
+    weights_path = Path(weights) if weights is not None and is_weights_file(weights) else None
+    tv_weights = resolve_torchvision_weights(arch, weights) if weights is not None and not weights_path else None
+    model_kwargs = _size_kwargs(arch, tv_weights.meta["min_size"][0] if tv_weights else image_size)
+    check_input_size(arch, model_kwargs, image_size)
+    if weights_path is not None and not weights_path.is_file():
+        raise UserError(f"model.weights = {weights!r}: the file does not exist")
+    return weights_path, tv_weights, model_kwargs
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
@@ -269,7 +277,8 @@ class FreezeSpec:
 FREEZE_SYNTAX = "none, all_but_head, first:N (freeze the first N backbone stages) or modules:NAME+NAME"
 
 
-def parse_freeze(text: str) -> FreezeSpec:
+def parse_freeze(text: str, key: str = "freeze") -> FreezeSpec:
+    """`text`, the value of the param `key`, as a FreezeSpec; a UserError naming `key` if it is none."""
     kind, _, arg = text.partition(":")
     if text in ("none", "all_but_head"):
         return FreezeSpec(text)
@@ -277,7 +286,7 @@ def parse_freeze(text: str) -> FreezeSpec:
         return FreezeSpec("first", count=int(arg))
     if kind == "modules" and arg and all(arg.split("+")):
         return FreezeSpec("modules", modules=tuple(arg.split("+")))
-    raise UserError(f"freeze = {text!r} is not a freeze spec; use {FREEZE_SYNTAX}")
+    raise UserError(f"{key} = {text!r} is not a freeze spec; use {FREEZE_SYNTAX}")
 
 
 def stage_names(model: nn.Module, head: str) -> list[str]:
@@ -412,3 +421,24 @@ if __name__ == "__main__":
 
     for name in sys.argv[1:] or ["resnet18"]:
         print(describe(name))
+
+
+def check_model_params(arch: str, weights: str | None, image_size: int, freeze_specs: dict[str, str]) -> None:
+    """Check model.arch, model.weights, model.image_size and freeze specs (param key -> spec)
+    without building the model: on its skeleton, in well under a second for most archs.
+
+    A weights file is loaded to compare its arch; a torchvision weights name is only resolved.
+    """
+    specs = {key: parse_freeze(text, key) for key, text in freeze_specs.items()}
+    weights_path, _, model_kwargs = _checked_model_params(arch, weights, image_size)
+    if weights_path is not None:
+        loaded = load_weights_file(weights_path)
+        if is_checkpoint(loaded) and loaded.get("arch") != arch:
+            raise UserError(
+                f"model.weights = {weights!r} holds a {loaded.get('arch')} checkpoint, but model.arch is {arch}"
+            )
+    skeleton = skeleton_model(arch, model_kwargs)
+    _drop_aux_heads(skeleton)
+    head = find_head(skeleton)
+    for spec in specs.values():
+        freeze(skeleton, spec, head)

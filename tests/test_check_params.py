@@ -1,0 +1,82 @@
+"""check_params: every param is checked up front, and each message names the right key."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.check_params import check
+from pipeline.checkpoints import save_checkpoint
+from pipeline.cli import UserError
+from pipeline.config import load_params
+from pipeline.models import build_model
+from tests.conftest import REPO, set_params, stage
+
+
+def test_the_stage_writes_a_constant_file_or_stops_with_one_line(project: Path) -> None:
+    stage("check_params", project)
+    written = (project / "checks/params.ok").read_text()
+    set_params(project, **{"train.lr": 0.5})
+    stage("check_params", project)
+    assert (project / "checks/params.ok").read_text() == written  # later stages see no change
+    set_params(project, freeze="everything")
+    result = stage("check_params", project, check=False)
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "freeze = 'everything' is not a freeze spec" in errors[0]
+
+
+@pytest.fixture
+def params_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of params.yaml to edit, checked from the repo root (where the data folders are)."""
+    monkeypatch.chdir(REPO)
+    path = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", path)
+    return path
+
+
+def problem(path: Path) -> str:
+    with pytest.raises(UserError) as error:
+        check(load_params(path))
+    return str(error.value)
+
+
+def test_the_default_params_pass(params_file: Path) -> None:
+    check(load_params(params_file))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"freeze": "everything"}, "freeze = 'everything' is not a freeze spec"),
+        # a bad unfreeze_to is caught even while unfreezing is off, and named as itself
+        ({"train.unfreeze_to": "everything"}, "train.unfreeze_to = 'everything' is not a freeze spec"),
+        ({"freeze": "first:99"}, "but this model has"),
+        ({"freeze": "modules:layer9"}, "does not have"),
+        ({"model.arch": "resnet19"}, "did you mean resnet18"),
+        ({"model.weights": "IMAGENET1K_V9"}, "is not a weights name of resnet18"),
+        ({"model.weights": "models/nope.pt"}, "the file does not exist"),
+        ({"model.arch": "vit_b_16", "model.image_size": 20}, "does not fit vit_b_16"),
+        ({"prepare.data_dir": "data/nope"}, "prepare.data_dir = 'data/nope': no such folder"),
+        ({"pretrain.data_dir": "data/nope"}, "pretrain.data_dir = 'data/nope': no such folder"),
+        ({"device": "gpu"}, "is not a device"),
+    ],
+)
+def test_bad_params_are_named(params_file: Path, overrides: dict, message: str) -> None:
+    set_params(params_file.parent, **overrides)
+    assert message in problem(params_file)
+
+
+def test_an_unknown_key_stops_it(params_file: Path) -> None:
+    params_file.write_text(params_file.read_text() + "trian:\n  lr: 0.1\n")
+    assert "unknown key 'trian'" in problem(params_file)
+
+
+def test_a_weights_file_of_another_arch_is_caught_before_any_training(params_file: Path) -> None:
+    torch.manual_seed(0)
+    built = build_model("resnet34", None, ["a", "b"], 16)
+    other = params_file.parent / "other.pt"
+    save_checkpoint({**built.metadata(), "model_state_dict": built.model.state_dict()}, other)
+    set_params(params_file.parent, **{"model.weights": str(other)})
+    assert "holds a resnet34 checkpoint, but model.arch is resnet18" in problem(params_file)
