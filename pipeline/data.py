@@ -21,7 +21,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from pipeline.cli import UserError, progress
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, read_csv
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def read_manifest(prepared_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     for path in (manifest_path, classes_path):
         if not path.is_file():
             raise UserError(f"{path} not found: run the prepare stage first (dvc repro prepare)")
-    manifest = pd.read_csv(manifest_path, dtype={"path": str, "label": str, "split": str, "sha1": str})
+    manifest = read_csv(manifest_path)
     classes = json.loads(classes_path.read_text())
     return manifest, classes
 
