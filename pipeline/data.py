@@ -6,11 +6,15 @@ decodes a file; augmentation then runs on tensors (engine.augment). No torch her
 the prepare stage starts in a fraction of a second.
 """
 
+import errno
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import stat
+import warnings
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -21,7 +25,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from pipeline.cli import UserError, progress
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, read_csv
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,13 @@ IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", "
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["path", "label", "split", "sha1"]
 # Bump when `load_image` changes what it returns, so cached pixel arrays are rebuilt.
-PREPROCESSING_VERSION = 1
+PREPROCESSING_VERSION = 2
+# `decode` shrinks an image before converting it, but to no less than this times the size asked for.
+REDUCING_GAP = 3
+# The size `usable_images` decodes at to check a file and hash it (image_hash).
+HASH_DECODE_SIZE = 32
+# An image_hash needs this many bits of each kind (brighter, not brighter) to identify a picture.
+MIN_HASH_BITS = 8
 CACHE_DIR = Path(".cache/images")
 
 
@@ -40,35 +50,85 @@ class Skipped:
 
 
 def find_images(root: Path) -> tuple[list[str], list[tuple[Path, str]], list[Skipped]]:
-    """Scan an ImageFolder tree: (class names, [(file, class)], files left out and why).
+    """Scan an ImageFolder tree: (class names, [(file, class)], everything else and why).
 
-    Files may sit in nested folders below their class folder. Hidden files and
-    folders are ignored, extensions match in any case.
+    Every sub-folder of `root` (or link to one) is a class; files may sit in nested
+    folders below it. Everything else that is not hidden is reported with a reason: a file
+    in `root` itself, belonging to no class; a file without an image extension; a broken
+    link, a link loop (`x -> x`), a link to a folder below a class folder (not followed),
+    anything that is not a regular file. Hidden files and folders (.name) are ignored, not
+    reported; extensions match in any case.
     """
     if not root.is_dir():
         raise UserError(f"data folder {root} does not exist")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes: list[str] = []
     files: list[tuple[Path, str]] = []
     skipped: list[Skipped] = []
-    for class_dir in class_dirs:
-        images, others = image_files(class_dir)
-        files += [(path, class_dir.name) for path in images]
-        skipped += [Skipped(p.as_posix(), f"not an image file extension ({p.suffix or 'none'})") for p in others]
-    return [d.name for d in class_dirs], files, skipped
+    for entry in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
+        if entry.is_dir():
+            classes.append(entry.name)
+            images, reasons = scan_folder(entry)
+            files += [(path, entry.name) for path in images]
+            skipped += reasons
+        else:
+            why = _not_a_file(entry) or "not inside a class folder: a file must lie in a folder named after its class"
+            skipped.append(Skipped(entry.as_posix(), why))
+    return classes, files, skipped
+
+
+def scan_folder(folder: Path) -> tuple[list[Path], list[Skipped]]:
+    """Every entry below `folder`, sorted as paths sort: (image files, everything else and why).
+
+    Links to files count as their target; links to folders are not followed. Hidden files
+    and folders are ignored; extensions match in any case.
+    """
+    images: list[Path] = []
+    skipped: list[Skipped] = []
+
+    def visit(directory: Path) -> None:
+        try:
+            names = sorted(name for name in os.listdir(directory) if not name.startswith("."))
+        except OSError as error:
+            skipped.append(Skipped(directory.as_posix(), f"folder cannot be read: {type(error).__name__}: {error}"))
+            return
+        for name in names:
+            path = directory / name
+            if path.is_dir() and not path.is_symlink():
+                visit(path)
+            elif why := _not_a_file(path):
+                skipped.append(Skipped(path.as_posix(), why))
+            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                images.append(path)
+            else:
+                skipped.append(Skipped(path.as_posix(), f"not an image file extension ({path.suffix or 'none'})"))
+
+    visit(folder)
+    return images, skipped
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why `path` cannot be read as a file (a broken link, a link loop, a folder...), or None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        if not path.is_symlink():
+            return f"cannot be read: {type(error).__name__}: {error}"
+        target = os.readlink(path)
+        if error.errno == errno.ELOOP:
+            # DVC, hashing a dependency folder, stops with this errno before any stage runs.
+            return f"a link loop (-> {target}) that never reaches a file; under DVC it fails `dvc repro` (Errno 40)"
+        return f"a broken link: its target {target} does not exist"
+    if stat.S_ISDIR(mode):
+        return f"a link to a folder (-> {os.readlink(path)}); links to folders inside a class folder are not followed"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a pipe, socket or device)"
+    return None
 
 
 def image_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Every file below `folder`, sorted: (image files, other files).
-
-    Hidden files and folders are ignored; extensions match in any case.
-    """
-    images: list[Path] = []
-    others: list[Path] = []
-    for path in sorted(folder.rglob("*")):
-        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
-            continue
-        (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
-    return images, others
+    """Every file below `folder`, sorted: (image files, everything else: see scan_folder)."""
+    images, skipped = scan_folder(folder)
+    return images, [Path(s.path) for s in skipped]
 
 
 def load_image(path: Path | str, size: int) -> np.ndarray:
@@ -76,25 +136,65 @@ def load_image(path: Path | str, size: int) -> np.ndarray:
 
     Honours EXIF orientation, flattens alpha onto black, maps 16-bit and CMYK to 8-bit RGB,
     scales the shorter side to `size` and crops the centre (torchvision's Resize + CenterCrop).
+    Memory stays near the file's own pixels whatever its size and mode: see `decode`.
     """
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        image = _to_rgb(image)
-        scale = size / min(image.size)
-        width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-        image = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=None)
-        left, top = (width - size) // 2, (height - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-        return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+    image = decode(path, size)
+    scale = size / min(image.size)
+    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=None)
+    left, top = (width - size) // 2, (height - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def decode(path: Path | str, size: int) -> Image.Image:
+    """The whole image as RGB, upright, its shorter side shrunk to no less than REDUCING_GAP * size.
+
+    Shrinking happens before any conversion, in the file's own mode (JPEG: while decoding,
+    by Image.draft), so a 13000 x 13000 16-bit PNG costs its 340 MB of pixels, not the 4.7 GB
+    of converting them to floats at full size. Images over 2 * Image.MAX_IMAGE_PIXELS raise
+    Pillow's DecompressionBombError; those between 1x and 2x decode, without its warning.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(path)
+    with image:
+        if image.format == "JPEG":
+            image.draft(image.mode, (REDUCING_GAP * size, REDUCING_GAP * size))
+        ImageOps.exif_transpose(image, in_place=True)
+        factor = min(image.size) // (REDUCING_GAP * size)
+        if factor < 2:
+            return _to_rgb(image)
+        if _has_alpha(image) or image.mode in ("P", "1"):
+            image = _to_rgb(image)  # flatten first: averaging must not mix in transparent pixels' colours
+        peak = _peak(image)
+        try:
+            image = image.reduce(factor)
+        except ValueError:  # modes that reduce() lacks (I;16): a box filter is the same average
+            image = image.resize((-(-image.width // factor), -(-image.height // factor)), Image.Resampling.BOX)
+        return _to_rgb(image, peak)
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+
+
+def _peak(image: Image.Image) -> float:
+    """The white level of 16- and 32-bit greyscale (65535 or 255), from all of its pixels."""
+    if image.mode.startswith("I;16"):
+        return 65535.0
+    if image.mode == "I":
+        return 65535.0 if image.getextrema()[1] > 255 else 255.0
+    return 255.0
+
+
+def _to_rgb(image: Image.Image, peak: float | None = None) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16- and 32-bit greyscale: Pillow's convert("RGB") clips instead of scaling.
+        peak = peak or _peak(image)
         pixels = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
         return Image.fromarray(np.clip(pixels / peak * 255.0, 0, 255).round().astype(np.uint8)).convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if _has_alpha(image):
         return Image.alpha_composite(Image.new("RGBA", image.size, (0, 0, 0, 255)), image.convert("RGBA")).convert(
             "RGB"
         )
@@ -105,25 +205,50 @@ def file_sha1(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
-def usable_images(root: Path) -> tuple[list[str], pd.DataFrame, list[Skipped]]:
-    """Scan and decode every image under `root`: (classes, rows of path/label/sha1, left out).
+def image_hash(image: Image.Image) -> str:
+    """A perceptual hash: the same picture re-encoded or resized almost always gets the same one.
 
-    Files that fail to decode are left out with the reason; so are classes left empty.
+    128 bits as 32 hex digits: whether each pixel of a 9x8 greyscale thumbnail is brighter than
+    its left neighbour, and of an 8x9 one than the pixel above (dHash, both ways). "" for an
+    image with too little detail to tell it from others (flat, or nearly so).
+    """
+    grey = image.convert("L")
+    wide = np.asarray(grey.resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
+    tall = np.asarray(grey.resize((8, 9), Image.Resampling.BILINEAR), dtype=np.int16)
+    bits = np.concatenate([(wide[:, 1:] > wide[:, :-1]).ravel(), (tall[1:] > tall[:-1]).ravel()])
+    if min(bits.sum(), (~bits).sum()) < MIN_HASH_BITS:
+        return ""
+    return np.packbits(bits).tobytes().hex()
+
+
+def usable_images(root: Path) -> tuple[list[str], pd.DataFrame, list[Skipped]]:
+    """Scan and decode every image under `root`: (classes, rows of path/label/sha1/dhash, left out).
+
+    Files that fail to decode are left out with the reason; so are identical files (the same
+    sha1) under different classes, since no label is right for all of them, and class
+    folders left with no usable image (the folder itself is listed).
     """
     classes, files, skipped = find_images(root)
     rows = []
     for path, label in progress(files, f"checking images in {root}"):
         try:
-            # A tiny size still decodes the whole file, so damage anywhere is caught here.
-            load_image(path, 8)
+            # Shrinking still decodes the whole file, so damage anywhere is caught here.
+            fingerprint = image_hash(decode(path, HASH_DECODE_SIZE))
+        except Image.DecompressionBombError as error:
+            skipped.append(Skipped(path.as_posix(), f"too large to decode safely (Image.MAX_IMAGE_PIXELS): {error}"))
+            continue
         except Exception as error:  # Pillow raises many types for damaged or unsupported files
             skipped.append(Skipped(path.as_posix(), f"cannot be decoded: {type(error).__name__}: {error}"))
             continue
-        rows.append((path.as_posix(), label, file_sha1(path)))
-    found = pd.DataFrame(rows, columns=["path", "label", "sha1"])
+        rows.append((path.as_posix(), label, file_sha1(path), fingerprint))
+    found = pd.DataFrame(rows, columns=["path", "label", "sha1", "dhash"])
+    found, conflicts = _drop_conflicting_copies(found)
+    skipped += conflicts
     empty = [name for name in classes if name not in set(found["label"])]
     if empty:
         log.warning("class folder(s) with no usable images are left out: %s", ", ".join(empty))
+        why = "class folder with no usable image (empty, or each of its files is listed): left out as a class"
+        skipped += [Skipped((root / name).as_posix(), why) for name in empty]
     classes = [name for name in classes if name not in empty]
     if len(classes) < 2:
         raise UserError(
@@ -133,30 +258,90 @@ def usable_images(root: Path) -> tuple[list[str], pd.DataFrame, list[Skipped]]:
     return classes, found, skipped
 
 
-def stratified_split(labels: list[str], fractions: dict[str, float], seed: int) -> list[str]:
+def _drop_conflicting_copies(found: pd.DataFrame) -> tuple[pd.DataFrame, list[Skipped]]:
+    """`found` without the files whose exact bytes also lie in another class, and those files."""
+    labels_of = found.groupby("sha1")["label"].agg(lambda labels: sorted(set(labels)))
+    conflicting = found["sha1"].map(lambda sha1: len(labels_of[sha1]) > 1).astype(bool)
+    skipped = []
+    for row in found[conflicting].itertuples():
+        others = found[(found["sha1"] == row.sha1) & (found["path"] != row.path)]["path"].tolist()
+        listed = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        classes = ", ".join(f"'{label}'" for label in labels_of[row.sha1])
+        skipped.append(
+            Skipped(row.path, f"duplicate with conflicting labels: the same bytes as {listed} (classes {classes})")
+        )
+    return found[~conflicting].reset_index(drop=True), skipped
+
+
+def duplicate_groups(found: pd.DataFrame) -> list[int]:
+    """For each row of `found` (sha1, dhash columns), the first row of its group of duplicates.
+
+    Rows are in one group when they share the sha1 (exact copies) or a non-empty dhash (the
+    same picture re-encoded or resized), directly or through other rows. A row without
+    duplicates is its own group.
+    """
+    parent = list(range(len(found)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[str, str], int] = {}
+    for i, (sha1, dhash) in enumerate(zip(found["sha1"], found["dhash"], strict=True)):
+        for key in [("sha1", sha1)] + ([("dhash", dhash)] if dhash else []):
+            j = root(first.setdefault(key, i))
+            a, b = sorted((root(i), j))
+            parent[b] = a
+    return [root(i) for i in range(len(found))]
+
+
+def stratified_split(
+    labels: list[str], fractions: dict[str, float], seed: int, groups: list[int] | None = None
+) -> list[str]:
     """Assign each item to "train" or one of `fractions`' splits, per class, reproducibly.
 
     Every class gets at least one item in every split; a class too small for that is a
-    UserError rather than a silently empty split.
+    UserError rather than a silently empty split. Items with the same `groups` value
+    (duplicates: see duplicate_groups) share a split; a group counts for the class most of
+    its items have (on a tie, the first in sort order), and split sizes may then miss the
+    fractions by up to a group's size. Without groups, or with every group of one item,
+    the result is the same as ever.
     """
+    groups = list(range(len(labels))) if groups is None else groups
+    members_of: dict[int, list[int]] = {}
+    for i, group in enumerate(groups):
+        members_of.setdefault(group, []).append(i)
+    owner = {
+        group: min(Counter(labels[i] for i in members).items(), key=lambda item: (-item[1], item[0]))[0]
+        for group, members in members_of.items()
+    }
     rng = np.random.default_rng(seed)
     splits = [""] * len(labels)
+    names = [*fractions, "train"]
     for label in sorted(set(labels)):
-        members = [i for i, item_label in enumerate(labels) if item_label == label]
-        needed = len(fractions) + 1
-        if len(members) < needed:
+        units = [members_of[group] for group in members_of if owner[group] == label]  # in order of first item
+        items = sum(len(unit) for unit in units)
+        if len(units) < len(names):
+            in_groups = f" in {len(units)} group(s) of duplicates" if items > len(units) else ""
             raise UserError(
-                f"class '{label}' has {len(members)} usable image(s); each class needs at least {needed} "
+                f"class '{label}' has {items} usable image(s){in_groups}; each class needs at least {len(names)} "
                 f"(one for train and one for each of {', '.join(fractions)}). Add images or remove the class folder"
             )
-        names: list[str] = []
-        for position, (name, fraction) in enumerate(fractions.items()):
-            # Leave one item for each later split and one for train.
-            room = len(members) - len(names) - (len(fractions) - position - 1) - 1
-            names += [name] * min(max(1, round(fraction * len(members))), room)
-        names += ["train"] * (len(members) - len(names))
-        for rank, index in enumerate(rng.permutation(len(members))):
-            splits[members[index]] = names[rank]
+        # Fill the splits in turn, val first and train last, in a random order of the units;
+        # move on when a split has its share, or when each later split needs one of the units left.
+        room = [max(1, round(fraction * items)) for fraction in fractions.values()] + [items]
+        filled = [0] * len(names)
+        current = 0
+        for rank, index in enumerate(rng.permutation(len(units))):
+            left = len(units) - rank
+            while filled[current] and current < len(names) - 1 and (room[current] <= 0 or left < len(names) - current):
+                current += 1
+            for i in units[index]:
+                splits[i] = names[current]
+            filled[current] += 1
+            room[current] -= len(units[index])
     return splits
 
 
@@ -166,7 +351,7 @@ def read_manifest(prepared_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     for path in (manifest_path, classes_path):
         if not path.is_file():
             raise UserError(f"{path} not found: run the prepare stage first (dvc repro prepare)")
-    manifest = pd.read_csv(manifest_path, dtype={"path": str, "label": str, "split": str, "sha1": str})
+    manifest = read_csv(manifest_path)
     classes = json.loads(classes_path.read_text())
     return manifest, classes
 

@@ -1,12 +1,13 @@
 """Writing files so that a kill at any moment leaves the old file or the new one, never a mix.
 
-Every manifest, table, metrics file, checkpoint and cached array goes through here.
+Every manifest, table, metrics file, checkpoint and cached array goes through here; every
+CSV the project reads back goes through `read_csv`.
 """
 
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -51,6 +52,16 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     with atomic_write(path, "w") as file:
         frame.to_csv(file, index=False)
+
+
+def read_csv(path: Path, text: Collection[str] | None = None) -> pd.DataFrame:
+    """A table as `write_csv` wrote it: each cell in the `text` columns (by default, all) is the
+    exact text written, so labels and paths such as NA, null, None, nan, 007 or 1e3 stay
+    themselves; the other columns are numbers, an empty cell being NaN."""
+    columns = pd.read_csv(path, nrows=0).columns
+    strings = [c for c in columns if text is None or c in text]
+    numbers = {c: [""] for c in columns if c not in strings}
+    return pd.read_csv(path, dtype=dict.fromkeys(strings, str), keep_default_na=False, na_values=numbers)
 
 
 def write_json(data: object, path: Path) -> None:

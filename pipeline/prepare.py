@@ -1,9 +1,27 @@
 """Stage prepare: an ImageFolder tree -> a stratified train/val/test manifest.
 
 Reads:  params prepare.*, the images under prepare.data_dir
-Writes: data/prepared/manifest.csv  (path, label, split, sha1; one row per usable image)
-        data/prepared/classes.json  (the ordered class names; model output i is class i)
-        data/prepared/skipped.csv   (files left out, and why)
+Writes: data/prepared/manifest.csv    (path, label, split, sha1; one row per usable image)
+        data/prepared/classes.json    (the ordered class names; model output i is class i)
+        data/prepared/skipped.csv     (path, reason: everything under the data folder that is
+                                       not in the manifest, and why)
+        data/prepared/duplicates.csv  (group, path, label, split, match, sha1, dhash: the
+                                       manifest's images that have a copy or near-copy)
+
+skipped.csv lists every file, link and folder not hidden (.name) that does not end up in
+the manifest: files directly in the data folder (no class), non-image extensions, files
+that fail to decode or exceed Pillow's size limit, broken links and link loops, links to
+folders below a class folder (not followed), class folders with no usable image, and exact
+duplicates whose labels conflict. A link loop is handled here, but DVC itself stops with
+Errno 40 on one in a dependency folder before this stage runs: remove it to use `dvc repro`.
+
+Duplicates never straddle splits. Files with the same bytes (sha1) under one class, and
+images with the same perceptual hash (data.image_hash: the same picture re-encoded or
+resized), form a group that goes to one split together. Files with the same bytes under
+different classes are left out (listed in skipped.csv): no label is right for all of them.
+Near-duplicates with different labels are kept, in one split, and listed in
+duplicates.csv (match "near") to be checked by hand. Without duplicates the split is
+what it always was for a seed.
 """
 
 import logging
@@ -13,12 +31,28 @@ import pandas as pd
 
 from pipeline.cli import run_stage
 from pipeline.config import load_params
-from pipeline.data import MANIFEST_COLUMNS, stratified_split, usable_images
+from pipeline.data import MANIFEST_COLUMNS, duplicate_groups, stratified_split, usable_images
 from pipeline.files import write_csv, write_json
 
 log = logging.getLogger("pipeline.prepare")
 
 OUT_DIR = Path("data/prepared")
+DUPLICATE_COLUMNS = ["group", "path", "label", "split", "match", "sha1", "dhash"]
+
+
+def duplicates_report(manifest: pd.DataFrame, groups: list[int]) -> pd.DataFrame:
+    """The rows of `manifest` (with a dhash column) that share a group with another row.
+
+    Groups are numbered from 1 in manifest order; match is "exact" for a file whose bytes
+    another file of its group shares, else "near".
+    """
+    rows = manifest.assign(group=groups)
+    rows = rows[rows.groupby("group")["path"].transform("size") > 1]
+    number = {group: n for n, group in enumerate(dict.fromkeys(rows["group"]), start=1)}
+    exact = rows.groupby(["group", "sha1"])["path"].transform("size") > 1
+    return rows.assign(group=rows["group"].map(number), match=exact.map({True: "exact", False: "near"}))[
+        DUPLICATE_COLUMNS
+    ].reset_index(drop=True)
 
 
 def main() -> None:
@@ -26,13 +60,16 @@ def main() -> None:
     classes, manifest, skipped = usable_images(Path(params.data_dir))
 
     fractions = {"val": params.val_fraction, "test": params.test_fraction}
-    manifest["split"] = stratified_split(manifest["label"].tolist(), fractions, params.seed)
+    groups = duplicate_groups(manifest)
+    manifest["split"] = stratified_split(manifest["label"].tolist(), fractions, params.seed, groups)
     write_csv(manifest[MANIFEST_COLUMNS], OUT_DIR / "manifest.csv")
     write_json(classes, OUT_DIR / "classes.json")
     report = pd.DataFrame(
         [(s.path, s.reason) for s in sorted(skipped, key=lambda s: s.path)], columns=["path", "reason"]
     )
     write_csv(report, OUT_DIR / "skipped.csv")
+    duplicates = duplicates_report(manifest, groups)
+    write_csv(duplicates, OUT_DIR / "duplicates.csv")
 
     per_split = manifest["split"].value_counts()
     log.info(
@@ -40,6 +77,13 @@ def main() -> None:
         len(manifest), len(classes), per_split.get("train", 0), per_split.get("val", 0), per_split.get("test", 0),
         len(report), OUT_DIR / "skipped.csv",
     )  # fmt: skip
+    if len(duplicates):
+        mixed = duplicates.groupby("group")["label"].nunique().gt(1).sum()
+        log.info(
+            "%d images in %d groups of copies or near-copies, each group in one split; %d group(s) with "
+            "different labels (listed in %s)",
+            len(duplicates), duplicates["group"].nunique(), mixed, OUT_DIR / "duplicates.csv",
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import torch
 from pipeline.checkpoints import checkpoint_name, load_checkpoint, save_checkpoint
 from pipeline.cli import UserError, run_stage
 from pipeline.config import Mode, load_params
-from pipeline.files import atomic_write, write_csv, write_json
+from pipeline.files import atomic_write, read_csv, write_csv, write_json
 from pipeline.models import model_from_checkpoint
 
 log = logging.getLogger("pipeline.select_best")
@@ -85,7 +85,7 @@ def export_model(checkpoint: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     params = load_params().select
-    scores = pd.read_csv(EVAL_DIR / "scores.csv")
+    scores = read_csv(EVAL_DIR / "scores.csv", text=())
     best = pick_best(scores, params.metric, params.mode)
     epoch = int(best["epoch"])
 
@@ -111,7 +111,7 @@ def main() -> None:
         "total_params": checkpoint["total_params"],
     }
     write_json(metrics, BEST_DIR / "metrics.json")
-    predictions = pd.read_csv(EVAL_DIR / "predictions" / f"{checkpoint_name(epoch).removesuffix('.pt')}.csv")
+    predictions = read_csv(EVAL_DIR / "predictions" / f"{checkpoint_name(epoch).removesuffix('.pt')}.csv")
     write_csv(predictions[["actual", "predicted"]], BEST_DIR / "confusion.csv")
     # evaluate's table with the choice marked, for the per-epoch plots' red line
     write_csv(scores.assign(selected=(scores["epoch"] == epoch).astype(int)), BEST_DIR / "epochs.csv")

@@ -1,5 +1,8 @@
 """pipeline/data.py: finding and decoding images, stratified splits, the pixel cache; and engine.augment."""
 
+import subprocess
+import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +14,7 @@ from PIL import Image
 
 import pipeline.data as data
 from pipeline.cli import UserError
-from pipeline.data import decoded_images, file_sha1, find_images, load_image, stratified_split
+from pipeline.data import SPLITS, decoded_images, file_sha1, find_images, load_image, stratified_split
 from pipeline.engine import augment
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 200, 0), (0, 0, 255)
@@ -404,3 +407,120 @@ def test_augment_hflip_gives_the_original_or_its_exact_mirror() -> None:
         else:
             pytest.fail("an augmented image is neither the original nor its horizontal mirror")
     assert set(kinds) == {"same", "mirror"}  # both happen in a batch of 16
+
+
+def test_stratified_split_keeps_each_group_in_one_split() -> None:
+    labels = ["a"] * 20 + ["b"] * 12
+    # Groups of duplicates: rows 0-4, 5-6 and 20-22; every other row alone.
+    groups = [0] * 5 + [5] * 2 + list(range(7, 20)) + list(range(20, 32))
+    groups[21] = groups[22] = 20
+
+    for seed in range(20):
+        splits = stratified_split(labels, FRACTIONS, seed, groups)
+
+        assert stratified_split(labels, FRACTIONS, seed, groups) == splits
+        for members in ([0, 1, 2, 3, 4], [5, 6], [20, 21, 22]):
+            assert len({splits[i] for i in members}) == 1, (seed, members, splits)
+        counts = Counter(zip(labels, splits, strict=True))
+        assert all(counts[label, split] >= 1 for label in "ab" for split in SPLITS), (seed, counts)
+
+
+def test_stratified_split_without_duplicates_is_unchanged_by_groups() -> None:
+    labels = ["a"] * 30 + ["b"] * 12 + ["c"] * 5
+    assert stratified_split(labels, FRACTIONS, 4, list(range(len(labels)))) == stratified_split(labels, FRACTIONS, 4)
+
+
+def test_stratified_split_counts_a_group_as_one_for_the_smallest_class_check() -> None:
+    with pytest.raises(UserError, match=r"'b' has 4 usable image.* in 2 group"):
+        stratified_split(["a"] * 6 + ["b"] * 4, FRACTIONS, 0, [0, 1, 2, 3, 4, 5, 6, 6, 6, 9])
+
+
+def test_duplicate_groups_join_exact_and_near_copies_transitively() -> None:
+    found = pd.DataFrame({
+        "sha1": ["s1", "s2", "s1", "s3", "s4", "s5"],
+        "dhash": ["h1", "h2", "h9", "h9", "", ""],  # row 2 links row 0 (bytes) to row 3 (picture)
+    })  # fmt: skip
+
+    assert data.duplicate_groups(found) == [0, 1, 0, 0, 4, 5]  # an empty hash joins nothing
+
+
+def test_image_hash_matches_a_resized_copy_but_not_a_flat_image() -> None:
+    coarse = np.random.default_rng(1).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    picture = Image.fromarray(coarse).resize((120, 100), Image.Resampling.BICUBIC)
+
+    assert data.image_hash(picture) == data.image_hash(picture.resize((60, 50), Image.Resampling.LANCZOS))
+    assert len(data.image_hash(picture)) == 32
+    assert data.image_hash(Image.new("RGB", (40, 40), RED)) == ""  # no detail: never a near-duplicate
+
+
+# --- bad inputs: links, huge images -------------------------------------------------------
+
+
+def test_find_images_reports_links_that_lead_nowhere_and_files_outside_classes(tmp_path: Path) -> None:
+    keep = save_solid(tmp_path / "cat" / "a.png")
+    (tmp_path / "cat" / "broken.png").symlink_to("missing.png")
+    (tmp_path / "cat" / "loop.png").symlink_to("loop.png")
+    (tmp_path / "cat" / "folder").symlink_to(tmp_path / "cat")  # a cycle, were it followed
+    save_solid(tmp_path / "stray.jpg")
+    (tmp_path / "dog").mkdir()
+
+    classes, files, skipped = find_images(tmp_path)
+
+    assert classes == ["cat", "dog"]
+    assert files == [(keep, "cat")]
+    reasons = {Path(s.path).name: s.reason for s in skipped}
+    assert set(reasons) == {"broken.png", "loop.png", "folder", "stray.jpg"}
+    assert "broken link" in reasons["broken.png"]
+    assert "loop" in reasons["loop.png"] and "Errno 40" in reasons["loop.png"]
+    assert "link to a folder" in reasons["folder"]
+    assert "not inside a class folder" in reasons["stray.jpg"]
+
+
+# The peak resident memory (KiB) of the process that prints it. Not ru_maxrss: a child started
+# by a large parent (pytest with torch) inherits the parent's peak in that across exec.
+PEAK_RSS = """
+import re, sys
+from pathlib import Path
+from pipeline.data import load_image
+def peak():
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+before = peak()
+image = load_image(sys.argv[1], 16)
+print(peak() - before, image.mean())
+"""
+
+
+def test_load_image_memory_stays_near_the_file_pixels_for_a_huge_16_bit_png(tmp_path: Path) -> None:
+    """The 16-bit path once converted the full image to floats: 4.7 GB for a 350 KB PNG."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("measures memory through Linux's /proc")
+    side = 6000
+    ramp = np.linspace(0, 65535, side).astype(np.uint16)
+    Image.fromarray(np.broadcast_to(ramp, (side, side)).copy()).save(tmp_path / "huge.png", compress_level=1)
+    pixel_kib = side * side * 2 // 1024
+
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, str(tmp_path / "huge.png")],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    grown_kib, mean = result.stdout.split()
+
+    assert int(grown_kib) < 2 * pixel_kib, f"decoding grew the process by {int(grown_kib) // 1024} MiB"
+    assert abs(float(mean) - 127.5) < 3  # still the ramp from black to white, scaled from 16 bits
+
+
+def test_usable_images_skip_a_decompression_bomb_with_a_clear_reason(tmp_path: Path, monkeypatch) -> None:
+    for k, label in enumerate(("cat", "dog")):
+        for i in range(3):
+            save_solid(tmp_path / label / f"{i}.png", (40 * i, 100 * k, 0))
+    save_solid(tmp_path / "cat" / "bomb.png", size=(64, 64))
+    save_solid(tmp_path / "cat" / "large.png", size=(10, 10))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 70)  # bomb: 4096 pixels > 2 x 70; large: 100, under 2 x 70
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be printed in the middle of the progress bar
+        _, found, skipped = data.usable_images(tmp_path)
+
+    assert [s.path for s in skipped] == [(tmp_path / "cat" / "bomb.png").as_posix()]
+    assert "too large" in skipped[0].reason and "MAX_IMAGE_PIXELS" in skipped[0].reason
+    assert (tmp_path / "cat" / "large.png").as_posix() in set(found["path"])  # decoded, memory bounded

@@ -9,10 +9,11 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.data import SPLITS, file_sha1
+from pipeline.files import read_csv
 from tests.conftest import set_params, stage
 
 PREPARED = Path("data/prepared")
-OUTPUTS = ("manifest.csv", "classes.json", "skipped.csv")
+OUTPUTS = ("manifest.csv", "classes.json", "skipped.csv", "duplicates.csv")
 
 
 def noise_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (12, 10), seed: int = 0, **save) -> Path:
@@ -38,8 +39,8 @@ def simple_folder(root: Path, counts: dict[str, int]) -> None:
 
 def read_outputs(project: Path) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
     prepared = project / PREPARED
-    manifest = pd.read_csv(prepared / "manifest.csv", dtype=str)
-    skipped = pd.read_csv(prepared / "skipped.csv", dtype=str)
+    manifest = read_csv(prepared / "manifest.csv")
+    skipped = read_csv(prepared / "skipped.csv")
     return manifest, json.loads((prepared / "classes.json").read_text()), skipped
 
 
@@ -99,11 +100,28 @@ def test_prepare_handles_a_messy_folder(project: Path) -> None:
     add_bad(cat / "README.txt", ".txt")
     (dog / "labels.csv").write_text("file,label\n")
     add_bad(dog / "labels.csv", ".csv")
-    # Classes without a usable image: an empty folder and one holding only a broken file.
+    # Classes without a usable image, listed as folders: an empty one and one holding only a broken file.
     (root / "bird").mkdir()
+    add_bad(root / "bird", "no usable image")
     (root / "fish").mkdir()
     (root / "fish" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     add_bad(root / "fish" / "broken.png", "decoded")
+    add_bad(root / "fish", "no usable image")
+    # Files in the data folder itself belong to no class.
+    add_bad(noise_image(root / "stray.png"), "not inside a class folder")
+    (root / "notes.txt").write_text("unsorted")
+    add_bad(root / "notes.txt", "not inside a class folder")
+    # Links: to a file (used), broken, looping (DVC stops on these; prepare must not), to a folder.
+    (dog / "alias.jpg").symlink_to("a.JPG")
+    add_good(dog / "alias.jpg", "dog")
+    (cat / "gone.png").symlink_to("nowhere.png")
+    add_bad(cat / "gone.png", "broken link")
+    (dog / "self.png").symlink_to("self.png")
+    add_bad(dog / "self.png", "loop")
+    (root / "self").symlink_to("self")
+    add_bad(root / "self", "loop")
+    (cat / "more").symlink_to(dog)
+    add_bad(cat / "more", "link to a folder")
     # Hidden files and folders are neither used nor reported.
     noise_image(cat / ".hidden.png")
     noise_image(dog / ".thumbs" / "t.png")
@@ -120,6 +138,8 @@ def test_prepare_handles_a_messy_folder(project: Path) -> None:
     assert dict(zip(manifest["path"], manifest["label"], strict=True)) == good
     assert len(manifest) == len(good)
     assert all(manifest["sha1"] == [file_sha1(project / p) for p in manifest["path"]])
+    split_of = dict(zip(manifest["path"], manifest["split"], strict=True))
+    assert split_of["messy/dog/alias.jpg"] == split_of["messy/dog/a.JPG"]  # one file, two names: one split
     assert_every_class_in_every_split(manifest)
     assert set(manifest["split"]) == set(SPLITS)
 
@@ -183,3 +203,61 @@ def test_prepare_is_reproducible_and_seeded(project: Path) -> None:
     sizes0 = manifest0.groupby(["label", "split"]).size()
     assert manifest1.groupby(["label", "split"]).size().equals(sizes0)
     assert re.search(rf"{len(manifest1)} images in 3 classes", result.stderr)
+
+
+def photo(path: Path, seed: int, size: tuple[int, int] = (48, 40)) -> Path:
+    """A photo-like random picture: coarse shapes, upscaled, plus fine grain; PNG."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
+    pixels = np.asarray(coarse, dtype=np.int16) + rng.integers(-20, 21, (size[1], size[0], 3))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_prepare_keeps_duplicates_in_one_split_and_drops_conflicting_copies(project: Path) -> None:
+    root = project / "dups"
+    for k, label in enumerate(["a", "b", "c"]):
+        for i in range(7):
+            photo(root / label / f"{i}.png", seed=10 * k + i)
+    copies = [root / "a" / "0.png", root / "a" / "copy.png", root / "a" / "sub" / "copy.png"]
+    for path in copies[1:]:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(copies[0].read_bytes())
+    # One picture, then bigger, smaller and as a JPEG: different bytes, one perceptual hash. (Not
+    # every picture keeps its hash through all three, about half of these synthetic ones do: best effort.)
+    near = [photo(root / "b" / "original.png", seed=6, size=(160, 120))]
+    with Image.open(near[0]) as original:
+        for name, copy in [
+            ("big.png", original.resize((320, 240), Image.Resampling.BICUBIC)),
+            ("small.png", original.resize((80, 60), Image.Resampling.LANCZOS)),
+            ("original.jpg", original),
+        ]:
+            copy.save(root / "b" / name, quality=90)
+            near.append(root / "b" / name)
+    # One file under two classes: no label is right for both.
+    conflicting = [root / "c" / "2.png", root / "b" / "from_c.png"]
+    conflicting[1].write_bytes(conflicting[0].read_bytes())
+    rel = [[p.relative_to(project).as_posix() for p in group] for group in (copies, near, conflicting)]
+
+    set_params(project, **{"prepare.data_dir": "dups", "prepare.val_fraction": 0.3, "prepare.test_fraction": 0.3})
+    for seed in range(4):
+        set_params(project, **{"prepare.seed": seed})
+        stage("prepare", project)
+        manifest, _, skipped = read_outputs(project)
+        split_of = dict(zip(manifest["path"], manifest["split"], strict=True))
+        assert len({split_of[p] for p in rel[0]}) == 1, seed
+        assert len({split_of[p] for p in rel[1]}) == 1, seed
+        assert_every_class_in_every_split(manifest)
+
+    assert not set(rel[2]) & set(manifest["path"])
+    reasons = dict(zip(skipped["path"], skipped["reason"], strict=True))
+    for path, other in [rel[2], rel[2][::-1]]:
+        assert "conflicting labels" in reasons[path] and other in reasons[path], reasons[path]
+
+    duplicates = read_csv(project / PREPARED / "duplicates.csv")
+    by_group = {group: rows for group, rows in duplicates.groupby("group")}
+    assert sorted(sorted(rows["path"]) for rows in by_group.values()) == sorted(sorted(group) for group in rel[:2])
+    assert set(duplicates.loc[duplicates["path"].isin(rel[0]), "match"]) == {"exact"}
+    assert set(duplicates.loc[duplicates["path"].isin(rel[1]), "match"]) == {"near"}
+    assert dict(zip(duplicates["path"], duplicates["split"], strict=True)) == {p: split_of[p] for p in rel[0] + rel[1]}

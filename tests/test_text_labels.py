@@ -1,0 +1,89 @@
+"""Class names that pandas would read as missing values or numbers stay text in every CSV read."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.data import read_manifest
+from pipeline.files import read_csv, write_csv
+from tests.conftest import set_params, stage
+
+# pandas' default missing-value strings that can name a folder (not "" nor those with a "/").
+MISSING_LOOKING = ["#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>"]
+MISSING_LOOKING += ["NA", "NULL", "NaN", "None", "nan", "null"]
+NUMBER_LOOKING = ["007", "08", "1e3", "0x1F", "-0", "1_000", "True", " 5 "]
+
+
+def test_read_csv_keeps_every_cell_as_written(tmp_path: Path) -> None:
+    names = ["", "N/A", "n/a", "#N/A", "#N/A N/A", *MISSING_LOOKING, *NUMBER_LOOKING]
+    write_csv(pd.DataFrame({"path": [f"{n}/x.png" for n in names], "label": names}), tmp_path / "t.csv")
+
+    table = read_csv(tmp_path / "t.csv")
+
+    assert table["label"].tolist() == names
+    assert table["path"].tolist() == [f"{n}/x.png" for n in names]
+
+
+def test_read_csv_reads_number_columns_as_numbers(tmp_path: Path) -> None:
+    write_csv(pd.DataFrame({"epoch": [1, 2], "val_loss": [0.5, np.nan], "label": ["NA", "007"]}), tmp_path / "s.csv")
+
+    table = read_csv(tmp_path / "s.csv", text=["label"])
+
+    assert table["epoch"].tolist() == [1, 2]
+    assert table["val_loss"].iloc[0] == 0.5 and np.isnan(table["val_loss"].iloc[1])
+    assert table["label"].tolist() == ["NA", "007"]
+
+
+def tiny_images(root: Path, classes: list[str], per_class: int) -> None:
+    rng = np.random.default_rng(0)
+    for label in classes:
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / label / f"{i}.png")
+
+
+def test_prepare_keeps_class_names_that_look_missing_or_numeric(project: Path) -> None:
+    classes = sorted(MISSING_LOOKING + NUMBER_LOOKING)
+    tiny_images(project / "odd", classes, 3)
+    set_params(project, **{"prepare.data_dir": "odd"})
+
+    stage("prepare", project)
+    manifest, read_classes = read_manifest(project / "data" / "prepared")
+
+    assert read_classes == classes
+    assert sorted(set(manifest["label"])) == classes
+    assert all(path.split("/")[1] == label for path, label in zip(manifest["path"], manifest["label"], strict=True))
+
+
+def test_odd_class_names_survive_train_evaluate_and_select_best(project: Path) -> None:
+    """Once `NA` crashed train (KeyError: nan) and `007` came out of best/confusion.csv as 7.0."""
+    classes = ["007", "1e3", "NA", "null"]
+    tiny_images(project / "odd", classes, 4)
+    set_params(project, **{"prepare.data_dir": "odd", "model.weights": None, "train.epochs": 1})
+
+    for name in ("prepare", "train", "evaluate", "select_best"):
+        stage(name, project)
+
+    assert json.loads((project / "data/prepared/classes.json").read_text()) == classes
+    with open(project / "best" / "confusion.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    manifest, _ = read_manifest(project / "data" / "prepared")
+    assert sorted(row["actual"] for row in rows) == sorted(manifest.loc[manifest["split"] == "test", "label"])
+    assert {row["predicted"] for row in rows} <= set(classes)
+
+
+@pytest.mark.parametrize("name", ["NA", "007"])
+def test_read_manifest_keeps_labels(tmp_path: Path, name: str) -> None:
+    rows = pd.DataFrame({"path": [f"d/{name}/a.png"], "label": [name], "split": ["train"], "sha1": ["0" * 40]})
+    write_csv(rows, tmp_path / "manifest.csv")
+    (tmp_path / "classes.json").write_text(json.dumps([name]))
+
+    manifest, classes = read_manifest(tmp_path)
+
+    assert manifest["label"].tolist() == classes == [name]
+    assert manifest["sha1"].tolist() == ["0" * 40]
