@@ -5,8 +5,10 @@ with `torch.load(weights_only=True)`, which refuses pickled code. It carries a S
 of its own contents, so a truncated or bit-flipped file is caught on load, not used.
 """
 
+import copy
 import hashlib
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,10 @@ def on_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if isinstance(obj, dict):
-        return {key: on_cpu(value) for key, value in obj.items()}
+        copied = copy.copy(obj)  # the same type and attributes (a state_dict's _metadata)
+        for key, value in obj.items():
+            copied[key] = on_cpu(value)
+        return copied
     if isinstance(obj, list | tuple):
         return type(obj)(on_cpu(item) for item in obj)
     return obj
@@ -66,6 +71,7 @@ def load_weights_file(path: Path) -> Any:
     """torch.load with weights_only=True, turning every failure into a one-line CheckpointError."""
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
+    check_torch_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -78,6 +84,30 @@ def load_weights_file(path: Path) -> Any:
     except Exception as error:  # torch raises RuntimeError, EOFError, UnicodeDecodeError... for damage
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{path} is damaged (truncated or corrupt): {reason}") from None
+
+
+def check_torch_file(path: Path) -> None:
+    """Raise a CheckpointError that says what `path` is, when it is no torch.save file at all
+    (an image, a torch.export program...), rather than let torch.load call it damaged or unsafe."""
+    with open(path, "rb") as file:
+        start = file.read(4)
+    if not start:
+        raise CheckpointError(f"{path} is damaged: it is empty (0 bytes)")
+    if start == b"PK\x03\x04":  # torch.save's zip format, but torch.export's too
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError) as error:
+            raise CheckpointError(f"{path} is damaged (truncated or corrupt): {error}") from None
+        if any(name.endswith("/archive_format") for name in names):
+            raise CheckpointError(
+                f"{path} is a torch.export program (.pt2), not a checkpoint: use models/best.pt here, "
+                "and torch.export.load for the .pt2 (docs/export.md)"
+            )
+        if not any(name.endswith("/data.pkl") for name in names):
+            raise CheckpointError(f"{path} is a zip archive, but not one that torch.save wrote")
+    elif start[0] != 0x80:  # torch.save's legacy format starts with a pickle protocol mark
+        raise CheckpointError(f"{path} is not a PyTorch file (a checkpoint or state_dict saved with torch.save)")
 
 
 def is_checkpoint(obj: Any) -> bool:

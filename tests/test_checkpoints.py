@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from pipeline.checkpoints import (
@@ -280,3 +281,22 @@ def test_train_refuses_an_evil_weights_file(project: Path, monkeypatch: pytest.M
     assert not marker.exists()
     assert not (project / "checkpoints").exists()
     assert not (project / ".cache").exists()
+
+
+# --- files that are no checkpoint at all ---------------------------------------------------
+
+
+def test_an_image_is_called_what_it_is_not_unsafe_or_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (4, 4)).save(path)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    assert str(caught.value) == f"{path} is not a PyTorch file (a checkpoint or state_dict saved with torch.save)"
+
+
+def test_a_torch_export_program_is_named_as_one(tmp_path: Path) -> None:
+    path = tmp_path / "best.pt2"
+    program = torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(2, 2),))
+    torch.export.save(program, str(path))
+    with pytest.raises(CheckpointError, match=r"is a torch\.export program \(\.pt2\), not a checkpoint"):
+        load_checkpoint(path)
