@@ -9,7 +9,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.data import SPLITS, file_sha1
-from tests.conftest import set_params, stage
+from testing.project import set_params, stage
 
 PREPARED = Path("data/prepared")
 OUTPUTS = ("manifest.csv", "classes.json", "skipped.csv")
