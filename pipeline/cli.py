@@ -16,6 +16,15 @@ class UserError(Exception):
     """A mistake the user can fix (params, data, files). Shown as one line, no traceback."""
 
 
+def error_line(error: BaseException, with_type: bool = False) -> str:
+    """An exception as one line for a message: its first line, after its type's name when
+    `with_type` or when it has no message."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    return f"{type(error).__name__}: {lines[0]}" if with_type else lines[0]
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(): user errors become `error: ...` on stderr and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
