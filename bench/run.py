@@ -38,7 +38,7 @@ from pipeline.engine import (
 )
 from pipeline.models import build_model
 from pipeline.optim import make_optimizer
-from tests.conftest import make_project, run, set_params
+from testing.project import make_project, run, set_params
 
 ARCH, SIZE, BATCH = "resnet18", 32, 64
 FIGURES = ("loop", "head_only", "decode", "checkpoint", "dvc", "scaling")
@@ -63,11 +63,11 @@ def loop_overhead(project: Path) -> dict[str, float]:
     manifest, classes = read_manifest(project / "data/prepared")
     built = build_model(ARCH, None, classes, SIZE)
     model = built.model.to(device)
-    optimizer = make_optimizer(load_params(project / "params.yaml").train, model, built.head)
+    optimizer = make_optimizer(load_params(project / "params.yaml").train, model, built.spec.head)
     images = images_on(decoded_images(manifest, SIZE, project / ".cache/images"), device)
-    data = split_batches(images, manifest, classes, "train", built.mean, built.std, device)
+    data = split_batches(images, manifest, classes, "train", built.spec.mean, built.spec.std, device)
     # The minimal loop gets the images already normalised, on the device: nothing to do but train.
-    inputs = normalize(data.inputs[data.rows].to(device), built.mean, built.std)
+    inputs = normalize(data.images[data.rows].to(device), built.spec.mean, built.spec.std)
     targets = data.targets.to(device)
 
     def stage_epoch() -> None:

@@ -1,0 +1,185 @@
+"""Predict: the most likely classes of new images, with the model the pipeline chose.
+
+    python -m tools.predict PATH... [--model models/best.pt] [--top-k 3]
+                                       [--format table|csv|json] [--batch-size 64] [--device auto]
+
+PATHs are image files or folders; folders are searched recursively for image files
+(extensions in any case, hidden files and folders skipped). Each image is preprocessed
+with the image size, mean and std stored in the model file, by the same code evaluate
+uses (data.load_image, then engine.normalize), so the probabilities match evaluate's.
+
+Writes to stdout, one line (table), row (csv) or object (json) per image: its path and
+its top-k classes with their probabilities. An image that cannot be decoded gets an
+`error` instead; the exit code stays 0 as long as one image could be read. A missing
+model or path, or no readable image at all, is a one-line error with exit code 2. Logs
+go to stderr. Not a DVC stage: it reads any checkpoint of this pipeline (models/best.pt,
+checkpoints/epoch_NNN.pt) and writes no file.
+"""
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import torch
+
+from pipeline.checkpoints import load_checkpoint
+from pipeline.cli import UserError, error_line, progress, run_stage
+from pipeline.data import image_files, load_image
+from pipeline.engine import autocast, memory_format, normalize, place_model, resolve_device
+from pipeline.models import ModelSpec, model_from_checkpoint
+
+log = logging.getLogger("tools.predict")
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]] = field(default_factory=list)  # (class, probability), most likely first
+    error: str = ""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.predict", description="Classify images with a checkpoint of this pipeline."
+    )
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
+    parser.add_argument("--model", type=Path, default=Path("models/best.pt"), help="default: models/best.pt")
+    parser.add_argument("--top-k", type=positive_int, default=3, help="classes per image (default: 3)")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    return parser.parse_args()
+
+
+def collect_files(paths: list[Path]) -> list[Path]:
+    """The files named and the image files in the folders named, each once, in order."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            images, _ = image_files(path)
+            if not images:
+                log.warning("no image files in %s", path)
+            files += images
+        elif path.is_file():
+            files.append(path)  # named explicitly: tried whatever its extension
+        else:
+            raise UserError(f"{path}: no such file or folder")
+    return list(dict.fromkeys(files))
+
+
+@torch.inference_mode()
+def predict_files(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    files: list[Path],
+    top_k: int,
+    batch_size: int,
+    device: torch.device,
+) -> list[Prediction]:
+    """Top-k (class, probability) for each file; a file that cannot be decoded gets an error."""
+    model.eval()
+    predictions = []
+    # Decode one batch at a time, so memory stays flat however many images there are.
+    for start in progress(range(0, len(files), batch_size), "predicting", total=math.ceil(len(files) / batch_size)):
+        pixels, decoded = [], []
+        for path in files[start : start + batch_size]:
+            prediction = Prediction(path.as_posix())
+            predictions.append(prediction)
+            try:
+                pixels.append(load_image(path, spec.image_size))
+                decoded.append(prediction)
+            except Exception as error:  # Pillow raises many types for damaged or unsupported files
+                prediction.error = f"cannot be decoded: {error_line(error, with_type=True)}"
+        if not pixels:
+            continue
+        images = normalize(torch.from_numpy(np.stack(pixels)).to(device), spec.mean, spec.std)
+        images = images.contiguous(memory_format=memory_format(device))
+        with autocast(device):
+            logits = model(images)
+        probabilities, indices = logits.float().softmax(dim=1).topk(top_k, dim=1)
+        for prediction, probs, index in zip(decoded, probabilities.tolist(), indices.tolist(), strict=True):
+            prediction.top = [(spec.classes[i], p) for i, p in zip(index, probs, strict=True)]
+    return predictions
+
+
+def write_table(predictions: list[Prediction], top_k: int, out: TextIO) -> None:
+    """Aligned columns for a terminal; an unreadable image's error spans the class columns."""
+    name_width = max((len(name) for p in predictions for name, _ in p.top), default=0)
+    cell_width = max(len(f"top {top_k}"), name_width + 7)  # "name  99.9%"
+    path_width = max(len("path"), *(len(p.path) for p in predictions))
+
+    def line(path: str, cells: list[str]) -> str:
+        return "  ".join([path.ljust(path_width), *(cell.ljust(cell_width) for cell in cells)]).rstrip() + "\n"
+
+    out.write(line("path", [f"top {k}" for k in range(1, top_k + 1)]))
+    for p in predictions:
+        out.write(line(p.path, [f"error: {p.error}"] if p.error else [f"{n:<{name_width}} {q:6.1%}" for n, q in p.top]))
+
+
+def write_csv_rows(predictions: list[Prediction], top_k: int, out: TextIO) -> None:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", *(f"{key}_{k}" for k in range(1, top_k + 1) for key in ("class", "probability")), "error"])
+    for p in predictions:
+        cells = [value for name, prob in p.top for value in (name, round(prob, 6))]
+        writer.writerow([p.path, *cells, *[""] * (2 * top_k - len(cells)), p.error])
+
+
+def write_json_list(predictions: list[Prediction], top_k: int, out: TextIO) -> None:
+    objects = [
+        {
+            "path": p.path,
+            "top": [{"class": name, "probability": round(prob, 6)} for name, prob in p.top],
+            "error": p.error or None,
+        }
+        for p in predictions
+    ]
+    json.dump(objects, out, indent=2)
+    out.write("\n")
+
+
+WRITERS = {"table": write_table, "csv": write_csv_rows, "json": write_json_list}
+
+
+def main() -> None:
+    args = parse_args()
+    files = collect_files(args.paths)
+    if not files:
+        raise UserError(f"no image files in {', '.join(map(str, args.paths))}")
+    if not args.model.is_file():
+        raise UserError(f"model file {args.model} does not exist: run `dvc repro` to make it, or pass --model")
+    checkpoint = load_checkpoint(args.model)  # verifies the checksum; refuses pickled code
+    device = resolve_device(args.device)
+    model = place_model(model_from_checkpoint(checkpoint), device)
+    spec = ModelSpec.from_checkpoint(checkpoint)
+    top_k = min(args.top_k, len(spec.classes))
+    log.info(
+        "%s (%s, %d classes, %dpx) on %d image(s), on %s",
+        args.model, spec.arch, len(spec.classes), spec.image_size, len(files), device,
+    )  # fmt: skip
+
+    predictions = predict_files(model, spec, files, top_k, args.batch_size, device)
+    WRITERS[args.format](predictions, top_k, sys.stdout)
+
+    failed = sum(1 for p in predictions if p.error)
+    if failed == len(predictions):
+        raise UserError(f"none of the {failed} image(s) could be decoded")
+    if failed:
+        log.warning("%d of %d image(s) could not be decoded; their rows hold the error", failed, len(predictions))
+
+
+if __name__ == "__main__":
+    run_stage(main)
