@@ -114,6 +114,7 @@ def main() -> None:
     }
     write_json(metrics, BEST_DIR / "metrics.json")
     predictions = pd.read_csv(EVAL_DIR / "predictions" / f"{checkpoint_name(epoch).removesuffix('.pt')}.csv")
+    # A plain CSV for dvc.yaml's confusion plot, not dvclive's: select_best keeps no Live run.
     write_csv(predictions[["actual", "predicted"]], BEST_DIR / "confusion.csv")
     # evaluate's table with the choice marked, for the per-epoch plots' red line
     write_csv(scores.assign(selected=(scores["epoch"] == epoch).astype(int)), BEST_DIR / "epochs.csv")
