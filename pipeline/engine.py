@@ -484,7 +484,8 @@ def predict(model: nn.Module, data: Batches, batch_size: int) -> torch.Tensor:
 
 def score(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, float]:
     """Mean cross-entropy, accuracy and macro-F1 (over classes present in targets or predictions)."""
-    # Not torchmetrics: a dependency for ten lines, and its macro-F1 averages absent classes differently.
+    # Not torchmetrics: a new dependency for ten lines whose macro average (here: classes absent from
+    # both targets and predictions left out) would have to be shown to match first.
     predictions = logits.argmax(dim=1)
     confusion = torch.bincount(targets * num_classes + predictions, minlength=num_classes**2).view(
         num_classes, num_classes
