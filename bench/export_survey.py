@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from pipeline.cli import error_line
+
 RESULTS = Path("export_survey.jsonl")
 BIG_LAST = [
     "vit_b_16", "vit_b_32", "convnext_large", "efficientnet_v2_l", "swin_v2_b", "regnet_y_32gf",
@@ -30,7 +32,7 @@ BIG_LAST = [
 
 
 def reason(error: Exception) -> str:
-    return f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+    return error_line(error, with_type=True)[:300]
 
 
 def check(fn: Callable[[torch.Tensor], torch.Tensor], inputs: dict[str, torch.Tensor],

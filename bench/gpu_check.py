@@ -121,7 +121,7 @@ def _batches_and_model(arch: str, n: int, size: int, device: torch.device) -> tu
     images, targets = synthetic_images(n, size, 10)
     built = build_model(arch, None, [str(k) for k in range(10)], size)
     model = place_model(built.model, device)
-    data = ImageBatches(images.to(device), torch.arange(n), targets, device, built.mean, built.std)
+    data = ImageBatches(images.to(device), torch.arange(n), targets, device, built.spec.mean, built.spec.std)
     return data, model
 
 
@@ -138,7 +138,7 @@ def feature_cache(device: torch.device, smoke: bool) -> dict[str, object]:
     n = 16 if smoke else 2048
     for arch, size in archs.items():
         data, model = _batches_and_model(arch, n, size, device)
-        head = build_model(arch, None, ["a", "b"], size).head
+        head = build_model(arch, None, ["a", "b"], size).spec.head
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0

@@ -77,7 +77,7 @@ def stage_vs_raw(
     model = place_model(built.model, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     rows = torch.arange(n_images)
-    on_device = ImageBatches(images.to(device), rows, targets, device, built.mean, built.std)
+    on_device = ImageBatches(images.to(device), rows, targets, device, built.spec.mean, built.spec.std)
     variants: dict[str, Callable[[int], object]] = {
         "raw": lambda epoch: raw_epoch(model, optimizer, on_device, batch_size, epoch),
         "stage": lambda epoch: train_one_epoch(
@@ -86,7 +86,7 @@ def stage_vs_raw(
         ),
     }  # fmt: skip
     if device.type == "cuda":
-        streamed = ImageBatches(images, rows, targets, device, built.mean, built.std)  # CPU memory
+        streamed = ImageBatches(images, rows, targets, device, built.spec.mean, built.spec.std)  # CPU memory
         variants["stage_streamed"] = lambda epoch: train_one_epoch(
             model, streamed, optimizer, frozen=[], batch_size=batch_size,
             generator=epoch_generator(0, epoch), epoch=epoch,

@@ -30,7 +30,7 @@ from pipeline.data import decoded_images, read_manifest
 from pipeline.engine import (
     resolve_device,
 )
-from tests.conftest import make_project, run, set_params
+from testing.project import make_project, run, set_params
 
 ARCH, SIZE, BATCH = "resnet18", 32, 64
 FIGURES = ("loop", "head_only", "decode", "checkpoint", "dvc", "scaling")

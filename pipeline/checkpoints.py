@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from pipeline.cli import UserError
+from pipeline.cli import UserError, error_line
 from pipeline.files import atomic_write
 
 FORMAT = "tl-pipeline-checkpoint/1"
@@ -82,8 +82,7 @@ def load_weights_file(path: Path) -> Any:
             ) from None
         raise CheckpointError(f"{path} is damaged (truncated or corrupt): {error}") from None
     except Exception as error:  # torch raises RuntimeError, EOFError, UnicodeDecodeError... for damage
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path} is damaged (truncated or corrupt): {reason}") from None
+        raise CheckpointError(f"{path} is damaged (truncated or corrupt): {error_line(error)}") from None
 
 
 def check_torch_file(path: Path) -> None:

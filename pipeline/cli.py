@@ -28,6 +28,15 @@ EXIT_INTERRUPTED, EXIT_BROKEN_PIPE, EXIT_TERMINATED = 130, 141, 143
 SAFE_TO_RERUN = "every file written so far is complete (writes are atomic); rerunning resumes"
 
 
+def error_line(error: BaseException, with_type: bool = False) -> str:
+    """An exception as one line for a message: its first line, after its type's name when
+    `with_type` or when it has no message."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    return f"{type(error).__name__}: {lines[0]}" if with_type else lines[0]
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main() (or a tool's), turning every way it can end into one line and an
     exit code: user errors 2, a full disk 1, Ctrl-C 130, SIGTERM 143, a closed pipe 141."""

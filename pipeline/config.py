@@ -14,7 +14,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from pipeline.cli import UserError
+from pipeline.cli import UserError, error_line
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -151,8 +151,7 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     except MissingMandatoryValue as error:
         raise UserError(f"{path}: {error.full_key} is missing; every param needs a value") from None
     except OmegaConfBaseException as error:
-        first_line = str(error).splitlines()[0]
-        raise UserError(f"{path}: {error.full_key}: {first_line}") from None
+        raise UserError(f"{path}: {error.full_key}: {error_line(error)}") from None
     validate(params)
     return params
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -381,16 +382,54 @@ def train_one_epoch(
     set_train_mode(model, frozen)
     # Dropout draws from the global RNG: tie it to this epoch's seed too (see epoch_generator).
     torch.manual_seed(generator.initial_seed())
-    order = torch.randperm(len(data), generator=generator)
-    transforms = draw_augmentation(len(data), hflip, min_scale, generator)
+    plan = epoch_order(len(data), generator, hflip, min_scale)
     # `is None`, not `or`: a compiled module has no truth value.
     runs_steps = model if step_model is None else step_model
     losses = train_steps(
-        runs_steps, data, optimizer, order, transforms, batch_size, criterion or F.cross_entropy, f"epoch {epoch}",
-        dynamic_batch=step_model is not None,
+        runs_steps, data, optimizer, plan.order, plan.transforms, batch_size, criterion or F.cross_entropy,
+        f"epoch {epoch}", dynamic_batch=step_model is not None,
     )  # fmt: skip
-    sizes = torch.tensor([len(b) for b in order.split(batch_size)], dtype=torch.float32)
+    sizes = torch.tensor([len(b) for b in plan.order.split(batch_size)], dtype=torch.float32)
     return epoch_loss(losses, sizes, epoch)
+
+
+@dataclass
+class EpochOrder:
+    """The order in which an epoch visits the items, and each visit's augmentation.
+
+    Drawn on the CPU from the epoch's generator, so it is the same on every device and
+    after a resume. Processes that share an epoch would each take their part of `order`.
+    """
+
+    order: torch.Tensor  # int64 (N,): item indices
+    transforms: torch.Tensor | None  # (N, 2, 3) affine matrices, one per visit; None: no augmentation
+
+
+def epoch_order(n: int, generator: torch.Generator, hflip: bool, min_scale: float) -> EpochOrder:
+    order = torch.randperm(n, generator=generator)
+    return EpochOrder(order, draw_augmentation(n, hflip, min_scale, generator))
+
+
+def train_and_score(
+    model: nn.Module,
+    train_data: Batches,
+    val_data: Batches,
+    optimizer: torch.optim.Optimizer,
+    *,
+    num_classes: int,
+    seed: int,
+    epoch: int,
+    batch_size: int,
+    frozen: list[str] | None = None,
+    **options: Any,
+) -> tuple[float, dict[str, float]]:
+    """One seeded training epoch, then the scores on `val_data`: (training loss, val scores).
+    The `options` (augmentation, criterion, step_model) go to `train_one_epoch`."""
+    loss = train_one_epoch(
+        model, train_data, optimizer, frozen=frozen or [], batch_size=batch_size,
+        generator=epoch_generator(seed, epoch), epoch=epoch, **options,
+    )  # fmt: skip
+    return loss, score(predict(model, val_data, batch_size), val_data.targets, num_classes)
 
 
 def train_steps(
@@ -460,6 +499,8 @@ def predict(model: nn.Module, data: Batches, batch_size: int) -> torch.Tensor:
 
 def score(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, float]:
     """Mean cross-entropy, accuracy and macro-F1 (over classes present in targets or predictions)."""
+    # Not torchmetrics: a new dependency for ten lines whose macro average (here: classes absent from
+    # both targets and predictions left out) would have to be shown to match first.
     predictions = logits.argmax(dim=1)
     confusion = torch.bincount(targets * num_classes + predictions, minlength=num_classes**2).view(
         num_classes, num_classes

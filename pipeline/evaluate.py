@@ -16,7 +16,7 @@ from pipeline.config import load_params
 from pipeline.data import decoded_images, read_manifest
 from pipeline.engine import images_on, place_model, predict, resolve_device, score, split_batches
 from pipeline.files import write_csv
-from pipeline.models import model_from_checkpoint
+from pipeline.models import ModelSpec, model_from_checkpoint
 
 log = logging.getLogger("pipeline.evaluate")
 
@@ -38,13 +38,14 @@ def main() -> None:
     model, rows = None, []
     for path in progress(paths, "evaluating checkpoints"):
         checkpoint = load_checkpoint(path)  # a damaged checkpoint stops the stage, naming the file
-        if checkpoint["classes"] != classes:
-            raise UserError(f"{path} was trained on classes {checkpoint['classes']}, but the manifest has {classes}")
+        spec = ModelSpec.from_checkpoint(checkpoint)
+        if spec.classes != classes:
+            raise UserError(f"{path} was trained on classes {spec.classes}, but the manifest has {classes}")
         if model is None:  # every checkpoint of a run shares its architecture and preprocessing
             model = place_model(model_from_checkpoint(checkpoint), device)
-            images = images_on(decoded_images(manifest, checkpoint["image_size"]), device)
+            images = images_on(decoded_images(manifest, spec.image_size), device)
             splits = {
-                split: split_batches(images, manifest, classes, split, checkpoint["mean"], checkpoint["std"], device)
+                split: split_batches(images, manifest, classes, split, spec.mean, spec.std, device)
                 for split in ("val", "test")
             }
         else:

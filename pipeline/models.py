@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -27,7 +27,7 @@ from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
 from pipeline.checkpoints import CheckpointError, is_checkpoint, load_weights_file, verify_checkpoint
-from pipeline.cli import UserError
+from pipeline.cli import UserError, error_line
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +38,20 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 WEIGHTS_FILE_SUFFIXES = (".pt", ".pth")
 
 
-@dataclass
-class Built:
-    """A model with its new head, and what is needed to rebuild it without params.yaml."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """What rebuilds a trained model without params.yaml: the checkpoint's description of it."""
 
-    model: nn.Module
     arch: str
-    head: str
-    classes: list[str]
+    head: str  # the classifier layer's module name (fc, classifier.1, heads.head...)
+    classes: list[str]  # output i is classes[i]
     image_size: int
-    mean: list[float]
+    mean: list[float]  # per-channel normalisation of [0, 1] RGB inputs
     std: list[float]
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # for torchvision's get_model
 
-    def metadata(self) -> dict[str, Any]:
-        """The checkpoint fields that `model_from_checkpoint` and predict need."""
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint keys that hold this spec: plain values, so weights_only loading reads them."""
         return {
             "arch": self.arch,
             "head": self.head,
@@ -62,6 +61,25 @@ class Built:
             "std": list(self.std),
             "model_kwargs": dict(self.model_kwargs),
         }
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "ModelSpec":
+        return cls(**{f.name: checkpoint[f.name] for f in fields(cls)})
+
+    def untrained_model(self) -> nn.Module:
+        """The architecture with its new head, randomly initialised."""
+        model = get_model(self.arch, weights=None, **self.model_kwargs)
+        _drop_aux_heads(model)
+        replace_head(model, self.head, len(self.classes))
+        return model
+
+
+@dataclass
+class Built:
+    """A freshly built model and its spec."""
+
+    model: nn.Module
+    spec: ModelSpec
 
 
 def classification_models() -> list[str]:
@@ -100,7 +118,7 @@ def build_model(arch: str, weights: str | None, classes: list[str], image_size: 
     if hasattr(model, "transform_input"):  # Inception, GoogLeNet: part of how their weights expect input
         model_kwargs["transform_input"] = model.transform_input
     replace_head(model, head, len(classes))
-    return Built(model, arch, head, list(classes), image_size, mean, std, model_kwargs)
+    return Built(model, ModelSpec(arch, head, list(classes), image_size, list(mean), list(std), model_kwargs))
 
 
 def _checked_model_params(
@@ -120,9 +138,7 @@ def _checked_model_params(
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
     """Rebuild the exact model a checkpoint was saved from; needs no params.yaml."""
-    model = get_model(checkpoint["arch"], weights=None, **checkpoint["model_kwargs"])
-    _drop_aux_heads(model)
-    replace_head(model, checkpoint["head"], len(checkpoint["classes"]))
+    model = ModelSpec.from_checkpoint(checkpoint).untrained_model()
     model.load_state_dict(checkpoint["model_state_dict"])
     return model
 
@@ -173,9 +189,10 @@ def _load_weights_file(
     loaded = load_weights_file(path)
     if is_checkpoint(loaded):
         checkpoint = verify_checkpoint(loaded, path)
-        if checkpoint["arch"] != arch:
-            raise UserError(f"{path} holds a {checkpoint['arch']} checkpoint, but model.arch is {arch}")
-        state, mean, std = checkpoint["model_state_dict"], checkpoint["mean"], checkpoint["std"]
+        spec = ModelSpec.from_checkpoint(checkpoint)
+        if spec.arch != arch:
+            raise UserError(f"{path} holds a {spec.arch} checkpoint, but model.arch is {arch}")
+        state, mean, std = checkpoint["model_state_dict"], spec.mean, spec.std
     elif isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values()):
         state = loaded
     else:
@@ -233,8 +250,7 @@ def check_input_size(arch: str, model_kwargs: dict[str, Any], image_size: int) -
             probe = skeleton_model(arch, model_kwargs)
             probe.eval()(torch.zeros(1, 3, image_size, image_size, device="meta"))
         except Exception as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise UserError(f"model.image_size = {image_size} does not fit {arch}: {reason}") from None
+            raise UserError(f"model.image_size = {image_size} does not fit {arch}: {error_line(error)}") from None
 
 
 def skeleton_model(arch: str, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
@@ -243,9 +259,10 @@ def skeleton_model(arch: str, model_kwargs: dict[str, Any] | None = None) -> nn.
         with torch.device("meta"):
             return get_model(arch, weights=None, **(model_kwargs or {}))
     except NotImplementedError:
-        # RegNet computes its widths with tensor ops that meta cannot run. Build it on the CPU
-        # with weight initialisation switched off (values are not needed; regnet_y_128gf
-        # would take over 10 s), then move it to meta.
+        # RegNet computes its widths from tensor values, which meta tensors do not have, and
+        # its constructor takes no `device` (so nn.utils.skip_init cannot help). Build it on
+        # the CPU instead, with the initialisers off: filling regnet_y_128gf's weights would
+        # take over 10 s, and a skeleton needs none of them.
         with _no_weight_init():
             model = get_model(arch, weights=None, **(model_kwargs or {}))
         return model.to("meta")
@@ -253,6 +270,7 @@ def skeleton_model(arch: str, model_kwargs: dict[str, Any] | None = None) -> nn.
 
 @contextmanager
 def _no_weight_init() -> Iterator[None]:
+    """Every public torch.nn.init function a no-op inside the block; restored on exit, even on error."""
     initializers = [name for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")]
     originals = {name: getattr(nn.init, name) for name in initializers}
     for name in initializers:
@@ -330,19 +348,18 @@ def loose_parameters(model: nn.Module, stages: list[str]) -> dict[str, nn.Parame
     }
 
 
-def freeze(model: nn.Module, spec: FreezeSpec, head: str) -> list[str]:
-    """Set requires_grad from `spec`: False on the frozen part, True on the rest (so a later
-    call can unfreeze). Returns the frozen modules' names."""
-    model.requires_grad_(True)
+def frozen_parts(model: nn.Module, spec: FreezeSpec, head: str) -> tuple[list[str], frozenset[str]]:
+    """What `spec` freezes in `model`: the frozen modules' names, and the frozen parameters'
+    names (theirs, plus parameters held outside any module that a spec names). Checks the
+    spec against the model; changes nothing."""
     if spec.kind == "none":
-        return []
+        return [], frozenset()
     if spec.kind == "all_but_head":
-        frozen = _siblings_along_path(model, head)
-        for name, param in model.named_parameters():
-            if not name.startswith(f"{head}."):  # includes tokens held by the root (ViT class_token)
-                param.requires_grad_(False)
-        return frozen
+        # Every parameter outside the head, tokens held by the root (ViT's class_token) included.
+        params = frozenset(name for name, _ in model.named_parameters() if not name.startswith(f"{head}."))
+        return _siblings_along_path(model, head), params
     stages = stage_names(model, head)
+    loose: list[str] = []
     if spec.kind == "first":
         if not 0 <= spec.count <= len(stages):
             raise UserError(
@@ -353,8 +370,7 @@ def freeze(model: nn.Module, spec: FreezeSpec, head: str) -> list[str]:
             # ViT's class_token and encoder.pos_embedding sit beside the stages, not in one. They
             # are part of the input embedding, so they freeze with the first stage (timm groups
             # them with the patch embedding the same way).
-            for param in loose_parameters(model, stages).values():
-                param.requires_grad_(False)
+            loose = list(loose_parameters(model, stages))
     else:
         names = [name for name, _ in model.named_modules() if name]
         known = set(names)
@@ -370,9 +386,23 @@ def freeze(model: nn.Module, spec: FreezeSpec, head: str) -> list[str]:
         if any(head == name or head.startswith(f"{name}.") for name in spec.modules):
             raise UserError(f"freeze names the head ({head}) or a module holding it; the head always trains")
         frozen = list(spec.modules)
-    for name in frozen:
-        model.get_submodule(name).requires_grad_(False)
-    return frozen
+    params = {name for module in frozen for name, _ in model.get_submodule(module).named_parameters(prefix=module)}
+    return frozen, frozenset(params | set(loose))
+
+
+def trainable_names(model: nn.Module, spec: FreezeSpec, head: str) -> frozenset[str]:
+    """The names of the parameters that train under `spec`; the model is left as it is."""
+    _, frozen = frozen_parts(model, spec, head)
+    return frozenset(name for name, _ in model.named_parameters() if name not in frozen)
+
+
+def freeze(model: nn.Module, spec: FreezeSpec, head: str) -> list[str]:
+    """Set requires_grad from `spec`: False on the frozen part, True on the rest (so a later
+    call can unfreeze). Returns the frozen modules' names."""
+    modules, frozen = frozen_parts(model, spec, head)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name not in frozen)
+    return modules
 
 
 def _siblings_along_path(model: nn.Module, head: str) -> list[str]:
@@ -390,6 +420,8 @@ def _siblings_along_path(model: nn.Module, head: str) -> list[str]:
 
 def set_train_mode(model: nn.Module, frozen: list[str]) -> None:
     """model.train(), except frozen modules, which stay in inference mode."""
+    # Not torchvision's FrozenBatchNorm2d: swapping modules would change the state_dict keys
+    # (checkpoints, pretrained files), and frozen dropout must stay off too.
     model.train()
     for name in frozen:
         model.get_submodule(name).eval()

@@ -17,16 +17,7 @@ from pipeline.checkpoints import save_checkpoint
 from pipeline.cli import run_stage
 from pipeline.config import load_params
 from pipeline.data import decoded_images, stratified_split, usable_images
-from pipeline.engine import (
-    epoch_generator,
-    images_on,
-    place_model,
-    predict,
-    resolve_device,
-    score,
-    split_batches,
-    train_one_epoch,
-)
+from pipeline.engine import images_on, place_model, resolve_device, split_batches, train_and_score
 from pipeline.models import build_model
 from pipeline.optim import make_optimizer
 
@@ -44,25 +35,24 @@ def main() -> None:
 
     torch.manual_seed(config.seed)
     built = build_model(params.model.arch, None, classes, params.model.image_size)
-    model = place_model(built.model, device)
+    model, spec = place_model(built.model, device), built.spec
     images = images_on(decoded_images(manifest, params.model.image_size), device)
-    train_data = split_batches(images, manifest, classes, "train", built.mean, built.std, device)
-    val_data = split_batches(images, manifest, classes, "val", built.mean, built.std, device)
-    optimizer = make_optimizer(config, model, built.head)
+    train_data = split_batches(images, manifest, classes, "train", spec.mean, spec.std, device)
+    val_data = split_batches(images, manifest, classes, "val", spec.mean, spec.std, device)
+    optimizer = make_optimizer(config, model, spec.head)
 
     for epoch in range(1, config.epochs + 1):
-        loss = train_one_epoch(
-            model, train_data, optimizer, frozen=[], batch_size=config.batch_size,
-            generator=epoch_generator(config.seed, epoch), epoch=epoch,
+        loss, val = train_and_score(
+            model, train_data, val_data, optimizer, num_classes=len(classes), seed=config.seed, epoch=epoch,
+            batch_size=config.batch_size,
         )  # fmt: skip
-        val = score(predict(model, val_data, config.batch_size), val_data.targets, len(classes))
         log.info(
             "pretrain epoch %d/%d: loss %.4f, val loss %.4f, val accuracy %.3f",
             epoch, config.epochs, loss, val["loss"], val["accuracy"],
         )  # fmt: skip
 
     checkpoint = {
-        **built.metadata(),
+        **spec.to_dict(),
         "epoch": config.epochs,
         "model_state_dict": model.state_dict(),
         "loss": loss,

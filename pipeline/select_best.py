@@ -20,7 +20,7 @@ resize the shorter side to S = image_size and crop the centre S x S, RGB, scale 
 then subtract `mean` and divide by `std` per channel. image_size, mean, std and the
 class names (output i is classes[i]) are stored in best.pt and, as JSON, in the .pt2:
 `extra = {"metadata.json": ""}; torch.export.load(path, extra_files=extra)`.
-`python -m pipeline.predict` does all of this for you.
+`python -m tools.predict` does all of this for you.
 
 The export is a convenience: a model that torch.export cannot capture still gets best.pt
 and its metrics, with a warning, and best.pt2 then holds a line of text saying why.
@@ -36,10 +36,10 @@ import pandas as pd
 import torch
 
 from pipeline.checkpoints import checkpoint_name, load_checkpoint, save_checkpoint
-from pipeline.cli import UserError, run_stage
+from pipeline.cli import UserError, error_line, run_stage
 from pipeline.config import Mode, load_params
 from pipeline.files import atomic_write, read_csv, write_csv, write_json
-from pipeline.models import model_from_checkpoint
+from pipeline.models import ModelSpec, model_from_checkpoint
 
 log = logging.getLogger("pipeline.select_best")
 
@@ -69,18 +69,19 @@ def export_model(checkpoint: dict[str, Any], path: Path) -> None:
     compared with the model itself, so a written file computes what the checkpoint does.
     """
     model = model_from_checkpoint(checkpoint).eval()
-    size = checkpoint["image_size"]
+    spec = ModelSpec.from_checkpoint(checkpoint)
+    size = spec.image_size
     # The example's batch is 2, not 1: export specialises sizes 0 and 1 to constants.
     example = torch.zeros(2, 3, size, size)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
     probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(program.module()(probe), model(probe))
-    metadata = {key: checkpoint[key] for key in ("arch", "classes", "image_size", "mean", "std")}
+    metadata = {key: spec.to_dict()[key] for key in ("arch", "classes", "image_size", "mean", "std")}
     # A file object, not the temporary path: torch.export.save warns about a name not ending in .pt2.
     with atomic_write(path) as file:
         torch.export.save(program, file, extra_files={"metadata.json": json.dumps(metadata)})
-    log.info("exported %s for any batch of (N, 3, %d, %d) inputs -> %s", checkpoint["arch"], size, size, path)
+    log.info("exported %s for any batch of (N, 3, %d, %d) inputs -> %s", spec.arch, size, size, path)
 
 
 def main() -> None:
@@ -90,19 +91,20 @@ def main() -> None:
     epoch = int(best["epoch"])
 
     checkpoint = load_checkpoint(CHECKPOINT_DIR / checkpoint_name(epoch))
+    arch = ModelSpec.from_checkpoint(checkpoint).arch
     del checkpoint["optimizer_state_dict"]  # best.pt is for using the model, not for resuming
     save_checkpoint(checkpoint, BEST_MODEL)
     try:
         export_model(checkpoint, BEST_EXPORT)
     except Exception as error:  # torch.export raises many types; best.pt and the metrics matter more
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        reason = error_line(error, with_type=True)
         log.warning(
             "could not export %s with torch.export (%s); %s holds this message instead, %s is fine",
-            checkpoint["arch"], reason, BEST_EXPORT, BEST_MODEL,
+            arch, reason, BEST_EXPORT, BEST_MODEL,
         )  # fmt: skip
         # DVC fails a stage whose declared output is missing, so write why instead of nothing.
         with atomic_write(BEST_EXPORT, "w") as file:
-            file.write(f"not a model: exporting {checkpoint['arch']} with torch.export failed: {reason}\n")
+            file.write(f"not a model: exporting {arch} with torch.export failed: {reason}\n")
 
     metrics = {
         "epoch": epoch,
@@ -112,6 +114,7 @@ def main() -> None:
     }
     write_json(metrics, BEST_DIR / "metrics.json")
     predictions = read_csv(EVAL_DIR / "predictions" / f"{checkpoint_name(epoch).removesuffix('.pt')}.csv")
+    # A plain CSV for dvc.yaml's confusion plot, not dvclive's: select_best keeps no Live run.
     write_csv(predictions[["actual", "predicted"]], BEST_DIR / "confusion.csv")
     # evaluate's table with the choice marked, for the per-epoch plots' red line
     write_csv(scores.assign(selected=(scores["epoch"] == epoch).astype(int)), BEST_DIR / "epochs.csv")

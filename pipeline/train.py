@@ -6,21 +6,14 @@ Writes: checkpoints/epoch_NNN.pt  (epoch, model and optimizer state, losses, val
                                    and what is needed to rebuild the model)
         dvclive/train/             (per-epoch curves for `dvc plots`)
 
-Resuming after a kill: DVC deletes a stage's outputs before it re-runs it, so each
-checkpoint is first written under .cache/runs/<fingerprint>/ and hard-linked into
-checkpoints/. The fingerprint hashes everything that shapes the run (params, data,
-weights, code), so a run resumes only its own epochs. A finished run deletes its folder;
-DVC's cache then holds the checkpoints, and its run-cache restores a finished run.
+A killed run resumes where it stopped (see pipeline/runs.py).
 """
 
 import dataclasses
-import hashlib
-import json
 import logging
 import math
-import os
-import shutil
 import time
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,157 +24,208 @@ from dvclive import Live
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from pipeline.checkpoints import CheckpointError, checkpoint_name, load_checkpoint, save_checkpoint
 from pipeline.cli import progress, run_stage
 from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Params, load_params
 from pipeline.data import decoded_images, read_manifest
 from pipeline.engine import (
     Batches,
     compile_for_training,
-    epoch_generator,
     head_feature_batches,
     images_on,
     place_model,
-    predict,
     resolve_device,
-    score,
     set_determinism,
     split_batches,
-    train_one_epoch,
+    train_and_score,
 )
-from pipeline.models import FreezeSpec, build_model, count_parameters, freeze, is_weights_file, parse_freeze
+from pipeline.models import (
+    ModelSpec,
+    build_model,
+    count_parameters,
+    freeze,
+    is_weights_file,
+    parse_freeze,
+    trainable_names,
+)
 from pipeline.optim import lr_factor, make_optimizer
+from pipeline.runs import RunFolder, fingerprint
 
 log = logging.getLogger("pipeline.train")
 
 PREPARED_DIR = Path("data/prepared")
-CHECKPOINT_DIR = Path("checkpoints")
-RUNS_DIR = Path(".cache/runs")
 LIVE_DIR = Path("dvclive/train")
-# What each checkpoint records about its epoch; also what is logged for the curves.
-RECORD_KEYS = ("epoch", "loss", "val_loss", "val_accuracy", "val_f1", "lr", "seconds")
 
 
 def main() -> None:
     params = load_params()
     config = params.train
-    spec = parse_freeze(params.freeze)
-    # Gradual unfreezing: after `unfreeze_after` epochs, `unfreeze_to` replaces `freeze`.
-    later = parse_freeze(config.unfreeze_to) if config.unfreeze_after else None
+    run = set_up(params)
+    live = Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False)
+    for record in run.history:
+        log_epoch(live, record)
+
+    for epoch in progress(range(len(run.history) + 1, config.epochs + 1), "training"):
+        stop = early_stop(run.history, params.select.metric, params.select.mode, config.early_stopping)
+        if stop:
+            log.info("%s", stop)
+            break
+        phase = run.phase(epoch)
+        record = train_epoch(run, phase, epoch)
+        save_epoch(run, phase, record)
+        run.history.append(record)
+        log_epoch(live, record)
+        log.info(
+            "epoch %d/%d: loss %.4f, val loss %.4f, val accuracy %.3f, lr %.2g, %.1fs",
+            epoch, config.epochs, record["loss"], record["val_loss"], record["val_accuracy"], record["lr"],
+            record["seconds"],
+        )  # fmt: skip
+
+    live.end()
+    run.folder.finish()
+
+
+@dataclass
+class Phase:
+    """The epochs trained under one freeze spec: all of them, or, with gradual unfreezing
+    (`unfreeze_after`), those before and those after the switch to `unfreeze_to`."""
+
+    freeze: str  # the spec, as params.yaml writes it
+    frozen_modules: list[str]
+    trainable_params: int
+    total_params: int
+    net: nn.Module  # what each step runs: the model, or its head alone on the backbone's outputs
+    net_frozen: list[str]  # the modules of `net` that stay in inference mode
+    data: dict[str, Batches]
+    step_model: nn.Module | None  # `net` compiled, if train.compile
+
+
+@dataclass
+class Run:
+    """What a training run needs from one epoch to the next."""
+
+    params: Params
+    model: nn.Module
+    spec: ModelSpec
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    splits: dict[str, Batches]
+    criterion: Any  # the training loss: cross-entropy with the run's weights and smoothing
+    folder: RunFolder
+    history: list[dict[str, Any]]  # each finished epoch's record (runs.RECORD_KEYS)
+    phases: dict[str, Phase] = field(default_factory=dict)  # by freeze spec, made when first needed
+    compiled: dict[nn.Module, nn.Module] = field(default_factory=dict)  # compiling twice would recompile
+
+    def phase(self, epoch: int) -> Phase:
+        config = self.params.train
+        unfrozen = bool(config.unfreeze_after) and epoch > config.unfreeze_after
+        spec = config.unfreeze_to if unfrozen else self.params.freeze
+        if spec not in self.phases:
+            self.phases[spec] = start_phase(self, spec)
+        return self.phases[spec]
+
+
+def set_up(params: Params) -> Run:
+    """Model, optimizer, schedule, data and loss of the run, restored to where a killed
+    attempt of it stopped."""
+    config = params.train
     set_determinism(config.deterministic)
     device = resolve_device(params.device)
     manifest, classes = read_manifest(PREPARED_DIR)
-
     torch.manual_seed(config.seed)
     built = build_model(params.model.arch, params.model.weights, classes, params.model.image_size)
-    model, head = built.model, built.head
-    trains_later = frozenset()
-    if later is not None:
-        freeze(model, later, head)  # also checks the spec's module names before any work
-        trains_later = frozenset(name for name, p in model.named_parameters() if p.requires_grad)
-    freeze(model, spec, head)
+    model, spec = built.model, built.spec
+    # Parameters frozen now but unfrozen later get optimizer groups from the start.
+    later = (
+        trainable_names(model, parse_freeze(config.unfreeze_to), spec.head) if config.unfreeze_after else frozenset()
+    )
+    freeze(model, parse_freeze(params.freeze), spec.head)
     place_model(model, device)
-    optimizer = make_optimizer(config, model, head, config.trunk_lr_scale, trains_later)
+    optimizer = make_optimizer(config, model, spec.head, config.trunk_lr_scale, later)
     schedule = partial(
         lr_factor, epochs=config.epochs, schedule=config.schedule, warmup_epochs=config.warmup_epochs,
         step_every=config.step_every, gamma=config.step_gamma,
     )  # fmt: skip
+    # LambdaLR over a closed form, not LinearLR/CosineAnnealingLR in a SequentialLR: those update
+    # the rate recursively, so it drifts in the last bits from the formula the checkpoints record.
     scheduler = LambdaLR(optimizer, lambda index: schedule(index + 1))  # LambdaLR counts epochs from 0
 
     images = images_on(decoded_images(manifest, params.model.image_size), device)
     splits = {
-        split: split_batches(images, manifest, classes, split, built.mean, built.std, device)
+        split: split_batches(images, manifest, classes, split, spec.mean, spec.std, device)
         for split in ("train", "val")
     }
-    criterion = partial(
-        F.cross_entropy, weight=class_weights(config.class_weights, splits["train"].targets, len(classes), device),
-        label_smoothing=config.label_smoothing,
+    weights = class_weights(config.class_weights, splits["train"].targets, len(classes), device)
+    criterion = partial(F.cross_entropy, weight=weights, label_smoothing=config.label_smoothing)
+
+    folder = RunFolder(run_fingerprint(params, device))
+    history = folder.restore(model, optimizer, scheduler)
+    folder.publish_all()
+    return Run(params, model, spec, optimizer, scheduler, splits, criterion, folder, history)
+
+
+def start_phase(run: Run, spec_text: str) -> Phase:
+    """Freeze the model for `spec_text` and choose what its epochs run. With a frozen backbone
+    and nothing random before the head, that is the head alone, on the backbone's outputs
+    computed once."""
+    config, head = run.params.train, run.spec.head
+    spec = parse_freeze(spec_text)
+    frozen = freeze(run.model, spec, head)
+    trainable, total = count_parameters(run.model)
+    log.info(
+        "%s, %d classes, freeze %s: %s of %s parameters train",
+        run.spec.arch, len(run.spec.classes), spec_text, f"{trainable:,}", f"{total:,}",
     )  # fmt: skip
-    features: dict[str, Batches | None] = {}  # the frozen backbone's outputs, computed once if used
-
-    def what_to_train(active: FreezeSpec, frozen: list[str]) -> tuple[nn.Module, list[str], dict[str, Batches]]:
-        """The module each epoch runs, its frozen parts, and its data. With a frozen backbone and
-        nothing random before the head, that is the head alone on the backbone's outputs."""
-        augmenting = config.augment.hflip or config.augment.min_scale < 1
-        if active.kind == "all_but_head" and config.cache_features and not augmenting:
-            if "features" not in features:
-                started = time.perf_counter()
-                features["features"] = head_feature_batches(model, head, splits, config.batch_size)
-                log.info("frozen backbone: features computed once in %.2fs", time.perf_counter() - started)
-            if features["features"] is not None:
-                return model.get_submodule(head), [], features["features"]
-        return model, frozen, splits
-
-    fingerprint = run_fingerprint(params, device)
-    run_dir = RUNS_DIR / fingerprint
-    history = resume(run_dir, fingerprint, model, optimizer, scheduler)
-    live = Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False)
-    for record in history:
-        log_epoch(live, record)
-
-    first_epoch = len(history) + 1
-    compiled: dict[nn.Module, nn.Module] = {}  # each module compiled once: compiling again would recompile
-    for epoch in progress(range(first_epoch, config.epochs + 1), "training"):
-        stop = early_stop(history, params.select.metric, params.select.mode, config.early_stopping)
-        if stop:
-            log.info("%s", stop)
-            break
-        unfrozen = later is not None and epoch > config.unfreeze_after
-        active, active_name = (later, config.unfreeze_to) if unfrozen else (spec, params.freeze)
-        frozen = freeze(model, active, head)
-        trainable, total = count_parameters(model)
-        net, net_frozen, data = what_to_train(active, frozen)
-        if config.compile and net not in compiled:
-            compiled[net] = compile_for_training(net)
-        if epoch == first_epoch or (unfrozen and epoch == config.unfreeze_after + 1):
-            log.info(
-                "%s, %d classes, freeze %s: %s of %s parameters train",
-                built.arch, len(classes), active_name, f"{trainable:,}", f"{total:,}",
-            )  # fmt: skip
-
+    net, net_frozen, data = run.model, frozen, run.splits
+    augmenting = config.augment.hflip or config.augment.min_scale < 1
+    if spec.kind == "all_but_head" and config.cache_features and not augmenting:
         started = time.perf_counter()
-        loss = train_one_epoch(
-            net, data["train"], optimizer, frozen=net_frozen, batch_size=config.batch_size,
-            generator=epoch_generator(config.seed, epoch), epoch=epoch,
-            hflip=config.augment.hflip, min_scale=config.augment.min_scale, criterion=criterion,
-            step_model=compiled.get(net),
-        )  # fmt: skip
-        val = score(predict(net, data["val"], config.batch_size), data["val"].targets, len(classes))
-        record = {
-            "epoch": epoch,
-            "loss": loss,
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-            "val_f1": val["f1"],
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - started,
-        }
-        scheduler.step()
-        checkpoint = {
-            **built.metadata(),
-            **record,
-            "model_state_dict": model.state_dict(),
-            "optimizer_state_dict": optimizer.state_dict(),
-            "scheduler_state_dict": scheduler.state_dict(),
-            "freeze": active_name,
-            "frozen_modules": frozen,
-            "trainable_params": trainable,
-            "total_params": total,
-            "fingerprint": fingerprint,
-        }
-        path = run_dir / checkpoint_name(epoch)
-        save_checkpoint(checkpoint, path)
-        publish(path)
-        history.append(record)
-        log_epoch(live, record)
-        log.info(
-            "epoch %d/%d: loss %.4f, val loss %.4f, val accuracy %.3f, lr %.2g, %.1fs",
-            epoch, config.epochs, loss, val["loss"], val["accuracy"], record["lr"], record["seconds"],
-        )  # fmt: skip
+        features = head_feature_batches(run.model, head, run.splits, config.batch_size)
+        if features is not None:
+            log.info("frozen backbone: features computed once in %.2fs", time.perf_counter() - started)
+            net, net_frozen, data = run.model.get_submodule(head), [], features
+    if config.compile and net not in run.compiled:
+        run.compiled[net] = compile_for_training(net)
+    return Phase(spec_text, frozen, trainable, total, net, net_frozen, data, run.compiled.get(net))
 
-    live.end()
-    # Finished: the checkpoints live on in checkpoints/ (and DVC's cache), not here.
-    shutil.rmtree(run_dir, ignore_errors=True)
+
+def train_epoch(run: Run, phase: Phase, epoch: int) -> dict[str, Any]:
+    """Train one epoch, score it on val and step the schedule; the epoch's record."""
+    config = run.params.train
+    started = time.perf_counter()
+    loss, val = train_and_score(
+        phase.net, phase.data["train"], phase.data["val"], run.optimizer, num_classes=len(run.spec.classes),
+        seed=config.seed, epoch=epoch, batch_size=config.batch_size, frozen=phase.net_frozen,
+        hflip=config.augment.hflip, min_scale=config.augment.min_scale, criterion=run.criterion,
+        step_model=phase.step_model,
+    )  # fmt: skip
+    record = {
+        "epoch": epoch,
+        "loss": loss,
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "val_f1": val["f1"],
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "seconds": time.perf_counter() - started,
+    }
+    run.scheduler.step()
+    return record
+
+
+def save_epoch(run: Run, phase: Phase, record: dict[str, Any]) -> None:
+    """Write the epoch's checkpoint: what rebuilds the model, the record, and what resumes the run."""
+    checkpoint = {
+        **run.spec.to_dict(),
+        **record,
+        "model_state_dict": run.model.state_dict(),
+        "optimizer_state_dict": run.optimizer.state_dict(),
+        "scheduler_state_dict": run.scheduler.state_dict(),
+        "freeze": phase.freeze,
+        "frozen_modules": phase.frozen_modules,
+        "trainable_params": phase.trainable_params,
+        "total_params": phase.total_params,
+        "fingerprint": run.folder.fingerprint,
+    }
+    run.folder.commit_epoch(checkpoint)
 
 
 def class_weights(
@@ -215,8 +259,7 @@ def early_stop(history: list[dict[str, Any]], metric: str, mode: Mode, config: E
 
 
 def run_fingerprint(params: Params, device: torch.device) -> str:
-    """A hash of everything that shapes a training run: params, data, weights and code."""
-    digest = hashlib.sha256()
+    """The resume fingerprint: everything that shapes a training run (see pipeline/runs.py)."""
     shaping = {
         "freeze": params.freeze,
         "device": device.type,
@@ -224,63 +267,11 @@ def run_fingerprint(params: Params, device: torch.device) -> str:
         "train": dataclasses.asdict(params.train),
         "select": dataclasses.asdict(params.select),  # early stopping watches select.metric
     }
-    digest.update(json.dumps(shaping, sort_keys=True, default=str).encode())
-    files = [PREPARED_DIR / "manifest.csv", PREPARED_DIR / "classes.json", *sorted(Path(__file__).parent.glob("*.py"))]
+    inputs = [PREPARED_DIR / "manifest.csv", PREPARED_DIR / "classes.json"]
     weights = params.model.weights
     if weights is not None and is_weights_file(weights):
-        files.append(Path(weights))
-    for file in files:
-        digest.update(file.as_posix().encode())
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
-    return digest.hexdigest()[:16]
-
-
-def resume(
-    run_dir: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LambdaLR
-) -> list[dict[str, Any]]:
-    """Restore the last good checkpoint of this run, if a killed attempt left any.
-
-    Returns the finished epochs' records. Damaged checkpoints, and any after them, are
-    reported and deleted; the run continues from the last good one.
-    """
-    shutil.rmtree(CHECKPOINT_DIR, ignore_errors=True)  # stale files from a run by hand
-    CHECKPOINT_DIR.mkdir(parents=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in run_dir.glob(".*.tmp"):  # a write that a kill cut short
-        leftover.unlink()
-
-    history: list[dict[str, Any]] = []
-    last: dict[str, Any] | None = None
-    paths = sorted(run_dir.glob("epoch_*.pt"))
-    for index, path in enumerate(paths):
-        try:
-            checkpoint = load_checkpoint(path)
-            if checkpoint["epoch"] != index + 1 or checkpoint["fingerprint"] != fingerprint:
-                raise CheckpointError(f"{path} does not continue this run")
-        except CheckpointError as error:
-            log.warning("%s; resuming from the last good checkpoint before it", error)
-            for later in paths[index:]:
-                later.unlink()
-            break
-        history.append({key: checkpoint[key] for key in RECORD_KEYS})
-        last = checkpoint
-        publish(path)
-    if last is not None:
-        model.load_state_dict(last["model_state_dict"])
-        optimizer.load_state_dict(last["optimizer_state_dict"])
-        scheduler.load_state_dict(last["scheduler_state_dict"])
-        log.info("resuming after epoch %d from %s", last["epoch"], run_dir)
-    return history
-
-
-def publish(path: Path) -> None:
-    """Put a finished checkpoint into the stage output, as a hard link where possible."""
-    target = CHECKPOINT_DIR / path.name
-    target.unlink(missing_ok=True)
-    try:
-        os.link(path, target)
-    except OSError:  # file systems without hard links
-        shutil.copy2(path, target)
+        inputs.append(Path(weights))
+    return fingerprint(shaping, inputs)
 
 
 def log_epoch(live: Live, record: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+import pipeline.runs as runs
 import pipeline.train as train
 from pipeline.cli import run_stage
 
@@ -65,7 +66,7 @@ if __name__ == "__main__":
     elif point == "save":
         on_call(torch, "save", trigger, half_save)
     elif point == "publish":
-        on_call(train, "publish", trigger, publish_then_die)
+        on_call(runs, "publish", trigger, publish_then_die)
     elif point == "nan":
         on_call(torch.nn.functional, "cross_entropy", trigger, nan_loss)
     else:

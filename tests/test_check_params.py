@@ -1,6 +1,7 @@
 """check_params: every param is checked up front, and each message names the right key."""
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from pipeline.checkpoints import save_checkpoint
 from pipeline.cli import UserError
 from pipeline.config import load_params
 from pipeline.models import build_model
-from tests.conftest import REPO, set_params, stage
+from testing.project import REPO, run, set_params, stage
 
 
 def test_the_stage_writes_a_constant_file_or_stops_with_one_line(project: Path) -> None:
@@ -77,6 +78,25 @@ def test_a_weights_file_of_another_arch_is_caught_before_any_training(params_fil
     torch.manual_seed(0)
     built = build_model("resnet34", None, ["a", "b"], 16)
     other = params_file.parent / "other.pt"
-    save_checkpoint({**built.metadata(), "model_state_dict": built.model.state_dict()}, other)
+    save_checkpoint({**built.spec.to_dict(), "model_state_dict": built.model.state_dict()}, other)
     set_params(params_file.parent, **{"model.weights": str(other)})
     assert "holds a resnet34 checkpoint, but model.arch is resnet18" in problem(params_file)
+
+
+def dvc_fails_before_real_work(project: Path, *args: str) -> None:
+    result = run([sys.executable, "-m", "dvc", *args], project, check=False)
+    assert result.returncode != 0, result.stdout
+    assert "unknown key 'trian'" in result.stdout + result.stderr
+    assert "Running stage 'check_params'" in result.stdout
+    assert "Running stage 'prepare'" not in result.stdout
+
+
+def test_dvc_repro_stops_on_a_key_that_no_stage_lists(project: Path) -> None:
+    path = project / "params.yaml"
+    path.write_text(path.read_text() + "trian:\n  lr: 0.1\n")
+    dvc_fails_before_real_work(project, "repro")
+
+
+def test_dvc_exp_run_stops_on_an_added_key(project: Path) -> None:
+    # DVC's own hint for `-S trian.lr=0.1` is `+trian.lr=0.1`, which adds the key.
+    dvc_fails_before_real_work(project, "exp", "run", "-S", "+trian.lr=0.1")

@@ -21,7 +21,7 @@ from pipeline.checkpoints import (
     load_weights_file,
     save_checkpoint,
 )
-from tests.conftest import REPO, run, set_params, stage
+from testing.project import REPO, run, set_params, stage
 
 FORCE_SAFE_LOAD = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 

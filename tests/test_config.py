@@ -27,7 +27,7 @@ from torchvision.models import ResNet18_Weights
 
 from pipeline.cli import UserError
 from pipeline.config import AugmentParams, Mode, Optimizer, Params, TrainParams, load_params
-from tests.conftest import REPO, set_params, stage
+from testing.project import REPO, set_params, stage
 
 PREPARED = Path("data/prepared")
 

@@ -15,7 +15,7 @@ import torch
 from pipeline import select_best
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.models import build_model, model_from_checkpoint
-from tests.conftest import stage
+from testing.project import stage
 
 CLASSES = ["a", "b", "c"]
 
@@ -23,7 +23,7 @@ CLASSES = ["a", "b", "c"]
 def tiny_checkpoint(arch: str, size: int) -> dict:
     torch.manual_seed(0)
     built = build_model(arch, None, CLASSES, size)
-    return {**built.metadata(), "model_state_dict": built.model.state_dict()}
+    return {**built.spec.to_dict(), "model_state_dict": built.model.state_dict()}
 
 
 def assert_same_outputs(path: Path, checkpoint: dict) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import stage
+from testing.project import stage
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.checkpoints import load_checkpoint
-from tests.conftest import set_params, stage
+from testing.project import set_params, stage
 
 METRICS = ("loss", "val_loss", "val_accuracy", "val_f1")
 # The stage runs on `device: auto`. On the CPU both paths compute in float32 and differ only

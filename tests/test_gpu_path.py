@@ -30,12 +30,14 @@ from pipeline.engine import (
     train_one_epoch,
     train_steps,
 )
-from pipeline.optim import make_optimizer
-from tests.test_engine import optim_params
 
 REPO = Path(__file__).resolve().parent.parent
 META = torch.device("meta")
 CPU = torch.device("cpu")
+
+
+def sgd(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
 
 def conv_model() -> nn.Module:
@@ -117,7 +119,7 @@ def test_model_and_inputs_share_the_channels_last_layout(monkeypatch: pytest.Mon
     model[0].register_forward_pre_hook(record)
     data = image_batches(10, CPU, CPU)
     train_one_epoch(
-        model, data, make_optimizer(optim_params(), model, "5"), frozen=[], batch_size=4,
+        model, data, sgd(model), frozen=[], batch_size=4,
         generator=epoch_generator(0, 1), epoch=1, hflip=True, min_scale=0.5,
     )  # fmt: skip
     predict(model, data, batch_size=4)
@@ -165,7 +167,7 @@ def epoch_transfers(n: int, images_on: torch.device, augment: bool) -> list[str]
     generator = epoch_generator(0, 1)
     order = torch.randperm(n, generator=generator)
     transforms = engine.draw_augmentation(n, augment, 0.5 if augment else 1.0, generator)
-    optimizer = make_optimizer(optim_params(), model, "5")
+    optimizer = sgd(model)
     with TransferCounter() as counter:
         train_steps(model, data, optimizer, order, transforms, 4, nn.functional.cross_entropy, "epoch")
     return counter.transfers
@@ -212,7 +214,7 @@ def test_a_ragged_last_batch_and_evaluation_compile_no_second_graph() -> None:
     counter = CompileCounter()
     step_model = compile_for_training(model, backend=counter)
     data = image_batches(10, CPU, CPU)  # batches of 4, 4 and 2
-    optimizer = make_optimizer(optim_params(), model, "5")
+    optimizer = sgd(model)
     for epoch in (1, 2):
         train_one_epoch(
             model, data, optimizer, frozen=[], batch_size=4, generator=epoch_generator(0, epoch), epoch=epoch,

@@ -6,6 +6,7 @@ auxiliary heads, find the head, replace it. A meta-device forward pass checks sh
 without computing anything.
 """
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from pipeline.engine import ImageBatches, epoch_generator, train_one_epoch
 from pipeline.models import (
     FREEZE_SYNTAX,
     FreezeSpec,
+    ModelSpec,
     _drop_aux_heads,
     _size_kwargs,
     build_model,
@@ -36,6 +38,7 @@ from pipeline.models import (
     set_train_mode,
     skeleton_model,
     stage_names,
+    trainable_names,
 )
 from pipeline.optim import make_optimizer
 
@@ -152,7 +155,11 @@ def test_every_model_has_stages_and_first_n_freezes_them(arch: str):
     assert frozen
 
     model.requires_grad_(True)
-    assert freeze(model, parse_freeze(f"first:{len(stages)}"), head) == stages
+    every = parse_freeze(f"first:{len(stages)}")
+    trains = trainable_names(model, every, head)
+    assert all(p.requires_grad for p in model.parameters()), "trainable_names leaves the model as it is"
+    assert freeze(model, every, head) == stages
+    assert trains == {name for name, p in model.named_parameters() if p.requires_grad}
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     assert frozen == set().union(loose, *(parameter_names(model.get_submodule(s), s) for s in stages))
     assert not frozen & parameter_names(model.get_submodule(head), head)
@@ -167,15 +174,16 @@ def test_every_model_has_stages_and_first_n_freezes_them(arch: str):
 def small_resnet(freeze_text: str = "none", seed: int = 0) -> tuple[models.Built, list[str]]:
     torch.manual_seed(seed)
     built = build_model("resnet18", None, CLASSES, SIZE)
-    frozen = freeze(built.model, parse_freeze(freeze_text), built.head)
+    frozen = freeze(built.model, parse_freeze(freeze_text), built.spec.head)
     return built, frozen
 
 
 def random_batches(built: models.Built, n: int = 8, seed: int = 0) -> ImageBatches:
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, built.image_size, built.image_size), dtype=torch.uint8, generator=generator)
-    targets = torch.randint(0, len(built.classes), (n,), generator=generator)
-    return ImageBatches(images, torch.arange(n), targets, torch.device("cpu"), built.mean, built.std)
+    size = built.spec.image_size
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
+    targets = torch.randint(0, len(built.spec.classes), (n,), generator=generator)
+    return ImageBatches(images, torch.arange(n), targets, torch.device("cpu"), built.spec.mean, built.spec.std)
 
 
 def sgd(lr: float = 0.1) -> OptimParams:
@@ -184,7 +192,7 @@ def sgd(lr: float = 0.1) -> OptimParams:
 
 def train_two_steps(built: models.Built, frozen: list[str]) -> torch.optim.Optimizer:
     """One epoch of 8 images in batches of 4: two optimizer steps."""
-    optimizer = make_optimizer(sgd(), built.model, built.head)
+    optimizer = make_optimizer(sgd(), built.model, built.spec.head)
     train_one_epoch(
         built.model, random_batches(built), optimizer, frozen=frozen, batch_size=4,
         generator=epoch_generator(0, 1), epoch=1,
@@ -233,18 +241,18 @@ def test_parse_freeze_rejects_junk_and_lists_the_syntax(text: str):
 
 def test_resnet18_stages():
     built, _ = small_resnet()
-    assert built.head == "fc"
-    assert stage_names(built.model, built.head) == RESNET18_STAGES
+    assert built.spec.head == "fc"
+    assert stage_names(built.model, built.spec.head) == RESNET18_STAGES
 
 
 def test_all_but_head_counts_and_optimizer_hold_only_the_head():
     built, frozen = small_resnet("all_but_head")
     model = built.model
-    assert built.head == "fc"
+    assert built.spec.head == "fc"
     assert model.fc.weight.shape == (len(CLASSES), 512)
     head_params = model.fc.weight.numel() + model.fc.bias.numel()
     assert count_parameters(model) == (head_params, sum(p.numel() for p in model.parameters()))
-    optimizer = make_optimizer(sgd(), model, built.head)
+    optimizer = make_optimizer(sgd(), model, built.spec.head)
     held = [p for group in optimizer.param_groups for p in group["params"]]
     assert {id(p) for p in held} == {id(model.fc.weight), id(model.fc.bias)}
     assert len(held) == 2
@@ -313,7 +321,7 @@ def test_partial_freeze_freezes_exactly_the_named_modules(text: str, expected: l
 def test_bad_freeze_targets_raise_and_freeze_nothing(text: str, message: str):
     built, _ = small_resnet()
     with pytest.raises(UserError) as error:
-        freeze(built.model, parse_freeze(text), built.head)
+        freeze(built.model, parse_freeze(text), built.spec.head)
     assert message in str(error.value)
     assert all(p.requires_grad for p in built.model.parameters())
 
@@ -387,24 +395,24 @@ def test_plain_state_dict_loads_into_everything_but_the_head(tmp_path: Path):
     built = build_model("resnet18", str(path), CLASSES, SIZE)
     assert_trunk_equal(built.model, state, "fc")
     assert built.model.fc.weight.shape == (len(CLASSES), 512)
-    assert (built.mean, built.std) == (models.IMAGENET_MEAN, models.IMAGENET_STD)
+    assert (built.spec.mean, built.spec.std) == (models.IMAGENET_MEAN, models.IMAGENET_STD)
 
 
 def save_pipeline_checkpoint(built: models.Built, path: Path) -> None:
-    save_checkpoint({**built.metadata(), "epoch": 1, "model_state_dict": built.model.state_dict()}, path)
+    save_checkpoint({**built.spec.to_dict(), "epoch": 1, "model_state_dict": built.model.state_dict()}, path)
 
 
 def test_pipeline_checkpoint_loads_with_its_normalisation(tmp_path: Path):
     source = build_model("resnet18", None, ["zero", "one", "two", "three", "four"], SIZE)
     source.model = scrambled_resnet(num_classes=5)
-    source.mean, source.std = [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]
+    source.spec = dataclasses.replace(source.spec, mean=[0.1, 0.2, 0.3], std=[0.4, 0.5, 0.6])
     path = tmp_path / "pretrained.pt"
     save_pipeline_checkpoint(source, path)
 
     built = build_model("resnet18", str(path), CLASSES, SIZE)
     assert_trunk_equal(built.model, source.model.state_dict(), "fc")
     assert built.model.fc.out_features == len(CLASSES)
-    assert (built.mean, built.std) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+    assert (built.spec.mean, built.spec.std) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
 
 
 def test_checkpoint_of_another_arch_is_a_clear_error(tmp_path: Path):
@@ -452,8 +460,8 @@ def test_torchvision_weights_load_from_the_hub_cache(name: str, torch_home: Path
     assert_trunk_equal(built.model, state, "fc")
     assert built.model.fc.out_features == len(CLASSES)
     transforms = ResNet18_Weights.IMAGENET1K_V1.transforms()
-    assert (built.mean, built.std) == (list(transforms.mean), list(transforms.std))
-    assert built.mean != [0.0, 0.0, 0.0]
+    assert (built.spec.mean, built.spec.std) == (list(transforms.mean), list(transforms.std))
+    assert built.spec.mean != [0.0, 0.0, 0.0]
 
 
 def test_missing_torchvision_weights_name_the_file_and_folder(torch_home: Path):
@@ -489,6 +497,13 @@ def test_model_from_checkpoint_rebuilds_the_same_model(arch: str, size: int, tmp
     assert torch.equal(actual, expected)
 
 
+def test_model_spec_round_trips_through_the_checkpoint_keys():
+    spec = build_model("vit_b_16", None, CLASSES, 32).spec
+    saved = spec.to_dict()
+    assert set(saved) == {"arch", "head", "classes", "image_size", "mean", "std", "model_kwargs"}
+    assert ModelSpec.from_checkpoint({**saved, "epoch": 3, "model_state_dict": {}}) == spec
+
+
 # --- input size -----------------------------------------------------------------------
 
 
@@ -506,7 +521,7 @@ def test_sizes_a_model_cannot_take_are_user_errors(arch: str, size: int):
 def test_vit_from_scratch_takes_any_multiple_of_its_patch_size():
     check_input_size("vit_b_16", _size_kwargs("vit_b_16", 32), 32)
     built = build_model("vit_b_16", None, CLASSES, 32)
-    assert built.model_kwargs == {"image_size": 32}
+    assert built.spec.model_kwargs == {"image_size": 32}
     assert built.model.image_size == 32
 
 

@@ -11,7 +11,7 @@ import torch
 from torchvision.models import ResNet18_Weights, resnet18
 
 from pipeline.checkpoints import load_checkpoint
-from tests.conftest import run, set_params, stage
+from testing.project import run, set_params, stage
 
 
 def dvc(project: Path, *args: str) -> str:

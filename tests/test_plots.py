@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import make_project, run, set_params
+from testing.project import make_project, run, set_params
 
 CHROMIUM = shutil.which("chromium")
 NPM = shutil.which("npm")

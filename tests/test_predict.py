@@ -19,7 +19,7 @@ from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.data import load_image
 from pipeline.engine import normalize
 from pipeline.models import build_model, model_from_checkpoint
-from tests.conftest import make_project, run
+from testing.project import make_project, run
 
 CLASSES = ["cat", "dog", "fox"]
 MODEL = "models/tiny.pt"
@@ -39,7 +39,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = make_project(tmp_path_factory.mktemp("predict") / "project")
     torch.manual_seed(0)
     built = build_model("resnet18", None, CLASSES, 16)
-    save_checkpoint({**built.metadata(), "model_state_dict": built.model.state_dict()}, root / MODEL)
+    save_checkpoint({**built.spec.to_dict(), "model_state_dict": built.model.state_dict()}, root / MODEL)
     rng = np.random.default_rng(0)
     for name, size in [("shots/a.png", (20, 24)), ("shots/sub/b.JPG", (40, 30)), ("c.png", (16, 16))]:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def predict(project: Path, *args: str, check: bool = True):
-    return run([sys.executable, "-m", "pipeline.predict", *args], project, check=check)
+    return run([sys.executable, "-m", "tools.predict", *args], project, check=check)
 
 
 def expected_top(project: Path, k: int) -> dict[str, list[tuple[str, float]]]:

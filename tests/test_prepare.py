@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipeline.data import SPLITS, file_sha1
 from pipeline.files import read_csv
-from tests.conftest import set_params, stage
+from testing.project import set_params, stage
 
 PREPARED = Path("data/prepared")
 OUTPUTS = ("manifest.csv", "classes.json", "skipped.csv", "duplicates.csv")

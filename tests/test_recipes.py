@@ -13,8 +13,8 @@ from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Optimizer, 
 from pipeline.models import build_model, freeze, parse_freeze
 from pipeline.optim import lr_factor, make_optimizer
 from pipeline.train import class_weights, early_stop
-from tests.conftest import run, set_params, stage
-from tests.test_resume import assert_same_run
+from testing.compare import assert_same_run
+from testing.project import run, set_params, stage
 
 
 @pytest.mark.parametrize(
@@ -35,7 +35,7 @@ def test_lr_factor(schedule: Schedule, warmup: int, expected: list[float]) -> No
 
 def test_trunk_learns_at_a_scaled_rate_and_later_unfrozen_params_are_in_the_optimizer() -> None:
     built = build_model("resnet18", None, ["a", "b"], 16)
-    model, head = built.model, built.head
+    model, head = built.model, built.spec.head
     freeze(model, parse_freeze("first:4"), head)
     later = frozenset(name for name, p in model.named_parameters() if p.requires_grad)
     freeze(model, parse_freeze("all_but_head"), head)

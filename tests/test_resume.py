@@ -15,14 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from pipeline.checkpoints import load_checkpoint
-from tests.conftest import make_project, run, set_params, stage
+from testing.compare import assert_same_run
+from testing.project import make_project, run, set_params, stage
 
 WRAPPER = [sys.executable, "-m", "tests.kill_wrapper"]
 EPOCHS = 3
-METRICS = ("epoch", "loss", "val_loss", "val_accuracy", "val_f1", "lr")
 
 
 def train_killed_at(project: Path, point: str, call: int) -> subprocess.CompletedProcess:
@@ -36,28 +35,6 @@ def final_state(project: Path) -> list[dict]:
     paths = sorted((project / "checkpoints").glob("epoch_*.pt"))
     assert [p.name for p in paths] == [f"epoch_{e:03d}.pt" for e in range(1, EPOCHS + 1)]
     return [load_checkpoint(path) for path in paths]
-
-
-def assert_same_run(got: list[dict], expected: list[dict]) -> None:
-    for mine, theirs in zip(got, expected, strict=True):
-        assert {k: mine[k] for k in METRICS} == {k: theirs[k] for k in METRICS}
-        for part in ("model_state_dict", "optimizer_state_dict"):
-            assert_tensors_equal(mine[part], theirs[part], f"epoch {mine['epoch']} {part}")
-
-
-def assert_tensors_equal(a: object, b: object, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            assert_tensors_equal(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), where
-        for index, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_tensors_equal(x, y, f"{where}[{index}]")
-    else:
-        assert a == b, where
 
 
 # Resuming does not depend on the architecture; a small one keeps checkpoints (and tests) light.

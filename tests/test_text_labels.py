@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipeline.data import read_manifest
 from pipeline.files import read_csv, write_csv
-from tests.conftest import set_params, stage
+from testing.project import set_params, stage
 
 # pandas' default missing-value strings that can name a folder (not "" nor those with a "/").
 MISSING_LOOKING = ["#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>"]

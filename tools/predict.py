@@ -1,6 +1,6 @@
 """Predict: the most likely classes of new images, with the model the pipeline chose.
 
-    python -m pipeline.predict PATH... [--model models/best.pt] [--top-k 3]
+    python -m tools.predict PATH... [--model models/best.pt] [--top-k 3]
                                        [--format table|csv|json] [--batch-size 64] [--device auto]
 
 PATHs are image files or folders; folders are searched recursively for image files
@@ -24,18 +24,18 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import numpy as np
 import torch
 
 from pipeline.checkpoints import load_checkpoint
-from pipeline.cli import UserError, progress, run_stage
+from pipeline.cli import UserError, error_line, progress, run_stage
 from pipeline.data import image_files, load_image
 from pipeline.engine import autocast, memory_format, normalize, place_model, resolve_device
-from pipeline.models import model_from_checkpoint
+from pipeline.models import ModelSpec, model_from_checkpoint
 
-log = logging.getLogger("pipeline.predict")
+log = logging.getLogger("tools.predict")
 
 
 @dataclass
@@ -54,7 +54,7 @@ def positive_int(text: str) -> int:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.predict", description="Classify images with a checkpoint of this pipeline."
+        prog="python -m tools.predict", description="Classify images with a checkpoint of this pipeline."
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
     parser.add_argument("--model", type=Path, default=Path("models/best.pt"), help="default: models/best.pt")
@@ -84,7 +84,7 @@ def collect_files(paths: list[Path]) -> list[Path]:
 @torch.inference_mode()
 def predict_files(
     model: torch.nn.Module,
-    checkpoint: dict[str, Any],
+    spec: ModelSpec,
     files: list[Path],
     top_k: int,
     batch_size: int,
@@ -92,7 +92,6 @@ def predict_files(
 ) -> list[Prediction]:
     """Top-k (class, probability) for each file; a file that cannot be decoded gets an error."""
     model.eval()
-    classes = checkpoint["classes"]
     predictions = []
     # Decode one batch at a time, so memory stays flat however many images there are.
     for start in progress(range(0, len(files), batch_size), "predicting", total=math.ceil(len(files) / batch_size)):
@@ -101,20 +100,19 @@ def predict_files(
             prediction = Prediction(path.as_posix())
             predictions.append(prediction)
             try:
-                pixels.append(load_image(path, checkpoint["image_size"]))
+                pixels.append(load_image(path, spec.image_size))
                 decoded.append(prediction)
             except Exception as error:  # Pillow raises many types for damaged or unsupported files
-                reason = str(error).splitlines()[0] if str(error) else ""
-                prediction.error = f"cannot be decoded: {type(error).__name__}: {reason}"
+                prediction.error = f"cannot be decoded: {error_line(error, with_type=True)}"
         if not pixels:
             continue
-        images = normalize(torch.from_numpy(np.stack(pixels)).to(device), checkpoint["mean"], checkpoint["std"])
+        images = normalize(torch.from_numpy(np.stack(pixels)).to(device), spec.mean, spec.std)
         images = images.contiguous(memory_format=memory_format(device))
         with autocast(device):
             logits = model(images)
         probabilities, indices = logits.float().softmax(dim=1).topk(top_k, dim=1)
         for prediction, probs, index in zip(decoded, probabilities.tolist(), indices.tolist(), strict=True):
-            prediction.top = [(classes[i], p) for i, p in zip(index, probs, strict=True)]
+            prediction.top = [(spec.classes[i], p) for i, p in zip(index, probs, strict=True)]
     return predictions
 
 
@@ -166,13 +164,14 @@ def main() -> None:
     checkpoint = load_checkpoint(args.model)  # verifies the checksum; refuses pickled code
     device = resolve_device(args.device)
     model = place_model(model_from_checkpoint(checkpoint), device)
-    top_k = min(args.top_k, len(checkpoint["classes"]))
+    spec = ModelSpec.from_checkpoint(checkpoint)
+    top_k = min(args.top_k, len(spec.classes))
     log.info(
         "%s (%s, %d classes, %dpx) on %d image(s), on %s",
-        args.model, checkpoint["arch"], len(checkpoint["classes"]), checkpoint["image_size"], len(files), device,
+        args.model, spec.arch, len(spec.classes), spec.image_size, len(files), device,
     )  # fmt: skip
 
-    predictions = predict_files(model, checkpoint, files, top_k, args.batch_size, device)
+    predictions = predict_files(model, spec, files, top_k, args.batch_size, device)
     WRITERS[args.format](predictions, top_k, sys.stdout)
 
     failed = sum(1 for p in predictions if p.error)

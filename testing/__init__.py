@@ -1,0 +1,1 @@
+"""Helpers for tests/ and bench/: a project copy to run stages in, and run comparisons."""
