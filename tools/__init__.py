@@ -1,0 +1,1 @@
+"""Tools that use the pipeline's outputs; not DVC stages, so editing them re-runs nothing."""
