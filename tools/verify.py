@@ -80,7 +80,9 @@ def check_checkpoints(root: Path) -> tuple[int, list[Damage], list[Path]]:
                 continue
             verify_checkpoint(loaded, path)
         except CheckpointError as error:
-            reason = str(error).removeprefix(str(path)).lstrip(" :")
+            # "<path> is damaged (truncated or corrupt): ..." -> "truncated or corrupt: ..."
+            reason = re.sub(r"^is damaged:? ?", "", str(error).removeprefix(str(path)).strip())
+            reason = re.sub(r"^\(truncated or corrupt\)", "truncated or corrupt", reason)
             damaged.append(Damage(path, reason))
     return len(files) - len(foreign), damaged, foreign
 
