@@ -1,0 +1,179 @@
+"""tools.verify: damaged checkpoints and DVC cache objects are found, named and removed."""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.checkpoints import save_checkpoint
+from tests.conftest import run
+from tools import verify
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def put_object(cache: Path, data: bytes, name: str | None = None, suffix: str = "") -> Path:
+    """Store `data` in a DVC 3 cache the way DVC names it (by md5), or under `name`."""
+    name = name or md5(data)
+    path = cache / "files" / "md5" / name[:2] / (name[2:] + suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def save(path: Path, value: float = 0.0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"epoch": 1, "model_state_dict": {"w": torch.full((64,), value)}}, path)
+    return path
+
+
+def truncate(path: Path) -> None:
+    with open(path, "r+b") as file:  # in place: hard links to it see the damage too
+        file.truncate(path.stat().st_size // 2)
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_cache_objects_are_checked_against_their_names(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    good = put_object(cache, b"a good file\n")
+    listing = json.dumps([{"md5": md5(b"a good file\n"), "relpath": "good.txt"}]).encode()
+    good_dir = put_object(cache, listing, suffix=".dir")
+    bad = put_object(cache, b"damaged bytes", name=md5(b"the bytes it once held"))
+    bad_dir = put_object(cache, b'[{"md5": "trunc', name=md5(listing + b" "), suffix=".dir")
+    (cache / "files" / "md5" / "ab").mkdir()
+    (cache / "files" / "md5" / "ab" / "not-an-object.tmp").write_bytes(b"ignored")
+
+    checked, damaged = verify.check_cache(cache)
+
+    assert checked == 4
+    assert {damage.path for damage in damaged} == {bad, bad_dir}
+    assert good.exists() and good_dir.exists()
+    assert "md5 " + md5(b"damaged bytes") in next(d for d in damaged if d.path == bad).reason
+
+
+def test_a_damaged_object_names_the_workspace_files_linked_to_it(tmp_path: Path) -> None:
+    cache = tmp_path / ".dvc" / "cache"
+    obj = put_object(cache, b"checkpoint bytes")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "epoch_001.pt").hardlink_to(obj)
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  train:\n    outs:\n    - path: checkpoints\n")
+    truncate(tmp_path / "checkpoints" / "epoch_001.pt")
+
+    _, damaged = verify.check_cache(cache, verify.workspace_links(tmp_path))
+
+    assert [d.path for d in damaged] == [obj]
+    assert damaged[0].linked == (tmp_path / "checkpoints" / "epoch_001.pt",)
+    assert "checkpoints/epoch_001.pt" in damaged[0].line(tmp_path)
+
+
+def test_every_damaged_checkpoint_is_named(tmp_path: Path) -> None:
+    good = save(tmp_path / "checkpoints" / "epoch_001.pt")
+    truncated = save(tmp_path / "checkpoints" / "epoch_002.pt")
+    flipped = save(tmp_path / "checkpoints" / "epoch_003.pt", value=1.0)
+    best = save(tmp_path / "models" / "best.pt")
+    torch.save({"w": torch.zeros(3)}, tmp_path / "models" / "my_weights.pt")  # weights a user gave
+    truncate(truncated)
+    flip_a_bit(flipped)
+
+    checked, damaged, foreign = verify.check_checkpoints(tmp_path)
+
+    assert checked == 4
+    assert [d.path for d in damaged] == [truncated, flipped]
+    assert damaged[0].line(tmp_path).startswith("damaged: checkpoints/epoch_002.pt: truncated or corrupt: ")
+    assert damaged[1].line(tmp_path) == (
+        "damaged: checkpoints/epoch_003.pt: its contents do not match the checksum stored in it"
+    )
+    assert foreign == [tmp_path / "models" / "my_weights.pt"]
+    assert good.exists() and best.exists()
+
+
+@pytest.fixture
+def fake_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder with a checkpoint linked to its cache object, as `dvc repro` leaves it."""
+    cache = tmp_path / ".dvc" / "cache"
+    checkpoint = save(tmp_path / "checkpoints" / "epoch_001.pt")
+    obj = put_object(cache, checkpoint.read_bytes())
+    checkpoint.unlink()
+    checkpoint.hardlink_to(obj)
+    put_object(cache, b"another output\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  train:\n    outs:\n    - path: checkpoints\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(verify, "dvc_cache_and_remotes", lambda root: (cache, []))
+    return tmp_path
+
+
+def test_intact_files_pass(fake_project: Path, capsys: pytest.CaptureFixture) -> None:
+    verify.main([])
+    assert capsys.readouterr().out == "checked 1 checkpoints and 2 cache objects: all intact\n"
+
+
+def test_damage_is_reported_and_repaired(
+    fake_project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = fake_project / "checkpoints" / "epoch_001.pt"
+    (obj,) = (fake_project / ".dvc" / "cache").rglob(md5(checkpoint.read_bytes())[2:])
+    truncate(checkpoint)
+
+    with pytest.raises(SystemExit) as exit_:
+        verify.main([])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 1
+    assert "damaged: checkpoints/epoch_001.pt" in out
+    assert f"damaged: {obj.relative_to(fake_project)}" in out
+    assert checkpoint.exists() and obj.exists()  # only --repair deletes
+
+    verify.main(["--repair"])
+    out = capsys.readouterr().out
+    assert not checkpoint.exists() and not obj.exists()
+    assert "now run `dvc repro`" in out
+
+    verify.main([])
+    assert capsys.readouterr().out == "checked 0 checkpoints and 1 cache objects: all intact\n"
+
+
+def test_repair_points_to_dvc_pull_when_a_remote_is_configured(
+    fake_project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(verify, "dvc_cache_and_remotes", lambda root: (fake_project / ".dvc" / "cache", ["storage"]))
+    truncate(fake_project / "checkpoints" / "epoch_001.pt")
+    verify.main(["--repair"])
+    assert "now run `dvc pull`" in capsys.readouterr().out
+
+
+def test_in_place_damage_that_reached_the_cache_is_found_and_repaired(project: Path) -> None:
+    """The end to end claim: damage written through a hard link into DVC's cache, which
+    `dvc repro` would restore as it is, is found; after --repair, `dvc repro` retrains it."""
+    dvc = [sys.executable, "-m", "dvc"]
+    tool = [sys.executable, "-m", "tools.verify"]
+    run([*dvc, "repro"], project)
+    assert run(tool, project).returncode == 0
+    checkpoint = project / "checkpoints" / "epoch_002.pt"
+    assert checkpoint.stat().st_nlink == 2  # the workspace file is the cache object
+    (obj,) = (project / ".dvc" / "cache" / "files" / "md5").rglob(md5(checkpoint.read_bytes())[2:])
+    truncate(checkpoint)
+
+    found = run(tool, project, check=False)
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert "damaged: checkpoints/epoch_002.pt" in found.stdout
+    assert f"damaged: {obj.relative_to(project)}" in found.stdout
+    assert "epoch_001.pt" not in found.stdout
+
+    repaired = run([*tool, "--repair"], project)
+    assert "now run `dvc repro`" in repaired.stdout
+    assert not checkpoint.exists() and not obj.exists()
+    rerun = run([*dvc, "repro"], project)
+    assert "Running stage 'train'" in rerun.stdout, rerun.stdout  # retrained, not restored from the run-cache
+
+    run([sys.executable, "-m", "pipeline.evaluate"], project)  # reads every checkpoint; refuses a damaged one
+    assert run(tool, project).stdout.endswith("cache objects: all intact\n")
+    assert "up to date" in run([*dvc, "status"], project).stdout
