@@ -9,6 +9,7 @@ import copy
 import hashlib
 import pickle
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,21 @@ def on_cpu(obj: Any) -> Any:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a pipeline checkpoint, verifying it is safe, complete and undamaged."""
     return verify_checkpoint(load_weights_file(path), path)
+
+
+def load_each(paths: list[Path]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(path, checkpoint) for each path that loads, one at a time, so memory holds one. After
+    the last, a CheckpointError naming every file that was damaged, if any was."""
+    damaged = []
+    for path in paths:
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as error:
+            damaged.append(str(error))
+            continue
+        yield path, checkpoint
+    if damaged:
+        raise CheckpointError(f"{len(damaged)} of {len(paths)} checkpoints cannot be used: {'; '.join(damaged)}")
 
 
 def verify_checkpoint(loaded: Any, path: Path) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from pipeline.cli import UserError, progress
-from pipeline.files import atomic_path, read_csv
+from pipeline.files import atomic_path, project_cache, read_csv
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ REDUCING_GAP = 3
 HASH_DECODE_SIZE = 32
 # An image_hash needs this many bits of each kind (brighter, not brighter) to identify a picture.
 MIN_HASH_BITS = 8
-CACHE_DIR = Path(".cache/images")
+CACHE_DIR = project_cache("images")
 
 
 @dataclass(frozen=True)

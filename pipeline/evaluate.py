@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.checkpoints import load_checkpoint
+from pipeline.checkpoints import load_each
 from pipeline.cli import UserError, progress, run_stage
 from pipeline.config import load_params
 from pipeline.data import decoded_images, read_manifest
@@ -36,8 +36,8 @@ def main() -> None:
         raise UserError(f"no checkpoints in {CHECKPOINT_DIR}/: run the train stage first")
 
     model, rows = None, []
-    for path in progress(paths, "evaluating checkpoints"):
-        checkpoint = load_checkpoint(path)  # a damaged checkpoint stops the stage, naming the file
+    # Every checkpoint is checked; damaged ones stop the stage at the end, all of them named.
+    for path, checkpoint in progress(load_each(paths), "evaluating checkpoints", total=len(paths)):
         spec = ModelSpec.from_checkpoint(checkpoint)
         if spec.classes != classes:
             raise UserError(f"{path} was trained on classes {spec.classes}, but the manifest has {classes}")

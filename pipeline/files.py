@@ -15,6 +15,16 @@ from typing import IO, Any
 import pandas as pd
 
 
+def project_cache(name: str) -> Path:
+    """A folder of the project's local cache (.cache/NAME), shared by all its experiments.
+
+    Queued and `--temp` experiments run in a throw-away copy of the project; DVC then points
+    DVC_ROOT at the project itself (and at the project root for every other run), so their
+    decoded images and resumable runs land where the next experiment finds them.
+    """
+    return Path(os.environ.get("DVC_ROOT", ".")) / ".cache" / name
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path in `path`'s folder, renamed onto `path` if the block succeeds."""

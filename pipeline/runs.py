@@ -3,11 +3,19 @@
 DVC deletes a stage's outputs before it re-runs it, so each checkpoint is first written
 under .cache/runs/<fingerprint>/ and hard-linked into checkpoints/. The fingerprint hashes
 everything that shapes the run (params, data, weights and the code: every file under
-pipeline/, the same files as dvc.yaml's `- pipeline` dep), so a run resumes only its own
-epochs. A finished run deletes its folder; DVC's cache then holds the checkpoints, and its
-run-cache restores a finished run.
+pipeline/, the same files as dvc.yaml's `- pipeline` dep; paths relative to the project,
+so a moved project resumes too), so a run resumes only its own epochs.
+
+- The folders live in the project's own .cache, also for queued and `--temp` experiments
+  (see files.project_cache), so a killed experiment resumes wherever it is rerun.
+- One trainer at a time: a run folder is locked while a trainer uses it.
+- A finished run keeps its folder, marked finished: if the stage is killed after training
+  but before DVC records its outputs, the rerun republishes every epoch instead of training.
+- Only the newest KEEP_OTHER_RUNS folders of other runs are kept; each run start lists and
+  removes the older ones (their checkpoints of finished runs live on in DVC's cache).
 """
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -21,10 +29,15 @@ import torch
 from torch import nn
 
 from pipeline.checkpoints import CheckpointError, checkpoint_name, load_checkpoint, save_checkpoint
+from pipeline.cli import UserError
+from pipeline.files import atomic_write, project_cache
 
 log = logging.getLogger("pipeline.runs")
 
-RUNS_DIR = Path(".cache/runs")
+RUNS_DIR = project_cache("runs")
+KEEP_OTHER_RUNS = 3
+FINISHED = "finished"  # the marker file of a run that trained all its epochs
+LOCK = ".lock"
 CHECKPOINT_DIR = Path("checkpoints")
 CODE_DIR = Path(__file__).parent
 # What each checkpoint records about its epoch: the history a resumed run starts from.
@@ -62,15 +75,36 @@ def publish(path: Path, output: Path) -> None:
 
 @dataclass
 class RunFolder:
-    """The folder that keeps one run's checkpoints until the run finishes."""
+    """The folder that keeps one run's checkpoints, locked by the trainer that uses it."""
 
     fingerprint: str
     root: Path = RUNS_DIR
     output: Path = CHECKPOINT_DIR  # the stage output that receives each finished checkpoint
+    _lock: Any = None  # the open lock file, held until the process ends
 
     @property
     def path(self) -> Path:
         return self.root / self.fingerprint
+
+    def acquire(self) -> None:
+        """Lock the folder for this process, or raise a UserError naming the trainer that has it.
+
+        An flock ends with its process, so a killed trainer never leaves a stale lock.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path / LOCK, "a+")  # noqa: SIM115 (held for the process's life)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "another process"
+            raise UserError(
+                f"another trainer ({holder}) is training this run in {self.path}; wait for it to end, or stop it"
+            ) from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"pid {os.getpid()}")
+        self._lock.flush()
 
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> list[dict[str, Any]]:
         """Load the last good checkpoint that a killed attempt of this run left, if any, into
@@ -79,7 +113,8 @@ class RunFolder:
         Damaged checkpoints, and any after them, are reported and deleted from this folder;
         the run continues from the last good one.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.acquire()
+        prune_other_runs(self.root, keep=self.fingerprint)
         for leftover in self.path.glob(".*.tmp"):  # a write that a kill cut short
             leftover.unlink()
         history: list[dict[str, Any]] = []
@@ -119,8 +154,50 @@ class RunFolder:
         publish(path, self.output)
 
     def finish(self) -> None:
-        """The run is complete: its checkpoints live on in the output (and DVC's cache), not here."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Mark the run complete. The folder stays, so that a rerun before DVC has recorded the
+        outputs republishes them; prune_other_runs removes it once newer runs pile up."""
+        with atomic_write(self.path / FINISHED, "w") as file:
+            file.write("all epochs trained\n")
 
     def checkpoints(self) -> list[Path]:
         return sorted(self.path.glob("epoch_*.pt"))
+
+
+def prune_other_runs(root: Path, keep: str) -> None:
+    """Report the run folders beside `keep`, and remove all but the newest KEEP_OTHER_RUNS.
+
+    A folder that another live trainer holds is never removed.
+    """
+    others = sorted(
+        (path for path in root.iterdir() if path.is_dir() and path.name != keep),
+        key=lambda path: path.stat().st_mtime,
+        reverse=True,
+    )
+    if not others:
+        return
+    sizes = {path: sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) for path in others}
+    unfinished = sum(1 for path in others if not (path / FINISHED).exists())
+    log.info(
+        "%d other run folder(s) in %s (%d unfinished, %.0f MB)",
+        len(others), root, unfinished, sum(sizes.values()) / 1e6,
+    )  # fmt: skip
+    for path in others[KEEP_OTHER_RUNS:]:
+        if _locked(path):
+            continue
+        state = "finished" if (path / FINISHED).exists() else "unfinished"
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed the %s run folder %s (%.0f MB); only the newest %d are kept", state, path,
+                 sizes[path] / 1e6, KEEP_OTHER_RUNS)  # fmt: skip
+
+
+def _locked(path: Path) -> bool:
+    lock = path / LOCK
+    if not lock.exists():
+        return False
+    with open(lock) as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(file, fcntl.LOCK_UN)
+    return False

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.checkpoints import checkpoint_name, load_checkpoint, save_checkpoint
+from pipeline.checkpoints import checkpoint_name, load_each, save_checkpoint
 from pipeline.cli import UserError, error_line, run_stage
 from pipeline.config import Mode, load_params
 from pipeline.files import atomic_write, read_csv, write_csv, write_json
@@ -62,49 +62,67 @@ def pick_best(scores: pd.DataFrame, metric: str, mode: Mode) -> pd.Series:
     return tied.sort_values("epoch").iloc[0]
 
 
-def export_model(checkpoint: dict[str, Any], path: Path) -> None:
-    """Write the checkpoint's model as a torch.export program, in eval mode, for any batch size.
+def export_model(checkpoint: dict[str, Any]) -> torch.export.ExportedProgram:
+    """The checkpoint's model as a torch.export program, in eval mode, for any batch size.
 
-    Before writing, the program is run on a batch of another size than the example and
-    compared with the model itself, so a written file computes what the checkpoint does.
+    The program is run on a batch of another size than the example and compared with the
+    model itself, so a written file computes what the checkpoint does.
     """
     model = model_from_checkpoint(checkpoint).eval()
-    spec = ModelSpec.from_checkpoint(checkpoint)
-    size = spec.image_size
+    size = ModelSpec.from_checkpoint(checkpoint).image_size
     # The example's batch is 2, not 1: export specialises sizes 0 and 1 to constants.
     example = torch.zeros(2, 3, size, size)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
     probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(program.module()(probe), model(probe))
+    return program
+
+
+def save_export(program: torch.export.ExportedProgram, spec: ModelSpec, path: Path) -> None:
     metadata = {key: spec.to_dict()[key] for key in ("arch", "classes", "image_size", "mean", "std")}
     # A file object, not the temporary path: torch.export.save warns about a name not ending in .pt2.
     with atomic_write(path) as file:
         torch.export.save(program, file, extra_files={"metadata.json": json.dumps(metadata)})
+    size = spec.image_size
     log.info("exported %s for any batch of (N, 3, %d, %d) inputs -> %s", spec.arch, size, size, path)
 
 
 def main() -> None:
     params = load_params().select
+    if not (EVAL_DIR / "scores.csv").is_file():
+        raise UserError(f"{EVAL_DIR / 'scores.csv'} not found: run the evaluate stage first (dvc repro evaluate)")
     scores = read_csv(EVAL_DIR / "scores.csv", text=())
     best = pick_best(scores, params.metric, params.mode)
     epoch = int(best["epoch"])
 
-    checkpoint = load_checkpoint(CHECKPOINT_DIR / checkpoint_name(epoch))
-    arch = ModelSpec.from_checkpoint(checkpoint).arch
+    # Every checkpoint is checked, not only the chosen one: damage anywhere stops the stage.
+    paths = sorted(CHECKPOINT_DIR.glob("epoch_*.pt"))
+    chosen = CHECKPOINT_DIR / checkpoint_name(epoch)
+    if chosen not in paths:
+        raise UserError(f"{chosen} not found, but eval/scores.csv chose it: run the evaluate stage again")
+    checkpoint: dict[str, Any] = {}
+    for path, loaded in load_each(paths):  # one in memory at a time, but the chosen one
+        if path == chosen:
+            checkpoint = loaded
+    spec = ModelSpec.from_checkpoint(checkpoint)
     del checkpoint["optimizer_state_dict"]  # best.pt is for using the model, not for resuming
     save_checkpoint(checkpoint, BEST_MODEL)
     try:
-        export_model(checkpoint, BEST_EXPORT)
-    except Exception as error:  # torch.export raises many types; best.pt and the metrics matter more
+        program = export_model(checkpoint)
+    except (OSError, MemoryError):  # the machine's trouble, not the model's: fail the stage
+        raise
+    except Exception as error:  # torch.export raises many types for a model it cannot capture
         reason = error_line(error, with_type=True)
         log.warning(
             "could not export %s with torch.export (%s); %s holds this message instead, %s is fine",
-            arch, reason, BEST_EXPORT, BEST_MODEL,
+            spec.arch, reason, BEST_EXPORT, BEST_MODEL,
         )  # fmt: skip
         # DVC fails a stage whose declared output is missing, so write why instead of nothing.
         with atomic_write(BEST_EXPORT, "w") as file:
-            file.write(f"not a model: exporting {arch} with torch.export failed: {reason}\n")
+            file.write(f"not a model: exporting {spec.arch} with torch.export failed: {reason}\n")
+    else:
+        save_export(program, spec, BEST_EXPORT)  # a write that fails (a full disk) fails the stage
 
     metrics = {
         "epoch": epoch,

@@ -1,6 +1,7 @@
 """select-best's models/best.pt2: a torch.export program that plain torch loads and runs,
 with the checkpoint's outputs for any batch size, and that never costs the stage its results."""
 
+import errno
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import torch
 
 from pipeline import select_best
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
-from pipeline.models import build_model, model_from_checkpoint
+from pipeline.models import ModelSpec, build_model, model_from_checkpoint
 from testing.project import stage
 
 CLASSES = ["a", "b", "c"]
@@ -42,7 +43,8 @@ def assert_same_outputs(path: Path, checkpoint: dict) -> None:
 @pytest.mark.parametrize("arch", ["resnet18", "squeezenet1_1"])
 def test_exported_program_computes_what_the_checkpoint_does(arch: str, tmp_path: Path) -> None:
     checkpoint = tiny_checkpoint(arch, 32)
-    select_best.export_model(checkpoint, tmp_path / "best.pt2")
+    program = select_best.export_model(checkpoint)
+    select_best.save_export(program, ModelSpec.from_checkpoint(checkpoint), tmp_path / "best.pt2")
     assert_same_outputs(tmp_path / "best.pt2", checkpoint)
 
 
@@ -106,3 +108,36 @@ def test_a_failed_export_keeps_the_results_and_says_why(
     assert json.loads((project / "best/metrics.json").read_text())["epoch"] == 1
     marker = (project / "models/best.pt2").read_text()
     assert marker.startswith("not a model: exporting resnet18 with torch.export failed: RuntimeError")
+
+
+def test_a_full_disk_while_writing_the_export_fails_the_stage(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a model that torch.export cannot capture gets the text stub; an I/O error is no such thing."""
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    fake_evaluation(project, tiny_checkpoint("resnet18", 16))
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(torch.export, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        select_best.main()
+    assert not (project / "models/best.pt2").exists()
+
+
+def test_select_best_without_scores_says_which_stage_to_run(project: Path) -> None:
+    result = stage("select_best", project, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "eval/scores.csv not found: run the evaluate stage first" in result.stderr
+
+
+def test_select_best_names_every_damaged_checkpoint_not_only_the_chosen_one(project: Path) -> None:
+    checkpoint = tiny_checkpoint("resnet18", 16)
+    fake_evaluation(project, checkpoint)
+    for epoch in (2, 3):
+        path = project / f"checkpoints/epoch_00{epoch}.pt"
+        save_checkpoint({**checkpoint, "epoch": epoch, "trainable_params": 1, "total_params": 1}, path)
+        path.write_bytes(path.read_bytes()[:1000])
+    result = stage("select_best", project, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "2 of 3 checkpoints cannot be used" in result.stderr
+    assert "epoch_002.pt" in result.stderr and "epoch_003.pt" in result.stderr

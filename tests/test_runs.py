@@ -1,0 +1,106 @@
+"""Run folders (pipeline/runs.py): a moved project, a --temp experiment and a rerun after DVC
+lost the outputs all resume; a second trainer is refused; old folders are bounded."""
+
+import fcntl
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from testing.project import make_project, run, set_params, stage
+
+EPOCHS = 2
+ARCH = "shufflenet_v2_x0_5"  # resuming does not depend on the architecture; a small one is fast
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = make_project(tmp_path_factory.mktemp("runs") / "project")
+    set_params(project, **{"train.epochs": EPOCHS, "model.arch": ARCH})
+    run([sys.executable, "-m", "dvc", "repro", "pretrain", "prepare"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "prepared"], project)
+    return project
+
+
+@pytest.fixture
+def project(prepared: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "project"
+    shutil.copytree(prepared, copy, symlinks=True)
+    return copy
+
+
+def killed_after_epoch_one(project: Path) -> None:
+    result = run([sys.executable, "-m", "tests.kill_wrapper", "publish", "1"], project, check=False)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+
+
+def trained_epochs(log: str) -> list[int]:
+    """The epochs a train log says it trained ("epoch k/E: loss ...")."""
+    return [int(line.split("epoch ")[1].split("/")[0]) for line in log.splitlines() if f"/{EPOCHS}: loss" in line]
+
+
+def run_folders(project: Path) -> list[Path]:
+    return sorted((project / ".cache/runs").iterdir())
+
+
+def test_a_moved_project_resumes(project: Path, tmp_path: Path) -> None:
+    killed_after_epoch_one(project)
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.move(project, moved)
+    log = stage("train", moved).stderr
+    assert "resuming after epoch 1" in log
+    assert trained_epochs(log) == [2]
+
+
+def test_a_temp_experiment_resumes_a_run_killed_in_the_workspace(project: Path) -> None:
+    # `--temp` (and `--queue`) experiments run in a throw-away copy; the run folder is the project's.
+    killed_after_epoch_one(project)
+    result = run([sys.executable, "-m", "dvc", "exp", "run", "--temp"], project)
+    assert "resuming after epoch 1" in result.stdout + result.stderr
+    assert trained_epochs(result.stdout + result.stderr) == [2]
+
+
+def test_a_second_trainer_is_refused_and_told_who_has_the_run(project: Path) -> None:
+    killed_after_epoch_one(project)
+    (folder,) = run_folders(project)
+    with open(folder / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live trainer holds it
+        lock.truncate(0)
+        lock.write("pid 4242")
+        lock.flush()
+        result = stage("train", project, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"another trainer (pid 4242) is training this run in .cache/runs/{folder.name}" in result.stderr
+    # The holder gone (its flock ends with it), the run resumes.
+    assert "resuming after epoch 1" in stage("train", project).stderr
+
+
+def test_a_finished_run_is_republished_not_retrained(project: Path) -> None:
+    stage("train", project)
+    (folder,) = run_folders(project)
+    assert (folder / "finished").is_file()
+    # A kill after training but before DVC recorded the outputs: DVC deletes them and reruns.
+    shutil.rmtree(project / "checkpoints")
+    log = stage("train", project).stderr
+    assert f"resuming after epoch {EPOCHS}" in log
+    assert trained_epochs(log) == []
+    assert len(list((project / "checkpoints").glob("epoch_*.pt"))) == EPOCHS
+
+
+def test_old_run_folders_are_reported_and_only_the_newest_kept(project: Path) -> None:
+    runs = project / ".cache/runs"
+    now = time.time()
+    for age, name in enumerate(["old4", "old3", "old2", "old1", "old0"]):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "epoch_001.pt").write_bytes(b"x" * 1_000_000)
+        os.utime(runs / name, (now - 100 * (age + 1), now - 100 * (age + 1)))
+    log = stage("train", project).stderr
+    assert "5 other run folder(s) in .cache/runs (5 unfinished, 5 MB)" in log
+    assert "removed the unfinished run folder .cache/runs/old1" in log
+    assert "removed the unfinished run folder .cache/runs/old0" in log
+    assert sorted(p.name for p in runs.iterdir() if p.name.startswith("old")) == ["old2", "old3", "old4"]
