@@ -290,6 +290,7 @@ class FreezeSpec:
     kind: str  # none | all_but_head | first | modules
     count: int = 0
     modules: tuple[str, ...] = ()
+    key: str = field(default="freeze", compare=False)  # the param it came from, for messages
 
 
 FREEZE_SYNTAX = "none, all_but_head, first:N (freeze the first N backbone stages) or modules:NAME+NAME"
@@ -299,11 +300,11 @@ def parse_freeze(text: str, key: str = "freeze") -> FreezeSpec:
     """`text`, the value of the param `key`, as a FreezeSpec; a UserError naming `key` if it is none."""
     kind, _, arg = text.partition(":")
     if text in ("none", "all_but_head"):
-        return FreezeSpec(text)
+        return FreezeSpec(text, key=key)
     if kind == "first" and arg.isdigit():
-        return FreezeSpec("first", count=int(arg))
+        return FreezeSpec("first", count=int(arg), key=key)
     if kind == "modules" and arg and all(arg.split("+")):
-        return FreezeSpec("modules", modules=tuple(arg.split("+")))
+        return FreezeSpec("modules", modules=tuple(arg.split("+")), key=key)
     raise UserError(f"{key} = {text!r} is not a freeze spec; use {FREEZE_SYNTAX}")
 
 
@@ -363,7 +364,7 @@ def frozen_parts(model: nn.Module, spec: FreezeSpec, head: str) -> tuple[list[st
     if spec.kind == "first":
         if not 0 <= spec.count <= len(stages):
             raise UserError(
-                f"freeze = first:{spec.count}, but this model has {len(stages)} stages: {', '.join(stages)}"
+                f"{spec.key} = first:{spec.count}, but this model has {len(stages)} stages: {', '.join(stages)}"
             )
         frozen = stages[: spec.count]
         if spec.count:
@@ -380,11 +381,11 @@ def frozen_parts(model: nn.Module, spec: FreezeSpec, head: str) -> tuple[list[st
             # first stage is a single layer (ResNet's conv1 has no children).
             example = next((n for n in names if any(n.startswith(f"{stage}.") for stage in stages)), stages[0])
             raise UserError(
-                f"freeze names module(s) {', '.join(unknown)} that the model does not have; "
+                f"{spec.key} names module(s) {', '.join(unknown)} that the model does not have; "
                 f"its stages are {', '.join(stages)} (any dotted module name works, e.g. {example})"
             )
         if any(head == name or head.startswith(f"{name}.") for name in spec.modules):
-            raise UserError(f"freeze names the head ({head}) or a module holding it; the head always trains")
+            raise UserError(f"{spec.key} names the head ({head}) or a module holding it; the head always trains")
         frozen = list(spec.modules)
     params = {name for module in frozen for name, _ in model.get_submodule(module).named_parameters(prefix=module)}
     return frozen, frozenset(params | set(loose))

@@ -60,7 +60,7 @@ def main() -> None:
     classes, manifest, skipped = usable_images(Path(params.data_dir))
 
     fractions = {"val": params.val_fraction, "test": params.test_fraction}
-    groups = duplicate_groups(manifest)
+    groups = duplicate_groups(manifest)  # also listed in duplicates.csv below
     manifest["split"] = stratified_split(manifest["label"].tolist(), fractions, params.seed, groups)
     write_csv(manifest[MANIFEST_COLUMNS], OUT_DIR / "manifest.csv")
     write_json(classes, OUT_DIR / "classes.json")

@@ -16,7 +16,7 @@ import torch
 from pipeline.checkpoints import save_checkpoint
 from pipeline.cli import run_stage
 from pipeline.config import load_params
-from pipeline.data import decoded_images, stratified_split, usable_images
+from pipeline.data import decoded_images, duplicate_groups, stratified_split, usable_images
 from pipeline.engine import images_on, place_model, resolve_device, split_batches, train_and_score
 from pipeline.models import build_model
 from pipeline.optim import make_optimizer
@@ -31,7 +31,9 @@ def main() -> None:
     config = params.pretrain
     device = resolve_device(params.device)
     classes, manifest, _ = usable_images(Path(config.data_dir))
-    manifest["split"] = stratified_split(manifest["label"].tolist(), {"val": config.val_fraction}, config.seed)
+    fractions = {"val": config.val_fraction}
+    # Copies of an image stay in one split, as in prepare (see data.duplicate_groups).
+    manifest["split"] = stratified_split(manifest["label"].tolist(), fractions, config.seed, duplicate_groups(manifest))
 
     torch.manual_seed(config.seed)
     built = build_model(params.model.arch, None, classes, params.model.image_size)

@@ -118,9 +118,9 @@ class Run:
     def phase(self, epoch: int) -> Phase:
         config = self.params.train
         unfrozen = bool(config.unfreeze_after) and epoch > config.unfreeze_after
-        spec = config.unfreeze_to if unfrozen else self.params.freeze
+        key, spec = ("train.unfreeze_to", config.unfreeze_to) if unfrozen else ("freeze", self.params.freeze)
         if spec not in self.phases:
-            self.phases[spec] = start_phase(self, spec)
+            self.phases[spec] = start_phase(self, spec, key)
         return self.phases[spec]
 
 
@@ -135,9 +135,8 @@ def set_up(params: Params) -> Run:
     built = build_model(params.model.arch, params.model.weights, classes, params.model.image_size)
     model, spec = built.model, built.spec
     # Parameters frozen now but unfrozen later get optimizer groups from the start.
-    later = (
-        trainable_names(model, parse_freeze(config.unfreeze_to), spec.head) if config.unfreeze_after else frozenset()
-    )
+    unfreeze_to = parse_freeze(config.unfreeze_to, "train.unfreeze_to")
+    later = trainable_names(model, unfreeze_to, spec.head) if config.unfreeze_after else frozenset()
     freeze(model, parse_freeze(params.freeze), spec.head)
     place_model(model, device)
     optimizer = make_optimizer(config, model, spec.head, config.trunk_lr_scale, later)
@@ -163,12 +162,12 @@ def set_up(params: Params) -> Run:
     return Run(params, model, spec, optimizer, scheduler, splits, criterion, folder, history)
 
 
-def start_phase(run: Run, spec_text: str) -> Phase:
+def start_phase(run: Run, spec_text: str, key: str) -> Phase:
     """Freeze the model for `spec_text` and choose what its epochs run. With a frozen backbone
     and nothing random before the head, that is the head alone, on the backbone's outputs
     computed once."""
     config, head = run.params.train, run.spec.head
-    spec = parse_freeze(spec_text)
+    spec = parse_freeze(spec_text, key)
     frozen = freeze(run.model, spec, head)
     trainable, total = count_parameters(run.model)
     log.info(

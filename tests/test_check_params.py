@@ -53,7 +53,9 @@ def test_the_default_params_pass(params_file: Path) -> None:
         ({"freeze": "everything"}, "freeze = 'everything' is not a freeze spec"),
         # a bad unfreeze_to is caught even while unfreezing is off, and named as itself
         ({"train.unfreeze_to": "everything"}, "train.unfreeze_to = 'everything' is not a freeze spec"),
-        ({"freeze": "first:99"}, "but this model has"),
+        ({"freeze": "first:99"}, "freeze = first:99, but this model has"),
+        ({"train.unfreeze_to": "first:99"}, "train.unfreeze_to = first:99, but this model has"),
+        ({"train.unfreeze_to": "modules:layer9"}, "train.unfreeze_to names module(s) layer9"),
         ({"freeze": "modules:layer9"}, "does not have"),
         ({"model.arch": "resnet19"}, "did you mean resnet18"),
         ({"model.weights": "IMAGENET1K_V9"}, "is not a weights name of resnet18"),
