@@ -78,6 +78,16 @@ def make_project(root: Path) -> Path:
 LONGEST_FIRST = ("test_pipeline.py", "test_resume.py", "test_config.py", "test_feature_cache.py", "test_recipes.py")
 
 
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    """`python -m pytest -p no:xdist` runs the suite in one process: pyproject.toml's addopts
+    still pass xdist's -n and --dist, so accept (and ignore) them when xdist is switched off."""
+    if not pluginmanager.has_plugin("xdist"):
+        group = parser.getgroup("xdist (switched off)")
+        # _addoption, as xdist itself registers -n: pytest reserves lower-case short options.
+        group._addoption("-n", "--numprocesses", dest="numprocesses", default=None, help="ignored: xdist is off")
+        group.addoption("--dist", dest="dist", default="no", help="ignored: xdist is off")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         return LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST else len(LONGEST_FIRST)
