@@ -73,6 +73,8 @@ def copy_repo(target: Path) -> None:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
+    # The tests copy the project from `git ls-files` (tests/conftest.py): make the copy a repo too.
+    subprocess.run(["git", "init", "-q"], cwd=target, check=True)
 
 
 def apply(mutation: Mutation, root: Path) -> Path:
