@@ -52,6 +52,13 @@ MUTATIONS = [
         ("tests/test_resume.py",),
     ),
     Mutation(
+        "no-curve-replay",
+        "a resumed train stage does not replay the kept epochs into dvclive's curves",
+        "    for record in history:\n        log_epoch(live, record)\n",
+        "",
+        ("tests/test_resume.py", "-k", "uninterrupted_result"),
+    ),
+    Mutation(
         "break-normalize",
         "normalize forgets to scale the mean to 0-255",
         "mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * 255",
