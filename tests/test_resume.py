@@ -105,13 +105,14 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(
 
 
 def curves(project: Path) -> dict[str, list[list[str]]]:
-    """dvclive's per-epoch curves as (step, value) rows; wall-clock columns left out."""
+    """dvclive's per-epoch curves, as rows of (step, value); timings left out."""
     folder = project / "dvclive" / "train" / "plots" / "metrics"
     tables = {}
     for path in sorted(folder.rglob("*.tsv")):
         if path.stem != "epoch_seconds":
-            rows = [line.split("\t") for line in path.read_text().splitlines()]
-            tables[path.relative_to(folder).as_posix()] = [[row[1], row[2]] for row in rows]
+            header, *rows = (line.split("\t") for line in path.read_text().splitlines())
+            keep = [i for i, column in enumerate(header) if column != "timestamp"]
+            tables[path.relative_to(folder).as_posix()] = [[row[i] for i in keep] for row in rows]
     assert {"train/loss.tsv", "val/loss.tsv", "val/accuracy.tsv", "lr.tsv"} <= set(tables)
     return tables
 
