@@ -75,7 +75,10 @@ def make_project(root: Path) -> Path:
 
 # The end-to-end tests that take a minute or more. They start first, so that the workers
 # are not left waiting on one of them at the end.
-LONGEST_FIRST = ("test_pipeline.py", "test_resume.py", "test_config.py", "test_feature_cache.py", "test_recipes.py")
+LONGEST_FIRST = (
+    "test_pipeline.py", "test_resume.py", "test_claims.py", "test_learning.py", "test_config.py",
+    "test_feature_cache.py", "test_recipes.py",
+)  # fmt: skip
 
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
