@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,6 +21,9 @@ TINY_PARAMS = {
     "train.epochs": 2,
     "train.batch_size": 128,
     "pretrain.batch_size": 128,
+    # Resume tests demand bit-identical checkpoints. The CPU gives them anyway; on CUDA they
+    # need deterministic kernels (see docs/design.md, "On a GPU").
+    "train.deterministic": torch.cuda.is_available(),
 }
 
 

@@ -15,7 +15,20 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 
 # The end-to-end tests that take a minute or more. They start first, so that the workers
 # are not left waiting on one of them at the end.
-LONGEST_FIRST = ("test_pipeline.py", "test_resume.py", "test_config.py", "test_feature_cache.py", "test_recipes.py")
+LONGEST_FIRST = (
+    "test_pipeline.py", "test_resume.py", "test_claims.py", "test_learning.py", "test_config.py",
+    "test_feature_cache.py", "test_recipes.py",
+)  # fmt: skip
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    """`python -m pytest -p no:xdist` runs the suite in one process: pyproject.toml's addopts
+    still pass xdist's -n and --dist, so accept (and ignore) them when xdist is switched off."""
+    if not pluginmanager.has_plugin("xdist"):
+        group = parser.getgroup("xdist (switched off)")
+        # _addoption, as xdist itself registers -n: pytest reserves lower-case short options.
+        group._addoption("-n", "--numprocesses", dest="numprocesses", default=None, help="ignored: xdist is off")
+        group.addoption("--dist", dest="dist", default="no", help="ignored: xdist is off")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

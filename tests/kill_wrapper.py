@@ -7,6 +7,10 @@ POINT is what gets patched and N is which call of it triggers:
     save     the N-th torch.save: half its bytes written    (a kill mid-checkpoint-write)
     publish  just after the N-th checkpoint is published    (a kill between epochs)
     nan      the N-th cross-entropy returns NaN              (a diverging run; no kill)
+    inf      the N-th cross-entropy returns +inf             (the same, overflowing instead)
+
+tests/helpers.py's `kill_env` installs the same patches (but `publish`) through a
+sitecustomize module instead, for the train stage that `dvc repro` starts.
 """
 
 import os
@@ -16,10 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
-import pipeline.runs as runs
-import pipeline.train as train
-from pipeline.cli import run_stage
 
 
 def on_call(owner: Any, name: str, trigger: int, action: Callable[..., Any]) -> None:
@@ -38,6 +38,8 @@ def on_call(owner: Any, name: str, trigger: int, action: Callable[..., Any]) -> 
 
 
 def die(*_: Any, **__: Any) -> None:
+    if os.environ.get("KILL_GROUP"):  # the whole process group, as `kill -9 -PGID` would: dvc too
+        os.killpg(os.getpgrp(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -59,16 +61,32 @@ def nan_loss(original: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -
     return original(*args, **kwargs) * float("nan")
 
 
-if __name__ == "__main__":
-    point, trigger = sys.argv[1], int(sys.argv[2])
+def inf_loss(original: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+    return original(*args, **kwargs) * float("inf")  # a cross-entropy is > 0: +inf, not NaN
+
+
+def install(point: str, trigger: int) -> None:
+    """Patch torch so that the `trigger`-th call at `point` (step, save, nan, inf) strikes."""
     if point == "step":
         on_call(torch.optim.SGD, "step", trigger, lambda original, *a, **k: die())
     elif point == "save":
         on_call(torch, "save", trigger, half_save)
-    elif point == "publish":
-        on_call(runs, "publish", trigger, publish_then_die)
     elif point == "nan":
         on_call(torch.nn.functional, "cross_entropy", trigger, nan_loss)
+    elif point == "inf":
+        on_call(torch.nn.functional, "cross_entropy", trigger, inf_loss)
     else:
         raise SystemExit(f"unknown point {point}")
+
+
+if __name__ == "__main__":
+    import pipeline.runs as runs
+    import pipeline.train as train
+    from pipeline.cli import run_stage
+
+    point, trigger = sys.argv[1], int(sys.argv[2])
+    if point == "publish":
+        on_call(runs, "publish", trigger, publish_then_die)
+    else:
+        install(point, trigger)
     run_stage(train.main)

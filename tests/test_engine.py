@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torchvision.transforms.v2 import Normalize
 
 from pipeline.cli import UserError
 from pipeline.config import Optimizer, OptimParams
@@ -14,6 +15,7 @@ from pipeline.engine import (
     NonFiniteLoss,
     batch_indices,
     epoch_generator,
+    normalize,
     score,
     train_one_epoch,
 )
@@ -50,60 +52,53 @@ def tiny_model() -> nn.Module:
 # --- score --------------------------------------------------------------------------------
 
 
-def expected_scores(logits: list[list[float]], targets: list[int], num_classes: int) -> dict[str, float]:
-    """The scores by hand: softmax cross-entropy, hit rate, and per-class F1 from TP/FP/FN counts."""
-    losses, predictions = [], []
-    for row, target in zip(logits, targets, strict=True):
-        log_total = math.log(sum(math.exp(value) for value in row))
-        losses.append(log_total - row[target])
-        predictions.append(max(range(len(row)), key=lambda k: row[k]))
-    hits = sum(1 for p, t in zip(predictions, targets, strict=True) if p == t)
-    f1s = []
-    for k in range(num_classes):
-        tp = sum(1 for p, t in zip(predictions, targets, strict=True) if p == k and t == k)
-        fp = sum(1 for p, t in zip(predictions, targets, strict=True) if p == k and t != k)
-        fn = sum(1 for p, t in zip(predictions, targets, strict=True) if p != k and t == k)
-        if tp + fp + fn == 0:  # neither in the targets nor predicted: not averaged
-            continue
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-    return {"loss": sum(losses) / len(losses), "accuracy": hits / len(targets), "f1": sum(f1s) / len(f1s)}
+def cross_entropy_by_hand(logits: list[list[float]], targets: list[int]) -> float:
+    """Mean softmax cross-entropy, from its definition: log(sum(exp(row))) - row[target]."""
+    losses = [math.log(sum(math.exp(v) for v in row)) - row[t] for row, t in zip(logits, targets, strict=True)]
+    return sum(losses) / len(losses)
 
 
+# (logits, targets, accuracy, macro-F1); accuracy and F1 are counted by hand in the comments,
+# F1 of a class being 2 TP / (2 TP + FP + FN).
 SCORE_CASES = {
-    # 4 classes, class 3 never appears: it must not drag the macro average down.
+    # Predictions 0, 1, 1, 1, 2, 0 against 0, 0, 1, 1, 2, 2: 4 of 6 right. F1: class 0 TP 1, FP 1,
+    # FN 1 -> 1/2; class 1 TP 2, FP 1 -> 4/5; class 2 TP 1, FN 1 -> 2/3. Class 3 never appears:
+    # it must not drag the macro average down.
     "absent_class": (
         [[2.0, 0.1, 0.3, -1.0], [0.2, 1.5, 0.0, -1.0], [0.0, 3.0, 1.0, -1.0],
          [0.1, 2.0, 0.4, -1.0], [0.0, 0.5, 2.5, -1.0], [1.2, 0.3, 0.2, -1.0]],
         [0, 0, 1, 1, 2, 2],
+        4 / 6,
+        (1 / 2 + 4 / 5 + 2 / 3) / 3,
     ),
-    # class 3 is predicted once but never the target: it counts, with F1 0.
+    # Predictions 0, 3, 1, 1, 2, 2, 0 against 0, 0, 1, 1, 2, 2, 1: 5 of 7 right. F1: class 0 TP 1,
+    # FP 1, FN 1 -> 1/2; class 1 TP 2, FN 1 -> 4/5; class 2 TP 2 -> 1; class 3 is predicted once
+    # but never the target: it counts, with F1 0.
     "predicted_only": (
         [[2.0, 0.1, 0.3, -1.0], [0.2, 0.1, 0.0, 1.0], [0.0, 3.0, 1.0, -1.0],
          [0.1, 2.0, 0.4, -1.0], [0.0, 0.5, 2.5, -1.0], [0.0, 0.3, 4.2, -1.0], [0.5, 0.4, 0.3, 0.2]],
         [0, 0, 1, 1, 2, 2, 1],
+        5 / 7,
+        (1 / 2 + 4 / 5 + 1 + 0) / 4,
     ),
-    "all_right": ([[5.0, 0.0], [0.0, 5.0], [4.0, 1.0]], [0, 1, 0]),
+    "all_right": ([[5.0, 0.0], [0.0, 5.0], [4.0, 1.0]], [0, 1, 0], 1.0, 1.0),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("case", SCORE_CASES)
 def test_score_matches_a_hand_count(case: str):
-    logits, targets = SCORE_CASES[case]
-    num_classes = len(logits[0])
-    expected = expected_scores(logits, targets, num_classes)
-    actual = score(torch.tensor(logits), torch.tensor(targets), num_classes)
+    logits, targets, accuracy, f1 = SCORE_CASES[case]
+    actual = score(torch.tensor(logits), torch.tensor(targets), len(logits[0]))
+    expected = {"loss": cross_entropy_by_hand(logits, targets), "accuracy": accuracy, "f1": f1}
     assert actual == pytest.approx(expected, rel=1e-6)
 
 
-def test_score_known_values():
-    # Predictions 0, 1, 1, 1, 2, 0 against 0, 0, 1, 1, 2, 2: 4 of 6 right.
-    # F1: class 0 has TP 1, FP 1, FN 1 -> 1/2; class 1 TP 2, FP 1, FN 0 -> 4/5; class 2 TP 1, FN 1 -> 2/3.
-    logits, targets = SCORE_CASES["absent_class"]
-    scores = score(torch.tensor(logits), torch.tensor(targets), 4)
-    assert scores["accuracy"] == pytest.approx(4 / 6)
-    assert scores["f1"] == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
+def test_normalize_matches_torchvision():
+    # engine.normalize takes uint8 pixels; torchvision's Normalize takes [0, 1] floats.
+    images = torch.randint(0, 256, (4, 3, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    expected = Normalize(mean, std)(images.float() / 255)
+    torch.testing.assert_close(normalize(images, mean, std), expected, rtol=1e-5, atol=1e-5)
 
 
 # --- non-finite loss ------------------------------------------------------------------------

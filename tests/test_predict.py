@@ -1,7 +1,8 @@
 """predict: top-k classes of image files and folders, through the real entry point.
 
 Its probabilities must be the ones the training code computes (model_from_checkpoint,
-load_image, normalize); an unreadable image gets an error row, not a crash.
+load_image, then torchvision's Normalize as the reference for the normalisation); an
+unreadable image gets an error row, not a crash.
 """
 
 import csv
@@ -14,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import Normalize
 
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.data import load_image
-from pipeline.engine import normalize
 from pipeline.models import build_model, model_from_checkpoint
 from testing.project import make_project, run
 
@@ -63,7 +64,8 @@ def expected_top(project: Path, k: int) -> dict[str, list[tuple[str, float]]]:
     for name in READABLE:
         image = torch.from_numpy(load_image(project / name, checkpoint["image_size"]))[None]
         with torch.no_grad():
-            probabilities = model(normalize(image, checkpoint["mean"], checkpoint["std"])).softmax(dim=1)[0]
+            normalized = Normalize(checkpoint["mean"], checkpoint["std"])(image.float() / 255)
+            probabilities = model(normalized).softmax(dim=1)[0]
         values, indices = probabilities.topk(k)
         expected[name] = [(CLASSES[i], p) for i, p in zip(indices.tolist(), values.tolist(), strict=True)]
     return expected

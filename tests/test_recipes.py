@@ -17,15 +17,28 @@ from testing.compare import assert_same_run
 from testing.project import run, set_params, stage
 
 
+def torch_schedule(scheduler: type, epochs: int, **kwargs: object) -> list[float]:
+    """The learning-rate factor per epoch of a torch.optim.lr_scheduler, stepped once per epoch."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = scheduler(optimizer, **kwargs)
+    factors = []
+    for _ in range(epochs):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return factors
+
+
 @pytest.mark.parametrize(
     ("schedule", "warmup", "expected"),
     [
         (Schedule.constant, 0, [1, 1, 1, 1, 1, 1]),
         (Schedule.constant, 2, [1 / 3, 2 / 3, 1, 1, 1, 1]),
-        (Schedule.step, 0, [1, 1, 0.5, 0.5, 0.25, 0.25]),  # step_every 2, gamma 0.5
+        (Schedule.step, 0, torch_schedule(torch.optim.lr_scheduler.StepLR, 6, step_size=2, gamma=0.5)),
         (Schedule.step, 1, [0.5, 1, 1, 0.5, 0.5, 0.25]),
-        (Schedule.cosine, 0, [0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]),
-        (Schedule.cosine, 2, [1 / 3, 2 / 3] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]),
+        # torch's own schedules as the reference for cosine decay to 0 over the epochs after warm-up
+        (Schedule.cosine, 0, torch_schedule(torch.optim.lr_scheduler.CosineAnnealingLR, 6, T_max=6)),
+        (Schedule.cosine, 2, [1 / 3, 2 / 3, *torch_schedule(torch.optim.lr_scheduler.CosineAnnealingLR, 4, T_max=4)]),
     ],
 )
 def test_lr_factor(schedule: Schedule, warmup: int, expected: list[float]) -> None:

@@ -3,15 +3,14 @@
 The kills come from inside the real stage process (tests/kill_wrapper.py patches one
 function to SIGKILL itself at a chosen call), so each lands exactly where intended:
 mid-epoch, mid-checkpoint-write, or between epochs. One more test kills `dvc repro`
-from outside, the way a user's Ctrl-\\ or an OOM killer would.
+with its train stage, at an exact optimizer step, the way `kill -9` on its process group
+would. Each resumed run must log where it resumed and train only the remaining epochs.
 """
 
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from pipeline.checkpoints import load_checkpoint
 from testing.compare import assert_same_run
 from testing.project import make_project, run, set_params, stage
+from tests.helpers import assert_resumed, epochs_trained, kill_env
 
 WRAPPER = [sys.executable, "-m", "tests.kill_wrapper"]
 EPOCHS = 3
@@ -48,7 +48,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict
     set_params(project, **{"train.epochs": EPOCHS, "model.arch": ARCH})
     run([sys.executable, "-m", "dvc", "repro", "pretrain", "prepare"], project)
     stage("train", project)
-    assert not any((project / ".cache" / "runs").iterdir()), "a finished run leaves no resume folder"
+    (folder,) = (project / ".cache" / "runs").iterdir()
+    assert (folder / "finished").is_file(), "a finished run keeps its folder, marked finished"
     return project, final_state(project)
 
 
@@ -69,12 +70,29 @@ KILL_POINTS = {
 
 
 @pytest.mark.parametrize("where", KILL_POINTS)
-def test_resume_after_sigkill_gives_the_uninterrupted_result(trained: tuple[Path, list[dict]], where: str) -> None:
+def test_resume_after_sigkill_gives_the_uninterrupted_result(
+    reference: tuple[Path, list[dict]], trained: tuple[Path, list[dict]], where: str
+) -> None:
     project, expected = trained
     train_killed_at(project, *KILL_POINTS[where])
     resumed = stage("train", project)
-    assert "resuming after epoch 1" in resumed.stderr
+    assert_resumed(resumed.stderr, after=1, epochs=EPOCHS)
     assert_same_run(final_state(project), expected)
+    # The dvclive curves hold every epoch, the ones before the kill replayed from the checkpoints.
+    assert curves(project) == curves(reference[0])
+
+
+def curves(project: Path) -> dict[str, list[list[str]]]:
+    """dvclive's per-epoch curves, as rows of (step, value); timings left out."""
+    folder = project / "dvclive" / "train" / "plots" / "metrics"
+    tables = {}
+    for path in sorted(folder.rglob("*.tsv")):
+        if path.stem != "epoch_seconds":
+            header, *rows = (line.split("\t") for line in path.read_text().splitlines())
+            keep = [i for i, column in enumerate(header) if column != "timestamp"]
+            tables[path.relative_to(folder).as_posix()] = [[row[i] for i in keep] for row in rows]
+    assert {"train/loss.tsv", "val/loss.tsv", "val/accuracy.tsv", "lr.tsv"} <= set(tables)
+    return tables
 
 
 def test_damaged_checkpoint_falls_back_to_the_last_good_one(trained: tuple[Path, list[dict]]) -> None:
@@ -88,7 +106,7 @@ def test_damaged_checkpoint_falls_back_to_the_last_good_one(trained: tuple[Path,
 
     resumed = stage("train", project)
     assert f"{damaged.relative_to(project)} is damaged" in resumed.stderr
-    assert "resuming after epoch 1" in resumed.stderr
+    assert_resumed(resumed.stderr, after=1, epochs=EPOCHS)
     assert_same_run(final_state(project), expected)
 
 
@@ -98,11 +116,12 @@ def test_other_params_never_resume_another_run(trained: tuple[Path, list[dict]])
     set_params(project, **{"train.lr": 0.02})
     other = stage("train", project)
     assert "resuming" not in other.stderr
+    assert epochs_trained(other.stderr) == list(range(1, EPOCHS + 1))
     assert [c["lr"] for c in final_state(project)] == [0.02] * EPOCHS
 
     set_params(project, **{"train.lr": 0.01})  # back to the killed run's params: it resumes
     resumed = stage("train", project)
-    assert "resuming after epoch 1" in resumed.stderr
+    assert_resumed(resumed.stderr, after=1, epochs=EPOCHS)
     assert_same_run(final_state(project), expected)
 
 
@@ -119,27 +138,23 @@ def test_nan_loss_stops_with_the_epoch_and_batch_and_keeps_earlier_checkpoints(
     assert_same_run([load_checkpoint(kept[0])], expected[:1])
 
 
-def test_dvc_repro_killed_from_outside_resumes_on_the_next_repro(project: Path) -> None:
+def test_dvc_repro_killed_from_outside_resumes_on_the_next_repro(project: Path, tmp_path: Path) -> None:
     set_params(project, **{"train.epochs": EPOCHS, "model.arch": ARCH})
     dvc = [sys.executable, "-m", "dvc", "repro"]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    process = subprocess.Popen(
-        dvc, cwd=project, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    runs = project / ".cache" / "runs"
-    deadline = time.monotonic() + 300
-    while not list(runs.glob("*/epoch_001.pt")):
-        assert process.poll() is None, "dvc repro ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    # At the 3rd optimizer step of epoch 2 (5 steps per epoch), the train stage SIGKILLs its
+    # process group: dvc repro and the stage die together, at an exact point.
+    env = kill_env(tmp_path / "site", "step", 8, group=True)
+    killed = subprocess.run(dvc, cwd=project, env=env, start_new_session=True, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert epochs_trained(killed.stdout + killed.stderr) == [1]
 
-    output = run(dvc, project).stdout
-    assert "Running stage 'train'" in output
+    output = run(dvc, project)
+    assert "Running stage 'train'" in output.stdout
+    assert_resumed(output.stdout + output.stderr, after=1, epochs=EPOCHS)
     resumed = final_state(project)
 
     # The same run, uninterrupted, from scratch: its folder is gone once it finished.
+    runs = project / ".cache" / "runs"
     assert not any(runs.iterdir())
     stage("train", project)
     assert_same_run(resumed, final_state(project))

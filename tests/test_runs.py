@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from testing.project import make_project, run, set_params, stage
+from tests.helpers import epochs_trained
 
 EPOCHS = 2
 ARCH = "shufflenet_v2_x0_5"  # resuming does not depend on the architecture; a small one is fast
@@ -39,11 +40,6 @@ def killed_after_epoch_one(project: Path) -> None:
     assert result.returncode == -signal.SIGKILL, result.stderr
 
 
-def trained_epochs(log: str) -> list[int]:
-    """The epochs a train log says it trained ("epoch k/E: loss ...")."""
-    return [int(line.split("epoch ")[1].split("/")[0]) for line in log.splitlines() if f"/{EPOCHS}: loss" in line]
-
-
 def run_folders(project: Path) -> list[Path]:
     return sorted((project / ".cache/runs").iterdir())
 
@@ -54,7 +50,7 @@ def test_a_moved_project_resumes(project: Path, tmp_path: Path) -> None:
     shutil.move(project, moved)
     log = stage("train", moved).stderr
     assert "resuming after epoch 1" in log
-    assert trained_epochs(log) == [2]
+    assert epochs_trained(log) == [2]
 
 
 def test_a_temp_experiment_resumes_a_run_killed_in_the_workspace(project: Path) -> None:
@@ -62,7 +58,7 @@ def test_a_temp_experiment_resumes_a_run_killed_in_the_workspace(project: Path) 
     killed_after_epoch_one(project)
     result = run([sys.executable, "-m", "dvc", "exp", "run", "--temp"], project)
     assert "resuming after epoch 1" in result.stdout + result.stderr
-    assert trained_epochs(result.stdout + result.stderr) == [2]
+    assert epochs_trained(result.stdout + result.stderr) == [2]
 
 
 def test_a_second_trainer_is_refused_and_told_who_has_the_run(project: Path) -> None:
@@ -88,7 +84,7 @@ def test_a_finished_run_is_republished_not_retrained(project: Path) -> None:
     shutil.rmtree(project / "checkpoints")
     log = stage("train", project).stderr
     assert f"resuming after epoch {EPOCHS}" in log
-    assert trained_epochs(log) == []
+    assert epochs_trained(log) == []
     assert len(list((project / "checkpoints").glob("epoch_*.pt"))) == EPOCHS
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.checkpoints import save_checkpoint
-from tests.conftest import run
+from testing.project import run
 from tools import verify
 
 

@@ -1,0 +1,47 @@
+"""Helpers shared by several test modules (test modules do not import each other); what bench
+shares with the tests lives in testing/."""
+
+import os
+import re
+import sys
+from pathlib import Path
+
+# Put on PYTHONPATH, this runs in every Python process started, dvc's own included; it acts
+# only in the train stage's process, and only when KILL_AT is set.
+SITECUSTOMIZE = """\
+import os
+import sys
+
+if os.environ.get("KILL_AT") and sys.orig_argv[1:3] == ["-m", "pipeline.train"]:
+    sys.path.insert(0, os.getcwd())  # the project root, where dvc runs the stage
+    from tests.kill_wrapper import install
+
+    point, call = os.environ["KILL_AT"].split(":")
+    install(point, int(call))
+"""
+
+
+def kill_env(folder: Path, point: str, call: int, group: bool = False) -> dict[str, str]:
+    """An environment in which `python -m pipeline.train`, however it is started (by
+    `dvc repro` too), is patched as tests/kill_wrapper.py's POINT CALL patches it: the
+    call-th optimizer step (`step`) SIGKILLs it, for example. With `group`, the kill takes
+    its whole process group: start dvc with start_new_session=True and dvc dies with it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    pythonpath = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PATH": path, "PYTHONPATH": pythonpath, "KILL_AT": f"{point}:{call}"}
+    if group:
+        env["KILL_GROUP"] = "1"
+    return env
+
+
+def epochs_trained(log: str) -> list[int]:
+    """The epochs whose `epoch k/E: loss ...` line the train stage logged, in order."""
+    return [int(k) for k in re.findall(r"pipeline\.train: epoch (\d+)/\d+: loss", log)]
+
+
+def assert_resumed(log: str, after: int, epochs: int) -> None:
+    """The train stage resumed after epoch `after` and trained only the epochs after it."""
+    assert f"resuming after epoch {after} " in log, log
+    assert epochs_trained(log) == list(range(after + 1, epochs + 1)), log

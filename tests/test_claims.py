@@ -1,0 +1,271 @@
+"""README claims that no other test checked, each through the entry point a user runs.
+
+Most of them share one tiny run of every stage (`pipeline_run`, shufflenet at 16 px), made
+while recording which params each stage reads, so that dvc.yaml's `params:` lists can be
+compared with what the code really reads.
+"""
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from pipeline.checkpoints import load_checkpoint
+from pipeline.config import Params
+from pipeline.engine import augment
+from pipeline.models import build_model, freeze, parse_freeze, set_train_mode
+from testing.project import REPO, make_project, run, set_params, stage
+
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+ARCH = "shufflenet_v2_x0_5"  # small checkpoints: these tests are about the flow
+
+# On PYTHONPATH, in each `python -m pipeline.<stage>` process while RECORD_PARAMS is set:
+# load_params returns the same params, as subclasses of their dataclasses that note every
+# leaf value read (dataclasses.asdict reads them all), written out when the stage exits.
+RECORDER = """\
+import atexit
+import dataclasses
+import json
+import os
+import sys
+
+if os.environ.get("RECORD_PARAMS") and sys.orig_argv[1:2] == ["-m"] and sys.orig_argv[2].startswith("pipeline."):
+    sys.path.insert(0, os.getcwd())
+    import pipeline.config
+
+    read = set()
+
+    def wrap(obj, prefix):
+        if not dataclasses.is_dataclass(obj):
+            return obj
+        names = {f.name for f in dataclasses.fields(obj)}
+
+        class Recording(type(obj)):
+            def __getattribute__(self, name):
+                value = object.__getattribute__(self, name)
+                if name in names and not dataclasses.is_dataclass(value):
+                    read.add(prefix + name)
+                return value
+
+        recording = object.__new__(Recording)
+        for name in names:
+            object.__setattr__(recording, name, wrap(getattr(obj, name), f"{prefix}{name}."))
+        return recording
+
+    original = pipeline.config.load_params
+    pipeline.config.load_params = lambda *args, **kwargs: wrap(original(*args, **kwargs), "")
+    out = os.path.join(os.environ["RECORD_PARAMS"], sys.orig_argv[2] + ".json")
+    atexit.register(lambda: open(out, "w").write(json.dumps(sorted(read))))
+"""
+
+
+def leaves(schema: type = Params, prefix: str = "") -> set[str]:
+    """Every param key, dotted: freeze, device, prepare.data_dir, ..., train.augment.min_scale."""
+    keys = set()
+    for name, kind in schema.__annotations__.items():
+        if isinstance(kind, type) and hasattr(kind, "__dataclass_fields__"):
+            keys |= leaves(kind, f"{prefix}{name}.")
+        else:
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Every stage, in dvc.yaml's order, run once by its entry point with the recorder on:
+    (the project, the folder of params read per stage module)."""
+    root = tmp_path_factory.mktemp("claims")
+    project = make_project(root / "project")
+    set_params(project, **{"model.arch": ARCH, "train.epochs": 1})
+    (root / "site").mkdir()
+    (root / "site" / "sitecustomize.py").write_text(RECORDER)
+    (root / "read").mkdir()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PYTHONPATH", str(root / "site"))
+        env.setenv("RECORD_PARAMS", str(root / "read"))
+        for name in STAGES:
+            stage(name, project)
+    return project, root / "read"
+
+
+# --- dvc.yaml lists exactly the params each stage reads --------------------------------------
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_dvc_yaml_lists_exactly_the_params_the_stage_reads(pipeline_run: tuple[Path, Path], name: str) -> None:
+    _, read_dir = pipeline_run
+    module = STAGES[name]["cmd"].removeprefix("python -m ")
+    read = set(json.loads((read_dir / f"{module}.json").read_text()))
+    assert read, f"{module} read no params (is the recorder installed?)"
+    declared = [entry for entry in STAGES[name].get("params", []) if isinstance(entry, str)]
+    known = leaves()
+
+    def covered(key: str, entry: str) -> bool:
+        return key == entry or key.startswith(f"{entry}.")
+
+    # Nothing read is left out: a change to it would not re-run the stage.
+    assert {key for key in read if not any(covered(key, entry) for entry in declared)} == set()
+    # Nothing declared goes unread: a change to it would re-run the stage for nothing.
+    for entry in declared:
+        assert {key for key in known if covered(key, entry)} <= read, f"{entry}: not all of it is read"
+
+
+def test_the_recorder_sees_a_param_read(pipeline_run: tuple[Path, Path]) -> None:
+    # A control for the test above: each stage's record holds what it obviously reads.
+    _, read_dir = pipeline_run
+    assert "select.metric" in json.loads((read_dir / "pipeline.select_best.json").read_text())
+    assert "train.augment.min_scale" in json.loads((read_dir / "pipeline.train.json").read_text())
+    assert "prepare.seed" in json.loads((read_dir / "pipeline.prepare.json").read_text())
+
+
+# --- select-best and its .pt2 ---------------------------------------------------------------
+
+
+def test_pt2_refuses_other_image_sizes(pipeline_run: tuple[Path, Path]) -> None:
+    project, _ = pipeline_run
+    extra = {"metadata.json": ""}
+    model = torch.export.load(project / "models" / "best.pt2", extra_files=extra).module()
+    size = json.loads(extra["metadata.json"])["image_size"]
+    assert size == 16
+    with torch.no_grad():
+        assert model(torch.zeros(3, 3, size, size)).shape == (3, 5)
+        for other in (size - 4, size + 8):
+            with pytest.raises(Exception, match=r"(?i)shape|size|dim|guard|expected"):
+                model(torch.zeros(3, 3, other, other))
+
+
+def test_select_best_refuses_a_damaged_checkpoint(pipeline_run: tuple[Path, Path], tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(pipeline_run[0], project, symlinks=True)
+    for output in ("models/best.pt", "models/best.pt2", "best/metrics.json"):
+        (project / output).unlink()
+    path = project / "checkpoints" / "epoch_001.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.unlink()  # a hard link to the run's files: replace, don't edit in place
+    path.write_bytes(bytes(data))
+
+    result = stage("select_best", project, check=False)
+    assert result.returncode == 2
+    assert "checkpoints/epoch_001.pt is damaged" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (project / "models" / "best.pt").exists()
+    assert not (project / "best" / "metrics.json").exists()
+
+
+# --- predict's --batch-size and --device ------------------------------------------------------
+
+
+def predict(project: Path, *args: str, check: bool = True):
+    command = [sys.executable, "-m", "pipeline.predict", "data/digits/target/5", "--format", "json", *args]
+    return run(command, project, check=check)
+
+
+def test_predict_batch_size_and_device(pipeline_run: tuple[Path, Path]) -> None:
+    project, _ = pipeline_run
+    default = json.loads(predict(project).stdout)
+    assert len(default) > 100  # more than one batch of 64
+    for args in (["--batch-size", "7"], ["--batch-size", "1000", "--device", "cpu"]):
+        result = predict(project, *args)
+        other = json.loads(result.stdout)
+        assert [o["path"] for o in other] == [d["path"] for d in default]
+        for mine, theirs in zip(other, default, strict=True):
+            assert [t["class"] for t in mine["top"]] == [t["class"] for t in theirs["top"]]
+            probabilities = [t["probability"] for t in mine["top"]], [t["probability"] for t in theirs["top"]]
+            assert probabilities[0] == pytest.approx(probabilities[1], abs=2e-6)
+    assert "on cpu" in result.stderr
+
+    for args, message in [
+        (["--device", "tpu:9"], "is not a device"),
+        *([] if torch.cuda.is_available() else [(["--device", "cuda"], "CUDA is not available here")]),
+    ]:
+        result = predict(project, *args, check=False)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+# --- the training stage's guards and options --------------------------------------------------
+
+
+def test_infinite_training_loss_stops_the_stage(pipeline_run: tuple[Path, Path], tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(pipeline_run[0], project, symlinks=True)
+    set_params(project, **{"train.epochs": 2})
+    # The 2nd cross-entropy of the run returns +inf (not NaN): epoch 1, batch 2.
+    result = run([sys.executable, "-m", "tests.kill_wrapper", "inf", "2"], project, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "training loss became inf in epoch 1, batch 2" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list((project / "checkpoints").glob("*.pt")) == []
+
+
+def test_dropout_inside_frozen_modules_is_off() -> None:
+    # MobileNetV3's classifier is Linear, Hardswish, Dropout(0.2), Linear (the head): with
+    # all_but_head the dropout sits in a frozen module and must not drop anything in training.
+    torch.manual_seed(0)
+    built = build_model("mobilenet_v3_small", None, ["a", "b", "c"], 32)
+    model, head = built.model, built.spec.head
+    dropouts = [name for name, m in model.named_modules() if isinstance(m, nn.Dropout) and m.p > 0]
+    assert dropouts and all(not name.startswith(f"{head}.") for name in dropouts)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def two_training_passes(spec: str) -> tuple[torch.Tensor, torch.Tensor]:
+        set_train_mode(model, freeze(model, parse_freeze(spec), head))
+        with torch.no_grad():
+            return model(images), model(images)
+
+    first, second = two_training_passes("all_but_head")
+    assert all(not model.get_submodule(name).training for name in dropouts)
+    assert torch.equal(first, second)  # nothing random left in the forward pass
+    with torch.no_grad():
+        assert torch.equal(first, model.eval()(images))  # the same as inference
+    first, second = two_training_passes("none")  # the control: unfrozen, dropout is on
+    assert not torch.equal(first, second)
+
+
+def test_min_scale_crops_keep_a_share_of_the_area_between_min_scale_and_1() -> None:
+    # Channel 0 is a ramp along x and channel 1 along y, so the span of values a crop shows
+    # along each axis is the share of the width and height it kept.
+    size, n = 64, 400
+    ramp = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    image = torch.stack([ramp.expand(size, size), ramp[:, None].expand(size, size), torch.zeros(size, size)])
+    images = image.expand(n, 3, size, size).contiguous()
+    for min_scale in (0.25, 0.6):
+        out = augment(images, hflip=False, min_scale=min_scale, generator=torch.Generator().manual_seed(0))
+        width = (out[:, 0].amax(dim=(1, 2)) - out[:, 0].amin(dim=(1, 2))) * size / (size - 1)
+        height = (out[:, 1].amax(dim=(1, 2)) - out[:, 1].amin(dim=(1, 2))) * size / (size - 1)
+        area = width * height
+        assert area.min() >= min_scale - 0.03, min_scale
+        assert area.max() <= 1 + 0.03
+        # The whole range is used: some crops near min_scale, some near the full image.
+        assert area.min() < min_scale + 0.05 and area.max() > 0.95
+        assert torch.allclose(width, height, atol=0.03)  # zoom-crops keep the aspect ratio
+    assert torch.equal(augment(images, hflip=False, min_scale=1.0, generator=torch.Generator()), images)
+
+
+def test_compile_trains_the_same_model(
+    pipeline_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(pipeline_run[0], project, symlinks=True)
+    # Head only on the cached features: torch.compile then compiles just the head, in seconds.
+    set_params(project, **{"freeze": "all_but_head", "train.epochs": 2})
+    stage("train", project)
+    plain = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
+    set_params(project, **{"train.compile": True})
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # where its compiled code goes
+    compiled_run = stage("train", project)
+    assert any(path.is_file() for path in (tmp_path / "inductor").rglob("*")), "nothing was compiled"
+    compiled = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
+    assert len(compiled) == len(plain) == 2
+    for mine, theirs in zip(compiled, plain, strict=True):
+        assert math.isclose(mine["loss"], theirs["loss"], rel_tol=1e-4), compiled_run.stderr
+        for key, tensor in theirs["model_state_dict"].items():
+            torch.testing.assert_close(mine["model_state_dict"][key], tensor, rtol=1e-4, atol=1e-5)
