@@ -8,6 +8,8 @@ POINT is what gets patched and N is which call of it triggers:
     publish  just after the N-th checkpoint is published    (a kill between epochs)
     nan      the N-th cross-entropy returns NaN              (a diverging run; no kill)
     inf      the N-th cross-entropy returns +inf             (the same, overflowing instead)
+    term     the N-th optimizer step sends SIGTERM to itself (a scheduler stopping the job)
+    int      the N-th optimizer step sends SIGINT to itself  (Ctrl-C)
 
 tests/helpers.py's `kill_env` installs the same patches (but `publish`) through a
 sitecustomize module instead, for the train stage that `dvc repro` starts.
@@ -75,6 +77,9 @@ def install(point: str, trigger: int) -> None:
         on_call(torch.nn.functional, "cross_entropy", trigger, nan_loss)
     elif point == "inf":
         on_call(torch.nn.functional, "cross_entropy", trigger, inf_loss)
+    elif point in ("term", "int"):
+        number = signal.SIGTERM if point == "term" else signal.SIGINT
+        on_call(torch.optim.SGD, "step", trigger, lambda original, *a, **k: os.kill(os.getpid(), number))
     else:
         raise SystemExit(f"unknown point {point}")
 

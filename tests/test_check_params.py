@@ -85,10 +85,10 @@ def test_a_weights_file_of_another_arch_is_caught_before_any_training(params_fil
     assert "holds a resnet34 checkpoint, but model.arch is resnet18" in problem(params_file)
 
 
-def dvc_fails_before_real_work(project: Path, *args: str) -> None:
+def dvc_fails_before_real_work(project: Path, message: str, *args: str) -> None:
     result = run([sys.executable, "-m", "dvc", *args], project, check=False)
     assert result.returncode != 0, result.stdout
-    assert "unknown key 'trian'" in result.stdout + result.stderr
+    assert message in result.stdout + result.stderr
     assert "Running stage 'check_params'" in result.stdout
     assert "Running stage 'prepare'" not in result.stdout
 
@@ -96,9 +96,16 @@ def dvc_fails_before_real_work(project: Path, *args: str) -> None:
 def test_dvc_repro_stops_on_a_key_that_no_stage_lists(project: Path) -> None:
     path = project / "params.yaml"
     path.write_text(path.read_text() + "trian:\n  lr: 0.1\n")
-    dvc_fails_before_real_work(project, "repro")
+    dvc_fails_before_real_work(project, "unknown key 'trian'", "repro")
 
 
 def test_dvc_exp_run_stops_on_an_added_key(project: Path) -> None:
     # DVC's own hint for `-S trian.lr=0.1` is `+trian.lr=0.1`, which adds the key.
-    dvc_fails_before_real_work(project, "exp", "run", "-S", "+trian.lr=0.1")
+    dvc_fails_before_real_work(project, "unknown key 'trian'", "exp", "run", "-S", "+trian.lr=0.1")
+
+
+def test_a_missing_data_folder_is_named_before_dvc_hashes_it(project: Path) -> None:
+    # Without the check, DVC's own check of prepare's dependency says only "[Errno 2]".
+    dvc_fails_before_real_work(
+        project, "prepare.data_dir = 'data/nope': no such folder", "exp", "run", "-S", "prepare.data_dir=data/nope"
+    )

@@ -1,6 +1,8 @@
 """Checkpoints: exact round trips, atomic writes, damage detection, and refusal of pickled code."""
 
+import os
 import pickle
+import stat
 import struct
 import sys
 import zipfile
@@ -300,3 +302,23 @@ def test_a_torch_export_program_is_named_as_one(tmp_path: Path) -> None:
     torch.export.save(program, str(path))
     with pytest.raises(CheckpointError, match=r"is a torch\.export program \(\.pt2\), not a checkpoint"):
         load_checkpoint(path)
+
+
+def test_atomic_write_syncs_the_folder_after_the_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without it, a power loss can undo the rename though the file's bytes were synced."""
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(source: object, target: object) -> None:
+        events.append("rename")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    with atomic_write(tmp_path / "scores.csv", "w") as file:
+        file.write("epoch\n1\n")
+    assert events == ["fsync file", "rename", "fsync folder"]

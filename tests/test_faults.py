@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from testing.project import stage
+from testing.project import run, stage
+from tests.helpers import assert_resumed
 
 
 @pytest.fixture
@@ -50,3 +51,21 @@ def test_a_closed_pipe_ends_predict_quietly(project: Path) -> None:
     )
     assert result.stdout.splitlines() == ["line 0", "line 1"]
     assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("point", "code", "line"), [("term", 143, "terminated (SIGTERM)"), ("int", 130, "interrupted")]
+)
+def test_sigterm_and_ctrl_c_stop_with_one_line_and_the_next_run_resumes(
+    project: Path, point: str, code: int, line: str
+) -> None:
+    stage("prepare", project)
+    stage("pretrain", project)
+    # The signal arrives at the first step of epoch 2: the tiny params' 538 training images
+    # make 5 batches of 128 an epoch.
+    result = run([sys.executable, "-m", "tests.kill_wrapper", point, "6"], project, check=False)
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [entry for entry in result.stderr.splitlines() if "pipeline: " in entry and line in entry]
+    assert len(errors) == 1 and "every file written so far is complete" in errors[0], result.stderr
+    assert_resumed(stage("train", project).stderr, after=1, epochs=2)

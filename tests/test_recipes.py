@@ -2,6 +2,7 @@
 early stopping, label smoothing and class weights."""
 
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -137,6 +138,7 @@ def test_gradual_unfreezing_survives_a_resume(project: Path) -> None:
     head_lr = [c["optimizer_state_dict"]["param_groups"][0]["lr"] for c in expected]
     assert trunk_lr == pytest.approx([h * 0.1 for h in head_lr])
 
+    shutil.rmtree(project / ".cache/runs")  # the finished run's folder: train again, from scratch
     killed = run([sys.executable, "-m", "tests.kill_wrapper", "step", "13"], project, check=False)  # in epoch 3
     assert killed.returncode == -9, killed.stderr
     resumed = stage("train", project)

@@ -55,9 +55,11 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict
 
 @pytest.fixture
 def trained(reference: tuple[Path, list[dict]], tmp_path: Path) -> tuple[Path, list[dict]]:
-    """A fresh copy of the reference project, decoded-image cache included, for one test to kill runs in."""
+    """A fresh copy of the reference project, decoded-image cache included, for one test to kill runs in.
+    Without the reference run's (finished) folder: a rerun would only republish its epochs."""
     project = tmp_path / "project"
     shutil.copytree(reference[0], project, symlinks=True)
+    shutil.rmtree(project / ".cache" / "runs")
     return project, reference[1]
 
 
@@ -153,9 +155,11 @@ def test_dvc_repro_killed_from_outside_resumes_on_the_next_repro(project: Path, 
     assert_resumed(output.stdout + output.stderr, after=1, epochs=EPOCHS)
     resumed = final_state(project)
 
-    # The same run, uninterrupted, from scratch: its folder is gone once it finished.
+    # The same run, uninterrupted, from scratch: without its (finished) folder.
     runs = project / ".cache" / "runs"
-    assert not any(runs.iterdir())
+    (folder,) = runs.iterdir()
+    assert (folder / "finished").is_file()
+    shutil.rmtree(runs)
     stage("train", project)
     assert_same_run(resumed, final_state(project))
 

@@ -158,7 +158,8 @@ def test_in_place_damage_that_reached_the_cache_is_found_and_repaired(project: P
     run([*dvc, "repro"], project)
     assert run(tool, project).returncode == 0
     checkpoint = project / "checkpoints" / "epoch_002.pt"
-    assert checkpoint.stat().st_nlink == 2  # the workspace file is the cache object
+    # The workspace file is the cache object (and the finished run's copy in .cache/runs).
+    assert checkpoint.stat().st_nlink >= 2
     (obj,) = (project / ".dvc" / "cache" / "files" / "md5").rglob(md5(checkpoint.read_bytes())[2:])
     truncate(checkpoint)
 
