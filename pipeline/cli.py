@@ -42,27 +42,14 @@ def run_stage(main: Callable[[], None]) -> None:
     exit code: user errors 2, a full disk 1, Ctrl-C 130, SIGTERM 143, a closed pipe 141."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     interrupted = False
-    stage_pid = os.getpid()
-
-    def in_a_child(signum: int) -> bool:
-        """A forked worker (the decode pool's) inherits these handlers: there the signal must
-        do what it does by default, or the pool's shutdown can wait forever on a worker that
-        raised while holding one of its locks."""
-        if os.getpid() == stage_pid:
-            return False
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return True
 
     def on_sigint(signum: int, frame: object) -> None:
         nonlocal interrupted
-        if not in_a_child(signum):
-            interrupted = True
-            raise KeyboardInterrupt
+        interrupted = True
+        raise KeyboardInterrupt
 
     def on_sigterm(signum: int, frame: object) -> None:
-        if not in_a_child(signum):
-            raise Terminated
+        raise Terminated
 
     signal.signal(signal.SIGINT, on_sigint)
     signal.signal(signal.SIGTERM, on_sigterm)

@@ -12,6 +12,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import stat
 import warnings
 from collections import Counter
@@ -356,6 +357,14 @@ def read_manifest(prepared_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     return manifest, classes
 
 
+def _default_signals() -> None:
+    """In a decode worker, SIGTERM and Ctrl-C do what they do by default (the stage's own
+    handlers, inherited through fork, are for the stage): Pool's shutdown sends SIGTERM and
+    waits for each worker, and a worker that outlived it would hang the stage."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the stage itself handles Ctrl-C
+
+
 def decoded_images(manifest: pd.DataFrame, size: int, cache_dir: Path = CACHE_DIR) -> np.ndarray:
     """All images of `manifest` as one uint8 array (N, 3, size, size), decoded at most once.
 
@@ -373,7 +382,7 @@ def decoded_images(manifest: pd.DataFrame, size: int, cache_dir: Path = CACHE_DI
             pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
             workers = min(os.cpu_count() or 1, len(paths) // 500 + 1)  # a pool only pays off for many files
             decode = partial(load_image, size=size)
-            with multiprocessing.Pool(workers) if workers > 1 else nullcontext() as pool:
+            with multiprocessing.Pool(workers, _default_signals) if workers > 1 else nullcontext() as pool:
                 decoded = pool.imap(decode, paths, chunksize=64) if pool else map(decode, paths)
                 for index, image in enumerate(progress(decoded, f"decoding images at {size}px", total=len(paths))):
                     pixels[index] = image

@@ -1,14 +1,34 @@
 """Faults from outside: a full disk, Ctrl-C, SIGTERM and a closed pipe each end a stage with
 one line and the conventional exit code, never a traceback, and leave every file intact."""
 
+import multiprocessing
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from testing.project import run, stage
+from pipeline import data
+from testing.project import make_project, run, stage
 from tests.helpers import assert_resumed
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project with prepare and pretrain done, once for the module."""
+    project = make_project(tmp_path_factory.mktemp("faults") / "project")
+    stage("prepare", project)
+    stage("pretrain", project)
+    return project
+
+
+@pytest.fixture
+def project(prepared: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "project"
+    shutil.copytree(prepared, copy, symlinks=True)
+    return copy
 
 
 @pytest.fixture
@@ -24,8 +44,6 @@ def tiny_disk(tmp_path: Path):
 
 
 def test_a_full_disk_during_a_checkpoint_save_is_one_line(project: Path, tiny_disk: Path) -> None:
-    stage("prepare", project)
-    stage("pretrain", project)
     (project / ".cache").mkdir(exist_ok=True)
     (project / ".cache/runs").symlink_to(tiny_disk)
     result = stage("train", project, check=False)
@@ -59,8 +77,6 @@ def test_a_closed_pipe_ends_predict_quietly(project: Path) -> None:
 def test_sigterm_and_ctrl_c_stop_with_one_line_and_the_next_run_resumes(
     project: Path, point: str, code: int, line: str
 ) -> None:
-    stage("prepare", project)
-    stage("pretrain", project)
     # The signal arrives at the first step of epoch 2: the tiny params' 538 training images
     # make 5 batches of 128 an epoch.
     result = run([sys.executable, "-m", "tests.kill_wrapper", point, "6"], project, check=False)
@@ -69,3 +85,14 @@ def test_sigterm_and_ctrl_c_stop_with_one_line_and_the_next_run_resumes(
     errors = [entry for entry in result.stderr.splitlines() if "pipeline: " in entry and line in entry]
     assert len(errors) == 1 and "every file written so far is complete" in errors[0], result.stderr
     assert_resumed(stage("train", project).stderr, after=1, epochs=2)
+
+
+def test_decode_workers_keep_the_default_sigterm() -> None:
+    """Pool's shutdown SIGTERMs its workers and waits for them: a worker that inherited the
+    stage's handler instead could outlive it and hang the stage."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # a handler, as run_stage installs
+    try:
+        with multiprocessing.Pool(1, data._default_signals) as pool:
+            assert pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
