@@ -108,7 +108,8 @@ class TrainParams(OptimParams):
 
 @dataclass
 class EvaluateParams:
-    batch_size: int = MISSING
+    batch_size: int = MISSING  # on the CPU
+    cuda_batch_size: int = MISSING  # on a GPU, where inference in bf16 takes far larger batches
 
 
 @dataclass
@@ -222,7 +223,9 @@ def validate(params: Params) -> None:
     _require(delta >= 0, "train.early_stopping.min_delta", delta, "a number >= 0")
     scale = params.train.augment.min_scale
     _require(0 < scale <= 1, "train.augment.min_scale", scale, "a number in (0, 1]; 1 turns zoom off")
-    _require(params.evaluate.batch_size >= 1, "evaluate.batch_size", params.evaluate.batch_size, "an integer >= 1")
+    for key in ("batch_size", "cuda_batch_size"):
+        value = getattr(params.evaluate, key)
+        _require(value >= 1, f"evaluate.{key}", value, "an integer >= 1")
     metric = params.select.metric
     _require(metric in SELECTABLE_METRICS, "select.metric", metric, f"one of {', '.join(SELECTABLE_METRICS)}")
 

@@ -1,6 +1,6 @@
 """Stage evaluate: score every checkpoint on the validation and the test split.
 
-Reads:  params device, evaluate.batch_size; checkpoints/; data/prepared/; the images
+Reads:  params device, evaluate.batch_size or evaluate.cuda_batch_size; checkpoints/; data/prepared/; the images
 Writes: eval/scores.csv         (one row per epoch: its training loss; loss, accuracy and macro-F1 on val and test)
         eval/predictions/epoch_NNN.csv  (each checkpoint's test predictions)
 """
@@ -9,10 +9,11 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from pipeline.checkpoints import load_each
 from pipeline.cli import UserError, progress, run_stage
-from pipeline.config import load_params
+from pipeline.config import EvaluateParams, load_params
 from pipeline.data import decoded_images, read_manifest
 from pipeline.engine import images_on, place_model, predict, resolve_device, score, split_batches
 from pipeline.files import write_csv
@@ -26,10 +27,14 @@ EVAL_DIR = Path("eval")
 PREDICTIONS_DIR = EVAL_DIR / "predictions"
 
 
+def batch_size_on(device: torch.device, params: EvaluateParams) -> int:
+    return params.cuda_batch_size if device.type == "cuda" else params.batch_size
+
+
 def main() -> None:
     params = load_params()
     device = resolve_device(params.device)
-    batch_size = params.evaluate.batch_size
+    batch_size = batch_size_on(device, params.evaluate)
     manifest, classes = read_manifest(PREPARED_DIR)
     paths = sorted(CHECKPOINT_DIR.glob("epoch_*.pt"))
     if not paths:

@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pipeline import engine
 from pipeline.cli import UserError
+from pipeline.config import EvaluateParams
 from pipeline.engine import (
     ImageBatches,
     canonical_device,
@@ -30,6 +31,7 @@ from pipeline.engine import (
     train_one_epoch,
     train_steps,
 )
+from pipeline.evaluate import batch_size_on
 
 REPO = Path(__file__).resolve().parent.parent
 META = torch.device("meta")
@@ -255,3 +257,9 @@ def test_feature_cache_keeps_only_what_the_head_reads(monkeypatch: pytest.Monkey
     assert len(kept) == 3
     for tensor in kept:  # a compact copy, not a view that keeps the (B, 64, 16) tokens alive
         assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+
+
+def test_evaluation_takes_larger_batches_on_a_gpu() -> None:
+    params = EvaluateParams(batch_size=256, cuda_batch_size=1024)
+    assert batch_size_on(torch.device("cuda", 0), params) == 1024
+    assert batch_size_on(CPU, params) == 256
