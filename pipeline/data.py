@@ -2,7 +2,7 @@
 
 Every image is decoded and resized once, into a uint8 array on disk keyed by the
 manifest, the image size and the preprocessing. Epochs read that array, so no epoch
-decodes a file; augmentation then runs on tensors (engine.augment). No torch here, so
+decodes a file; augmentation then runs on tensors (engine.apply_augmentation). No torch here, so
 the prepare stage starts in a fraction of a second.
 """
 

@@ -546,12 +546,6 @@ def apply_augmentation(images: torch.Tensor, theta: torch.Tensor) -> torch.Tenso
     return resampled.contiguous(memory_format=layout)
 
 
-def augment(images: torch.Tensor, hflip: bool, min_scale: float, generator: torch.Generator) -> torch.Tensor:
-    """Random zoom-crop and horizontal flip of one float batch (draw, then apply)."""
-    theta = draw_augmentation(images.shape[0], hflip, min_scale, generator)
-    return images if theta is None else apply_augmentation(images, theta.to(images.device))
-
-
 def batch_indices(
     n: int, batch_size: int, generator: torch.Generator | None = None, device: torch.device | None = None
 ) -> list[torch.Tensor]:

@@ -52,9 +52,8 @@ def stage(name: str, cwd: Path, check: bool = True) -> subprocess.CompletedProce
     return run([sys.executable, "-m", f"pipeline.{name}"], cwd, check=check)
 
 
-def make_project(root: Path) -> Path:
-    """Copy the repo's files (tracked, and new ones not ignored) into a fresh git repo at
-    `root`, with TINY_PARAMS applied."""
+def copy_repo_files(root: Path) -> None:
+    """Copy the repo's files (tracked, and new ones not ignored) to `root`."""
     listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
     files = subprocess.run(listing, cwd=REPO, capture_output=True, text=True, check=True).stdout
     for name in files.splitlines():
@@ -62,6 +61,11 @@ def make_project(root: Path) -> Path:
         if source.is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / name)
+
+
+def make_project(root: Path) -> Path:
+    """The repo's files (see copy_repo_files) in a fresh git repo at `root`, with TINY_PARAMS applied."""
+    copy_repo_files(root)
     # Locked results belong to the real repo's default params, not to this copy's.
     (root / "dvc.lock").unlink(missing_ok=True)
     set_params(root, **TINY_PARAMS)

@@ -6,6 +6,10 @@ import re
 import sys
 from pathlib import Path
 
+import torch
+
+from pipeline.engine import apply_augmentation, draw_augmentation
+
 # Put on PYTHONPATH, this runs in every Python process started, dvc's own included; it acts
 # only in the train stage's process, and only when KILL_AT is set.
 SITECUSTOMIZE = """\
@@ -45,3 +49,9 @@ def assert_resumed(log: str, after: int, epochs: int) -> None:
     """The train stage resumed after epoch `after` and trained only the epochs after it."""
     assert f"resuming after epoch {after} " in log, log
     assert epochs_trained(log) == list(range(after + 1, epochs + 1)), log
+
+
+def augment(images: torch.Tensor, hflip: bool, min_scale: float, generator: torch.Generator) -> torch.Tensor:
+    """One float batch through the train stage's augmentation, as an epoch applies it: draw, then apply."""
+    theta = draw_augmentation(images.shape[0], hflip, min_scale, generator)
+    return images if theta is None else apply_augmentation(images, theta.to(images.device))

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script, from anywhere: make `testing` importable
+
+from testing.project import copy_repo_files  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -73,13 +76,7 @@ class MutationError(Exception):
 
 
 def copy_repo(target: Path) -> None:
-    listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
-    files = subprocess.run(listing, cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for name in files.splitlines():
-        source = REPO / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
+    copy_repo_files(target)
     # The tests copy the project from `git ls-files` (tests/conftest.py): make the copy a repo too.
     subprocess.run(["git", "init", "-q"], cwd=target, check=True)
 

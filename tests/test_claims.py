@@ -18,9 +18,9 @@ from torch import nn
 
 from pipeline.checkpoints import load_checkpoint
 from pipeline.config import Params
-from pipeline.engine import augment
 from pipeline.models import build_model, freeze, parse_freeze, set_train_mode
 from testing.project import REPO, make_project, run, set_params, stage
+from tests.helpers import augment
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 ARCH = "shufflenet_v2_x0_5"  # small checkpoints: these tests are about the flow

@@ -15,7 +15,7 @@ from PIL import Image
 import pipeline.data as data
 from pipeline.cli import UserError
 from pipeline.data import SPLITS, decoded_images, file_sha1, find_images, load_image, stratified_split
-from pipeline.engine import augment
+from tests.helpers import augment
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 200, 0), (0, 0, 255)
 EXIF_ORIENTATION = 0x0112
