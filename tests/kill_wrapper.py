@@ -10,6 +10,7 @@ POINT is what gets patched and N is which call of it triggers:
     inf      the N-th cross-entropy returns +inf             (the same, overflowing instead)
     term     the N-th optimizer step sends SIGTERM to itself (a scheduler stopping the job)
     int      the N-th optimizer step sends SIGINT to itself  (Ctrl-C)
+    intsave  the N-th torch.save gets SIGINT between writes  (Ctrl-C mid-checkpoint-write)
 
 tests/helpers.py's `kill_env` installs the same patches (but `publish`) through a
 sitecustomize module instead, for the train stage that `dvc repro` starts.
@@ -54,6 +55,27 @@ def half_save(original: Callable[..., None], obj: Any, file: Any, *args: Any, **
     die()
 
 
+class InterruptedWrites:
+    """A file whose third write first sends SIGINT to the process: the signal lands while
+    torch.save's zip writer is in the middle of a checkpoint."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.writes = file, 0
+
+    def write(self, data: bytes) -> int:
+        self.writes += 1
+        if self.writes == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def interrupted_save(original: Callable[..., None], obj: Any, file: Any, *args: Any, **kwargs: Any) -> None:
+    original(obj, InterruptedWrites(file), *args, **kwargs)
+
+
 def publish_then_die(original: Callable[..., None], *args: Any) -> None:
     original(*args)
     die()
@@ -73,6 +95,8 @@ def install(point: str, trigger: int) -> None:
         on_call(torch.optim.SGD, "step", trigger, lambda original, *a, **k: die())
     elif point == "save":
         on_call(torch, "save", trigger, half_save)
+    elif point == "intsave":
+        on_call(torch, "save", trigger, interrupted_save)
     elif point == "nan":
         on_call(torch.nn.functional, "cross_entropy", trigger, nan_loss)
     elif point == "inf":

@@ -1,10 +1,11 @@
-"""Run folders (pipeline/runs.py): a moved project, a --temp experiment and a rerun after DVC
+"""Run folders (pipeline/runs.py): a moved project, queued and --temp experiments and a rerun after DVC
 lost the outputs all resume; a second trainer is refused; old folders are bounded."""
 
 import fcntl
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from testing.project import make_project, run, set_params, stage
-from tests.helpers import epochs_trained
+from tests.helpers import epochs_trained, kill_env
 
 EPOCHS = 2
 ARCH = "shufflenet_v2_x0_5"  # resuming does not depend on the architecture; a small one is fast
@@ -53,10 +54,19 @@ def test_a_moved_project_resumes(project: Path, tmp_path: Path) -> None:
     assert epochs_trained(log) == [2]
 
 
-def test_a_temp_experiment_resumes_a_run_killed_in_the_workspace(project: Path) -> None:
-    # `--temp` (and `--queue`) experiments run in a throw-away copy; the run folder is the project's.
-    killed_after_epoch_one(project)
-    result = run([sys.executable, "-m", "dvc", "exp", "run", "--temp"], project)
+def test_a_queued_experiment_killed_mid_train_resumes_in_a_temp_experiment(project: Path, tmp_path: Path) -> None:
+    # Queued and `--temp` experiments run in throw-away copies of the project; the run folder
+    # is the project's, so what one of them trained survives it.
+    dvc = [sys.executable, "-m", "dvc", "exp", "run"]
+    # The queue's worker starts the train stage; its 6th optimizer step (the first of epoch
+    # 2) SIGKILLs it.
+    env = kill_env(tmp_path / "site", "step", 6)
+    subprocess.run([*dvc, "--queue"], cwd=project, env=env, check=True, capture_output=True)
+    killed = subprocess.run([*dvc, "--run-all"], cwd=project, env=env, capture_output=True, text=True)
+    assert "failed to run: python -m pipeline.train, exited with -9" in killed.stdout + killed.stderr
+    assert epochs_trained(killed.stdout + killed.stderr) == [1]
+
+    result = run([*dvc, "--temp"], project)
     assert "resuming after epoch 1" in result.stdout + result.stderr
     assert epochs_trained(result.stdout + result.stderr) == [2]
 
