@@ -52,7 +52,7 @@ from pipeline.engine import (
 from pipeline.models import build_model
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("prepare", "pretrain", "train", "evaluate", "select_best")
+STAGES = ("prepare", "weights", "train", "evaluate", "select_best")
 
 
 def pipeline_end_to_end(device: torch.device, smoke: bool) -> dict[str, object]:

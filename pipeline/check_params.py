@@ -8,7 +8,8 @@ one line, even when no other stage would have run.
 
 Checked: every key and type (config.load_params), the freeze specs (`freeze` and
 `train.unfreeze_to`, whether or not unfreezing is on) against the model's structure, the
-arch, the weights name or file, the image size, the device, and the data folders.
+arch, the weights name or file (which must lie under models/weights/), the image size,
+the device, and the data folders.
 
 Reads:  params.yaml (all of it)
 Writes: checks/params.ok  (constant text, so a change of params alone re-runs no later stage)
@@ -17,15 +18,14 @@ Writes: checks/params.ok  (constant text, so a change of params alone re-runs no
 from pathlib import Path
 
 from pipeline.cli import UserError, run_stage
-from pipeline.config import Params, load_params
+from pipeline.config import PRETRAIN_WEIGHTS, Params, load_params
 from pipeline.engine import resolve_device
 from pipeline.files import atomic_write
-from pipeline.models import check_model_params
+from pipeline.models import check_model_params, is_weights_file
 
 OK_FILE = Path("checks/params.ok")
-# The pretrain stage writes this weights file; until it has run, it may not exist or may
-# hold another arch, so only the pretrain stage's own output is exempt from the file checks.
-PRETRAINED = "models/pretrained.pt"
+# The weights stage depends on this folder, so DVC re-runs it when a file in it changes.
+WEIGHTS_DIR = Path("models/weights")
 
 
 def check(params: Params) -> None:
@@ -34,9 +34,19 @@ def check(params: Params) -> None:
         if not Path(folder).is_dir():
             raise UserError(f"{key} = {folder!r}: no such folder (run from the project root, or fix the path)")
     resolve_device(params.device)
+    weights = params.model.weights
+    if (
+        weights is not None
+        and is_weights_file(weights)
+        and WEIGHTS_DIR.resolve() not in Path(weights).resolve().parents
+    ):
+        raise UserError(
+            f"model.weights = {weights!r}: put weights files in {WEIGHTS_DIR}/, which the weights stage "
+            "depends on, so that DVC re-runs what starts from them when they change"
+        )
     check_model_params(
         params.model.arch,
-        None if params.model.weights == PRETRAINED else params.model.weights,
+        None if weights == PRETRAIN_WEIGHTS else weights,
         params.model.image_size,
         {"freeze": params.freeze, "train.unfreeze_to": params.train.unfreeze_to},
     )

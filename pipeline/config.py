@@ -17,6 +17,8 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 from pipeline.cli import UserError, error_line
 
 PARAMS_FILE = Path("params.yaml")
+# model.weights: the weights stage trains the backbone on pretrain.data_dir first (the demo).
+PRETRAIN_WEIGHTS = "pretrain"
 
 
 class Optimizer(Enum):
@@ -51,7 +53,8 @@ class PrepareParams:
 @dataclass
 class ModelParams:
     arch: str = MISSING
-    # A torchvision weights name (DEFAULT, IMAGENET1K_V1, ...), a .pt/.pth path, or null.
+    # pretrain (PRETRAIN_WEIGHTS), a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...),
+    # a .pt/.pth path under models/weights/, or null.
     weights: str | None = MISSING
     image_size: int = MISSING
 
@@ -76,8 +79,10 @@ class PretrainParams(OptimParams):
 @dataclass
 class AugmentParams:
     hflip: bool = MISSING
-    # RandomResizedCrop-style zoom: each crop keeps [min_scale, 1] of the image area.
+    # RandomResizedCrop: each crop keeps [min_scale, 1] of the image's area, with an aspect
+    # ratio in [1 / max_aspect, max_aspect].
     min_scale: float = MISSING
+    max_aspect: float = MISSING
 
 
 @dataclass
@@ -222,7 +227,9 @@ def validate(params: Params) -> None:
     delta = train.early_stopping.min_delta
     _require(delta >= 0, "train.early_stopping.min_delta", delta, "a number >= 0")
     scale = params.train.augment.min_scale
-    _require(0 < scale <= 1, "train.augment.min_scale", scale, "a number in (0, 1]; 1 turns zoom off")
+    _require(0 < scale <= 1, "train.augment.min_scale", scale, "a number in (0, 1]; 1 turns random crops off")
+    aspect = params.train.augment.max_aspect
+    _require(aspect >= 1, "train.augment.max_aspect", aspect, "a number >= 1; 1 keeps crops square")
     for key in ("batch_size", "cuda_batch_size"):
         value = getattr(params.evaluate, key)
         _require(value >= 1, f"evaluate.{key}", value, "an integer >= 1")

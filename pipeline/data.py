@@ -34,7 +34,7 @@ IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", "
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["path", "label", "split", "sha1"]
 # Bump when `load_image` changes what it returns, so cached pixel arrays are rebuilt.
-PREPROCESSING_VERSION = 2
+PREPROCESSING_VERSION = 3
 # `decode` shrinks an image before converting it, but to no less than this times the size asked for.
 REDUCING_GAP = 3
 # The size `usable_images` decodes at to check a file and hash it (image_hash).
@@ -132,18 +132,72 @@ def image_files(folder: Path) -> tuple[list[Path], list[Path]]:
     return images, [Path(s.path) for s in skipped]
 
 
-def load_image(path: Path | str, size: int) -> np.ndarray:
-    """Decode one image to uint8 RGB, size x size, channels first.
+# torchvision's interpolation names (InterpolationMode values) and Pillow's filters for them.
+RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How a file becomes the model's input, as torchvision weights state it
+    (`weights.transforms()`): the shorter side resized to `resize` with `interpolation`, then
+    the centre `crop` x `crop` square.
+
+    The decoded cache keeps each image at `resize` x `resize`, so training can crop real
+    pixels at random; `crop_offset` places the centre crop inside that square.
+    """
+
+    resize: int
+    crop: int
+    interpolation: str = "bilinear"
+
+    @property
+    def crop_offset(self) -> int:
+        return centre_offset(self.resize, self.crop)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"resize_size": self.resize, "image_size": self.crop, "interpolation": self.interpolation}
+
+
+def centre_offset(outer: int, inner: int) -> int:
+    """Where a centred `inner` span starts in an `outer` one, rounded as torchvision's center_crop rounds."""
+    return round((outer - inner) / 2)  # round half to even, as torchvision's int(round(x / 2.0))
+
+
+def centre_crop(pixels: np.ndarray, sizing: Sizing) -> np.ndarray:
+    """The model's input from `load_image`'s square: its centre `sizing.crop` pixels."""
+    start, end = sizing.crop_offset, sizing.crop_offset + sizing.crop
+    return pixels[..., start:end, start:end]
+
+
+def load_image(path: Path | str, sizing: Sizing) -> np.ndarray:
+    """Decode one image to uint8 RGB, channels first, `sizing.resize` pixels square.
 
     Honours EXIF orientation, flattens alpha onto black, maps 16-bit and CMYK to 8-bit RGB,
-    scales the shorter side to `size` and crops the centre (torchvision's Resize + CenterCrop).
-    Memory stays near the file's own pixels whatever its size and mode: see `decode`.
+    then resizes as torchvision's Resize does (shorter side to `sizing.resize`, the longer
+    one truncated, Pillow's filter) and keeps the square whose centre `sizing.crop` crop is
+    exactly torchvision's CenterCrop of the whole resized image. Memory stays near the
+    file's own pixels whatever its size and mode: see `decode`.
     """
+    size = sizing.resize
     image = decode(path, size)
-    scale = size / min(image.size)
-    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-    image = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=None)
-    left, top = (width - size) // 2, (height - size) // 2
+    short, long = sorted(image.size)
+    resized = (size, int(size * long / short))
+    width, height = resized if image.width <= image.height else resized[::-1]
+    if (width, height) != image.size:
+        image = image.resize((width, height), RESAMPLING[sizing.interpolation], reducing_gap=None)
+
+    def start(length: int) -> int:
+        # The crop's start in the whole image (torchvision's), less its start in our square.
+        return min(max(centre_offset(length, sizing.crop) - sizing.crop_offset, 0), length - size)
+
+    left, top = start(width), start(height)
     image = image.crop((left, top, left + size, top + size))
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
 
@@ -365,15 +419,18 @@ def _default_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the stage itself handles Ctrl-C
 
 
-def decoded_images(manifest: pd.DataFrame, size: int, cache_dir: Path = CACHE_DIR) -> np.ndarray:
-    """All images of `manifest` as one uint8 array (N, 3, size, size), decoded at most once.
+def decoded_images(manifest: pd.DataFrame, sizing: Sizing, cache_dir: Path = CACHE_DIR) -> np.ndarray:
+    """All images of `manifest` as one uint8 array (N, 3, R, R), R = sizing.resize, decoded at most once.
 
     The array is memory-mapped from `cache_dir`; its file name hashes the files' contents
-    (sha1 column), the size and PREPROCESSING_VERSION, so it is rebuilt when, and only when,
+    (sha1 column), the sizing and PREPROCESSING_VERSION, so it is rebuilt when, and only when,
     one of those changes. Decoding runs in a process per CPU core.
     """
+    size = sizing.resize
     key = hashlib.sha256(
-        json.dumps([PREPROCESSING_VERSION, size, manifest["path"].tolist(), manifest["sha1"].tolist()]).encode()
+        json.dumps(
+            [PREPROCESSING_VERSION, sizing.to_dict(), manifest["path"].tolist(), manifest["sha1"].tolist()]
+        ).encode()
     ).hexdigest()[:20]
     path = cache_dir / f"{key}.npy"
     if not path.exists():
@@ -381,7 +438,7 @@ def decoded_images(manifest: pd.DataFrame, size: int, cache_dir: Path = CACHE_DI
         with atomic_path(path) as tmp:
             pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
             workers = min(os.cpu_count() or 1, len(paths) // 500 + 1)  # a pool only pays off for many files
-            decode = partial(load_image, size=size)
+            decode = partial(load_image, sizing=sizing)
             with multiprocessing.Pool(workers, _default_signals) if workers > 1 else nullcontext() as pool:
                 decoded = pool.imap(decode, paths, chunksize=64) if pool else map(decode, paths)
                 for index, image in enumerate(progress(decoded, f"decoding images at {size}px", total=len(paths))):

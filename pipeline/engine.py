@@ -1,4 +1,4 @@
-"""The inner loops shared by pretrain, train and evaluate: devices, batches, augmentation,
+"""The inner loops shared by the weights (pretraining), train and evaluate stages: devices, batches, augmentation,
 one training epoch, batched prediction, and the scores (loss, accuracy, macro-F1).
 
 Inputs are the decoded uint8 images from `data.decoded_images`, so a batch is an index,
@@ -10,6 +10,7 @@ losses are checked after the last batch. Images that fit stay on the GPU; larger
 stream from the memory map through pinned buffers, gathered one batch ahead.
 """
 
+import math
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.cli import UserError, progress
-from pipeline.models import set_train_mode
+from pipeline.data import centre_offset
+from pipeline.models import ModelSpec, set_train_mode
 
 
 class NonFiniteLoss(UserError):
@@ -106,6 +108,10 @@ def autocast(device: torch.device):
     return nullcontext()
 
 
+# RandomResizedCrop's tries at a crop that fits, before it takes the whole image (torchvision's).
+CROP_ATTEMPTS = 10
+
+
 # --- batches ----------------------------------------------------------------------------------
 
 
@@ -123,6 +129,9 @@ class ImageBatches:
     device: torch.device
     mean: list[float]
     std: list[float]
+    # The model's input size. Images stored larger (at the weights' resize size) give their
+    # centre crop, or, for augmentation, the whole image (see `finish`); 0: their own size.
+    crop: int = 0
     # Copies where the gather runs (beside `images`) and where the model runs, made once.
     _rows: torch.Tensor = field(init=False, repr=False)
     _targets: torch.Tensor = field(init=False, repr=False)
@@ -134,9 +143,15 @@ class ImageBatches:
         self._rows = self.rows.to(self.images.device)
         self._targets = self.targets.to(self.images.device)
         self._mean, self._std = normalization_tensors(self.mean, self.std, self.device)
+        self.crop = self.crop or self.images.shape[-1]
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    @property
+    def centre_fraction(self) -> float:
+        """The centre crop's share of each stored image's side."""
+        return self.crop / self.images.shape[-1]
 
     @property
     def index_device(self) -> torch.device:
@@ -155,14 +170,20 @@ class ImageBatches:
             return self.images[rows], self._targets[index]
         return torch.index_select(self.images, 0, rows, out=out[: len(rows)]), self._targets[index]
 
-    def finish(self, pixels: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gathered uint8 images on the device -> normalised float images in the device's layout."""
+    def finish(
+        self, pixels: torch.Tensor, targets: torch.Tensor, whole: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gathered uint8 images on the device -> normalised float images in the device's
+        layout: their centre `crop` square, or with `whole` all of them (to augment)."""
+        if not whole and pixels.shape[-1] != self.crop:
+            start = centre_offset(pixels.shape[-1], self.crop)
+            pixels = pixels[..., start : start + self.crop, start : start + self.crop]
         images = (pixels.float() - self._mean) / self._std
         return images.contiguous(memory_format=memory_format(self.device)), targets
 
-    def load(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, index: torch.Tensor, whole: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         pixels, targets = self.gather(index)
-        return self.finish(to_device(pixels, self.device), to_device(targets, self.device))
+        return self.finish(to_device(pixels, self.device), to_device(targets, self.device), whole)
 
 
 @dataclass
@@ -185,7 +206,7 @@ class FeatureBatches:
     def index_device(self) -> torch.device:
         return self.features.device
 
-    def load(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, index: torch.Tensor, whole: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return self.features[index], self._targets[index]
 
 
@@ -219,32 +240,31 @@ def images_on(images: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def split_batches(
-    images: torch.Tensor,
-    manifest: pd.DataFrame,
-    classes: list[str],
-    split: str,
-    mean: list[float],
-    std: list[float],
-    device: torch.device,
+    images: torch.Tensor, manifest: pd.DataFrame, split: str, spec: ModelSpec, device: torch.device
 ) -> ImageBatches:
-    """The `split` rows of `manifest` as batches, normalised with the model's `mean` and `std`."""
+    """The `split` rows of `manifest` as batches for the model of `spec`: its classes as
+    targets, the centre crop of its input size, its mean and std."""
     in_split = manifest["split"].to_numpy() == split
-    class_index = {name: i for i, name in enumerate(classes)}
+    class_index = {name: i for i, name in enumerate(spec.classes)}
     targets = torch.tensor([class_index[label] for label in manifest["label"][in_split]], dtype=torch.int64)
     rows = torch.from_numpy(in_split.nonzero()[0])
-    return ImageBatches(images, rows, targets, device, list(mean), list(std))
+    return ImageBatches(images, rows, targets, device, list(spec.mean), list(spec.std), spec.image_size)
 
 
-def iterate(data: Batches, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def iterate(
+    data: Batches, batches: list[torch.Tensor], whole: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """`data.load` of each index batch, in order; streamed (see `streamed`) when the images
-    are not on the device."""
+    are not on the device. `whole`: see ImageBatches.finish."""
     if isinstance(data, ImageBatches) and data.streams and batches:
-        yield from streamed(data, batches)
+        yield from streamed(data, batches, whole)
     else:
-        yield from map(data.load, batches)
+        yield from (data.load(index, whole) for index in batches)
 
 
-def streamed(data: ImageBatches, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def streamed(
+    data: ImageBatches, batches: list[torch.Tensor], whole: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches gathered from CPU memory one step ahead, on a worker thread.
 
     The gather from the memory map is the slow part (index_select releases the GIL), so
@@ -287,7 +307,7 @@ def streamed(data: ImageBatches, batches: list[torch.Tensor]) -> Iterator[tuple[
                 # Made on the side stream, used on this one: keep the allocator from reusing them early.
                 pixels.record_stream(compute)
                 targets.record_stream(compute)
-            yield data.finish(pixels, targets)
+            yield data.finish(pixels, targets, whole)
 
 
 # --- frozen-backbone features -----------------------------------------------------------------
@@ -371,6 +391,7 @@ def train_one_epoch(
     epoch: int,
     hflip: bool = False,
     min_scale: float = 1.0,
+    max_aspect: float = 1.0,
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     step_model: nn.Module | None = None,
 ) -> float:
@@ -382,7 +403,8 @@ def train_one_epoch(
     set_train_mode(model, frozen)
     # Dropout draws from the global RNG: tie it to this epoch's seed too (see epoch_generator).
     torch.manual_seed(generator.initial_seed())
-    plan = epoch_order(len(data), generator, hflip, min_scale)
+    centre = data.centre_fraction if isinstance(data, ImageBatches) else 1.0
+    plan = epoch_order(len(data), generator, hflip, min_scale, max_aspect, centre)
     # `is None`, not `or`: a compiled module has no truth value.
     runs_steps = model if step_model is None else step_model
     losses = train_steps(
@@ -405,9 +427,11 @@ class EpochOrder:
     transforms: torch.Tensor | None  # (N, 2, 3) affine matrices, one per visit; None: no augmentation
 
 
-def epoch_order(n: int, generator: torch.Generator, hflip: bool, min_scale: float) -> EpochOrder:
+def epoch_order(
+    n: int, generator: torch.Generator, hflip: bool, min_scale: float, max_aspect: float = 1.0, centre: float = 1.0
+) -> EpochOrder:
     order = torch.randperm(n, generator=generator)
-    return EpochOrder(order, draw_augmentation(n, hflip, min_scale, generator))
+    return EpochOrder(order, draw_augmentation(n, hflip, min_scale, generator, max_aspect, centre))
 
 
 def train_and_score(
@@ -453,12 +477,14 @@ def train_steps(
     per_batch = [None] * len(batches) if transforms is None else to_device(transforms, data.device).split(batch_size)
     place_model(model, data.device)
     losses = torch.zeros(len(batches), device=data.device)
-    loaded = iterate(data, batches)
+    # Augmented batches come whole, to be cropped at random; the others as the centre crop.
+    loaded = iterate(data, batches, whole=transforms is not None)
+    size = data.crop if isinstance(data, ImageBatches) else None
     for step, ((images, targets), theta) in enumerate(
         zip(progress(loaded, desc, len(batches)), per_batch, strict=True)
     ):
         if theta is not None:
-            images = apply_augmentation(images, theta)
+            images = apply_augmentation(images, theta, size)
         if dynamic_batch and images.shape[0] > 1:
             torch._dynamo.mark_dynamic(images, 0)  # one compiled graph for every batch size
         with autocast(data.device):
@@ -519,29 +545,55 @@ def score(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict
 # --- augmentation -----------------------------------------------------------------------------
 
 
-def draw_augmentation(n: int, hflip: bool, min_scale: float, generator: torch.Generator) -> torch.Tensor | None:
-    """Random zoom-crops and horizontal flips for n images, as (n, 2, 3) affine matrices.
+def draw_augmentation(
+    n: int, hflip: bool, min_scale: float, generator: torch.Generator, max_aspect: float = 1.0, centre: float = 1.0
+) -> torch.Tensor | None:
+    """Random resized crops and horizontal flips for n images, as (n, 2, 3) affine matrices
+    over each whole stored image; `apply_augmentation` samples the crops.
 
-    Drawn on the CPU from `generator`, so a seed gives the same augmentation on every
-    device; None when both are off.
+    A crop follows torchvision's RandomResizedCrop: [min_scale, 1] of the image's area, an
+    aspect ratio log-uniform in [1 / max_aspect, max_aspect], CROP_ATTEMPTS tries, and the
+    whole image when none fits. With min_scale 1 it is the centre crop that evaluation
+    sees (`centre`: its share of the side), flipped or not. Drawn on the CPU from
+    `generator`, so a seed gives the same augmentation on every device; None when both
+    are off.
     """
     if not hflip and min_scale >= 1:
         return None
-    scale = torch.empty(n).uniform_(min_scale, 1.0, generator=generator).sqrt()
-    shift_x = (torch.rand(n, generator=generator) * 2 - 1) * (1 - scale)
-    shift_y = (torch.rand(n, generator=generator) * 2 - 1) * (1 - scale)
+    if min_scale < 1:
+        tries = (n, CROP_ATTEMPTS)
+        area = torch.empty(tries).uniform_(min_scale, 1.0, generator=generator)
+        aspect = torch.empty(tries).uniform_(-math.log(max_aspect), math.log(max_aspect), generator=generator).exp()
+        width, height = (area * aspect).sqrt(), (area / aspect).sqrt()
+        fits = (width <= 1) & (height <= 1)
+        first = fits.int().argmax(dim=1, keepdim=True)  # the first try that fits
+
+        def chosen(side: torch.Tensor) -> torch.Tensor:
+            return torch.where(fits.any(dim=1), side.gather(1, first)[:, 0], 1.0)
+
+        width, height = chosen(width), chosen(height)
+        left = torch.rand(n, generator=generator) * (1 - width)
+        top = torch.rand(n, generator=generator) * (1 - height)
+    else:
+        width = height = torch.full((n,), centre)
+        left = top = (1 - width) / 2
     flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if hflip else torch.ones(n)
+    # affine_grid's coordinates run from -1 to 1 across the image: a crop [left, left + width]
+    # of [0, 1] is centred at 2 * left + width - 1 and spans width on each side of it.
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2] = scale * flip, shift_x
-    theta[:, 1, 1], theta[:, 1, 2] = scale, shift_y
+    theta[:, 0, 0], theta[:, 0, 2] = width * flip, 2 * left + width - 1
+    theta[:, 1, 1], theta[:, 1, 2] = height, 2 * top + height - 1
     return theta
 
 
-def apply_augmentation(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Resample a float batch through its affine matrices, keeping the batch's memory layout
-    (grid_sample returns the default one)."""
+def apply_augmentation(images: torch.Tensor, theta: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """Resample a float batch through its affine matrices into `size` x `size` images (by
+    default, the batch's own size), keeping the batch's memory layout (grid_sample returns
+    the default one)."""
     layout = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    n, channels, height, width = images.shape
+    shape = [n, channels, size or height, size or width]
+    grid = F.affine_grid(theta.to(images.dtype), shape, align_corners=False)
     resampled = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     return resampled.contiguous(memory_format=layout)
 

@@ -48,11 +48,8 @@ def main() -> None:
             raise UserError(f"{path} was trained on classes {spec.classes}, but the manifest has {classes}")
         if model is None:  # every checkpoint of a run shares its architecture and preprocessing
             model = place_model(model_from_checkpoint(checkpoint), device)
-            images = images_on(decoded_images(manifest, spec.image_size), device)
-            splits = {
-                split: split_batches(images, manifest, classes, split, spec.mean, spec.std, device)
-                for split in ("val", "test")
-            }
+            images = images_on(decoded_images(manifest, spec.sizing), device)
+            splits = {split: split_batches(images, manifest, split, spec, device) for split in ("val", "test")}
         else:
             model.load_state_dict(checkpoint["model_state_dict"])
 

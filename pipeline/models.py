@@ -28,6 +28,7 @@ from torchvision.models import get_model, get_model_weights, list_models
 
 from pipeline.checkpoints import CheckpointError, is_checkpoint, load_weights_file, verify_checkpoint
 from pipeline.cli import UserError, error_line
+from pipeline.data import Sizing
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,14 @@ class ModelSpec:
     mean: list[float]  # per-channel normalisation of [0, 1] RGB inputs
     std: list[float]
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # for torchvision's get_model
+    # The shorter side is resized to this before the centre image_size crop (torchvision
+    # weights' resize_size); 0 means image_size, with no margin (checkpoints from before it).
+    resize_size: int = 0
+    interpolation: str = "bilinear"  # the resize's filter, a torchvision InterpolationMode value
+
+    @property
+    def sizing(self) -> Sizing:
+        return Sizing(self.resize_size or self.image_size, self.image_size, self.interpolation)
 
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint keys that hold this spec: plain values, so weights_only loading reads them."""
@@ -60,11 +69,13 @@ class ModelSpec:
             "mean": list(self.mean),
             "std": list(self.std),
             "model_kwargs": dict(self.model_kwargs),
+            "resize_size": self.sizing.resize,
+            "interpolation": self.interpolation,
         }
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "ModelSpec":
-        return cls(**{f.name: checkpoint[f.name] for f in fields(cls)})
+        return cls(**{f.name: checkpoint[f.name] for f in fields(cls) if f.name in checkpoint})
 
     def untrained_model(self) -> nn.Module:
         """The architecture with its new head, randomly initialised."""
@@ -98,27 +109,72 @@ def is_weights_file(weights: str) -> bool:
     return weights.endswith(WEIGHTS_FILE_SUFFIXES) or "/" in weights or os.sep in weights
 
 
-def build_model(arch: str, weights: str | None, classes: list[str], image_size: int) -> Built:
-    """Build `arch` with `weights` (torchvision name, .pt/.pth path or None) and a new head.
+def build_model(arch: str, weights: str | None, classes: list[str] | None, image_size: int) -> Built:
+    """Build `arch` with `weights` (torchvision name, .pt/.pth path or None) and a new head for
+    `classes` (None: keep the head the weights came with, for a backbone that is saved
+    without it; its spec then lists no classes).
 
-    Every check that needs no weights (arch, weights name, input size) runs first.
+    The spec takes the weights' preprocessing (see `preprocessing`). Every check that needs
+    no weights (arch, weights name, input size) runs first.
     """
     weights_path, tv_weights, model_kwargs = _checked_model_params(arch, weights, image_size)
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    loaded = None if weights_path is None else load_weights_file(weights_path)
+    source = _checkpoint_spec(loaded, weights_path)
+    sizing, mean, std = preprocessing(tv_weights, source, image_size)
     if tv_weights is not None:
         model = _load_torchvision_weights(arch, tv_weights)
-        transforms = tv_weights.transforms()
-        mean, std = list(transforms.mean), list(transforms.std)
     else:
+        if source is not None:  # built as the checkpoint's model was (Inception's transform_input...)
+            model_kwargs = {**source.model_kwargs, **model_kwargs}
         model = get_model(arch, weights=None, **model_kwargs)
     _drop_aux_heads(model)
     head = find_head(model)
     if weights_path is not None:
-        mean, std = _load_weights_file(model, arch, head, weights_path, mean, std)
+        _load_weights_file(model, arch, head, weights_path, loaded)
     if hasattr(model, "transform_input"):  # Inception, GoogLeNet: part of how their weights expect input
         model_kwargs["transform_input"] = model.transform_input
-    replace_head(model, head, len(classes))
-    return Built(model, ModelSpec(arch, head, list(classes), image_size, list(mean), list(std), model_kwargs))
+    if classes is not None:
+        replace_head(model, head, len(classes))
+    spec = ModelSpec(
+        arch, head, list(classes or []), image_size, mean, std, model_kwargs, sizing.resize, sizing.interpolation
+    )
+    return Built(model, spec)
+
+
+def preprocessing(
+    tv_weights: torchvision.models.WeightsEnum | None, source: ModelSpec | None, image_size: int
+) -> tuple[Sizing, list[float], list[float]]:
+    """How inputs of `image_size` pixels are made for weights: (sizing, mean, std).
+
+    torchvision weights state their own (`weights.transforms()`: resize_size, crop_size,
+    interpolation, mean, std); a pipeline checkpoint carries the ones it was trained with;
+    anything else gets no margin, bilinear resizing and ImageNet's mean and std. When
+    image_size is not the stated crop size, the resize keeps the stated resize/crop ratio.
+    """
+    if source is not None:
+        resize, crop, interpolation = source.sizing.resize, source.sizing.crop, source.interpolation
+        mean, std = source.mean, source.std
+    elif tv_weights is not None:
+        transforms = tv_weights.transforms()
+        resize, crop, interpolation = transforms.resize_size[0], transforms.crop_size[0], transforms.interpolation.value
+        mean, std = transforms.mean, transforms.std
+    else:
+        return Sizing(image_size, image_size), list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return Sizing(round(image_size * resize / crop), image_size, interpolation), list(mean), list(std)
+
+
+def model_sizing(arch: str, weights: str | None, image_size: int) -> Sizing:
+    """The sizing `build_model(arch, weights, ..., image_size)` gives its spec, without building it."""
+    weights_path, tv_weights, _ = _checked_model_params(arch, weights, image_size)
+    loaded = None if weights_path is None else load_weights_file(weights_path)
+    return preprocessing(tv_weights, _checkpoint_spec(loaded, weights_path), image_size)[0]
+
+
+def _checkpoint_spec(loaded: Any, path: Path | None) -> ModelSpec | None:
+    """The spec of a loaded pipeline checkpoint; None for nothing loaded or a plain state_dict."""
+    if path is None or not is_checkpoint(loaded):
+        return None
+    return ModelSpec.from_checkpoint(verify_checkpoint(loaded, path))
 
 
 def _checked_model_params(
@@ -182,17 +238,14 @@ def resolve_torchvision_weights(arch: str, name: str) -> torchvision.models.Weig
         ) from None
 
 
-def _load_weights_file(
-    model: nn.Module, arch: str, head: str, path: Path, mean: list[float], std: list[float]
-) -> tuple[list[float], list[float]]:
-    """Load a plain state_dict or a pipeline checkpoint into everything but the head."""
-    loaded = load_weights_file(path)
+def _load_weights_file(model: nn.Module, arch: str, head: str, path: Path, loaded: Any) -> None:
+    """Load a plain state_dict or a pipeline checkpoint (`loaded` from `path`) into everything but the head."""
     if is_checkpoint(loaded):
         checkpoint = verify_checkpoint(loaded, path)
         spec = ModelSpec.from_checkpoint(checkpoint)
         if spec.arch != arch:
             raise UserError(f"{path} holds a {spec.arch} checkpoint, but model.arch is {arch}")
-        state, mean, std = checkpoint["model_state_dict"], spec.mean, spec.std
+        state = checkpoint["model_state_dict"]
     elif isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values()):
         state = loaded
     else:
@@ -206,7 +259,11 @@ def _load_weights_file(
             f"{' ...' if len(missing) > 5 or len(unexpected) > 5 else ''}"
         )
     log.info("loaded %d tensors from %s (its head, if any, is replaced)", len(trunk), path)
-    return list(mean), list(std)
+
+
+def backbone_state(model: nn.Module, head: str) -> dict[str, torch.Tensor]:
+    """`model`'s state_dict without its head (and without auxiliary heads)."""
+    return {k: v for k, v in model.state_dict().items() if not _is_head_key(k, head)}
 
 
 def _is_head_key(key: str, head: str) -> bool:

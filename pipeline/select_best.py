@@ -15,10 +15,11 @@ models/best.pt2 runs with plain torch, without this project's code:
     model = torch.export.load("models/best.pt2").module()   # already in eval mode
     logits = model(x)
 
-x is a float32 tensor (N, 3, S, S), any N >= 1, on the CPU, preprocessed as in training:
-resize the shorter side to S = image_size and crop the centre S x S, RGB, scale to [0, 1],
-then subtract `mean` and divide by `std` per channel. image_size, mean, std and the
-class names (output i is classes[i]) are stored in best.pt and, as JSON, in the .pt2:
+x is a float32 tensor (N, 3, S, S), any N >= 1, on the CPU, preprocessed as in evaluation:
+resize the shorter side to `resize_size` with the `interpolation` filter, crop the centre
+S x S (S = image_size), RGB, scale to [0, 1], then subtract `mean` and divide by `std` per
+channel (torchvision's Resize, CenterCrop, ToTensor, Normalize). These and the class
+names (output i is classes[i]) are stored in best.pt and, as JSON, in the .pt2:
 `extra = {"metadata.json": ""}; torch.export.load(path, extra_files=extra)`.
 `python -m tools.predict` does all of this for you.
 
@@ -80,7 +81,8 @@ def export_model(checkpoint: dict[str, Any]) -> torch.export.ExportedProgram:
 
 
 def save_export(program: torch.export.ExportedProgram, spec: ModelSpec, path: Path) -> None:
-    metadata = {key: spec.to_dict()[key] for key in ("arch", "classes", "image_size", "mean", "std")}
+    keys = ("arch", "classes", "image_size", "resize_size", "interpolation", "mean", "std")
+    metadata = {key: spec.to_dict()[key] for key in keys}
     # A file object, not the temporary path: torch.export.save warns about a name not ending in .pt2.
     with atomic_write(path) as file:
         torch.export.save(program, file, extra_files={"metadata.json": json.dumps(metadata)})

@@ -1,7 +1,7 @@
 """Stage train: fine-tune a pretrained backbone with a new head, one checkpoint per epoch.
 
 Reads:  params freeze, device, model.*, train.*; data/prepared/{manifest.csv,classes.json};
-        the images; the model.weights file, if it is one
+        the images; models/start.pt (the starting weights and their preprocessing)
 Writes: checkpoints/epoch_NNN.pt  (epoch, model and optimizer state, losses, val metrics,
                                    and what is needed to rebuild the model)
         dvclive/train/             (per-epoch curves for `dvc plots`)
@@ -24,7 +24,7 @@ from dvclive import Live
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from pipeline.cli import progress, run_stage
+from pipeline.cli import UserError, progress, run_stage
 from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Params, load_params
 from pipeline.data import decoded_images, read_manifest
 from pipeline.engine import (
@@ -43,7 +43,6 @@ from pipeline.models import (
     build_model,
     count_parameters,
     freeze,
-    is_weights_file,
     parse_freeze,
     trainable_names,
 )
@@ -53,6 +52,7 @@ from pipeline.runs import RunFolder, fingerprint
 log = logging.getLogger("pipeline.train")
 
 PREPARED_DIR = Path("data/prepared")
+START_FILE = Path("models/start.pt")  # written by the weights stage
 LIVE_DIR = Path("dvclive/train")
 
 
@@ -131,8 +131,10 @@ def set_up(params: Params) -> Run:
     set_determinism(config.deterministic)
     device = resolve_device(params.device)
     manifest, classes = read_manifest(PREPARED_DIR)
+    if not START_FILE.is_file():
+        raise UserError(f"{START_FILE} not found: run the weights stage first (dvc repro weights)")
     torch.manual_seed(config.seed)
-    built = build_model(params.model.arch, params.model.weights, classes, params.model.image_size)
+    built = build_model(params.model.arch, str(START_FILE), classes, params.model.image_size)
     model, spec = built.model, built.spec
     # Parameters frozen now but unfrozen later get optimizer groups from the start.
     unfreeze_to = parse_freeze(config.unfreeze_to, "train.unfreeze_to")
@@ -148,11 +150,8 @@ def set_up(params: Params) -> Run:
     # the rate recursively, so it drifts in the last bits from the formula the checkpoints record.
     scheduler = LambdaLR(optimizer, lambda index: schedule(index + 1))  # LambdaLR counts epochs from 0
 
-    images = images_on(decoded_images(manifest, params.model.image_size), device)
-    splits = {
-        split: split_batches(images, manifest, classes, split, spec.mean, spec.std, device)
-        for split in ("train", "val")
-    }
+    images = images_on(decoded_images(manifest, spec.sizing), device)
+    splits = {split: split_batches(images, manifest, split, spec, device) for split in ("train", "val")}
     weights = class_weights(config.class_weights, splits["train"].targets, len(classes), device)
     criterion = partial(F.cross_entropy, weight=weights, label_smoothing=config.label_smoothing)
 
@@ -194,7 +193,8 @@ def train_epoch(run: Run, phase: Phase, epoch: int) -> dict[str, Any]:
     loss, val = train_and_score(
         phase.net, phase.data["train"], phase.data["val"], run.optimizer, num_classes=len(run.spec.classes),
         seed=config.seed, epoch=epoch, batch_size=config.batch_size, frozen=phase.net_frozen,
-        hflip=config.augment.hflip, min_scale=config.augment.min_scale, criterion=run.criterion,
+        hflip=config.augment.hflip, min_scale=config.augment.min_scale, max_aspect=config.augment.max_aspect,
+        criterion=run.criterion,
         step_model=phase.step_model,
     )  # fmt: skip
     record = {
@@ -266,11 +266,7 @@ def run_fingerprint(params: Params, device: torch.device) -> str:
         "train": dataclasses.asdict(params.train),
         "select": dataclasses.asdict(params.select),  # early stopping watches select.metric
     }
-    inputs = [PREPARED_DIR / "manifest.csv", PREPARED_DIR / "classes.json"]
-    weights = params.model.weights
-    if weights is not None and is_weights_file(weights):
-        inputs.append(Path(weights))
-    return fingerprint(shaping, inputs)
+    return fingerprint(shaping, [PREPARED_DIR / "manifest.csv", PREPARED_DIR / "classes.json", START_FILE])
 
 
 def log_epoch(live: Live, record: dict[str, Any]) -> None:

@@ -36,11 +36,14 @@ def set_params(project: Path, **overrides: object) -> None:
     OmegaConf.save(params, path)
 
 
-def run(args: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    """Run a command the way a user would, in `cwd`, capturing its output."""
+def run(
+    args: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None, **kwargs
+) -> subprocess.CompletedProcess:
+    """Run a command the way a user would, in `cwd`, capturing its output; `env` adds to
+    (or replaces) this process's environment variables."""
     # DVC runs stage commands as `python -m ...`: make that this interpreter.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": path}
+    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "PATH": path}
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")

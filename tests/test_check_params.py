@@ -54,7 +54,9 @@ def test_the_default_params_pass(params_file: Path) -> None:
         ({"freeze": "modules:layer9"}, "does not have"),
         ({"model.arch": "resnet19"}, "did you mean resnet18"),
         ({"model.weights": "IMAGENET1K_V9"}, "is not a weights name of resnet18"),
-        ({"model.weights": "models/nope.pt"}, "the file does not exist"),
+        ({"model.weights": "models/weights/nope.pt"}, "the file does not exist"),
+        # elsewhere, DVC would not see the file change: the weights stage depends on models/weights/
+        ({"model.weights": "models/mine.pt"}, "model.weights = 'models/mine.pt': put weights files in models/weights/"),
         ({"model.arch": "vit_b_16", "model.image_size": 20}, "does not fit vit_b_16"),
         ({"prepare.data_dir": "data/nope"}, "prepare.data_dir = 'data/nope': no such folder"),
         ({"pretrain.data_dir": "data/nope"}, "pretrain.data_dir = 'data/nope': no such folder"),
@@ -71,12 +73,20 @@ def test_an_unknown_key_stops_it(params_file: Path) -> None:
     assert "unknown key 'trian'" in problem(params_file)
 
 
-def test_a_weights_file_of_another_arch_is_caught_before_any_training(params_file: Path) -> None:
+def test_a_weights_file_of_another_arch_is_caught_before_any_training(
+    params_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A project root of its own (the data folders linked), to put the file where weights go.
+    root = tmp_path / "root"
+    (root / "models" / "weights").mkdir(parents=True)
+    (root / "data").symlink_to(REPO / "data", target_is_directory=True)
+    monkeypatch.chdir(root)
     torch.manual_seed(0)
     built = build_model("resnet34", None, ["a", "b"], 16)
-    other = params_file.parent / "other.pt"
-    save_checkpoint({**built.spec.to_dict(), "model_state_dict": built.model.state_dict()}, other)
-    set_params(params_file.parent, **{"model.weights": str(other)})
+    save_checkpoint(
+        {**built.spec.to_dict(), "model_state_dict": built.model.state_dict()}, Path("models/weights/r34.pt")
+    )
+    set_params(params_file.parent, **{"model.weights": "models/weights/r34.pt"})
     assert "holds a resnet34 checkpoint, but model.arch is resnet18" in problem(params_file)
 
 

@@ -267,22 +267,20 @@ def test_importing_pipeline_makes_every_torch_load_safe(
         assert marker.exists()
 
 
-def test_train_refuses_an_evil_weights_file(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_weights_stage_refuses_an_evil_weights_file(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(FORCE_SAFE_LOAD, raising=False)  # as in a user's shell
-    stage("prepare", project)
     marker = project.parent / "pwned"
-    torch.save(Evil(marker), project / "models" / "evil.pt")
-    set_params(project, **{"model.weights": "models/evil.pt"})
+    torch.save(Evil(marker), project / "models" / "weights" / "evil.pt")
+    set_params(project, **{"model.weights": "models/weights/evil.pt"})
 
-    result = stage("train", project, check=False)
+    result = stage("weights", project, check=False)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1, result.stderr
-    assert "models/evil.pt was refused" in errors[0]
+    assert "models/weights/evil.pt was refused" in errors[0]
     assert not marker.exists()
-    assert not (project / "checkpoints").exists()
-    assert not (project / ".cache").exists()
+    assert not (project / "models" / "start.pt").exists()
 
 
 # --- files that are no checkpoint at all ---------------------------------------------------

@@ -65,26 +65,6 @@ def assert_train_did_nothing(project: Path) -> None:
     assert not (project / "dvclive" / "train").exists()
 
 
-@pytest.fixture(scope="module")
-def prepared_outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """data/prepared as the prepare stage writes it for the repo's target digits (run once)."""
-    root = tmp_path_factory.mktemp("prepare_once")
-    shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(REPO / "params.yaml", root / "params.yaml")
-    (root / "data").mkdir()
-    (root / "data" / "digits").symlink_to(REPO / "data" / "digits", target_is_directory=True)
-    stage("prepare", root)
-    return root / PREPARED
-
-
-@pytest.fixture
-def prepared_project(project: Path, prepared_outputs: Path) -> Path:
-    """A project whose prepare stage has run, with model.weights null (pretrain has not run)."""
-    shutil.copytree(prepared_outputs, project / PREPARED)
-    set_params(project, **{"model.weights": None})
-    return project
-
-
 # --- params.yaml mistakes, through the stages' entry points ------------------------------
 
 
@@ -96,8 +76,6 @@ class Case:
     edit: Callable[[Path], None]
     fragments: tuple[str, ...]
     stage: str = "train"
-    # The model-level checks run after train reads data/prepared: give it the prepare output.
-    prepared: bool = False
 
 
 def params(**overrides: object) -> Callable[[Path], None]:
@@ -105,7 +83,7 @@ def params(**overrides: object) -> Callable[[Path], None]:
 
 
 def model_params(**overrides: object) -> Callable[[Path], None]:
-    # model.weights: null unless the case sets it: models/pretrained.pt is a pretrain output.
+    # model.weights: null unless the case sets it, so the weights stage does not pretrain.
     return params(**{"model.weights": None, **overrides})
 
 
@@ -136,42 +114,42 @@ CASES = [
         ("params.yaml: prepare.val_fraction + prepare.test_fraction = 1.0", "less than 1"),
         stage="prepare",
     ),
-    # Checked by pipeline/models.py while building the model, before any data is decoded.
+    # Checked by pipeline/models.py while the weights stage builds the model, before any work.
     Case(
         "unknown-arch",
         model_params(**{"model.arch": "resnet19"}),
         ("model.arch = 'resnet19'", "not a torchvision classification model", "did you mean resnet18"),
-        prepared=True,
+        stage="weights",
     ),
     Case(
         "weights-name-not-of-arch",
         model_params(**{"model.weights": "IMAGENET1K_V9"}),
         ("model.weights = 'IMAGENET1K_V9'", "valid names: DEFAULT, IMAGENET1K_V1,", "or null"),
-        prepared=True,
+        stage="weights",
     ),
     Case(
         "freeze-bad-syntax",
         model_params(freeze="half"),
         ("freeze = 'half' is not a freeze spec", "none, all_but_head, first:N", "modules:NAME+NAME"),
-        prepared=True,
+        stage="check_params",
     ),
     Case(
         "freeze-unknown-module",
         model_params(freeze="modules:layer9"),
         # The example module in the hint must exist: layer1.0 (resnet18's conv1 has no conv1.0).
         ("module(s) layer9", "its stages are conv1, bn1, layer1, layer2, layer3, layer4", "e.g. layer1.0)"),
-        prepared=True,
+        stage="check_params",
     ),
     Case(
         "weights-file-missing",
-        model_params(**{"model.weights": "models/nope.pt"}),
-        ("model.weights = 'models/nope.pt': the file does not exist",),
-        prepared=True,
+        model_params(**{"model.weights": "models/weights/nope.pt"}),
+        ("model.weights = 'models/weights/nope.pt': the file does not exist",),
+        stage="weights",
     ),
 ]
 
 
-def run_cases(base: Path, prepared_outputs: Path) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+def run_cases(base: Path) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """Run each case's stage in its own copy of `base`, several at once.
 
     A refused run is almost all imports (seconds of one core each), so running them side by
@@ -181,8 +159,6 @@ def run_cases(base: Path, prepared_outputs: Path) -> dict[str, tuple[Path, subpr
     for case in CASES:
         copy = base.parent / case.id
         shutil.copytree(base, copy, symlinks=True)
-        if case.prepared:
-            shutil.copytree(prepared_outputs, copy / PREPARED)
         case.edit(copy)
         projects[case.id] = copy
     with ThreadPoolExecutor(max_workers=min(len(CASES), os.cpu_count() or 2)) as pool:
@@ -190,22 +166,24 @@ def run_cases(base: Path, prepared_outputs: Path) -> dict[str, tuple[Path, subpr
         return {case.id: (projects[case.id], result) for case, result in zip(CASES, results, strict=True)}
 
 
-def test_param_mistakes_stop_the_stage_before_any_work(
-    project: Path, prepared_outputs: Path, subtests: pytest.Subtests
-) -> None:
-    results = run_cases(project, prepared_outputs)
+def test_param_mistakes_stop_the_stage_before_any_work(project: Path, subtests: pytest.Subtests) -> None:
+    results = run_cases(project)
     for case in CASES:
         with subtests.test(case.id):
             copy, result = results[case.id]
             assert_one_error(result, *case.fragments)
             if case.stage == "train":
                 assert_train_did_nothing(copy)
+            elif case.stage == "weights":
+                assert not (copy / "models" / "start.pt").exists()
+            elif case.stage == "check_params":
+                assert not (copy / "checks" / "params.ok").exists()
             else:
                 assert not (copy / PREPARED).exists()
 
 
-def test_train_explains_uncached_torchvision_weights_without_network(
-    prepared_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_the_weights_stage_explains_uncached_torchvision_weights_without_network(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     torch_home = tmp_path / "torch_home"
     torch_home.mkdir()
@@ -215,18 +193,18 @@ def test_train_explains_uncached_torchvision_weights_without_network(
         monkeypatch.delenv(name, raising=False)
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")
-    set_params(prepared_project, **{"model.weights": "DEFAULT"})
+    set_params(project, **{"model.weights": "DEFAULT"})
 
     file_name = Path(urlparse(ResNet18_Weights.DEFAULT.url).path).name  # resnet18-f37072fd.pth
     assert_one_error(
-        stage("train", prepared_project, check=False),
+        stage("weights", project, check=False),
         "not in the cache and could not be downloaded",
         f"Put the file {file_name} ",
         f"into {torch_home / 'hub' / 'checkpoints'}",
         "model.weights: null",
     )
     assert not list((torch_home / "hub" / "checkpoints").glob("*.pth"))
-    assert_train_did_nothing(prepared_project)
+    assert not (project / "models" / "start.pt").exists()
 
 
 # --- load_params, in-process ----------------------------------------------------------

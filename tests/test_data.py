@@ -14,7 +14,7 @@ from PIL import Image
 
 import pipeline.data as data
 from pipeline.cli import UserError
-from pipeline.data import SPLITS, decoded_images, file_sha1, find_images, load_image, stratified_split
+from pipeline.data import SPLITS, Sizing, decoded_images, file_sha1, find_images, load_image, stratified_split
 from tests.helpers import augment
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 200, 0), (0, 0, 255)
@@ -96,7 +96,7 @@ def test_find_images_and_load_image_handle_non_ascii_names(tmp_path: Path) -> No
 
     assert classes == ["кошка"]
     assert files == [(path, "кошка")]
-    assert rgb_at(load_image(files[0][0], 4), 0, 0) == GREEN
+    assert rgb_at(load_image(files[0][0], Sizing(4, 4)), 0, 0) == GREEN
 
 
 def test_find_images_reports_non_image_files_as_skipped(tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_load_image_converts_modes_to_rgb(tmp_path: Path, mode: str, make, toler
     expected = make(path)
     assert Image.open(path).mode == mode  # the file really is in the mode under test
 
-    image = load_image(path, 4)
+    image = load_image(path, Sizing(4, 4))
 
     assert image.dtype == np.uint8
     assert image.shape == (3, 4, 4)
@@ -171,7 +171,7 @@ def test_load_image_flattens_rgba_onto_black(tmp_path: Path) -> None:
     pixels[:, 4:] = (*RED, 255)  # opaque red
     Image.fromarray(pixels, "RGBA").save(tmp_path / "a.png")
 
-    image = load_image(tmp_path / "a.png", 8)
+    image = load_image(tmp_path / "a.png", Sizing(8, 8))
 
     assert image.dtype == np.uint8 and image.shape == (3, 8, 8)
     assert rgb_at(image, 3, 0) == (0, 0, 0)
@@ -186,7 +186,7 @@ def test_load_image_flattens_palette_transparency_onto_black(tmp_path: Path) -> 
     image.save(tmp_path / "p.png", transparency=0)  # palette index 0 (white) is transparent
     assert "transparency" in Image.open(tmp_path / "p.png").info
 
-    out = load_image(tmp_path / "p.png", 8)
+    out = load_image(tmp_path / "p.png", Sizing(8, 8))
 
     assert out.dtype == np.uint8 and out.shape == (3, 8, 8)
     assert rgb_at(out, 4, 0) == (0, 0, 0)
@@ -198,7 +198,7 @@ def test_load_image_scales_16_bit_grey_instead_of_clipping(tmp_path: Path) -> No
     Image.fromarray(np.full((8, 8), grey16, dtype=np.uint16)).save(tmp_path / "g.png")
     assert Image.open(tmp_path / "g.png").mode == "I;16"
 
-    image = load_image(tmp_path / "g.png", 4)
+    image = load_image(tmp_path / "g.png", Sizing(4, 4))
 
     assert image.dtype == np.uint8 and image.shape == (3, 4, 4)
     expected = round(grey16 / 65535 * 255)
@@ -214,7 +214,7 @@ def test_load_image_follows_exif_orientation(tmp_path: Path, orientation: int, t
     exif[EXIF_ORIENTATION] = orientation
     Image.fromarray(bands(32, 16, [RED, BLUE])).save(tmp_path / "photo.jpg", exif=exif.tobytes(), quality=95)
 
-    image = load_image(tmp_path / "photo.jpg", 16)
+    image = load_image(tmp_path / "photo.jpg", Sizing(16, 16))
 
     assert image.shape == (3, 16, 16)
     for col in (0, 8, 15):
@@ -229,7 +229,7 @@ def test_load_image_resizes_shorter_side_then_crops_centre(tmp_path: Path, verti
     width, height = (48, 16) if vertical else (16, 48)
     Image.fromarray(bands(width, height, [RED, GREEN, BLUE], vertical)).save(tmp_path / "wide.png")
 
-    image = load_image(tmp_path / "wide.png", 8)
+    image = load_image(tmp_path / "wide.png", Sizing(8, 8))
 
     assert image.dtype == np.uint8 and image.shape == (3, 8, 8)
     # Bilinear downscaling may blend the band edges; the inside is pure green.
@@ -240,7 +240,7 @@ def test_load_image_resizes_shorter_side_then_crops_centre(tmp_path: Path, verti
 def test_load_image_upscales_small_images(tmp_path: Path) -> None:
     Image.fromarray(bands(6, 2, [RED, GREEN, BLUE])).save(tmp_path / "tiny.png")
 
-    image = load_image(tmp_path / "tiny.png", 8)
+    image = load_image(tmp_path / "tiny.png", Sizing(8, 8))
 
     assert image.shape == (3, 8, 8)
     assert_close(rgb_at(image, 4, 4), GREEN, 2)  # the middle band fills the centre
@@ -323,17 +323,17 @@ def cache_files(cache_dir: Path) -> dict[str, tuple[int, int]]:
 
 
 def test_decoded_images_match_load_image(tmp_path: Path, manifest: pd.DataFrame) -> None:
-    images = decoded_images(manifest, 8, tmp_path / "cache")
+    images = decoded_images(manifest, Sizing(8, 8), tmp_path / "cache")
 
     assert images.dtype == np.uint8
     assert tuple(images.shape) == (len(manifest), 3, 8, 8)
     for i, path in enumerate(manifest["path"]):
-        np.testing.assert_array_equal(images[i], load_image(path, 8))
+        np.testing.assert_array_equal(images[i], load_image(path, Sizing(8, 8)))
 
 
 def test_decoded_images_reuse_the_cache(tmp_path: Path, manifest: pd.DataFrame, monkeypatch) -> None:
     cache = tmp_path / "cache"
-    first = decoded_images(manifest, 8, cache).copy()
+    first = decoded_images(manifest, Sizing(8, 8), cache).copy()
     before = cache_files(cache)
     assert len(before) == 1
 
@@ -341,7 +341,7 @@ def test_decoded_images_reuse_the_cache(tmp_path: Path, manifest: pd.DataFrame, 
         raise AssertionError(f"{path} decoded again despite the cache")
 
     monkeypatch.setattr(data, "load_image", no_decoding)
-    again = decoded_images(manifest, 8, cache)
+    again = decoded_images(manifest, Sizing(8, 8), cache)
 
     np.testing.assert_array_equal(again, first)
     assert cache_files(cache) == before
@@ -349,10 +349,10 @@ def test_decoded_images_reuse_the_cache(tmp_path: Path, manifest: pd.DataFrame, 
 
 def test_decoded_images_rebuild_for_a_new_size_or_changed_files(tmp_path: Path, manifest: pd.DataFrame) -> None:
     cache = tmp_path / "cache"
-    decoded_images(manifest, 8, cache)
+    decoded_images(manifest, Sizing(8, 8), cache)
     first = cache_files(cache)
 
-    at_4 = decoded_images(manifest, 4, cache)
+    at_4 = decoded_images(manifest, Sizing(4, 4), cache)
     assert tuple(at_4.shape) == (len(manifest), 3, 4, 4)
     after_size = cache_files(cache)
     assert len(after_size) == 2
@@ -363,7 +363,7 @@ def test_decoded_images_rebuild_for_a_new_size_or_changed_files(tmp_path: Path, 
     Image.new("RGB", (12, 20), BLUE).save(path)
     changed = manifest.copy()
     changed.loc[1, "sha1"] = file_sha1(path)
-    images = decoded_images(changed, 8, cache)
+    images = decoded_images(changed, Sizing(8, 8), cache)
 
     assert len(cache_files(cache)) == 3
     assert rgb_at(images[1], 4, 4) == BLUE
@@ -481,11 +481,11 @@ def test_find_images_reports_links_that_lead_nowhere_and_files_outside_classes(t
 PEAK_RSS = """
 import re, sys
 from pathlib import Path
-from pipeline.data import load_image
+from pipeline.data import Sizing, load_image
 def peak():
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
 before = peak()
-image = load_image(sys.argv[1], 16)
+image = load_image(sys.argv[1], Sizing(16, 16))
 print(peak() - before, image.mean())
 """
 

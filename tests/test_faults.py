@@ -17,10 +17,10 @@ from tests.helpers import assert_resumed
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project with prepare and pretrain done, once for the module."""
+    """A project with prepare and weights done, once for the module."""
     project = make_project(tmp_path_factory.mktemp("faults") / "project")
     stage("prepare", project)
-    stage("pretrain", project)
+    stage("weights", project)
     return project
 
 

@@ -44,7 +44,9 @@ def history(project: Path) -> list[dict]:
 
 
 def train(project: Path, **params: object) -> list[dict]:
+    """The weights stage (its starting weights) and the train stage, with `params`."""
     set_params(project, **params)
+    stage("weights", project)
     stage("train", project)
     return history(project)
 
@@ -99,9 +101,8 @@ def test_with_shuffled_labels_the_same_run_stays_near_chance(digits: Path) -> No
 def test_head_only_on_the_pretrained_backbone_beats_a_random_backbone(digits: Path) -> None:
     """The demo's transfer claim (README, "Results on the demo"), scaled down."""
     set_params(digits, **{"model.image_size": 16, "pretrain.epochs": 3, "pretrain.batch_size": 32})
-    stage("pretrain", digits)
     head_only = {"freeze": "all_but_head", "train.epochs": 5, "train.batch_size": 32, "train.lr": 0.01}
-    pretrained = train(digits, **head_only, **{"model.weights": "models/pretrained.pt"})[-1]
+    pretrained = train(digits, **head_only, **{"model.weights": "pretrain"})[-1]
     random = train(digits, **head_only, **{"model.weights": None})[-1]
     both = describe([pretrained, random])
     assert pretrained["val_loss"] < 0.8 * random["val_loss"], both

@@ -24,6 +24,7 @@ from pipeline import models
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.cli import UserError
 from pipeline.config import Optimizer, OptimParams
+from pipeline.data import Sizing
 from pipeline.engine import ImageBatches, epoch_generator, train_one_epoch
 from pipeline.models import (
     FREEZE_SYNTAX,
@@ -541,8 +542,13 @@ def test_model_from_checkpoint_rebuilds_the_same_model(arch: str, size: int, tmp
 def test_model_spec_round_trips_through_the_checkpoint_keys():
     spec = build_model("vit_b_16", None, CLASSES, 32).spec
     saved = spec.to_dict()
-    assert set(saved) == {"arch", "head", "classes", "image_size", "mean", "std", "model_kwargs"}
+    assert set(saved) == {
+        "arch", "head", "classes", "image_size", "mean", "std", "model_kwargs", "resize_size", "interpolation"
+    }  # fmt: skip
     assert ModelSpec.from_checkpoint({**saved, "epoch": 3, "model_state_dict": {}}) == spec
+    # Checkpoints from before the resize size was kept: inputs resized straight to image_size.
+    older = {key: value for key, value in saved.items() if key not in ("resize_size", "interpolation")}
+    assert ModelSpec.from_checkpoint(older).sizing == Sizing(32, 32, "bilinear")
 
 
 # --- input size -----------------------------------------------------------------------

@@ -6,12 +6,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pandas as pd
-import pytest
 import torch
 from torchvision.models import ResNet18_Weights, resnet18
 
 from pipeline.checkpoints import load_checkpoint
-from testing.project import run, set_params, stage
+from testing.project import run, set_params
 
 
 def dvc(project: Path, *args: str) -> str:
@@ -54,7 +53,7 @@ def test_repro_then_frozen_experiment(project: Path) -> None:
     run(["git", "commit", "-qm", "baseline"], project)
     dvc(project, "exp", "run", "-S", "freeze=all_but_head")
 
-    pretrained = load_checkpoint(project / "models" / "pretrained.pt")
+    pretrained = load_checkpoint(project / "models" / "start.pt")
     head = pretrained["head"]
     for path in sorted((project / "checkpoints").glob("*.pt")):
         checkpoint = load_checkpoint(path)
@@ -85,26 +84,34 @@ def test_repro_then_frozen_experiment(project: Path) -> None:
     assert restored == metrics
 
 
-def test_train_takes_torchvision_weights_from_the_offline_cache(
-    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """model.weights: IMAGENET1K_V1 with the file already in $TORCH_HOME: no network needed."""
+def test_torchvision_weights_are_a_params_only_switch(project: Path, tmp_path: Path) -> None:
+    """`dvc exp run -S model.weights=IMAGENET1K_V1` with the file already in $TORCH_HOME: no
+    dvc.yaml edit, no network, no demo pretraining, and the weights' own preprocessing."""
     weights = ResNet18_Weights.IMAGENET1K_V1
     cached = tmp_path / "torch" / "hub" / "checkpoints" / Path(urlparse(weights.url).path).name
     cached.parent.mkdir(parents=True)
     imagenet_like = resnet18().state_dict()  # random values stand in for the real download
     torch.save(imagenet_like, cached)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    set_params(project, **{"model.weights": "IMAGENET1K_V1", "freeze": "all_but_head", "train.epochs": 1})
+    output = run(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "model.weights=IMAGENET1K_V1", "-S", "freeze=all_but_head",
+         "-S", "train.epochs=1"],
+        project, env={"TORCH_HOME": str(tmp_path / "torch")},
+    )  # fmt: skip
+    log = output.stdout + output.stderr
+    assert "pretrain epoch" not in log and "Running stage 'weights'" in log
 
-    stage("prepare", project)
-    stage("train", project)
+    # One DVC-tracked file holds the starting weights: the cached tensors, without the head.
+    start = load_checkpoint(project / "models" / "start.pt")
+    assert start["model_state_dict"].keys() == trunk(imagenet_like, "fc").keys()
+    assert all(torch.equal(tensor, imagenet_like[name]) for name, tensor in start["model_state_dict"].items())
+    assert "models/start.pt" in (project / "dvc.lock").read_text()
 
+    # Their preprocessing (resize 256, centre crop 224, bilinear), scaled to the 16 px crop.
     checkpoint = load_checkpoint(project / "checkpoints" / "epoch_001.pt")
-    assert checkpoint["mean"] == list(weights.transforms().mean)
-    assert checkpoint["std"] == list(weights.transforms().std)
+    transforms = weights.transforms()
+    assert checkpoint["mean"] == list(transforms.mean) and checkpoint["std"] == list(transforms.std)
+    assert (checkpoint["image_size"], checkpoint["resize_size"], checkpoint["interpolation"]) == (16, 18, "bilinear")
     trained = trunk(checkpoint["model_state_dict"], "fc")
-    assert trained.keys() == trunk(imagenet_like, "fc").keys()
     assert all(torch.equal(tensor, imagenet_like[name]) for name, tensor in trained.items())
 
 

@@ -106,7 +106,7 @@ def test_early_stopping_keeps_every_finished_epoch(project: Path) -> None:
             "train.early_stopping.min_delta": 0.01,
         },
     )
-    run([sys.executable, "-m", "dvc", "repro", "pretrain", "prepare"], project)
+    run([sys.executable, "-m", "dvc", "repro", "weights", "prepare"], project)
     result = stage("train", project)
     assert "early stopping after epoch 2" in result.stderr
     assert sorted(p.name for p in (project / "checkpoints").glob("*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
@@ -129,7 +129,7 @@ def test_gradual_unfreezing_survives_a_resume(project: Path) -> None:
             "train.class_weights": "balanced",
         },
     )
-    run([sys.executable, "-m", "dvc", "repro", "pretrain", "prepare"], project)
+    run([sys.executable, "-m", "dvc", "repro", "weights", "prepare"], project)
     stage("train", project)
     expected = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
     assert [c["freeze"] for c in expected] == ["all_but_head", "first:3", "first:3"]

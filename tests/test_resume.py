@@ -43,10 +43,10 @@ ARCH = "shufflenet_v2_x0_5"
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
-    """A project with prepare and pretrain done, and an uninterrupted train run's checkpoints."""
+    """A project with prepare and weights done, and an uninterrupted train run's checkpoints."""
     project = make_project(tmp_path_factory.mktemp("reference") / "project")
     set_params(project, **{"train.epochs": EPOCHS, "model.arch": ARCH})
-    run([sys.executable, "-m", "dvc", "repro", "pretrain", "prepare"], project)
+    run([sys.executable, "-m", "dvc", "repro", "weights", "prepare"], project)
     stage("train", project)
     (folder,) = (project / ".cache" / "runs").iterdir()
     assert (folder / "finished").is_file(), "a finished run keeps its folder, marked finished"

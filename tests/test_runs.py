@@ -5,7 +5,6 @@ import fcntl
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ ARCH = "shufflenet_v2_x0_5"  # resuming does not depend on the architecture; a s
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     project = make_project(tmp_path_factory.mktemp("runs") / "project")
     set_params(project, **{"train.epochs": EPOCHS, "model.arch": ARCH})
-    run([sys.executable, "-m", "dvc", "repro", "pretrain", "prepare"], project)
+    run([sys.executable, "-m", "dvc", "repro", "weights", "prepare"], project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "prepared"], project)
     return project
@@ -61,8 +60,8 @@ def test_a_queued_experiment_killed_mid_train_resumes_in_a_temp_experiment(proje
     # The queue's worker starts the train stage; its 6th optimizer step (the first of epoch
     # 2) SIGKILLs it.
     env = kill_env(tmp_path / "site", "step", 6)
-    subprocess.run([*dvc, "--queue"], cwd=project, env=env, check=True, capture_output=True)
-    killed = subprocess.run([*dvc, "--run-all"], cwd=project, env=env, capture_output=True, text=True)
+    run([*dvc, "--queue"], project, env=env)
+    killed = run([*dvc, "--run-all"], project, check=False, env=env)
     assert "failed to run: python -m pipeline.train, exited with -9" in killed.stdout + killed.stderr
     assert epochs_trained(killed.stdout + killed.stderr) == [1]
 

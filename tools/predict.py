@@ -5,8 +5,9 @@
 
 PATHs are image files or folders; folders are searched recursively for image files
 (extensions in any case, hidden files and folders skipped). Each image is preprocessed
-with the image size, mean and std stored in the model file, by the same code evaluate
-uses (data.load_image, then engine.normalize), so the probabilities match evaluate's.
+as the model file states (resize size, filter, centre crop, mean and std), by the same
+code evaluate uses (data.load_image and centre_crop, then engine.normalize), so the
+probabilities match evaluate's.
 
 Writes to stdout, one line (table), row (csv) or object (json) per image: its path and
 its top-k classes with their probabilities. An image that cannot be decoded gets an
@@ -31,7 +32,7 @@ import torch
 
 from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import UserError, error_line, progress, run_stage
-from pipeline.data import image_files, load_image
+from pipeline.data import centre_crop, image_files, load_image
 from pipeline.engine import autocast, memory_format, normalize, place_model, resolve_device
 from pipeline.models import ModelSpec, model_from_checkpoint
 
@@ -100,7 +101,7 @@ def predict_files(
             prediction = Prediction(path.as_posix())
             predictions.append(prediction)
             try:
-                pixels.append(load_image(path, spec.image_size))
+                pixels.append(centre_crop(load_image(path, spec.sizing), spec.sizing))
                 decoded.append(prediction)
             except Exception as error:  # Pillow raises many types for damaged or unsupported files
                 prediction.error = f"cannot be decoded: {error_line(error, with_type=True)}"

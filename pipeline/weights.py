@@ -1,0 +1,95 @@
+"""Stage weights: the starting weights of fine-tuning as one file, whatever their source.
+
+model.weights names the source:
+    pretrain                  the demo's stand-in for ImageNet weights: train the backbone
+                              from scratch on the images under pretrain.data_dir (digits
+                              0-4) with the pretrain.* params; train then transfers it to
+                              the unseen digits 5-9 (Yosinski et al., 2014)
+    DEFAULT, IMAGENET1K_V1... torchvision's weights for model.arch, from $TORCH_HOME
+    models/weights/NAME.pt    a state_dict, or a checkpoint of this pipeline
+    null                      random weights, drawn from pretrain.seed
+
+Each is saved the same way, so dvc.lock records the exact bytes a run started from, and
+train re-runs when, and only when, those bytes change.
+
+Reads:  params device, model.*, pretrain.*; images under pretrain.data_dir (pretrain only);
+        the weights file under models/weights/ (a file only)
+Writes: models/start.pt (a pipeline checkpoint of the backbone without its head, and the
+                         preprocessing its weights expect; train gives it a new head)
+"""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.checkpoints import save_checkpoint
+from pipeline.cli import run_stage
+from pipeline.config import PRETRAIN_WEIGHTS, Params, load_params
+from pipeline.data import decoded_images, duplicate_groups, stratified_split, usable_images
+from pipeline.engine import images_on, place_model, resolve_device, split_batches, train_and_score
+from pipeline.models import Built, backbone_state, build_model
+from pipeline.optim import make_optimizer
+
+log = logging.getLogger("pipeline.weights")
+
+OUT_FILE = Path("models/start.pt")
+
+
+def main() -> None:
+    params = load_params()
+    model = params.model
+    if model.weights == PRETRAIN_WEIGHTS:
+        (built, scores), source = pretrain(params), f"pretrained on {params.pretrain.data_dir}"
+    else:
+        torch.manual_seed(params.pretrain.seed)  # what `null` draws from
+        built = build_model(model.arch, model.weights, None, model.image_size)
+        source, scores = "random, from pretrain.seed" if model.weights is None else model.weights, {}
+    checkpoint = {
+        **built.spec.to_dict(),
+        "classes": [],  # no head: train gives the backbone one for its classes
+        "model_state_dict": backbone_state(built.model, built.spec.head),
+        "source": source,
+        **scores,
+    }
+    save_checkpoint(checkpoint, OUT_FILE)
+    sizing = built.spec.sizing
+    log.info(
+        "wrote %s: %s %s; inputs resized to %d, centre %d crop (%s)",
+        OUT_FILE, model.arch, source, sizing.resize, sizing.crop, sizing.interpolation,
+    )  # fmt: skip
+
+
+def pretrain(params: Params) -> tuple[Built, dict[str, Any]]:
+    """The backbone trained from scratch on the classes under pretrain.data_dir, and its
+    last epoch's scores."""
+    config = params.pretrain
+    device = resolve_device(params.device)
+    classes, manifest, _ = usable_images(Path(config.data_dir))
+    fractions = {"val": config.val_fraction}
+    # Copies of an image stay in one split, as in prepare (see data.duplicate_groups).
+    manifest["split"] = stratified_split(manifest["label"].tolist(), fractions, config.seed, duplicate_groups(manifest))
+
+    torch.manual_seed(config.seed)
+    built = build_model(params.model.arch, None, classes, params.model.image_size)
+    model, spec = place_model(built.model, device), built.spec
+    images = images_on(decoded_images(manifest, spec.sizing), device)
+    train_data, val_data = (split_batches(images, manifest, split, spec, device) for split in ("train", "val"))
+    optimizer = make_optimizer(config, model, spec.head)
+
+    for epoch in range(1, config.epochs + 1):
+        loss, val = train_and_score(
+            model, train_data, val_data, optimizer, num_classes=len(classes), seed=config.seed, epoch=epoch,
+            batch_size=config.batch_size,
+        )  # fmt: skip
+        log.info(
+            "pretrain epoch %d/%d: loss %.4f, val loss %.4f, val accuracy %.3f",
+            epoch, config.epochs, loss, val["loss"], val["accuracy"],
+        )  # fmt: skip
+    log.info("pretrained on %d source classes: %s", len(classes), ", ".join(classes))
+    return built, {"epoch": config.epochs, "loss": loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+
+
+if __name__ == "__main__":
+    run_stage(main)
