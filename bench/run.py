@@ -26,7 +26,7 @@ import torch
 
 from bench.loops import stage_vs_raw
 from pipeline.checkpoints import content_digest, load_checkpoint, save_checkpoint
-from pipeline.data import decoded_images, read_manifest
+from pipeline.data import Sizing, decoded_images, read_manifest
 from pipeline.engine import (
     resolve_device,
 )
@@ -91,8 +91,8 @@ def decode(project: Path) -> dict[str, float]:
     """Decoding and resizing every image: once (cold), and what later epochs pay (warm)."""
     manifest, _ = read_manifest(project / "data/prepared")
     cache = Path(tempfile.mkdtemp())
-    cold = median_time(lambda: decoded_images(manifest, SIZE, cache), 1)
-    warm = median_time(lambda: decoded_images(manifest, SIZE, cache), 5)
+    cold = median_time(lambda: decoded_images(manifest, Sizing(SIZE, SIZE), cache), 1)
+    warm = median_time(lambda: decoded_images(manifest, Sizing(SIZE, SIZE), cache), 5)
     shutil.rmtree(cache)
     set_params(project, **{"train.epochs": 3})
     python(project, "-m", "pipeline.train")
@@ -174,6 +174,7 @@ def scaling(project: Path) -> dict[str, float]:
         set_params(project, **{"prepare.data_dir": str(data.relative_to(project)), "train.epochs": 3})
         started = time.perf_counter()
         python(project, "-m", "pipeline.prepare")
+    python(project, "-m", "pipeline.weights")  # random starting weights (model.weights: null)
         results[f"prepare_{factor}x_s"] = time.perf_counter() - started
         python(project, "-m", "pipeline.train")
         results[f"epoch_{factor}x_s"] = statistics.median(epoch_seconds(project)[1:])
@@ -216,8 +217,8 @@ def main() -> None:
             set_params(project, **{"train.epochs": 3})
             python(project, "-m", "pipeline.train")
         if name == "dvc":
-            # dvc repro needs the pretrain stage's weights back as the default.
-            set_params(project, **{"model.weights": "models/pretrained.pt"})
+            # dvc repro runs the demo's pretraining, as by default.
+            set_params(project, **{"model.weights": "pretrain"})
         report[name] = measure[name](project)
         print(f"{name}: {json.dumps(report[name], indent=None, default=float)}", flush=True)
 

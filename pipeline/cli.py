@@ -86,6 +86,7 @@ def run_stage(main: Callable[[], None]) -> None:
         sys.exit(1)
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
-    """A tqdm bar on a terminal; silent when output goes to a file or CI log."""
-    return tqdm(items, desc=desc, total=total, leave=False, disable=None)
+def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterable[T]:
+    """A tqdm bar (count, rate in `unit`s/s, time left) on a terminal; silent when output
+    goes to a file or CI log."""
+    return tqdm(items, desc=desc, total=total, leave=False, disable=None, unit=unit)

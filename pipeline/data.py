@@ -8,18 +8,23 @@ the prepare stage starts in a fraction of a second.
 
 import errno
 import hashlib
+import io
 import json
 import logging
 import multiprocessing
 import os
 import signal
 import stat
+import tempfile
+import time
 import warnings
 from collections import Counter
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -41,7 +46,6 @@ REDUCING_GAP = 3
 HASH_DECODE_SIZE = 32
 # An image_hash needs this many bits of each kind (brighter, not brighter) to identify a picture.
 MIN_HASH_BITS = 8
-CACHE_DIR = project_cache("images")
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ def centre_crop(pixels: np.ndarray, sizing: Sizing) -> np.ndarray:
     return pixels[..., start:end, start:end]
 
 
-def load_image(path: Path | str, sizing: Sizing) -> np.ndarray:
+def load_image(path: Path | str | BinaryIO, sizing: Sizing) -> np.ndarray:
     """Decode one image to uint8 RGB, channels first, `sizing.resize` pixels square.
 
     Honours EXIF orientation, flattens alpha onto black, maps 16-bit and CMYK to 8-bit RGB,
@@ -202,7 +206,7 @@ def load_image(path: Path | str, sizing: Sizing) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
-def decode(path: Path | str, size: int) -> Image.Image:
+def decode(path: Path | str | BinaryIO, size: int) -> Image.Image:
     """The whole image as RGB, upright, its shorter side shrunk to no less than REDUCING_GAP * size.
 
     Shrinking happens before any conversion, in the file's own mode (JPEG: while decoding,
@@ -256,10 +260,6 @@ def _to_rgb(image: Image.Image, peak: float | None = None) -> Image.Image:
     return image.convert("RGB")
 
 
-def file_sha1(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
-
-
 def image_hash(image: Image.Image) -> str:
     """A perceptual hash: the same picture re-encoded or resized almost always gets the same one.
 
@@ -276,29 +276,72 @@ def image_hash(image: Image.Image) -> str:
     return np.packbits(bits).tobytes().hex()
 
 
-def usable_images(root: Path) -> tuple[list[str], pd.DataFrame, list[Skipped]]:
-    """Scan and decode every image under `root`: (classes, rows of path/label/sha1/dhash, left out).
+@dataclass(frozen=True)
+class Inspected:
+    """What one read of a file gives: its hashes and pixels, or why it cannot be used."""
 
-    Files that fail to decode are left out with the reason; so are identical files (the same
-    sha1) under different classes, since no label is right for all of them, and class
-    folders left with no usable image (the folder itself is listed).
+    sha1: str = ""
+    dhash: str = ""  # image_hash
+    pixels: np.ndarray | None = None  # load_image's array, when a sizing was asked for
+    problem: str | None = None
+
+
+def inspect_file(path: str, sizing: Sizing | None) -> Inspected:
+    """Read `path` once and, from those bytes, hash it, check that it decodes and, with
+    `sizing`, decode it for the model (`load_image`)."""
+    try:
+        content = Path(path).read_bytes()
+        # Shrinking still decodes the whole file, so damage anywhere is caught here.
+        fingerprint = image_hash(decode(io.BytesIO(content), HASH_DECODE_SIZE))
+        pixels = None if sizing is None else load_image(io.BytesIO(content), sizing)
+    except Image.DecompressionBombError as error:
+        return Inspected(problem=f"too large to decode safely (Image.MAX_IMAGE_PIXELS): {error}")
+    except Exception as error:  # Pillow raises many types for damaged or unsupported files
+        return Inspected(problem=f"cannot be decoded: {type(error).__name__}: {error}")
+    return Inspected(hashlib.sha1(content).hexdigest(), fingerprint, pixels)
+
+
+def inspect_all(paths: list[str], sizing: Sizing | None, desc: str) -> Iterator[Inspected]:
+    """`inspect_file` of each path, in order, spread over a process per CPU core."""
+    workers = min(len(os.sched_getaffinity(0)), len(paths) // 200 + 1)  # a pool only pays off for many files
+    inspect = partial(inspect_file, sizing=sizing)
+    with multiprocessing.Pool(workers, _default_signals) if workers > 1 else nullcontext() as pool:
+        inspected = pool.imap(inspect, paths, chunksize=16) if pool else map(inspect, paths)
+        yield from progress(inspected, desc, total=len(paths), unit="image")
+
+
+def usable_images(
+    root: Path, sizing: Sizing | None = None, cache_dir: Path | None = None
+) -> tuple[list[str], pd.DataFrame, list[Skipped]]:
+    """Scan, hash and decode every image under `root`: (classes, rows of path/label/sha1/dhash,
+    left out).
+
+    Each file is read once, on every core. Files that fail to decode are left out with the
+    reason; so are identical files (the same sha1) under different classes, since no label
+    is right for all of them, and class folders left with no usable image (the folder
+    itself is listed). With `sizing`, the same pass also stores the rows' pixels in the
+    decoded-image cache, where `decoded_images` finds them.
     """
     classes, files, skipped = find_images(root)
+    cache_dir = cache_dir or cache_folder()
+    paths = [path.as_posix() for path, _ in files]
     rows = []
-    for path, label in progress(files, f"checking images in {root}"):
-        try:
-            # Shrinking still decodes the whole file, so damage anywhere is caught here.
-            fingerprint = image_hash(decode(path, HASH_DECODE_SIZE))
-        except Image.DecompressionBombError as error:
-            skipped.append(Skipped(path.as_posix(), f"too large to decode safely (Image.MAX_IMAGE_PIXELS): {error}"))
-            continue
-        except Exception as error:  # Pillow raises many types for damaged or unsupported files
-            skipped.append(Skipped(path.as_posix(), f"cannot be decoded: {type(error).__name__}: {error}"))
-            continue
-        rows.append((path.as_posix(), label, file_sha1(path), fingerprint))
-    found = pd.DataFrame(rows, columns=["path", "label", "sha1", "dhash"])
-    found, conflicts = _drop_conflicting_copies(found)
+    with _scratch_array(cache_dir, len(paths), sizing) as pixels:
+        started = time.perf_counter()
+        for index, found in enumerate(inspect_all(paths, sizing, f"checking images in {root}")):
+            if found.problem:
+                skipped.append(Skipped(paths[index], found.problem))
+                continue
+            rows.append((paths[index], files[index][1], found.sha1, found.dhash, index))
+            if pixels is not None:
+                pixels[index] = found.pixels
+        log.info("read %d files in %.1fs", len(paths), time.perf_counter() - started)
+        found = pd.DataFrame(rows, columns=["path", "label", "sha1", "dhash", "row"])
+        found, conflicts = _drop_conflicting_copies(found)
+        if pixels is not None:
+            _store_decoded(found, sizing, cache_dir, pixels)
     skipped += conflicts
+    found = found.drop(columns="row")
     empty = [name for name in classes if name not in set(found["label"])]
     if empty:
         log.warning("class folder(s) with no usable images are left out: %s", ", ".join(empty))
@@ -419,32 +462,67 @@ def _default_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the stage itself handles Ctrl-C
 
 
-def decoded_images(manifest: pd.DataFrame, sizing: Sizing, cache_dir: Path = CACHE_DIR) -> np.ndarray:
+def cache_folder() -> Path:
+    """Where decoded images are kept: the project's, shared by all its experiments (files.project_cache)."""
+    return project_cache("images")
+
+
+def _cache_path(manifest: pd.DataFrame, sizing: Sizing, cache_dir: Path) -> Path:
+    """The decoded array of `manifest`'s rows at `sizing`: named by the files' contents (sha1),
+    the sizing and PREPROCESSING_VERSION, so it is rebuilt when, and only when, one changes."""
+    key = [PREPROCESSING_VERSION, sizing.to_dict(), manifest["path"].tolist(), manifest["sha1"].tolist()]
+    return cache_dir / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]}.npy"
+
+
+@contextmanager
+def _scratch_array(cache_dir: Path, rows: int, sizing: Sizing | None) -> Iterator[np.ndarray | None]:
+    """A uint8 (rows, 3, R, R) array memory-mapped from a temporary file in `cache_dir`,
+    deleted on exit unless `_store_decoded` has moved it into place; None without a sizing."""
+    if sizing is None:
+        yield None
+        return
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=cache_dir, prefix=".decoding.", suffix=".npy")
+    os.close(fd)
+    try:
+        shape = (rows, 3, sizing.resize, sizing.resize)
+        yield np.lib.format.open_memmap(name, mode="w+", dtype=np.uint8, shape=shape)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _store_decoded(found: pd.DataFrame, sizing: Sizing, cache_dir: Path, pixels: np.ndarray) -> Path:
+    """Keep `found`'s rows (its `row` column indexes `pixels`) as its decoded array."""
+    path = _cache_path(found, sizing, cache_dir)
+    pixels.flush()
+    if not path.exists():
+        with atomic_path(path) as tmp:
+            if found["row"].tolist() == list(range(len(pixels))):
+                os.replace(pixels.filename, tmp)  # every file was kept: no copy
+            else:
+                kept = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(found), *pixels.shape[1:]))
+                kept[:] = pixels[found["row"].to_numpy()]
+                kept.flush()
+                del kept
+        log.info("decoded %d images at %dpx into %s", len(found), sizing.resize, path)
+    return path
+
+
+def decoded_images(manifest: pd.DataFrame, sizing: Sizing, cache_dir: Path | None = None) -> np.ndarray:
     """All images of `manifest` as one uint8 array (N, 3, R, R), R = sizing.resize, decoded at most once.
 
-    The array is memory-mapped from `cache_dir`; its file name hashes the files' contents
-    (sha1 column), the sizing and PREPROCESSING_VERSION, so it is rebuilt when, and only when,
-    one of those changes. Decoding runs in a process per CPU core.
+    The array is memory-mapped from the cache (see `_cache_path`): prepare's pass over the
+    files normally left it there; otherwise it is decoded now, on every core.
     """
-    size = sizing.resize
-    key = hashlib.sha256(
-        json.dumps(
-            [PREPROCESSING_VERSION, sizing.to_dict(), manifest["path"].tolist(), manifest["sha1"].tolist()]
-        ).encode()
-    ).hexdigest()[:20]
-    path = cache_dir / f"{key}.npy"
+    cache_dir = cache_dir or cache_folder()
+    path = _cache_path(manifest, sizing, cache_dir)
     if not path.exists():
         paths = manifest["path"].tolist()
-        with atomic_path(path) as tmp:
-            pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
-            workers = min(os.cpu_count() or 1, len(paths) // 500 + 1)  # a pool only pays off for many files
-            decode = partial(load_image, sizing=sizing)
-            with multiprocessing.Pool(workers, _default_signals) if workers > 1 else nullcontext() as pool:
-                decoded = pool.imap(decode, paths, chunksize=64) if pool else map(decode, paths)
-                for index, image in enumerate(progress(decoded, f"decoding images at {size}px", total=len(paths))):
-                    pixels[index] = image
-            pixels.flush()
-            del pixels
-        log.info("decoded %d images at %dpx into %s", len(paths), size, path)
+        with _scratch_array(cache_dir, len(paths), sizing) as pixels:
+            for index, found in enumerate(inspect_all(paths, sizing, f"decoding images at {sizing.resize}px")):
+                if found.problem:
+                    raise UserError(f"{paths[index]} {found.problem}; it decoded when prepare ran: rerun prepare")
+                pixels[index] = found.pixels
+            _store_decoded(manifest.assign(row=range(len(paths))), sizing, cache_dir, pixels)
     # Copy-on-write mapping: writable for torch.from_numpy (no warning), never written back.
     return np.load(path, mmap_mode="c")

@@ -1,6 +1,8 @@
-"""Stage prepare: an ImageFolder tree -> a stratified train/val/test manifest.
+"""Stage prepare: an ImageFolder tree -> a stratified train/val/test manifest, and every
+image decoded for the model.
 
-Reads:  params prepare.*, the images under prepare.data_dir
+Reads:  params prepare.*, model.arch, model.weights, model.image_size (how the weights want
+        their inputs sized); the images under prepare.data_dir
 Writes: data/prepared/manifest.csv    (path, label, split, sha1; one row per usable image)
         data/prepared/classes.json    (the ordered class names; model output i is class i)
         data/prepared/skipped.csv     (path, reason: everything under the data folder that is
@@ -14,6 +16,11 @@ that fail to decode or exceed Pillow's size limit, broken links and link loops, 
 folders below a class folder (not followed), class folders with no usable image, and exact
 duplicates whose labels conflict. A link loop is handled here, but DVC itself stops with
 Errno 40 on one in a dependency folder before this stage runs: remove it to use `dvc repro`.
+
+One pass reads each file once, on every core: its sha1, a check that it decodes, its
+perceptual hash, and its pixels at the model's sizing (data.load_image), kept in the
+project's decoded-image cache (.cache/images, shared by every experiment of the project,
+queued and --temp ones too), where train and evaluate find them.
 
 Duplicates never straddle splits. Files with the same bytes (sha1) under one class, and
 images with the same perceptual hash (data.image_hash: the same picture re-encoded or
@@ -30,9 +37,10 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.cli import run_stage
-from pipeline.config import load_params
+from pipeline.config import PRETRAIN_WEIGHTS, load_params
 from pipeline.data import MANIFEST_COLUMNS, duplicate_groups, stratified_split, usable_images
 from pipeline.files import write_csv, write_json
+from pipeline.models import model_sizing
 
 log = logging.getLogger("pipeline.prepare")
 
@@ -56,8 +64,12 @@ def duplicates_report(manifest: pd.DataFrame, groups: list[int]) -> pd.DataFrame
 
 
 def main() -> None:
-    params = load_params().prepare
-    classes, manifest, skipped = usable_images(Path(params.data_dir))
+    all_params = load_params()
+    params, model = all_params.prepare, all_params.model
+    # The pass that checks every file also decodes it for the model, into the shared cache.
+    weights = None if model.weights == PRETRAIN_WEIGHTS else model.weights
+    sizing = model_sizing(model.arch, weights, model.image_size)
+    classes, manifest, skipped = usable_images(Path(params.data_dir), sizing)
 
     fractions = {"val": params.val_fraction, "test": params.test_fraction}
     groups = duplicate_groups(manifest)  # also listed in duplicates.csv below

@@ -29,7 +29,7 @@ from pipeline.cli import run_stage
 from pipeline.config import PRETRAIN_WEIGHTS, Params, load_params
 from pipeline.data import decoded_images, duplicate_groups, stratified_split, usable_images
 from pipeline.engine import images_on, place_model, resolve_device, split_batches, train_and_score
-from pipeline.models import Built, backbone_state, build_model
+from pipeline.models import Built, backbone_state, build_model, model_sizing
 from pipeline.optim import make_optimizer
 
 log = logging.getLogger("pipeline.weights")
@@ -66,7 +66,9 @@ def pretrain(params: Params) -> tuple[Built, dict[str, Any]]:
     last epoch's scores."""
     config = params.pretrain
     device = resolve_device(params.device)
-    classes, manifest, _ = usable_images(Path(config.data_dir))
+    # Decoded as build_model sizes inputs for weights trained here, in the pass that checks them.
+    sizing = model_sizing(params.model.arch, None, params.model.image_size)
+    classes, manifest, _ = usable_images(Path(config.data_dir), sizing)
     fractions = {"val": config.val_fraction}
     # Copies of an image stay in one split, as in prepare (see data.duplicate_groups).
     manifest["split"] = stratified_split(manifest["label"].tolist(), fractions, config.seed, duplicate_groups(manifest))

@@ -1,6 +1,7 @@
 """Helpers shared by several test modules (test modules do not import each other); what bench
 shares with the tests lives in testing/."""
 
+import hashlib
 import os
 import re
 import sys
@@ -40,6 +41,10 @@ def kill_env(folder: Path, point: str, call: int, group: bool = False) -> dict[s
     return env
 
 
+def file_sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
 def epochs_trained(log: str) -> list[int]:
     """The epochs whose `epoch k/E: loss ...` line the train stage logged, in order."""
     return [int(k) for k in re.findall(r"pipeline\.train: epoch (\d+)/\d+: loss", log)]
@@ -51,7 +56,16 @@ def assert_resumed(log: str, after: int, epochs: int) -> None:
     assert epochs_trained(log) == list(range(after + 1, epochs + 1)), log
 
 
-def augment(images: torch.Tensor, hflip: bool, min_scale: float, generator: torch.Generator) -> torch.Tensor:
-    """One float batch through the train stage's augmentation, as an epoch applies it: draw, then apply."""
-    theta = draw_augmentation(images.shape[0], hflip, min_scale, generator)
-    return images if theta is None else apply_augmentation(images, theta.to(images.device))
+def augment(
+    images: torch.Tensor,
+    hflip: bool,
+    min_scale: float,
+    generator: torch.Generator,
+    max_aspect: float = 1.0,
+    size: int | None = None,
+) -> torch.Tensor:
+    """One float batch through the train stage's augmentation, as an epoch applies it: draw,
+    then apply, into `size` pixels square (by default, the images' own size)."""
+    centre = (size or images.shape[-1]) / images.shape[-1]
+    theta = draw_augmentation(images.shape[0], hflip, min_scale, generator, max_aspect, centre)
+    return images if theta is None else apply_augmentation(images, theta.to(images.device), size)

@@ -14,8 +14,8 @@ from PIL import Image
 
 import pipeline.data as data
 from pipeline.cli import UserError
-from pipeline.data import SPLITS, Sizing, decoded_images, file_sha1, find_images, load_image, stratified_split
-from tests.helpers import augment
+from pipeline.data import SPLITS, Sizing, decoded_images, find_images, load_image, stratified_split
+from tests.helpers import augment, file_sha1
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 200, 0), (0, 0, 255)
 EXIF_ORIENTATION = 0x0112

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.data import SPLITS, file_sha1
+from pipeline.data import SPLITS
 from pipeline.files import read_csv
 from testing.project import set_params, stage
+from tests.helpers import file_sha1
 
 PREPARED = Path("data/prepared")
 OUTPUTS = ("manifest.csv", "classes.json", "skipped.csv", "duplicates.csv")

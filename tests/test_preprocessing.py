@@ -1,0 +1,105 @@
+"""Preprocessing comes from the weights: the tensors evaluation feeds a model are the ones
+torchvision's own `weights.transforms()` makes from the same file.
+
+The pipeline decodes each file once into a cache at the weights' resize size (prepare's
+pass, `data.decoded_images`), and each batch takes the centre crop from it
+(`engine.ImageBatches`). Here that whole path runs on photo-like JPEGs and is compared with
+the weights' transforms on the same files.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageFilter
+from torchvision.models import get_weight
+
+from pipeline.data import Sizing, decoded_images, load_image
+from pipeline.engine import ImageBatches
+from pipeline.models import preprocessing
+from tests.helpers import file_sha1
+
+WEIGHTS = [
+    "ResNet50_Weights.IMAGENET1K_V1",  # resize 256, crop 224, bilinear
+    "ResNet50_Weights.IMAGENET1K_V2",  # resize 232
+    "EfficientNet_B0_Weights.IMAGENET1K_V1",  # bicubic
+    "ViT_B_16_Weights.IMAGENET1K_V1",
+    "Inception_V3_Weights.IMAGENET1K_V1",  # resize 342, crop 299: an odd margin to centre
+]
+# Landscape, portrait, an odd width; each under 3x the resize size, so decoded at full size.
+SHAPES = [(500, 375), (375, 500), (641, 427)]
+
+
+def photo(path: Path, width: int, height: int, seed: int) -> Path:
+    """A JPEG with a photo's mix of smooth regions and fine detail."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
+    smooth = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+    detail = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).filter(
+        ImageFilter.GaussianBlur(1)
+    )
+    Image.blend(smooth, detail, 0.25).save(path, quality=90)
+    return path
+
+
+def pipeline_inputs(paths: list[Path], weights_name: str, cache: Path) -> torch.Tensor:
+    """What evaluate feeds the model for these files, with these weights' preprocessing."""
+    weights = get_weight(weights_name)
+    crop = weights.transforms().crop_size[0]
+    sizing, mean, std = preprocessing(weights, None, crop)
+    manifest = pd.DataFrame({"path": [p.as_posix() for p in paths], "sha1": [file_sha1(p) for p in paths]})
+    images = torch.from_numpy(decoded_images(manifest, sizing, cache))
+    data = ImageBatches(images, torch.arange(len(paths)), torch.zeros(len(paths)), torch.device("cpu"), mean, std, crop)
+    return data.load(torch.arange(len(paths)))[0]
+
+
+def reference_inputs(paths: list[Path], weights_name: str) -> torch.Tensor:
+    transforms = get_weight(weights_name).transforms()
+    return torch.stack([transforms(Image.open(path).convert("RGB")) for path in paths])
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("photos")
+    return [photo(folder / f"{w}x{h}.jpg", w, h, seed) for seed, (w, h) in enumerate(SHAPES)]
+
+
+@pytest.mark.parametrize("weights_name", WEIGHTS)
+def test_evaluation_inputs_are_the_weights_own_transforms(
+    photos: list[Path], weights_name: str, tmp_path: Path
+) -> None:
+    ours = pipeline_inputs(photos, weights_name, tmp_path / "cache")
+    reference = reference_inputs(photos, weights_name)
+    assert ours.shape == reference.shape
+    # The same Pillow resize and crop: equal up to float rounding of the normalisation.
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+
+
+def test_a_large_jpeg_decoded_at_reduced_scale_stays_close(tmp_path: Path) -> None:
+    """Over 3x the resize size, a JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain
+    (Image.draft) before resizing: not bit-equal to resizing the full image, but close."""
+    path = photo(tmp_path / "big.jpg", 3000, 2250, seed=7)
+    with Image.open(path) as image:
+        image.draft("RGB", (3 * 256, 3 * 256))
+        assert image.size == (1500, 1125)  # the test exercises the reduced decode
+    for weights_name in (WEIGHTS[0], WEIGHTS[-1]):
+        difference = (
+            pipeline_inputs([path], weights_name, tmp_path / "cache") - reference_inputs([path], weights_name)
+        ).abs()
+        # In normalised units, where one step of 8-bit pixel value is about 0.017.
+        assert difference.mean() < 0.01, weights_name
+        assert difference.max() < 0.1, weights_name
+
+
+def test_load_image_keeps_the_resize_square_around_torchvisions_centre_crop(photos: list[Path]) -> None:
+    sizing = Sizing(342, 299)  # an odd margin: torchvision rounds the crop's start half to even
+    pixels = load_image(photos[2], sizing)
+    assert pixels.shape == (3, 342, 342)
+    transforms = get_weight(WEIGHTS[-1]).transforms()
+    expected = transforms(Image.open(photos[2]).convert("RGB")) * torch.tensor(transforms.std)[:, None, None]
+    expected = (expected + torch.tensor(transforms.mean)[:, None, None]) * 255
+    start = sizing.crop_offset
+    crop = torch.from_numpy(pixels[:, start : start + 299, start : start + 299]).float()
+    torch.testing.assert_close(crop, expected, atol=1e-3, rtol=0)
