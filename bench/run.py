@@ -174,7 +174,6 @@ def scaling(project: Path) -> dict[str, float]:
         set_params(project, **{"prepare.data_dir": str(data.relative_to(project)), "train.epochs": 3})
         started = time.perf_counter()
         python(project, "-m", "pipeline.prepare")
-    python(project, "-m", "pipeline.weights")  # random starting weights (model.weights: null)
         results[f"prepare_{factor}x_s"] = time.perf_counter() - started
         python(project, "-m", "pipeline.train")
         results[f"epoch_{factor}x_s"] = statistics.median(epoch_seconds(project)[1:])
@@ -194,6 +193,7 @@ def main() -> None:
     # The demo's defaults, except the tiny test settings make_project applies.
     set_params(project, **{"model.image_size": SIZE, "train.batch_size": BATCH, "model.weights": None})
     python(project, "-m", "pipeline.prepare")
+    python(project, "-m", "pipeline.weights")  # random starting weights (model.weights: null)
 
     measure = {
         "loop": loop_overhead,
