@@ -335,7 +335,9 @@ def usable_images(
             rows.append((paths[index], files[index][1], found.sha1, found.dhash, index))
             if pixels is not None:
                 pixels[index] = found.pixels
-        log.info("read %d files in %.1fs", len(paths), time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        done = "checked and decoded" if sizing else "checked"
+        log.info("%s %d files in %.1fs (%.0f images/s)", done, len(paths), seconds, len(paths) / max(seconds, 1e-9))
         found = pd.DataFrame(rows, columns=["path", "label", "sha1", "dhash", "row"])
         found, conflicts = _drop_conflicting_copies(found)
         if pixels is not None:
@@ -474,37 +476,62 @@ def _cache_path(manifest: pd.DataFrame, sizing: Sizing, cache_dir: Path) -> Path
     return cache_dir / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]}.npy"
 
 
+class ArrayFile:
+    """A uint8 .npy file of `shape`, written an image at a time with plain writes.
+
+    Written pages go to the page cache, not to this process: through a writable memory map
+    each of them would count in its resident memory, the whole array by the end.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        created = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)  # the header only
+        self.path, self.shape, self.offset = path, shape, created.offset
+        del created
+        self.row_bytes = int(np.prod(shape[1:]))
+        self.descriptor = os.open(path, os.O_WRONLY)
+
+    def __setitem__(self, index: int, pixels: np.ndarray) -> None:
+        os.pwrite(
+            self.descriptor, np.ascontiguousarray(pixels, dtype=np.uint8).data, self.offset + index * self.row_bytes
+        )
+
+    def close(self) -> None:
+        os.close(self.descriptor)
+
+
 @contextmanager
-def _scratch_array(cache_dir: Path, rows: int, sizing: Sizing | None) -> Iterator[np.ndarray | None]:
-    """A uint8 (rows, 3, R, R) array memory-mapped from a temporary file in `cache_dir`,
-    deleted on exit unless `_store_decoded` has moved it into place; None without a sizing."""
+def _scratch_array(cache_dir: Path, rows: int, sizing: Sizing | None) -> Iterator[ArrayFile | None]:
+    """An ArrayFile (rows, 3, R, R) in a temporary file in `cache_dir`, deleted on exit
+    unless `_store_decoded` has moved it into place; None without a sizing."""
     if sizing is None:
         yield None
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=cache_dir, prefix=".decoding.", suffix=".npy")
     os.close(fd)
+    array = None
     try:
-        shape = (rows, 3, sizing.resize, sizing.resize)
-        yield np.lib.format.open_memmap(name, mode="w+", dtype=np.uint8, shape=shape)
+        array = ArrayFile(Path(name), (rows, 3, sizing.resize, sizing.resize))
+        yield array
     finally:
+        if array is not None:
+            array.close()
         Path(name).unlink(missing_ok=True)
 
 
-def _store_decoded(found: pd.DataFrame, sizing: Sizing, cache_dir: Path, pixels: np.ndarray) -> Path:
+def _store_decoded(found: pd.DataFrame, sizing: Sizing, cache_dir: Path, pixels: ArrayFile) -> Path:
     """Keep `found`'s rows (its `row` column indexes `pixels`) as its decoded array."""
     path = _cache_path(found, sizing, cache_dir)
-    pixels.flush()
     if not path.exists():
         with atomic_path(path) as tmp:
-            if found["row"].tolist() == list(range(len(pixels))):
-                os.replace(pixels.filename, tmp)  # every file was kept: no copy
+            if found["row"].tolist() == list(range(pixels.shape[0])):
+                os.replace(pixels.path, tmp)  # every file was kept: no copy
             else:
-                kept = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(found), *pixels.shape[1:]))
-                kept[:] = pixels[found["row"].to_numpy()]
-                kept.flush()
-                del kept
-        log.info("decoded %d images at %dpx into %s", len(found), sizing.resize, path)
+                written = np.load(pixels.path, mmap_mode="r")
+                kept = ArrayFile(tmp, (len(found), *pixels.shape[1:]))
+                for index, row in enumerate(found["row"]):
+                    kept[index] = written[row]
+                kept.close()
     return path
 
 
@@ -524,5 +551,6 @@ def decoded_images(manifest: pd.DataFrame, sizing: Sizing, cache_dir: Path | Non
                     raise UserError(f"{paths[index]} {found.problem}; it decoded when prepare ran: rerun prepare")
                 pixels[index] = found.pixels
             _store_decoded(manifest.assign(row=range(len(paths))), sizing, cache_dir, pixels)
+        log.info("decoded %d images at %dpx into %s", len(paths), sizing.resize, path)
     # Copy-on-write mapping: writable for torch.from_numpy (no warning), never written back.
     return np.load(path, mmap_mode="c")

