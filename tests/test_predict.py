@@ -1,8 +1,8 @@
 """predict: top-k classes of image files and folders, through the real entry point.
 
-Its probabilities must be the ones the training code computes (model_from_checkpoint,
-load_image, then torchvision's Normalize as the reference for the normalisation); an
-unreadable image gets an error row, not a crash.
+Its probabilities must be the ones the checkpoint's model gives on inputs made as the
+checkpoint states (its resize size, filter, centre crop, mean and std), with torchvision's
+own transforms as the reference; an unreadable image gets an error row, not a crash.
 """
 
 import csv
@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import Normalize
+from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
 
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
-from pipeline.data import load_image
 from pipeline.models import build_model, model_from_checkpoint
 from testing.project import make_project, run
 
@@ -40,7 +39,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = make_project(tmp_path_factory.mktemp("predict") / "project")
     torch.manual_seed(0)
     built = build_model("resnet18", None, CLASSES, 16)
-    save_checkpoint({**built.spec.to_dict(), "model_state_dict": built.model.state_dict()}, root / MODEL)
+    # Preprocessing of the kind torchvision weights state: a margin to crop, and a filter.
+    preprocessing = {"resize_size": 20, "interpolation": "bicubic"}
+    checkpoint = {**built.spec.to_dict(), **preprocessing, "model_state_dict": built.model.state_dict()}
+    save_checkpoint(checkpoint, root / MODEL)
     rng = np.random.default_rng(0)
     for name, size in [("shots/a.png", (20, 24)), ("shots/sub/b.JPG", (40, 30)), ("c.png", (16, 16))]:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -57,15 +59,20 @@ def predict(project: Path, *args: str, check: bool = True):
 
 
 def expected_top(project: Path, k: int) -> dict[str, list[tuple[str, float]]]:
-    """What the training code's own functions give for each readable image, in-process."""
+    """What the checkpoint's model gives for each readable image, preprocessed by torchvision."""
     checkpoint = load_checkpoint(project / MODEL)
     model = model_from_checkpoint(checkpoint).eval()
+    transform = Compose([
+        Resize(checkpoint["resize_size"], interpolation=InterpolationMode(checkpoint["interpolation"])),
+        CenterCrop(checkpoint["image_size"]),
+        ToTensor(),
+        Normalize(checkpoint["mean"], checkpoint["std"]),
+    ])  # fmt: skip
     expected = {}
     for name in READABLE:
-        image = torch.from_numpy(load_image(project / name, checkpoint["image_size"]))[None]
+        image = transform(Image.open(project / name).convert("RGB"))[None]
         with torch.no_grad():
-            normalized = Normalize(checkpoint["mean"], checkpoint["std"])(image.float() / 255)
-            probabilities = model(normalized).softmax(dim=1)[0]
+            probabilities = model(image).softmax(dim=1)[0]
         values, indices = probabilities.topk(k)
         expected[name] = [(CLASSES[i], p) for i, p in zip(indices.tolist(), values.tolist(), strict=True)]
     return expected
