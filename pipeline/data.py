@@ -328,13 +328,13 @@ def usable_images(
     rows = []
     with _scratch_array(cache_dir, len(paths), sizing) as pixels:
         started = time.perf_counter()
-        for index, found in enumerate(inspect_all(paths, sizing, f"checking images in {root}")):
-            if found.problem:
-                skipped.append(Skipped(paths[index], found.problem))
+        for index, result in enumerate(inspect_all(paths, sizing, f"checking images in {root}")):
+            if result.problem:
+                skipped.append(Skipped(paths[index], result.problem))
                 continue
-            rows.append((paths[index], files[index][1], found.sha1, found.dhash, index))
+            rows.append((paths[index], files[index][1], result.sha1, result.dhash, index))
             if pixels is not None:
-                pixels[index] = found.pixels
+                pixels[index] = result.pixels
         seconds = time.perf_counter() - started
         done = "checked and decoded" if sizing else "checked"
         log.info("%s %d files in %.1fs (%.0f images/s)", done, len(paths), seconds, len(paths) / max(seconds, 1e-9))
@@ -546,10 +546,10 @@ def decoded_images(manifest: pd.DataFrame, sizing: Sizing, cache_dir: Path | Non
     if not path.exists():
         paths = manifest["path"].tolist()
         with _scratch_array(cache_dir, len(paths), sizing) as pixels:
-            for index, found in enumerate(inspect_all(paths, sizing, f"decoding images at {sizing.resize}px")):
-                if found.problem:
-                    raise UserError(f"{paths[index]} {found.problem}; it decoded when prepare ran: rerun prepare")
-                pixels[index] = found.pixels
+            for index, result in enumerate(inspect_all(paths, sizing, f"decoding images at {sizing.resize}px")):
+                if result.problem:
+                    raise UserError(f"{paths[index]} {result.problem}; it decoded when prepare ran: rerun prepare")
+                pixels[index] = result.pixels
             _store_decoded(manifest.assign(row=range(len(paths))), sizing, cache_dir, pixels)
         log.info("decoded %d images at %dpx into %s", len(paths), sizing.resize, path)
     # Copy-on-write mapping: writable for torch.from_numpy (no warning), never written back.

@@ -130,7 +130,7 @@ def build_model(arch: str, weights: str | None, classes: list[str] | None, image
     _drop_aux_heads(model)
     head = find_head(model)
     if weights_path is not None:
-        _load_weights_file(model, arch, head, weights_path, loaded)
+        _load_weights_file(model, arch, head, weights_path, loaded, source)
     if hasattr(model, "transform_input"):  # Inception, GoogLeNet: part of how their weights expect input
         model_kwargs["transform_input"] = model.transform_input
     if classes is not None:
@@ -238,14 +238,15 @@ def resolve_torchvision_weights(arch: str, name: str) -> torchvision.models.Weig
         ) from None
 
 
-def _load_weights_file(model: nn.Module, arch: str, head: str, path: Path, loaded: Any) -> None:
-    """Load a plain state_dict or a pipeline checkpoint (`loaded` from `path`) into everything but the head."""
-    if is_checkpoint(loaded):
-        checkpoint = verify_checkpoint(loaded, path)
-        spec = ModelSpec.from_checkpoint(checkpoint)
-        if spec.arch != arch:
-            raise UserError(f"{path} holds a {spec.arch} checkpoint, but model.arch is {arch}")
-        state = checkpoint["model_state_dict"]
+def _load_weights_file(
+    model: nn.Module, arch: str, head: str, path: Path, loaded: Any, source: ModelSpec | None
+) -> None:
+    """Load a plain state_dict or a pipeline checkpoint (`loaded` from `path`, already
+    verified, with spec `source`) into everything but the head."""
+    if source is not None:
+        if source.arch != arch:
+            raise UserError(f"{path} holds a {source.arch} checkpoint, but model.arch is {arch}")
+        state = loaded["model_state_dict"]
     elif isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values()):
         state = loaded
     else:
