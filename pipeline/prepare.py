@@ -2,7 +2,8 @@
 image decoded for the model.
 
 Reads:  params prepare.*, model.arch, model.weights, model.image_size (how the weights want
-        their inputs sized); the images under prepare.data_dir
+        their inputs sized; a weights file under models/weights/ may say too); the images
+        under prepare.data_dir
 Writes: data/prepared/manifest.csv    (path, label, split, sha1; one row per usable image)
         data/prepared/classes.json    (the ordered class names; model output i is class i)
         data/prepared/skipped.csv     (path, reason: everything under the data folder that is
