@@ -69,7 +69,8 @@ def copy_repo_files(root: Path) -> None:
 def make_project(root: Path) -> Path:
     """The repo's files (see copy_repo_files) in a fresh git repo at `root`, with TINY_PARAMS applied."""
     copy_repo_files(root)
-    # Locked results belong to the real repo's default params, not to this copy's.
+    # As in a fresh clone, no dvc.lock: the repo commits none, and one in its working tree
+    # (a local run's, which the quick start commits) belongs to other params than this copy's.
     (root / "dvc.lock").unlink(missing_ok=True)
     set_params(root, **TINY_PARAMS)
     run(["git", "init", "-q"], root)
