@@ -66,7 +66,7 @@ def test_odd_class_names_survive_train_evaluate_and_select_best(project: Path) -
     tiny_images(project / "odd", classes, 4)
     set_params(project, **{"prepare.data_dir": "odd", "model.weights": None, "train.epochs": 1})
 
-    for name in ("prepare", "train", "evaluate", "select_best"):
+    for name in ("prepare", "weights", "train", "evaluate", "select_best"):
         stage(name, project)
 
     assert json.loads((project / "data/prepared/classes.json").read_text()) == classes
