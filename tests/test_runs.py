@@ -64,6 +64,8 @@ def test_a_queued_experiment_killed_mid_train_resumes_in_a_temp_experiment(proje
     killed = run([*dvc, "--run-all"], project, check=False, env=env)
     assert "failed to run: python -m pipeline.train, exited with -9" in killed.stdout + killed.stderr
     assert epochs_trained(killed.stdout + killed.stderr) == [1]
+    # The images prepare decoded in the workspace are the project's: not decoded again.
+    assert "decoded" not in killed.stdout + killed.stderr
 
     result = run([*dvc, "--temp"], project)
     assert "resuming after epoch 1" in result.stdout + result.stderr
