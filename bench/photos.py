@@ -30,6 +30,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -268,7 +269,8 @@ def fresh(project: Path) -> None:
 
 
 def pipeline_seconds(project: Path, data: Path, epochs: int, image_size: int) -> dict[str, float]:
-    """Wall-clock seconds of the prepare, weights and train stages, each as its own process."""
+    """Wall-clock seconds of the prepare, weights and train stages, each as its own process,
+    and, from the train stage's log, its one pass of the frozen backbone over the images."""
     fresh(project)
     set_params(
         project,
@@ -284,36 +286,51 @@ def pipeline_seconds(project: Path, data: Path, epochs: int, image_size: int) ->
     seconds = {}
     for name in ("prepare", "weights", "train"):
         started = time.perf_counter()
-        stage(name, project)
+        log = stage(name, project).stderr
         seconds[f"{name}_s"] = time.perf_counter() - started
+    found = re.search(r"features computed once in ([0-9.]+)s", log)
+    if found:
+        seconds["train_feature_pass_s"] = float(found.group(1))
     return seconds
 
 
+def plain_seconds(photos: Path, epochs: int, image_size: int) -> tuple[float, list[float]]:
+    """Wall-clock seconds of the plain loop in its own process, and of each of its epochs."""
+    command = [sys.executable, "-m", "bench.photos", "--plain-loop", str(photos), "--epochs", str(epochs)]
+    started = time.perf_counter()
+    output = run([*command, "--image-size", str(image_size)], REPO).stdout
+    return time.perf_counter() - started, json.loads(output.strip().splitlines()[-1])["epoch_s"]
+
+
 def train_part(project: Path, photos: Path, args: argparse.Namespace) -> dict[str, object]:
-    """The stages, run afresh for each epoch count, against one run of the plain loop for the
-    most epochs: its time for fewer is its setup and teardown plus those epochs (each epoch
-    starts its own DataLoader workers, so a shorter run does exactly that)."""
+    """The stages, run afresh for each epoch count, against the plain loop run for the most
+    epochs: its time for fewer is its time outside epochs plus those epochs (each epoch
+    starts its own DataLoader workers, so a shorter run does exactly that). With repeats,
+    the runs take turns and each figure is the median."""
     counts = [int(n) for n in args.epochs.split(",")]
     results: dict[str, object] = {"images": args.train_images, "image_size": args.image_size, "batch_size": 64}
-    pipeline = {epochs: pipeline_seconds(project, photos, epochs, args.image_size) for epochs in counts}
-    command = [sys.executable, "-m", "bench.photos", "--plain-loop", str(photos), "--epochs", str(max(counts))]
-    started = time.perf_counter()
-    output = run([*command, "--image-size", str(args.image_size)], REPO).stdout
-    plain_wall = time.perf_counter() - started
-    epoch_s = json.loads(output.strip().splitlines()[-1])["epoch_s"]
-    outside_epochs = plain_wall - sum(epoch_s)
+    pipeline: dict[int, list[dict[str, float]]] = {epochs: [] for epochs in counts}
+    plain: dict[int, list[float]] = {epochs: [] for epochs in counts}
+    for _ in range(args.train_repeats):
+        for epochs in counts:
+            pipeline[epochs].append(pipeline_seconds(project, photos, epochs, args.image_size))
+        wall, epoch_s = plain_seconds(photos, max(counts), args.image_size)
+        for epochs in counts:
+            plain[epochs].append(wall - sum(epoch_s) + sum(epoch_s[:epochs]))
+        results.setdefault("plain_epoch_s", []).append(epoch_s)
     for epochs in counts:
-        stages = pipeline[epochs]
-        plain = outside_epochs + sum(epoch_s[:epochs])
-        results[f"{epochs}_epochs"] = {
-            "pipeline_s": sum(stages.values()),
-            **{f"pipeline_{name}": value for name, value in stages.items()},
-            "plain_s": plain,
-            "plain_over_pipeline": plain / sum(stages.values()),
+        runs = pipeline[epochs]
+        totals = [run["prepare_s"] + run["weights_s"] + run["train_s"] for run in runs]
+        figure = {
+            "pipeline_s": statistics.median(totals),
+            **{f"pipeline_{name}": statistics.median(run[name] for run in runs) for name in runs[0]},
+            "plain_s": statistics.median(plain[epochs]),
         }
-        print(f"train {epochs} epochs: {json.dumps(results[f'{epochs}_epochs'])}", flush=True)
-    results["plain_epoch_s"] = epoch_s
-    results["plain_outside_epochs_s"] = outside_epochs
+        figure["plain_over_pipeline"] = figure["plain_s"] / figure["pipeline_s"]
+        if args.train_repeats > 1:
+            figure["pipeline_runs_s"], figure["plain_runs_s"] = totals, plain[epochs]
+        results[f"{epochs}_epochs"] = figure
+        print(f"train {epochs} epochs: {json.dumps(figure)}", flush=True)
     return results
 
 
@@ -349,37 +366,41 @@ def memory(pid: int) -> dict[str, int] | None:
 
 
 def watch(command: list[str], cwd: Path, interval: float = 0.05) -> dict[str, object]:
-    """Run `command`, sampling the memory of it and its descendants until it exits."""
+    """Run `command`, sampling the memory of it and its descendants until it exits.
+
+    VmHWM (peak RSS) is the kernel's own high-water mark of each process; RssAnon, RssFile
+    and the sums are the largest seen in the samples.
+    """
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stage_peak: dict[str, int] = {}
     worker_peak: dict[str, int] = {}
     workers: set[int] = set()
     tree_pss = tree_rss = 0
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        samples = {process.pid: memory(process.pid)}
-        for child in children(process.pid):
-            samples[child] = memory(child)
-            workers.add(child)
-        for owner, fields in samples.items():
-            if fields:
-                peak = stage_peak if owner == process.pid else worker_peak
-                for key, value in fields.items():
-                    peak[key] = max(peak.get(key, 0), value)
-        tree_pss = max(tree_pss, sum(fields.get("Pss", 0) for fields in samples.values() if fields))
-        tree_rss = max(tree_rss, sum(fields["VmRSS"] for fields in samples.values() if fields))
-        time.sleep(interval)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    stderr = process.stderr.read().decode() if process.stderr else ""
+    with tempfile.TemporaryFile() as log:  # not a pipe: a full one would stall the stage
+        process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log)
+        while True:
+            pid, status = os.waitpid(process.pid, os.WNOHANG)
+            if pid:
+                break
+            samples = {process.pid: memory(process.pid)}
+            for child in children(process.pid):
+                samples[child] = memory(child)
+                workers.add(child)
+            for owner, fields in samples.items():
+                if fields:
+                    peak = stage_peak if owner == process.pid else worker_peak
+                    for key, value in fields.items():
+                        peak[key] = max(peak.get(key, 0), value)
+            tree_pss = max(tree_pss, sum(fields.get("Pss", 0) for fields in samples.values() if fields))
+            tree_rss = max(tree_rss, sum(fields["VmRSS"] for fields in samples.values() if fields))
+            time.sleep(interval)
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped: Popen must not wait again
+        log.seek(0)
+        stderr = log.read().decode(errors="replace")
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {process.returncode}\n{stderr}")
     result: dict[str, object] = {
         "seconds": time.perf_counter() - started,
-        # The kernel's own figure: the largest peak RSS of the stage and every worker it waited for.
-        "maxrss_bytes": usage.ru_maxrss * 1024,
         "stage_peak_rss_bytes": stage_peak["VmHWM"],
         "stage_max_anon_bytes": stage_peak["RssAnon"],
         "stage_max_file_bytes": stage_peak["RssFile"],
@@ -464,6 +485,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=224, help="the model's input size (default 224)")
     parser.add_argument("--rss-images", type=int, default=20000, help="JPEGs for the memory part (default 20000)")
     parser.add_argument("--repeats", type=int, default=3, help="turns of each decoding way (default 3)")
+    parser.add_argument("--train-repeats", type=int, default=1, help="turns of each train-part run (default 1)")
     parser.add_argument(
         "--plain-loop", type=Path, metavar="DIR", help="only run the plain loop on DIR (the train part runs it so)"
     )
