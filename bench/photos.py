@@ -126,11 +126,11 @@ def plain_decoder(resize: int, crop: int) -> Callable[[Path], np.ndarray]:
 
     transform = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(crop)])
 
-    def decode(path: Path) -> np.ndarray:
+    def plain(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             return np.asarray(transform(image.convert("RGB")), dtype=np.uint8).transpose(2, 0, 1).copy()
 
-    return decode
+    return plain
 
 
 def tensor_decoder(resize: int, crop: int) -> Callable[[Path], np.ndarray]:
@@ -138,12 +138,12 @@ def tensor_decoder(resize: int, crop: int) -> Callable[[Path], np.ndarray]:
     import torchvision.io
     import torchvision.transforms.v2.functional as TF
 
-    def decode(path: Path) -> np.ndarray:
+    def tensors(path: Path) -> np.ndarray:
         image = torchvision.io.decode_jpeg(torchvision.io.read_file(str(path)), mode=torchvision.io.ImageReadMode.RGB)
         image = TF.resize(image, [resize], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
         return TF.center_crop(image, [crop]).contiguous().numpy()
 
-    return decode
+    return tensors
 
 
 def images_per_second(paths: list[Path], ways: dict[str, Callable[[Path], object]], repeats: int) -> dict[str, float]:
@@ -204,8 +204,8 @@ def plain_loop(data: Path, epochs: int, image_size: int, batch_size: int = 64, s
     """The PyTorch transfer-learning tutorial's "ConvNet as fixed feature extractor" on
     `data`: ImageFolder, Resize, CenterCrop, ToTensor, Normalize, a DataLoader with a
     worker per core; resnet18 (random weights) with a new head, the backbone frozen and
-    in eval mode, run on every batch; train and val splits as prepare makes them (60/20/20,
-    test unused); the best weights saved when val accuracy improves."""
+    in eval mode, run on every batch; a random split in prepare's fractions (60/20/20, test
+    unused); the best weights saved when val accuracy improves."""
     import torch
     import torchvision
     from torch import nn
