@@ -1,9 +1,10 @@
 """Images in, arrays out: find and decode images, split them, and cache the decoded pixels.
 
-Every image is decoded and resized once, into a uint8 array on disk keyed by the
-manifest, the image size and the preprocessing. Epochs read that array, so no epoch
-decodes a file; augmentation then runs on tensors (engine.apply_augmentation). No torch here, so
-the prepare stage starts in a fraction of a second.
+Every image is read and decoded once, in the pass that also checks and hashes it
+(`usable_images`), into a uint8 array on disk keyed by the manifest, the sizing and the
+preprocessing version. Epochs read that array, so no epoch decodes a file; augmentation
+then runs on tensors (engine.apply_augmentation). No torch here: the decoding workers
+need only Pillow and numpy.
 """
 
 import errno
