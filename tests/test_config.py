@@ -114,23 +114,12 @@ CASES = [
         ("params.yaml: prepare.val_fraction + prepare.test_fraction = 1.0", "less than 1"),
         stage="prepare",
     ),
-    # Checked by pipeline/models.py while the weights stage builds the model, before any work.
+    # Checked by pipeline/models.py while the weights stage builds the model, before any work
+    # (the other model checks, in-process: tests/test_check_params.py).
     Case(
         "unknown-arch",
         model_params(**{"model.arch": "resnet19"}),
         ("model.arch = 'resnet19'", "not a torchvision classification model", "did you mean resnet18"),
-        stage="weights",
-    ),
-    Case(
-        "weights-name-not-of-arch",
-        model_params(**{"model.weights": "IMAGENET1K_V9"}),
-        ("model.weights = 'IMAGENET1K_V9'", "valid names: DEFAULT, IMAGENET1K_V1,", "or null"),
-        stage="weights",
-    ),
-    Case(
-        "weights-file-missing",
-        model_params(**{"model.weights": "models/weights/nope.pt"}),
-        ("model.weights = 'models/weights/nope.pt': the file does not exist",),
         stage="weights",
     ),
 ]
