@@ -66,6 +66,14 @@ def copy_repo_files(root: Path) -> None:
             shutil.copy2(source, root / name)
 
 
+def copy_project(source: Path, target: Path) -> Path:
+    """A copy of a project at `target`, hard links kept: the workspace's DVC outputs stay
+    links into its cache, as DVC made them (shutil.copytree would copy each link apart)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", str(source), str(target)], check=True)
+    return target
+
+
 def make_project(root: Path) -> Path:
     """The repo's files (see copy_repo_files) in a fresh git repo at `root`, with TINY_PARAMS applied."""
     copy_repo_files(root)

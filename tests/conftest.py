@@ -1,11 +1,16 @@
-"""Shared fixtures: a throw-away copy of the project, with tiny params, to run stages in."""
+"""Shared fixtures: a throw-away copy of the project, with tiny params, to run stages in, and
+one that has been through the quick start's first `dvc repro`."""
 
+import dataclasses
+import fcntl
+import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-from testing.project import make_project
+from testing.project import copy_project, make_project, run, set_params
 
 # pytest-xdist (`-n auto` in pyproject.toml) runs a worker per core. One torch thread per
 # worker, and in the stages it starts, instead of each worker's torch taking every core:
@@ -43,3 +48,52 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def project(tmp_path: Path) -> Path:
     """A throw-away copy of the project, with tiny params, to run stages and dvc in."""
     return make_project(tmp_path / "project")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reproduced:
+    """A project after the README's quick start up to its commit: `dvc repro`, then
+    `git add dvc.lock && git commit`. What the commands printed, for tests to check."""
+
+    path: Path
+    first_repro: str  # the output of `dvc repro` in the fresh project
+    status_after_repro: list[str]  # `git status --porcelain` just after it
+    second_repro: str  # the output of `dvc repro` run again at once
+
+
+def reproduce(root: Path) -> Reproduced:
+    project = make_project(root / "project")
+    # The model does not matter to what these tests check; a small one keeps the files small.
+    set_params(project, **{"model.arch": "shufflenet_v2_x0_5"})
+    run(["git", "commit", "-qam", "a small model"], project)
+    dvc = [sys.executable, "-m", "dvc", "repro"]
+    first = run(dvc, project).stdout
+    status = run(["git", "status", "--porcelain"], project).stdout.splitlines()
+    second = run(dvc, project).stdout
+    run(["git", "add", "dvc.lock"], project)
+    run(["git", "commit", "-qm", "baseline run"], project)
+    return Reproduced(project, first, status, second)
+
+
+@pytest.fixture(scope="session")
+def reproduced_once(tmp_path_factory: pytest.TempPathFactory) -> Reproduced:
+    """`reproduce`, once for the whole run: the first pytest-xdist worker to need it builds it
+    (a minute of stage processes) while any other waits; tests copy it (`reproduced`)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return reproduce(tmp_path_factory.mktemp("reproduced"))
+    shared = tmp_path_factory.getbasetemp().parent / "reproduced"  # the workers' common folder
+    shared.mkdir(exist_ok=True)
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = shared / "record.json"
+        if not record.exists():
+            built = reproduce(shared)
+            record.write_text(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(built).items()}))
+        fields = json.loads(record.read_text())
+    return Reproduced(**{**fields, "path": Path(fields["path"])})
+
+
+@pytest.fixture
+def reproduced(reproduced_once: Reproduced, tmp_path: Path) -> Reproduced:
+    """A copy of `reproduced_once` for one test to change."""
+    return dataclasses.replace(reproduced_once, path=copy_project(reproduced_once.path, tmp_path / "project"))

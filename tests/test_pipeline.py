@@ -10,7 +10,8 @@ import torch
 from torchvision.models import ResNet18_Weights, resnet18
 
 from pipeline.checkpoints import load_checkpoint
-from testing.project import run, set_params
+from testing.project import run
+from tests.conftest import Reproduced
 
 
 def dvc(project: Path, *args: str) -> str:
@@ -30,11 +31,16 @@ def shown_metrics(row: dict) -> dict:
     return (row["metrics"] or {}).get("best/metrics.json", {}).get("data", {})
 
 
-def test_repro_then_frozen_experiment(project: Path) -> None:
-    """The README's quick start, in one project (each `dvc repro` costs several seconds)."""
-    dvc(project, "repro")
-    assert git_status(project) == ["?? dvc.lock"]  # what the README says git lists: nothing else to commit
-    assert "Running stage" not in dvc(project, "repro")  # nothing changed: nothing runs
+def test_quick_start_then_results_shared_through_a_remote(reproduced: Reproduced, tmp_path: Path) -> None:
+    """The README's quick start, then docs/fine-tuning.md's sharing of results, in one project
+    (each `dvc repro` or `dvc exp run` costs many seconds of stage processes)."""
+    project = reproduced.path
+    # `dvc repro` ran every stage, left nothing but dvc.lock for git (what the README says),
+    # and a second `dvc repro` at once ran nothing.
+    assert "Running stage 'select_best'" in reproduced.first_repro
+    assert reproduced.status_after_repro == ["?? dvc.lock"]
+    assert "Running stage" not in reproduced.second_repro
+    assert git_status(project) == []  # dvc.lock committed as the README says
 
     # One checkpoint per epoch, each with what resuming and choosing need.
     checkpoints = sorted((project / "checkpoints").glob("*.pt"))
@@ -57,14 +63,21 @@ def test_repro_then_frozen_experiment(project: Path) -> None:
     chosen = load_checkpoint(checkpoints[best_epoch - 1])
     assert "optimizer_state_dict" not in best
     assert all(torch.equal(best["model_state_dict"][k], v) for k, v in chosen["model_state_dict"].items())
+    shared = ["models/best.pt", *(f"checkpoints/{path.name}" for path in checkpoints)]
+    baseline_bytes = {name: (project / name).read_bytes() for name in shared}
 
-    # Commit the baseline as the README says, then run the head-only experiment on top.
-    run(["git", "add", "dvc.lock"], project)
-    run(["git", "commit", "-qm", "baseline run"], project)
-    assert git_status(project) == []
+    # A DVC remote and a git origin (docs/fine-tuning.md, "Sharing experiments"); the baseline
+    # goes to both.
+    dvc(project, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
+    run(["git", "init", "-q", "--bare", str(tmp_path / "origin.git")], tmp_path)
+    run(["git", "remote", "add", "origin", str(tmp_path / "origin.git")], project)
+    run(["git", "commit", "-qam", "a remote"], project)
+    run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], project)
+    dvc(project, "push")
     baseline_rev = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
-    dvc(project, "exp", "run", "-S", "freeze=all_but_head")
 
+    # The head-only experiment on top of the baseline.
+    dvc(project, "exp", "run", "-S", "freeze=all_but_head", "--name", "frozen-head")
     pretrained = load_checkpoint(project / "models" / "start.pt")
     head = pretrained["head"]
     for path in sorted((project / "checkpoints").glob("*.pt")):
@@ -88,6 +101,17 @@ def test_repro_then_frozen_experiment(project: Path) -> None:
     runs = [baseline["data"], experiments[0]["data"]]
     freezes = {r["params"]["params.yaml"]["data"]["freeze"]: shown_metrics(r) for r in runs}
     assert freezes == {"none": metrics, "all_but_head": frozen_metrics}
+
+    # A fresh clone gets the baseline's bytes with `dvc pull`, and the experiment with `dvc exp pull`.
+    dvc(project, "exp", "push", "origin", "frozen-head")
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", "-b", "main", str(tmp_path / "origin.git"), str(clone)], tmp_path)
+    dvc(clone, "pull")
+    for name, content in baseline_bytes.items():
+        assert (clone / name).read_bytes() == content, name
+    dvc(clone, "exp", "pull", "origin", "frozen-head")
+    cloned = json.loads(dvc(clone, "exp", "show", "--json"))
+    assert "frozen-head" in [exp["name"] for row in cloned for exp in row.get("experiments") or []]
 
     # Back to the baseline's params: DVC restores every stage from its run-cache, no retraining.
     output = dvc(project, "exp", "run", "-S", "freeze=none")
@@ -125,32 +149,3 @@ def test_torchvision_weights_are_a_params_only_switch(project: Path, tmp_path: P
     assert (checkpoint["image_size"], checkpoint["resize_size"], checkpoint["interpolation"]) == (16, 18, "bilinear")
     trained = trunk(checkpoint["model_state_dict"], "fc")
     assert all(torch.equal(tensor, imagenet_like[name]) for name, tensor in trained.items())
-
-
-def test_results_travel_through_a_remote_to_a_fresh_clone(project: Path, tmp_path: Path) -> None:
-    """dvc push to a local-folder remote; a fresh clone gets the same bytes with dvc pull."""
-    set_params(project, **{"model.arch": "shufflenet_v2_x0_5"})  # small checkpoints: this is about the flow
-    dvc(project, "repro")
-    dvc(project, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
-    run(["git", "init", "-q", "--bare", str(tmp_path / "origin.git")], tmp_path)
-    run(["git", "remote", "add", "origin", str(tmp_path / "origin.git")], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "results and remote"], project)
-    run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], project)
-    dvc(project, "push")
-    dvc(project, "exp", "run", "-S", "freeze=all_but_head", "--name", "frozen-head")
-    dvc(project, "exp", "push", "origin", "frozen-head")
-
-    clone = tmp_path / "clone"
-    run(["git", "clone", "-q", "-b", "main", str(tmp_path / "origin.git"), str(clone)], tmp_path)
-    dvc(clone, "pull")
-    shared = ["models/best.pt", *(f"checkpoints/{p.name}" for p in (project / "checkpoints").glob("*.pt"))]
-    run(["git", "checkout", "-q", "."], project)  # back to the committed results (the exp was applied)
-    dvc(project, "checkout")
-    for name in shared:
-        assert (clone / name).read_bytes() == (project / name).read_bytes(), name
-
-    dvc(clone, "exp", "pull", "origin", "frozen-head")
-    experiments = json.loads(dvc(clone, "exp", "show", "--json"))
-    names = [exp["name"] for row in experiments for exp in row.get("experiments") or []]
-    assert "frozen-head" in names

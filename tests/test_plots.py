@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 from dvc_render.vega import VegaRenderer
 
-from testing.project import make_project, run, set_params
+from testing.project import copy_project, run
+from tests.conftest import Reproduced
 
 CHROMIUM = shutil.which("chromium")
 
@@ -27,11 +28,10 @@ def dvc(project: Path, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    project = make_project(tmp_path_factory.mktemp("plots") / "project")
-    set_params(project, **{"model.arch": "shufflenet_v2_x0_5", "train.epochs": 3})
-    dvc(project, "repro")
-    return project
+def reproduced(reproduced_once: Reproduced, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the reproduced project, shared by this module's tests: they only read it
+    (and write dvc_plots/)."""
+    return copy_project(reproduced_once.path, tmp_path_factory.mktemp("plots") / "project")
 
 
 def test_plots_mark_the_chosen_epoch_and_name_the_classes(reproduced: Path) -> None:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pipeline.checkpoints import save_checkpoint
-from testing.project import run, set_params
+from testing.project import run
+from tests.conftest import Reproduced
 from tools import verify
 
 
@@ -150,13 +151,12 @@ def test_repair_points_to_dvc_pull_when_a_remote_is_configured(
     assert "now run `dvc pull`" in capsys.readouterr().out
 
 
-def test_in_place_damage_that_reached_the_cache_is_found_and_repaired(project: Path) -> None:
+def test_in_place_damage_that_reached_the_cache_is_found_and_repaired(reproduced: Reproduced) -> None:
     """The end to end claim: damage written through a hard link into DVC's cache, which
     `dvc repro` would restore as it is, is found; after --repair, `dvc repro` retrains it."""
+    project = reproduced.path
     dvc = [sys.executable, "-m", "dvc"]
     tool = [sys.executable, "-m", "tools.verify"]
-    set_params(project, **{"model.arch": "shufflenet_v2_x0_5"})  # small checkpoints: this is about the files
-    run([*dvc, "repro"], project)
     assert run(tool, project).returncode == 0
     checkpoint = project / "checkpoints" / "epoch_002.pt"
     # The workspace file is the cache object (and the finished run's copy in .cache/runs).
