@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from pipeline.checkpoints import load_checkpoint
-from testing.project import make_project, set_params, stage
+from testing.project import copy_project, make_project, set_params, stage
 
 CHANCE = 1 / 5  # five classes, nearly balanced
 # Small and quick: resnet18 from scratch at 16 px reaches about 0.88 validation accuracy
@@ -68,14 +68,20 @@ def shuffle_labels(project: Path, source: str, target: str, seed: int = 0) -> No
     assert sum(a == b for a, b in zip(labels, shuffled, strict=True)) < 0.3 * len(files)
 
 
-@pytest.fixture
-def digits(tmp_path: Path) -> Path:
-    """A project copy with the target digits prepared, and random starting weights."""
-    project = make_project(tmp_path / "project")
+@pytest.fixture(scope="module")
+def prepared_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project with the target digits prepared, and random starting weights, once for the module."""
+    project = make_project(tmp_path_factory.mktemp("learning") / "project")
     set_params(project, **{"model.weights": None})
     stage("prepare", project)
     stage("weights", project)
     return project
+
+
+@pytest.fixture
+def digits(prepared_digits: Path, tmp_path: Path) -> Path:
+    """A copy of `prepared_digits` for one test to train in."""
+    return copy_project(prepared_digits, tmp_path / "project")
 
 
 def test_training_loss_falls_and_validation_accuracy_beats_chance(digits: Path) -> None:
