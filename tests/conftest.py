@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,48 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "project")
 
 
+def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], dict]) -> dict:
+    """`build(folder)` once for the whole test run, however many pytest-xdist workers ask for
+    it: the first to ask builds while any other waits. Returns what `build` returned (JSON).
+    For projects that take a minute of stage processes to set up and that tests then copy."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent / name  # the workers' common folder
+    shared.mkdir(exist_ok=True)
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = shared / "record.json"
+        if not record.exists():  # or a worker's build failed: this one tries again
+            record.write_text(json.dumps(build(shared)))
+        return json.loads(record.read_text())
+
+
+SMALL_MODEL = {"model.arch": "shufflenet_v2_x0_5"}  # for tests of files and flow, not of models
+
+
+def prepare_project(root: Path) -> dict:
+    """A fresh project with a small model, its `weights` and `prepare` stages run by `dvc repro`
+    and committed."""
+    project = make_project(root / "project")
+    set_params(project, **SMALL_MODEL)
+    run([sys.executable, "-m", "dvc", "repro", "weights", "prepare"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "prepared"], project)
+    return {"path": str(project)}
+
+
+@pytest.fixture(scope="session")
+def prepared_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`prepare_project`, once per run; tests copy it (`prepared`)."""
+    return Path(once_per_run(tmp_path_factory, "prepared", prepare_project)["path"])
+
+
+@pytest.fixture
+def prepared(prepared_once: Path, tmp_path: Path) -> Path:
+    """A copy of `prepared_once` for one test to change."""
+    return copy_project(prepared_once, tmp_path / "project")
+
+
 @dataclasses.dataclass(frozen=True)
 class Reproduced:
     """A project after the README's quick start up to its commit: `dvc repro`, then
@@ -61,10 +104,9 @@ class Reproduced:
     second_repro: str  # the output of `dvc repro` run again at once
 
 
-def reproduce(root: Path) -> Reproduced:
+def reproduce(root: Path) -> dict:
     project = make_project(root / "project")
-    # The model does not matter to what these tests check; a small one keeps the files small.
-    set_params(project, **{"model.arch": "shufflenet_v2_x0_5"})
+    set_params(project, **SMALL_MODEL)
     run(["git", "commit", "-qam", "a small model"], project)
     dvc = [sys.executable, "-m", "dvc", "repro"]
     first = run(dvc, project).stdout
@@ -72,24 +114,13 @@ def reproduce(root: Path) -> Reproduced:
     second = run(dvc, project).stdout
     run(["git", "add", "dvc.lock"], project)
     run(["git", "commit", "-qm", "baseline run"], project)
-    return Reproduced(project, first, status, second)
+    return {"path": str(project), "first_repro": first, "status_after_repro": status, "second_repro": second}
 
 
 @pytest.fixture(scope="session")
 def reproduced_once(tmp_path_factory: pytest.TempPathFactory) -> Reproduced:
-    """`reproduce`, once for the whole run: the first pytest-xdist worker to need it builds it
-    (a minute of stage processes) while any other waits; tests copy it (`reproduced`)."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        return reproduce(tmp_path_factory.mktemp("reproduced"))
-    shared = tmp_path_factory.getbasetemp().parent / "reproduced"  # the workers' common folder
-    shared.mkdir(exist_ok=True)
-    with open(shared / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        record = shared / "record.json"
-        if not record.exists():
-            built = reproduce(shared)
-            record.write_text(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(built).items()}))
-        fields = json.loads(record.read_text())
+    """`reproduce`, once per run (a minute of stage processes); tests copy it (`reproduced`)."""
+    fields = once_per_run(tmp_path_factory, "reproduced", reproduce)
     return Reproduced(**{**fields, "path": Path(fields["path"])})
 
 

@@ -2,7 +2,6 @@
 one line and the conventional exit code, never a traceback, and leave every file intact."""
 
 import multiprocessing
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,24 +10,14 @@ from pathlib import Path
 import pytest
 
 from pipeline import data
-from testing.project import make_project, run, stage
+from testing.project import run, stage
 from tests.helpers import assert_resumed
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project with prepare and weights done, once for the module."""
-    project = make_project(tmp_path_factory.mktemp("faults") / "project")
-    stage("prepare", project)
-    stage("weights", project)
-    return project
-
-
 @pytest.fixture
-def project(prepared: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "project"
-    shutil.copytree(prepared, copy, symlinks=True)
-    return copy
+def project(prepared: Path) -> Path:
+    """A copy of the prepared project (conftest.py) for each test."""
+    return prepared
 
 
 @pytest.fixture

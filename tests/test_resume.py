@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.checkpoints import load_checkpoint
 from testing.compare import assert_same_run
-from testing.project import make_project, run, set_params, stage
+from testing.project import copy_project, run, set_params, stage
 from tests.helpers import assert_resumed, epochs_trained, kill_env
 
 WRAPPER = [sys.executable, "-m", "tests.kill_wrapper"]
@@ -37,16 +37,11 @@ def final_state(project: Path) -> list[dict]:
     return [load_checkpoint(path) for path in paths]
 
 
-# Resuming does not depend on the architecture; a small one keeps checkpoints (and tests) light.
-ARCH = "shufflenet_v2_x0_5"
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+def reference(prepared_once: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     """A project with prepare and weights done, and an uninterrupted train run's checkpoints."""
-    project = make_project(tmp_path_factory.mktemp("reference") / "project")
-    set_params(project, **{"train.epochs": EPOCHS, "model.arch": ARCH})
-    run([sys.executable, "-m", "dvc", "repro", "weights", "prepare"], project)
+    project = copy_project(prepared_once, tmp_path_factory.mktemp("reference") / "project")
+    set_params(project, **{"train.epochs": EPOCHS})
     stage("train", project)
     (folder,) = (project / ".cache" / "runs").iterdir()
     assert (folder / "finished").is_file(), "a finished run keeps its folder, marked finished"
@@ -58,7 +53,7 @@ def trained(reference: tuple[Path, list[dict]], tmp_path: Path) -> tuple[Path, l
     """A fresh copy of the reference project, decoded-image cache included, for one test to kill runs in.
     Without the reference run's (finished) folder: a rerun would only republish its epochs."""
     project = tmp_path / "project"
-    shutil.copytree(reference[0], project, symlinks=True)
+    copy_project(reference[0], project)
     shutil.rmtree(project / ".cache" / "runs")
     return project, reference[1]
 

@@ -12,28 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from testing.project import make_project, run, set_params, stage
+from testing.project import run, stage
 from tests.helpers import epochs_trained, kill_env
 
-EPOCHS = 2
-ARCH = "shufflenet_v2_x0_5"  # resuming does not depend on the architecture; a small one is fast
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    project = make_project(tmp_path_factory.mktemp("runs") / "project")
-    set_params(project, **{"train.epochs": EPOCHS, "model.arch": ARCH})
-    run([sys.executable, "-m", "dvc", "repro", "weights", "prepare"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "prepared"], project)
-    return project
+EPOCHS = 2  # TINY_PARAMS
 
 
 @pytest.fixture
-def project(prepared: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "project"
-    shutil.copytree(prepared, copy, symlinks=True)
-    return copy
+def project(prepared: Path) -> Path:
+    """A copy of the prepared project (conftest.py) for each test."""
+    return prepared
 
 
 def killed_after_epoch_one(project: Path) -> None:
