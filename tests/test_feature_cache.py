@@ -24,9 +24,8 @@ def train(project: Path, cache_features: bool) -> tuple[list[dict], str]:
     return checkpoints, result.stderr
 
 
-def test_cached_features_give_the_same_checkpoints_as_the_full_model(project: Path) -> None:
-    stage("prepare", project)
-    stage("weights", project)
+def test_cached_features_give_the_same_checkpoints_as_the_full_model(prepared: Path) -> None:
+    project = prepared
     cached, cached_log = train(project, cache_features=True)
     full, full_log = train(project, cache_features=False)
     assert "features computed once" in cached_log

@@ -93,7 +93,8 @@ def test_balanced_class_weights() -> None:
     assert weights.tolist() == pytest.approx([4 / (2 * 3), 4 / (2 * 1)])
 
 
-def test_early_stopping_keeps_every_finished_epoch(project: Path) -> None:
+def test_early_stopping_keeps_every_finished_epoch(prepared: Path) -> None:
+    project = prepared
     # A frozen backbone and a vanishing lr: validation loss moves by far less than min_delta,
     # so patience 1 stops after epoch 2.
     set_params(
@@ -106,19 +107,18 @@ def test_early_stopping_keeps_every_finished_epoch(project: Path) -> None:
             "train.early_stopping.min_delta": 0.01,
         },
     )
-    run([sys.executable, "-m", "dvc", "repro", "weights", "prepare"], project)
     result = stage("train", project)
     assert "early stopping after epoch 2" in result.stderr
     assert sorted(p.name for p in (project / "checkpoints").glob("*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
 
 
-def test_gradual_unfreezing_survives_a_resume(project: Path) -> None:
+def test_gradual_unfreezing_survives_a_resume(prepared: Path) -> None:
+    project = prepared
     """Head alone for 1 epoch (on cached features), then layer3+layer4 at a lower LR; killed in epoch 3."""
     set_params(
         project,
         freeze="all_but_head",
         **{
-            "model.arch": "shufflenet_v2_x0_5",
             "train.epochs": 3,
             "train.unfreeze_after": 1,
             "train.unfreeze_to": "first:3",
@@ -129,7 +129,6 @@ def test_gradual_unfreezing_survives_a_resume(project: Path) -> None:
             "train.class_weights": "balanced",
         },
     )
-    run([sys.executable, "-m", "dvc", "repro", "weights", "prepare"], project)
     stage("train", project)
     expected = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
     assert [c["freeze"] for c in expected] == ["all_but_head", "first:3", "first:3"]
