@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from testing.project import copy_project, make_project, run, set_params
+from tests.helpers import param_recorder_env
 
 # pytest-xdist (`-n auto` in pyproject.toml) runs a worker per core. One torch thread per
 # worker, and in the stages it starts, instead of each worker's torch taking every core:
@@ -102,6 +103,7 @@ class Reproduced:
     first_repro: str  # the output of `dvc repro` in the fresh project
     status_after_repro: list[str]  # `git status --porcelain` just after it
     second_repro: str  # the output of `dvc repro` run again at once
+    params_read: Path  # what params each stage read in the first: pipeline.<stage>.json
 
 
 def reproduce(root: Path) -> dict:
@@ -109,19 +111,26 @@ def reproduce(root: Path) -> dict:
     set_params(project, **SMALL_MODEL)
     run(["git", "commit", "-qam", "a small model"], project)
     dvc = [sys.executable, "-m", "dvc", "repro"]
-    first = run(dvc, project).stdout
+    recorder = param_recorder_env(root / "recorder")
+    first = run(dvc, project, env=recorder).stdout
     status = run(["git", "status", "--porcelain"], project).stdout.splitlines()
     second = run(dvc, project).stdout
     run(["git", "add", "dvc.lock"], project)
     run(["git", "commit", "-qm", "baseline run"], project)
-    return {"path": str(project), "first_repro": first, "status_after_repro": status, "second_repro": second}
+    return {
+        "path": str(project),
+        "first_repro": first,
+        "status_after_repro": status,
+        "second_repro": second,
+        "params_read": recorder["RECORD_PARAMS"],
+    }
 
 
 @pytest.fixture(scope="session")
 def reproduced_once(tmp_path_factory: pytest.TempPathFactory) -> Reproduced:
     """`reproduce`, once per run (a minute of stage processes); tests copy it (`reproduced`)."""
     fields = once_per_run(tmp_path_factory, "reproduced", reproduce)
-    return Reproduced(**{**fields, "path": Path(fields["path"])})
+    return Reproduced(**{**fields, "path": Path(fields["path"]), "params_read": Path(fields["params_read"])})
 
 
 @pytest.fixture

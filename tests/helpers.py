@@ -69,3 +69,52 @@ def augment(
     centre = (size or images.shape[-1]) / images.shape[-1]
     theta = draw_augmentation(images.shape[0], hflip, min_scale, generator, max_aspect, centre)
     return images if theta is None else apply_augmentation(images, theta.to(images.device), size)
+
+
+# On PYTHONPATH, in each `python -m pipeline.<stage>` process while RECORD_PARAMS is set:
+# load_params returns the same params, as subclasses of their dataclasses that note every
+# leaf value read (dataclasses.asdict reads them all), written out when the stage exits.
+PARAM_RECORDER = """\
+import atexit
+import dataclasses
+import json
+import os
+import sys
+
+if os.environ.get("RECORD_PARAMS") and sys.orig_argv[1:2] == ["-m"] and sys.orig_argv[2].startswith("pipeline."):
+    sys.path.insert(0, os.getcwd())
+    import pipeline.config
+
+    read = set()
+
+    def wrap(obj, prefix):
+        if not dataclasses.is_dataclass(obj):
+            return obj
+        names = {f.name for f in dataclasses.fields(obj)}
+
+        class Recording(type(obj)):
+            def __getattribute__(self, name):
+                value = object.__getattribute__(self, name)
+                if name in names and not dataclasses.is_dataclass(value):
+                    read.add(prefix + name)
+                return value
+
+        recording = object.__new__(Recording)
+        for name in names:
+            object.__setattr__(recording, name, wrap(getattr(obj, name), f"{prefix}{name}."))
+        return recording
+
+    original = pipeline.config.load_params
+    pipeline.config.load_params = lambda *args, **kwargs: wrap(original(*args, **kwargs), "")
+    out = os.path.join(os.environ["RECORD_PARAMS"], sys.orig_argv[2] + ".json")
+    atexit.register(lambda: open(out, "w").write(json.dumps(sorted(read))))
+"""
+
+
+def param_recorder_env(folder: Path) -> dict[str, str]:
+    """The environment under which each stage process records the params it reads into
+    `folder`/pipeline.<stage>.json (PARAM_RECORDER)."""
+    (folder / "site").mkdir(parents=True)
+    (folder / "site" / "sitecustomize.py").write_text(PARAM_RECORDER)
+    (folder / "read").mkdir()
+    return {"PYTHONPATH": str(folder / "site"), "RECORD_PARAMS": str(folder / "read")}

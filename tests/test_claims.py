@@ -1,8 +1,8 @@
 """README claims that no other test checked, each through the entry point a user runs.
 
-Most of them share one tiny run of every stage (`pipeline_run`, shufflenet at 16 px), made
-while recording which params each stage reads, so that dvc.yaml's `params:` lists can be
-compared with what the code really reads.
+Most of them share the reproduced project (tests/conftest.py: shufflenet at 16 px), whose
+`dvc repro` recorded which params each stage reads, so that dvc.yaml's `params:` lists can
+be compared with what the code really reads.
 """
 
 import json
@@ -19,51 +19,12 @@ from torch import nn
 from pipeline.checkpoints import load_checkpoint
 from pipeline.config import Params
 from pipeline.models import build_model, freeze, parse_freeze, set_train_mode
-from testing.project import REPO, make_project, run, set_params, stage
+from testing.project import REPO, copy_project, run, set_params, stage
+from tests.conftest import Reproduced
 from tests.helpers import augment
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-ARCH = "shufflenet_v2_x0_5"  # small checkpoints: these tests are about the flow
 READ_ON_CUDA_ONLY = {"evaluate.cuda_batch_size"}
-
-# On PYTHONPATH, in each `python -m pipeline.<stage>` process while RECORD_PARAMS is set:
-# load_params returns the same params, as subclasses of their dataclasses that note every
-# leaf value read (dataclasses.asdict reads them all), written out when the stage exits.
-RECORDER = """\
-import atexit
-import dataclasses
-import json
-import os
-import sys
-
-if os.environ.get("RECORD_PARAMS") and sys.orig_argv[1:2] == ["-m"] and sys.orig_argv[2].startswith("pipeline."):
-    sys.path.insert(0, os.getcwd())
-    import pipeline.config
-
-    read = set()
-
-    def wrap(obj, prefix):
-        if not dataclasses.is_dataclass(obj):
-            return obj
-        names = {f.name for f in dataclasses.fields(obj)}
-
-        class Recording(type(obj)):
-            def __getattribute__(self, name):
-                value = object.__getattribute__(self, name)
-                if name in names and not dataclasses.is_dataclass(value):
-                    read.add(prefix + name)
-                return value
-
-        recording = object.__new__(Recording)
-        for name in names:
-            object.__setattr__(recording, name, wrap(getattr(obj, name), f"{prefix}{name}."))
-        return recording
-
-    original = pipeline.config.load_params
-    pipeline.config.load_params = lambda *args, **kwargs: wrap(original(*args, **kwargs), "")
-    out = os.path.join(os.environ["RECORD_PARAMS"], sys.orig_argv[2] + ".json")
-    atexit.register(lambda: open(out, "w").write(json.dumps(sorted(read))))
-"""
 
 
 def leaves(schema: type = Params, prefix: str = "") -> set[str]:
@@ -78,21 +39,11 @@ def leaves(schema: type = Params, prefix: str = "") -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Every stage, in dvc.yaml's order, run once by its entry point with the recorder on:
-    (the project, the folder of params read per stage module)."""
-    root = tmp_path_factory.mktemp("claims")
-    project = make_project(root / "project")
-    set_params(project, **{"model.arch": ARCH, "train.epochs": 1})
-    (root / "site").mkdir()
-    (root / "site" / "sitecustomize.py").write_text(RECORDER)
-    (root / "read").mkdir()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("PYTHONPATH", str(root / "site"))
-        env.setenv("RECORD_PARAMS", str(root / "read"))
-        for name in STAGES:
-            stage(name, project)
-    return project, root / "read"
+def pipeline_run(reproduced_once: Reproduced, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The reproduced project (conftest.py), whose `dvc repro` recorded which params each
+    stage read: (a copy of it for this module's tests, the folder of params read per stage module)."""
+    project = copy_project(reproduced_once.path, tmp_path_factory.mktemp("claims") / "project")
+    return project, reproduced_once.params_read
 
 
 # --- dvc.yaml lists exactly the params each stage reads --------------------------------------
@@ -201,7 +152,8 @@ def test_predict_batch_size_and_device(pipeline_run: tuple[Path, Path]) -> None:
 def test_infinite_training_loss_stops_the_stage(pipeline_run: tuple[Path, Path], tmp_path: Path) -> None:
     project = tmp_path / "project"
     shutil.copytree(pipeline_run[0], project, symlinks=True)
-    set_params(project, **{"train.epochs": 2})
+    for trained in (".cache/runs", "checkpoints"):  # a fresh run, not the finished one republished
+        shutil.rmtree(project / trained)
     # The 2nd cross-entropy of the run returns +inf (not NaN): epoch 1, batch 2.
     result = run([sys.executable, "-m", "tests.kill_wrapper", "inf", "2"], project, check=False)
     assert result.returncode == 2, result.stderr

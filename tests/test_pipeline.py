@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 
 import pandas as pd
 import torch
-from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models import ShuffleNet_V2_X0_5_Weights, shufflenet_v2_x0_5
 
 from pipeline.checkpoints import load_checkpoint
 from testing.project import run
@@ -122,15 +122,16 @@ def test_quick_start_then_results_shared_through_a_remote(reproduced: Reproduced
 
 def test_torchvision_weights_are_a_params_only_switch(project: Path, tmp_path: Path) -> None:
     """`dvc exp run -S model.weights=IMAGENET1K_V1` with the file already in $TORCH_HOME: no
-    dvc.yaml edit, no network, no demo pretraining, and the weights' own preprocessing."""
-    weights = ResNet18_Weights.IMAGENET1K_V1
+    dvc.yaml edit, no network, no demo pretraining, and the weights' own preprocessing.
+    (A small model's weights, with ImageNet's usual resize 256 and crop 224.)"""
+    weights = ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1
     cached = tmp_path / "torch" / "hub" / "checkpoints" / Path(urlparse(weights.url).path).name
     cached.parent.mkdir(parents=True)
-    imagenet_like = resnet18().state_dict()  # random values stand in for the real download
+    imagenet_like = shufflenet_v2_x0_5().state_dict()  # random values stand in for the real download
     torch.save(imagenet_like, cached)
     output = run(
-        [sys.executable, "-m", "dvc", "exp", "run", "-S", "model.weights=IMAGENET1K_V1", "-S", "freeze=all_but_head",
-         "-S", "train.epochs=1"],
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "model.arch=shufflenet_v2_x0_5",
+         "-S", "model.weights=IMAGENET1K_V1", "-S", "freeze=all_but_head", "-S", "train.epochs=1"],
         project, env={"TORCH_HOME": str(tmp_path / "torch")},
     )  # fmt: skip
     log = output.stdout + output.stderr
