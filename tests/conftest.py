@@ -46,12 +46,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)  # stable: the order within a file is kept
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A throw-away copy of the project, with tiny params, to run stages and dvc in."""
-    return make_project(tmp_path / "project")
-
-
 def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], dict]) -> dict:
     """`build(folder)` once for the whole test run, however many pytest-xdist workers ask for
     it: the first to ask builds while any other waits. Returns what `build` returned (JSON).
@@ -66,6 +60,19 @@ def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, build: Cal
         if not record.exists():  # or a worker's build failed: this one tries again
             record.write_text(json.dumps(build(shared)))
         return json.loads(record.read_text())
+
+
+def fresh_project(root: Path) -> dict:
+    return {"path": str(make_project(root / "project"))}
+
+
+@pytest.fixture
+def project(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
+    """A throw-away copy of the project, with tiny params, to run stages and dvc in: a copy
+    of one made once per run (making one commits every file of the repo to a new git repo,
+    seconds that dozens of tests would each spend)."""
+    made = Path(once_per_run(tmp_path_factory, "fresh", fresh_project)["path"])
+    return copy_project(made, tmp_path / "project")
 
 
 SMALL_MODEL = {"model.arch": "shufflenet_v2_x0_5"}  # for tests of files and flow, not of models
