@@ -97,7 +97,7 @@ def test_pt2_refuses_other_image_sizes(pipeline_run: tuple[Path, Path]) -> None:
 
 def test_select_best_refuses_a_damaged_checkpoint(pipeline_run: tuple[Path, Path], tmp_path: Path) -> None:
     project = tmp_path / "project"
-    shutil.copytree(pipeline_run[0], project, symlinks=True)
+    copy_project(pipeline_run[0], project)
     for output in ("models/best.pt", "models/best.pt2", "best/metrics.json"):
         (project / output).unlink()
     path = project / "checkpoints" / "epoch_001.pt"
@@ -151,7 +151,7 @@ def test_predict_batch_size_and_device(pipeline_run: tuple[Path, Path]) -> None:
 
 def test_infinite_training_loss_stops_the_stage(pipeline_run: tuple[Path, Path], tmp_path: Path) -> None:
     project = tmp_path / "project"
-    shutil.copytree(pipeline_run[0], project, symlinks=True)
+    copy_project(pipeline_run[0], project)
     for trained in (".cache/runs", "checkpoints"):  # a fresh run, not the finished one republished
         shutil.rmtree(project / trained)
     # The 2nd cross-entropy of the run returns +inf (not NaN): epoch 1, batch 2.
@@ -244,7 +244,7 @@ def test_compile_trains_the_same_model(
     pipeline_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project = tmp_path / "project"
-    shutil.copytree(pipeline_run[0], project, symlinks=True)
+    copy_project(pipeline_run[0], project)
     # Head only on the cached features: torch.compile then compiles just the head, in seconds.
     set_params(project, **{"freeze": "all_but_head", "train.epochs": 2})
     stage("train", project)

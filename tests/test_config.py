@@ -27,7 +27,7 @@ from torchvision.models import ResNet18_Weights
 
 from pipeline.cli import UserError
 from pipeline.config import AugmentParams, Mode, Optimizer, Params, TrainParams, load_params
-from testing.project import REPO, set_params, stage
+from testing.project import REPO, copy_project, set_params, stage
 
 PREPARED = Path("data/prepared")
 
@@ -126,7 +126,7 @@ def run_cases(base: Path) -> dict[str, tuple[Path, subprocess.CompletedProcess]]
     projects = {}
     for case in CASES:
         copy = base.parent / case.id
-        shutil.copytree(base, copy, symlinks=True)
+        copy_project(base, copy)
         case.edit(copy)
         projects[case.id] = copy
     with ThreadPoolExecutor(max_workers=min(len(CASES), os.cpu_count() or 2)) as pool:

@@ -52,7 +52,7 @@ def test_a_queued_experiment_killed_mid_train_resumes_in_a_temp_experiment(proje
     run([*dvc, "--queue"], project, env=env)
     killed = run([*dvc, "--run-all"], project, check=False, env=env)
     # DVC runs the command through a shell: it reports -9 when the shell exec'd python, 137 when
-    # the shell outlived it (which one depends on the user's $SHELL).
+    # the shell outlived it (which one depends on the shell).
     assert re.search(r"failed to run: python -m pipeline.train, exited with (-9|137)\n", killed.stdout + killed.stderr)
     assert epochs_trained(killed.stdout + killed.stderr) == [1]
     # The images prepare decoded in the workspace are the project's: not decoded again.
