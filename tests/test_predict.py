@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, PILToTensor, Resize, ToDtype
 
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.models import build_model, model_from_checkpoint
@@ -59,13 +60,15 @@ def predict(project: Path, *args: str, check: bool = True):
 
 
 def expected_top(project: Path, k: int) -> dict[str, list[tuple[str, float]]]:
-    """What the checkpoint's model gives for each readable image, preprocessed by torchvision."""
+    """What the checkpoint's model gives for each readable image, preprocessed by torchvision
+    (on uint8 tensors, as the pipeline resizes)."""
     checkpoint = load_checkpoint(project / MODEL)
     model = model_from_checkpoint(checkpoint).eval()
     transform = Compose([
+        PILToTensor(),
         Resize(checkpoint["resize_size"], interpolation=InterpolationMode(checkpoint["interpolation"])),
         CenterCrop(checkpoint["image_size"]),
-        ToTensor(),
+        ToDtype(torch.float32, scale=True),
         Normalize(checkpoint["mean"], checkpoint["std"]),
     ])  # fmt: skip
     expected = {}

@@ -15,8 +15,9 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 from torchvision.models import get_weight
+from torchvision.transforms.functional import pil_to_tensor
 
-from pipeline.data import Sizing, decoded_images, load_image
+from pipeline.data import Sizing, decode, decoded_images, load_image
 from pipeline.engine import ImageBatches
 from pipeline.models import preprocessing
 from tests.helpers import file_sha1
@@ -55,9 +56,12 @@ def pipeline_inputs(paths: list[Path], weights_name: str, cache: Path) -> torch.
     return data.load(torch.arange(len(paths)))[0]
 
 
-def reference_inputs(paths: list[Path], weights_name: str) -> torch.Tensor:
+def reference_inputs(paths: list[Path], weights_name: str, on_tensors: bool = True) -> torch.Tensor:
+    """The weights' own transforms on each whole decoded file: on its uint8 tensor (as
+    `decode_image` gives it), or on the Pillow image."""
     transforms = get_weight(weights_name).transforms()
-    return torch.stack([transforms(Image.open(path).convert("RGB")) for path in paths])
+    images = [Image.open(path).convert("RGB") for path in paths]
+    return torch.stack([transforms(pil_to_tensor(image) if on_tensors else image) for image in images])
 
 
 @pytest.fixture(scope="module")
@@ -73,24 +77,44 @@ def test_evaluation_inputs_are_the_weights_own_transforms(
     ours = pipeline_inputs(photos, weights_name, tmp_path / "cache")
     reference = reference_inputs(photos, weights_name)
     assert ours.shape == reference.shape
-    # The same Pillow resize and crop: equal up to float rounding of the normalisation.
-    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+    # The pipeline resizes uint8 tensors with torchvision's fast uint8 kernel; the transforms
+    # resize in floats on tensors, and with Pillow on images. Each is one step of 8-bit value
+    # from the others at most, here and there.
+    step = 1 / 255 / min(get_weight(weights_name).transforms().std)
+    for on_tensors in (True, False):
+        difference = (ours - reference_inputs(photos, weights_name, on_tensors)).abs()
+        assert difference.max() <= step * 1.001, on_tensors
+        assert difference.mean() < step * 0.25, on_tensors
 
 
-def test_a_large_jpeg_decoded_at_reduced_scale_stays_close(tmp_path: Path) -> None:
-    """Over 3x the resize size, a JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain
-    (Image.draft) before resizing: not bit-equal to resizing the full image, but close."""
-    path = photo(tmp_path / "big.jpg", 3000, 2250, seed=7)
-    with Image.open(path) as image:
-        image.draft("RGB", (3 * 256, 3 * 256))
-        assert image.size == (1500, 1125)  # the test exercises the reduced decode
-    for weights_name in (WEIGHTS[0], WEIGHTS[-1]):
+@pytest.mark.parametrize(
+    ("shape", "scaled"),
+    [
+        ((3200, 2400), [(400, 300), (800, 600)]),  # 1/8 scale for resize 256, 1/4 for 342
+        ((3000, 2250), [(1500, 1125), (1500, 1125)]),  # 1/2: 8 and 4 do not divide 2250
+    ],
+)
+def test_a_large_jpeg_decoded_at_reduced_scale_stays_close(
+    tmp_path: Path, shape: tuple[int, int], scaled: list[tuple[int, int]]
+) -> None:
+    """A JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (Image.draft) when that
+    keeps at least the resize size: not bit-equal to resizing the whole image, but close."""
+    path = photo(tmp_path / "big.jpg", *shape, seed=7)
+    for weights_name, size in zip((WEIGHTS[0], WEIGHTS[-1]), scaled, strict=True):  # resize 256; 342
+        transforms = get_weight(weights_name).transforms()
+        decoded = decode(path, transforms.resize_size[0])
+        assert (decoded.image.size, decoded.size) == (size, shape)  # the scale the test is about
         difference = (
-            pipeline_inputs([path], weights_name, tmp_path / "cache") - reference_inputs([path], weights_name)
+            pipeline_inputs([path], weights_name, tmp_path / "cache")
+            - reference_inputs([path], weights_name, on_tensors=False)
         ).abs()
-        # In normalised units, where one step of 8-bit pixel value is about 0.017.
-        assert difference.mean() < 0.01, weights_name
-        assert difference.max() < 0.1, weights_name
+        # In steps of 8-bit value. The DCT's 1/8 scale averages 8x8 blocks, another low-pass
+        # than the bilinear filter's over the whole image: on this detail-heavy photo it
+        # measured a mean of 2.1 steps and a maximum of 13 (1/4: 1.0 and 6; 1/2: 0.3 and 3).
+        # A picture off by one pixel in size or place measured 16 on average.
+        step = 1 / 255 / min(transforms.std)
+        assert difference.mean() < 3 * step, weights_name
+        assert difference.max() < 20 * step, weights_name
 
 
 def test_load_image_keeps_the_resize_square_around_torchvisions_centre_crop(photos: list[Path]) -> None:
@@ -102,4 +126,4 @@ def test_load_image_keeps_the_resize_square_around_torchvisions_centre_crop(phot
     expected = (expected + torch.tensor(transforms.mean)[:, None, None]) * 255
     start = sizing.crop_offset
     crop = torch.from_numpy(pixels[:, start : start + 299, start : start + 299]).float()
-    torch.testing.assert_close(crop, expected, atol=1e-3, rtol=0)
+    torch.testing.assert_close(crop, expected, atol=1.001, rtol=0)  # one step of 8-bit value: see above
