@@ -13,7 +13,8 @@ It generates its own photos (smooth random colour fields plus blurred noise, JPE
           prepare stage's work per file (data.inspect_file: sha1, perceptual hash, check
           and decode for the model), data.load_image alone, and the plain way
           (Image.open, convert("RGB"), torchvision Resize(256) and CenterCrop(224), to a
-          uint8 array); also torchvision.io.decode_jpeg with a tensor resize.
+          uint8 array); also torchvision.io.decode_jpeg (deprecated since torchvision
+          0.29, so only compared) with a tensor resize.
           Goals, inspect_file over plain: >= 5 on the large JPEGs, >= 1.5 on the small.
   train   wall-clock seconds of `python -m pipeline.prepare`, `pipeline.weights` and
           `pipeline.train` in a throw-away project against the PyTorch transfer-learning
