@@ -84,6 +84,11 @@ def run_stage(main: Callable[[], None]) -> None:
             sys.exit(EXIT_INTERRUPTED)
         log.error("error: writing a checkpoint failed (is the disk full?); %s", SAFE_TO_RERUN)
         sys.exit(1)
+    finally:
+        # A signal during interpreter shutdown (a launcher stopping its processes) must not
+        # raise into atexit callbacks: from here on, the default actions.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterable[T]:

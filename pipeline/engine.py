@@ -26,6 +26,7 @@ from torch import nn
 
 from pipeline.cli import UserError, progress
 from pipeline.data import centre_offset
+from pipeline.distributed import SINGLE, Ranks, all_sum, shard, unshard
 from pipeline.models import ModelSpec, set_train_mode
 
 
@@ -394,17 +395,21 @@ def train_one_epoch(
     max_aspect: float = 1.0,
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     step_model: nn.Module | None = None,
+    ranks: Ranks = SINGLE,
 ) -> float:
     """One pass over `data` in a seeded random order; returns the mean training loss.
 
-    `step_model` runs the steps when given (`model` compiled); `criterion` defaults to plain
-    cross-entropy (looked up at call time, so tests can patch it).
+    `step_model` runs the steps when given (`model` compiled, or wrapped in
+    DistributedDataParallel, or both). `criterion` defaults to plain
+    cross-entropy (looked up at call time, so tests can patch it). With several `ranks`,
+    `batch_size` is the global batch: this rank steps on its share of each one.
     """
     set_train_mode(model, frozen)
-    # Dropout draws from the global RNG: tie it to this epoch's seed too (see epoch_generator).
-    torch.manual_seed(generator.initial_seed())
+    # Dropout draws from the global RNG: tie it to this epoch's seed, and rank, too (see epoch_generator).
+    torch.manual_seed(generator.initial_seed() + ranks.rank)
     centre = data.centre_fraction if isinstance(data, ImageBatches) else 1.0
-    plan = epoch_order(len(data), generator, hflip, min_scale, max_aspect, centre)
+    plan = epoch_order(len(data), generator, hflip, min_scale, max_aspect, centre).shard(ranks)
+    batch_size //= ranks.world
     # `is None`, not `or`: a compiled module has no truth value.
     runs_steps = model if step_model is None else step_model
     losses = train_steps(
@@ -412,7 +417,7 @@ def train_one_epoch(
         f"epoch {epoch}", dynamic_batch=step_model is not None,
     )  # fmt: skip
     sizes = torch.tensor([len(b) for b in plan.order.split(batch_size)], dtype=torch.float32)
-    return epoch_loss(losses, sizes, epoch)
+    return epoch_loss(losses, sizes, epoch, ranks)
 
 
 @dataclass
@@ -420,11 +425,16 @@ class EpochOrder:
     """The order in which an epoch visits the items, and each visit's augmentation.
 
     Drawn on the CPU from the epoch's generator, so it is the same on every device and
-    after a resume. Processes that share an epoch would each take their part of `order`.
+    after a resume. Processes that share an epoch each take their part of it (`shard`).
     """
 
     order: torch.Tensor  # int64 (N,): item indices
     transforms: torch.Tensor | None  # (N, 2, 3) affine matrices, one per visit; None: no augmentation
+
+    def shard(self, ranks: Ranks) -> "EpochOrder":
+        """This rank's visits (distributed.shard), each with the draw it has in the whole order."""
+        transforms = None if self.transforms is None else shard(self.transforms, ranks)
+        return EpochOrder(shard(self.order, ranks), transforms)
 
 
 def epoch_order(
@@ -445,15 +455,16 @@ def train_and_score(
     epoch: int,
     batch_size: int,
     frozen: list[str] | None = None,
+    ranks: Ranks = SINGLE,
     **options: Any,
 ) -> tuple[float, dict[str, float]]:
     """One seeded training epoch, then the scores on `val_data`: (training loss, val scores).
     The `options` (augmentation, criterion, step_model) go to `train_one_epoch`."""
     loss = train_one_epoch(
         model, train_data, optimizer, frozen=frozen or [], batch_size=batch_size,
-        generator=epoch_generator(seed, epoch), epoch=epoch, **options,
+        generator=epoch_generator(seed, epoch), epoch=epoch, ranks=ranks, **options,
     )  # fmt: skip
-    return loss, score(predict(model, val_data, batch_size), val_data.targets, num_classes)
+    return loss, score(predict(model, val_data, batch_size, ranks), val_data.targets, num_classes)
 
 
 def train_steps(
@@ -496,31 +507,41 @@ def train_steps(
     return losses
 
 
-def epoch_loss(losses: torch.Tensor, sizes: torch.Tensor, epoch: int) -> float:
-    """The size-weighted mean of the per-batch losses, after checking that each is finite.
+def epoch_loss(losses: torch.Tensor, sizes: torch.Tensor, epoch: int, ranks: Ranks = SINGLE) -> float:
+    """The size-weighted mean of the per-batch losses (of every rank), after checking that
+    each is finite: every rank raises if any rank's loss is not, so none waits for the others.
 
     This is the epoch's one host sync.
     """
     losses = losses.float().cpu()
     bad = (~torch.isfinite(losses)).nonzero()
+    totals = all_sum(torch.stack([(losses * sizes).sum(), sizes.sum(), torch.tensor(float(len(bad)))]), ranks)
     if len(bad):
         raise NonFiniteLoss(
             f"training loss became {losses[bad[0, 0]].item()} in epoch {epoch}, batch {bad[0, 0].item() + 1} "
             f"of {len(losses)}; lower the learning rate. Checkpoints of earlier epochs are kept"
         )
-    return float((losses * sizes).sum() / sizes.sum())
+    if totals[2] > 0:
+        raise NonFiniteLoss(
+            f"training loss became non-finite in epoch {epoch} in another training process; lower the learning "
+            "rate. Checkpoints of earlier epochs are kept"
+        )
+    return float(totals[0] / totals[1])
 
 
-def predict(model: nn.Module, data: Batches, batch_size: int) -> torch.Tensor:
-    """Logits for every item of `data`, in order, as float32 on the CPU."""
+def predict(model: nn.Module, data: Batches, batch_size: int, ranks: Ranks = SINGLE) -> torch.Tensor:
+    """Logits for every item of `data`, in order, as float32 on the CPU. With several
+    `ranks`, each predicts its shard and every rank gets the whole."""
     model.eval()
     place_model(model, data.device)  # outside inference mode, which would make the weights inference tensors
+    indices = to_device(shard(torch.arange(len(data)), ranks), data.index_device)
     outputs = []
     with torch.inference_mode():
-        for images, _ in iterate(data, batch_indices(len(data), batch_size, device=data.index_device)):
+        for images, _ in iterate(data, list(indices.split(batch_size))):
             with autocast(data.device):
                 outputs.append(model(images))
-        return torch.cat(outputs).float().cpu() if outputs else torch.empty(0, 0)
+        logits = torch.cat(outputs).float().cpu() if outputs else torch.empty(0, 0)
+    return unshard(logits, len(data), ranks)
 
 
 def score(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, float]:

@@ -106,17 +106,21 @@ class RunFolder:
         self._lock.write(f"pid {os.getpid()}")
         self._lock.flush()
 
-    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> list[dict[str, Any]]:
+    def restore(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, owner: bool = True
+    ) -> list[dict[str, Any]]:
         """Load the last good checkpoint that a killed attempt of this run left, if any, into
         the model, optimizer and scheduler; returns the finished epochs' records.
 
         Damaged checkpoints, and any after them, are reported and deleted from this folder;
-        the run continues from the last good one.
+        the run continues from the last good one. Not the `owner` (a training process other
+        than rank 0, after rank 0 restored): only read.
         """
-        self.acquire()
-        prune_other_runs(self.root, keep=self.fingerprint)
-        for leftover in self.path.glob(".*.tmp"):  # a write that a kill cut short
-            leftover.unlink()
+        if owner:
+            self.acquire()
+            prune_other_runs(self.root, keep=self.fingerprint)
+            for leftover in self.path.glob(".*.tmp"):  # a write that a kill cut short
+                leftover.unlink()
         history: list[dict[str, Any]] = []
         last: dict[str, Any] | None = None
         paths = self.checkpoints()
@@ -127,7 +131,7 @@ class RunFolder:
                     raise CheckpointError(f"{path} does not continue this run")
             except CheckpointError as error:
                 log.warning("%s; resuming from the last good checkpoint before it", error)
-                for later in paths[index:]:
+                for later in paths[index:] if owner else []:
                     later.unlink()
                 break
             history.append({key: checkpoint[key] for key in RECORD_KEYS})

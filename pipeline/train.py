@@ -24,9 +24,11 @@ from dvclive import Live
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from pipeline import distributed
 from pipeline.cli import UserError, progress, run_stage
 from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Params, load_params
 from pipeline.data import decoded_images, read_manifest
+from pipeline.distributed import Ranks
 from pipeline.engine import (
     Batches,
     compile_for_training,
@@ -59,8 +61,11 @@ LIVE_DIR = Path("dvclive/train")
 def main() -> None:
     params = load_params()
     config = params.train
+    if config.processes > 1 and not distributed.launched():
+        distributed.launch(config.processes, "pipeline.train")  # each process runs this main, as a rank
+        return
     run = set_up(params)
-    live = Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False)
+    live = Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) if run.ranks.main else None
     for record in run.history:
         log_epoch(live, record)
 
@@ -70,8 +75,12 @@ def main() -> None:
             log.info("%s", stop)
             break
         phase = run.phase(epoch)
-        record = train_epoch(run, phase, epoch)
-        save_epoch(run, phase, record)
+        try:
+            record = train_epoch(run, phase, epoch)
+        except RuntimeError as error:
+            raise distributed.lost_contact(error, run.ranks) or error from None
+        if run.ranks.main:
+            save_epoch(run, phase, record)
         run.history.append(record)
         log_epoch(live, record)
         log.info(
@@ -80,8 +89,10 @@ def main() -> None:
             record["seconds"],
         )  # fmt: skip
 
-    live.end()
-    run.folder.finish()
+    if run.ranks.main:
+        live.end()
+        run.folder.finish()
+    distributed.stop(run.ranks)
 
 
 @dataclass
@@ -96,7 +107,7 @@ class Phase:
     net: nn.Module  # what each step runs: the model, or its head alone on the backbone's outputs
     net_frozen: list[str]  # the modules of `net` that stay in inference mode
     data: dict[str, Batches]
-    step_model: nn.Module | None  # `net` compiled, if train.compile
+    step_model: nn.Module | None  # `net` wrapped for several ranks, and compiled if train.compile
 
 
 @dataclass
@@ -112,6 +123,8 @@ class Run:
     criterion: Any  # the training loss: cross-entropy with the run's weights and smoothing
     folder: RunFolder
     history: list[dict[str, Any]]  # each finished epoch's record (runs.RECORD_KEYS)
+    ranks: Ranks  # this process among those that train together (pipeline.distributed)
+    device: torch.device
     phases: dict[str, Phase] = field(default_factory=dict)  # by freeze spec, made when first needed
     compiled: dict[nn.Module, nn.Module] = field(default_factory=dict)  # compiling twice would recompile
 
@@ -129,7 +142,12 @@ def set_up(params: Params) -> Run:
     attempt of it stopped."""
     config = params.train
     set_determinism(config.deterministic)
-    device = resolve_device(params.device)
+    ranks, device = distributed.start(resolve_device(params.device))
+    if config.batch_size % ranks.world:
+        raise UserError(
+            f"train.batch_size = {config.batch_size} is the global batch: it must split evenly over the "
+            f"{ranks.world} training processes"
+        )
     manifest, classes = read_manifest(PREPARED_DIR)
     if not START_FILE.is_file():
         raise UserError(f"{START_FILE} not found: run the weights stage first (dvc repro weights)")
@@ -150,15 +168,17 @@ def set_up(params: Params) -> Run:
     # the rate recursively, so it drifts in the last bits from the formula the checkpoints record.
     scheduler = LambdaLR(optimizer, lambda index: schedule(index + 1))  # LambdaLR counts epochs from 0
 
-    images = images_on(decoded_images(manifest, spec.sizing), device)
+    images = images_on(distributed.main_first(ranks, partial(decoded_images, manifest, spec.sizing)), device)
     splits = {split: split_batches(images, manifest, split, spec, device) for split in ("train", "val")}
     weights = class_weights(config.class_weights, splits["train"].targets, len(classes), device)
     criterion = partial(F.cross_entropy, weight=weights, label_smoothing=config.label_smoothing)
 
     folder = RunFolder(run_fingerprint(params, device))
-    history = folder.restore(model, optimizer, scheduler)
-    folder.publish_all()
-    return Run(params, model, spec, optimizer, scheduler, splits, criterion, folder, history)
+    # Rank 0 owns the folder (locks, cleans and publishes it); the others read the same checkpoint.
+    history = distributed.main_first(ranks, partial(folder.restore, model, optimizer, scheduler, owner=ranks.main))
+    if ranks.main:
+        folder.publish_all()
+    return Run(params, model, spec, optimizer, scheduler, splits, criterion, folder, history, ranks, device)
 
 
 def start_phase(run: Run, spec_text: str, key: str) -> Phase:
@@ -181,9 +201,13 @@ def start_phase(run: Run, spec_text: str, key: str) -> Phase:
         if features is not None:
             log.info("frozen backbone: features computed once in %.2fs", time.perf_counter() - started)
             net, net_frozen, data = run.model.get_submodule(head), [], features
-    if config.compile and net not in run.compiled:
-        run.compiled[net] = compile_for_training(net)
-    return Phase(spec_text, frozen, trainable, total, net, net_frozen, data, run.compiled.get(net))
+    step_model = distributed.wrap(net, run.device) if run.ranks.active else None
+    if config.compile:
+        stepped = net if step_model is None else step_model
+        if stepped not in run.compiled:
+            run.compiled[stepped] = compile_for_training(stepped)
+        step_model = run.compiled[stepped]
+    return Phase(spec_text, frozen, trainable, total, net, net_frozen, data, step_model)
 
 
 def train_epoch(run: Run, phase: Phase, epoch: int) -> dict[str, Any]:
@@ -194,8 +218,7 @@ def train_epoch(run: Run, phase: Phase, epoch: int) -> dict[str, Any]:
         phase.net, phase.data["train"], phase.data["val"], run.optimizer, num_classes=len(run.spec.classes),
         seed=config.seed, epoch=epoch, batch_size=config.batch_size, frozen=phase.net_frozen,
         hflip=config.augment.hflip, min_scale=config.augment.min_scale, max_aspect=config.augment.max_aspect,
-        criterion=run.criterion,
-        step_model=phase.step_model,
+        criterion=run.criterion, step_model=phase.step_model, ranks=run.ranks,
     )  # fmt: skip
     record = {
         "epoch": epoch,
@@ -223,6 +246,8 @@ def save_epoch(run: Run, phase: Phase, record: dict[str, Any]) -> None:
         "trainable_params": phase.trainable_params,
         "total_params": phase.total_params,
         "fingerprint": run.folder.fingerprint,
+        "world_size": run.ranks.world,
+        "global_batch": run.params.train.batch_size,
     }
     run.folder.commit_epoch(checkpoint)
 
@@ -263,13 +288,16 @@ def run_fingerprint(params: Params, device: torch.device) -> str:
         "freeze": params.freeze,
         "device": device.type,
         "model": dataclasses.asdict(params.model),
-        "train": dataclasses.asdict(params.train),
+        # Not the process count: the global batches are the same for any, so a run resumes under another.
+        "train": {key: value for key, value in dataclasses.asdict(params.train).items() if key != "processes"},
         "select": dataclasses.asdict(params.select),  # early stopping watches select.metric
     }
     return fingerprint(shaping, [PREPARED_DIR / "manifest.csv", PREPARED_DIR / "classes.json", START_FILE])
 
 
-def log_epoch(live: Live, record: dict[str, Any]) -> None:
+def log_epoch(live: Live | None, record: dict[str, Any]) -> None:
+    if live is None:  # not rank 0
+        return
     live.step = record["epoch"]
     live.log_metric("train/loss", record["loss"])
     live.log_metric("val/loss", record["val_loss"])

@@ -23,9 +23,9 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 # The end-to-end tests that take a minute or more. They start first, so that the workers
 # are not left waiting on one of them at the end.
 LONGEST_FIRST = (
-    "test_pipeline.py", "test_resume.py", "test_claims.py", "test_runs.py", "test_learning.py", "test_verify.py",
-    "test_config.py", "test_recipes.py", "test_feature_cache.py", "test_faults.py", "test_text_labels.py",
-    "test_check_params.py",
+    "test_pipeline.py", "test_resume.py", "test_distributed.py", "test_claims.py", "test_runs.py",
+    "test_learning.py", "test_verify.py", "test_config.py", "test_recipes.py", "test_feature_cache.py",
+    "test_faults.py", "test_text_labels.py", "test_check_params.py",
 )  # fmt: skip
 
 

@@ -12,12 +12,16 @@ import torch
 from pipeline.engine import apply_augmentation, draw_augmentation
 
 # Put on PYTHONPATH, this runs in every Python process started, dvc's own included; it acts
-# only in the train stage's process, and only when KILL_AT is set.
+# only in the train stage's process (with KILL_RANK, in that rank's only), and only when
+# KILL_AT is set.
 SITECUSTOMIZE = """\
 import os
 import sys
 
-if os.environ.get("KILL_AT") and sys.orig_argv[1:3] == ["-m", "pipeline.train"]:
+argv = sys.orig_argv
+train = "-m" in argv and argv[argv.index("-m") + 1 :][:1] == ["pipeline.train"]
+rank = os.environ.get("KILL_RANK") in (None, os.environ.get("RANK"))
+if os.environ.get("KILL_AT") and train and rank:
     sys.path.insert(0, os.getcwd())  # the project root, where dvc runs the stage
     from tests.kill_wrapper import install
 
@@ -26,11 +30,12 @@ if os.environ.get("KILL_AT") and sys.orig_argv[1:3] == ["-m", "pipeline.train"]:
 """
 
 
-def kill_env(folder: Path, point: str, call: int, group: bool = False) -> dict[str, str]:
+def kill_env(folder: Path, point: str, call: int, group: bool = False, rank: int | None = None) -> dict[str, str]:
     """An environment in which `python -m pipeline.train`, however it is started (by
     `dvc repro` too), is patched as tests/kill_wrapper.py's POINT CALL patches it: the
     call-th optimizer step (`step`) SIGKILLs it, for example. With `group`, the kill takes
-    its whole process group: start dvc with start_new_session=True and dvc dies with it."""
+    its whole process group: start dvc with start_new_session=True and dvc dies with it.
+    With `rank`, only that training process of several is patched."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -38,6 +43,8 @@ def kill_env(folder: Path, point: str, call: int, group: bool = False) -> dict[s
     env = {**os.environ, "PATH": path, "PYTHONPATH": pythonpath, "KILL_AT": f"{point}:{call}"}
     if group:
         env["KILL_GROUP"] = "1"
+    if rank is not None:
+        env["KILL_RANK"] = str(rank)
     return env
 
 

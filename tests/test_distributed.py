@@ -1,0 +1,174 @@
+"""Training on several processes (pipeline/distributed.py), on the CPU with gloo.
+
+The runs freeze the backbone, BatchNorm layers included, and run it on every step (no
+feature cache): DistributedDataParallel's gradient all-reduce then runs through a model with
+frozen BatchNorm, and 2 processes with 64 items each see exactly the items that 1 process
+with the global batch of 128 sees, so the two must agree up to float rounding.
+"""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pipeline.checkpoints import load_checkpoint
+from pipeline.cli import UserError
+from pipeline.config import load_params
+from pipeline.distributed import Ranks, shard
+from testing.project import copy_project, run, set_params, stage
+from tests.conftest import once_per_run
+from tests.helpers import assert_resumed, epochs_trained, kill_env
+
+# resnet18's random features are enough for its head to learn the digits at 16 px (val
+# accuracy 0.59 after the 2 epochs): the comparisons below are of a run that learns.
+DDP_PARAMS = {
+    "model.arch": "resnet18",
+    "model.weights": None,
+    "freeze": "all_but_head",
+    "train.cache_features": False,
+    "train.lr": 0.1,
+}
+LAST = Path("checkpoints/epoch_002.pt")  # the tiny params train 2 epochs
+
+
+def ddp_project(root: Path, prepared: Path) -> dict:
+    project = copy_project(prepared, root / "project")
+    set_params(project, **DDP_PARAMS)
+    run([sys.executable, "-m", "dvc", "repro", "weights", "prepare"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "a frozen backbone run on every step"], project)
+    return {"path": str(project)}
+
+
+@pytest.fixture(scope="session")
+def ddp_once(tmp_path_factory: pytest.TempPathFactory, prepared_once: Path) -> Path:
+    """The prepared project with DDP_PARAMS and their weights, once per run."""
+    return Path(once_per_run(tmp_path_factory, "ddp", lambda root: ddp_project(root, prepared_once))["path"])
+
+
+@pytest.fixture
+def ddp(ddp_once: Path, tmp_path: Path) -> Path:
+    return copy_project(ddp_once, tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def two_processes(tmp_path_factory: pytest.TempPathFactory, ddp_once: Path) -> dict:
+    """`dvc exp run -S train.processes=2` in a copy of `ddp_once`, once per run."""
+
+    def build(root: Path) -> dict:
+        project = copy_project(ddp_once, root / "project")
+        result = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.processes=2"], project)
+        return {"path": str(project), "output": result.stdout + result.stderr}
+
+    return once_per_run(tmp_path_factory, "two_processes", build)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model_state_dict"]
+
+
+def test_dvc_exp_run_with_two_processes_matches_one_process(two_processes: dict, ddp: Path) -> None:
+    project, output = Path(two_processes["path"]), two_processes["output"]
+    assert "starting 2 training processes" in output
+    assert epochs_trained(output) == [1, 2]  # rank 0 alone logs
+    two = load_checkpoint(project / LAST)
+    assert (two["world_size"], two["global_batch"]) == (2, 128)
+    assert sorted(p.name for p in (project / "checkpoints").iterdir()) == ["epoch_001.pt", "epoch_002.pt"]
+    rows = (project / "dvclive/train/plots/metrics/train/loss.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 2  # a header and one row per epoch: one writer
+
+    stage("train", ddp)
+    one = load_checkpoint(ddp / LAST)
+    assert one["world_size"] == 1
+    for key in ("loss", "val_loss", "val_accuracy"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key
+    changed = 0
+    for name, tensor in one["model_state_dict"].items():
+        torch.testing.assert_close(two["model_state_dict"][name], tensor, atol=1e-5, rtol=1e-4)
+        changed += not torch.equal(tensor, weights(ddp / "checkpoints/epoch_001.pt")[name])
+    assert changed > 0  # the comparison is of weights that trained
+    assert one["val_accuracy"] > 0.4  # and of a run that learns (chance: 0.2)
+
+
+def test_another_process_count_resumes_the_same_run(two_processes: dict, tmp_path: Path) -> None:
+    """The global batches are the same for any process count, so the run's fingerprint leaves
+    the count out: one process finds the two processes' finished run and republishes it."""
+    project = copy_project(Path(two_processes["path"]), tmp_path / "project")
+    set_params(project, **{"train.processes": 1})
+    result = stage("train", project)
+    assert "resuming after epoch 2" in result.stderr
+    assert epochs_trained(result.stderr) == []
+
+
+def test_a_rank_killed_mid_epoch_stops_the_job_and_the_rerun_resumes_bit_identically(
+    two_processes: dict, ddp: Path, tmp_path: Path
+) -> None:
+    set_params(ddp, **{"train.processes": 2})
+    # Rank 1's 7th optimizer step SIGKILLs it: the 2nd of epoch 2 (538 images, 64 per rank: 5 steps an epoch).
+    env = kill_env(tmp_path / "site", "step", 7, rank=1)
+    killed = run([sys.executable, "-m", "pipeline.train"], ddp, check=False, env=env, timeout=300)
+    assert killed.returncode == 2, killed.stderr
+    assert "Traceback" not in killed.stderr
+    errors = [line for line in killed.stderr.splitlines() if line.startswith("pipeline: error:")]
+    assert "training process rank 1 " in errors[-1] and "failed with signal SIGKILL" in errors[-1], killed.stderr
+    assert epochs_trained(killed.stderr) == [1]
+
+    resumed = stage("train", ddp)
+    assert_resumed(resumed.stderr, after=1, epochs=2)
+    uninterrupted = weights(Path(two_processes["path"]) / LAST)
+    for name, tensor in weights(ddp / LAST).items():
+        assert torch.equal(tensor, uninterrupted[name]), name
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_machines_rendezvous_with_torchrun(two_processes: dict, ddp: Path) -> None:
+    """docs/distributed.md's multi-node command, with two "machines" of one process each on
+    this one, sharing the project folder as the machines would share storage."""
+    torchrun = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+        "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=test",
+        "-m", "pipeline.train",
+    ]  # fmt: skip
+    nodes = [
+        subprocess.Popen(torchrun, cwd=ddp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert sorted(epochs_trained(output) for output in outputs) == [[], [1, 2]]  # one rank 0
+    assert load_checkpoint(ddp / LAST)["world_size"] == 2
+    two = weights(Path(two_processes["path"]) / LAST)
+    for name, tensor in weights(ddp / LAST).items():
+        torch.testing.assert_close(tensor, two[name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("items", "world"), [(538, 2), (7, 3), (2, 4)])
+def test_shards_cover_every_item_and_each_global_batch_is_one_process_batch(items: int, world: int) -> None:
+    order = torch.randperm(items, generator=torch.Generator().manual_seed(0))
+    shards = [shard(order, Ranks(rank, world)) for rank in range(world)]
+    assert len({len(part) for part in shards}) == 1  # the same count for every rank
+    padding = -items % world
+    assert sorted(torch.cat(shards).tolist()) == sorted(order.tolist() + order[:padding].tolist())
+    # Step k of every rank, together, is the k-th global batch of one process (of the padded order).
+    per_rank, padded = 2, torch.cat([order, order[:padding]])
+    for k, start in enumerate(range(0, len(padded), per_rank * world)):
+        together = torch.cat([part[k * per_rank : (k + 1) * per_rank] for part in shards])
+        assert sorted(together.tolist()) == sorted(padded[start : start + per_rank * world].tolist())
+
+
+def test_the_global_batch_must_split_evenly(project: Path) -> None:
+    path = project / "params.yaml"
+    params = OmegaConf.load(path)
+    OmegaConf.update(params, "train.processes", 3)
+    OmegaConf.save(params, path)
+    with pytest.raises(UserError, match=r"train.batch_size = 128 .* a multiple of train.processes \(3\)"):
+        load_params(path)
