@@ -110,6 +110,7 @@ class TrainParams(OptimParams):
     compile: bool = MISSING  # torch.compile the model for training
     deterministic: bool = MISSING  # deterministic CUDA kernels: bit-identical resume on a GPU
     processes: int = MISSING  # training processes on this machine (pipeline.distributed)
+    accumulate_steps: int = MISSING  # batches whose gradients add up to one optimizer step
 
 
 @dataclass
@@ -222,9 +223,11 @@ def validate(params: Params) -> None:
     _require(train.trunk_lr_scale >= 0, "train.trunk_lr_scale", train.trunk_lr_scale, "a number >= 0")
     _require(train.unfreeze_after >= 0, "train.unfreeze_after", train.unfreeze_after, "an integer >= 0; 0 = never")
     _require(train.processes >= 1, "train.processes", train.processes, "an integer >= 1")
+    _require(train.accumulate_steps >= 1, "train.accumulate_steps", train.accumulate_steps, "an integer >= 1")
+    parts = train.processes * train.accumulate_steps
     _require(
-        train.batch_size % train.processes == 0, "train.batch_size", train.batch_size,
-        f"a multiple of train.processes ({train.processes}): it is the global batch, split evenly",
+        train.batch_size % parts == 0, "train.batch_size", train.batch_size,
+        f"a multiple of train.processes x train.accumulate_steps ({parts}): it is the global batch, split evenly",
     )  # fmt: skip
     smoothing = train.label_smoothing
     _require(0 <= smoothing < 1, "train.label_smoothing", smoothing, "a number in [0, 1)")

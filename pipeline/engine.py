@@ -396,25 +396,27 @@ def train_one_epoch(
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     step_model: nn.Module | None = None,
     ranks: Ranks = SINGLE,
+    accumulate: int = 1,
 ) -> float:
     """One pass over `data` in a seeded random order; returns the mean training loss.
 
     `step_model` runs the steps when given (`model` compiled, or wrapped in
     DistributedDataParallel, or both). `criterion` defaults to plain
-    cross-entropy (looked up at call time, so tests can patch it). With several `ranks`,
-    `batch_size` is the global batch: this rank steps on its share of each one.
+    cross-entropy (looked up at call time, so tests can patch it). `batch_size` is the
+    global batch: with several `ranks`, this rank steps on its share of each one; with
+    `accumulate`, in that many batches whose gradients add up to one step.
     """
     set_train_mode(model, frozen)
     # Dropout draws from the global RNG: tie it to this epoch's seed, and rank, too (see epoch_generator).
     torch.manual_seed(generator.initial_seed() + ranks.rank)
     centre = data.centre_fraction if isinstance(data, ImageBatches) else 1.0
     plan = epoch_order(len(data), generator, hflip, min_scale, max_aspect, centre).shard(ranks)
-    batch_size //= ranks.world
+    batch_size //= ranks.world * accumulate
     # `is None`, not `or`: a compiled module has no truth value.
     runs_steps = model if step_model is None else step_model
     losses = train_steps(
         runs_steps, data, optimizer, plan.order, plan.transforms, batch_size, criterion or F.cross_entropy,
-        f"epoch {epoch}", dynamic_batch=step_model is not None,
+        f"epoch {epoch}", dynamic_batch=step_model is not None, accumulate=accumulate,
     )  # fmt: skip
     sizes = torch.tensor([len(b) for b in plan.order.split(batch_size)], dtype=torch.float32)
     return epoch_loss(losses, sizes, epoch, ranks)
@@ -477,14 +479,19 @@ def train_steps(
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     desc: str,
     dynamic_batch: bool = False,
+    accumulate: int = 1,
 ) -> torch.Tensor:
     """The optimizer steps of one epoch, in `order`; the per-batch losses, left on the device.
 
     Nothing here waits for the device: the order and the augmentation draws travel to it
     once, before the first step, and the losses are read after the last. `dynamic_batch`:
-    `model` is compiled (see `compile_for_training`).
+    `model` is compiled (see `compile_for_training`). `accumulate`: each optimizer step
+    adds up the gradients of that many batches, each weighted by its share of their items,
+    so the step is the one a batch of all of them would take.
     """
     batches = list(to_device(order, data.index_device).split(batch_size))
+    steps = [batches[start : start + accumulate] for start in range(0, len(batches), accumulate)]
+    shares = [len(batch) / sum(len(b) for b in step) for step in steps for batch in step]
     per_batch = [None] * len(batches) if transforms is None else to_device(transforms, data.device).split(batch_size)
     place_model(model, data.device)
     losses = torch.zeros(len(batches), device=data.device)
@@ -498,11 +505,16 @@ def train_steps(
             images = apply_augmentation(images, theta, size)
         if dynamic_batch and images.shape[0] > 1:
             torch._dynamo.mark_dynamic(images, 0)  # one compiled graph for every batch size
-        with autocast(data.device):
-            loss = criterion(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        first, last = step % accumulate == 0, step % accumulate == accumulate - 1 or step == len(batches) - 1
+        # Under DistributedDataParallel, gradients are averaged over the processes at the last batch only.
+        with model.no_sync() if not last and hasattr(model, "no_sync") else nullcontext():
+            with autocast(data.device):
+                loss = criterion(model(images), targets)
+            if first:
+                optimizer.zero_grad(set_to_none=True)
+            (loss if accumulate == 1 else loss * shares[step]).backward()
+        if last:
+            optimizer.step()
         losses[step] = loss.detach()
     return losses
 

@@ -143,10 +143,10 @@ def set_up(params: Params) -> Run:
     config = params.train
     set_determinism(config.deterministic)
     ranks, device = distributed.start(resolve_device(params.device))
-    if config.batch_size % ranks.world:
+    if config.batch_size % (ranks.world * config.accumulate_steps):
         raise UserError(
             f"train.batch_size = {config.batch_size} is the global batch: it must split evenly over the "
-            f"{ranks.world} training processes"
+            f"{ranks.world} training processes x {config.accumulate_steps} accumulated batches"
         )
     manifest, classes = read_manifest(PREPARED_DIR)
     if not START_FILE.is_file():
@@ -218,7 +218,7 @@ def train_epoch(run: Run, phase: Phase, epoch: int) -> dict[str, Any]:
         phase.net, phase.data["train"], phase.data["val"], run.optimizer, num_classes=len(run.spec.classes),
         seed=config.seed, epoch=epoch, batch_size=config.batch_size, frozen=phase.net_frozen,
         hflip=config.augment.hflip, min_scale=config.augment.min_scale, max_aspect=config.augment.max_aspect,
-        criterion=run.criterion, step_model=phase.step_model, ranks=run.ranks,
+        criterion=run.criterion, step_model=phase.step_model, ranks=run.ranks, accumulate=config.accumulate_steps,
     )  # fmt: skip
     record = {
         "epoch": epoch,
@@ -248,6 +248,7 @@ def save_epoch(run: Run, phase: Phase, record: dict[str, Any]) -> None:
         "fingerprint": run.folder.fingerprint,
         "world_size": run.ranks.world,
         "global_batch": run.params.train.batch_size,
+        "accumulate_steps": run.params.train.accumulate_steps,
     }
     run.folder.commit_epoch(checkpoint)
 
@@ -284,12 +285,13 @@ def early_stop(history: list[dict[str, Any]], metric: str, mode: Mode, config: E
 
 def run_fingerprint(params: Params, device: torch.device) -> str:
     """The resume fingerprint: everything that shapes a training run (see pipeline/runs.py)."""
+    # Not how the global batch is split (processes, accumulated batches): a run resumes under another split.
+    split = ("processes", "accumulate_steps")
     shaping = {
         "freeze": params.freeze,
         "device": device.type,
         "model": dataclasses.asdict(params.model),
-        # Not the process count: the global batches are the same for any, so a run resumes under another.
-        "train": {key: value for key, value in dataclasses.asdict(params.train).items() if key != "processes"},
+        "train": {key: value for key, value in dataclasses.asdict(params.train).items() if key not in split},
         "select": dataclasses.asdict(params.select),  # early stopping watches select.metric
     }
     return fingerprint(shaping, [PREPARED_DIR / "manifest.csv", PREPARED_DIR / "classes.json", START_FILE])

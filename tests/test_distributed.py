@@ -132,7 +132,9 @@ def free_port() -> int:
 
 def test_two_machines_rendezvous_with_torchrun(two_processes: dict, ddp: Path) -> None:
     """docs/distributed.md's multi-node command, with two "machines" of one process each on
-    this one, sharing the project folder as the machines would share storage."""
+    this one, sharing the project folder as the machines would share storage. Each process
+    also accumulates 2 batches of 32 per step: the same global batches of 128 again."""
+    set_params(ddp, **{"train.accumulate_steps": 2})
     torchrun = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
         "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=test",
@@ -145,7 +147,8 @@ def test_two_machines_rendezvous_with_torchrun(two_processes: dict, ddp: Path) -
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert sorted(epochs_trained(output) for output in outputs) == [[], [1, 2]]  # one rank 0
-    assert load_checkpoint(ddp / LAST)["world_size"] == 2
+    last = load_checkpoint(ddp / LAST)
+    assert (last["world_size"], last["global_batch"], last["accumulate_steps"]) == (2, 128, 2)
     two = weights(Path(two_processes["path"]) / LAST)
     for name, tensor in weights(ddp / LAST).items():
         torch.testing.assert_close(tensor, two[name], atol=1e-6, rtol=1e-5)
@@ -170,5 +173,6 @@ def test_the_global_batch_must_split_evenly(project: Path) -> None:
     params = OmegaConf.load(path)
     OmegaConf.update(params, "train.processes", 3)
     OmegaConf.save(params, path)
-    with pytest.raises(UserError, match=r"train.batch_size = 128 .* a multiple of train.processes \(3\)"):
+    expected = r"train.batch_size = 128 .* a multiple of train.processes x train.accumulate_steps \(3\)"
+    with pytest.raises(UserError, match=expected):
         load_params(path)
