@@ -111,6 +111,7 @@ class TrainParams(OptimParams):
     deterministic: bool = MISSING  # deterministic CUDA kernels: bit-identical resume on a GPU
     processes: int = MISSING  # training processes on this machine (pipeline.distributed)
     accumulate_steps: int = MISSING  # batches whose gradients add up to one optimizer step
+    sync_batchnorm: bool = MISSING  # with several processes on GPUs: batch statistics over all of them
 
 
 @dataclass

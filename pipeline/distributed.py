@@ -135,6 +135,14 @@ def main_first(ranks: Ranks, make: Callable[[], T]) -> T:
     return make()
 
 
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` with its BatchNorm layers as SyncBatchNorm: batch statistics over every rank's
+    share of the batch, not one rank's (the same state_dict keys). torch runs it only on GPUs."""
+    if device.type != "cuda":
+        raise UserError("train.sync_batchnorm needs CUDA: torch's SyncBatchNorm runs only on GPUs")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def wrap(net: nn.Module, device: torch.device) -> nn.Module:
     """`net` as DistributedDataParallel: its trainable parameters' gradients are averaged over
     the ranks in each backward pass. It records which parameters train, so each freeze phase

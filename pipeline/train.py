@@ -154,6 +154,8 @@ def set_up(params: Params) -> Run:
     torch.manual_seed(config.seed)
     built = build_model(params.model.arch, str(START_FILE), classes, params.model.image_size)
     model, spec = built.model, built.spec
+    if config.sync_batchnorm and ranks.active:
+        model = distributed.sync_batchnorm(model, device)
     # Parameters frozen now but unfrozen later get optimizer groups from the start.
     unfreeze_to = parse_freeze(config.unfreeze_to, "train.unfreeze_to")
     later = trainable_names(model, unfreeze_to, spec.head) if config.unfreeze_after else frozenset()

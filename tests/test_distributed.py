@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import UserError
 from pipeline.config import load_params
-from pipeline.distributed import Ranks, shard
+from pipeline.distributed import Ranks, shard, sync_batchnorm
 from testing.project import copy_project, run, set_params, stage
 from tests.conftest import once_per_run
 from tests.helpers import assert_resumed, epochs_trained, kill_env
@@ -94,14 +94,21 @@ def test_dvc_exp_run_with_two_processes_matches_one_process(two_processes: dict,
     assert one["val_accuracy"] > 0.4  # and of a run that learns (chance: 0.2)
 
 
-def test_another_process_count_resumes_the_same_run(two_processes: dict, tmp_path: Path) -> None:
-    """The global batches are the same for any process count, so the run's fingerprint leaves
-    the count out: one process finds the two processes' finished run and republishes it."""
+def test_a_run_resumes_under_another_process_count(two_processes: dict, tmp_path: Path) -> None:
+    """The global batches are the same for any split of them, so the run's fingerprint
+    leaves the split out: a run that 2 processes left after epoch 1 goes on in 1 process
+    that accumulates 2 batches of 64, and ends where 2 processes ended, up to float rounding."""
     project = copy_project(Path(two_processes["path"]), tmp_path / "project")
-    set_params(project, **{"train.processes": 1})
+    (folder,) = (project / ".cache/runs").iterdir()
+    for later in ("epoch_002.pt", "finished"):  # as if killed after epoch 1
+        (folder / later).unlink()
+    set_params(project, **{"train.processes": 1, "train.accumulate_steps": 2})
     result = stage("train", project)
-    assert "resuming after epoch 2" in result.stderr
-    assert epochs_trained(result.stderr) == []
+    assert_resumed(result.stderr, after=1, epochs=2)
+    assert load_checkpoint(project / LAST)["world_size"] == 1
+    two = weights(Path(two_processes["path"]) / LAST)
+    for name, tensor in weights(project / LAST).items():
+        torch.testing.assert_close(tensor, two[name], atol=1e-5, rtol=1e-4)
 
 
 def test_a_rank_killed_mid_epoch_stops_the_job_and_the_rerun_resumes_bit_identically(
@@ -176,3 +183,13 @@ def test_the_global_batch_must_split_evenly(project: Path) -> None:
     expected = r"train.batch_size = 128 .* a multiple of train.processes x train.accumulate_steps \(3\)"
     with pytest.raises(UserError, match=expected):
         load_params(path)
+
+
+def test_sync_batchnorm_converts_on_gpus_and_says_so_on_the_cpu() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    with pytest.raises(UserError, match=r"train\.sync_batchnorm needs CUDA"):
+        sync_batchnorm(model, torch.device("cpu"))
+    if torch.cuda.is_available():
+        synced = sync_batchnorm(model, torch.device("cuda"))
+        assert isinstance(synced[1], torch.nn.SyncBatchNorm)
+        assert synced.state_dict().keys() == model.state_dict().keys()
