@@ -16,8 +16,11 @@ others still run):
   compile      how many graphs torch.compile builds for training epochs with a ragged last
                batch, and evaluation in between
   determinism  two epochs from the same start, with deterministic algorithms, bit-identical?
+  ddp          one epoch under DistributedDataParallel with one process against without it,
+               resnet50 at 224 px, batch 256 (what train.processes costs per device)
 
-Goals on an H100/H200-class GPU: loop stage_over_raw >= 0.8 and stage_streamed_over_raw >= 0.7.
+Goals on an H100/H200-class GPU: loop stage_over_raw >= 0.8 and stage_streamed_over_raw >= 0.7;
+ddp ddp_over_plain >= 0.95.
 Imports only torch, torchvision, numpy, pandas, tqdm and this project's engine and models.
 """
 
@@ -200,6 +203,42 @@ def determinism(device: torch.device, smoke: bool) -> dict[str, object]:
     return results
 
 
+def ddp_overhead(device: torch.device, smoke: bool) -> dict[str, object]:
+    """One epoch of the train stage's loop under DistributedDataParallel with one process,
+    against the same epoch without it: what the wrapper costs on one device."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    arch, n, size, batch = ("resnet18", 64, 32, 32) if smoke else ("resnet50", 256 * 12, 224, 256)
+    cuda = device.type == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        seconds = {}
+        for name in ("plain", "ddp"):
+            torch.manual_seed(0)
+            data, model = _batches_and_model(arch, n, size, device)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            ids = [device.index] if cuda else None
+            wrapped = DistributedDataParallel(model, device_ids=ids) if name == "ddp" else None
+            for epoch in (0, 1):  # the first warms up (cuDNN autotuning, allocator)
+                if cuda:
+                    torch.cuda.synchronize(device)
+                started = time.perf_counter()
+                train_one_epoch(
+                    model, data, optimizer, frozen=[], batch_size=batch, generator=epoch_generator(0, epoch),
+                    epoch=epoch, step_model=wrapped,
+                )  # fmt: skip
+                if cuda:
+                    torch.cuda.synchronize(device)
+                seconds[name] = time.perf_counter() - started
+    finally:
+        dist.destroy_process_group()
+    return {
+        "arch": arch, "images": n, "image_size": size, "batch_size": batch, "plain_s": seconds["plain"],
+        "ddp_s": seconds["ddp"], "ddp_over_plain": seconds["plain"] / seconds["ddp"],
+    }  # fmt: skip
+
+
 PARTS: dict[str, Callable[[torch.device, bool], dict[str, object]]] = {
     "pipeline": pipeline_end_to_end,
     "syncs": sync_audit,
@@ -207,6 +246,7 @@ PARTS: dict[str, Callable[[torch.device, bool], dict[str, object]]] = {
     "features": feature_cache,
     "compile": compile_count,
     "determinism": determinism,
+    "ddp": ddp_overhead,
 }
 
 

@@ -19,3 +19,4 @@ def test_every_part_runs_in_smoke_mode_and_writes_the_report(tmp_path: Path) -> 
     assert report["features"]["vit_b_16"]["bytes_per_image"] == 768 * 4  # float32 class token, no more
     assert report["compile"]["graphs"] == 1
     assert report["determinism"]["deterministic"] is True
+    assert report["ddp"]["ddp_over_plain"] > 0
