@@ -315,8 +315,11 @@ def streamed(
 
 
 @torch.no_grad()  # not inference_mode: the head trains on these tensors afterwards
-def head_inputs(model: nn.Module, head: str, data: ImageBatches, batch_size: int) -> torch.Tensor | None:
-    """What the (frozen) network feeds its head, for every item of `data`, in order.
+def head_inputs(
+    model: nn.Module, head: str, data: ImageBatches, batch_size: int, ranks: Ranks = SINGLE
+) -> torch.Tensor | None:
+    """What the (frozen) network feeds its head, for every item of `data`, in order. With
+    several `ranks`, each computes its shard and every rank gets the whole.
 
     None when the head's output is not the model's output (SqueezeNet pools after its
     1x1-conv head): then the head cannot be trained on these features alone.
@@ -331,9 +334,10 @@ def head_inputs(model: nn.Module, head: str, data: ImageBatches, batch_size: int
         captured["input"], captured["output"] = inputs[0].clone(), output
 
     handle = model.get_submodule(head).register_forward_hook(capture)
+    indices = to_device(shard(torch.arange(len(data)), ranks), data.index_device)
     try:
         features = []
-        for images, _ in iterate(data, batch_indices(len(data), batch_size, device=data.index_device)):
+        for images, _ in iterate(data, list(indices.split(batch_size))):
             with autocast(data.device):
                 output = model(images)
             if output is not captured["output"]:
@@ -342,16 +346,16 @@ def head_inputs(model: nn.Module, head: str, data: ImageBatches, batch_size: int
             captured.clear()
     finally:
         handle.remove()
-    return torch.cat(features)
+    return unshard(torch.cat(features), len(data), ranks)
 
 
 def head_feature_batches(
-    model: nn.Module, head: str, splits: dict[str, ImageBatches], batch_size: int
+    model: nn.Module, head: str, splits: dict[str, ImageBatches], batch_size: int, ranks: Ranks = SINGLE
 ) -> dict[str, FeatureBatches] | None:
     """Each split as its `head_inputs` features; None when the head cannot be trained on them."""
     features = {}
     for name, data in splits.items():
-        inputs = head_inputs(model, head, data, batch_size)
+        inputs = head_inputs(model, head, data, batch_size, ranks)
         if inputs is None:
             return None
         features[name] = FeatureBatches(inputs, data.targets, data.device)

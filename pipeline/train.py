@@ -199,7 +199,7 @@ def start_phase(run: Run, spec_text: str, key: str) -> Phase:
     augmenting = config.augment.hflip or config.augment.min_scale < 1
     if spec.kind == "all_but_head" and config.cache_features and not augmenting:
         started = time.perf_counter()
-        features = head_feature_batches(run.model, head, run.splits, config.batch_size)
+        features = head_feature_batches(run.model, head, run.splits, config.batch_size, run.ranks)
         if features is not None:
             log.info("frozen backbone: features computed once in %.2fs", time.perf_counter() - started)
             net, net_frozen, data = run.model.get_submodule(head), [], features

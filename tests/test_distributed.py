@@ -140,8 +140,10 @@ def free_port() -> int:
 def test_two_machines_rendezvous_with_torchrun(two_processes: dict, ddp: Path) -> None:
     """docs/distributed.md's multi-node command, with two "machines" of one process each on
     this one, sharing the project folder as the machines would share storage. Each process
-    also accumulates 2 batches of 32 per step: the same global batches of 128 again."""
-    set_params(ddp, **{"train.accumulate_steps": 2})
+    also accumulates 2 batches of 32 per step (the same global batches of 128 again), and
+    the head trains on the feature cache, each process running the backbone over half of
+    the images: the same training as the backbone run on every step, up to float rounding."""
+    set_params(ddp, **{"train.accumulate_steps": 2, "train.cache_features": True})
     torchrun = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
         "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=test",
@@ -154,6 +156,7 @@ def test_two_machines_rendezvous_with_torchrun(two_processes: dict, ddp: Path) -
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert sorted(epochs_trained(output) for output in outputs) == [[], [1, 2]]  # one rank 0
+    assert "features computed once" in "".join(outputs)
     last = load_checkpoint(ddp / LAST)
     assert (last["world_size"], last["global_batch"], last["accumulate_steps"]) == (2, 128, 2)
     two = weights(Path(two_processes["path"]) / LAST)
