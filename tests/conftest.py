@@ -78,15 +78,19 @@ def project(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
 SMALL_MODEL = {"model.arch": "shufflenet_v2_x0_5"}  # for tests of files and flow, not of models
 
 
-def prepare_project(root: Path) -> dict:
-    """A fresh project with a small model, its `weights` and `prepare` stages run by `dvc repro`
-    and committed."""
-    project = make_project(root / "project")
-    set_params(project, **SMALL_MODEL)
+def prepare_with(project: Path, params: dict[str, object], message: str) -> dict:
+    """Set `params` in `project`, run its `weights` and `prepare` stages by `dvc repro`, and
+    commit: a record for once_per_run."""
+    set_params(project, **params)
     run([sys.executable, "-m", "dvc", "repro", "weights", "prepare"], project)
     run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "prepared"], project)
+    run(["git", "commit", "-qm", message], project)
     return {"path": str(project)}
+
+
+def prepare_project(root: Path) -> dict:
+    """A fresh project with a small model, its `weights` and `prepare` stages run and committed."""
+    return prepare_with(make_project(root / "project"), SMALL_MODEL, "prepared")
 
 
 @pytest.fixture(scope="session")

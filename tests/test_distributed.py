@@ -20,7 +20,7 @@ from pipeline.cli import UserError
 from pipeline.config import load_params
 from pipeline.distributed import Ranks, shard, sync_batchnorm
 from testing.project import copy_project, run, set_params, stage
-from tests.conftest import once_per_run
+from tests.conftest import once_per_run, prepare_with
 from tests.helpers import assert_resumed, epochs_trained, kill_env
 
 # resnet18's random features are enough for its head to learn the digits at 16 px (val
@@ -35,19 +35,14 @@ DDP_PARAMS = {
 LAST = Path("checkpoints/epoch_002.pt")  # the tiny params train 2 epochs
 
 
-def ddp_project(root: Path, prepared: Path) -> dict:
-    project = copy_project(prepared, root / "project")
-    set_params(project, **DDP_PARAMS)
-    run([sys.executable, "-m", "dvc", "repro", "weights", "prepare"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "a frozen backbone run on every step"], project)
-    return {"path": str(project)}
-
-
 @pytest.fixture(scope="session")
 def ddp_once(tmp_path_factory: pytest.TempPathFactory, prepared_once: Path) -> Path:
     """The prepared project with DDP_PARAMS and their weights, once per run."""
-    return Path(once_per_run(tmp_path_factory, "ddp", lambda root: ddp_project(root, prepared_once))["path"])
+
+    def build(root: Path) -> dict:
+        return prepare_with(copy_project(prepared_once, root / "project"), DDP_PARAMS, "a frozen backbone")
+
+    return Path(once_per_run(tmp_path_factory, "ddp", build)["path"])
 
 
 @pytest.fixture
