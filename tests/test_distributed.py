@@ -126,6 +126,21 @@ def test_a_rank_killed_mid_epoch_stops_the_job_and_the_rerun_resumes_bit_identic
         assert torch.equal(tensor, uninterrupted[name]), name
 
 
+def test_a_nan_loss_in_one_rank_stops_every_rank(ddp: Path, tmp_path: Path) -> None:
+    """Each rank checks the epoch's losses of all: the rank whose loss went NaN and the one
+    whose did not both stop at the end of that epoch, and neither waits for the other. The
+    NaN comes in rank 1's last batch of the epoch, so no NaN gradient reaches rank 0's
+    weights (an earlier one would, through the all-reduce, and rank 0 would see NaN itself)."""
+    set_params(ddp, **{"train.processes": 2})
+    env = kill_env(tmp_path / "site", "nan", 5, rank=1)  # 269 images and 64 a step per rank: 5 batches
+    result = run([sys.executable, "-m", "pipeline.train"], ddp, check=False, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "training loss became nan in epoch 1, batch 5 of 5" in result.stderr  # rank 1's own line
+    assert "training loss became non-finite in epoch 1 in another training process" in result.stderr  # rank 0
+    assert epochs_trained(result.stderr) == []
+    assert not (ddp / "checkpoints").exists() or not list((ddp / "checkpoints").iterdir())
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
