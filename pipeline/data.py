@@ -228,15 +228,13 @@ def resize_square(decoded: Decoded, sizing: Sizing) -> np.ndarray:
     short, long = sorted(decoded.size)
     resized = (size, int(size * long / short))
     width, height = resized if decoded.size[0] <= decoded.size[1] else resized[::-1]
-    if sizing.interpolation in ("bilinear", "bicubic"):
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
-        if (width, height) != image.size:
-            mode = TF.InterpolationMode(sizing.interpolation)
-            pixels = TF.resize(pixels, [height, width], interpolation=mode, antialias=True)
-    else:
-        if (width, height) != image.size:
-            image = image.resize((width, height), RESAMPLING[sizing.interpolation], reducing_gap=None)
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+    on_tensor = sizing.interpolation in ("bilinear", "bicubic")
+    if not on_tensor and (width, height) != image.size:
+        image = image.resize((width, height), RESAMPLING[sizing.interpolation], reducing_gap=None)
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+    if (width, height) != image.size:  # a bilinear or bicubic resize is left
+        mode = TF.InterpolationMode(sizing.interpolation)
+        pixels = TF.resize(pixels, [height, width], interpolation=mode, antialias=True)
 
     def start(length: int) -> int:
         # The crop's start in the whole image (torchvision's), less its start in our square.

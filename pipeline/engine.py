@@ -334,10 +334,9 @@ def head_inputs(
         captured["input"], captured["output"] = inputs[0].clone(), output
 
     handle = model.get_submodule(head).register_forward_hook(capture)
-    indices = to_device(shard(torch.arange(len(data)), ranks), data.index_device)
     try:
         features = []
-        for images, _ in iterate(data, list(indices.split(batch_size))):
+        for images, _ in iterate(data, batch_indices(len(data), batch_size, device=data.index_device, ranks=ranks)):
             with autocast(data.device):
                 output = model(images)
             if output is not captured["output"]:
@@ -550,10 +549,9 @@ def predict(model: nn.Module, data: Batches, batch_size: int, ranks: Ranks = SIN
     `ranks`, each predicts its shard and every rank gets the whole."""
     model.eval()
     place_model(model, data.device)  # outside inference mode, which would make the weights inference tensors
-    indices = to_device(shard(torch.arange(len(data)), ranks), data.index_device)
     outputs = []
     with torch.inference_mode():
-        for images, _ in iterate(data, list(indices.split(batch_size))):
+        for images, _ in iterate(data, batch_indices(len(data), batch_size, device=data.index_device, ranks=ranks)):
             with autocast(data.device):
                 outputs.append(model(images))
         logits = torch.cat(outputs).float().cpu() if outputs else torch.empty(0, 0)
@@ -636,10 +634,15 @@ def apply_augmentation(images: torch.Tensor, theta: torch.Tensor, size: int | No
 
 
 def batch_indices(
-    n: int, batch_size: int, generator: torch.Generator | None = None, device: torch.device | None = None
+    n: int,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+    ranks: Ranks = SINGLE,
 ) -> list[torch.Tensor]:
-    """Index batches over n items, shuffled when a generator is given, on `device` (one copy)."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    """Index batches over n items, shuffled when a generator is given, on `device` (one copy);
+    with several `ranks`, over this rank's shard of them (distributed.shard)."""
+    order = shard(torch.randperm(n, generator=generator) if generator is not None else torch.arange(n), ranks)
     if device is not None:
         order = to_device(order, device)
     return list(order.split(batch_size))
