@@ -12,7 +12,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from testing.warm import WarmPython
+
 REPO = Path(__file__).resolve().parent.parent
+# Environment variables read when Python or torch starts (search path, hash seed, thread
+# pools, devices): a command that sets them otherwise than the warm interpreter runs apart.
+START_UP_VARIABLES = ("PYTHON", "OMP_", "MKL_", "CUDA_", "LD_")
 
 # Small enough that a full `dvc repro` takes seconds on two CPU cores.
 TINY_PARAMS = {
@@ -43,11 +48,39 @@ def run(
     (or replaces) this process's environment variables."""
     # DVC runs stage commands as `python -m ...`: make that this interpreter.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "PATH": path}
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "PATH": path}
+    if _runs_warm(args, full_env) and not kwargs:
+        result = _warm_python(full_env).run(args[2], args[3:], cwd, full_env)
+    else:
+        result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
+
+
+_warm: WarmPython | None = None
+
+
+def _warm_python(env: dict[str, str]) -> WarmPython:
+    global _warm
+    if _warm is None:
+        _warm = WarmPython(env)
+    return _warm
+
+
+def _runs_warm(args: list[str], env: dict[str, str]) -> bool:
+    """Whether `args` can run in the warm interpreter (testing/warm.py): one of the project's
+    entry modules, under an environment that sets what Python and torch read at start-up
+    as the warm interpreter's does."""
+    if args[:2] != [sys.executable, "-m"] or len(args) < 3 or not args[2].startswith(("pipeline.", "tools.")):
+        return False
+    if _warm is None:
+        return True
+
+    def start_up(variables: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in variables.items() if k.startswith(START_UP_VARIABLES)}
+
+    return start_up(env) == start_up(_warm.env)
 
 
 def stage(name: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
