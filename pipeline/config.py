@@ -98,6 +98,9 @@ class TrainParams(OptimParams):
     step_every: int = MISSING
     step_gamma: float = MISSING
     trunk_lr_scale: float = MISSING  # the pretrained trunk learns at lr * this; the new head at lr
+    layer_decay: float = MISSING  # layer-wise lr decay: each trunk stage below the last at this times the next's lr
+    decay_norms_and_biases: bool = MISSING  # false: no weight decay on norm layers and biases
+    clip_grad_norm: float = MISSING  # clip the gradients' total norm to this before each step; 0 = off
     unfreeze_after: int = MISSING  # gradual unfreezing: after this many epochs, `unfreeze_to` applies
     unfreeze_to: str = MISSING
     label_smoothing: float = MISSING
@@ -222,6 +225,8 @@ def validate(params: Params) -> None:
     _require(train.step_every >= 1, "train.step_every", train.step_every, "an integer >= 1")
     _require(train.step_gamma > 0, "train.step_gamma", train.step_gamma, "a number > 0")
     _require(train.trunk_lr_scale >= 0, "train.trunk_lr_scale", train.trunk_lr_scale, "a number >= 0")
+    _require(0 < train.layer_decay <= 1, "train.layer_decay", train.layer_decay, "a number in (0, 1]; 1 = off")
+    _require(train.clip_grad_norm >= 0, "train.clip_grad_norm", train.clip_grad_norm, "a number >= 0; 0 = off")
     _require(train.unfreeze_after >= 0, "train.unfreeze_after", train.unfreeze_after, "an integer >= 0; 0 = never")
     _require(train.processes >= 1, "train.processes", train.processes, "an integer >= 1")
     _require(train.accumulate_steps >= 1, "train.accumulate_steps", train.accumulate_steps, "an integer >= 1")

@@ -400,6 +400,7 @@ def train_one_epoch(
     step_model: nn.Module | None = None,
     ranks: Ranks = SINGLE,
     accumulate: int = 1,
+    clip_grad_norm: float = 0.0,
 ) -> float:
     """One pass over `data` in a seeded random order; returns the mean training loss.
 
@@ -407,7 +408,8 @@ def train_one_epoch(
     DistributedDataParallel, or both). `criterion` defaults to plain
     cross-entropy (looked up at call time, so tests can patch it). `batch_size` is the
     global batch: with several `ranks`, this rank steps on its share of each one; with
-    `accumulate`, in that many batches whose gradients add up to one step.
+    `accumulate`, in that many batches whose gradients add up to one step. `clip_grad_norm`:
+    see `train_steps`.
     """
     set_train_mode(model, frozen)
     # Dropout draws from the global RNG: tie it to this epoch's seed, and rank, too (see epoch_generator).
@@ -419,7 +421,7 @@ def train_one_epoch(
     runs_steps = model if step_model is None else step_model
     losses = train_steps(
         runs_steps, data, optimizer, plan.order, plan.transforms, batch_size, criterion or F.cross_entropy,
-        f"epoch {epoch}", dynamic_batch=step_model is not None, accumulate=accumulate,
+        f"epoch {epoch}", dynamic_batch=step_model is not None, accumulate=accumulate, clip_grad_norm=clip_grad_norm,
     )  # fmt: skip
     sizes = torch.tensor([len(b) for b in plan.order.split(batch_size)], dtype=torch.float32)
     return epoch_loss(losses, sizes, epoch, ranks)
@@ -483,6 +485,7 @@ def train_steps(
     desc: str,
     dynamic_batch: bool = False,
     accumulate: int = 1,
+    clip_grad_norm: float = 0.0,
 ) -> torch.Tensor:
     """The optimizer steps of one epoch, in `order`; the per-batch losses, left on the device.
 
@@ -490,7 +493,9 @@ def train_steps(
     once, before the first step, and the losses are read after the last. `dynamic_batch`:
     `model` is compiled (see `compile_for_training`). `accumulate`: each optimizer step
     adds up the gradients of that many batches, each weighted by its share of their items,
-    so the step is the one a batch of all of them would take.
+    so the step is the one a batch of all of them would take. `clip_grad_norm` > 0: before
+    each step, the gradients (of every rank, once averaged) are scaled down to that total norm
+    when above it.
     """
     batches = list(to_device(order, data.index_device).split(batch_size))
     steps = [batches[start : start + accumulate] for start in range(0, len(batches), accumulate)]
@@ -517,6 +522,9 @@ def train_steps(
                 optimizer.zero_grad(set_to_none=True)
             (loss if accumulate == 1 else loss * shares[step]).backward()
         if last:
+            if clip_grad_norm:
+                stepped = [param for group in optimizer.param_groups for param in group["params"]]
+                torch.nn.utils.clip_grad_norm_(stepped, clip_grad_norm)
             optimizer.step()
         losses[step] = loss.detach()
     return losses

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.config import Optimizer, OptimParams, Schedule
+from pipeline.models import loose_parameters, stage_names
 
 
 def make_optimizer(
@@ -14,25 +15,51 @@ def make_optimizer(
     head: str,
     trunk_lr_scale: float = 1.0,
     trains_later: frozenset[str] = frozenset(),
+    *,
+    decay_norms_and_biases: bool = True,
+    layer_decay: float = 1.0,
 ) -> torch.optim.Optimizer:
-    """An optimizer over the parameters that train at some point of the run: the head at `lr`
-    (group 0), the rest at `lr * trunk_lr_scale` (group 1).
+    """An optimizer over the parameters that train at some point of the run: the head at `lr`,
+    the rest at `lr * trunk_lr_scale`.
 
     Parameters frozen now but in `trains_later` (gradual unfreezing) get no gradients, so
     they carry no optimizer state until they are unfrozen; frozen for good, they are left out.
+
+    Without `decay_norms_and_biases`, one-dimensional parameters (the weights and biases of
+    norm layers, and every bias) get no weight decay, as in timm and the torchvision
+    references: decay pulls them towards 0, which they have no reason to be near. With a
+    `layer_decay` below 1 (layer-wise learning-rate decay, as timm's for ViT), the trunk's
+    stages (`models.stage_names`, the ones `freeze: first:N` counts) learn ever more slowly
+    towards the input: stage i of n at lr * trunk_lr_scale * layer_decay ** (n - i), the
+    head at lr. The head's parameters and the trunk's form groups apart, one per (rate,
+    decay) pair, the head's first.
     """
-    head_params, trunk_params = [], []
+    depth = _stage_depths(model, head) if layer_decay != 1 else {}
+    groups: dict[tuple[bool, float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        if name.startswith(f"{head}."):
-            head_params.append(param)
-        elif param.requires_grad or name in trains_later:
-            trunk_params.append(param)
-    groups = [{"params": head_params, "lr": params.lr}]
-    if trunk_params:
-        groups.append({"params": trunk_params, "lr": params.lr * trunk_lr_scale})
+        in_head = name.startswith(f"{head}.")
+        if not (in_head or param.requires_grad or name in trains_later):
+            continue
+        lr = params.lr if in_head else params.lr * trunk_lr_scale * layer_decay ** depth.get(name, 1)
+        decay = params.weight_decay if decay_norms_and_biases or param.ndim > 1 else 0.0
+        groups.setdefault((not in_head, lr, decay), []).append(param)
+    # The head's groups first (False sorts first): group 0's rate is `lr`, the one epoch records show.
+    ordered = sorted(groups.items(), key=lambda item: item[0][0])
+    settings = [{"params": group, "lr": lr, "weight_decay": decay} for (_, lr, decay), group in ordered]
     if params.optimizer is Optimizer.adamw:
-        return torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
-    return torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+        return torch.optim.AdamW(settings, lr=params.lr, weight_decay=params.weight_decay)
+    return torch.optim.SGD(settings, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+
+
+def _stage_depths(model: nn.Module, head: str) -> dict[str, int]:
+    """How many stages each trunk parameter lies below the head (1: the last stage); the
+    parameters outside any stage (ViT's class token) count with the first."""
+    stages = stage_names(model, head)
+    depths = {name: len(stages) for name in loose_parameters(model, stages)}
+    for index, stage in enumerate(stages):
+        for name, _ in model.get_submodule(stage).named_parameters(prefix=stage):
+            depths[name] = len(stages) - index
+    return depths
 
 
 def lr_factor(epoch: int, epochs: int, schedule: Schedule, warmup_epochs: int, step_every: int, gamma: float) -> float:

@@ -161,7 +161,10 @@ def set_up(params: Params) -> Run:
     later = trainable_names(model, unfreeze_to, spec.head) if config.unfreeze_after else frozenset()
     freeze(model, parse_freeze(params.freeze), spec.head)
     place_model(model, device)
-    optimizer = make_optimizer(config, model, spec.head, config.trunk_lr_scale, later)
+    optimizer = make_optimizer(
+        config, model, spec.head, config.trunk_lr_scale, later,
+        decay_norms_and_biases=config.decay_norms_and_biases, layer_decay=config.layer_decay,
+    )  # fmt: skip
     schedule = partial(
         lr_factor, epochs=config.epochs, schedule=config.schedule, warmup_epochs=config.warmup_epochs,
         step_every=config.step_every, gamma=config.step_gamma,
@@ -221,6 +224,7 @@ def train_epoch(run: Run, phase: Phase, epoch: int) -> dict[str, Any]:
         seed=config.seed, epoch=epoch, batch_size=config.batch_size, frozen=phase.net_frozen,
         hflip=config.augment.hflip, min_scale=config.augment.min_scale, max_aspect=config.augment.max_aspect,
         criterion=run.criterion, step_model=phase.step_model, ranks=run.ranks, accumulate=config.accumulate_steps,
+        clip_grad_norm=config.clip_grad_norm,
     )  # fmt: skip
     record = {
         "epoch": epoch,

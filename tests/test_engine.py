@@ -221,3 +221,22 @@ def test_accumulated_batches_take_the_step_of_their_whole_batch():
     # Control: stepping on each batch of 4 is another training.
     small, _ = accumulated_epoch(initial, batch_size=4, accumulate=1)
     assert not torch.allclose(small.state_dict()["4.weight"], whole.state_dict()["4.weight"], atol=1e-4)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_clipping_bounds_each_step_to_the_gradient_norm_given(accumulate: int):
+    """SGD without momentum or decay moves the weights by lr x the gradient: clipped, by at most lr x the bound."""
+    torch.manual_seed(0)
+    initial = tiny_model()
+
+    def change(clip: float) -> float:
+        model = copy.deepcopy(initial)
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        train_one_epoch(
+            model, random_batches(8), torch.optim.SGD(model.parameters(), lr=1.0), frozen=[], batch_size=8,
+            generator=epoch_generator(0, 1), epoch=1, accumulate=accumulate, clip_grad_norm=clip,
+        )  # fmt: skip
+        return (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()
+
+    assert change(0.0) > 0.1  # the bound below is far under the unclipped step
+    assert change(0.01) == pytest.approx(0.01, rel=1e-4)

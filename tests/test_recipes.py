@@ -65,6 +65,52 @@ def test_trunk_learns_at_a_scaled_rate_and_later_unfrozen_params_are_in_the_opti
     assert not any(id(p) in in_trunk for p in model.layer1.parameters())
 
 
+def test_norms_and_biases_get_no_weight_decay_unless_asked_and_frozen_parts_stay_put() -> None:
+    built = build_model("resnet18", None, ["a", "b"], 16)
+    model, head = built.model, built.spec.head
+    freeze(model, parse_freeze("first:4"), head)  # conv1, bn1, layer1, layer2
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(0.5, 1.0)  # non-zero everywhere (BatchNorm's biases start at 0), so decay shows
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    params = OptimParams(epochs=1, batch_size=2, optimizer=Optimizer.sgd, lr=0.1, momentum=0, weight_decay=0.5, seed=0)
+    for decay_norms_and_biases in (False, True):
+        optimizer = make_optimizer(params, model, head, decay_norms_and_biases=decay_norms_and_biases)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p) if p.requires_grad else None
+        optimizer.step()  # with zero gradients, only weight decay moves a parameter
+        moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+        trains = {name for name, p in model.named_parameters() if p.requires_grad}
+        decayed = trains if decay_norms_and_biases else {name for name in trains if before[name].ndim > 1}
+        assert moved == decayed
+        assert "fc.weight" in moved and "layer4.1.bn2.weight" in trains
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(before[name])
+
+
+def test_layer_decay_slows_each_stage_towards_the_input() -> None:
+    with torch.device("meta"):  # only the structure matters
+        built = build_model("vit_b_16", None, ["a", "b"], 32)
+    model, head = built.model, built.spec.head
+    params = OptimParams(epochs=1, batch_size=2, optimizer=Optimizer.adamw, lr=1.0, momentum=0, weight_decay=0, seed=0)
+    optimizer = make_optimizer(params, model, head, trunk_lr_scale=0.5, layer_decay=0.75)
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+
+    def lr(name: str) -> float:
+        return lr_of[id(model.get_parameter(name))]
+
+    assert optimizer.param_groups[0]["lr"] == 1.0 and lr("heads.head.weight") == 1.0
+    # 14 stages: conv_proj, the 12 encoder layers, encoder.ln (python -m pipeline.models vit_b_16)
+    assert lr("encoder.ln.weight") == pytest.approx(0.5 * 0.75)
+    for block in range(12):
+        expected = 0.5 * 0.75 ** (14 - 1 - block)
+        assert lr(f"encoder.layers.encoder_layer_{block}.mlp.0.weight") == pytest.approx(expected)
+    # The patch embedding, class token and position embedding form the first stage.
+    for name in ("conv_proj.weight", "class_token", "encoder.pos_embedding"):
+        assert lr(name) == pytest.approx(0.5 * 0.75**14)
+
+
 def records(values: list[float]) -> list[dict]:
     return [{"epoch": i + 1, "val_loss": v, "val_accuracy": v} for i, v in enumerate(values)]
 
@@ -133,7 +179,7 @@ def test_gradual_unfreezing_survives_a_resume(prepared: Path) -> None:
     expected = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
     assert [c["freeze"] for c in expected] == ["all_but_head", "first:3", "first:3"]
     assert expected[0]["trainable_params"] < expected[1]["trainable_params"] < expected[1]["total_params"]
-    trunk_lr = [c["optimizer_state_dict"]["param_groups"][1]["lr"] for c in expected]
+    trunk_lr = [c["optimizer_state_dict"]["param_groups"][-1]["lr"] for c in expected]  # the head's groups come first
     head_lr = [c["optimizer_state_dict"]["param_groups"][0]["lr"] for c in expected]
     assert trunk_lr == pytest.approx([h * 0.1 for h in head_lr])
 
