@@ -42,6 +42,11 @@ class ClassWeights(Enum):
     balanced = "balanced"
 
 
+class TestTimeAugmentation(Enum):
+    none = "none"
+    hflip = "hflip"  # the mean of the logits of each image and its mirror image
+
+
 @dataclass
 class PrepareParams:
     data_dir: str = MISSING
@@ -101,6 +106,7 @@ class TrainParams(OptimParams):
     layer_decay: float = MISSING  # layer-wise lr decay: each trunk stage below the last at this times the next's lr
     decay_norms_and_biases: bool = MISSING  # false: no weight decay on norm layers and biases
     clip_grad_norm: float = MISSING  # clip the gradients' total norm to this before each step; 0 = off
+    ema_decay: float = MISSING  # keep an exponential moving average of the weights too; 0 = off
     unfreeze_after: int = MISSING  # gradual unfreezing: after this many epochs, `unfreeze_to` applies
     unfreeze_to: str = MISSING
     label_smoothing: float = MISSING
@@ -121,6 +127,7 @@ class TrainParams(OptimParams):
 class EvaluateParams:
     batch_size: int = MISSING  # on the CPU
     cuda_batch_size: int = MISSING  # on a GPU, where inference in bf16 takes far larger batches
+    tta: TestTimeAugmentation = MISSING
 
 
 @dataclass
@@ -227,6 +234,7 @@ def validate(params: Params) -> None:
     _require(train.trunk_lr_scale >= 0, "train.trunk_lr_scale", train.trunk_lr_scale, "a number >= 0")
     _require(0 < train.layer_decay <= 1, "train.layer_decay", train.layer_decay, "a number in (0, 1]; 1 = off")
     _require(train.clip_grad_norm >= 0, "train.clip_grad_norm", train.clip_grad_norm, "a number >= 0; 0 = off")
+    _require(0 <= train.ema_decay < 1, "train.ema_decay", train.ema_decay, "a number in [0, 1); 0 = off")
     _require(train.unfreeze_after >= 0, "train.unfreeze_after", train.unfreeze_after, "an integer >= 0; 0 = never")
     _require(train.processes >= 1, "train.processes", train.processes, "an integer >= 1")
     _require(train.accumulate_steps >= 1, "train.accumulate_steps", train.accumulate_steps, "an integer >= 1")

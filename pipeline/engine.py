@@ -401,6 +401,7 @@ def train_one_epoch(
     ranks: Ranks = SINGLE,
     accumulate: int = 1,
     clip_grad_norm: float = 0.0,
+    after_step: Callable[[], None] | None = None,
 ) -> float:
     """One pass over `data` in a seeded random order; returns the mean training loss.
 
@@ -408,8 +409,8 @@ def train_one_epoch(
     DistributedDataParallel, or both). `criterion` defaults to plain
     cross-entropy (looked up at call time, so tests can patch it). `batch_size` is the
     global batch: with several `ranks`, this rank steps on its share of each one; with
-    `accumulate`, in that many batches whose gradients add up to one step. `clip_grad_norm`:
-    see `train_steps`.
+    `accumulate`, in that many batches whose gradients add up to one step. `clip_grad_norm`
+    and `after_step`: see `train_steps`.
     """
     set_train_mode(model, frozen)
     # Dropout draws from the global RNG: tie it to this epoch's seed, and rank, too (see epoch_generator).
@@ -422,6 +423,7 @@ def train_one_epoch(
     losses = train_steps(
         runs_steps, data, optimizer, plan.order, plan.transforms, batch_size, criterion or F.cross_entropy,
         f"epoch {epoch}", dynamic_batch=step_model is not None, accumulate=accumulate, clip_grad_norm=clip_grad_norm,
+        after_step=after_step,
     )  # fmt: skip
     sizes = torch.tensor([len(b) for b in plan.order.split(batch_size)], dtype=torch.float32)
     return epoch_loss(losses, sizes, epoch, ranks)
@@ -486,6 +488,7 @@ def train_steps(
     dynamic_batch: bool = False,
     accumulate: int = 1,
     clip_grad_norm: float = 0.0,
+    after_step: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """The optimizer steps of one epoch, in `order`; the per-batch losses, left on the device.
 
@@ -495,7 +498,7 @@ def train_steps(
     adds up the gradients of that many batches, each weighted by its share of their items,
     so the step is the one a batch of all of them would take. `clip_grad_norm` > 0: before
     each step, the gradients (of every rank, once averaged) are scaled down to that total norm
-    when above it.
+    when above it. `after_step` runs after each optimizer step (the weights' moving average).
     """
     batches = list(to_device(order, data.index_device).split(batch_size))
     steps = [batches[start : start + accumulate] for start in range(0, len(batches), accumulate)]
@@ -526,6 +529,8 @@ def train_steps(
                 stepped = [param for group in optimizer.param_groups for param in group["params"]]
                 torch.nn.utils.clip_grad_norm_(stepped, clip_grad_norm)
             optimizer.step()
+            if after_step is not None:
+                after_step()
         losses[step] = loss.detach()
     return losses
 
@@ -552,18 +557,29 @@ def epoch_loss(losses: torch.Tensor, sizes: torch.Tensor, epoch: int, ranks: Ran
     return float(totals[0] / totals[1])
 
 
-def predict(model: nn.Module, data: Batches, batch_size: int, ranks: Ranks = SINGLE) -> torch.Tensor:
-    """Logits for every item of `data`, in order, as float32 on the CPU. With several
-    `ranks`, each predicts its shard and every rank gets the whole."""
+def predict(
+    model: nn.Module, data: Batches, batch_size: int, ranks: Ranks = SINGLE, flip: bool = False
+) -> torch.Tensor:
+    """Logits for every item of `data`, in order, as float32 on the CPU (see `batch_logits`). With
+    several `ranks`, each predicts its shard and every rank gets the whole."""
     model.eval()
     place_model(model, data.device)  # outside inference mode, which would make the weights inference tensors
     outputs = []
     with torch.inference_mode():
         for images, _ in iterate(data, batch_indices(len(data), batch_size, device=data.index_device, ranks=ranks)):
-            with autocast(data.device):
-                outputs.append(model(images))
+            outputs.append(batch_logits(model, images, flip))
         logits = torch.cat(outputs).float().cpu() if outputs else torch.empty(0, 0)
     return unshard(logits, len(data), ranks)
+
+
+def batch_logits(model: nn.Module, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    """The model's outputs for a batch of normalised images; with `flip` (test-time
+    augmentation, param evaluate.tta: hflip), the mean of those and of the mirror images'."""
+    with autocast(images.device):
+        outputs = model(images)
+        if flip:
+            outputs = (outputs + model(images.flip(-1))) / 2
+    return outputs
 
 
 def score(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, float]:

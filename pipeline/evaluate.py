@@ -1,8 +1,14 @@
 """Stage evaluate: score every checkpoint on the validation and the test split.
 
-Reads:  params device, evaluate.batch_size or evaluate.cuda_batch_size; checkpoints/; data/prepared/; the images
-Writes: eval/scores.csv         (one row per epoch: its training loss; loss, accuracy and macro-F1 on val and test)
-        eval/predictions/epoch_NNN.csv  (each checkpoint's test predictions)
+Reads:  params device, evaluate.*; checkpoints/; data/prepared/; the images
+Writes: eval/scores.csv         (one row per epoch and weights: its training loss; loss, accuracy and
+                                 macro-F1 on val and test)
+        eval/predictions/epoch_NNN.csv  (each checkpoint's test predictions; epoch_NNN_ema.csv
+                                         for its weights' moving average)
+
+A checkpoint that holds a moving average of the weights (train.ema_decay) gives two rows,
+`weights` = raw (as trained) and ema; select-best may choose either. With
+evaluate.tta: hflip, each image's logits are averaged with its mirror image's.
 """
 
 import logging
@@ -11,11 +17,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pipeline.checkpoints import load_each
+from pipeline.checkpoints import checkpoint_name, load_each
 from pipeline.cli import UserError, progress, run_stage
-from pipeline.config import EvaluateParams, load_params
+from pipeline.config import EvaluateParams, TestTimeAugmentation, load_params
 from pipeline.data import decoded_images, read_manifest
-from pipeline.engine import images_on, place_model, predict, resolve_device, score, split_batches
+from pipeline.engine import ImageBatches, images_on, place_model, predict, resolve_device, score, split_batches
 from pipeline.files import write_csv
 from pipeline.models import ModelSpec, model_from_checkpoint
 
@@ -25,6 +31,15 @@ PREPARED_DIR = Path("data/prepared")
 CHECKPOINT_DIR = Path("checkpoints")
 EVAL_DIR = Path("eval")
 PREDICTIONS_DIR = EVAL_DIR / "predictions"
+# The weights a checkpoint holds, by the name scores.csv gives them: as trained (raw), and
+# their moving average when train.ema_decay kept one (ema).
+WEIGHTS = {"raw": "model_state_dict", "ema": "ema_state_dict"}
+
+
+def predictions_name(epoch: int, weights: str) -> str:
+    """The file in eval/predictions/ of one checkpoint's test predictions, with `weights`."""
+    stem = checkpoint_name(epoch).removesuffix(".pt")
+    return f"{stem}.csv" if weights == "raw" else f"{stem}_{weights}.csv"
 
 
 def batch_size_on(device: torch.device, params: EvaluateParams) -> int:
@@ -40,6 +55,8 @@ def main() -> None:
     if not paths:
         raise UserError(f"no checkpoints in {CHECKPOINT_DIR}/: run the train stage first")
 
+    tta = params.evaluate.tta
+    flip = tta is TestTimeAugmentation.hflip
     model, rows = None, []
     # Every checkpoint is checked; damaged ones stop the stage at the end, all of them named.
     for path, checkpoint in progress(load_each(paths), "evaluating checkpoints", total=len(paths)):
@@ -50,28 +67,42 @@ def main() -> None:
             model = place_model(model_from_checkpoint(checkpoint), device)
             images = images_on(decoded_images(manifest, spec.sizing), device)
             splits = {split: split_batches(images, manifest, split, spec, device) for split in ("val", "test")}
-        else:
-            model.load_state_dict(checkpoint["model_state_dict"])
-
-        row = {"epoch": checkpoint["epoch"], "train_loss": checkpoint["loss"]}
-        logits = {split: predict(model, data, batch_size) for split, data in splits.items()}
-        for split, data in splits.items():
-            row |= {f"{split}_{name}": v for name, v in score(logits[split], data.targets, len(classes)).items()}
-        rows.append(row)
-
-        test_rows = manifest[manifest["split"] == "test"]
-        confidence, predicted = logits["test"].softmax(dim=1).max(dim=1)
-        predictions = pd.DataFrame({
-            "path": test_rows["path"].to_numpy(),
-            "actual": test_rows["label"].to_numpy(),
-            "predicted": [classes[i] for i in predicted.tolist()],
-            "confidence": confidence.numpy().round(6),
-        })  # fmt: skip
-        write_csv(predictions, PREDICTIONS_DIR / path.with_suffix(".csv").name)
+        for weights in (name for name, key in WEIGHTS.items() if key in checkpoint):
+            model.load_state_dict(checkpoint[WEIGHTS[weights]])
+            scores, predictions = score_splits(model, splits, manifest, classes, batch_size, flip)
+            rows.append({"epoch": checkpoint["epoch"], "weights": weights, "tta": tta.value,
+                         "train_loss": checkpoint["loss"], **scores})  # fmt: skip
+            write_csv(predictions, PREDICTIONS_DIR / predictions_name(checkpoint["epoch"], weights))
 
     scores = pd.DataFrame(rows)
     write_csv(scores, EVAL_DIR / "scores.csv")
-    log.info("scored %d checkpoints:\n%s", len(scores), scores.to_string(index=False, float_format="%.4f"))
+    log.info("scored %d checkpoints:\n%s", len(paths), scores.to_string(index=False, float_format="%.4f"))
+
+
+def score_splits(
+    model: torch.nn.Module,
+    splits: dict[str, ImageBatches],
+    manifest: pd.DataFrame,
+    classes: list[str],
+    batch_size: int,
+    flip: bool,
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """The model's scores on each split (val_loss, test_accuracy...), and its test predictions."""
+    logits = {split: predict(model, data, batch_size, flip=flip) for split, data in splits.items()}
+    scores = {
+        f"{split}_{name}": value
+        for split, data in splits.items()
+        for name, value in score(logits[split], data.targets, len(classes)).items()
+    }
+    test_rows = manifest[manifest["split"] == "test"]
+    confidence, predicted = logits["test"].softmax(dim=1).max(dim=1)
+    predictions = pd.DataFrame({
+        "path": test_rows["path"].to_numpy(),
+        "actual": test_rows["label"].to_numpy(),
+        "predicted": [classes[i] for i in predicted.tolist()],
+        "confidence": confidence.numpy().round(6),
+    })  # fmt: skip
+    return scores, predictions
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from pipeline.checkpoints import CheckpointError, checkpoint_name, load_checkpoint, save_checkpoint
 from pipeline.cli import UserError
@@ -107,10 +108,16 @@ class RunFolder:
         self._lock.flush()
 
     def restore(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, owner: bool = True
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        ema: AveragedModel | None = None,
+        owner: bool = True,
     ) -> list[dict[str, Any]]:
         """Load the last good checkpoint that a killed attempt of this run left, if any, into
-        the model, optimizer and scheduler; returns the finished epochs' records.
+        the model, optimizer, scheduler and weights' moving average; returns the finished
+        epochs' records.
 
         Damaged checkpoints, and any after them, are reported and deleted from this folder;
         the run continues from the last good one. Not the `owner` (a training process other
@@ -140,6 +147,9 @@ class RunFolder:
             model.load_state_dict(last["model_state_dict"])
             optimizer.load_state_dict(last["optimizer_state_dict"])
             scheduler.load_state_dict(last["scheduler_state_dict"])
+            if ema is not None:
+                ema.module.load_state_dict(last["ema_state_dict"])
+                ema.n_averaged.fill_(last["ema_updates"])
             log.info("resuming after epoch %d from %s", last["epoch"], self.path)
         return history
 

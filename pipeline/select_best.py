@@ -1,7 +1,9 @@
 """Stage select-best: keep the checkpoint with the best validation score.
 
 Chooses on validation only (select.metric, select.mode); test numbers are reported,
-never used to choose. NaN counts as worst; a tie goes to the earlier epoch.
+never used to choose. NaN counts as worst; a tie goes to the earlier epoch. With a moving
+average of the weights (train.ema_decay), each epoch has two rows, raw and ema, and either
+may win: best.pt then holds the winning weights, and metrics.json names them.
 
 Reads:  params select.*; eval/scores.csv; eval/predictions/; checkpoints/
 Writes: models/best.pt        (model weights and metadata, no optimizer state)
@@ -39,6 +41,7 @@ import torch
 from pipeline.checkpoints import checkpoint_name, load_each, save_checkpoint
 from pipeline.cli import UserError, error_line, run_stage
 from pipeline.config import Mode, load_params
+from pipeline.evaluate import WEIGHTS, predictions_name
 from pipeline.files import atomic_write, read_csv, write_csv, write_json
 from pipeline.models import ModelSpec, model_from_checkpoint
 
@@ -53,14 +56,15 @@ REPORTED = ("val_loss", "val_accuracy", "val_f1", "test_loss", "test_accuracy", 
 
 
 def pick_best(scores: pd.DataFrame, metric: str, mode: Mode) -> pd.Series:
-    """The row with the best `metric`; NaN is worst, and a tie goes to the earliest epoch."""
+    """The row with the best `metric`; NaN is worst, and a tie goes to the earliest epoch,
+    and within it to the raw weights over their moving average."""
     values = scores[metric].astype(float)
     usable = np.isfinite(values)
     if not usable.any():
         raise UserError(f"every checkpoint has {metric} = NaN or infinite; there is no best one to keep")
     best_value = values[usable].min() if mode is Mode.min else values[usable].max()
     tied = scores[usable & (values == best_value)]
-    return tied.sort_values("epoch").iloc[0]
+    return tied.assign(ema=tied["weights"] == "ema").sort_values(["epoch", "ema"]).iloc[0]
 
 
 def export_model(checkpoint: dict[str, Any]) -> torch.export.ExportedProgram:
@@ -94,9 +98,9 @@ def main() -> None:
     params = load_params().select
     if not (EVAL_DIR / "scores.csv").is_file():
         raise UserError(f"{EVAL_DIR / 'scores.csv'} not found: run the evaluate stage first (dvc repro evaluate)")
-    scores = read_csv(EVAL_DIR / "scores.csv", text=())
+    scores = read_csv(EVAL_DIR / "scores.csv", text=("weights", "tta"))
     best = pick_best(scores, params.metric, params.mode)
-    epoch = int(best["epoch"])
+    epoch, weights = int(best["epoch"]), best["weights"]
 
     # Every checkpoint is checked, not only the chosen one: damage anywhere stops the stage.
     paths = sorted(CHECKPOINT_DIR.glob("epoch_*.pt"))
@@ -108,7 +112,11 @@ def main() -> None:
         if path == chosen:
             checkpoint = loaded
     spec = ModelSpec.from_checkpoint(checkpoint)
-    del checkpoint["optimizer_state_dict"]  # best.pt is for using the model, not for resuming
+    # best.pt holds the chosen weights alone, for using the model, not for resuming.
+    checkpoint["model_state_dict"] = checkpoint[WEIGHTS[weights]]
+    for key in ("optimizer_state_dict", "ema_state_dict", "ema_updates"):
+        checkpoint.pop(key, None)
+    checkpoint |= {"weights": weights, "tta": best["tta"]}  # tools.predict averages as evaluate did
     save_checkpoint(checkpoint, BEST_MODEL)
     try:
         program = export_model(checkpoint)
@@ -128,19 +136,23 @@ def main() -> None:
 
     metrics = {
         "epoch": epoch,
+        "weights": weights,
+        "tta": best["tta"],
         **{name: float(best[name]) for name in REPORTED},
         "trainable_params": checkpoint["trainable_params"],
         "total_params": checkpoint["total_params"],
     }
     write_json(metrics, BEST_DIR / "metrics.json")
-    predictions = read_csv(EVAL_DIR / "predictions" / f"{checkpoint_name(epoch).removesuffix('.pt')}.csv")
+    predictions = read_csv(EVAL_DIR / "predictions" / predictions_name(epoch, weights))
     # A plain CSV for dvc.yaml's confusion plot, not dvclive's: select_best keeps no Live run.
     write_csv(predictions[["actual", "predicted"]], BEST_DIR / "confusion.csv")
-    # evaluate's table with the choice marked, for the per-epoch plots' red line
-    write_csv(scores.assign(selected=(scores["epoch"] == epoch).astype(int)), BEST_DIR / "epochs.csv")
+    # evaluate's table of the raw weights, with the chosen epoch marked, for the per-epoch plots' red line
+    raw = scores[scores["weights"] == "raw"]
+    write_csv(raw.assign(selected=(raw["epoch"] == epoch).astype(int)), BEST_DIR / "epochs.csv")
     log.info(
-        "best: epoch %d of %d by %s (%s): val loss %.4f, test accuracy %.3f -> %s",
-        epoch, len(scores), params.metric, params.mode.value, best["val_loss"], best["test_accuracy"], BEST_MODEL,
+        "best: epoch %d of %d (%s weights) by %s (%s): val loss %.4f, test accuracy %.3f -> %s",
+        epoch, len(raw), weights, params.metric, params.mode.value, best["val_loss"], best["test_accuracy"],
+        BEST_MODEL,
     )  # fmt: skip
 
 

@@ -3,7 +3,8 @@
 Reads:  params freeze, device, model.*, train.*; data/prepared/{manifest.csv,classes.json};
         the images; models/start.pt (the starting weights and their preprocessing)
 Writes: checkpoints/epoch_NNN.pt  (epoch, model and optimizer state, losses, val metrics,
-                                   and what is needed to rebuild the model)
+                                   what is needed to rebuild the model, and with
+                                   train.ema_decay the weights' moving average)
         dvclive/train/             (per-epoch curves for `dvc plots`)
 
 A killed run resumes where it stopped (see pipeline/runs.py).
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from dvclive import Live
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline import distributed
 from pipeline.cli import UserError, progress, run_stage
@@ -125,6 +127,7 @@ class Run:
     history: list[dict[str, Any]]  # each finished epoch's record (runs.RECORD_KEYS)
     ranks: Ranks  # this process among those that train together (pipeline.distributed)
     device: torch.device
+    ema: AveragedModel | None  # the weights' moving average (train.ema_decay), or None when off
     phases: dict[str, Phase] = field(default_factory=dict)  # by freeze spec, made when first needed
     compiled: dict[nn.Module, nn.Module] = field(default_factory=dict)  # compiling twice would recompile
 
@@ -161,6 +164,7 @@ def set_up(params: Params) -> Run:
     later = trainable_names(model, unfreeze_to, spec.head) if config.unfreeze_after else frozenset()
     freeze(model, parse_freeze(params.freeze), spec.head)
     place_model(model, device)
+    ema = weights_average(model, config.ema_decay)
     optimizer = make_optimizer(
         config, model, spec.head, config.trunk_lr_scale, later,
         decay_norms_and_biases=config.decay_norms_and_biases, layer_decay=config.layer_decay,
@@ -180,10 +184,20 @@ def set_up(params: Params) -> Run:
 
     folder = RunFolder(run_fingerprint(params, device))
     # Rank 0 owns the folder (locks, cleans and publishes it); the others read the same checkpoint.
-    history = distributed.main_first(ranks, partial(folder.restore, model, optimizer, scheduler, owner=ranks.main))
+    restore = partial(folder.restore, model, optimizer, scheduler, ema, owner=ranks.main)
+    history = distributed.main_first(ranks, restore)
     if ranks.main:
         folder.publish_all()
-    return Run(params, model, spec, optimizer, scheduler, splits, criterion, folder, history, ranks, device)
+    return Run(params, model, spec, optimizer, scheduler, splits, criterion, folder, history, ranks, device, ema)
+
+
+def weights_average(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of `model`'s weights, and of its buffers (BatchNorm's
+    running statistics), updated after each optimizer step, as the torchvision references'
+    --model-ema does; None when `decay` is 0. Frozen weights stay exactly as they are."""
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def start_phase(run: Run, spec_text: str, key: str) -> Phase:
@@ -225,6 +239,7 @@ def train_epoch(run: Run, phase: Phase, epoch: int) -> dict[str, Any]:
         hflip=config.augment.hflip, min_scale=config.augment.min_scale, max_aspect=config.augment.max_aspect,
         criterion=run.criterion, step_model=phase.step_model, ranks=run.ranks, accumulate=config.accumulate_steps,
         clip_grad_norm=config.clip_grad_norm,
+        after_step=None if run.ema is None else partial(run.ema.update_parameters, run.model),
     )  # fmt: skip
     record = {
         "epoch": epoch,
@@ -256,6 +271,9 @@ def save_epoch(run: Run, phase: Phase, record: dict[str, Any]) -> None:
         "global_batch": run.params.train.batch_size,
         "accumulate_steps": run.params.train.accumulate_steps,
     }
+    if run.ema is not None:  # evaluate scores these weights too; resuming continues the average
+        checkpoint["ema_state_dict"] = run.ema.module.state_dict()
+        checkpoint["ema_updates"] = int(run.ema.n_averaged)
     run.folder.commit_epoch(checkpoint)
 
 

@@ -9,8 +9,11 @@ METRICS = ("epoch", "loss", "val_loss", "val_accuracy", "val_f1", "lr")
 def assert_same_run(got: list[dict], expected: list[dict]) -> None:
     for mine, theirs in zip(got, expected, strict=True):
         assert {k: mine[k] for k in METRICS} == {k: theirs[k] for k in METRICS}
-        for part in ("model_state_dict", "optimizer_state_dict"):
-            assert_tensors_equal(mine[part], theirs[part], f"epoch {mine['epoch']} {part}")
+        # The weights' moving average (train.ema_decay) too, when the run keeps one.
+        assert ("ema_state_dict" in mine) == ("ema_state_dict" in theirs)
+        for part in ("model_state_dict", "optimizer_state_dict", "ema_state_dict", "ema_updates"):
+            if part in theirs:
+                assert_tensors_equal(mine[part], theirs[part], f"epoch {mine['epoch']} {part}")
 
 
 def assert_tensors_equal(a: object, b: object, where: str) -> None:

@@ -56,7 +56,8 @@ def fake_evaluation(project: Path, checkpoint: dict) -> None:
     )
     (project / "eval/predictions").mkdir(parents=True)
     scores = {name: [0.5] for name in select_best.REPORTED}
-    pd.DataFrame({"epoch": [1], **scores}).to_csv(project / "eval/scores.csv", index=False)
+    row = {"epoch": [1], "weights": ["raw"], "tta": ["none"], **scores}
+    pd.DataFrame(row).to_csv(project / "eval/scores.csv", index=False)
     pd.DataFrame({"actual": ["a"], "predicted": ["b"]}).to_csv(project / "eval/predictions/epoch_001.csv", index=False)
 
 

@@ -1,11 +1,13 @@
 """Fine-tuning recipes: LR schedules with warm-up, a lower trunk LR, gradual unfreezing,
 early stopping, label smoothing and class weights."""
 
+import json
 import math
 import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Optimizer, 
 from pipeline.models import build_model, freeze, parse_freeze
 from pipeline.optim import lr_factor, make_optimizer
 from pipeline.train import class_weights, early_stop
-from testing.compare import assert_same_run
+from testing.compare import assert_same_run, assert_tensors_equal
 from testing.project import run, set_params, stage
 
 
@@ -189,3 +191,52 @@ def test_gradual_unfreezing_survives_a_resume(prepared: Path) -> None:
     resumed = stage("train", project)
     assert "resuming after epoch 2" in resumed.stderr
     assert_same_run([load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))], expected)
+
+
+def test_the_weights_moving_average_is_kept_scored_beside_them_and_may_be_chosen(prepared: Path) -> None:
+    """train.ema_decay: every checkpoint carries the average, whose frozen part is the start's
+    to the bit; evaluate scores both (with evaluate.tta: hflip here) and select-best keeps the
+    winner, which tools.predict then uses with the same test-time augmentation."""
+    project = prepared
+    # resnet18 from random weights: the small model pretrained for one epoch predicts nearly
+    # the same for every image, so mirror images would change nothing.
+    recipe = {"model.arch": "resnet18", "model.weights": None, "train.ema_decay": 0.5, "evaluate.tta": "hflip"}
+    set_params(project, freeze="first:3", **recipe)
+    for name in ("weights", "train", "evaluate", "select_best"):
+        stage(name, project)
+
+    start = load_checkpoint(project / "models/start.pt")["model_state_dict"]
+    checkpoints = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
+    for checkpoint in checkpoints:
+        raw, ema = checkpoint["model_state_dict"], checkpoint["ema_state_dict"]
+        frozen = [k for k in raw if k.split(".")[0] in checkpoint["frozen_modules"]]
+        assert frozen and all(torch.equal(ema[k], raw[k]) and torch.equal(ema[k], start[k]) for k in frozen)
+        trained = [k for k in raw if k not in frozen and raw[k].is_floating_point()]
+        assert sum(not torch.equal(ema[k], raw[k]) for k in trained) > 0.9 * len(trained)  # the average lags
+
+    scores = pd.read_csv(project / "eval/scores.csv")
+    assert list(zip(scores["epoch"], scores["weights"], strict=True)) == [
+        (1, "raw"),
+        (1, "ema"),
+        (2, "raw"),
+        (2, "ema"),
+    ]
+    assert set(scores["tta"]) == {"hflip"}
+    best_row = scores.loc[scores["val_loss"].idxmin()]
+    metrics = json.loads((project / "best/metrics.json").read_text())
+    assert (metrics["epoch"], metrics["weights"], metrics["tta"]) == (best_row["epoch"], best_row["weights"], "hflip")
+    best = load_checkpoint(project / "models/best.pt")
+    chosen = checkpoints[metrics["epoch"] - 1]["ema_state_dict" if metrics["weights"] == "ema" else "model_state_dict"]
+    assert_tensors_equal(best["model_state_dict"], chosen, "best.pt")
+    assert "ema_state_dict" not in best and best["tta"] == "hflip"
+
+    # tools.predict takes the test-time augmentation from best.pt: its probabilities are evaluate's.
+    name = f"epoch_{metrics['epoch']:03d}" + ("_ema" if metrics["weights"] == "ema" else "")
+    # The least confident images: the mirror images' logits show there, not under a saturated softmax.
+    evaluated = pd.read_csv(project / f"eval/predictions/{name}.csv", keep_default_na=False).nsmallest(5, "confidence")
+    predicted = run(
+        [sys.executable, "-m", "tools.predict", *evaluated["path"], "--format", "json", "--top-k", "1"], project
+    )
+    top = [obj["top"][0] for obj in json.loads(predicted.stdout)]
+    assert [t["class"] for t in top] == list(evaluated["predicted"].astype(str))
+    assert [t["probability"] for t in top] == pytest.approx(list(evaluated["confidence"]), abs=1e-5)

@@ -79,6 +79,25 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(
     assert curves(project) == curves(reference[0])
 
 
+# Every training recipe that keeps state from step to step or draws at random: the weights'
+# moving average, clipping, layer-wise rates, and (the default) no decay on norms and biases.
+RECIPES = {"train.ema_decay": 0.9, "train.clip_grad_norm": 0.5, "train.layer_decay": 0.8}
+
+
+def test_resume_after_sigkill_with_every_training_recipe_gives_the_uninterrupted_result(
+    prepared_once: Path, tmp_path: Path
+) -> None:
+    project = copy_project(prepared_once, tmp_path / "project")
+    set_params(project, **{"train.epochs": EPOCHS, **RECIPES})
+    stage("train", project)
+    expected = final_state(project)
+    assert all(checkpoint["ema_updates"] == 5 * checkpoint["epoch"] for checkpoint in expected)  # 5 steps an epoch
+    shutil.rmtree(project / ".cache" / "runs")
+    train_killed_at(project, *KILL_POINTS["mid-epoch"])
+    assert_resumed(stage("train", project).stderr, after=1, epochs=EPOCHS)
+    assert_same_run(final_state(project), expected)
+
+
 def curves(project: Path) -> dict[str, list[list[str]]]:
     """dvclive's per-epoch curves, as rows of (step, value); timings left out."""
     folder = project / "dvclive" / "train" / "plots" / "metrics"

@@ -1,4 +1,5 @@
-"""select-best: chooses on validation only; NaN is worst; a tie goes to the earlier epoch."""
+"""select-best: chooses on validation only; NaN is worst; a tie goes to the earlier epoch;
+a moving average of the weights competes with them."""
 
 import math
 
@@ -15,7 +16,9 @@ NAN = math.nan
 def scores(val_loss: list[float], test_loss: list[float] | None = None) -> pd.DataFrame:
     epochs = range(1, len(val_loss) + 1)
     test = test_loss if test_loss is not None else [1.0] * len(val_loss)
-    return pd.DataFrame({"epoch": list(epochs), "val_loss": val_loss, "val_accuracy": val_loss, "test_loss": test})
+    return pd.DataFrame({
+        "epoch": list(epochs), "weights": "raw", "val_loss": val_loss, "val_accuracy": val_loss, "test_loss": test,
+    })  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -43,3 +46,12 @@ def test_test_scores_never_decide() -> None:
 def test_every_checkpoint_nan_is_a_clear_error() -> None:
     with pytest.raises(UserError, match="every checkpoint has val_loss = NaN"):
         pick_best(scores([NAN, NAN]), "val_loss", Mode.min)
+
+
+@pytest.mark.parametrize(("ema_loss", "expected"), [([0.7, 0.4], (2, "ema")), ([0.7, 0.5], (2, "raw"))])
+def test_the_weights_moving_average_wins_when_better_and_the_raw_weights_on_a_tie(
+    ema_loss: list[float], expected: tuple[int, str]
+) -> None:
+    table = pd.concat([scores([0.6, 0.5]), scores(ema_loss).assign(weights="ema")]).sort_values("epoch")
+    chosen = pick_best(table, "val_loss", Mode.min)
+    assert (chosen["epoch"], chosen["weights"]) == expected

@@ -2,12 +2,14 @@
 
     python -m tools.predict PATH... [--model models/best.pt] [--top-k 3]
                                        [--format table|csv|json] [--batch-size 64] [--device auto]
+                                       [--tta none|hflip]
 
 PATHs are image files or folders; folders are searched recursively for image files
 (extensions in any case, hidden files and folders skipped). Each image is preprocessed
 as the model file states (resize size, filter, centre crop, mean and std), by the same
 code evaluate uses (data.load_image and centre_crop, then engine.normalize), so the
-probabilities match evaluate's.
+probabilities match evaluate's; models/best.pt also says whether evaluate averaged each
+image's logits with its mirror image's (evaluate.tta), and --tta overrides it.
 
 Writes to stdout, one line (table), row (csv) or object (json) per image: its path and
 its top-k classes with their probabilities. An image that cannot be decoded gets an
@@ -32,8 +34,9 @@ import torch
 
 from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import UserError, error_line, progress, run_stage
+from pipeline.config import TestTimeAugmentation
 from pipeline.data import centre_crop, image_files, load_image
-from pipeline.engine import autocast, memory_format, normalize, place_model, resolve_device
+from pipeline.engine import batch_logits, memory_format, normalize, place_model, resolve_device
 from pipeline.models import ModelSpec, model_from_checkpoint
 
 log = logging.getLogger("tools.predict")
@@ -63,6 +66,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    tta = [t.value for t in TestTimeAugmentation]
+    parser.add_argument(
+        "--tta", choices=tta, help="test-time augmentation (default: what evaluate used for the model, if it says)"
+    )
     return parser.parse_args()
 
 
@@ -90,6 +97,7 @@ def predict_files(
     top_k: int,
     batch_size: int,
     device: torch.device,
+    flip: bool = False,
 ) -> list[Prediction]:
     """Top-k (class, probability) for each file; a file that cannot be decoded gets an error."""
     model.eval()
@@ -109,8 +117,7 @@ def predict_files(
             continue
         images = normalize(torch.from_numpy(np.stack(pixels)).to(device), spec.mean, spec.std)
         images = images.contiguous(memory_format=memory_format(device))
-        with autocast(device):
-            logits = model(images)
+        logits = batch_logits(model, images, flip)
         probabilities, indices = logits.float().softmax(dim=1).topk(top_k, dim=1)
         for prediction, probs, index in zip(decoded, probabilities.tolist(), indices.tolist(), strict=True):
             prediction.top = [(spec.classes[i], p) for i, p in zip(index, probs, strict=True)]
@@ -172,7 +179,8 @@ def main() -> None:
         args.model, spec.arch, len(spec.classes), spec.image_size, len(files), device,
     )  # fmt: skip
 
-    predictions = predict_files(model, spec, files, top_k, args.batch_size, device)
+    tta = args.tta or checkpoint.get("tta", TestTimeAugmentation.none.value)
+    predictions = predict_files(model, spec, files, top_k, args.batch_size, device, flip=tta == "hflip")
     WRITERS[args.format](predictions, top_k, sys.stdout)
 
     failed = sum(1 for p in predictions if p.error)
