@@ -29,6 +29,17 @@ def checkpoint_name(epoch: int) -> str:
     return f"epoch_{epoch:03d}.pt"
 
 
+# The weights an epoch's checkpoint holds, by the name evaluate's scores give them: as
+# trained (raw), and their moving average when train.ema_decay kept one (ema).
+WEIGHTS = {"raw": "model_state_dict", "ema": "ema_state_dict"}
+
+
+def predictions_name(epoch: int, weights: str) -> str:
+    """The file in eval/predictions/ of one checkpoint's test predictions, with `weights`."""
+    stem = checkpoint_name(epoch).removesuffix(".pt")
+    return f"{stem}.csv" if weights == "raw" else f"{stem}_{weights}.csv"
+
+
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
     """Atomically save a pipeline checkpoint, stamped with its format and checksum."""
     # One device-to-host copy of each tensor, shared by the checksum and the save.

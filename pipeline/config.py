@@ -42,6 +42,13 @@ class ClassWeights(Enum):
     balanced = "balanced"
 
 
+class AugmentPolicy(Enum):
+    none = "none"
+    trivialaugment = "trivialaugment"  # TrivialAugmentWide
+    randaugment = "randaugment"
+    autoaugment = "autoaugment"  # the ImageNet policy
+
+
 class TestTimeAugmentation(Enum):
     none = "none"
     hflip = "hflip"  # the mean of the logits of each image and its mirror image
@@ -88,6 +95,13 @@ class AugmentParams:
     # ratio in [1 / max_aspect, max_aspect].
     min_scale: float = MISSING
     max_aspect: float = MISSING
+    policy: AugmentPolicy = MISSING  # one op (or several) per image, drawn per image
+    randaugment_ops: int = MISSING
+    randaugment_magnitude: int = MISSING
+    erasing: float = MISSING  # RandomErasing's probability per image
+    mixup_alpha: float = MISSING  # MixUp's Beta(alpha, alpha); 0 = off
+    cutmix_alpha: float = MISSING  # CutMix's; 0 = off
+    mix_switch: float = MISSING  # with both on: the probability of CutMix for a batch
 
 
 @dataclass
@@ -251,8 +265,17 @@ def validate(params: Params) -> None:
     _require(delta >= 0, "train.early_stopping.min_delta", delta, "a number >= 0")
     scale = params.train.augment.min_scale
     _require(0 < scale <= 1, "train.augment.min_scale", scale, "a number in (0, 1]; 1 turns random crops off")
-    aspect = params.train.augment.max_aspect
+    augment = params.train.augment
+    aspect, ops = augment.max_aspect, augment.randaugment_ops
     _require(aspect >= 1, "train.augment.max_aspect", aspect, "a number >= 1; 1 keeps crops square")
+    _require(ops >= 1, "train.augment.randaugment_ops", ops, "an integer >= 1")
+    magnitude = augment.randaugment_magnitude
+    _require(0 <= magnitude <= 30, "train.augment.randaugment_magnitude", magnitude, "an integer in [0, 30]")
+    for key in ("erasing", "mix_switch"):
+        value = getattr(augment, key)
+        _require(0 <= value <= 1, f"train.augment.{key}", value, "a probability in [0, 1]")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        _require(getattr(augment, key) >= 0, f"train.augment.{key}", getattr(augment, key), "a number >= 0; 0 = off")
     for key in ("batch_size", "cuda_batch_size"):
         value = getattr(params.evaluate, key)
         _require(value >= 1, f"evaluate.{key}", value, "an integer >= 1")

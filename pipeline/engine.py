@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.augment import Augment
 from pipeline.cli import UserError, progress
 from pipeline.data import centre_offset
 from pipeline.distributed import SINGLE, Ranks, all_sum, shard, unshard
@@ -402,6 +403,7 @@ def train_one_epoch(
     accumulate: int = 1,
     clip_grad_norm: float = 0.0,
     after_step: Callable[[], None] | None = None,
+    augment: Augment | None = None,
 ) -> float:
     """One pass over `data` in a seeded random order; returns the mean training loss.
 
@@ -409,8 +411,8 @@ def train_one_epoch(
     DistributedDataParallel, or both). `criterion` defaults to plain
     cross-entropy (looked up at call time, so tests can patch it). `batch_size` is the
     global batch: with several `ranks`, this rank steps on its share of each one; with
-    `accumulate`, in that many batches whose gradients add up to one step. `clip_grad_norm`
-    and `after_step`: see `train_steps`.
+    `accumulate`, in that many batches whose gradients add up to one step. `clip_grad_norm`,
+    `after_step` and `augment`: see `train_steps`.
     """
     set_train_mode(model, frozen)
     # Dropout draws from the global RNG: tie it to this epoch's seed, and rank, too (see epoch_generator).
@@ -423,7 +425,7 @@ def train_one_epoch(
     losses = train_steps(
         runs_steps, data, optimizer, plan.order, plan.transforms, batch_size, criterion or F.cross_entropy,
         f"epoch {epoch}", dynamic_batch=step_model is not None, accumulate=accumulate, clip_grad_norm=clip_grad_norm,
-        after_step=after_step,
+        after_step=after_step, augment=augment,
     )  # fmt: skip
     sizes = torch.tensor([len(b) for b in plan.order.split(batch_size)], dtype=torch.float32)
     return epoch_loss(losses, sizes, epoch, ranks)
@@ -489,6 +491,7 @@ def train_steps(
     accumulate: int = 1,
     clip_grad_norm: float = 0.0,
     after_step: Callable[[], None] | None = None,
+    augment: Augment | None = None,
 ) -> torch.Tensor:
     """The optimizer steps of one epoch, in `order`; the per-batch losses, left on the device.
 
@@ -499,6 +502,7 @@ def train_steps(
     so the step is the one a batch of all of them would take. `clip_grad_norm` > 0: before
     each step, the gradients (of every rank, once averaged) are scaled down to that total norm
     when above it. `after_step` runs after each optimizer step (the weights' moving average).
+    `augment` takes each batch after its crops and flips (pipeline.augment).
     """
     batches = list(to_device(order, data.index_device).split(batch_size))
     steps = [batches[start : start + accumulate] for start in range(0, len(batches), accumulate)]
@@ -514,6 +518,8 @@ def train_steps(
     ):
         if theta is not None:
             images = apply_augmentation(images, theta, size)
+        if augment is not None:
+            images, targets = augment(images, targets)
         if dynamic_batch and images.shape[0] > 1:
             torch._dynamo.mark_dynamic(images, 0)  # one compiled graph for every batch size
         first, last = step % accumulate == 0, step % accumulate == accumulate - 1 or step == len(batches) - 1

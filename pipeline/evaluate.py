@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pipeline.checkpoints import checkpoint_name, load_each
+from pipeline.checkpoints import WEIGHTS, load_each, predictions_name
 from pipeline.cli import UserError, progress, run_stage
 from pipeline.config import EvaluateParams, TestTimeAugmentation, load_params
 from pipeline.data import decoded_images, read_manifest
@@ -31,15 +31,6 @@ PREPARED_DIR = Path("data/prepared")
 CHECKPOINT_DIR = Path("checkpoints")
 EVAL_DIR = Path("eval")
 PREDICTIONS_DIR = EVAL_DIR / "predictions"
-# The weights a checkpoint holds, by the name scores.csv gives them: as trained (raw), and
-# their moving average when train.ema_decay kept one (ema).
-WEIGHTS = {"raw": "model_state_dict", "ema": "ema_state_dict"}
-
-
-def predictions_name(epoch: int, weights: str) -> str:
-    """The file in eval/predictions/ of one checkpoint's test predictions, with `weights`."""
-    stem = checkpoint_name(epoch).removesuffix(".pt")
-    return f"{stem}.csv" if weights == "raw" else f"{stem}_{weights}.csv"
 
 
 def batch_size_on(device: torch.device, params: EvaluateParams) -> int:

@@ -38,10 +38,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.checkpoints import checkpoint_name, load_each, save_checkpoint
+from pipeline.checkpoints import WEIGHTS, checkpoint_name, load_each, predictions_name, save_checkpoint
 from pipeline.cli import UserError, error_line, run_stage
 from pipeline.config import Mode, load_params
-from pipeline.evaluate import WEIGHTS, predictions_name
 from pipeline.files import atomic_write, read_csv, write_csv, write_json
 from pipeline.models import ModelSpec, model_from_checkpoint
 

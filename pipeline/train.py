@@ -27,6 +27,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline import distributed
+from pipeline.augment import Augment, augments, batch_augmentation
 from pipeline.cli import UserError, progress, run_stage
 from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Params, load_params
 from pipeline.data import decoded_images, read_manifest
@@ -128,6 +129,7 @@ class Run:
     ranks: Ranks  # this process among those that train together (pipeline.distributed)
     device: torch.device
     ema: AveragedModel | None  # the weights' moving average (train.ema_decay), or None when off
+    augment: Augment | None  # policies, erasing, mixing (pipeline.augment), or None when off
     phases: dict[str, Phase] = field(default_factory=dict)  # by freeze spec, made when first needed
     compiled: dict[nn.Module, nn.Module] = field(default_factory=dict)  # compiling twice would recompile
 
@@ -188,16 +190,30 @@ def set_up(params: Params) -> Run:
     history = distributed.main_first(ranks, restore)
     if ranks.main:
         folder.publish_all()
-    return Run(params, model, spec, optimizer, scheduler, splits, criterion, folder, history, ranks, device, ema)
+    augment = batch_augmentation(config.augment, len(classes), spec.mean, spec.std, device)
+    return Run(
+        params, model, spec, optimizer, scheduler, splits, criterion, folder, history, ranks, device, ema, augment
+    )
 
 
 def weights_average(model: nn.Module, decay: float) -> AveragedModel | None:
     """An exponential moving average of `model`'s weights, and of its buffers (BatchNorm's
     running statistics), updated after each optimizer step, as the torchvision references'
-    --model-ema does; None when `decay` is 0. Frozen weights stay exactly as they are."""
+    --model-ema does; None when `decay` is 0. Frozen weights stay exactly as they are, and
+    integer buffers are the model's, as in timm's ModelEmaV3."""
     if not decay:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    average = get_ema_multi_avg_fn(decay)
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        if averaged[0].is_floating_point():  # AveragedModel groups the tensors by dtype
+            average(averaged, current, updates)
+        else:  # counters (BatchNorm's num_batches_tracked): torch's average would round them down
+            for mine, theirs in zip(averaged, current, strict=True):
+                mine.copy_(theirs)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 def start_phase(run: Run, spec_text: str, key: str) -> Phase:
@@ -213,8 +229,7 @@ def start_phase(run: Run, spec_text: str, key: str) -> Phase:
         run.spec.arch, len(run.spec.classes), spec_text, f"{trainable:,}", f"{total:,}",
     )  # fmt: skip
     net, net_frozen, data = run.model, frozen, run.splits
-    augmenting = config.augment.hflip or config.augment.min_scale < 1
-    if spec.kind == "all_but_head" and config.cache_features and not augmenting:
+    if spec.kind == "all_but_head" and config.cache_features and not augments(config.augment):
         started = time.perf_counter()
         features = head_feature_batches(run.model, head, run.splits, config.batch_size, run.ranks)
         if features is not None:
@@ -240,6 +255,7 @@ def train_epoch(run: Run, phase: Phase, epoch: int) -> dict[str, Any]:
         criterion=run.criterion, step_model=phase.step_model, ranks=run.ranks, accumulate=config.accumulate_steps,
         clip_grad_norm=config.clip_grad_norm,
         after_step=None if run.ema is None else partial(run.ema.update_parameters, run.model),
+        augment=run.augment,
     )  # fmt: skip
     record = {
         "epoch": epoch,

@@ -10,9 +10,10 @@ child that does what `python -m` does from there: it changes to the command's fo
 its environment, runs the module as `__main__` with its arguments and exits with its
 status, stdout and stderr going to files that the caller reads back.
 
-What the child runs is the repo's code (the copies under a test project are the same
-files). Commands whose environment changes what Python does at start-up (PYTHONPATH, a
-sitecustomize) are run as real processes by testing.project.run; so are dvc's stages.
+The child imports the project's own packages afresh from the command's folder, as `python
+-m` would: only the libraries are shared. Commands whose environment changes what Python
+does at start-up (PYTHONPATH, a sitecustomize) are run as real processes by
+testing.project.run; so are dvc's stages.
 """
 
 import atexit
@@ -28,8 +29,9 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# What the entry modules import, so that the child has nothing heavy left to import: not
-# the entry modules themselves, which the child runs as __main__.
+# What the entry modules import, so that the child has nothing heavy left to import. The
+# child drops the project's own packages and imports them again from its folder.
+OWN_PACKAGES = ("pipeline", "tools")
 PRELOAD = (
     "torch", "torchvision", "pandas", "dvclive", "omegaconf",
     "pipeline.checkpoints", "pipeline.data", "pipeline.distributed", "pipeline.engine",
@@ -99,7 +101,11 @@ def _child(request: dict) -> int:
         os.environ.update(request["env"])
         sys.argv = [request["module"], *request["args"]]
         sys.path[0] = request["cwd"]
-        sys.modules.pop(request["module"], None)
+        # The project's own code, imported afresh as `python -m` there would: its copy of the
+        # files (what the run fingerprints hash), and pipeline/__init__.py's settings made
+        # in this environment.
+        for name in [name for name in sys.modules if name.split(".")[0] in OWN_PACKAGES]:
+            del sys.modules[name]
         status = 0
         try:
             runpy.run_module(request["module"], run_name="__main__", alter_sys=True)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.checkpoints import load_checkpoint
 from testing.compare import assert_same_run
@@ -22,6 +23,9 @@ from tests.helpers import assert_resumed, epochs_trained, kill_env
 
 WRAPPER = [sys.executable, "-m", "tests.kill_wrapper"]
 EPOCHS = 3
+
+
+STATES = ("model_state_dict", "ema_state_dict")
 
 
 def train_killed_at(project: Path, point: str, call: int) -> subprocess.CompletedProcess:
@@ -80,8 +84,18 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(
 
 
 # Every training recipe that keeps state from step to step or draws at random: the weights'
-# moving average, clipping, layer-wise rates, and (the default) no decay on norms and biases.
-RECIPES = {"train.ema_decay": 0.9, "train.clip_grad_norm": 0.5, "train.layer_decay": 0.8}
+# moving average, clipping, layer-wise rates, (the default) no decay on norms and biases,
+# the augmentation policies, erasing and mixing; on a partly frozen model.
+RECIPES = {
+    "freeze": "first:2",
+    "train.ema_decay": 0.9,
+    "train.clip_grad_norm": 0.5,
+    "train.layer_decay": 0.8,
+    "train.augment.policy": "trivialaugment",
+    "train.augment.erasing": 0.25,
+    "train.augment.mixup_alpha": 0.2,
+    "train.augment.cutmix_alpha": 1.0,
+}
 
 
 def test_resume_after_sigkill_with_every_training_recipe_gives_the_uninterrupted_result(
@@ -92,6 +106,10 @@ def test_resume_after_sigkill_with_every_training_recipe_gives_the_uninterrupted
     stage("train", project)
     expected = final_state(project)
     assert all(checkpoint["ema_updates"] == 5 * checkpoint["epoch"] for checkpoint in expected)  # 5 steps an epoch
+    start = load_checkpoint(project / "models/start.pt")["model_state_dict"]
+    for checkpoint in expected:  # the frozen stages, in the weights and in their average, are the start's
+        frozen = [k for k in start if k.split(".")[0] in checkpoint["frozen_modules"]]
+        assert frozen and all(torch.equal(checkpoint[part][k], start[k]) for k in frozen for part in STATES)
     shutil.rmtree(project / ".cache" / "runs")
     train_killed_at(project, *KILL_POINTS["mid-epoch"])
     assert_resumed(stage("train", project).stderr, after=1, epochs=EPOCHS)

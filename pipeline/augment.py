@@ -1,0 +1,95 @@
+"""Augmentation recipes beyond crops and flips, on batches already on the training device:
+an AutoAugment-family policy (TrivialAugmentWide, RandAugment, AutoAugment), RandomErasing,
+and MixUp / CutMix, all torchvision.transforms.v2, in the order of the torchvision
+classification references: policy, normalisation, erasing, then mixing.
+
+The random crops and flips are drawn per epoch in `engine.draw_augmentation`; these draw
+from torch's global RNG, which `engine.train_one_epoch` seeds per (seed, epoch, rank), so a
+resumed run repeats them exactly.
+
+v2 draws one set of parameters per call, for everything the call gets (torchvision#8484):
+given a batch, every image would get the same op. So policies and erasing run on one image
+at a time, each with its own draw. MixUp and CutMix are per batch by design (one mixing
+ratio per batch, as in the references and timm's default mode).
+"""
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torchvision.transforms import v2
+
+from pipeline.config import AugmentParams, AugmentPolicy
+
+Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def augments(params: AugmentParams) -> bool:
+    """Whether training draws any augmentation at all (else the frozen-feature cache may be used)."""
+    return (
+        params.hflip
+        or params.min_scale < 1
+        or params.policy is not AugmentPolicy.none
+        or params.erasing > 0
+        or params.mixup_alpha > 0
+        or params.cutmix_alpha > 0
+    )
+
+
+def batch_augmentation(
+    params: AugmentParams, num_classes: int, mean: list[float], std: list[float], device: torch.device
+) -> Augment | None:
+    """What each training batch goes through after its crops and flips: (normalised images,
+    class indices) -> (images, targets), the targets class probabilities when mixing; None
+    when no recipe here is on."""
+    policy = _policy(params)
+    erasing = v2.RandomErasing(p=params.erasing, value=0) if params.erasing > 0 else None
+    mixing = _mixing(params, num_classes)
+    if policy is None and erasing is None and mixing is None:
+        return None
+    shape = (1, -1, 1, 1)
+    scale = (torch.tensor(std, device=device).view(shape), torch.tensor(mean, device=device).view(shape))
+    return partial(_augment, policy, erasing, mixing, scale)
+
+
+def _policy(params: AugmentParams) -> v2.Transform | None:
+    if params.policy is AugmentPolicy.trivialaugment:
+        return v2.TrivialAugmentWide()
+    if params.policy is AugmentPolicy.randaugment:
+        return v2.RandAugment(num_ops=params.randaugment_ops, magnitude=params.randaugment_magnitude)
+    if params.policy is AugmentPolicy.autoaugment:
+        return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+    return None
+
+
+def _mixing(params: AugmentParams, num_classes: int) -> v2.Transform | None:
+    choices, weights = [], []
+    if params.mixup_alpha > 0:
+        choices.append(v2.MixUp(alpha=params.mixup_alpha, num_classes=num_classes))
+        weights.append(1 - params.mix_switch if params.cutmix_alpha > 0 else 1.0)
+    if params.cutmix_alpha > 0:
+        choices.append(v2.CutMix(alpha=params.cutmix_alpha, num_classes=num_classes))
+        weights.append(params.mix_switch if params.mixup_alpha > 0 else 1.0)
+    return v2.RandomChoice(choices, p=weights) if choices else None
+
+
+def _augment(
+    policy: v2.Transform | None,
+    erasing: v2.Transform | None,
+    mixing: v2.Transform | None,
+    scale: tuple[torch.Tensor, torch.Tensor],
+    images: torch.Tensor,
+    targets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    layout = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    if policy is not None:
+        # The policies' ops are defined on 8-bit pixels (posterize, solarize, equalize...).
+        std, mean = scale
+        pixels = (images * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8)
+        pixels = torch.stack([policy(image) for image in pixels])
+        images = (pixels.float() / 255 - mean) / std
+    if erasing is not None:
+        images = torch.stack([erasing(image) for image in images])
+    if mixing is not None:
+        images, targets = mixing(images, targets)
+    return images.contiguous(memory_format=layout), targets

@@ -1,0 +1,82 @@
+"""Augmentation recipes (pipeline/augment.py): drawn per image, seeded by torch's RNG, and
+the normalisation around the 8-bit policies undone and redone exactly."""
+
+import dataclasses
+
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from pipeline.augment import _augment, augments, batch_augmentation
+from pipeline.config import AugmentParams, AugmentPolicy
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+CPU = torch.device("cpu")
+
+
+def params(**changes: object) -> AugmentParams:
+    off = AugmentParams(
+        hflip=False, min_scale=1.0, max_aspect=1.0, policy=AugmentPolicy.none, randaugment_ops=2,
+        randaugment_magnitude=9, erasing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, mix_switch=0.5,
+    )  # fmt: skip
+    return dataclasses.replace(off, **changes)
+
+
+def copies_of_one_image(n: int = 8, size: int = 32) -> torch.Tensor:
+    """n copies of one normalised random image: any difference between them is the augmentation's."""
+    pixels = torch.randint(0, 256, (1, 3, size, size), generator=torch.Generator().manual_seed(0)).float() / 255
+    mean, std = torch.tensor(MEAN).view(1, -1, 1, 1), torch.tensor(STD).view(1, -1, 1, 1)
+    return ((pixels - mean) / std).repeat(n, 1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"policy": AugmentPolicy.trivialaugment},
+        {"policy": AugmentPolicy.randaugment},
+        {"policy": AugmentPolicy.autoaugment},
+        {"erasing": 1.0},
+    ],
+    ids=["trivialaugment", "randaugment", "autoaugment", "erasing"],
+)
+def test_each_image_of_a_batch_gets_its_own_draw_and_a_seed_repeats_them(changes: dict) -> None:
+    augment = batch_augmentation(params(**changes), 5, MEAN, STD, CPU)
+    images, targets = copies_of_one_image(), torch.zeros(8, dtype=torch.int64)
+    torch.manual_seed(1)
+    first, kept = augment(images, targets)
+    distinct = {tuple(image.flatten().tolist()) for image in first}
+    assert len(distinct) >= 4, "the images of one batch must not all get the same op"
+    assert torch.equal(kept, targets)
+    torch.manual_seed(1)
+    assert torch.equal(augment(images, targets)[0], first)
+
+
+def test_the_policies_see_the_images_pixels_and_give_back_normalised_ones() -> None:
+    """Round trip through 8-bit pixels with a policy that changes nothing: the input, to rounding."""
+    images = copies_of_one_image(2)
+    scale = (torch.tensor(STD).view(1, -1, 1, 1), torch.tensor(MEAN).view(1, -1, 1, 1))
+    out, _ = _augment(v2.Identity(), None, None, scale, images, torch.zeros(2, dtype=torch.int64))
+    # The copies were made from 8-bit pixels, so nothing is lost to rounding here.
+    torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("mixup", "cutmix"), [(0.2, 0.0), (0.0, 1.0), (0.2, 1.0)])
+def test_mixing_gives_class_probabilities_that_sum_to_one(mixup: float, cutmix: float) -> None:
+    augment = batch_augmentation(params(mixup_alpha=mixup, cutmix_alpha=cutmix), 5, MEAN, STD, CPU)
+    images = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([0, 1, 2, 3, 4, 0])
+    torch.manual_seed(0)
+    mixed, soft = augment(images, targets)
+    assert soft.shape == (6, 5) and soft.dtype == torch.float32
+    torch.testing.assert_close(soft.sum(dim=1), torch.ones(6))
+    # Each image is mixed with its neighbour in the batch (v2 rolls the batch by one).
+    for i in range(6):
+        assert set(soft[i].nonzero().flatten().tolist()) <= {targets[i].item(), targets[i - 1].item()}
+    assert not torch.equal(mixed, images)
+
+
+def test_nothing_on_means_no_batch_augmentation_and_no_augmenting() -> None:
+    assert batch_augmentation(params(), 5, MEAN, STD, CPU) is None
+    assert not augments(params())
+    for changes in ({"hflip": True}, {"min_scale": 0.5}, {"policy": AugmentPolicy.autoaugment}, {"mixup_alpha": 0.2}):
+        assert augments(params(**changes))
