@@ -95,9 +95,12 @@ def verify_checkpoint(loaded: Any, path: Path) -> dict[str, Any]:
 
 
 def load_weights_file(path: Path) -> Any:
-    """torch.load with weights_only=True, turning every failure into a one-line CheckpointError."""
+    """torch.load with weights_only=True (a .safetensors file: safetensors, whose format holds
+    tensors only), turning every failure into a one-line CheckpointError."""
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
     check_torch_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -110,6 +113,15 @@ def load_weights_file(path: Path) -> Any:
         raise CheckpointError(f"{path} is damaged (truncated or corrupt): {error}") from None
     except Exception as error:  # torch raises RuntimeError, EOFError, UnicodeDecodeError... for damage
         raise CheckpointError(f"{path} is damaged (truncated or corrupt): {error_line(error)}") from None
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file  # installed with timm; only .safetensors files need it
+
+    try:
+        return load_file(path, device="cpu")
+    except Exception as error:  # SafetensorError for damage, and others for a file of another format
+        raise CheckpointError(f"{path} is not a readable safetensors file: {error_line(error)}") from None
 
 
 def check_torch_file(path: Path) -> None:

@@ -1,9 +1,13 @@
-"""Models: build a torchvision classifier, load pretrained weights, give it a new head, freeze it.
+"""Models: build a torchvision or timm classifier, load pretrained weights, give it a new head, freeze it.
+
+model.arch is a torchvision model's name (resnet18) or `timm/` and a timm model's name
+(timm/convnext_atto); what is timm's own is in pipeline/timm_backbones.py.
 
 Freeze specs (the top-level `freeze` param):
     none            train everything
     all_but_head    train only the new head; the rest is a fixed feature extractor
-    first:N         freeze the first N backbone stages (`stage_names` lists them)
+    first:N         freeze the first N backbone stages (`stage_names` lists them; for timm
+                    models, timm's own groups: the stem, then each stage or block)
     modules:A+B     freeze the named modules, e.g. modules:conv1+bn1+layer1
 
 Frozen modules run in inference mode, BatchNorm and dropout included, so their
@@ -26,9 +30,11 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
+from pipeline import timm_backbones
 from pipeline.checkpoints import CheckpointError, is_checkpoint, load_weights_file, verify_checkpoint
 from pipeline.cli import UserError, error_line
 from pipeline.data import Sizing
+from pipeline.timm_backbones import is_timm_arch, is_timm_model, timm_name
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +42,7 @@ log = logging.getLogger(__name__)
 # torchvision's own weights use, so a later switch to pretrained weights changes nothing.
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-WEIGHTS_FILE_SUFFIXES = (".pt", ".pth")
+WEIGHTS_FILE_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,7 @@ class ModelSpec:
     image_size: int
     mean: list[float]  # per-channel normalisation of [0, 1] RGB inputs
     std: list[float]
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # for torchvision's get_model
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # for torchvision's get_model or timm's create_model
     # The shorter side is resized to this before the centre image_size crop (torchvision
     # weights' resize_size); 0 means image_size, with no margin (checkpoints from before it).
     resize_size: int = 0
@@ -79,7 +85,7 @@ class ModelSpec:
 
     def untrained_model(self) -> nn.Module:
         """The architecture with its new head, randomly initialised."""
-        model = get_model(self.arch, weights=None, **self.model_kwargs)
+        model = new_model(self.arch, self.model_kwargs)
         _drop_aux_heads(model)
         replace_head(model, self.head, len(self.classes))
         return model
@@ -98,11 +104,16 @@ def classification_models() -> list[str]:
 
 
 def check_arch(arch: str) -> None:
+    if is_timm_arch(arch):
+        timm_backbones.check_arch(arch)
+        return
     known = classification_models()
     if arch not in known:
         close = difflib.get_close_matches(arch, known, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; choose one of {', '.join(known)}"
-        raise UserError(f"model.arch = {arch!r} is not a torchvision classification model{hint}")
+        raise UserError(
+            f"model.arch = {arch!r} is not a torchvision classification model{hint} (timm's models: timm/NAME)"
+        )
 
 
 def is_weights_file(weights: str) -> bool:
@@ -110,23 +121,26 @@ def is_weights_file(weights: str) -> bool:
 
 
 def build_model(arch: str, weights: str | None, classes: list[str] | None, image_size: int) -> Built:
-    """Build `arch` with `weights` (torchvision name, .pt/.pth path or None) and a new head for
-    `classes` (None: keep the head the weights came with, for a backbone that is saved
-    without it; its spec then lists no classes).
+    """Build `arch` with `weights` (torchvision weights name or timm pretrained tag, a
+    .pt/.pth/.safetensors path, or None) and a new head for `classes` (None: keep the head
+    the weights came with, for a backbone that is saved without it; its spec then lists no
+    classes).
 
     The spec takes the weights' preprocessing (see `preprocessing`). Every check that needs
     no weights (arch, weights name, input size) runs first.
     """
-    weights_path, tv_weights, model_kwargs = _checked_model_params(arch, weights, image_size)
+    weights_path, named, model_kwargs = _checked_model_params(arch, weights, image_size)
     loaded = None if weights_path is None else load_weights_file(weights_path)
     source = _checkpoint_spec(loaded, weights_path)
-    sizing, mean, std = preprocessing(tv_weights, source, image_size)
-    if tv_weights is not None:
-        model = _load_torchvision_weights(arch, tv_weights)
+    sizing, mean, std = preprocessing(named, source, image_size)
+    if source is not None:  # built as the checkpoint's model was (Inception's transform_input, timm's img_size...)
+        model_kwargs = {**source.model_kwargs, **model_kwargs}
+    if isinstance(named, torchvision.models.WeightsEnum):
+        model = _load_torchvision_weights(arch, named)
+    elif is_timm_arch(arch):
+        model = timm_backbones.create(named, model_kwargs, pretrained=weights is not None and weights_path is None)
     else:
-        if source is not None:  # built as the checkpoint's model was (Inception's transform_input...)
-            model_kwargs = {**source.model_kwargs, **model_kwargs}
-        model = get_model(arch, weights=None, **model_kwargs)
+        model = new_model(arch, model_kwargs)
     _drop_aux_heads(model)
     head = find_head(model)
     if weights_path is not None:
@@ -142,20 +156,24 @@ def build_model(arch: str, weights: str | None, classes: list[str] | None, image
 
 
 def preprocessing(
-    tv_weights: torchvision.models.WeightsEnum | None, source: ModelSpec | None, image_size: int
+    weights: torchvision.models.WeightsEnum | str | None, source: ModelSpec | None, image_size: int
 ) -> tuple[Sizing, list[float], list[float]]:
     """How inputs of `image_size` pixels are made for weights: (sizing, mean, std).
 
     torchvision weights state their own (`weights.transforms()`: resize_size, crop_size,
-    interpolation, mean, std); a pipeline checkpoint carries the ones it was trained with;
-    anything else gets no margin, bilinear resizing and ImageNet's mean and std. When
-    image_size is not the stated crop size, the resize keeps the stated resize/crop ratio.
+    interpolation, mean, std); a pipeline checkpoint carries the ones it was trained with; a
+    timm model (`weights` is then its timm name, with its pretrained tag if any) takes
+    its data config's (timm_backbones.preprocessing); anything else gets no margin, bilinear
+    resizing and ImageNet's mean and std. When image_size is not the stated crop size, the
+    resize keeps the stated resize/crop ratio.
     """
     if source is not None:
         resize, crop, interpolation = source.sizing.resize, source.sizing.crop, source.interpolation
         mean, std = source.mean, source.std
-    elif tv_weights is not None:
-        transforms = tv_weights.transforms()
+    elif isinstance(weights, str):
+        return timm_backbones.preprocessing(weights, image_size)
+    elif weights is not None:
+        transforms = weights.transforms()
         resize, crop, interpolation = transforms.resize_size[0], transforms.crop_size[0], transforms.interpolation.value
         mean, std = transforms.mean, transforms.std
     else:
@@ -165,9 +183,9 @@ def preprocessing(
 
 def model_sizing(arch: str, weights: str | None, image_size: int) -> Sizing:
     """The sizing `build_model(arch, weights, ..., image_size)` gives its spec, without building it."""
-    weights_path, tv_weights, _ = _checked_model_params(arch, weights, image_size)
+    weights_path, named, _ = _checked_model_params(arch, weights, image_size)
     loaded = None if weights_path is None else load_weights_file(weights_path)
-    return preprocessing(tv_weights, _checkpoint_spec(loaded, weights_path), image_size)[0]
+    return preprocessing(named, _checkpoint_spec(loaded, weights_path), image_size)[0]
 
 
 def _checkpoint_spec(loaded: Any, path: Path | None) -> ModelSpec | None:
@@ -179,17 +197,24 @@ def _checkpoint_spec(loaded: Any, path: Path | None) -> ModelSpec | None:
 
 def _checked_model_params(
     arch: str, weights: str | None, image_size: int
-) -> tuple[Path | None, torchvision.models.WeightsEnum | None, dict[str, Any]]:
+) -> tuple[Path | None, torchvision.models.WeightsEnum | str | None, dict[str, Any]]:
     """The checks of arch, weights and input size that need no weights: (the weights file or
-    None, the torchvision weights or None, the constructor's size kwargs)."""
+    None; the torchvision weights or None, or for a timm arch, timm's name of the model to
+    build, with the pretrained tag that `weights` names; the constructor's size kwargs)."""
     check_arch(arch)
     weights_path = Path(weights) if weights is not None and is_weights_file(weights) else None
-    tv_weights = resolve_torchvision_weights(arch, weights) if weights is not None and not weights_path else None
-    model_kwargs = _size_kwargs(arch, tv_weights.meta["min_size"][0] if tv_weights else image_size)
+    named_weights = weights is not None and not weights_path
+    named: torchvision.models.WeightsEnum | str | None
+    if is_timm_arch(arch):
+        named = timm_backbones.pretrained_name(arch, weights) if named_weights else timm_name(arch)
+        model_kwargs = _size_kwargs(arch, image_size)
+    else:
+        named = resolve_torchvision_weights(arch, weights) if named_weights else None
+        model_kwargs = _size_kwargs(arch, named.meta["min_size"][0] if named else image_size)
     check_input_size(arch, model_kwargs, image_size)
     if weights_path is not None and not weights_path.is_file():
         raise UserError(f"model.weights = {weights!r}: the file does not exist")
-    return weights_path, tv_weights, model_kwargs
+    return weights_path, named, model_kwargs
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
@@ -201,6 +226,8 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
 
 def _size_kwargs(arch: str, image_size: int) -> dict[str, Any]:
     # ViT and MaxViT fix their input size at construction; the others adapt to any size.
+    if is_timm_arch(arch):
+        return timm_backbones.size_kwargs(arch, image_size)
     if arch.startswith("vit_"):
         return {"image_size": image_size}
     if arch.startswith("maxvit_"):
@@ -234,7 +261,7 @@ def resolve_torchvision_weights(arch: str, name: str) -> torchvision.models.Weig
         valid = ["DEFAULT", *(w.name for w in enum)]
         raise UserError(
             f"model.weights = {name!r} is not a weights name of {arch}; valid names: {', '.join(valid)}, "
-            "a path to a .pt/.pth file, or null"
+            "a path to a .pt/.pth/.safetensors file, or null"
         ) from None
 
 
@@ -252,6 +279,13 @@ def _load_weights_file(
     else:
         raise CheckpointError(f"{path} is neither a state_dict nor a checkpoint of this pipeline")
     trunk = {k: v for k, v in state.items() if not _is_head_key(k, head)}
+    # Checked first: load_state_dict raises on other shapes (a ViT's position embedding made
+    # for another image size) with a message of many lines.
+    own = model.state_dict()
+    shapes = [k for k, v in trunk.items() if k in own and own[k].shape != v.shape]
+    if shapes:
+        more = " ..." if len(shapes) > 5 else ""
+        raise UserError(f"{path} does not fit {arch}: tensors of other shapes {shapes[:5]}{more}")
     missing, unexpected = model.load_state_dict(trunk, strict=False)
     missing = [k for k in missing if not _is_head_key(k, head)]
     if missing or unexpected:
@@ -284,12 +318,18 @@ def _drop_aux_heads(model: nn.Module) -> None:
 
 
 def find_head(model: nn.Module) -> str:
-    """The classifier layer: the last Linear or Conv2d registered (fc, classifier.1, heads.head...)."""
+    """The classifier layer: the one a timm model's pretrained_cfg names; in a torchvision
+    model, the last Linear or Conv2d registered (fc, classifier.1, heads.head...)."""
+    if is_timm_model(model):
+        return timm_backbones.classifier(model)
     layers = [name for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
     return layers[-1]
 
 
 def replace_head(model: nn.Module, head: str, num_classes: int) -> None:
+    if is_timm_model(model):
+        timm_backbones.replace_classifier(model, num_classes)
+        return
     old = model.get_submodule(head)
     if isinstance(old, nn.Conv2d):  # SqueezeNet classifies with a 1x1 convolution
         new: nn.Module = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size)
@@ -311,18 +351,25 @@ def check_input_size(arch: str, model_kwargs: dict[str, Any], image_size: int) -
             raise UserError(f"model.image_size = {image_size} does not fit {arch}: {error_line(error)}") from None
 
 
+def new_model(arch: str, model_kwargs: dict[str, Any]) -> nn.Module:
+    """`arch` with random weights and its original head."""
+    if is_timm_arch(arch):
+        return timm_backbones.create(timm_name(arch), model_kwargs)
+    return get_model(arch, weights=None, **model_kwargs)
+
+
 def skeleton_model(arch: str, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
     """`arch` on the meta device: structure only, no memory, built in milliseconds."""
     try:
         with torch.device("meta"):
-            return get_model(arch, weights=None, **(model_kwargs or {}))
+            return new_model(arch, model_kwargs or {})
     except NotImplementedError:
         # RegNet computes its widths from tensor values, which meta tensors do not have, and
         # its constructor takes no `device` (so nn.utils.skip_init cannot help). Build it on
         # the CPU instead, with the initialisers off: filling regnet_y_128gf's weights would
         # take over 10 s, and a skeleton needs none of them.
         with _no_weight_init():
-            model = get_model(arch, weights=None, **(model_kwargs or {}))
+            model = new_model(arch, model_kwargs or {})
         return model.to("meta")
 
 
@@ -369,10 +416,16 @@ def parse_freeze(text: str, key: str = "freeze") -> FreezeSpec:
 def stage_names(model: nn.Module, head: str) -> list[str]:
     """The backbone's stages, in order, as `first:N` counts them.
 
-    Start from the top-level modules that hold parameters, leaving out the one holding the
-    head. While one stage holds over 90% of the parameters (MobileNet's `features`, ViT's
-    `encoder`), open it up into its own children.
+    A timm model's are timm's own groups (timm_backbones.stages), each its modules and
+    parameters joined by `+`. For any other model (and the few timm models whose grouping
+    does not run), start from the top-level modules that hold parameters, leaving out the
+    one holding the head. While one stage holds over 90% of the parameters (MobileNet's
+    `features`, ViT's `encoder`), open it up into its own children.
     """
+    if is_timm_model(model):
+        grouped = timm_backbones.stages(model, head)
+        if grouped:
+            return grouped
 
     def children(prefix: str) -> list[str]:
         parent = model.get_submodule(prefix)
@@ -396,15 +449,30 @@ def stage_names(model: nn.Module, head: str) -> list[str]:
     return stages
 
 
+def stage_parameters(model: nn.Module, stage: str) -> dict[str, nn.Parameter]:
+    """The parameters of a stage, or of a module: every parameter of the modules it names
+    (several joined by `+`), and the parameters it names themselves."""
+    params = dict(model.named_parameters())
+    found: dict[str, nn.Parameter] = {}
+    for part in stage.split("+"):
+        if part in params:
+            found[part] = params[part]
+        else:
+            found.update(model.get_submodule(part).named_parameters(prefix=part))
+    return found
+
+
 def loose_parameters(model: nn.Module, stages: list[str]) -> dict[str, nn.Parameter]:
     """Parameters held directly by the root or by a module that `stage_names` opened up,
-    so in no stage: ViT's class_token and encoder.pos_embedding."""
-    containers = {".".join(stage.split(".")[:depth]) for stage in stages for depth in range(stage.count(".") + 1)}
-    return {
+    and named by no stage, so in none: torchvision ViT's class_token and encoder.pos_embedding."""
+    parts = {part for stage in stages for part in stage.split("+")}
+    containers = {".".join(part.split(".")[:depth]) for part in parts for depth in range(part.count(".") + 1)}
+    loose = {
         f"{container}.{name}".lstrip("."): param
         for container in sorted(containers)
         for name, param in model.get_submodule(container).named_parameters(recurse=False)
     }
+    return {name: param for name, param in loose.items() if name not in parts}
 
 
 def frozen_parts(model: nn.Module, spec: FreezeSpec, head: str) -> tuple[list[str], frozenset[str]]:
@@ -445,8 +513,11 @@ def frozen_parts(model: nn.Module, spec: FreezeSpec, head: str) -> tuple[list[st
         if any(head == name or head.startswith(f"{name}.") for name in spec.modules):
             raise UserError(f"{spec.key} names the head ({head}) or a module holding it; the head always trains")
         frozen = list(spec.modules)
-    params = {name for module in frozen for name, _ in model.get_submodule(module).named_parameters(prefix=module)}
-    return frozen, frozenset(params | set(loose))
+    params = {name for stage in frozen for name in stage_parameters(model, stage)}
+    # The modules among what the stages name (a timm stage may name parameters, too).
+    named_params = dict(model.named_parameters())
+    modules = [part for stage in frozen for part in stage.split("+") if part not in named_params]
+    return modules, frozenset(params | set(loose))
 
 
 def trainable_names(model: nn.Module, spec: FreezeSpec, head: str) -> frozenset[str]:

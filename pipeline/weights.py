@@ -6,7 +6,10 @@ model.weights names the source:
                               0-4) with the pretrain.* params; train then transfers it to
                               the unseen digits 5-9 (Yosinski et al., 2014)
     DEFAULT, IMAGENET1K_V1... torchvision's weights for model.arch, from $TORCH_HOME
-    models/weights/NAME.pt    a state_dict, or a checkpoint of this pipeline
+    DEFAULT, a1_in1k...       for a timm model (timm/NAME), timm's weights of that pretrained
+                              tag, from the Hugging Face cache ($HF_HOME/hub)
+    models/weights/NAME.pt    a state_dict (.pt, .pth or .safetensors), or a checkpoint of
+                              this pipeline
     null                      random weights, drawn from pretrain.seed
 
 Each is saved the same way, so dvc.lock records the exact bytes a run started from, and

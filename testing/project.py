@@ -15,9 +15,10 @@ from omegaconf import OmegaConf
 from testing.warm import WarmPython
 
 REPO = Path(__file__).resolve().parent.parent
-# Environment variables read when Python or torch starts (search path, hash seed, thread
-# pools, devices): a command that sets them otherwise than the warm interpreter runs apart.
-START_UP_VARIABLES = ("PYTHON", "OMP_", "MKL_", "CUDA_", "LD_")
+# Environment variables read when Python or a library starts (search path, hash seed,
+# thread pools, devices, huggingface_hub's cache folders): a command that sets them otherwise
+# than the warm interpreter runs apart.
+START_UP_VARIABLES = ("PYTHON", "OMP_", "MKL_", "CUDA_", "LD_", "HF_")
 
 # Small enough that a full `dvc repro` takes seconds on two CPU cores.
 TINY_PARAMS = {

@@ -1,0 +1,347 @@
+"""timm backbones (`model.arch: timm/<name>`): a new head, timm's own stages for freezing,
+weights from files and from an offline Hugging Face cache, timm's preprocessing, and the
+checkpoint's model rebuilt for export and predict.
+
+On a sample of timm's families: a ResNet, a ConvNeXt, and a ViT. timm builds a ViT for one
+input size (its pretrained_cfg's fixed_input_size), so the pipeline builds it for
+model.image_size (`img_size`); 32 px is a 2 x 2 grid of its 16 px patches. Where weights do
+not matter, models are built on the meta device.
+"""
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from PIL import Image, ImageFilter
+from safetensors.torch import save_file
+from timm.data import create_transform, resolve_model_data_config
+from timm.models import group_parameters
+from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, PILToTensor, Resize, ToDtype
+
+from pipeline import select_best
+from pipeline.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from pipeline.cli import UserError
+from pipeline.data import decoded_images
+from pipeline.engine import ImageBatches
+from pipeline.models import (
+    build_model,
+    check_arch,
+    check_model_params,
+    describe,
+    freeze,
+    model_from_checkpoint,
+    parse_freeze,
+    preprocessing,
+    set_train_mode,
+    stage_names,
+)
+from pipeline.optim import _stage_depths
+from testing.project import REPO, run, set_params, stage
+from tests.helpers import file_sha1
+
+CLASSES = ["ant", "bee", "cat"]
+SIZE = 32
+ARCHS = ["timm/resnet18", "timm/convnext_atto", "timm/vit_tiny_patch16_224"]
+HEADS = {"timm/resnet18": "fc", "timm/convnext_atto": "head.fc", "timm/vit_tiny_patch16_224": "head"}
+
+
+def on_meta(arch: str) -> tuple[nn.Module, str]:
+    with torch.device("meta"):
+        built = build_model(arch, None, CLASSES, SIZE)
+    return built.model, built.spec.head
+
+
+def timm_groups(model: nn.Module) -> list[set[str]]:
+    """timm's own grouping of the parameters, as its layer-decay optimizer reads it, in order."""
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    return [set(groups[index]) for index in sorted(groups)]
+
+
+def params_of(module: nn.Module, prefix: str) -> set[str]:
+    return {f"{prefix}.{name}" for name, _ in module.named_parameters()}
+
+
+def test_importing_the_stages_does_not_import_timm() -> None:
+    code = "import sys, pipeline.models, pipeline.train, pipeline.weights, tools.predict; print('timm' in sys.modules)"
+    result = run([sys.executable, "-c", code], REPO)
+    assert result.stdout.strip() == "False"
+
+
+def test_any_timm_model_is_an_arch_and_a_typo_gets_a_hint() -> None:
+    for name in ["resnet18", "convnext_atto", timm.list_models()[-1]]:
+        check_arch(f"timm/{name}")
+    with pytest.raises(UserError, match=r"is not a timm model; did you mean timm/resnet18"):
+        check_arch("timm/resnet81")
+    with pytest.raises(
+        UserError, match=r"names a pretrained tag: set model.arch: timm/resnet18, model.weights: a1_in1k"
+    ):
+        check_arch("timm/resnet18.a1_in1k")
+    with pytest.raises(UserError, match=r"valid names: DEFAULT, a1_in1k, a2_in1k"):
+        check_model_params("timm/resnet18", "in9k", SIZE, {})
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_new_head_and_all_but_head_trains_exactly_it(arch: str) -> None:
+    model, head = on_meta(arch)
+    assert head == HEADS[arch] == model.pretrained_cfg["classifier"]
+    assert model.get_submodule(head) is model.get_classifier()
+    assert model.get_classifier().out_features == model.num_classes == len(CLASSES)
+    # Nothing else changed: the parameters of timm's own model built for these classes.
+    name = arch.removeprefix("timm/")
+    with torch.device("meta"):
+        reference = timm.create_model(name, num_classes=len(CLASSES), **({"img_size": SIZE} if "vit" in name else {}))
+    assert {n: p.shape for n, p in model.named_parameters()} == {n: p.shape for n, p in reference.named_parameters()}
+    assert model(torch.zeros(2, 3, SIZE, SIZE, device="meta")).shape == (2, len(CLASSES))
+
+    frozen = freeze(model, parse_freeze("all_but_head"), head)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == params_of(model.get_classifier(), head)
+    set_train_mode(model, frozen)  # only the head and the modules on the path to it train
+    for name, module in model.named_modules():
+        on_path = name == "" or head == name or head.startswith(f"{name}.") or name.startswith(f"{head}.")
+        assert module.training == on_path, name
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_first_n_freezes_timms_first_n_groups_and_layer_decay_follows_them(arch: str) -> None:
+    model, head = on_meta(arch)
+    groups = timm_groups(model)
+    assert params_of(model.get_classifier(), head) <= groups[-1]  # the head's group, which is no stage
+    stages = stage_names(model, head)
+    assert len(stages) == len(groups) - 1
+    for count in range(len(stages) + 1):
+        frozen = freeze(model, parse_freeze(f"first:{count}"), head)
+        assert {n for n, p in model.named_parameters() if not p.requires_grad} == set().union(*groups[:count])
+        set_train_mode(model, frozen)
+        assert all(not model.get_submodule(name).training for name in frozen)
+    depths = _stage_depths(model, head)
+    assert depths == {name: len(stages) - index for index, group in enumerate(groups[:-1]) for name in group}
+    with pytest.raises(UserError, match=re.escape(f"has {len(stages)} stages: {', '.join(stages)}")):
+        freeze(model, parse_freeze(f"first:{len(stages) + 1}"), head)
+
+
+def test_describe_lists_timms_stages() -> None:
+    lines = describe("timm/resnet18").splitlines()
+    assert lines[0] == "timm/resnet18: head fc; 5 stages for freeze first:N"
+    assert lines[1].split() == ["first:1", "freezes", "up", "to", "and", "including", "conv1+bn1"]
+    vit = describe("timm/vit_tiny_patch16_224")
+    assert "including cls_token+pos_embed+patch_embed\n" in vit and vit.endswith("including blocks.11+norm")
+
+
+# --- weights ------------------------------------------------------------------------------
+
+
+def random_state(name: str, **model_kwargs: object) -> dict[str, torch.Tensor]:
+    """A state_dict of timm's model `name` with its original head (1000 classes), every tensor random."""
+    with torch.device("meta"):
+        model = timm.create_model(name, **model_kwargs)
+    generator = torch.Generator().manual_seed(1)
+    return {
+        key: torch.randn(value.shape, generator=generator)
+        if value.is_floating_point()
+        else torch.randint(0, 100, value.shape, generator=generator)
+        for key, value in model.state_dict().items()
+    }
+
+
+def assert_trunk_loaded(model: nn.Module, state: dict[str, torch.Tensor], head: str) -> None:
+    loaded = model.state_dict()
+    trunk = {key for key in state if not key.startswith(f"{head}.")}
+    assert trunk == {key for key in loaded if not key.startswith(f"{head}.")}
+    for key in trunk:
+        assert torch.equal(loaded[key], state[key]), key
+
+
+@pytest.mark.parametrize(
+    ("arch", "suffix"),
+    [("timm/resnet18", ".safetensors"), ("timm/resnet18", ".pth"), ("timm/vit_tiny_patch16_224", ".safetensors")],
+)
+def test_weights_files_load_into_everything_but_the_head(arch: str, suffix: str, tmp_path: Path) -> None:
+    state = random_state(arch.removeprefix("timm/"), **({"img_size": SIZE} if "vit" in arch else {}))
+    path = tmp_path / f"weights{suffix}"
+    save_file(state, path) if suffix == ".safetensors" else torch.save(state, path)
+    built = build_model(arch, str(path), CLASSES, SIZE)
+    assert_trunk_loaded(built.model, state, built.spec.head)
+    assert built.model.get_classifier().out_features == len(CLASSES)
+
+
+def test_a_vit_file_made_for_another_image_size_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "vit.safetensors"
+    save_file(random_state("vit_tiny_patch16_224", img_size=SIZE), path)  # 1 + 2 x 2 position embeddings
+    with pytest.raises(UserError, match=r"vit.safetensors does not fit timm/vit_tiny_patch16_224: .*\['pos_embed'\]$"):
+        build_model("timm/vit_tiny_patch16_224", str(path), CLASSES, 2 * SIZE)
+
+
+def test_a_damaged_safetensors_file_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "weights.safetensors"
+    save_file(random_state("resnet18"), path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"weights.safetensors is not a readable safetensors file: "):
+        build_model("timm/resnet18", str(path), CLASSES, SIZE)
+
+
+def fill_hub_cache(hf_home: Path, repo_id: str, state: dict[str, torch.Tensor]) -> None:
+    """What `hf download repo_id` leaves in $HF_HOME/hub: refs/main names a commit, whose
+    snapshot holds the repo's files (links into blobs/ in a real cache; files do as well)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    save_file(state, snapshot / "model.safetensors")
+    (snapshot / "config.json").write_text(json.dumps({"architecture": repo_id.partition("/")[2].split(".")[0]}))
+
+
+@pytest.fixture
+def offline(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty HF_HOME for the stages run in `project`, and no network: every download goes
+    to a closed local port."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    for name in ("NO_PROXY", "no_proxy", "HF_HUB_CACHE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    return tmp_path / "hf_home"
+
+
+# vit_tiny's default tag has a custom loader for its original .npz file; the hub holds a
+# state_dict, which the ViT's filter resizes to the 2 x 2 grid of 32 px inputs.
+@pytest.mark.parametrize(
+    ("arch", "weights", "repo_id"),
+    [
+        ("timm/resnet18", "DEFAULT", "timm/resnet18.a1_in1k"),
+        ("timm/vit_tiny_patch16_224", "augreg_in21k_ft_in1k", "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
+    ],
+)
+def test_the_weights_stage_loads_timm_weights_from_an_offline_hub_cache(
+    arch: str, weights: str, repo_id: str, project: Path, offline: Path
+) -> None:
+    state = random_state(arch.removeprefix("timm/"))  # for timm's own input size: 224 px
+    fill_hub_cache(offline, repo_id, state)
+    set_params(project, **{"model.arch": arch, "model.weights": weights, "model.image_size": SIZE})
+    stage("weights", project)
+    start = load_checkpoint(project / "models/start.pt")
+    saved = start["model_state_dict"]
+    head = HEADS[arch]
+    assert set(saved) == {key for key in state if not key.startswith(f"{head}.")}
+    resized = {"pos_embed"} if "vit" in arch else set()
+    for key in set(saved) - resized:
+        assert torch.equal(saved[key], state[key]), key
+    for key in resized:  # 1 class token and 14 x 14 patches at 224 px; 1 and 2 x 2 at 32 px
+        assert (state[key].shape[1], saved[key].shape[1]) == (1 + 14 * 14, 1 + 2 * 2)
+    # The preprocessing of the tag's data config, for 32 px crops.
+    config = timm.models.get_pretrained_cfg(repo_id.removeprefix("timm/"))
+    expected = (math.floor(SIZE / config.crop_pct), config.interpolation, list(config.mean), list(config.std))
+    assert (start["resize_size"], start["interpolation"], start["mean"], start["std"]) == expected
+
+
+def test_missing_timm_weights_name_the_file_and_the_folder(project: Path, offline: Path) -> None:
+    set_params(project, **{"model.arch": "timm/resnet18", "model.weights": "DEFAULT", "model.image_size": SIZE})
+    result = stage("weights", project, check=False)
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    folder = offline / "hub" / "models--timm--resnet18.a1_in1k"
+    assert "timm weights resnet18.a1_in1k are not in the Hugging Face cache" in errors[0]
+    assert f"Put model.safetensors of https://huggingface.co/timm/resnet18.a1_in1k into {folder} " in errors[0]
+    assert "model.weights: null" in errors[0]
+    assert not (project / "models/start.pt").exists()
+
+
+# --- preprocessing ---------------------------------------------------------------------
+
+
+def photo(path: Path, width: int, height: int, seed: int) -> Path:
+    """A JPEG with a photo's mix of smooth regions and fine detail."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8))
+    detail = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).filter(
+        ImageFilter.GaussianBlur(1)
+    )
+    Image.blend(coarse.resize((width, height), Image.Resampling.BICUBIC), detail, 0.25).save(path, quality=90)
+    return path
+
+
+# resnet18's default tag: crop_pct 0.95, bicubic; its tv_in1k tag: 0.875, bilinear; ViT's:
+# 0.9 and a mean and std of 0.5. At their own 224 px, and at 96 px, where the resize keeps crop_pct.
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [("resnet18", 224), ("resnet18.tv_in1k", 96), ("vit_tiny_patch16_224", 224), ("vit_tiny_patch16_224", 96)],
+)
+def test_inputs_are_timms_own_eval_transforms(name: str, size: int, tmp_path: Path) -> None:
+    paths = [photo(tmp_path / f"{w}x{h}.jpg", w, h, seed) for seed, (w, h) in enumerate([(500, 375), (375, 500)])]
+    sizing, mean, std = preprocessing(name, None, size)
+    manifest = pd.DataFrame({"path": [p.as_posix() for p in paths], "sha1": [file_sha1(p) for p in paths]})
+    images = torch.from_numpy(decoded_images(manifest, sizing, tmp_path / "cache"))
+    batches = ImageBatches(images, torch.arange(2), torch.zeros(2), torch.device("cpu"), mean, std, size)
+    ours = batches.load(torch.arange(2))[0]
+
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    config = resolve_model_data_config(model)
+    transform = create_transform(**{**config, "input_size": (3, size, size)})  # timm's eval transform, on Pillow
+    reference = torch.stack([transform(Image.open(path).convert("RGB")) for path in paths])
+    # In steps of 8-bit value: timm resizes with Pillow, the pipeline with torchvision's uint8
+    # kernel, which follows Pillow's but rounds apart here and there. Measured: a mean of
+    # 0.002 to 0.004 steps and a maximum of 1, but for one pixel in 300,000 at 2. An image
+    # off by a pixel in size or place measures about 16 on average (test_preprocessing.py).
+    step = 1 / 255 / min(config["std"])
+    difference = (ours - reference).abs()
+    assert ours.shape == reference.shape
+    assert difference.max() <= 2 * step * 1.001
+    assert difference.mean() < 0.05 * step
+
+
+# --- the checkpoint's model: export and predict --------------------------------------------
+
+
+def tiny_checkpoint(arch: str) -> tuple[dict, nn.Module]:
+    torch.manual_seed(0)
+    built = build_model(arch, None, CLASSES, SIZE)
+    return {**built.spec.to_dict(), "model_state_dict": built.model.state_dict()}, built.model.eval()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_export_computes_what_the_model_does(arch: str) -> None:
+    checkpoint, model = tiny_checkpoint(arch)
+    program = select_best.export_model(checkpoint).module()
+    for batch in (1, 5):
+        images = torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            expected = model(images)
+            torch.testing.assert_close(model_from_checkpoint(checkpoint).eval()(images), expected, rtol=0, atol=0)
+            torch.testing.assert_close(program(images), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_predict_classifies_with_a_timm_checkpoint(project: Path) -> None:
+    checkpoint, model = tiny_checkpoint("timm/convnext_atto")
+    save_checkpoint(checkpoint, project / "models/tiny.pt")
+    rng = np.random.default_rng(0)
+    for name, shape in [("a.png", (40, 30)), ("b.png", (32, 48))]:
+        Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(project / name)
+    result = run([sys.executable, "-m", "tools.predict", "a.png", "b.png", "--model", "models/tiny.pt",
+                  "--format", "json", "--top-k", "3"], project)  # fmt: skip
+
+    # The checkpoint's preprocessing (timm's, for convnext_atto: resize 36, bicubic), by torchvision.
+    transform = Compose([
+        PILToTensor(),
+        Resize(checkpoint["resize_size"], interpolation=InterpolationMode(checkpoint["interpolation"])),
+        CenterCrop(SIZE),
+        ToDtype(torch.float32, scale=True),
+        Normalize(checkpoint["mean"], checkpoint["std"]),
+    ])  # fmt: skip
+    assert (checkpoint["resize_size"], checkpoint["interpolation"]) == (36, "bicubic")
+    for obj in json.loads(result.stdout):
+        with torch.no_grad():
+            probabilities = model(transform(Image.open(project / obj["path"]).convert("RGB"))[None]).softmax(1)[0]
+        values, indices = probabilities.topk(3)
+        assert [entry["class"] for entry in obj["top"]] == [CLASSES[index] for index in indices.tolist()]
+        assert [entry["probability"] for entry in obj["top"]] == pytest.approx(values.tolist(), abs=1e-5)
