@@ -162,7 +162,12 @@ def assert_trunk_loaded(model: nn.Module, state: dict[str, torch.Tensor], head: 
 
 @pytest.mark.parametrize(
     ("arch", "suffix"),
-    [("timm/resnet18", ".safetensors"), ("timm/resnet18", ".pth"), ("timm/vit_tiny_patch16_224", ".safetensors")],
+    [
+        ("timm/resnet18", ".safetensors"),
+        ("timm/resnet18", ".pth"),
+        ("timm/convnext_atto", ".safetensors"),
+        ("timm/vit_tiny_patch16_224", ".safetensors"),
+    ],
 )
 def test_weights_files_load_into_everything_but_the_head(arch: str, suffix: str, tmp_path: Path) -> None:
     state = random_state(arch.removeprefix("timm/"), **({"img_size": SIZE} if "vit" in arch else {}))
