@@ -98,11 +98,20 @@ RECIPES = {
 }
 
 
+# The other policies, each in a run of its own (their draws are tested per image in test_augment.py).
+OTHER_POLICIES = {
+    "randaugment": {"train.augment.policy": "randaugment", "train.augment.randaugment_ops": 3,
+                    "train.augment.randaugment_magnitude": 15, "train.ema_decay": 0.9},
+    "autoaugment": {"train.augment.policy": "autoaugment", "train.ema_decay": 0.9},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", [RECIPES, *OTHER_POLICIES.values()], ids=["every-recipe", *OTHER_POLICIES])
 def test_resume_after_sigkill_with_every_training_recipe_gives_the_uninterrupted_result(
-    prepared_once: Path, tmp_path: Path
+    prepared_once: Path, tmp_path: Path, recipe: dict
 ) -> None:
     project = copy_project(prepared_once, tmp_path / "project")
-    set_params(project, **{"train.epochs": EPOCHS, **RECIPES})
+    set_params(project, **{"train.epochs": EPOCHS, "freeze": "first:2", **recipe})
     stage("train", project)
     expected = final_state(project)
     assert all(checkpoint["ema_updates"] == 5 * checkpoint["epoch"] for checkpoint in expected)  # 5 steps an epoch
