@@ -13,15 +13,13 @@ at a time, each with its own draw. MixUp and CutMix are per batch by design (one
 ratio per batch, as in the references and timm's default mode).
 """
 
-from collections.abc import Callable
 from functools import partial
 
 import torch
 from torchvision.transforms import v2
 
 from pipeline.config import AugmentParams, AugmentPolicy
-
-Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+from pipeline.engine import Augment, normalization_tensors
 
 
 def augments(params: AugmentParams) -> bool:
@@ -47,9 +45,7 @@ def batch_augmentation(
     mixing = _mixing(params, num_classes)
     if policy is None and erasing is None and mixing is None:
         return None
-    shape = (1, -1, 1, 1)
-    scale = (torch.tensor(std, device=device).view(shape), torch.tensor(mean, device=device).view(shape))
-    return partial(_augment, policy, erasing, mixing, scale)
+    return partial(_augment, policy, erasing, mixing, normalization_tensors(mean, std, device))
 
 
 def _policy(params: AugmentParams) -> v2.Transform | None:
@@ -77,17 +73,17 @@ def _augment(
     policy: v2.Transform | None,
     erasing: v2.Transform | None,
     mixing: v2.Transform | None,
-    scale: tuple[torch.Tensor, torch.Tensor],
+    normalization: tuple[torch.Tensor, torch.Tensor],
     images: torch.Tensor,
     targets: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     layout = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     if policy is not None:
         # The policies' ops are defined on 8-bit pixels (posterize, solarize, equalize...).
-        std, mean = scale
-        pixels = (images * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8)
+        mean, std = normalization  # of 8-bit pixel values
+        pixels = (images * std + mean).round().clamp(0, 255).to(torch.uint8)
         pixels = torch.stack([policy(image) for image in pixels])
-        images = (pixels.float() / 255 - mean) / std
+        images = (pixels.float() - mean) / std
     if erasing is not None:
         images = torch.stack([erasing(image) for image in images])
     if mixing is not None:

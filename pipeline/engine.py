@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.augment import Augment
 from pipeline.cli import UserError, progress
 from pipeline.data import centre_offset
 from pipeline.distributed import SINGLE, Ranks, all_sum, shard, unshard
@@ -109,6 +108,10 @@ def autocast(device: torch.device):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 
+
+# What each training batch goes through after its crops and flips (pipeline.augment):
+# (normalised images, class indices) -> (images, targets).
+Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 # RandomResizedCrop's tries at a crop that fits, before it takes the whole image (torchvision's).
 CROP_ATTEMPTS = 10

@@ -27,12 +27,13 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline import distributed
-from pipeline.augment import Augment, augments, batch_augmentation
+from pipeline.augment import augments, batch_augmentation
 from pipeline.cli import UserError, progress, run_stage
 from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Params, load_params
 from pipeline.data import decoded_images, read_manifest
 from pipeline.distributed import Ranks
 from pipeline.engine import (
+    Augment,
     Batches,
     compile_for_training,
     head_feature_batches,

@@ -9,6 +9,7 @@ from torchvision.transforms import v2
 
 from pipeline.augment import _augment, augments, batch_augmentation
 from pipeline.config import AugmentParams, AugmentPolicy
+from pipeline.engine import normalization_tensors
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CPU = torch.device("cpu")
@@ -54,8 +55,8 @@ def test_each_image_of_a_batch_gets_its_own_draw_and_a_seed_repeats_them(changes
 def test_the_policies_see_the_images_pixels_and_give_back_normalised_ones() -> None:
     """Round trip through 8-bit pixels with a policy that changes nothing: the input, to rounding."""
     images = copies_of_one_image(2)
-    scale = (torch.tensor(STD).view(1, -1, 1, 1), torch.tensor(MEAN).view(1, -1, 1, 1))
-    out, _ = _augment(v2.Identity(), None, None, scale, images, torch.zeros(2, dtype=torch.int64))
+    normalization = normalization_tensors(MEAN, STD, CPU)
+    out, _ = _augment(v2.Identity(), None, None, normalization, images, torch.zeros(2, dtype=torch.int64))
     # The copies were made from 8-bit pixels, so nothing is lost to rounding here.
     torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
 
