@@ -169,7 +169,7 @@ def decode_part(work: Path, args: argparse.Namespace) -> dict[str, object]:
         "inspect_file": lambda path: inspect_file(str(path), sizing),
         "load_image": lambda path: load_image(path, sizing),
         # The part of inspect_file that load_image leaves out: the check and perceptual hash.
-        "hash_check": lambda path: image_hash(decode(io.BytesIO(path.read_bytes()), HASH_DECODE_SIZE).image),
+        "hash_check": lambda path: image_hash(decode(io.BytesIO(path.read_bytes()), HASH_DECODE_SIZE).pixels),
         "plain": plain_decoder(sizing.resize, sizing.crop),
         "decode_jpeg": tensor_decoder(sizing.resize, sizing.crop),
     }

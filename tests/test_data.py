@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 import pipeline.data as data
 from pipeline.cli import UserError
@@ -220,6 +220,62 @@ def test_load_image_follows_exif_orientation(tmp_path: Path, orientation: int, t
     for col in (0, 8, 15):
         assert_close(rgb_at(image, 1, col), top, 16)
         assert_close(rgb_at(image, 14, col), bottom, 16)
+
+
+def pillows_decode(path: Path, scale: int = 1) -> np.ndarray:
+    """What Pillow alone makes of `path`: decoded at 1/`scale` (Image.draft), upright, RGB."""
+    with Image.open(path) as image:
+        image.draft(image.mode, (image.width // scale, image.height // scale))
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def textured(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A picture with detail at every scale, so that any difference in decoding shows."""
+    noise = np.random.default_rng(seed).integers(0, 256, (height // 4, width // 4, 3), dtype=np.uint8)
+    return Image.fromarray(noise).resize((width, height), Image.Resampling.BICUBIC)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_jpeg_decodes_to_pillows_pixels_for_every_orientation(tmp_path: Path, orientation: int, mode: str) -> None:
+    # libjpeg-turbo (simplejpeg) decodes JPEGs, Pillow everything else: a JPEG must come out
+    # exactly as Pillow would give it, turned as Pillow's exif_transpose turns it.
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    path = tmp_path / "photo.jpg"
+    textured(96, 64).convert(mode).save(path, exif=exif.tobytes(), quality=90)
+
+    whole = data.decode(path, 64)  # no smaller scale keeps 64 px: the whole image
+    eighth = data.decode(path, 8)  # 1/8 scale, 12 x 8
+
+    assert np.array_equal(whole.pixels, pillows_decode(path))
+    assert np.array_equal(eighth.pixels, pillows_decode(path, 8))
+    upright = (64, 96) if orientation >= 5 else (96, 64)
+    assert whole.size == eighth.size == upright
+    assert eighth.pixels.shape == (upright[1] // 8, upright[0] // 8, 3)
+
+
+def test_jpegs_that_libjpeg_decodes_past_damage_or_that_are_cmyk_decode_as_pillow_decodes_them(
+    tmp_path: Path,
+) -> None:
+    # Damage libjpeg only warns about (here: stray bytes before the end marker), a phone's MPO
+    # (a JPEG with a second picture after its first) and a CMYK JPEG.
+    good = tmp_path / "good.jpg"
+    textured(64, 48).save(good, quality=90)
+    content = good.read_bytes()
+    stray = tmp_path / "stray.jpg"
+    stray.write_bytes(content[:-2] + b"\x00" * 40 + content[-2:])
+    mpo = tmp_path / "phone.jpg"
+    textured(64, 48, seed=1).save(mpo, "MPO", save_all=True, append_images=[textured(64, 48, seed=2)])
+    cmyk = tmp_path / "print.jpg"
+    textured(64, 48).convert("CMYK").save(cmyk, quality=90)
+    assert Image.open(mpo).format == "MPO" and Image.open(cmyk).mode == "CMYK"
+
+    for path in (stray, mpo, cmyk):
+        assert np.array_equal(data.decode(path, 48).pixels, pillows_decode(path)), path.name
+    assert np.array_equal(data.decode(mpo, 6).pixels, pillows_decode(mpo, 8))  # an MPO decodes at 1/8 too
+    assert data.decode(mpo, 6).pixels.shape == (6, 8, 3)
+    assert data.inspect_file(str(stray), Sizing(16, 16)).problem is None
 
 
 @pytest.mark.parametrize("vertical", [True, False], ids=["landscape", "portrait"])
@@ -448,9 +504,12 @@ def test_image_hash_matches_a_resized_copy_but_not_a_flat_image() -> None:
     coarse = np.random.default_rng(1).integers(0, 256, (5, 6, 3), dtype=np.uint8)
     picture = Image.fromarray(coarse).resize((120, 100), Image.Resampling.BICUBIC)
 
-    assert data.image_hash(picture) == data.image_hash(picture.resize((60, 50), Image.Resampling.LANCZOS))
-    assert len(data.image_hash(picture)) == 32
-    assert data.image_hash(Image.new("RGB", (40, 40), RED)) == ""  # no detail: never a near-duplicate
+    smaller = picture.resize((60, 50), Image.Resampling.LANCZOS)
+
+    assert data.image_hash(np.array(picture)) == data.image_hash(np.array(smaller))
+    assert len(data.image_hash(np.array(picture))) == 32
+    flat = np.array(Image.new("RGB", (40, 40), RED))
+    assert data.image_hash(flat) == ""  # no detail: never a near-duplicate
 
 
 # --- bad inputs: links, huge images -------------------------------------------------------
