@@ -15,12 +15,14 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.fx.experimental.optimization as fx_optimization
 import torch.nn.functional as F
 from torch import nn
 
@@ -318,6 +320,31 @@ def streamed(
 # --- frozen-backbone features -----------------------------------------------------------------
 
 
+def folded_for_cpu(model: nn.Module, head: str) -> nn.Module:
+    """For the frozen feature pass on the CPU: a copy of eval-mode `model` with each
+    BatchNorm folded into the convolution before it, in channels-last layout, `head` kept
+    whole (its forward hook must still fire).
+
+    On a 2-core x86 VM, batch 32 at 224 px, the forward pass ran 1.4 times as fast for
+    resnet18, 2.2 for efficientnet_b0 and 2.8 for mobilenet_v3_small, with outputs within
+    float32 rounding (1e-6) of the plain model's. Training steps keep the plain model and
+    layout (see `memory_format`), so `model` must stay as it is: the copy takes the new
+    layout and the folded weights. A network that torch.fx cannot trace is only copied to
+    channels-last.
+    """
+    copy = deepcopy(model).to(memory_format=torch.channels_last)
+
+    class KeepHead(torch.fx.Tracer):
+        def is_leaf_module(self, module: nn.Module, name: str) -> bool:
+            return name == head or super().is_leaf_module(module, name)
+
+    try:
+        traced = torch.fx.GraphModule(copy, KeepHead().trace(copy))
+        return fx_optimization.fuse(traced, inplace=True, no_trace=True).to(memory_format=torch.channels_last)
+    except Exception:  # control flow on values, or modules that fx cannot trace
+        return copy
+
+
 @torch.no_grad()  # not inference_mode: the head trains on these tensors afterwards
 def head_inputs(
     model: nn.Module, head: str, data: ImageBatches, batch_size: int, ranks: Ranks = SINGLE
@@ -330,19 +357,23 @@ def head_inputs(
     """
     model.eval()
     place_model(model, data.device)
+    on_cpu = data.device.type == "cpu"
+    network = folded_for_cpu(model, head) if on_cpu else model
     captured: dict[str, torch.Tensor] = {}
 
     def capture(_: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         # A copy of just what the head reads: ViT's is x[:, 0], a view that would keep the
         # whole (B, 197, 768) encoder output alive until the end.
-        captured["input"], captured["output"] = inputs[0].clone(), output
+        captured["input"], captured["output"] = inputs[0].clone(memory_format=torch.contiguous_format), output
 
-    handle = model.get_submodule(head).register_forward_hook(capture)
+    handle = network.get_submodule(head).register_forward_hook(capture)
     try:
         features = []
         for images, _ in iterate(data, batch_indices(len(data), batch_size, device=data.index_device, ranks=ranks)):
+            if on_cpu:
+                images = images.contiguous(memory_format=torch.channels_last)
             with autocast(data.device):
-                output = model(images)
+                output = network(images)
             if output is not captured["output"]:
                 return None
             features.append(captured.pop("input"))

@@ -6,11 +6,13 @@ No GPU is needed: the meta device stands in for one where only the code path mat
 channels_last path that CUDA takes.
 """
 
+import copy
 import re
 from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 from torch._dynamo.testing import CompileCounter
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -257,6 +259,45 @@ def test_feature_cache_keeps_only_what_the_head_reads(monkeypatch: pytest.Monkey
     assert len(kept) == 3
     for tensor in kept:  # a compact copy, not a view that keeps the (B, 64, 16) tokens alive
         assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+
+
+class Branchy(nn.Module):
+    """Control flow on values: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(images))
+        x = x.relu() if x.mean() > 0 else x
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize(("arch", "head"), [("resnet18", "fc"), ("mobilenet_v3_small", "classifier.3"), ("", "fc")])
+def test_the_cpu_feature_pass_folds_batchnorm_and_leaves_the_model_as_it_was(arch: str, head: str) -> None:
+    torch.manual_seed(0)
+    model = (torchvision.models.get_model(arch, num_classes=3) if arch else Branchy()).eval()
+    for module in model.modules():  # statistics of their own, so that folding changes numbers
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    before = copy.deepcopy(model.state_dict())
+    data = image_batches(10, CPU, CPU, size=32)
+
+    features = engine.head_inputs(model, head, data, batch_size=4)
+
+    expected = []
+    model.get_submodule(head).register_forward_hook(lambda _, inputs, __: expected.append(inputs[0]))
+    with torch.no_grad():
+        model(data.load(torch.arange(10))[0])
+    torch.testing.assert_close(features, expected[0], rtol=1e-4, atol=1e-5)
+    folded = engine.folded_for_cpu(model, head)
+    batchnorms = [m for m in folded.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert (batchnorms == []) == bool(arch)  # the untraceable model is only copied
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    for name, tensor in model.state_dict().items():  # the same numbers, in the CPU's own layout
+        assert torch.equal(tensor, before[name]) and tensor.is_contiguous(), name
 
 
 def test_evaluation_takes_larger_batches_on_a_gpu() -> None:
