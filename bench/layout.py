@@ -1,11 +1,12 @@
 """Images/s on the CPU with the default memory layout and with channels_last, for a forward
-pass (no grad) and for a training step, per model and image size.
+pass (no grad) and for a training step, per model and image size; for a forward pass also
+the frozen feature pass's network (engine.folded_for_cpu: BatchNorm folded, channels_last).
 
     python -m bench.layout                                   # the default cases
     python -m bench.layout --case resnet18:224:forward --seconds 8
 
-The pipeline keeps the default layout on the CPU (engine.memory_format); this measures what
-channels_last would change.
+The pipeline keeps the default layout on the CPU (engine.memory_format) for training and
+prediction, and folds only for the frozen feature pass; this measures what each changes.
 """
 
 import argparse
@@ -15,13 +16,24 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import get_model
 
-CASES = ["resnet18:224:forward", "resnet18:32:train", "shufflenet_v2_x0_5:32:train", "mobilenet_v3_small:64:train"]
+from pipeline.engine import folded_for_cpu
+from pipeline.models import find_head
+
+CASES = [
+    "resnet18:224:forward", "efficientnet_b0:224:forward", "mobilenet_v3_small:224:forward",
+    "resnet18:32:train", "shufflenet_v2_x0_5:32:train", "mobilenet_v3_small:64:train",
+]  # fmt: skip
 
 
-def images_per_second(arch: str, size: int, kind: str, layout: torch.memory_format, seconds: float) -> float:
+def images_per_second(arch: str, size: int, kind: str, layout: str, seconds: float) -> float:
+    """`layout`: "default", "channels_last" or "folded" (a forward pass only)."""
     torch.manual_seed(0)
-    model = get_model(arch, num_classes=10).to(memory_format=layout)
-    images = torch.randn(64, 3, size, size).to(memory_format=layout)
+    model = get_model(arch, num_classes=10)
+    if layout == "folded":
+        model = folded_for_cpu(model.eval(), find_head(model))
+    memory_format = torch.contiguous_format if layout == "default" else torch.channels_last
+    model = model.to(memory_format=memory_format)
+    images = torch.randn(64, 3, size, size).to(memory_format=memory_format)
     targets = torch.randint(0, 10, (64,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 
@@ -51,9 +63,9 @@ def main() -> None:
     print(f"batch 64, {torch.get_num_threads()} threads")
     for case in args.case or CASES:
         arch, size, kind = case.split(":")
-        rates = [images_per_second(arch, int(size), kind, layout, args.seconds) for layout in
-                 (torch.contiguous_format, torch.channels_last)]  # fmt: skip
-        print(f"{case:32s} default {rates[0]:7.1f}  channels_last {rates[1]:7.1f}  ratio {rates[1] / rates[0]:.2f}")
+        layouts = ["default", "channels_last"] + (["folded"] if kind == "forward" else [])
+        rates = {layout: images_per_second(arch, int(size), kind, layout, args.seconds) for layout in layouts}
+        print(f"{case:32s}", "  ".join(f"{k} {v:7.1f} ({v / rates['default']:.2f}x)" for k, v in rates.items()))
 
 
 if __name__ == "__main__":
