@@ -60,6 +60,14 @@ def run(
 
 
 _warm: WarmPython | None = None
+_warm_allowed = False
+
+
+def allow_warm_python() -> None:
+    """Let `run` start the project's modules from a warm interpreter (testing/warm.py). The
+    test suite does; benchmarks do not, since a user's stage pays for its own start-up."""
+    global _warm_allowed
+    _warm_allowed = True
 
 
 def _warm_python(env: dict[str, str]) -> WarmPython:
@@ -73,7 +81,9 @@ def _runs_warm(args: list[str], env: dict[str, str]) -> bool:
     """Whether `args` can run in the warm interpreter (testing/warm.py): one of the project's
     entry modules, under an environment that sets what Python and torch read at start-up
     as the warm interpreter's does."""
-    if args[:2] != [sys.executable, "-m"] or len(args) < 3 or not args[2].startswith(("pipeline.", "tools.")):
+    if not _warm_allowed or args[:2] != [sys.executable, "-m"] or len(args) < 3:
+        return False
+    if not args[2].startswith(("pipeline.", "tools.")):
         return False
     if _warm is None:
         return True

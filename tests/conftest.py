@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from testing.project import copy_project, make_project, run, set_params
+from testing.project import allow_warm_python, copy_project, make_project, run, set_params
 from tests.helpers import param_recorder_env
 
 # pytest-xdist (`-n auto` in pyproject.toml) runs a worker per core. One torch thread per
@@ -19,6 +19,7 @@ from tests.helpers import param_recorder_env
 # here, about 8 minutes for the suite instead of 10.7 (and 12.2 without workers).
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+allow_warm_python()  # the project's commands start from a warm interpreter: see testing/warm.py
 
 # The end-to-end tests that take a minute or more. They start first, so that the workers
 # are not left waiting on one of them at the end.
