@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL
+import simplejpeg
 from PIL import Image, ImageFilter, features
 
 from pipeline.data import HASH_DECODE_SIZE, Sizing, decode, image_hash, inspect_file, load_image
@@ -478,7 +479,8 @@ def machine() -> dict[str, object]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "pillow": PIL.__version__,
-        "libjpeg_turbo": features.version("libjpeg_turbo") or "no",
+        "libjpeg_turbo": features.version("libjpeg_turbo") or "no",  # Pillow's
+        "simplejpeg": simplejpeg.__version__,  # the pipeline's JPEG decoder, its own libjpeg-turbo
     }
 
 

@@ -256,7 +256,7 @@ def decode(source: Path | str | BinaryIO, size: int) -> Decoded:
 
     A JPEG decodes at 1/2, 1/4 or 1/8 scale in the DCT domain when that keeps at least
     `size` and the scale divides both sides: a 4000x3000 photo for a 256 px model decodes
-    at 500x375, in about a quarter of the time of the whole. Other formats shrink by a
+    at 500x375, in about half the time of the whole. Other formats shrink by a
     whole factor (Image.reduce) before any conversion, in the file's own mode, so a 13000 x
     13000 16-bit PNG costs its 340 MB of pixels, not the 4.7 GB of converting them to
     floats at full size. Images over 2 * Image.MAX_IMAGE_PIXELS raise Pillow's
@@ -299,10 +299,10 @@ def _contents(source: Path | str | BinaryIO) -> bytes:
 
 def _decode_jpeg(contents: bytes, width: int, height: int) -> np.ndarray | None:
     """A YCbCr or greyscale JPEG decoded to RGB at `width` x `height` (its whole size, or 1/2,
-    1/4 or 1/8 of it) by libjpeg-turbo through simplejpeg: about 1.2 times as fast as
-    Pillow's decode of the same file, with the same pixels, straight into an array (Pillow
-    would then copy its image into one). None where libjpeg reports damage, even damage it
-    can decode past: Pillow then decides whether the file is usable, as for every other format.
+    1/4 or 1/8 of it) by libjpeg-turbo through simplejpeg: the pixels of Pillow's decode,
+    straight into an array, where Pillow's image would then be copied into one. None where
+    libjpeg reports damage, even damage it can decode past: Pillow then decides whether the
+    file is usable, as for every other format.
     """
     try:
         pixels = simplejpeg.decode_jpeg(contents, "RGB", min_height=height, min_width=width)
