@@ -327,10 +327,10 @@ def folded_for_cpu(model: nn.Module, head: str) -> nn.Module:
 
     On a 2-core x86 VM at 224 px (`python -m bench.layout`), the forward pass ran 1.5
     times as fast for resnet18, 2.4 for efficientnet_b0 and 2.5 for mobilenet_v3_small,
-    with outputs within float32 rounding (1e-6) of the plain model's. Training steps keep the plain model and
-    layout (see `memory_format`), so `model` must stay as it is: the copy takes the new
-    layout and the folded weights. A network that torch.fx cannot trace is only copied to
-    channels-last.
+    with outputs within float32 rounding (1e-6) of the plain model's. Training steps keep
+    the plain model and layout (see `memory_format`), so `model` must stay as it is: the
+    copy takes the new layout and the folded weights. A network that torch.fx cannot
+    trace is only copied to channels-last.
     """
     copy = deepcopy(model).to(memory_format=torch.channels_last)
 
