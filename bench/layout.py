@@ -29,10 +29,13 @@ def images_per_second(arch: str, size: int, kind: str, layout: str, seconds: flo
     """`layout`: "default", "channels_last" or "folded" (a forward pass only)."""
     torch.manual_seed(0)
     model = get_model(arch, num_classes=10)
-    if layout == "folded":
-        model = folded_for_cpu(model.eval(), find_head(model))
     memory_format = torch.contiguous_format if layout == "default" else torch.channels_last
-    model = model.to(memory_format=memory_format)
+    if layout == "folded":  # as engine.head_inputs runs it: the folded convolutions and inputs channels-last
+        folded = folded_for_cpu(model.eval(), find_head(model))
+        model = model if folded is None else folded
+        memory_format = torch.contiguous_format if folded is None else memory_format
+    else:
+        model = model.to(memory_format=memory_format)
     images = torch.randn(64, 3, size, size).to(memory_format=memory_format)
     targets = torch.randint(0, 10, (64,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
