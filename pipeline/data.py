@@ -306,7 +306,7 @@ def _decode_jpeg(contents: bytes, width: int, height: int) -> np.ndarray | None:
     """
     try:
         pixels = simplejpeg.decode_jpeg(contents, "RGB", min_height=height, min_width=width)
-    except ValueError:
+    except Exception:  # ValueError for damage; whatever else it raises, Pillow has the last word
         return None
     return pixels if pixels.shape[:2] == (height, width) else None
 
