@@ -11,14 +11,13 @@ A recipe's share is its time / (the plain step + its time): what it adds to each
 
 import argparse
 import dataclasses
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torchvision.models import get_model
 
+from bench.run import median_time
 from pipeline.augment import batch_augmentation
 from pipeline.config import AugmentParams, AugmentPolicy
 from pipeline.train import weights_average
@@ -39,12 +38,7 @@ RECIPES = {
 
 def median_seconds(run: Callable[[], object], steps: int) -> float:
     run()  # warm-up: oneDNN picks its kernels
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return median_time(run, steps)
 
 
 def measure(arch: str, size: int, batch: int, steps: int) -> None:

@@ -352,18 +352,20 @@ def folded_for_cpu(model: nn.Module, head: str) -> nn.Module | None:
 
 @torch.no_grad()  # not inference_mode: the head trains on these tensors afterwards
 def head_inputs(
-    model: nn.Module, head: str, data: ImageBatches, batch_size: int, ranks: Ranks = SINGLE
+    network: nn.Module,
+    head: str,
+    data: ImageBatches,
+    batch_size: int,
+    ranks: Ranks = SINGLE,
+    channels_last: bool = False,
 ) -> torch.Tensor | None:
-    """What the (frozen) network feeds its head, for every item of `data`, in order. With
-    several `ranks`, each computes its shard and every rank gets the whole.
+    """What eval-mode `network` (on `data`'s device) feeds its head, for every item of
+    `data`, in order; its inputs `channels_last` for a `folded_for_cpu` network. With several
+    `ranks`, each computes its shard and every rank gets the whole.
 
-    None when the head's output is not the model's output (SqueezeNet pools after its
+    None when the head's output is not the network's output (SqueezeNet pools after its
     1x1-conv head): then the head cannot be trained on these features alone.
     """
-    model.eval()
-    place_model(model, data.device)
-    folded = folded_for_cpu(model, head) if data.device.type == "cpu" else None
-    network = model if folded is None else folded
     captured: dict[str, torch.Tensor] = {}
 
     def capture(_: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -375,7 +377,7 @@ def head_inputs(
     try:
         features = []
         for images, _ in iterate(data, batch_indices(len(data), batch_size, device=data.index_device, ranks=ranks)):
-            if folded is not None:
+            if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(data.device):
                 output = network(images)
@@ -391,10 +393,17 @@ def head_inputs(
 def head_feature_batches(
     model: nn.Module, head: str, splits: dict[str, ImageBatches], batch_size: int, ranks: Ranks = SINGLE
 ) -> dict[str, FeatureBatches] | None:
-    """Each split as its `head_inputs` features; None when the head cannot be trained on them."""
+    """Each split as the (frozen) model's `head_inputs` features, from one pass of the
+    model in eval mode, folded on the CPU (`folded_for_cpu`); None when the head cannot be
+    trained on them."""
+    device = next(iter(splits.values())).device
+    model.eval()
+    place_model(model, device)
+    folded = folded_for_cpu(model, head) if device.type == "cpu" else None
+    network = model if folded is None else folded
     features = {}
     for name, data in splits.items():
-        inputs = head_inputs(model, head, data, batch_size, ranks)
+        inputs = head_inputs(network, head, data, batch_size, ranks, channels_last=folded is not None)
         if inputs is None:
             return None
         features[name] = FeatureBatches(inputs, data.targets, data.device)

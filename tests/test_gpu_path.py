@@ -305,7 +305,7 @@ def test_the_cpu_feature_pass_folds_batchnorm_and_leaves_the_model_as_it_was(arc
     before = copy.deepcopy(model.state_dict())
     data = image_batches(10, CPU, CPU, size=32)
 
-    features = engine.head_inputs(model, head, data, batch_size=4)
+    features = engine.head_feature_batches(model, head, {"train": data}, batch_size=4)["train"].features
 
     expected = []
     model.get_submodule(head).register_forward_hook(lambda _, inputs, __: expected.append(inputs[0]))
