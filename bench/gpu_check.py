@@ -116,7 +116,12 @@ def sync_audit(device: torch.device, smoke: bool) -> dict[str, object]:
             train_one_epoch(model, data, optimizer, frozen=[], batch_size=64, generator=epoch_generator(0, 1), epoch=1)
         finally:
             torch.cuda.set_sync_debug_mode(0)
-    syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
+    # Where each sync came from: the warning is raised at the Python line that called the op.
+    syncs = [
+        f"{w.filename}:{w.lineno}: {str(w.message).splitlines()[0]}"
+        for w in caught
+        if "synchroniz" in str(w.message).lower()
+    ]
     return {"steps": -(-n // 64), "syncs": len(syncs), "messages": syncs[:10]}
 
 
