@@ -367,13 +367,21 @@ def head_inputs(
     1x1-conv head): then the head cannot be trained on these features alone.
     """
     captured: dict[str, torch.Tensor] = {}
+    head_module = network.get_submodule(head)
 
     def capture(_: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         # A copy of just what the head reads: ViT's is x[:, 0], a view that would keep the
-        # whole (B, 197, 768) encoder output alive until the end.
-        captured["input"], captured["output"] = inputs[0].clone(memory_format=torch.contiguous_format), output
+        # whole (B, 197, 768) encoder output alive until the end. Under autocast a Linear head
+        # casts its input to the autocast dtype itself, so storing that dtype changes no result
+        # and halves the cache where the backbone ends in float32 (ViT's final LayerNorm).
+        features = inputs[0]
+        device_type = features.device.type
+        if isinstance(head_module, nn.Linear) and torch.is_autocast_enabled(device_type):
+            features = features.to(torch.get_autocast_dtype(device_type))
+        captured["input"] = features.clone(memory_format=torch.contiguous_format)
+        captured["output"] = output
 
-    handle = network.get_submodule(head).register_forward_hook(capture)
+    handle = head_module.register_forward_hook(capture)
     try:
         features = []
         for images, _ in iterate(data, batch_indices(len(data), batch_size, device=data.index_device, ranks=ranks)):

@@ -11,9 +11,10 @@ from testing.project import set_params, stage
 
 METRICS = ("loss", "val_loss", "val_accuracy", "val_f1")
 # The stage runs on `device: auto`. On the CPU both paths compute in float32 and differ only
-# by summation order. On CUDA the features are bf16 and the backbone's kernels depend on the
-# batch, so the two runs agree to bf16 precision over 3 epochs, not to float32's.
-RTOL, ATOL = (5e-2, 1e-2) if torch.cuda.is_available() else (1e-4, 1e-6)
+# by summation order. On CUDA both run the backbone in bf16; on an H200 (torch 2.11) the two
+# runs' checkpoints were bit-identical. A GPU whose kernels depend on the batch size may round
+# the features differently, so allow one bf16 step (2**-8) of relative difference, no more.
+RTOL, ATOL = (4e-3, 1e-4) if torch.cuda.is_available() else (1e-4, 1e-6)
 
 
 def train(project: Path, cache_features: bool) -> tuple[list[dict], str]:

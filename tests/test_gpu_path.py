@@ -261,6 +261,27 @@ def test_feature_cache_keeps_only_what_the_head_reads(monkeypatch: pytest.Monkey
         assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
 
 
+class Float32Tokens(TokenModel):
+    """Hands its head float32 under autocast, as ViT's final LayerNorm does under CUDA's."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(images.flatten(2).transpose(1, 2))[:, 0].float())
+
+
+def test_under_autocast_features_are_kept_in_the_dtype_the_head_computes_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CUDA's bf16 autocast, played by the CPU's: a float32 head input (ViT's) is cached in bf16,
+    # and the head gives from it exactly what it gives inside the whole model.
+    monkeypatch.setattr(engine, "autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
+    torch.manual_seed(0)
+    model = Float32Tokens().eval()
+    data = image_batches(10, CPU, CPU)
+    features = engine.head_inputs(model, "head", data, batch_size=4)
+    assert features is not None and features.dtype == torch.bfloat16
+    images = data.load(torch.arange(10))[0]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model.head(features), model(images))
+
+
 class Branchy(nn.Module):
     """Control flow on values: torch.fx cannot trace it."""
 

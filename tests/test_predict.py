@@ -30,8 +30,8 @@ BROKEN = "shots/broken.png"
 EXPECTED_PATHS = ["shots/a.png", BROKEN, "shots/sub/b.JPG", "c.png"]
 # predict runs on `--device auto`. The CPU computes in float32 like the reference below, so
 # the probabilities agree to rounding; CUDA runs the model in bf16 autocast (8 bits of
-# mantissa), so there they agree to 0.02.
-PROBABILITY_TOLERANCE = 2e-2 if torch.cuda.is_available() else 1e-6
+# mantissa): on an H200 they differed from the float32 reference by 6.2e-4 at most.
+PROBABILITY_TOLERANCE = 2e-3 if torch.cuda.is_available() else 1e-6
 
 
 @pytest.fixture(scope="module")
