@@ -10,10 +10,10 @@ It generates its own photos (smooth random colour fields plus blurred noise, JPE
 90, four class folders) in a temporary folder, and deletes them at the end. Parts:
 
   decode  images/s on one core, for large (4000x3000) and small (500x375) JPEGs: the
-          decode and resize to the cache (data.load_image) and the prepare stage's whole
-          work per file (data.inspect_file: that, plus sha1, perceptual hash and check),
-          against the load_image this project had before it decoded once (`earlier`,
-          kept below, at the same 256 px) and the plain way (Image.open,
+          decode and resize to the cache (data.decode.load_image) and the prepare stage's
+          whole work per file (data.inspection.inspect_file: that, plus sha1, perceptual
+          hash and check), against the load_image this project had before it decoded
+          once (`earlier`, kept below, at the same 256 px) and the plain way (Image.open,
           convert("RGB"), torchvision Resize(256) and CenterCrop(224), to a uint8
           array); also torchvision.io.decode_jpeg (deprecated since torchvision 0.29, so
           only compared) with a tensor resize.
@@ -49,7 +49,8 @@ import PIL
 import simplejpeg
 from PIL import Image, ImageFilter, features
 
-from pipeline.data import HASH_DECODE_SIZE, Sizing, decode, image_hash, inspect_file, load_image
+from pipeline.data.decode import Sizing, decode, load_image
+from pipeline.data.inspection import HASH_DECODE_SIZE, image_hash, inspect_file
 from testing.project import REPO, make_project, run, set_params, stage
 
 PARTS = ("decode", "train", "rss")
@@ -138,7 +139,7 @@ def plain_decoder(resize: int, crop: int) -> Callable[[Path], np.ndarray]:
 
 
 def earlier_load_image(path: Path, size: int) -> np.ndarray:
-    """The baseline of the decode goals: data.load_image as it was at commit 3387214,
+    """The baseline of the decode goals: data.decode.load_image as it was at commit 3387214,
     verbatim but for its 16-bit and alpha branches (these photos take neither). It decoded
     the whole file, then resized the shorter side to `size` and cropped the centre square."""
     from PIL import ImageOps

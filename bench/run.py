@@ -26,7 +26,9 @@ import torch
 
 from bench.loops import stage_vs_raw
 from pipeline.checkpoints import content_digest, load_checkpoint, save_checkpoint
-from pipeline.data import Sizing, decoded_images, read_manifest
+from pipeline.data.cache import decoded_images
+from pipeline.data.decode import Sizing
+from pipeline.data.split import read_manifest
 from pipeline.engine import (
     resolve_device,
 )

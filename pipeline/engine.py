@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.cli import UserError, progress
-from pipeline.data import centre_offset
+from pipeline.data.decode import centre_offset
 from pipeline.distributed import SINGLE, Ranks, all_sum, shard, unshard
 from pipeline.models import ModelSpec, set_train_mode
 

@@ -20,7 +20,8 @@ import torch
 from pipeline.checkpoints import WEIGHTS, load_each, predictions_name
 from pipeline.cli import UserError, progress, run_stage
 from pipeline.config import EvaluateParams, TestTimeAugmentation, load_params
-from pipeline.data import decoded_images, read_manifest
+from pipeline.data.cache import decoded_images
+from pipeline.data.split import read_manifest
 from pipeline.engine import ImageBatches, images_on, place_model, predict, resolve_device, score, split_batches
 from pipeline.files import write_csv
 from pipeline.models import ModelSpec, model_from_checkpoint

@@ -33,7 +33,7 @@ from torchvision.models import get_model, get_model_weights, list_models
 from pipeline import timm_backbones
 from pipeline.checkpoints import CheckpointError, is_checkpoint, load_weights_file, verify_checkpoint
 from pipeline.cli import UserError, error_line
-from pipeline.data import Sizing
+from pipeline.data.decode import Sizing
 from pipeline.timm_backbones import is_timm_arch, is_timm_model, timm_name
 
 log = logging.getLogger(__name__)

@@ -19,13 +19,13 @@ duplicates whose labels conflict. A link loop is handled here, but DVC itself st
 Errno 40 on one in a dependency folder before this stage runs: remove it to use `dvc repro`.
 
 One pass reads each file once, on every core: its sha1, a check that it decodes, its
-perceptual hash, and its pixels at the model's sizing (data.load_image), kept in the
-project's decoded-image cache (.cache/images, shared by every experiment of the project,
-queued and --temp ones too), where train and evaluate find them.
+perceptual hash, and its pixels at the model's sizing (data.decode.load_image), kept in
+the project's decoded-image cache (.cache/images, shared by every experiment of the
+project, queued and --temp ones too), where train and evaluate find them.
 
 Duplicates never straddle splits. Files with the same bytes (sha1) under one class, and
-images with the same perceptual hash (data.image_hash: the same picture re-encoded or
-resized), form a group that goes to one split together. Files with the same bytes under
+images with the same perceptual hash (data.inspection.image_hash: the same picture
+re-encoded or resized), form a group that goes to one split together. Files with the same bytes under
 different classes are left out (listed in skipped.csv): no label is right for all of them.
 Near-duplicates with different labels are kept, in one split, and listed in
 duplicates.csv (match "near") to be checked by hand. Without duplicates the split is
@@ -39,7 +39,7 @@ import pandas as pd
 
 from pipeline.cli import run_stage
 from pipeline.config import PRETRAIN_WEIGHTS, load_params
-from pipeline.data import MANIFEST_COLUMNS, duplicate_groups, stratified_split, usable_images
+from pipeline.data.split import MANIFEST_COLUMNS, duplicate_groups, stratified_split, usable_images
 from pipeline.files import write_csv, write_json
 from pipeline.models import model_sizing
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from pipeline.cli import UserError
-from pipeline.data import Sizing
+from pipeline.data.decode import Sizing
 
 log = logging.getLogger(__name__)
 

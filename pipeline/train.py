@@ -30,7 +30,8 @@ from pipeline import distributed
 from pipeline.augment import augments, batch_augmentation
 from pipeline.cli import UserError, progress, run_stage
 from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Params, load_params
-from pipeline.data import decoded_images, read_manifest
+from pipeline.data.cache import decoded_images
+from pipeline.data.split import read_manifest
 from pipeline.distributed import Ranks
 from pipeline.engine import (
     Augment,

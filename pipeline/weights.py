@@ -30,7 +30,8 @@ import torch
 from pipeline.checkpoints import save_checkpoint
 from pipeline.cli import run_stage
 from pipeline.config import PRETRAIN_WEIGHTS, Params, load_params
-from pipeline.data import decoded_images, duplicate_groups, stratified_split, usable_images
+from pipeline.data.cache import decoded_images
+from pipeline.data.split import duplicate_groups, stratified_split, usable_images
 from pipeline.engine import images_on, place_model, resolve_device, split_batches, train_and_score
 from pipeline.models import Built, backbone_state, build_model, model_sizing
 from pipeline.optim import make_optimizer

@@ -33,10 +33,19 @@ REPO = Path(__file__).resolve().parent.parent
 # child drops the project's own packages and imports them again from its folder.
 OWN_PACKAGES = ("pipeline", "tools")
 PRELOAD = (
-    "torch", "torchvision", "pandas", "dvclive", "omegaconf",
-    "pipeline.checkpoints", "pipeline.data", "pipeline.distributed", "pipeline.engine",
-    "pipeline.models", "pipeline.optim", "pipeline.runs",
-)  # fmt: skip
+    "torch",
+    "torchvision",
+    "pandas",
+    "dvclive",
+    "omegaconf",
+    "pipeline.checkpoints",
+    "pipeline.data.split",  # and every other module of pipeline.data, which it imports
+    "pipeline.distributed",
+    "pipeline.engine",
+    "pipeline.models",
+    "pipeline.optim",
+    "pipeline.runs",
+)
 
 
 class WarmPython:

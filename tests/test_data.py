@@ -1,4 +1,4 @@
-"""pipeline/data.py: finding and decoding images, stratified splits, the pixel cache; and engine.augment."""
+"""pipeline/data/: finding and decoding images, stratified splits, the pixel cache; and engine.augment."""
 
 import subprocess
 import sys
@@ -12,9 +12,13 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-import pipeline.data as data
 from pipeline.cli import UserError
-from pipeline.data import SPLITS, Sizing, decoded_images, find_images, load_image, stratified_split
+from pipeline.data import inspection
+from pipeline.data.cache import decoded_images
+from pipeline.data.decode import Sizing, decode, load_image
+from pipeline.data.inspection import image_hash, inspect_file
+from pipeline.data.scan import find_images
+from pipeline.data.split import MANIFEST_COLUMNS, SPLITS, duplicate_groups, stratified_split, usable_images
 from tests.helpers import augment, file_sha1
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 200, 0), (0, 0, 255)
@@ -245,8 +249,8 @@ def test_a_jpeg_decodes_to_pillows_pixels_for_every_orientation(tmp_path: Path, 
     path = tmp_path / "photo.jpg"
     textured(96, 64).convert(mode).save(path, exif=exif.tobytes(), quality=90)
 
-    whole = data.decode(path, 64)  # no smaller scale keeps 64 px: the whole image
-    eighth = data.decode(path, 8)  # 1/8 scale, 12 x 8
+    whole = decode(path, 64)  # no smaller scale keeps 64 px: the whole image
+    eighth = decode(path, 8)  # 1/8 scale, 12 x 8
 
     assert np.array_equal(whole.pixels, pillows_decode(path))
     assert np.array_equal(eighth.pixels, pillows_decode(path, 8))
@@ -272,10 +276,10 @@ def test_jpegs_that_libjpeg_decodes_past_damage_or_that_are_cmyk_decode_as_pillo
     assert Image.open(mpo).format == "MPO" and Image.open(cmyk).mode == "CMYK"
 
     for path in (stray, mpo, cmyk):
-        assert np.array_equal(data.decode(path, 48).pixels, pillows_decode(path)), path.name
-    assert np.array_equal(data.decode(mpo, 6).pixels, pillows_decode(mpo, 8))  # an MPO decodes at 1/8 too
-    assert data.decode(mpo, 6).pixels.shape == (6, 8, 3)
-    assert data.inspect_file(str(stray), Sizing(16, 16)).problem is None
+        assert np.array_equal(decode(path, 48).pixels, pillows_decode(path)), path.name
+    assert np.array_equal(decode(mpo, 6).pixels, pillows_decode(mpo, 8))  # an MPO decodes at 1/8 too
+    assert decode(mpo, 6).pixels.shape == (6, 8, 3)
+    assert inspect_file(str(stray), Sizing(16, 16)).problem is None
 
 
 @pytest.mark.parametrize("vertical", [True, False], ids=["landscape", "portrait"])
@@ -370,7 +374,7 @@ def manifest(tmp_path: Path) -> pd.DataFrame:
         path.parent.mkdir(exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(path)
         rows.append((path.as_posix(), "x", "train", file_sha1(path)))
-    return pd.DataFrame(rows, columns=data.MANIFEST_COLUMNS)
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 
 def cache_files(cache_dir: Path) -> dict[str, tuple[int, int]]:
@@ -396,7 +400,7 @@ def test_decoded_images_reuse_the_cache(tmp_path: Path, manifest: pd.DataFrame, 
     def no_decoding(path, size):
         raise AssertionError(f"{path} decoded again despite the cache")
 
-    monkeypatch.setattr(data, "load_image", no_decoding)
+    monkeypatch.setattr(inspection, "load_image", no_decoding)
     again = decoded_images(manifest, Sizing(8, 8), cache)
 
     np.testing.assert_array_equal(again, first)
@@ -497,7 +501,7 @@ def test_duplicate_groups_join_exact_and_near_copies_transitively() -> None:
         "dhash": ["h1", "h2", "h9", "h9", "", ""],  # row 2 links row 0 (bytes) to row 3 (picture)
     })  # fmt: skip
 
-    assert data.duplicate_groups(found) == [0, 1, 0, 0, 4, 5]  # an empty hash joins nothing
+    assert duplicate_groups(found) == [0, 1, 0, 0, 4, 5]  # an empty hash joins nothing
 
 
 def test_image_hash_matches_a_resized_copy_but_not_a_flat_image() -> None:
@@ -506,10 +510,10 @@ def test_image_hash_matches_a_resized_copy_but_not_a_flat_image() -> None:
 
     smaller = picture.resize((60, 50), Image.Resampling.LANCZOS)
 
-    assert data.image_hash(np.array(picture)) == data.image_hash(np.array(smaller))
-    assert len(data.image_hash(np.array(picture))) == 32
+    assert image_hash(np.array(picture)) == image_hash(np.array(smaller))
+    assert len(image_hash(np.array(picture))) == 32
     flat = np.array(Image.new("RGB", (40, 40), RED))
-    assert data.image_hash(flat) == ""  # no detail: never a near-duplicate
+    assert image_hash(flat) == ""  # no detail: never a near-duplicate
 
 
 # --- bad inputs: links, huge images -------------------------------------------------------
@@ -540,7 +544,7 @@ def test_find_images_reports_links_that_lead_nowhere_and_files_outside_classes(t
 PEAK_RSS = """
 import re, sys
 from pathlib import Path
-from pipeline.data import Sizing, load_image
+from pipeline.data.decode import Sizing, load_image
 def peak():
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
 before = peak()
@@ -578,7 +582,7 @@ def test_usable_images_skip_a_decompression_bomb_with_a_clear_reason(tmp_path: P
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a warning would be printed in the middle of the progress bar
-        _, found, skipped = data.usable_images(tmp_path)
+        _, found, skipped = usable_images(tmp_path)
 
     assert [s.path for s in skipped] == [(tmp_path / "cat" / "bomb.png").as_posix()]
     assert "too large" in skipped[0].reason and "MAX_IMAGE_PIXELS" in skipped[0].reason

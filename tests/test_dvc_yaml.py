@@ -37,10 +37,10 @@ def imports_of(path: Path) -> set[str]:
 
 
 def module_graph() -> dict[str, set[str]]:
-    """pipeline's modules -> the project modules each imports."""
+    """pipeline's modules, those of its sub-packages too -> the project modules each imports."""
     return {
-        f"pipeline.{path.stem}": imports_of(path) - {"pipeline"}
-        for path in sorted((REPO / "pipeline").glob("*.py"))
+        ".".join(path.relative_to(REPO).with_suffix("").parts): imports_of(path) - {"pipeline"}
+        for path in sorted((REPO / "pipeline").rglob("*.py"))
         if path.stem != "__init__"
     }
 

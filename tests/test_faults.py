@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import data
+from pipeline.data import inspection
 from testing.project import run, stage
 from tests.helpers import assert_resumed
 
@@ -87,7 +87,7 @@ def test_decode_workers_keep_the_default_sigterm() -> None:
     stage's handler instead could outlive it and hang the stage."""
     previous = signal.signal(signal.SIGTERM, lambda *_: None)  # a handler, as run_stage installs
     try:
-        with multiprocessing.Pool(1, data._start_worker) as pool:
+        with multiprocessing.Pool(1, inspection._start_worker) as pool:
             assert pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -24,7 +24,7 @@ from pipeline import models
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.cli import UserError
 from pipeline.config import Optimizer, OptimParams
-from pipeline.data import Sizing
+from pipeline.data.decode import Sizing
 from pipeline.engine import ImageBatches, epoch_generator, train_one_epoch
 from pipeline.models import (
     FREEZE_SYNTAX,

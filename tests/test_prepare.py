@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.data import SPLITS
+from pipeline.data.split import SPLITS
 from pipeline.files import read_csv
 from testing.project import set_params, stage
 from tests.helpers import file_sha1

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.data import read_manifest
+from pipeline.data.split import read_manifest
 from pipeline.files import read_csv, write_csv
 from testing.project import set_params, stage
 

@@ -30,7 +30,7 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, PILToTenso
 from pipeline import select_best
 from pipeline.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from pipeline.cli import UserError
-from pipeline.data import decoded_images
+from pipeline.data.cache import decoded_images
 from pipeline.engine import ImageBatches
 from pipeline.models import (
     build_model,

@@ -1,0 +1,100 @@
+"""Finding the images: an ImageFolder tree's class folders and image files, and for
+everything else found there, why it is left out (`Skipped`)."""
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.cli import UserError
+
+IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp"})
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+def find_images(root: Path) -> tuple[list[str], list[tuple[Path, str]], list[Skipped]]:
+    """Scan an ImageFolder tree: (class names, [(file, class)], everything else and why).
+
+    Every sub-folder of `root` (or link to one) is a class; files may sit in nested
+    folders below it. Everything else that is not hidden is reported with a reason: a file
+    in `root` itself, belonging to no class; a file without an image extension; a broken
+    link, a link loop (`x -> x`), a link to a folder below a class folder (not followed),
+    anything that is not a regular file. Hidden files and folders (.name) are ignored, not
+    reported; extensions match in any case.
+    """
+    if not root.is_dir():
+        raise UserError(f"data folder {root} does not exist")
+    classes: list[str] = []
+    files: list[tuple[Path, str]] = []
+    skipped: list[Skipped] = []
+    for entry in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
+        if entry.is_dir():
+            classes.append(entry.name)
+            images, reasons = scan_folder(entry)
+            files += [(path, entry.name) for path in images]
+            skipped += reasons
+        else:
+            why = _not_a_file(entry) or "not inside a class folder: a file must lie in a folder named after its class"
+            skipped.append(Skipped(entry.as_posix(), why))
+    return classes, files, skipped
+
+
+def scan_folder(folder: Path) -> tuple[list[Path], list[Skipped]]:
+    """Every entry below `folder`, sorted as paths sort: (image files, everything else and why).
+
+    Links to files count as their target; links to folders are not followed. Hidden files
+    and folders are ignored; extensions match in any case.
+    """
+    images: list[Path] = []
+    skipped: list[Skipped] = []
+
+    def visit(directory: Path) -> None:
+        try:
+            names = sorted(name for name in os.listdir(directory) if not name.startswith("."))
+        except OSError as error:
+            skipped.append(Skipped(directory.as_posix(), f"folder cannot be read: {type(error).__name__}: {error}"))
+            return
+        for name in names:
+            path = directory / name
+            if path.is_dir() and not path.is_symlink():
+                visit(path)
+            elif why := _not_a_file(path):
+                skipped.append(Skipped(path.as_posix(), why))
+            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                images.append(path)
+            else:
+                skipped.append(Skipped(path.as_posix(), f"not an image file extension ({path.suffix or 'none'})"))
+
+    visit(folder)
+    return images, skipped
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why `path` cannot be read as a file (a broken link, a link loop, a folder...), or None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        if not path.is_symlink():
+            return f"cannot be read: {type(error).__name__}: {error}"
+        target = os.readlink(path)
+        if error.errno == errno.ELOOP:
+            # DVC, hashing a dependency folder, stops with this errno before any stage runs.
+            return f"a link loop (-> {target}) that never reaches a file; under DVC it fails `dvc repro` (Errno 40)"
+        return f"a broken link: its target {target} does not exist"
+    if stat.S_ISDIR(mode):
+        return f"a link to a folder (-> {os.readlink(path)}); links to folders inside a class folder are not followed"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a pipe, socket or device)"
+    return None
+
+
+def image_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Every file below `folder`, sorted: (image files, everything else: see scan_folder)."""
+    images, skipped = scan_folder(folder)
+    return images, [Path(s.path) for s in skipped]
