@@ -27,9 +27,7 @@ import torch
 from bench.loops import stage_vs_raw
 from pipeline.checkpoints import content_digest, load_checkpoint, save_checkpoint
 from pipeline.data import Sizing, decoded_images, read_manifest
-from pipeline.engine import (
-    resolve_device,
-)
+from pipeline.devices import resolve_device
 from testing.project import make_project, run, set_params
 
 ARCH, SIZE, BATCH = "resnet18", 32, 64

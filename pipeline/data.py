@@ -3,7 +3,7 @@
 Every image is read and decoded once, in the pass that also checks and hashes it
 (`usable_images`), into a uint8 array on disk keyed by the manifest, the sizing and the
 preprocessing version. Epochs read that array, so no epoch decodes a file; augmentation
-then runs on tensors (engine.apply_augmentation).
+then runs on tensors (augment.apply_augmentation).
 
 libjpeg-turbo decodes JPEGs (through simplejpeg, at reduced scale in the DCT domain where the
 size allows) and Pillow every other format; torchvision resizes, on the uint8 tensor, as
