@@ -41,17 +41,10 @@ import torch
 import torchvision
 
 from bench.loops import stage_vs_raw, synthetic_images
-from pipeline.engine import (
-    ImageBatches,
-    compile_for_training,
-    epoch_generator,
-    head_inputs,
-    place_model,
-    predict,
-    resolve_device,
-    set_determinism,
-    train_one_epoch,
-)
+from pipeline.batches import ImageBatches
+from pipeline.devices import place_model, resolve_device, set_determinism
+from pipeline.engine import LoopOptions, compile_for_training, predict, train_one_epoch
+from pipeline.features import head_inputs
 from pipeline.models import build_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,13 +100,13 @@ def sync_audit(device: torch.device, smoke: bool) -> dict[str, object]:
     n, size = (64, 32) if smoke else (1024, 224)
     data, model = _batches_and_model("resnet18", n, size, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    train_one_epoch(model, data, optimizer, frozen=[], batch_size=64, generator=epoch_generator(0, 0), epoch=0)
+    train_one_epoch(model, data, optimizer, LoopOptions(batch_size=64), 0)
     torch.cuda.synchronize(device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            train_one_epoch(model, data, optimizer, frozen=[], batch_size=64, generator=epoch_generator(0, 1), epoch=1)
+            train_one_epoch(model, data, optimizer, LoopOptions(batch_size=64), 1)
         finally:
             torch.cuda.set_sync_debug_mode(0)
     # Where each sync came from: the warning is raised at the Python line that called the op.
@@ -181,9 +174,8 @@ def compile_count(device: torch.device, smoke: bool) -> dict[str, object]:
     started = time.perf_counter()
     for epoch in (1, 2):
         train_one_epoch(
-            model, data, optimizer, frozen=[], batch_size=8 if smoke else 32, generator=epoch_generator(0, epoch),
-            epoch=epoch, step_model=step_model,
-        )  # fmt: skip
+            model, data, optimizer, LoopOptions(batch_size=8 if smoke else 32, step_model=step_model), epoch
+        )
         predict(model, data, 64)
     return {"graphs": counter.frame_count, "seconds": time.perf_counter() - started}
 
@@ -200,7 +192,7 @@ def determinism(device: torch.device, smoke: bool) -> dict[str, object]:
             torch.manual_seed(0)
             data, model = _batches_and_model("resnet18", n, size, device)
             optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-            train_one_epoch(model, data, optimizer, frozen=[], batch_size=32, generator=epoch_generator(0, 1), epoch=1)
+            train_one_epoch(model, data, optimizer, LoopOptions(batch_size=32), 1)
             states.append({k: v.cpu() for k, v in model.state_dict().items()})
         results["deterministic" if deterministic else "default"] = all(
             torch.equal(states[0][k], states[1][k]) for k in states[0]
@@ -230,10 +222,7 @@ def ddp_overhead(device: torch.device, smoke: bool) -> dict[str, object]:
                 if cuda:
                     torch.cuda.synchronize(device)
                 started = time.perf_counter()
-                train_one_epoch(
-                    model, data, optimizer, frozen=[], batch_size=batch, generator=epoch_generator(0, epoch),
-                    epoch=epoch, step_model=wrapped,
-                )  # fmt: skip
+                train_one_epoch(model, data, optimizer, LoopOptions(batch_size=batch, step_model=wrapped), epoch)
                 if cuda:
                     torch.cuda.synchronize(device)
                 seconds[name] = time.perf_counter() - started

@@ -1,11 +1,11 @@
 """Images/s on the CPU with the default memory layout and with channels_last, for a forward
 pass (no grad) and for a training step, per model and image size; for a forward pass also
-the frozen feature pass's network (engine.folded_for_cpu: BatchNorm folded, channels_last).
+the frozen feature pass's network (features.folded_for_cpu: BatchNorm folded, channels_last).
 
     python -m bench.layout                                   # the default cases
     python -m bench.layout --case resnet18:224:forward --seconds 8
 
-The pipeline keeps the default layout on the CPU (engine.memory_format) for training and
+The pipeline keeps the default layout on the CPU (devices.memory_format) for training and
 prediction, and folds only for the frozen feature pass; this measures what each changes.
 """
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import get_model
 
-from pipeline.engine import folded_for_cpu
+from pipeline.features import folded_for_cpu
 from pipeline.models import find_head
 
 CASES = [
@@ -30,7 +30,7 @@ def images_per_second(arch: str, size: int, kind: str, layout: str, seconds: flo
     torch.manual_seed(0)
     model = get_model(arch, num_classes=10)
     memory_format = torch.contiguous_format if layout == "default" else torch.channels_last
-    if layout == "folded":  # as engine.head_inputs runs it: the folded convolutions and inputs channels-last
+    if layout == "folded":  # as features.head_inputs runs it: the folded convolutions and inputs channels-last
         folded = folded_for_cpu(model.eval(), find_head(model))
         model = model if folded is None else folded
         memory_format = torch.contiguous_format if folded is None else memory_format

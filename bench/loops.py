@@ -16,15 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.engine import (
-    ImageBatches,
-    autocast,
-    epoch_generator,
-    memory_format,
-    normalization_tensors,
-    place_model,
-    train_one_epoch,
-)
+from pipeline.batches import ImageBatches, normalization_tensors
+from pipeline.devices import autocast, memory_format, place_model
+from pipeline.engine import LoopOptions, train_one_epoch
 from pipeline.models import build_model
 
 
@@ -80,17 +74,13 @@ def stage_vs_raw(
     on_device = ImageBatches(images.to(device), rows, targets, device, built.spec.mean, built.spec.std)
     variants: dict[str, Callable[[int], object]] = {
         "raw": lambda epoch: raw_epoch(model, optimizer, on_device, batch_size, epoch),
-        "stage": lambda epoch: train_one_epoch(
-            model, on_device, optimizer, frozen=[], batch_size=batch_size,
-            generator=epoch_generator(0, epoch), epoch=epoch,
-        ),
+        "stage": lambda epoch: train_one_epoch(model, on_device, optimizer, LoopOptions(batch_size=batch_size), epoch),
     }  # fmt: skip
     if device.type == "cuda":
         streamed = ImageBatches(images, rows, targets, device, built.spec.mean, built.spec.std)  # CPU memory
         variants["stage_streamed"] = lambda epoch: train_one_epoch(
-            model, streamed, optimizer, frozen=[], batch_size=batch_size,
-            generator=epoch_generator(0, epoch), epoch=epoch,
-        )  # fmt: skip
+            model, streamed, optimizer, LoopOptions(batch_size=batch_size), epoch
+        )
     for run in variants.values():  # warm-up: cuDNN's choices, the allocator's pools
         timed(lambda run=run: run(0), device)
     seconds: dict[str, list[float]] = {name: [] for name in variants}

@@ -29,9 +29,7 @@ from pipeline.checkpoints import content_digest, load_checkpoint, save_checkpoin
 from pipeline.data.cache import decoded_images
 from pipeline.data.decode import Sizing
 from pipeline.data.split import read_manifest
-from pipeline.engine import (
-    resolve_device,
-)
+from pipeline.devices import resolve_device
 from testing.project import make_project, run, set_params
 
 ARCH, SIZE, BATCH = "resnet18", 32, 64

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.cli import UserError, run_stage
 from pipeline.config import PRETRAIN_WEIGHTS, Params, load_params
-from pipeline.engine import resolve_device
+from pipeline.devices import resolve_device
 from pipeline.files import atomic_write
 from pipeline.models import check_model_params, is_weights_file
 

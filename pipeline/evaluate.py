@@ -17,12 +17,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from pipeline.batches import ImageBatches, images_on, split_batches
 from pipeline.checkpoints import WEIGHTS, load_each, predictions_name
 from pipeline.cli import UserError, progress, run_stage
 from pipeline.config import EvaluateParams, TestTimeAugmentation, load_params
 from pipeline.data.cache import decoded_images
 from pipeline.data.split import read_manifest
-from pipeline.engine import ImageBatches, images_on, place_model, predict, resolve_device, score, split_batches
+from pipeline.devices import place_model, resolve_device
+from pipeline.engine import predict, score
 from pipeline.files import write_csv
 from pipeline.models import ModelSpec, model_from_checkpoint
 

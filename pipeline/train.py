@@ -27,24 +27,16 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline import distributed
-from pipeline.augment import augments, batch_augmentation
+from pipeline.augment import Augment, augments, batch_augmentation
+from pipeline.batches import Batches, images_on, split_batches
 from pipeline.cli import UserError, progress, run_stage
 from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Params, load_params
 from pipeline.data.cache import decoded_images
 from pipeline.data.split import read_manifest
+from pipeline.devices import place_model, resolve_device, set_determinism
 from pipeline.distributed import Ranks
-from pipeline.engine import (
-    Augment,
-    Batches,
-    compile_for_training,
-    head_feature_batches,
-    images_on,
-    place_model,
-    resolve_device,
-    set_determinism,
-    split_batches,
-    train_and_score,
-)
+from pipeline.engine import LoopOptions, compile_for_training, train_and_score
+from pipeline.features import head_feature_batches
 from pipeline.models import (
     ModelSpec,
     build_model,
@@ -110,9 +102,8 @@ class Phase:
     trainable_params: int
     total_params: int
     net: nn.Module  # what each step runs: the model, or its head alone on the backbone's outputs
-    net_frozen: list[str]  # the modules of `net` that stay in inference mode
     data: dict[str, Batches]
-    step_model: nn.Module | None  # `net` wrapped for several ranks, and compiled if train.compile
+    loop: LoopOptions  # how the epochs run: `net`'s frozen modules, its step model (wrapped, compiled) and the rest
 
 
 @dataclass
@@ -243,22 +234,30 @@ def start_phase(run: Run, spec_text: str, key: str) -> Phase:
         if stepped not in run.compiled:
             run.compiled[stepped] = compile_for_training(stepped)
         step_model = run.compiled[stepped]
-    return Phase(spec_text, frozen, trainable, total, net, net_frozen, data, step_model)
+    loop = LoopOptions(
+        batch_size=config.batch_size,
+        seed=config.seed,
+        frozen=tuple(net_frozen),
+        hflip=config.augment.hflip,
+        min_scale=config.augment.min_scale,
+        max_aspect=config.augment.max_aspect,
+        criterion=run.criterion,
+        step_model=step_model,
+        ranks=run.ranks,
+        accumulate=config.accumulate_steps,
+        clip_grad_norm=config.clip_grad_norm,
+        after_step=None if run.ema is None else partial(run.ema.update_parameters, run.model),
+        augment=run.augment,
+    )
+    return Phase(spec_text, frozen, trainable, total, net, data, loop)
 
 
 def train_epoch(run: Run, phase: Phase, epoch: int) -> dict[str, Any]:
     """Train one epoch, score it on val and step the schedule; the epoch's record."""
-    config = run.params.train
     started = time.perf_counter()
     loss, val = train_and_score(
-        phase.net, phase.data["train"], phase.data["val"], run.optimizer, num_classes=len(run.spec.classes),
-        seed=config.seed, epoch=epoch, batch_size=config.batch_size, frozen=phase.net_frozen,
-        hflip=config.augment.hflip, min_scale=config.augment.min_scale, max_aspect=config.augment.max_aspect,
-        criterion=run.criterion, step_model=phase.step_model, ranks=run.ranks, accumulate=config.accumulate_steps,
-        clip_grad_norm=config.clip_grad_norm,
-        after_step=None if run.ema is None else partial(run.ema.update_parameters, run.model),
-        augment=run.augment,
-    )  # fmt: skip
+        phase.net, phase.data["train"], phase.data["val"], run.optimizer, phase.loop, epoch, len(run.spec.classes)
+    )
     record = {
         "epoch": epoch,
         "loss": loss,

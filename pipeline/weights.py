@@ -27,12 +27,14 @@ from typing import Any
 
 import torch
 
+from pipeline.batches import images_on, split_batches
 from pipeline.checkpoints import save_checkpoint
 from pipeline.cli import run_stage
 from pipeline.config import PRETRAIN_WEIGHTS, Params, load_params
 from pipeline.data.cache import decoded_images
 from pipeline.data.split import duplicate_groups, stratified_split, usable_images
-from pipeline.engine import images_on, place_model, resolve_device, split_batches, train_and_score
+from pipeline.devices import place_model, resolve_device
+from pipeline.engine import LoopOptions, train_and_score
 from pipeline.models import Built, backbone_state, build_model, model_sizing
 from pipeline.optim import make_optimizer
 
@@ -83,12 +85,10 @@ def pretrain(params: Params) -> tuple[Built, dict[str, Any]]:
     images = images_on(decoded_images(manifest, spec.sizing), device)
     train_data, val_data = (split_batches(images, manifest, split, spec, device) for split in ("train", "val"))
     optimizer = make_optimizer(config, model, spec.head)
+    loop = LoopOptions(batch_size=config.batch_size, seed=config.seed)
 
     for epoch in range(1, config.epochs + 1):
-        loss, val = train_and_score(
-            model, train_data, val_data, optimizer, num_classes=len(classes), seed=config.seed, epoch=epoch,
-            batch_size=config.batch_size,
-        )  # fmt: skip
+        loss, val = train_and_score(model, train_data, val_data, optimizer, loop, epoch, len(classes))
         log.info(
             "pretrain epoch %d/%d: loss %.4f, val loss %.4f, val accuracy %.3f",
             epoch, config.epochs, loss, val["loss"], val["accuracy"],

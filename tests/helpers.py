@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.engine import apply_augmentation, draw_augmentation
+from pipeline.augment import apply_augmentation, draw_augmentation
 
 # Put on PYTHONPATH, this runs in every Python process started, dvc's own included; it acts
 # only in the train stage's process (with KILL_RANK, in that rank's only), and only when

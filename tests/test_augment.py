@@ -8,8 +8,8 @@ import torch
 from torchvision.transforms import v2
 
 from pipeline.augment import _augment, augments, batch_augmentation
+from pipeline.batches import normalization_tensors
 from pipeline.config import AugmentParams, AugmentPolicy
-from pipeline.engine import normalization_tensors
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CPU = torch.device("cpu")

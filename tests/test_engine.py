@@ -8,17 +8,10 @@ import torch
 from torch import nn
 from torchvision.transforms.v2 import Normalize
 
+from pipeline.batches import ImageBatches, batch_indices, normalize
 from pipeline.cli import UserError
 from pipeline.config import Optimizer, OptimParams
-from pipeline.engine import (
-    ImageBatches,
-    NonFiniteLoss,
-    batch_indices,
-    epoch_generator,
-    normalize,
-    score,
-    train_one_epoch,
-)
+from pipeline.engine import LoopOptions, NonFiniteLoss, epoch_generator, score, train_one_epoch
 from pipeline.optim import make_optimizer
 
 SIZE = 8
@@ -94,7 +87,7 @@ def test_score_matches_a_hand_count(case: str):
 
 
 def test_normalize_matches_torchvision():
-    # engine.normalize takes uint8 pixels; torchvision's Normalize takes [0, 1] floats.
+    # batches.normalize takes uint8 pixels; torchvision's Normalize takes [0, 1] floats.
     images = torch.randint(0, 256, (4, 3, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     expected = Normalize(mean, std)(images.float() / 255)
@@ -123,10 +116,7 @@ def test_nan_loss_names_epoch_and_batch(bad_call: int):
     model = NaNOnCall(bad_call)
     data = random_batches(6)
     with pytest.raises(NonFiniteLoss) as error:
-        train_one_epoch(
-            model, data, make_optimizer(optim_params(), model, "6"), frozen=[], batch_size=2,
-            generator=epoch_generator(0, 7), epoch=7,
-        )  # fmt: skip
+        train_one_epoch(model, data, make_optimizer(optim_params(), model, "6"), LoopOptions(batch_size=2), 7)
     assert isinstance(error.value, UserError)  # shown as one line, exit code 2
     message = str(error.value)
     assert f"training loss became nan in epoch 7, batch {bad_call} of 3" in message
@@ -148,10 +138,7 @@ def test_finite_epoch_returns_the_size_weighted_mean_loss():
     ]
     assert sum(batch_means) / 3 != pytest.approx(expected, rel=1e-6)  # the weighting matters here
 
-    loss = train_one_epoch(
-        model, data, make_optimizer(optim_params(lr=0.0), model, "6"), frozen=[], batch_size=2,
-        generator=epoch_generator(0, 1), epoch=1,
-    )  # fmt: skip
+    loss = train_one_epoch(model, data, make_optimizer(optim_params(lr=0.0), model, "6"), LoopOptions(batch_size=2), 1)
     assert loss == pytest.approx(expected, rel=1e-6)
 
 
@@ -176,9 +163,12 @@ def run_epoch(
     model = copy.deepcopy(initial)
     torch.manual_seed(global_seed)  # the epoch must not depend on the global RNG's state (dropout)
     loss = train_one_epoch(
-        model, random_batches(12), make_optimizer(optim_params(optimizer=optimizer), model, "6"), frozen=[],
-        batch_size=4, generator=epoch_generator(seed, epoch), epoch=epoch, hflip=True, min_scale=0.5,
-    )  # fmt: skip
+        model,
+        random_batches(12),
+        make_optimizer(optim_params(optimizer=optimizer), model, "6"),
+        LoopOptions(batch_size=4, seed=seed, hflip=True, min_scale=0.5),
+        epoch,
+    )
     return model, loss
 
 
@@ -202,9 +192,12 @@ def test_same_seed_and_epoch_give_bit_identical_weights(optimizer: Optimizer):
 def accumulated_epoch(initial: nn.Module, batch_size: int, accumulate: int) -> tuple[nn.Module, float]:
     model = copy.deepcopy(initial)
     loss = train_one_epoch(
-        model, random_batches(10), torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), frozen=[],
-        batch_size=batch_size, generator=epoch_generator(0, 1), epoch=1, accumulate=accumulate,
-    )  # fmt: skip
+        model,
+        random_batches(10),
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+        LoopOptions(batch_size=batch_size, accumulate=accumulate),
+        1,
+    )
     return model, loss
 
 
@@ -233,9 +226,12 @@ def test_clipping_bounds_each_step_to_the_gradient_norm_given(accumulate: int):
         model = copy.deepcopy(initial)
         before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
         train_one_epoch(
-            model, random_batches(8), torch.optim.SGD(model.parameters(), lr=1.0), frozen=[], batch_size=8,
-            generator=epoch_generator(0, 1), epoch=1, accumulate=accumulate, clip_grad_norm=clip,
-        )  # fmt: skip
+            model,
+            random_batches(8),
+            torch.optim.SGD(model.parameters(), lr=1.0),
+            LoopOptions(batch_size=8, accumulate=accumulate, clip_grad_norm=clip),
+            1,
+        )
         return (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()
 
     assert change(0.0) > 0.1  # the bound below is far under the unclipped step

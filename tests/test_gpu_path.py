@@ -17,19 +17,19 @@ from torch import nn
 from torch._dynamo.testing import CompileCounter
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pipeline import engine
+from pipeline import batches, devices
+from pipeline import features as feature_pass
+from pipeline.augment import draw_augmentation
+from pipeline.batches import ImageBatches, iterate, streamed
 from pipeline.cli import UserError
 from pipeline.config import EvaluateParams
+from pipeline.devices import canonical_device, resolve_device, to_device
 from pipeline.engine import (
-    ImageBatches,
-    canonical_device,
+    EpochOrder,
+    LoopOptions,
     compile_for_training,
     epoch_generator,
-    iterate,
     predict,
-    resolve_device,
-    streamed,
-    to_device,
     train_one_epoch,
     train_steps,
 )
@@ -110,7 +110,8 @@ def test_no_raw_device_comparisons_in_pipeline_or_bench() -> None:
 def test_model_and_inputs_share_the_channels_last_layout(monkeypatch: pytest.MonkeyPatch) -> None:
     """What CUDA does, forced on the CPU: training (augmented too) and prediction feed the
     model channels_last inputs, and the model's convolution is channels_last as well."""
-    monkeypatch.setattr(engine, "memory_format", lambda device: torch.channels_last)
+    for module in (devices, batches):  # where models are placed, and where inputs are laid out
+        monkeypatch.setattr(module, "memory_format", lambda device: torch.channels_last)
     model = conv_model()
     seen: list[tuple[bool, bool]] = []
 
@@ -122,10 +123,7 @@ def test_model_and_inputs_share_the_channels_last_layout(monkeypatch: pytest.Mon
 
     model[0].register_forward_pre_hook(record)
     data = image_batches(10, CPU, CPU)
-    train_one_epoch(
-        model, data, sgd(model), frozen=[], batch_size=4,
-        generator=epoch_generator(0, 1), epoch=1, hflip=True, min_scale=0.5,
-    )  # fmt: skip
+    train_one_epoch(model, data, sgd(model), LoopOptions(batch_size=4, hflip=True, min_scale=0.5), epoch=1)
     predict(model, data, batch_size=4)
     assert len(seen) == 6  # 3 training batches, 3 prediction batches
     assert all(inputs and weight for inputs, weight in seen), seen
@@ -136,7 +134,7 @@ def test_the_cpu_keeps_the_default_layout() -> None:
     data = image_batches(4, CPU, CPU)
     images, _ = data.load(torch.arange(4))
     assert images.is_contiguous()
-    engine.place_model(model, CPU)
+    devices.place_model(model, CPU)
     assert model[0].weight.is_contiguous()
 
 
@@ -170,10 +168,10 @@ def epoch_transfers(n: int, images_on: torch.device, augment: bool) -> list[str]
     data = image_batches(n, images_on, META)
     generator = epoch_generator(0, 1)
     order = torch.randperm(n, generator=generator)
-    transforms = engine.draw_augmentation(n, augment, 0.5 if augment else 1.0, generator)
+    plan = EpochOrder(order, draw_augmentation(n, augment, 0.5 if augment else 1.0, generator))
     optimizer = sgd(model)
     with TransferCounter() as counter:
-        train_steps(model, data, optimizer, order, transforms, 4, nn.functional.cross_entropy, "epoch")
+        train_steps(model, data, optimizer, plan, LoopOptions(batch_size=4), "epoch")
     return counter.transfers
 
 
@@ -220,10 +218,7 @@ def test_a_ragged_last_batch_and_evaluation_compile_no_second_graph() -> None:
     data = image_batches(10, CPU, CPU)  # batches of 4, 4 and 2
     optimizer = sgd(model)
     for epoch in (1, 2):
-        train_one_epoch(
-            model, data, optimizer, frozen=[], batch_size=4, generator=epoch_generator(0, epoch), epoch=epoch,
-            step_model=step_model,
-        )  # fmt: skip
+        train_one_epoch(model, data, optimizer, LoopOptions(batch_size=4, step_model=step_model), epoch)
         predict(model, data, batch_size=4)
     assert counter.frame_count == 1
 
@@ -253,7 +248,7 @@ def test_feature_cache_keeps_only_what_the_head_reads(monkeypatch: pytest.Monkey
         return real_cat(tensors, *args, **kwargs)
 
     monkeypatch.setattr(torch, "cat", spy)
-    features = engine.head_inputs(TokenModel(), "head", image_batches(10, CPU, CPU), batch_size=4)
+    features = feature_pass.head_inputs(TokenModel(), "head", image_batches(10, CPU, CPU), batch_size=4)
     assert features is not None and features.shape == (10, 16)
     kept = concatenated[-1]  # what head_inputs held until the end
     assert len(kept) == 3
@@ -271,11 +266,11 @@ class Float32Tokens(TokenModel):
 def test_under_autocast_features_are_kept_in_the_dtype_the_head_computes_in(monkeypatch: pytest.MonkeyPatch) -> None:
     # CUDA's bf16 autocast, played by the CPU's: a float32 head input (ViT's) is cached in bf16,
     # and the head gives from it exactly what it gives inside the whole model.
-    monkeypatch.setattr(engine, "autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
+    monkeypatch.setattr(feature_pass, "autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
     torch.manual_seed(0)
     model = Float32Tokens().eval()
     data = image_batches(10, CPU, CPU)
-    features = engine.head_inputs(model, "head", data, batch_size=4)
+    features = feature_pass.head_inputs(model, "head", data, batch_size=4)
     assert features is not None and features.dtype == torch.bfloat16
     images = data.load(torch.arange(10))[0]
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -326,14 +321,14 @@ def test_the_cpu_feature_pass_folds_batchnorm_and_leaves_the_model_as_it_was(arc
     before = copy.deepcopy(model.state_dict())
     data = image_batches(10, CPU, CPU, size=32)
 
-    features = engine.head_feature_batches(model, head, {"train": data}, batch_size=4)["train"].features
+    features = feature_pass.head_feature_batches(model, head, {"train": data}, batch_size=4)["train"].features
 
     expected = []
     model.get_submodule(head).register_forward_hook(lambda _, inputs, __: expected.append(inputs[0]))
     with torch.no_grad():
         model(data.load(torch.arange(10))[0])
     torch.testing.assert_close(features, expected[0], rtol=1e-4, atol=1e-5)
-    folded = engine.folded_for_cpu(model, head)
+    folded = feature_pass.folded_for_cpu(model, head)
     assert (folded is None) == (arch == "branchy")  # the untraceable model runs as it is
     assert folded is None or not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())

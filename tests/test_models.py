@@ -21,11 +21,12 @@ from torchvision.models import ResNet18_Weights
 from torchvision.models.regnet import BlockParams
 
 from pipeline import models
+from pipeline.batches import ImageBatches
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.cli import UserError
 from pipeline.config import Optimizer, OptimParams
 from pipeline.data.decode import Sizing
-from pipeline.engine import ImageBatches, epoch_generator, train_one_epoch
+from pipeline.engine import LoopOptions, train_one_epoch
 from pipeline.models import (
     FREEZE_SYNTAX,
     FreezeSpec,
@@ -235,10 +236,7 @@ def sgd(lr: float = 0.1) -> OptimParams:
 def train_two_steps(built: models.Built, frozen: list[str]) -> torch.optim.Optimizer:
     """One epoch of 8 images in batches of 4: two optimizer steps."""
     optimizer = make_optimizer(sgd(), built.model, built.spec.head)
-    train_one_epoch(
-        built.model, random_batches(built), optimizer, frozen=frozen, batch_size=4,
-        generator=epoch_generator(0, 1), epoch=1,
-    )  # fmt: skip
+    train_one_epoch(built.model, random_batches(built), optimizer, LoopOptions(batch_size=4, frozen=tuple(frozen)), 1)
     return optimizer
 
 

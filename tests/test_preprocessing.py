@@ -3,7 +3,7 @@ torchvision's own `weights.transforms()` makes from the same file.
 
 The pipeline decodes each file once into a cache at the weights' resize size (prepare's
 pass, `data.cache.decoded_images`), and each batch takes the centre crop from it
-(`engine.ImageBatches`). Here that whole path runs on photo-like JPEGs and is compared with
+(`batches.ImageBatches`). Here that whole path runs on photo-like JPEGs and is compared with
 the weights' transforms on the same files.
 """
 
@@ -17,9 +17,9 @@ from PIL import Image, ImageFilter
 from torchvision.models import get_weight
 from torchvision.transforms.functional import pil_to_tensor
 
+from pipeline.batches import ImageBatches
 from pipeline.data.cache import decoded_images
 from pipeline.data.decode import Sizing, decode, load_image
-from pipeline.engine import ImageBatches
 from pipeline.models import preprocessing
 from tests.helpers import file_sha1
 

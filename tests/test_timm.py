@@ -28,10 +28,10 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, PILToTensor, Resize, ToDtype
 
 from pipeline import select_best
+from pipeline.batches import ImageBatches
 from pipeline.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from pipeline.cli import UserError
 from pipeline.data.cache import decoded_images
-from pipeline.engine import ImageBatches
 from pipeline.models import (
     build_model,
     check_arch,

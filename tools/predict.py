@@ -7,8 +7,8 @@
 PATHs are image files or folders; folders are searched recursively for image files
 (extensions in any case, hidden files and folders skipped). Each image is preprocessed
 as the model file states (resize size, filter, centre crop, mean and std), by the same
-code evaluate uses (data.decode.load_image and centre_crop, then engine.normalize), so
-the probabilities match evaluate's; models/best.pt also says whether evaluate averaged each
+code evaluate uses (data.decode.load_image and centre_crop, then batches.normalize), so the
+probabilities match evaluate's; models/best.pt also says whether evaluate averaged each
 image's logits with its mirror image's (evaluate.tta), and --tta overrides it.
 
 Writes to stdout, one line (table), row (csv) or object (json) per image: its path and
@@ -32,12 +32,14 @@ from typing import TextIO
 import numpy as np
 import torch
 
+from pipeline.batches import normalize
 from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import UserError, error_line, progress, run_stage
 from pipeline.config import TestTimeAugmentation
 from pipeline.data.decode import centre_crop, load_image
 from pipeline.data.scan import image_files
-from pipeline.engine import batch_logits, memory_format, normalize, place_model, resolve_device
+from pipeline.devices import memory_format, place_model, resolve_device
+from pipeline.engine import batch_logits
 from pipeline.models import ModelSpec, model_from_checkpoint
 
 log = logging.getLogger("tools.predict")
