@@ -97,7 +97,7 @@ def test_no_raw_device_comparisons_in_pipeline_or_bench() -> None:
     offenders = [
         f"{path.relative_to(REPO)}:{number}: {line.strip()}"
         for folder in ("pipeline", "bench", "tools")
-        for path in sorted((REPO / folder).glob("*.py"))
+        for path in sorted((REPO / folder).rglob("*.py"))
         for number, line in enumerate(path.read_text().splitlines(), start=1)
         if raw.search(line) and "canonical_device" not in line
     ]
