@@ -28,7 +28,8 @@ from torch import nn
 from pipeline.cli import UserError, progress
 from pipeline.data import centre_offset
 from pipeline.distributed import SINGLE, Ranks, all_sum, shard, unshard
-from pipeline.models import ModelSpec, set_train_mode
+from pipeline.freezing import set_train_mode
+from pipeline.models import ModelSpec
 
 
 class NonFiniteLoss(UserError):

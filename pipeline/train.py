@@ -44,14 +44,8 @@ from pipeline.engine import (
     split_batches,
     train_and_score,
 )
-from pipeline.models import (
-    ModelSpec,
-    build_model,
-    count_parameters,
-    freeze,
-    parse_freeze,
-    trainable_names,
-)
+from pipeline.freezing import count_parameters, freeze, parse_freeze, trainable_names
+from pipeline.models import ModelSpec, build_model
 from pipeline.optim import lr_factor, make_optimizer
 from pipeline.runs import RunFolder, fingerprint
 

@@ -27,22 +27,18 @@ from pipeline.cli import UserError
 from pipeline.config import Optimizer, OptimParams
 from pipeline.data import Sizing
 from pipeline.engine import ImageBatches, epoch_generator, train_one_epoch
-from pipeline.models import (
+from pipeline.freezing import (
     FREEZE_SYNTAX,
     FreezeSpec,
-    ModelSpec,
-    build_model,
-    check_input_size,
     count_parameters,
     freeze,
     loose_parameters,
-    model_from_checkpoint,
     parse_freeze,
     set_train_mode,
-    skeleton_model,
     stage_names,
     trainable_names,
 )
+from pipeline.models import ModelSpec, build_model, check_input_size, model_from_checkpoint, skeleton_model
 from pipeline.optim import make_optimizer
 
 ARCHS = torchvision.models.list_models(module=torchvision.models)

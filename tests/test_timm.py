@@ -33,16 +33,8 @@ from pipeline.checkpoints import CheckpointError, load_checkpoint, save_checkpoi
 from pipeline.cli import UserError
 from pipeline.data import decoded_images
 from pipeline.engine import ImageBatches
-from pipeline.models import (
-    build_model,
-    check_model_params,
-    describe,
-    freeze,
-    model_from_checkpoint,
-    parse_freeze,
-    set_train_mode,
-    stage_names,
-)
+from pipeline.freezing import freeze, parse_freeze, set_train_mode, stage_names
+from pipeline.models import build_model, check_model_params, describe, model_from_checkpoint
 from pipeline.optim import _stage_depths
 from testing.project import REPO, run, set_params, stage
 from tests.helpers import file_sha1
