@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import get_model
 
+from pipeline.backbones import family_of
 from pipeline.features import folded_for_cpu
-from pipeline.models import find_head
 
 CASES = [
     "resnet18:224:forward", "efficientnet_b0:224:forward", "mobilenet_v3_small:224:forward",
@@ -31,7 +31,7 @@ def images_per_second(arch: str, size: int, kind: str, layout: str, seconds: flo
     model = get_model(arch, num_classes=10)
     memory_format = torch.contiguous_format if layout == "default" else torch.channels_last
     if layout == "folded":  # as features.head_inputs runs it: the folded convolutions and inputs channels-last
-        folded = folded_for_cpu(model.eval(), find_head(model))
+        folded = folded_for_cpu(model.eval(), family_of(arch).find_head(model))
         model = model if folded is None else folded
         memory_format = torch.contiguous_format if folded is None else memory_format
     else:

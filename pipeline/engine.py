@@ -21,7 +21,7 @@ from pipeline.batches import Batches, ImageBatches, batch_indices, iterate
 from pipeline.cli import UserError, progress
 from pipeline.devices import autocast, place_model, to_device
 from pipeline.distributed import SINGLE, Ranks, all_sum, shard, unshard
-from pipeline.models import set_train_mode
+from pipeline.freezing import set_train_mode
 
 
 class NonFiniteLoss(UserError):

@@ -1,21 +1,12 @@
-"""Models: build a torchvision or timm classifier, load pretrained weights, give it a new head, freeze it.
+"""Models: build a classifier of any backbone family, load its weights, give it a new head.
 
-model.arch is a torchvision model's name (resnet18) or `timm/` and a timm model's name
-(timm/convnext_atto); what is timm's own is in pipeline/timm_backbones.py.
+model.arch names a model of a family (pipeline.backbones): a torchvision model's name
+(resnet18) or `timm/` and a timm model's name (timm/convnext_atto). What to freeze of it
+is pipeline.freezing's.
 
-Freeze specs (the top-level `freeze` param):
-    none            train everything
-    all_but_head    train only the new head; the rest is a fixed feature extractor
-    first:N         freeze the first N backbone stages (`stage_names` lists them; for timm
-                    models, timm's own groups: the stem, then each stage or block)
-    modules:A+B     freeze the named modules, e.g. modules:conv1+bn1+layer1
-
-Frozen modules run in inference mode, BatchNorm and dropout included, so their
-running statistics never change (like Keras's `trainable=False`, unlike a bare
-`requires_grad=False`).
+    python -m pipeline.models ARCH...   # each model's head, and the stages `freeze: first:N` counts
 """
 
-import difflib
 import logging
 import os
 from collections.abc import Iterator
@@ -23,25 +14,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models import get_model, get_model_weights, list_models
 
-from pipeline import timm_backbones
+from pipeline.backbones import Weights, family_of
+from pipeline.backbones.preprocessing import Preprocessing, at_size
 from pipeline.checkpoints import CheckpointError, is_checkpoint, load_weights_file, verify_checkpoint
 from pipeline.cli import UserError, error_line
 from pipeline.data.decode import Sizing
-from pipeline.timm_backbones import is_timm_arch, is_timm_model, timm_name
+from pipeline.freezing import freeze, loose_parameters, parse_freeze, stage_names
 
 log = logging.getLogger(__name__)
 
-# Normalisation for models without torchvision weights: the ImageNet statistics that
-# torchvision's own weights use, so a later switch to pretrained weights changes nothing.
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 WEIGHTS_FILE_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
@@ -55,7 +40,7 @@ class ModelSpec:
     image_size: int
     mean: list[float]  # per-channel normalisation of [0, 1] RGB inputs
     std: list[float]
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # for torchvision's get_model or timm's create_model
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # for the family's constructor (get_model, create_model)
     # The shorter side is resized to this before the centre image_size crop (torchvision
     # weights' resize_size); 0 means image_size, with no margin (checkpoints from before it).
     resize_size: int = 0
@@ -87,7 +72,7 @@ class ModelSpec:
         """The architecture with its new head, randomly initialised."""
         model = new_model(self.arch, self.model_kwargs)
         _drop_aux_heads(model)
-        replace_head(model, self.head, len(self.classes))
+        family_of(self.arch).replace_head(model, self.head, len(self.classes))
         return model
 
 
@@ -99,93 +84,58 @@ class Built:
     spec: ModelSpec
 
 
-def classification_models() -> list[str]:
-    return list_models(module=torchvision.models)
-
-
-def check_arch(arch: str) -> None:
-    if is_timm_arch(arch):
-        timm_backbones.check_arch(arch)
-        return
-    known = classification_models()
-    if arch not in known:
-        close = difflib.get_close_matches(arch, known, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; choose one of {', '.join(known)}"
-        raise UserError(
-            f"model.arch = {arch!r} is not a torchvision classification model{hint} (timm's models: timm/NAME)"
-        )
-
-
 def is_weights_file(weights: str) -> bool:
     return weights.endswith(WEIGHTS_FILE_SUFFIXES) or "/" in weights or os.sep in weights
 
 
 def build_model(arch: str, weights: str | None, classes: list[str] | None, image_size: int) -> Built:
-    """Build `arch` with `weights` (torchvision weights name or timm pretrained tag, a
-    .pt/.pth/.safetensors path, or None) and a new head for `classes` (None: keep the head
-    the weights came with, for a backbone that is saved without it; its spec then lists no
-    classes).
+    """Build `arch` with `weights` (a weights name of its family, such as torchvision's
+    IMAGENET1K_V1 or a timm pretrained tag; a .pt/.pth/.safetensors path; or None) and a new
+    head for `classes` (None: keep the head the weights came with, for a backbone that is
+    saved without it; its spec then lists no classes).
 
     The spec takes the weights' preprocessing (see `preprocessing`). Every check that needs
     no weights (arch, weights name, input size) runs first.
     """
+    family = family_of(arch)
     weights_path, named, model_kwargs = _checked_model_params(arch, weights, image_size)
     loaded = None if weights_path is None else load_weights_file(weights_path)
     source = _checkpoint_spec(loaded, weights_path)
-    sizing, mean, std = preprocessing(named, source, image_size)
+    sizing, mean, std = preprocessing(arch, named, source, image_size)
     if source is not None:  # built as the checkpoint's model was (Inception's transform_input, timm's img_size...)
         model_kwargs = {**source.model_kwargs, **model_kwargs}
-    if isinstance(named, torchvision.models.WeightsEnum):
-        model = _load_torchvision_weights(arch, named)
-    elif is_timm_arch(arch):
-        model = timm_backbones.create(named, model_kwargs, pretrained=weights is not None and weights_path is None)
-    else:
-        model = new_model(arch, model_kwargs)
+    model = family.build(arch, named, model_kwargs)
     _drop_aux_heads(model)
-    head = find_head(model)
+    head = family.find_head(model)
     if weights_path is not None:
         _load_weights_file(model, arch, head, weights_path, loaded, source)
     if hasattr(model, "transform_input"):  # Inception, GoogLeNet: part of how their weights expect input
         model_kwargs["transform_input"] = model.transform_input
     if classes is not None:
-        replace_head(model, head, len(classes))
+        family.replace_head(model, head, len(classes))
     spec = ModelSpec(
         arch, head, list(classes or []), image_size, mean, std, model_kwargs, sizing.resize, sizing.interpolation
     )
     return Built(model, spec)
 
 
-def preprocessing(
-    weights: torchvision.models.WeightsEnum | str | None, source: ModelSpec | None, image_size: int
-) -> tuple[Sizing, list[float], list[float]]:
-    """How inputs of `image_size` pixels are made for weights: (sizing, mean, std).
+def preprocessing(arch: str, weights: Weights | None, source: ModelSpec | None, image_size: int) -> Preprocessing:
+    """How inputs of `image_size` pixels are made for `arch` with the named `weights`, or
+    with the weights of a pipeline checkpoint of spec `source`: (sizing, mean, std).
 
-    torchvision weights state their own (`weights.transforms()`: resize_size, crop_size,
-    interpolation, mean, std); a pipeline checkpoint carries the ones it was trained with; a
-    timm model (`weights` is then its timm name, with its pretrained tag if any) takes
-    its data config's (timm_backbones.preprocessing); anything else gets no margin, bilinear
-    resizing and ImageNet's mean and std. When image_size is not the stated crop size, the
-    resize keeps the stated resize/crop ratio.
+    A checkpoint carries the ones it was trained with (the resize keeping their resize/crop
+    ratio, see `at_size`); otherwise the family says (its `preprocessing`).
     """
-    if source is not None:
-        resize, crop, interpolation = source.sizing.resize, source.sizing.crop, source.interpolation
-        mean, std = source.mean, source.std
-    elif isinstance(weights, str):
-        return timm_backbones.preprocessing(weights, image_size)
-    elif weights is not None:
-        transforms = weights.transforms()
-        resize, crop, interpolation = transforms.resize_size[0], transforms.crop_size[0], transforms.interpolation.value
-        mean, std = transforms.mean, transforms.std
-    else:
-        return Sizing(image_size, image_size), list(IMAGENET_MEAN), list(IMAGENET_STD)
-    return Sizing(round(image_size * resize / crop), image_size, interpolation), list(mean), list(std)
+    if source is None:
+        return family_of(arch).preprocessing(arch, weights, image_size)
+    return at_size(source.sizing, image_size), list(source.mean), list(source.std)
 
 
 def model_sizing(arch: str, weights: str | None, image_size: int) -> Sizing:
     """The sizing `build_model(arch, weights, ..., image_size)` gives its spec, without building it."""
     weights_path, named, _ = _checked_model_params(arch, weights, image_size)
     loaded = None if weights_path is None else load_weights_file(weights_path)
-    return preprocessing(named, _checkpoint_spec(loaded, weights_path), image_size)[0]
+    return preprocessing(arch, named, _checkpoint_spec(loaded, weights_path), image_size)[0]
 
 
 def _checkpoint_spec(loaded: Any, path: Path | None) -> ModelSpec | None:
@@ -197,20 +147,15 @@ def _checkpoint_spec(loaded: Any, path: Path | None) -> ModelSpec | None:
 
 def _checked_model_params(
     arch: str, weights: str | None, image_size: int
-) -> tuple[Path | None, torchvision.models.WeightsEnum | str | None, dict[str, Any]]:
+) -> tuple[Path | None, Weights | None, dict[str, Any]]:
     """The checks of arch, weights and input size that need no weights: (the weights file or
-    None; the torchvision weights or None, or for a timm arch, timm's name of the model to
-    build, with the pretrained tag that `weights` names; the constructor's size kwargs)."""
-    check_arch(arch)
+    None; the family's named weights that `weights` names, or None; the constructor's size
+    kwargs)."""
+    family = family_of(arch)
+    family.check_arch(arch)
     weights_path = Path(weights) if weights is not None and is_weights_file(weights) else None
-    named_weights = weights is not None and not weights_path
-    named: torchvision.models.WeightsEnum | str | None
-    if is_timm_arch(arch):
-        named = timm_backbones.pretrained_name(arch, weights) if named_weights else timm_name(arch)
-        model_kwargs = _size_kwargs(arch, image_size)
-    else:
-        named = resolve_torchvision_weights(arch, weights) if named_weights else None
-        model_kwargs = _size_kwargs(arch, named.meta["min_size"][0] if named else image_size)
+    named = family.named_weights(arch, weights) if weights is not None and not weights_path else None
+    model_kwargs = family.size_kwargs(arch, named, image_size)
     check_input_size(arch, model_kwargs, image_size)
     if weights_path is not None and not weights_path.is_file():
         raise UserError(f"model.weights = {weights!r}: the file does not exist")
@@ -222,47 +167,6 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
     model = ModelSpec.from_checkpoint(checkpoint).untrained_model()
     model.load_state_dict(checkpoint["model_state_dict"])
     return model
-
-
-def _size_kwargs(arch: str, image_size: int) -> dict[str, Any]:
-    # ViT and MaxViT fix their input size at construction; the others adapt to any size.
-    if is_timm_arch(arch):
-        return timm_backbones.size_kwargs(arch, image_size)
-    if arch.startswith("vit_"):
-        return {"image_size": image_size}
-    if arch.startswith("maxvit_"):
-        return {"input_size": [image_size, image_size]}
-    return {}
-
-
-def _load_torchvision_weights(arch: str, weights: torchvision.models.WeightsEnum) -> nn.Module:
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
-    try:
-        model = get_model(arch, weights=weights)
-    except Exception as error:  # urllib raises URLError, socket errors, HTTPError...
-        if cached.exists():
-            raise
-        raise UserError(
-            f"torchvision weights {weights} are not in the cache and could not be downloaded "
-            f"({type(error).__name__}: {error}). Put the file {cached.name} (from {weights.url}) "
-            f"into {cached.parent}, or set model.weights: null to train from scratch"
-        ) from None
-    log.info("loaded torchvision weights %s from %s", weights, cached)
-    return model
-
-
-def resolve_torchvision_weights(arch: str, name: str) -> torchvision.models.WeightsEnum:
-    """'DEFAULT', 'IMAGENET1K_V1' or 'ResNet50_Weights.IMAGENET1K_V1' -> the weights enum member."""
-    enum = get_model_weights(arch)
-    member = name.split(".", 1)[1] if name.startswith(f"{enum.__name__}.") else name
-    try:
-        return enum[member]
-    except KeyError:
-        valid = ["DEFAULT", *(w.name for w in enum)]
-        raise UserError(
-            f"model.weights = {name!r} is not a weights name of {arch}; valid names: {', '.join(valid)}, "
-            "a path to a .pt/.pth/.safetensors file, or null"
-        ) from None
 
 
 def _load_weights_file(
@@ -317,28 +221,6 @@ def _drop_aux_heads(model: nn.Module) -> None:
                 setattr(model, name, None)
 
 
-def find_head(model: nn.Module) -> str:
-    """The classifier layer: the one a timm model's pretrained_cfg names; in a torchvision
-    model, the last Linear or Conv2d registered (fc, classifier.1, heads.head...)."""
-    if is_timm_model(model):
-        return timm_backbones.classifier(model)
-    layers = [name for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
-    return layers[-1]
-
-
-def replace_head(model: nn.Module, head: str, num_classes: int) -> None:
-    if is_timm_model(model):
-        timm_backbones.replace_classifier(model, num_classes)
-        return
-    old = model.get_submodule(head)
-    if isinstance(old, nn.Conv2d):  # SqueezeNet classifies with a 1x1 convolution
-        new: nn.Module = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size)
-    else:
-        new = nn.Linear(old.in_features, num_classes)
-    parent, _, child = head.rpartition(".")
-    setattr(model.get_submodule(parent), child, new.to(next(old.parameters()).device))
-
-
 def check_input_size(arch: str, model_kwargs: dict[str, Any], image_size: int) -> None:
     """Run a shape-only forward pass, so a size the model cannot take fails before any work."""
     with torch.no_grad():
@@ -353,9 +235,7 @@ def check_input_size(arch: str, model_kwargs: dict[str, Any], image_size: int) -
 
 def new_model(arch: str, model_kwargs: dict[str, Any]) -> nn.Module:
     """`arch` with random weights and its original head."""
-    if is_timm_arch(arch):
-        return timm_backbones.create(timm_name(arch), model_kwargs)
-    return get_model(arch, weights=None, **model_kwargs)
+    return family_of(arch).build(arch, None, model_kwargs)
 
 
 def skeleton_model(arch: str, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
@@ -387,188 +267,13 @@ def _no_weight_init() -> Iterator[None]:
             setattr(nn.init, name, original)
 
 
-# --- freezing -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FreezeSpec:
-    kind: str  # none | all_but_head | first | modules
-    count: int = 0
-    modules: tuple[str, ...] = ()
-    key: str = field(default="freeze", compare=False)  # the param it came from, for messages
-
-
-FREEZE_SYNTAX = "none, all_but_head, first:N (freeze the first N backbone stages) or modules:NAME+NAME"
-
-
-def parse_freeze(text: str, key: str = "freeze") -> FreezeSpec:
-    """`text`, the value of the param `key`, as a FreezeSpec; a UserError naming `key` if it is none."""
-    kind, _, arg = text.partition(":")
-    if text in ("none", "all_but_head"):
-        return FreezeSpec(text, key=key)
-    if kind == "first" and arg.isdigit():
-        return FreezeSpec("first", count=int(arg), key=key)
-    if kind == "modules" and arg and all(arg.split("+")):
-        return FreezeSpec("modules", modules=tuple(arg.split("+")), key=key)
-    raise UserError(f"{key} = {text!r} is not a freeze spec; use {FREEZE_SYNTAX}")
-
-
-def stage_names(model: nn.Module, head: str) -> list[str]:
-    """The backbone's stages, in order, as `first:N` counts them.
-
-    A timm model's are timm's own groups (timm_backbones.stages), each its modules and
-    parameters joined by `+`. For any other model (and the few timm models whose grouping
-    does not run), start from the top-level modules that hold parameters, leaving out the
-    one holding the head. While one stage holds over 90% of the parameters (MobileNet's
-    `features`, ViT's `encoder`), open it up into its own children.
-    """
-    if is_timm_model(model):
-        grouped = timm_backbones.stages(model, head)
-        if grouped:
-            return grouped
-
-    def children(prefix: str) -> list[str]:
-        parent = model.get_submodule(prefix)
-        return [
-            f"{prefix}.{name}".lstrip(".")
-            for name, child in parent.named_children()
-            if any(True for _ in child.parameters()) and not f"{head}.".startswith(f"{prefix}.{name}.".lstrip("."))
-        ]
-
-    def size(name: str) -> int:
-        return sum(p.numel() for p in model.get_submodule(name).parameters())
-
-    stages = children("")
-    while stages:
-        largest = max(stages, key=size)
-        inner = children(largest)
-        if size(largest) <= 0.9 * sum(size(s) for s in stages) or not inner:
-            return stages
-        position = stages.index(largest)
-        stages[position : position + 1] = inner
-    return stages
-
-
-def stage_parameters(model: nn.Module, stage: str) -> dict[str, nn.Parameter]:
-    """The parameters of a stage, or of a module: every parameter of the modules it names
-    (several joined by `+`), and the parameters it names themselves."""
-    params = dict(model.named_parameters())
-    found: dict[str, nn.Parameter] = {}
-    for part in stage.split("+"):
-        if part in params:
-            found[part] = params[part]
-        else:
-            found.update(model.get_submodule(part).named_parameters(prefix=part))
-    return found
-
-
-def loose_parameters(model: nn.Module, stages: list[str]) -> dict[str, nn.Parameter]:
-    """Parameters held directly by the root or by a module that `stage_names` opened up,
-    and named by no stage, so in none: torchvision ViT's class_token and encoder.pos_embedding."""
-    parts = {part for stage in stages for part in stage.split("+")}
-    containers = {".".join(part.split(".")[:depth]) for part in parts for depth in range(part.count(".") + 1)}
-    loose = {
-        f"{container}.{name}".lstrip("."): param
-        for container in sorted(containers)
-        for name, param in model.get_submodule(container).named_parameters(recurse=False)
-    }
-    return {name: param for name, param in loose.items() if name not in parts}
-
-
-def frozen_parts(model: nn.Module, spec: FreezeSpec, head: str) -> tuple[list[str], frozenset[str]]:
-    """What `spec` freezes in `model`: the frozen modules' names, and the frozen parameters'
-    names (theirs, plus parameters held outside any module that a spec names). Checks the
-    spec against the model; changes nothing."""
-    if spec.kind == "none":
-        return [], frozenset()
-    if spec.kind == "all_but_head":
-        # Every parameter outside the head, tokens held by the root (ViT's class_token) included.
-        params = frozenset(name for name, _ in model.named_parameters() if not name.startswith(f"{head}."))
-        return _siblings_along_path(model, head), params
-    stages = stage_names(model, head)
-    loose: list[str] = []
-    if spec.kind == "first":
-        if not 0 <= spec.count <= len(stages):
-            raise UserError(
-                f"{spec.key} = first:{spec.count}, but this model has {len(stages)} stages: {', '.join(stages)}"
-            )
-        frozen = stages[: spec.count]
-        if spec.count:
-            # ViT's class_token and encoder.pos_embedding sit beside the stages, not in one. They
-            # are part of the input embedding, so they freeze with the first stage (timm groups
-            # them with the patch embedding the same way).
-            loose = list(loose_parameters(model, stages))
-    else:
-        names = [name for name, _ in model.named_modules() if name]
-        known = set(names)
-        unknown = [name for name in spec.modules if name not in known]
-        if unknown:
-            # The example must be a module that exists: `<first stage>.0` is not one when the
-            # first stage is a single layer (ResNet's conv1 has no children).
-            example = next((n for n in names if any(n.startswith(f"{stage}.") for stage in stages)), stages[0])
-            raise UserError(
-                f"{spec.key} names module(s) {', '.join(unknown)} that the model does not have; "
-                f"its stages are {', '.join(stages)} (any dotted module name works, e.g. {example})"
-            )
-        if any(head == name or head.startswith(f"{name}.") for name in spec.modules):
-            raise UserError(f"{spec.key} names the head ({head}) or a module holding it; the head always trains")
-        frozen = list(spec.modules)
-    params = {name for stage in frozen for name in stage_parameters(model, stage)}
-    # The modules among what the stages name (a timm stage may name parameters, too).
-    named_params = dict(model.named_parameters())
-    modules = [part for stage in frozen for part in stage.split("+") if part not in named_params]
-    return modules, frozenset(params | set(loose))
-
-
-def trainable_names(model: nn.Module, spec: FreezeSpec, head: str) -> frozenset[str]:
-    """The names of the parameters that train under `spec`; the model is left as it is."""
-    _, frozen = frozen_parts(model, spec, head)
-    return frozenset(name for name, _ in model.named_parameters() if name not in frozen)
-
-
-def freeze(model: nn.Module, spec: FreezeSpec, head: str) -> list[str]:
-    """Set requires_grad from `spec`: False on the frozen part, True on the rest (so a later
-    call can unfreeze). Returns the frozen modules' names."""
-    modules, frozen = frozen_parts(model, spec, head)
-    for name, param in model.named_parameters():
-        param.requires_grad_(name not in frozen)
-    return modules
-
-
-def _siblings_along_path(model: nn.Module, head: str) -> list[str]:
-    """Every module that is neither the head, nor inside it, nor on the path from the root to it."""
-    parts = head.split(".")
-    siblings = []
-    for depth in range(len(parts)):
-        prefix = ".".join(parts[:depth])
-        parent = model.get_submodule(prefix)
-        for name, _ in parent.named_children():
-            if name != parts[depth]:
-                siblings.append(f"{prefix}.{name}" if prefix else name)
-    return siblings
-
-
-def set_train_mode(model: nn.Module, frozen: list[str]) -> None:
-    """model.train(), except frozen modules, which stay in inference mode."""
-    # Not torchvision's FrozenBatchNorm2d: swapping modules would change the state_dict keys
-    # (checkpoints, pretrained files), and frozen dropout must stay off too.
-    model.train()
-    for name in frozen:
-        model.get_submodule(name).eval()
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
 def describe(arch: str) -> str:
     """What `python -m pipeline.models ARCH` prints: the head and the stages `first:N` counts."""
-    check_arch(arch)
+    family = family_of(arch)
+    family.check_arch(arch)
     model = skeleton_model(arch)
     _drop_aux_heads(model)
-    head = find_head(model)
+    head = family.find_head(model)
     stages = stage_names(model, head)
     loose = loose_parameters(model, stages)
     lines = [f"{arch}: head {head}; {len(stages)} stages for freeze first:N"]
@@ -578,18 +283,11 @@ def describe(arch: str) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    import sys
-
-    for name in sys.argv[1:] or ["resnet18"]:
-        print(describe(name))
-
-
 def check_model_params(arch: str, weights: str | None, image_size: int, freeze_specs: dict[str, str]) -> None:
     """Check model.arch, model.weights, model.image_size and freeze specs (param key -> spec)
     without building the model: on its skeleton, in well under a second for most archs.
 
-    A weights file is loaded to compare its arch; a torchvision weights name is only resolved.
+    A weights file is loaded to compare its arch; a weights name is only resolved.
     """
     specs = {key: parse_freeze(text, key) for key, text in freeze_specs.items()}
     weights_path, _, model_kwargs = _checked_model_params(arch, weights, image_size)
@@ -601,6 +299,13 @@ def check_model_params(arch: str, weights: str | None, image_size: int, freeze_s
             )
     skeleton = skeleton_model(arch, model_kwargs)
     _drop_aux_heads(skeleton)
-    head = find_head(skeleton)
+    head = family_of(arch).find_head(skeleton)
     for spec in specs.values():
         freeze(skeleton, spec, head)
+
+
+if __name__ == "__main__":
+    import sys
+
+    for name in sys.argv[1:] or ["resnet18"]:
+        print(describe(name))

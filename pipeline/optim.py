@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.config import Optimizer, OptimParams, Schedule
-from pipeline.models import loose_parameters, stage_names, stage_parameters
+from pipeline.freezing import loose_parameters, stage_names, stage_parameters
 
 
 def make_optimizer(
@@ -29,7 +29,7 @@ def make_optimizer(
     norm layers, and every bias) get no weight decay, as in timm and the torchvision
     references: decay pulls them towards 0, which they have no reason to be near. With a
     `layer_decay` below 1 (layer-wise learning-rate decay, as timm's for ViT), the trunk's
-    stages (`models.stage_names`, the ones `freeze: first:N` counts: timm's own groups for a
+    stages (`freezing.stage_names`, the ones `freeze: first:N` counts: timm's own groups for a
     timm model) learn ever more slowly towards the input: stage i of n at
     lr * trunk_lr_scale * layer_decay ** (n - i), the head at lr. The head's parameters and
     the trunk's form groups apart, one per (rate, decay) pair, the head's first.

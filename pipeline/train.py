@@ -37,14 +37,8 @@ from pipeline.devices import place_model, resolve_device, set_determinism
 from pipeline.distributed import Ranks
 from pipeline.engine import LoopOptions, compile_for_training, train_and_score
 from pipeline.features import head_feature_batches
-from pipeline.models import (
-    ModelSpec,
-    build_model,
-    count_parameters,
-    freeze,
-    parse_freeze,
-    trainable_names,
-)
+from pipeline.freezing import count_parameters, freeze, parse_freeze, trainable_names
+from pipeline.models import ModelSpec, build_model
 from pipeline.optim import lr_factor, make_optimizer
 from pipeline.runs import RunFolder, fingerprint
 

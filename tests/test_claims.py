@@ -18,7 +18,8 @@ from torch import nn
 
 from pipeline.checkpoints import load_checkpoint
 from pipeline.config import Params
-from pipeline.models import build_model, freeze, parse_freeze, set_train_mode
+from pipeline.freezing import freeze, parse_freeze, set_train_mode
+from pipeline.models import build_model
 from testing.project import REPO, copy_project, run, set_params, stage
 from tests.conftest import Reproduced
 from tests.helpers import augment

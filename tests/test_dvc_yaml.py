@@ -26,23 +26,30 @@ def test_each_stage_depends_on_the_whole_pipeline_package(name: str) -> None:
 
 
 def imports_of(path: Path) -> set[str]:
-    """The project modules that the file at `path` imports (absolute imports only)."""
+    """The project modules that the file at `path` imports (absolute imports only); for
+    `from package import name`, the package and `package.name` (which may be a module)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
     return {name for name in names if name.split(".")[0] in PROJECT_PACKAGES}
 
 
+def module_name(path: Path) -> str:
+    """pipeline/backbones/timm.py -> pipeline.backbones.timm; a package's __init__.py -> the package."""
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def module_graph() -> dict[str, set[str]]:
-    """pipeline's modules, those of its sub-packages too -> the project modules each imports."""
-    return {
-        ".".join(path.relative_to(REPO).with_suffix("").parts): imports_of(path) - {"pipeline"}
-        for path in sorted((REPO / "pipeline").rglob("*.py"))
-        if path.stem != "__init__"
-    }
+    """pipeline's modules, those of its subpackages included -> the project modules each imports."""
+    modules = {module_name(path): path for path in sorted((REPO / "pipeline").rglob("*.py"))}
+    modules.pop("pipeline")
+    # A package's own name is left out: its __init__ imports its submodules by it.
+    return {module: imports_of(path) - {"pipeline", module} for module, path in modules.items()}
 
 
 def test_pipeline_imports_nothing_outside_itself() -> None:

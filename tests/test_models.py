@@ -21,29 +21,25 @@ from torchvision.models import ResNet18_Weights
 from torchvision.models.regnet import BlockParams
 
 from pipeline import models
+from pipeline.backbones import torchvision as torchvision_backbones
 from pipeline.batches import ImageBatches
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.cli import UserError
 from pipeline.config import Optimizer, OptimParams
 from pipeline.data.decode import Sizing
 from pipeline.engine import LoopOptions, train_one_epoch
-from pipeline.models import (
+from pipeline.freezing import (
     FREEZE_SYNTAX,
     FreezeSpec,
-    ModelSpec,
-    _size_kwargs,
-    build_model,
-    check_input_size,
     count_parameters,
     freeze,
     loose_parameters,
-    model_from_checkpoint,
     parse_freeze,
     set_train_mode,
-    skeleton_model,
     stage_names,
     trainable_names,
 )
+from pipeline.models import ModelSpec, build_model, check_input_size, model_from_checkpoint, skeleton_model
 from pipeline.optim import make_optimizer
 
 ARCHS = torchvision.models.list_models(module=torchvision.models)
@@ -435,7 +431,8 @@ def test_plain_state_dict_loads_into_everything_but_the_head(tmp_path: Path):
     built = build_model("resnet18", str(path), CLASSES, SIZE)
     assert_trunk_equal(built.model, state, "fc")
     assert built.model.fc.weight.shape == (len(CLASSES), 512)
-    assert (built.spec.mean, built.spec.std) == (models.IMAGENET_MEAN, models.IMAGENET_STD)
+    assert built.spec.mean == torchvision_backbones.IMAGENET_MEAN
+    assert built.spec.std == torchvision_backbones.IMAGENET_STD
 
 
 def save_pipeline_checkpoint(built: models.Built, path: Path) -> None:
@@ -493,8 +490,8 @@ def test_torchvision_weights_load_from_the_hub_cache(name: str, torch_home: Path
     state = scrambled_resnet().state_dict()
     torch.save(state, cached)
     # Different fallback statistics, so the test sees where mean and std come from.
-    monkeypatch.setattr(models, "IMAGENET_MEAN", [0.0, 0.0, 0.0])
-    monkeypatch.setattr(models, "IMAGENET_STD", [1.0, 1.0, 1.0])
+    monkeypatch.setattr(torchvision_backbones, "IMAGENET_MEAN", [0.0, 0.0, 0.0])
+    monkeypatch.setattr(torchvision_backbones, "IMAGENET_STD", [1.0, 1.0, 1.0])
 
     built = build_model("resnet18", name, CLASSES, SIZE)
     assert_trunk_equal(built.model, state, "fc")
@@ -564,7 +561,7 @@ def test_sizes_a_model_cannot_take_are_user_errors(arch: str, size: int):
 
 
 def test_vit_from_scratch_takes_any_multiple_of_its_patch_size():
-    check_input_size("vit_b_16", _size_kwargs("vit_b_16", 32), 32)
+    check_input_size("vit_b_16", torchvision_backbones.size_kwargs("vit_b_16", None, 32), 32)
     built = build_model("vit_b_16", None, CLASSES, 32)
     assert built.spec.model_kwargs == {"image_size": 32}
     assert built.model.image_size == 32
@@ -576,4 +573,4 @@ def test_vit_with_torchvision_weights_needs_their_size(torch_home: Path):
     assert min_size == 224
     with pytest.raises(UserError, match=r"^model.image_size = 32 does not fit vit_b_16: "):
         build_model("vit_b_16", "DEFAULT", CLASSES, 32)
-    check_input_size("vit_b_16", _size_kwargs("vit_b_16", min_size), min_size)
+    check_input_size("vit_b_16", torchvision_backbones.size_kwargs("vit_b_16", None, min_size), min_size)

@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image, ImageFilter
-from torchvision.models import get_weight
+from torchvision.models import get_model_weights, get_weight
 from torchvision.transforms.functional import pil_to_tensor
 
+from pipeline.backbones import torchvision as torchvision_backbones
 from pipeline.batches import ImageBatches
 from pipeline.data.cache import decoded_images
 from pipeline.data.decode import Sizing, decode, load_image
-from pipeline.models import preprocessing
 from tests.helpers import file_sha1
 
 WEIGHTS = [
@@ -49,8 +49,10 @@ def photo(path: Path, width: int, height: int, seed: int) -> Path:
 def pipeline_inputs(paths: list[Path], weights_name: str, cache: Path) -> torch.Tensor:
     """What evaluate feeds the model for these files, with these weights' preprocessing."""
     weights = get_weight(weights_name)
+    arch = weights_name.partition("_Weights")[0].lower()  # ResNet50_Weights.IMAGENET1K_V1: resnet50
+    assert isinstance(weights, get_model_weights(arch))
     crop = weights.transforms().crop_size[0]
-    sizing, mean, std = preprocessing(weights, None, crop)
+    sizing, mean, std = torchvision_backbones.preprocessing(arch, weights, crop)
     manifest = pd.DataFrame({"path": [p.as_posix() for p in paths], "sha1": [file_sha1(p) for p in paths]})
     images = torch.from_numpy(decoded_images(manifest, sizing, cache))
     data = ImageBatches(images, torch.arange(len(paths)), torch.zeros(len(paths)), torch.device("cpu"), mean, std, crop)

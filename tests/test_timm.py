@@ -28,22 +28,13 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, PILToTensor, Resize, ToDtype
 
 from pipeline import select_best
+from pipeline.backbones import timm as timm_backbones
 from pipeline.batches import ImageBatches
 from pipeline.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from pipeline.cli import UserError
 from pipeline.data.cache import decoded_images
-from pipeline.models import (
-    build_model,
-    check_arch,
-    check_model_params,
-    describe,
-    freeze,
-    model_from_checkpoint,
-    parse_freeze,
-    preprocessing,
-    set_train_mode,
-    stage_names,
-)
+from pipeline.freezing import freeze, parse_freeze, set_train_mode, stage_names
+from pipeline.models import build_model, check_model_params, describe, model_from_checkpoint
 from pipeline.optim import _stage_depths
 from testing.project import REPO, run, set_params, stage
 from tests.helpers import file_sha1
@@ -78,13 +69,13 @@ def test_importing_the_stages_does_not_import_timm() -> None:
 
 def test_any_timm_model_is_an_arch_and_a_typo_gets_a_hint() -> None:
     for name in ["resnet18", "convnext_atto", timm.list_models()[-1]]:
-        check_arch(f"timm/{name}")
+        timm_backbones.check_arch(f"timm/{name}")
     with pytest.raises(UserError, match=r"is not a timm model; did you mean timm/resnet18"):
-        check_arch("timm/resnet81")
+        timm_backbones.check_arch("timm/resnet81")
     with pytest.raises(
         UserError, match=r"names a pretrained tag: set model.arch: timm/resnet18, model.weights: a1_in1k"
     ):
-        check_arch("timm/resnet18.a1_in1k")
+        timm_backbones.check_arch("timm/resnet18.a1_in1k")
     with pytest.raises(UserError, match=r"valid names: DEFAULT, a1_in1k, a2_in1k"):
         check_model_params("timm/resnet18", "in9k", SIZE, {})
 
@@ -283,7 +274,8 @@ def photo(path: Path, width: int, height: int, seed: int) -> Path:
 )
 def test_inputs_are_timms_own_eval_transforms(name: str, size: int, tmp_path: Path) -> None:
     paths = [photo(tmp_path / f"{w}x{h}.jpg", w, h, seed) for seed, (w, h) in enumerate([(500, 375), (375, 500)])]
-    sizing, mean, std = preprocessing(name, None, size)
+    model_name, _, tag = name.partition(".")  # no tag: the model's default one
+    sizing, mean, std = timm_backbones.preprocessing(f"timm/{model_name}", name if tag else None, size)
     manifest = pd.DataFrame({"path": [p.as_posix() for p in paths], "sha1": [file_sha1(p) for p in paths]})
     images = torch.from_numpy(decoded_images(manifest, sizing, tmp_path / "cache"))
     batches = ImageBatches(images, torch.arange(2), torch.zeros(2), torch.device("cpu"), mean, std, size)

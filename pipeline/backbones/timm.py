@@ -1,6 +1,7 @@
-"""timm backbones: `model.arch: timm/<name>` builds any model of `timm.list_models()`.
+"""The timm family of backbones: `model.arch: timm/<name>` builds any model of `timm.list_models()`.
 
-What the pipeline needs from a model, timm states itself, and this module asks it:
+It implements pipeline.backbones.Family. What the pipeline needs from a model, timm states
+itself, and this module asks it:
 the classifier layer (`pretrained_cfg["classifier"]`, replaced by `reset_classifier`), the
 stages that `freeze: first:N` and layer-wise LR decay count (`group_matcher`), the input
 size of models built for one (`fixed_input_size`: ViT, Swin...; built here for
@@ -26,6 +27,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from pipeline.backbones.preprocessing import Preprocessing
 from pipeline.cli import UserError
 from pipeline.data.decode import Sizing
 
@@ -37,11 +39,11 @@ DEFAULT_WEIGHTS = "DEFAULT"  # model.weights for the model's default pretrained 
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def is_timm_arch(arch: str) -> bool:
+def owns(arch: str) -> bool:
     return arch.startswith(PREFIX)
 
 
-def is_timm_model(model: nn.Module) -> bool:
+def _is_timm_model(model: nn.Module) -> bool:
     return hasattr(model, "pretrained_cfg")
 
 
@@ -67,7 +69,7 @@ def check_arch(arch: str) -> None:
     raise UserError(f"model.arch = {arch!r} is not a timm model{hint}")
 
 
-def pretrained_name(arch: str, weights: str) -> str:
+def named_weights(arch: str, weights: str) -> str:
     """timm's name of `arch` with the pretrained tag that `weights` names (DEFAULT: the model's
     default tag), as timm.create_model takes it: resnet18.a1_in1k."""
     import timm
@@ -84,27 +86,28 @@ def pretrained_name(arch: str, weights: str) -> str:
     return f"{name}.{tag}"
 
 
-def size_kwargs(arch: str, image_size: int) -> dict[str, Any]:
-    # As timm itself passes it: a model whose config has a fixed input size takes it as img_size.
-    # timm resizes their position embeddings when it loads pretrained weights made for another.
+def size_kwargs(arch: str, weights: str | None, image_size: int) -> dict[str, Any]:
+    # As timm itself passes it: a model whose config has a fixed input size takes it as img_size,
+    # pretrained or not: timm resizes their position embeddings when it loads weights made for another.
     import timm
 
     return {"img_size": image_size} if timm.models.get_pretrained_cfg(timm_name(arch)).fixed_input_size else {}
 
 
-def create(name: str, model_kwargs: dict[str, Any], pretrained: bool = False) -> nn.Module:
-    """timm's model `name` (with a pretrained tag, for `pretrained` weights) and its original head."""
+def build(arch: str, weights: str | None, model_kwargs: dict[str, Any]) -> nn.Module:
+    """`arch` with its original head, and the pretrained `weights` (from `named_weights`) or
+    random ones (None)."""
     import timm
 
-    if not pretrained:
-        return timm.create_model(name, **model_kwargs)
-    cfg = timm.models.get_pretrained_cfg(name)
-    path = _hub_file(name, cfg.hf_hub_id) if cfg.hf_hub_id else _torch_hub_file(name, cfg.url)
+    if weights is None:
+        return timm.create_model(timm_name(arch), **model_kwargs)
+    cfg = timm.models.get_pretrained_cfg(weights)
+    path = _hub_file(weights, cfg.hf_hub_id) if cfg.hf_hub_id else _torch_hub_file(weights, cfg.url)
     # timm loads a file named this way as a state_dict (not with the loader of an original
     # format, custom_load, such as ViT's .npz), through the model's own checkpoint filter,
     # which resizes position embeddings to the model's input size.
-    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **model_kwargs)
-    log.info("loaded timm weights %s from %s", name, path)
+    model = timm.create_model(weights, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **model_kwargs)
+    log.info("loaded timm weights %s from %s", weights, path)
     return model
 
 
@@ -135,7 +138,7 @@ def _torch_hub_file(name: str, url: str) -> Path:
     return cached
 
 
-def classifier(model: nn.Module) -> str:
+def find_head(model: nn.Module) -> str:
     """The module name of the classifier layer, as the model's pretrained_cfg states it."""
     name = model.pretrained_cfg.get("classifier")
     if not isinstance(name, str):  # (head, head_dist) of distilled models; None for encoders alone
@@ -146,40 +149,46 @@ def classifier(model: nn.Module) -> str:
     return name
 
 
-def replace_classifier(model: nn.Module, num_classes: int) -> None:
+def replace_head(model: nn.Module, head: str, num_classes: int) -> None:
+    # reset_classifier replaces the layer at `head`, and keeps the model's num_classes in step.
     device = next(model.parameters()).device
-    model.reset_classifier(num_classes)  # which keeps the model's num_classes in step
+    model.reset_classifier(num_classes)
     model.get_classifier().to(device)
 
 
-def preprocessing(name: str, image_size: int) -> tuple[Sizing, list[float], list[float]]:
-    """How inputs of `image_size` pixels are made for timm's model `name` (with its pretrained
-    tag, if any): as its data config states (resolve_model_data_config: interpolation, mean,
-    std), the shorter side resized to floor(image_size / crop_pct) as timm's eval transform
-    resizes it, then the centre crop."""
+def preprocessing(arch: str, weights: str | None, image_size: int) -> Preprocessing:
+    """How inputs of `image_size` pixels are made for `arch` with `weights` (from
+    `named_weights`; None: the model's default pretrained tag): as that tag's data config
+    states (resolve_model_data_config: interpolation, mean, std), the shorter side resized to
+    floor(image_size / crop_pct) as timm's eval transform resizes it, then the centre crop."""
     import timm
     from timm.data import resolve_data_config
 
+    name = weights or timm_name(arch)
     # resolve_model_data_config(model) reads the model's pretrained_cfg, which is this one.
     config = resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(name).to_dict())
     if config["crop_mode"] != "center":
         log.warning(
             "timm's data config for %s resizes with crop_mode %s; the pipeline resizes the shorter side and "
             "crops the centre",
-            name, config["crop_mode"],
-        )  # fmt: skip
+            name,
+            config["crop_mode"],
+        )
     sizing = Sizing(math.floor(image_size / config["crop_pct"]), image_size, config["interpolation"])
     return sizing, list(config["mean"]), list(config["std"])
 
 
 def stages(model: nn.Module, head: str) -> list[str]:
     """timm's own grouping of the model's parameters (`group_matcher(coarse=True)`: the stem,
-    then each stage or block), less the head's group; [] for a model without a usable one.
+    then each stage or block), less the head's group; [] for a model without a usable one,
+    and for another family's model (asked without importing timm).
 
     Each stage is the modules that hold its parameters, joined by `+` (`conv1+bn1`), as
     `freeze: modules:` writes them; a parameter whose module is split between groups is
     named itself (ViT's stem: `cls_token+pos_embed+patch_embed`).
     """
+    if not _is_timm_model(model):
+        return []
     from timm.models import group_parameters
 
     try:
