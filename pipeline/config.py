@@ -15,8 +15,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from pipeline.cli import UserError, error_line
+from pipeline.paths import PARAMS_FILE
 
-PARAMS_FILE = Path("params.yaml")
 # model.weights: the weights stage trains the backbone on pretrain.data_dir first (the demo).
 PRETRAIN_WEIGHTS = "pretrain"
 

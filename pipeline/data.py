@@ -39,6 +39,7 @@ from PIL import ExifTags, Image, ImageOps
 
 from pipeline.cli import UserError, progress
 from pipeline.files import atomic_path, project_cache, read_csv
+from pipeline.paths import CLASSES, MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -566,7 +567,7 @@ def stratified_split(
 
 def read_manifest(prepared_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """The manifest (path, label, split, sha1) and the ordered class list written by prepare."""
-    manifest_path, classes_path = prepared_dir / "manifest.csv", prepared_dir / "classes.json"
+    manifest_path, classes_path = prepared_dir / MANIFEST.name, prepared_dir / CLASSES.name
     for path in (manifest_path, classes_path):
         if not path.is_file():
             raise UserError(f"{path} not found: run the prepare stage first (dvc repro prepare)")

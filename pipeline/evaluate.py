@@ -12,7 +12,6 @@ evaluate.tta: hflip, each image's logits are averaged with its mirror image's.
 """
 
 import logging
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -24,13 +23,9 @@ from pipeline.data import decoded_images, read_manifest
 from pipeline.engine import ImageBatches, images_on, place_model, predict, resolve_device, score, split_batches
 from pipeline.files import write_csv
 from pipeline.models import ModelSpec, model_from_checkpoint
+from pipeline.paths import CHECKPOINT_DIR, PREDICTIONS_DIR, PREPARED_DIR, SCORES_FILE
 
 log = logging.getLogger("pipeline.evaluate")
-
-PREPARED_DIR = Path("data/prepared")
-CHECKPOINT_DIR = Path("checkpoints")
-EVAL_DIR = Path("eval")
-PREDICTIONS_DIR = EVAL_DIR / "predictions"
 
 
 def batch_size_on(device: torch.device, params: EvaluateParams) -> int:
@@ -66,7 +61,7 @@ def main() -> None:
             write_csv(predictions, PREDICTIONS_DIR / predictions_name(checkpoint["epoch"], weights))
 
     scores = pd.DataFrame(rows)
-    write_csv(scores, EVAL_DIR / "scores.csv")
+    write_csv(scores, SCORES_FILE)
     log.info("scored %d checkpoints:\n%s", len(paths), scores.to_string(index=False, float_format="%.4f"))
 
 

@@ -43,14 +43,19 @@ from pipeline.cli import UserError, error_line, run_stage
 from pipeline.config import Mode, load_params
 from pipeline.files import atomic_write, read_csv, write_csv, write_json
 from pipeline.models import ModelSpec, model_from_checkpoint
+from pipeline.paths import (
+    BEST_CONFUSION,
+    BEST_EPOCHS,
+    BEST_EXPORT,
+    BEST_METRICS,
+    BEST_MODEL,
+    CHECKPOINT_DIR,
+    PREDICTIONS_DIR,
+    SCORES_FILE,
+)
 
 log = logging.getLogger("pipeline.select_best")
 
-CHECKPOINT_DIR = Path("checkpoints")
-EVAL_DIR = Path("eval")
-BEST_MODEL = Path("models/best.pt")
-BEST_EXPORT = Path("models/best.pt2")
-BEST_DIR = Path("best")
 REPORTED = ("val_loss", "val_accuracy", "val_f1", "test_loss", "test_accuracy", "test_f1")
 
 
@@ -95,9 +100,9 @@ def save_export(program: torch.export.ExportedProgram, spec: ModelSpec, path: Pa
 
 def main() -> None:
     params = load_params().select
-    if not (EVAL_DIR / "scores.csv").is_file():
-        raise UserError(f"{EVAL_DIR / 'scores.csv'} not found: run the evaluate stage first (dvc repro evaluate)")
-    scores = read_csv(EVAL_DIR / "scores.csv", text=("weights", "tta"))
+    if not SCORES_FILE.is_file():
+        raise UserError(f"{SCORES_FILE} not found: run the evaluate stage first (dvc repro evaluate)")
+    scores = read_csv(SCORES_FILE, text=("weights", "tta"))
     best = pick_best(scores, params.metric, params.mode)
     epoch, weights = int(best["epoch"]), best["weights"]
 
@@ -105,7 +110,7 @@ def main() -> None:
     paths = sorted(CHECKPOINT_DIR.glob("epoch_*.pt"))
     chosen = CHECKPOINT_DIR / checkpoint_name(epoch)
     if chosen not in paths:
-        raise UserError(f"{chosen} not found, but eval/scores.csv chose it: run the evaluate stage again")
+        raise UserError(f"{chosen} not found, but {SCORES_FILE} chose it: run the evaluate stage again")
     checkpoint: dict[str, Any] = {}
     for path, loaded in load_each(paths):  # one in memory at a time, but the chosen one
         if path == chosen:
@@ -141,13 +146,13 @@ def main() -> None:
         "trainable_params": checkpoint["trainable_params"],
         "total_params": checkpoint["total_params"],
     }
-    write_json(metrics, BEST_DIR / "metrics.json")
-    predictions = read_csv(EVAL_DIR / "predictions" / predictions_name(epoch, weights))
+    write_json(metrics, BEST_METRICS)
+    predictions = read_csv(PREDICTIONS_DIR / predictions_name(epoch, weights))
     # A plain CSV for dvc.yaml's confusion plot, not dvclive's: select_best keeps no Live run.
-    write_csv(predictions[["actual", "predicted"]], BEST_DIR / "confusion.csv")
+    write_csv(predictions[["actual", "predicted"]], BEST_CONFUSION)
     # evaluate's table of the raw weights, with the chosen epoch marked, for the per-epoch plots' red line
     raw = scores[scores["weights"] == "raw"]
-    write_csv(raw.assign(selected=(raw["epoch"] == epoch).astype(int)), BEST_DIR / "epochs.csv")
+    write_csv(raw.assign(selected=(raw["epoch"] == epoch).astype(int)), BEST_EPOCHS)
     log.info(
         "best: epoch %d of %d (%s weights) by %s (%s): val loss %.4f, test accuracy %.3f -> %s",
         epoch, len(raw), weights, params.metric, params.mode.value, best["val_loss"], best["test_accuracy"],

@@ -16,7 +16,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,13 +52,10 @@ from pipeline.models import (
     trainable_names,
 )
 from pipeline.optim import lr_factor, make_optimizer
+from pipeline.paths import CLASSES, LIVE_DIR, MANIFEST, PREPARED_DIR, START_FILE
 from pipeline.runs import RunFolder, fingerprint
 
 log = logging.getLogger("pipeline.train")
-
-PREPARED_DIR = Path("data/prepared")
-START_FILE = Path("models/start.pt")  # written by the weights stage
-LIVE_DIR = Path("dvclive/train")
 
 
 def main() -> None:
@@ -335,7 +331,7 @@ def run_fingerprint(params: Params, device: torch.device) -> str:
         "train": {key: value for key, value in dataclasses.asdict(params.train).items() if key not in split},
         "select": dataclasses.asdict(params.select),  # early stopping watches select.metric
     }
-    return fingerprint(shaping, [PREPARED_DIR / "manifest.csv", PREPARED_DIR / "classes.json", START_FILE])
+    return fingerprint(shaping, [MANIFEST, CLASSES, START_FILE])
 
 
 def log_epoch(live: Live | None, record: dict[str, Any]) -> None:

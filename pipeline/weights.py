@@ -34,10 +34,9 @@ from pipeline.data import decoded_images, duplicate_groups, stratified_split, us
 from pipeline.engine import images_on, place_model, resolve_device, split_batches, train_and_score
 from pipeline.models import Built, backbone_state, build_model, model_sizing
 from pipeline.optim import make_optimizer
+from pipeline.paths import START_FILE
 
 log = logging.getLogger("pipeline.weights")
-
-OUT_FILE = Path("models/start.pt")
 
 
 def main() -> None:
@@ -56,11 +55,11 @@ def main() -> None:
         "source": source,
         **scores,
     }
-    save_checkpoint(checkpoint, OUT_FILE)
+    save_checkpoint(checkpoint, START_FILE)
     sizing = built.spec.sizing
     log.info(
         "wrote %s: %s %s; inputs resized to %d, centre %d crop (%s)",
-        OUT_FILE, model.arch, source, sizing.resize, sizing.crop, sizing.interpolation,
+        START_FILE, model.arch, source, sizing.resize, sizing.crop, sizing.interpolation,
     )  # fmt: skip
 
 
