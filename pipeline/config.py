@@ -15,6 +15,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from pipeline.cli import UserError, error_line
+from pipeline.metrics import SELECTABLE
 from pipeline.paths import PARAMS_FILE
 
 # model.weights: the weights stage trains the backbone on pretrain.data_dir first (the demo).
@@ -162,10 +163,6 @@ class Params:
     select: SelectParams = field(default_factory=SelectParams)
 
 
-# Columns of evaluate's table that select-best may rank by.
-SELECTABLE_METRICS = ("val_loss", "val_accuracy", "val_f1")
-
-
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read params.yaml into the typed schema; raise UserError naming the bad key."""
     if not path.is_file():
@@ -280,7 +277,7 @@ def validate(params: Params) -> None:
         value = getattr(params.evaluate, key)
         _require(value >= 1, f"evaluate.{key}", value, "an integer >= 1")
     metric = params.select.metric
-    _require(metric in SELECTABLE_METRICS, "select.metric", metric, f"one of {', '.join(SELECTABLE_METRICS)}")
+    _require(metric in SELECTABLE, "select.metric", metric, f"one of {', '.join(SELECTABLE)}")
 
 
 def _require(ok: bool, key: str, value: object, allowed: str) -> None:

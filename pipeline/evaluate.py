@@ -22,6 +22,7 @@ from pipeline.config import EvaluateParams, TestTimeAugmentation, load_params
 from pipeline.data import decoded_images, read_manifest
 from pipeline.engine import ImageBatches, images_on, place_model, predict, resolve_device, score, split_batches
 from pipeline.files import write_csv
+from pipeline.metrics import as_columns
 from pipeline.models import ModelSpec, model_from_checkpoint
 from pipeline.paths import CHECKPOINT_DIR, PREDICTIONS_DIR, PREPARED_DIR, SCORES_FILE
 
@@ -75,11 +76,9 @@ def score_splits(
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """The model's scores on each split (val_loss, test_accuracy...), and its test predictions."""
     logits = {split: predict(model, data, batch_size, flip=flip) for split, data in splits.items()}
-    scores = {
-        f"{split}_{name}": value
-        for split, data in splits.items()
-        for name, value in score(logits[split], data.targets, len(classes)).items()
-    }
+    scores: dict[str, float] = {}
+    for split, data in splits.items():
+        scores |= as_columns(split, score(logits[split], data.targets, len(classes)))
     test_rows = manifest[manifest["split"] == "test"]
     confidence, predicted = logits["test"].softmax(dim=1).max(dim=1)
     predictions = pd.DataFrame({

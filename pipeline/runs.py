@@ -32,6 +32,7 @@ from torch.optim.swa_utils import AveragedModel
 from pipeline.checkpoints import CheckpointError, checkpoint_name, load_checkpoint, save_checkpoint
 from pipeline.cli import UserError
 from pipeline.files import atomic_write, project_cache
+from pipeline.metrics import columns
 from pipeline.paths import CHECKPOINT_DIR
 
 log = logging.getLogger("pipeline.runs")
@@ -42,7 +43,8 @@ FINISHED = "finished"  # the marker file of a run that trained all its epochs
 LOCK = ".lock"
 CODE_DIR = Path(__file__).parent
 # What each checkpoint records about its epoch: the history a resumed run starts from.
-RECORD_KEYS = ("epoch", "loss", "val_loss", "val_accuracy", "val_f1", "lr", "seconds")
+# loss is the training loss; the val metrics are engine.score's.
+RECORD_KEYS = ("epoch", "loss", *columns("val"), "lr", "seconds")
 
 
 def code_files() -> list[Path]:

@@ -42,6 +42,7 @@ from pipeline.checkpoints import WEIGHTS, checkpoint_name, load_each, prediction
 from pipeline.cli import UserError, error_line, run_stage
 from pipeline.config import Mode, load_params
 from pipeline.files import atomic_write, read_csv, write_csv, write_json
+from pipeline.metrics import REPORTED
 from pipeline.models import ModelSpec, model_from_checkpoint
 from pipeline.paths import (
     BEST_CONFUSION,
@@ -55,8 +56,6 @@ from pipeline.paths import (
 )
 
 log = logging.getLogger("pipeline.select_best")
-
-REPORTED = ("val_loss", "val_accuracy", "val_f1", "test_loss", "test_accuracy", "test_f1")
 
 
 def pick_best(scores: pd.DataFrame, metric: str, mode: Mode) -> pd.Series:

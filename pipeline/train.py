@@ -43,6 +43,7 @@ from pipeline.engine import (
     split_batches,
     train_and_score,
 )
+from pipeline.metrics import METRICS, as_columns, columns
 from pipeline.models import (
     ModelSpec,
     build_model,
@@ -257,9 +258,7 @@ def train_epoch(run: Run, phase: Phase, epoch: int) -> dict[str, Any]:
     record = {
         "epoch": epoch,
         "loss": loss,
-        "val_loss": val["loss"],
-        "val_accuracy": val["accuracy"],
-        "val_f1": val["f1"],
+        **as_columns("val", val),
         "lr": run.optimizer.param_groups[0]["lr"],
         "seconds": time.perf_counter() - started,
     }
@@ -339,9 +338,8 @@ def log_epoch(live: Live | None, record: dict[str, Any]) -> None:
         return
     live.step = record["epoch"]
     live.log_metric("train/loss", record["loss"])
-    live.log_metric("val/loss", record["val_loss"])
-    live.log_metric("val/accuracy", record["val_accuracy"])
-    live.log_metric("val/f1", record["val_f1"])
+    for name, column in zip(METRICS, columns("val"), strict=True):
+        live.log_metric(f"val/{name}", record[column])
     live.log_metric("lr", record["lr"])
     live.log_metric("epoch_seconds", record["seconds"])
     live.next_step()
