@@ -9,6 +9,7 @@ import difflib
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -89,20 +90,33 @@ class PretrainParams(OptimParams):
     val_fraction: float = MISSING
 
 
+def off_at(value: object) -> Any:
+    """A train.augment option that is off at `value` (how `augment.augments` knows whether
+    training augments at all)."""
+    return field(default=MISSING, metadata={"off": value})
+
+
+def shapes(*options: str) -> Any:
+    """A train.augment param that turns nothing on by itself: it shapes what `options` do."""
+    return field(default=MISSING, metadata={"shapes": options})
+
+
 @dataclass
 class AugmentParams:
-    hflip: bool = MISSING
+    # Each param says which value turns it off, or which options it shapes, so that
+    # `augment.augments` checks every option: one that says neither stops training there.
+    hflip: bool = off_at(False)
     # RandomResizedCrop: each crop keeps [min_scale, 1] of the image's area, with an aspect
     # ratio in [1 / max_aspect, max_aspect].
-    min_scale: float = MISSING
-    max_aspect: float = MISSING
-    policy: AugmentPolicy = MISSING  # one op (or several) per image, drawn per image
-    randaugment_ops: int = MISSING
-    randaugment_magnitude: int = MISSING
-    erasing: float = MISSING  # RandomErasing's probability per image
-    mixup_alpha: float = MISSING  # MixUp's Beta(alpha, alpha); 0 = off
-    cutmix_alpha: float = MISSING  # CutMix's; 0 = off
-    mix_switch: float = MISSING  # with both on: the probability of CutMix for a batch
+    min_scale: float = off_at(1.0)
+    max_aspect: float = shapes("min_scale")
+    policy: AugmentPolicy = off_at(AugmentPolicy.none)  # one op (or several) per image, drawn per image
+    randaugment_ops: int = shapes("policy")
+    randaugment_magnitude: int = shapes("policy")
+    erasing: float = off_at(0.0)  # RandomErasing's probability per image
+    mixup_alpha: float = off_at(0.0)  # MixUp's Beta(alpha, alpha)
+    cutmix_alpha: float = off_at(0.0)  # CutMix's
+    mix_switch: float = shapes("mixup_alpha", "cutmix_alpha")  # with both on: the probability of CutMix for a batch
 
 
 @dataclass
