@@ -13,12 +13,15 @@ so a moved project resumes too), so a run resumes only its own epochs.
   but before DVC records its outputs, the rerun republishes every epoch instead of training.
 - Only the newest KEEP_OTHER_RUNS folders of other runs are kept; each run start lists and
   removes the older ones (their checkpoints of finished runs live on in DVC's cache).
+- Early stopping (`early_stop`) is decided from the finished epochs' records alone, so a
+  resumed run stops where the uninterrupted one would have.
 """
 
 import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from pipeline.checkpoints import CheckpointError, checkpoint_name, load_checkpoint, save_checkpoint
 from pipeline.cli import UserError
+from pipeline.config import EarlyStoppingParams, Mode
 from pipeline.files import atomic_write, project_cache
 from pipeline.metrics import columns
 from pipeline.paths import CHECKPOINT_DIR
@@ -177,6 +181,26 @@ class RunFolder:
 
     def checkpoints(self) -> list[Path]:
         return sorted(self.path.glob("epoch_*.pt"))
+
+
+def early_stop(history: list[dict[str, Any]], metric: str, mode: Mode, config: EarlyStoppingParams) -> str | None:
+    """Why training should stop now, or None: `metric` has not improved by more than
+    min_delta for `patience` epochs. Derived from the history, so it survives a resume."""
+    if config.patience <= 0 or not history:
+        return None
+    sign = 1 if mode is Mode.min else -1
+    best_epoch, best = 0, math.inf
+    for record in history:
+        value = sign * record[metric]
+        if math.isfinite(value) and value < best - config.min_delta:
+            best_epoch, best = record["epoch"], value
+    waited = history[-1]["epoch"] - best_epoch
+    if waited < config.patience:
+        return None
+    return (
+        f"early stopping after epoch {history[-1]['epoch']}: {metric} has not improved by more than "
+        f"{config.min_delta} for {waited} epochs (best: epoch {best_epoch})"
+    )
 
 
 def prune_other_runs(root: Path, keep: str) -> None:

@@ -12,7 +12,6 @@ A killed run resumes where it stopped (see pipeline/runs.py).
 
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,12 +22,12 @@ import torch.nn.functional as F
 from dvclive import Live
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from pipeline import distributed
 from pipeline.augment import augments, batch_augmentation
 from pipeline.cli import UserError, progress, run_stage
-from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Params, load_params
+from pipeline.config import Params, load_params
 from pipeline.data import decoded_images, read_manifest
 from pipeline.distributed import Ranks
 from pipeline.engine import (
@@ -52,9 +51,9 @@ from pipeline.models import (
     parse_freeze,
     trainable_names,
 )
-from pipeline.optim import lr_factor, make_optimizer
+from pipeline.optim import class_weights, lr_factor, make_optimizer, weights_average
 from pipeline.paths import CLASSES, LIVE_DIR, MANIFEST, PREPARED_DIR, START_FILE
-from pipeline.runs import RunFolder, fingerprint
+from pipeline.runs import RunFolder, early_stop, fingerprint
 
 log = logging.getLogger("pipeline.train")
 
@@ -194,26 +193,6 @@ def set_up(params: Params) -> Run:
     )
 
 
-def weights_average(model: nn.Module, decay: float) -> AveragedModel | None:
-    """An exponential moving average of `model`'s weights, and of its buffers (BatchNorm's
-    running statistics), updated after each optimizer step, as the torchvision references'
-    --model-ema does; None when `decay` is 0. Frozen weights stay exactly as they are, and
-    integer buffers are the model's, as in timm's ModelEmaV3."""
-    if not decay:
-        return None
-    average = get_ema_multi_avg_fn(decay)
-
-    @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
-        if averaged[0].is_floating_point():  # AveragedModel groups the tensors by dtype
-            average(averaged, current, updates)
-        else:  # counters (BatchNorm's num_batches_tracked): torch's average would round them down
-            for mine, theirs in zip(averaged, current, strict=True):
-                mine.copy_(theirs)
-
-    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
-
-
 def start_phase(run: Run, spec_text: str, key: str) -> Phase:
     """Freeze the model for `spec_text` and choose what its epochs run. With a frozen backbone
     and nothing random before the head, that is the head alone, on the backbone's outputs
@@ -287,36 +266,6 @@ def save_epoch(run: Run, phase: Phase, record: dict[str, Any]) -> None:
         checkpoint["ema_state_dict"] = run.ema.module.state_dict()
         checkpoint["ema_updates"] = int(run.ema.n_averaged)
     run.folder.commit_epoch(checkpoint)
-
-
-def class_weights(
-    kind: ClassWeights, targets: torch.Tensor, num_classes: int, device: torch.device
-) -> torch.Tensor | None:
-    """`balanced`: each class weighs n / (classes * its count) in the training loss, as in scikit-learn."""
-    if kind is ClassWeights.none:
-        return None
-    counts = torch.bincount(targets, minlength=num_classes).float()
-    return (len(targets) / (num_classes * counts.clamp(min=1))).to(device)
-
-
-def early_stop(history: list[dict[str, Any]], metric: str, mode: Mode, config: EarlyStoppingParams) -> str | None:
-    """Why training should stop now, or None: `metric` has not improved by more than
-    min_delta for `patience` epochs. Derived from the history, so it survives a resume."""
-    if config.patience <= 0 or not history:
-        return None
-    sign = 1 if mode is Mode.min else -1
-    best_epoch, best = 0, math.inf
-    for record in history:
-        value = sign * record[metric]
-        if math.isfinite(value) and value < best - config.min_delta:
-            best_epoch, best = record["epoch"], value
-    waited = history[-1]["epoch"] - best_epoch
-    if waited < config.patience:
-        return None
-    return (
-        f"early stopping after epoch {history[-1]['epoch']}: {metric} has not improved by more than "
-        f"{config.min_delta} for {waited} epochs (best: epoch {best_epoch})"
-    )
 
 
 def run_fingerprint(params: Params, device: torch.device) -> str:

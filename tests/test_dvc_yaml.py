@@ -60,6 +60,16 @@ def test_pipeline_imports_nothing_outside_itself() -> None:
     assert {module: names for module, names in outside.items() if names} == {}
 
 
+def test_no_module_imports_a_stage() -> None:
+    """What a stage and another module share lives in the core modules (tests alone test the stages)."""
+    importers = {
+        path.relative_to(REPO).as_posix(): sorted(imports_of(path) & STAGE_MODULES)
+        for folder in ("pipeline", "tools", "bench", "testing")
+        for path in sorted((REPO / folder).rglob("*.py"))
+    }
+    assert {path: stages for path, stages in importers.items() if stages} == {}
+
+
 def test_stages_sit_on_top_of_the_core_modules_without_cycles() -> None:
     graph = module_graph()
     done: set[str] = set()
