@@ -231,28 +231,45 @@ def _unknown_key_message(path: Path, error: ConfigKeyError) -> str:
 
 
 def validate(params: Params) -> None:
-    """Range checks that types alone cannot express."""
+    """Range checks that types alone cannot express, group by group; the first failure raises."""
     for group in ("pretrain", "train"):
-        optim: OptimParams = getattr(params, group)
-        _require(optim.epochs >= 1, f"{group}.epochs", optim.epochs, "an integer >= 1")
-        _require(optim.batch_size >= 1, f"{group}.batch_size", optim.batch_size, "an integer >= 1")
-        _require(optim.lr > 0, f"{group}.lr", optim.lr, "a number > 0")
-        _require(optim.momentum >= 0, f"{group}.momentum", optim.momentum, "a number >= 0")
-        _require(optim.weight_decay >= 0, f"{group}.weight_decay", optim.weight_decay, "a number >= 0")
-    prepare = params.prepare
+        _validate_optim(group, getattr(params, group))
+    _validate_fractions(params.prepare, params.pretrain)
+    _require(params.model.image_size >= 1, "model.image_size", params.model.image_size, "an integer >= 1")
+    _validate_train(params.train)
+    _validate_augment(params.train.augment)
+    for key in ("batch_size", "cuda_batch_size"):
+        value = getattr(params.evaluate, key)
+        _require(value >= 1, f"evaluate.{key}", value, "an integer >= 1")
+    metric = params.select.metric
+    _require(metric in SELECTABLE, "select.metric", metric, f"one of {', '.join(SELECTABLE)}")
+
+
+def _validate_optim(group: str, optim: OptimParams) -> None:
+    _require(optim.epochs >= 1, f"{group}.epochs", optim.epochs, "an integer >= 1")
+    _require(optim.batch_size >= 1, f"{group}.batch_size", optim.batch_size, "an integer >= 1")
+    _require(optim.lr > 0, f"{group}.lr", optim.lr, "a number > 0")
+    _require(optim.momentum >= 0, f"{group}.momentum", optim.momentum, "a number >= 0")
+    _require(optim.weight_decay >= 0, f"{group}.weight_decay", optim.weight_decay, "a number >= 0")
+
+
+def _validate_fractions(prepare: PrepareParams, pretrain: PretrainParams) -> None:
+    fraction = "a fraction between 0 and 1 (exclusive)"
     for key in ("val_fraction", "test_fraction"):
         value = getattr(prepare, key)
-        _require(0 < value < 1, f"prepare.{key}", value, "a fraction between 0 and 1 (exclusive)")
+        _require(0 < value < 1, f"prepare.{key}", value, fraction)
+    held_out = prepare.val_fraction + prepare.test_fraction
     _require(
-        prepare.val_fraction + prepare.test_fraction < 1,
+        held_out < 1,
         "prepare.val_fraction + prepare.test_fraction",
-        prepare.val_fraction + prepare.test_fraction,
+        held_out,
         "less than 1, so that some images are left for training",
     )
-    pretrain_val = params.pretrain.val_fraction
-    _require(0 < pretrain_val < 1, "pretrain.val_fraction", pretrain_val, "a fraction between 0 and 1 (exclusive)")
-    _require(params.model.image_size >= 1, "model.image_size", params.model.image_size, "an integer >= 1")
-    train = params.train
+    _require(0 < pretrain.val_fraction < 1, "pretrain.val_fraction", pretrain.val_fraction, fraction)
+
+
+def _validate_train(train: TrainParams) -> None:
+    """train's own params; its optimizer's and its augmentation's are checked apart."""
     _require(train.warmup_epochs >= 0, "train.warmup_epochs", train.warmup_epochs, "an integer >= 0")
     _require(train.step_every >= 1, "train.step_every", train.step_every, "an integer >= 1")
     _require(train.step_gamma > 0, "train.step_gamma", train.step_gamma, "a number > 0")
@@ -264,34 +281,29 @@ def validate(params: Params) -> None:
     _require(train.processes >= 1, "train.processes", train.processes, "an integer >= 1")
     _require(train.accumulate_steps >= 1, "train.accumulate_steps", train.accumulate_steps, "an integer >= 1")
     parts = train.processes * train.accumulate_steps
-    _require(
-        train.batch_size % parts == 0, "train.batch_size", train.batch_size,
-        f"a multiple of train.processes x train.accumulate_steps ({parts}): it is the global batch, split evenly",
-    )  # fmt: skip
+    evenly = f"a multiple of train.processes x train.accumulate_steps ({parts}): it is the global batch, split evenly"
+    _require(train.batch_size % parts == 0, "train.batch_size", train.batch_size, evenly)
     smoothing = train.label_smoothing
     _require(0 <= smoothing < 1, "train.label_smoothing", smoothing, "a number in [0, 1)")
     patience = train.early_stopping.patience
     _require(patience >= 0, "train.early_stopping.patience", patience, "an integer >= 0; 0 = off")
     delta = train.early_stopping.min_delta
     _require(delta >= 0, "train.early_stopping.min_delta", delta, "a number >= 0")
-    scale = params.train.augment.min_scale
+
+
+def _validate_augment(augment: AugmentParams) -> None:
+    scale, aspect = augment.min_scale, augment.max_aspect
     _require(0 < scale <= 1, "train.augment.min_scale", scale, "a number in (0, 1]; 1 turns random crops off")
-    augment = params.train.augment
-    aspect, ops = augment.max_aspect, augment.randaugment_ops
     _require(aspect >= 1, "train.augment.max_aspect", aspect, "a number >= 1; 1 keeps crops square")
+    ops, magnitude = augment.randaugment_ops, augment.randaugment_magnitude
     _require(ops >= 1, "train.augment.randaugment_ops", ops, "an integer >= 1")
-    magnitude = augment.randaugment_magnitude
     _require(0 <= magnitude <= 30, "train.augment.randaugment_magnitude", magnitude, "an integer in [0, 30]")
     for key in ("erasing", "mix_switch"):
         value = getattr(augment, key)
         _require(0 <= value <= 1, f"train.augment.{key}", value, "a probability in [0, 1]")
     for key in ("mixup_alpha", "cutmix_alpha"):
-        _require(getattr(augment, key) >= 0, f"train.augment.{key}", getattr(augment, key), "a number >= 0; 0 = off")
-    for key in ("batch_size", "cuda_batch_size"):
-        value = getattr(params.evaluate, key)
-        _require(value >= 1, f"evaluate.{key}", value, "an integer >= 1")
-    metric = params.select.metric
-    _require(metric in SELECTABLE, "select.metric", metric, f"one of {', '.join(SELECTABLE)}")
+        value = getattr(augment, key)
+        _require(value >= 0, f"train.augment.{key}", value, "a number >= 0; 0 = off")
 
 
 def _require(ok: bool, key: str, value: object, allowed: str) -> None:
