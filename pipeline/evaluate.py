@@ -54,12 +54,14 @@ def main() -> None:
             model = place_model(model_from_checkpoint(checkpoint), device)
             images = images_on(decoded_images(manifest, spec.sizing), device)
             splits = {split: split_batches(images, manifest, split, spec, device) for split in ("val", "test")}
+        epoch = checkpoint["epoch"]
         for weights in (name for name, key in WEIGHTS.items() if key in checkpoint):
             model.load_state_dict(checkpoint[WEIGHTS[weights]])
             scores, predictions = score_splits(model, splits, manifest, classes, batch_size, flip)
-            rows.append({"epoch": checkpoint["epoch"], "weights": weights, "tta": tta.value,
-                         "train_loss": checkpoint["loss"], **scores})  # fmt: skip
-            write_csv(predictions, PREDICTIONS_DIR / predictions_name(checkpoint["epoch"], weights))
+            rows.append(
+                {"epoch": epoch, "weights": weights, "tta": tta.value, "train_loss": checkpoint["loss"], **scores}
+            )
+            write_csv(predictions, PREDICTIONS_DIR / predictions_name(epoch, weights))
 
     scores = pd.DataFrame(rows)
     write_csv(scores, SCORES_FILE)
@@ -81,12 +83,14 @@ def score_splits(
         scores |= as_columns(split, score(logits[split], data.targets, len(classes)))
     test_rows = manifest[manifest["split"] == "test"]
     confidence, predicted = logits["test"].softmax(dim=1).max(dim=1)
-    predictions = pd.DataFrame({
-        "path": test_rows["path"].to_numpy(),
-        "actual": test_rows["label"].to_numpy(),
-        "predicted": [classes[i] for i in predicted.tolist()],
-        "confidence": confidence.numpy().round(6),
-    })  # fmt: skip
+    predictions = pd.DataFrame(
+        {
+            "path": test_rows["path"].to_numpy(),
+            "actual": test_rows["label"].to_numpy(),
+            "predicted": [classes[i] for i in predicted.tolist()],
+            "confidence": confidence.numpy().round(6),
+        }
+    )
     return scores, predictions
 
 

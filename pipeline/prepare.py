@@ -87,16 +87,24 @@ def main() -> None:
     per_split = manifest["split"].value_counts()
     log.info(
         "%d images in %d classes: %d train, %d val, %d test; %d files left out (listed in %s)",
-        len(manifest), len(classes), per_split.get("train", 0), per_split.get("val", 0), per_split.get("test", 0),
-        len(report), SKIPPED,
-    )  # fmt: skip
+        len(manifest),
+        len(classes),
+        per_split.get("train", 0),
+        per_split.get("val", 0),
+        per_split.get("test", 0),
+        len(report),
+        SKIPPED,
+    )
     if len(duplicates):
         mixed = duplicates.groupby("group")["label"].nunique().gt(1).sum()
         log.info(
             "%d images in %d groups of copies or near-copies, each group in one split; %d group(s) with "
             "different labels (listed in %s)",
-            len(duplicates), duplicates["group"].nunique(), mixed, DUPLICATES,
-        )  # fmt: skip
+            len(duplicates),
+            duplicates["group"].nunique(),
+            mixed,
+            DUPLICATES,
+        )
 
 
 if __name__ == "__main__":

@@ -217,17 +217,20 @@ def prune_other_runs(root: Path, keep: str) -> None:
         return
     sizes = {path: sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) for path in others}
     unfinished = sum(1 for path in others if not (path / FINISHED).exists())
-    log.info(
-        "%d other run folder(s) in %s (%d unfinished, %.0f MB)",
-        len(others), root, unfinished, sum(sizes.values()) / 1e6,
-    )  # fmt: skip
+    megabytes = sum(sizes.values()) / 1e6
+    log.info("%d other run folder(s) in %s (%d unfinished, %.0f MB)", len(others), root, unfinished, megabytes)
     for path in others[KEEP_OTHER_RUNS:]:
         if _locked(path):
             continue
         state = "finished" if (path / FINISHED).exists() else "unfinished"
         shutil.rmtree(path, ignore_errors=True)
-        log.info("removed the %s run folder %s (%.0f MB); only the newest %d are kept", state, path,
-                 sizes[path] / 1e6, KEEP_OTHER_RUNS)  # fmt: skip
+        log.info(
+            "removed the %s run folder %s (%.0f MB); only the newest %d are kept",
+            state,
+            path,
+            sizes[path] / 1e6,
+            KEEP_OTHER_RUNS,
+        )
 
 
 def _locked(path: Path) -> bool:

@@ -97,6 +97,29 @@ def save_export(program: torch.export.ExportedProgram, spec: ModelSpec, path: Pa
     log.info("exported %s for any batch of (N, 3, %d, %d) inputs -> %s", spec.arch, size, size, path)
 
 
+def write_export(checkpoint: dict[str, Any], spec: ModelSpec) -> None:
+    """BEST_EXPORT: the checkpoint's model as a torch.export program, or, for a model that
+    torch.export cannot capture, a line of text saying why."""
+    try:
+        program = export_model(checkpoint)
+    except (OSError, MemoryError):  # the machine's trouble, not the model's: fail the stage
+        raise
+    except Exception as error:  # torch.export raises many types for a model it cannot capture
+        reason = error_line(error, with_type=True)
+        log.warning(
+            "could not export %s with torch.export (%s); %s holds this message instead, %s is fine",
+            spec.arch,
+            reason,
+            BEST_EXPORT,
+            BEST_MODEL,
+        )
+        # DVC fails a stage whose declared output is missing, so write why instead of nothing.
+        with atomic_write(BEST_EXPORT, "w") as file:
+            file.write(f"not a model: exporting {spec.arch} with torch.export failed: {reason}\n")
+    else:
+        save_export(program, spec, BEST_EXPORT)  # a write that fails (a full disk) fails the stage
+
+
 def main() -> None:
     params = load_params().select
     if not SCORES_FILE.is_file():
@@ -121,21 +144,7 @@ def main() -> None:
         checkpoint.pop(key, None)
     checkpoint |= {"weights": weights, "tta": best["tta"]}  # tools.predict averages as evaluate did
     save_checkpoint(checkpoint, BEST_MODEL)
-    try:
-        program = export_model(checkpoint)
-    except (OSError, MemoryError):  # the machine's trouble, not the model's: fail the stage
-        raise
-    except Exception as error:  # torch.export raises many types for a model it cannot capture
-        reason = error_line(error, with_type=True)
-        log.warning(
-            "could not export %s with torch.export (%s); %s holds this message instead, %s is fine",
-            spec.arch, reason, BEST_EXPORT, BEST_MODEL,
-        )  # fmt: skip
-        # DVC fails a stage whose declared output is missing, so write why instead of nothing.
-        with atomic_write(BEST_EXPORT, "w") as file:
-            file.write(f"not a model: exporting {spec.arch} with torch.export failed: {reason}\n")
-    else:
-        save_export(program, spec, BEST_EXPORT)  # a write that fails (a full disk) fails the stage
+    write_export(checkpoint, spec)
 
     metrics = {
         "epoch": epoch,
@@ -154,9 +163,15 @@ def main() -> None:
     write_csv(raw.assign(selected=(raw["epoch"] == epoch).astype(int)), BEST_EPOCHS)
     log.info(
         "best: epoch %d of %d (%s weights) by %s (%s): val loss %.4f, test accuracy %.3f -> %s",
-        epoch, len(raw), weights, params.metric, params.mode.value, best["val_loss"], best["test_accuracy"],
+        epoch,
+        len(raw),
+        weights,
+        params.metric,
+        params.mode.value,
+        best["val_loss"],
+        best["test_accuracy"],
         BEST_MODEL,
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,13 @@ def main() -> None:
     sizing = built.spec.sizing
     log.info(
         "wrote %s: %s %s; inputs resized to %d, centre %d crop (%s)",
-        START_FILE, model.arch, source, sizing.resize, sizing.crop, sizing.interpolation,
-    )  # fmt: skip
+        START_FILE,
+        model.arch,
+        source,
+        sizing.resize,
+        sizing.crop,
+        sizing.interpolation,
+    )
 
 
 def pretrain(params: Params) -> tuple[Built, dict[str, Any]]:
@@ -84,13 +89,23 @@ def pretrain(params: Params) -> tuple[Built, dict[str, Any]]:
 
     for epoch in range(1, config.epochs + 1):
         loss, val = train_and_score(
-            model, train_data, val_data, optimizer, num_classes=len(classes), seed=config.seed, epoch=epoch,
+            model,
+            train_data,
+            val_data,
+            optimizer,
+            num_classes=len(classes),
+            seed=config.seed,
+            epoch=epoch,
             batch_size=config.batch_size,
-        )  # fmt: skip
+        )
         log.info(
             "pretrain epoch %d/%d: loss %.4f, val loss %.4f, val accuracy %.3f",
-            epoch, config.epochs, loss, val["loss"], val["accuracy"],
-        )  # fmt: skip
+            epoch,
+            config.epochs,
+            loss,
+            val["loss"],
+            val["accuracy"],
+        )
     log.info("pretrained on %d source classes: %s", len(classes), ", ".join(classes))
     return built, {"epoch": config.epochs, "loss": loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
 
