@@ -66,9 +66,10 @@ class PrepareParams:
 
 @dataclass
 class ModelParams:
-    arch: str = MISSING
-    # pretrain (PRETRAIN_WEIGHTS), a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...),
-    # a .pt/.pth path under models/weights/, or null.
+    arch: str = MISSING  # a torchvision classification model (resnet18), or timm/NAME for a timm one
+    # pretrain (PRETRAIN_WEIGHTS), a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or,
+    # for timm/NAME, a timm pretrained tag (DEFAULT, a1_in1k, ...), a .pt/.pth/.safetensors
+    # path under models/weights/, or null.
     weights: str | None = MISSING
     image_size: int = MISSING
 
