@@ -89,15 +89,9 @@ def pretrain(params: Params) -> tuple[Built, dict[str, Any]]:
 
     for epoch in range(1, config.epochs + 1):
         loss, val = train_and_score(
-            model,
-            train_data,
-            val_data,
-            optimizer,
-            num_classes=len(classes),
-            seed=config.seed,
-            epoch=epoch,
+            model, train_data, val_data, optimizer, num_classes=len(classes), seed=config.seed, epoch=epoch,
             batch_size=config.batch_size,
-        )
+        )  # fmt: skip
         log.info(
             "pretrain epoch %d/%d: loss %.4f, val loss %.4f, val accuracy %.3f",
             epoch,
