@@ -5,7 +5,7 @@
 
 For each size: the median time of a plain training step (forward, backward, SGD step) on
 normalised images, of each augmentation recipe on the same batch (pipeline.augment, as
-train runs it), and of one update of the weights' moving average (train.weights_average).
+train runs it), and of one update of the weights' moving average (optim.weights_average).
 A recipe's share is its time / (the plain step + its time): what it adds to each step.
 """
 
@@ -20,7 +20,7 @@ from torchvision.models import get_model
 from bench.run import median_time
 from pipeline.augment import batch_augmentation
 from pipeline.config import AugmentParams, AugmentPolicy
-from pipeline.train import weights_average
+from pipeline.optim import weights_average
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 OFF = AugmentParams(

@@ -4,8 +4,9 @@ Run once to (re)create the demo data that ships in the repo:
 
     pip install scikit-learn && python data/export_digits.py
 
-Digits 0-4 become the source set (for the `pretrain` stage) and digits 5-9 the
-target set (for `prepare` -> `train`), the split-class transfer setup of
+Digits 0-4 become the source set (pretrain.data_dir: the `weights` stage pretrains the
+backbone on them, with model.weights: pretrain) and digits 5-9 the target set
+(prepare.data_dir, for `prepare` -> `train`), the split-class transfer setup of
 Yosinski et al. (2014). The pipeline itself never imports scikit-learn.
 """
 

@@ -1,4 +1,4 @@
-"""Transfer learning of torchvision image classifiers as a DVC pipeline (see README.md)."""
+"""Transfer learning of torchvision and timm image classifiers as a DVC pipeline (see README.md)."""
 
 import os
 

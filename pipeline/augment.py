@@ -14,6 +14,7 @@ at a time, each with its own draw. MixUp and CutMix are per batch by design (one
 ratio per batch, as in the references and timm's default mode).
 """
 
+import dataclasses
 import math
 from collections.abc import Callable
 from functools import partial
@@ -88,15 +89,19 @@ def apply_augmentation(images: torch.Tensor, theta: torch.Tensor, size: int | No
 
 
 def augments(params: AugmentParams) -> bool:
-    """Whether training draws any augmentation at all (else the frozen-feature cache may be used)."""
-    return (
-        params.hflip
-        or params.min_scale < 1
-        or params.policy is not AugmentPolicy.none
-        or params.erasing > 0
-        or params.mixup_alpha > 0
-        or params.cutmix_alpha > 0
-    )
+    """Whether training draws any augmentation at all (else the frozen-feature cache may be
+    used): whether any option is on, that is, not at the value that config.AugmentParams
+    declares turns it off. Every param is checked, so a new option is never overlooked."""
+    on = False
+    for option in dataclasses.fields(params):
+        if "off" in option.metadata:
+            on |= getattr(params, option.name) != option.metadata["off"]
+        elif "shapes" not in option.metadata:
+            raise TypeError(
+                f"train.augment.{option.name} declares neither the value that turns it off (config.off_at) "
+                "nor the options it shapes (config.shapes), so it is unknown whether it augments"
+            )
+    return on
 
 
 def batch_augmentation(

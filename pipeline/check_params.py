@@ -22,10 +22,7 @@ from pipeline.config import PRETRAIN_WEIGHTS, Params, load_params
 from pipeline.devices import resolve_device
 from pipeline.files import atomic_write
 from pipeline.models import check_model_params, is_weights_file
-
-OK_FILE = Path("checks/params.ok")
-# The weights stage depends on this folder, so DVC re-runs it when a file in it changes.
-WEIGHTS_DIR = Path("models/weights")
+from pipeline.paths import PARAMS_OK, WEIGHTS_DIR
 
 
 def check(params: Params) -> None:
@@ -54,7 +51,7 @@ def check(params: Params) -> None:
 
 def main() -> None:
     check(load_params())
-    with atomic_write(OK_FILE, "w") as file:
+    with atomic_write(PARAMS_OK, "w") as file:
         file.write("params.yaml checked\n")
 
 

@@ -9,14 +9,16 @@ import difflib
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from pipeline.cli import UserError, error_line
+from pipeline.metrics import SELECTABLE
+from pipeline.paths import PARAMS_FILE
 
-PARAMS_FILE = Path("params.yaml")
 # model.weights: the weights stage trains the backbone on pretrain.data_dir first (the demo).
 PRETRAIN_WEIGHTS = "pretrain"
 
@@ -64,9 +66,10 @@ class PrepareParams:
 
 @dataclass
 class ModelParams:
-    arch: str = MISSING
-    # pretrain (PRETRAIN_WEIGHTS), a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...),
-    # a .pt/.pth path under models/weights/, or null.
+    arch: str = MISSING  # a torchvision classification model (resnet18), or timm/NAME for a timm one
+    # pretrain (PRETRAIN_WEIGHTS), a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or,
+    # for timm/NAME, a timm pretrained tag (DEFAULT, a1_in1k, ...), a .pt/.pth/.safetensors
+    # path under models/weights/, or null.
     weights: str | None = MISSING
     image_size: int = MISSING
 
@@ -88,20 +91,33 @@ class PretrainParams(OptimParams):
     val_fraction: float = MISSING
 
 
+def off_at(value: object) -> Any:
+    """A train.augment option that is off at `value` (how `augment.augments` knows whether
+    training augments at all)."""
+    return field(default=MISSING, metadata={"off": value})
+
+
+def shapes(*options: str) -> Any:
+    """A train.augment param that turns nothing on by itself: it shapes what `options` do."""
+    return field(default=MISSING, metadata={"shapes": options})
+
+
 @dataclass
 class AugmentParams:
-    hflip: bool = MISSING
+    # Each param says which value turns it off, or which options it shapes, so that
+    # `augment.augments` checks every option: one that says neither stops training there.
+    hflip: bool = off_at(False)
     # RandomResizedCrop: each crop keeps [min_scale, 1] of the image's area, with an aspect
     # ratio in [1 / max_aspect, max_aspect].
-    min_scale: float = MISSING
-    max_aspect: float = MISSING
-    policy: AugmentPolicy = MISSING  # one op (or several) per image, drawn per image
-    randaugment_ops: int = MISSING
-    randaugment_magnitude: int = MISSING
-    erasing: float = MISSING  # RandomErasing's probability per image
-    mixup_alpha: float = MISSING  # MixUp's Beta(alpha, alpha); 0 = off
-    cutmix_alpha: float = MISSING  # CutMix's; 0 = off
-    mix_switch: float = MISSING  # with both on: the probability of CutMix for a batch
+    min_scale: float = off_at(1.0)
+    max_aspect: float = shapes("min_scale")
+    policy: AugmentPolicy = off_at(AugmentPolicy.none)  # one op (or several) per image, drawn per image
+    randaugment_ops: int = shapes("policy")
+    randaugment_magnitude: int = shapes("policy")
+    erasing: float = off_at(0.0)  # RandomErasing's probability per image
+    mixup_alpha: float = off_at(0.0)  # MixUp's Beta(alpha, alpha)
+    cutmix_alpha: float = off_at(0.0)  # CutMix's
+    mix_switch: float = shapes("mixup_alpha", "cutmix_alpha")  # with both on: the probability of CutMix for a batch
 
 
 @dataclass
@@ -162,10 +178,6 @@ class Params:
     select: SelectParams = field(default_factory=SelectParams)
 
 
-# Columns of evaluate's table that select-best may rank by.
-SELECTABLE_METRICS = ("val_loss", "val_accuracy", "val_f1")
-
-
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read params.yaml into the typed schema; raise UserError naming the bad key."""
     if not path.is_file():
@@ -220,28 +232,45 @@ def _unknown_key_message(path: Path, error: ConfigKeyError) -> str:
 
 
 def validate(params: Params) -> None:
-    """Range checks that types alone cannot express."""
+    """Range checks that types alone cannot express, group by group; the first failure raises."""
     for group in ("pretrain", "train"):
-        optim: OptimParams = getattr(params, group)
-        _require(optim.epochs >= 1, f"{group}.epochs", optim.epochs, "an integer >= 1")
-        _require(optim.batch_size >= 1, f"{group}.batch_size", optim.batch_size, "an integer >= 1")
-        _require(optim.lr > 0, f"{group}.lr", optim.lr, "a number > 0")
-        _require(optim.momentum >= 0, f"{group}.momentum", optim.momentum, "a number >= 0")
-        _require(optim.weight_decay >= 0, f"{group}.weight_decay", optim.weight_decay, "a number >= 0")
-    prepare = params.prepare
+        _validate_optim(group, getattr(params, group))
+    _validate_fractions(params.prepare, params.pretrain)
+    _require(params.model.image_size >= 1, "model.image_size", params.model.image_size, "an integer >= 1")
+    _validate_train(params.train)
+    _validate_augment(params.train.augment)
+    for key in ("batch_size", "cuda_batch_size"):
+        value = getattr(params.evaluate, key)
+        _require(value >= 1, f"evaluate.{key}", value, "an integer >= 1")
+    metric = params.select.metric
+    _require(metric in SELECTABLE, "select.metric", metric, f"one of {', '.join(SELECTABLE)}")
+
+
+def _validate_optim(group: str, optim: OptimParams) -> None:
+    _require(optim.epochs >= 1, f"{group}.epochs", optim.epochs, "an integer >= 1")
+    _require(optim.batch_size >= 1, f"{group}.batch_size", optim.batch_size, "an integer >= 1")
+    _require(optim.lr > 0, f"{group}.lr", optim.lr, "a number > 0")
+    _require(optim.momentum >= 0, f"{group}.momentum", optim.momentum, "a number >= 0")
+    _require(optim.weight_decay >= 0, f"{group}.weight_decay", optim.weight_decay, "a number >= 0")
+
+
+def _validate_fractions(prepare: PrepareParams, pretrain: PretrainParams) -> None:
+    fraction = "a fraction between 0 and 1 (exclusive)"
     for key in ("val_fraction", "test_fraction"):
         value = getattr(prepare, key)
-        _require(0 < value < 1, f"prepare.{key}", value, "a fraction between 0 and 1 (exclusive)")
+        _require(0 < value < 1, f"prepare.{key}", value, fraction)
+    held_out = prepare.val_fraction + prepare.test_fraction
     _require(
-        prepare.val_fraction + prepare.test_fraction < 1,
+        held_out < 1,
         "prepare.val_fraction + prepare.test_fraction",
-        prepare.val_fraction + prepare.test_fraction,
+        held_out,
         "less than 1, so that some images are left for training",
     )
-    pretrain_val = params.pretrain.val_fraction
-    _require(0 < pretrain_val < 1, "pretrain.val_fraction", pretrain_val, "a fraction between 0 and 1 (exclusive)")
-    _require(params.model.image_size >= 1, "model.image_size", params.model.image_size, "an integer >= 1")
-    train = params.train
+    _require(0 < pretrain.val_fraction < 1, "pretrain.val_fraction", pretrain.val_fraction, fraction)
+
+
+def _validate_train(train: TrainParams) -> None:
+    """train's own params; its optimizer's and its augmentation's are checked apart."""
     _require(train.warmup_epochs >= 0, "train.warmup_epochs", train.warmup_epochs, "an integer >= 0")
     _require(train.step_every >= 1, "train.step_every", train.step_every, "an integer >= 1")
     _require(train.step_gamma > 0, "train.step_gamma", train.step_gamma, "a number > 0")
@@ -253,34 +282,29 @@ def validate(params: Params) -> None:
     _require(train.processes >= 1, "train.processes", train.processes, "an integer >= 1")
     _require(train.accumulate_steps >= 1, "train.accumulate_steps", train.accumulate_steps, "an integer >= 1")
     parts = train.processes * train.accumulate_steps
-    _require(
-        train.batch_size % parts == 0, "train.batch_size", train.batch_size,
-        f"a multiple of train.processes x train.accumulate_steps ({parts}): it is the global batch, split evenly",
-    )  # fmt: skip
+    evenly = f"a multiple of train.processes x train.accumulate_steps ({parts}): it is the global batch, split evenly"
+    _require(train.batch_size % parts == 0, "train.batch_size", train.batch_size, evenly)
     smoothing = train.label_smoothing
     _require(0 <= smoothing < 1, "train.label_smoothing", smoothing, "a number in [0, 1)")
     patience = train.early_stopping.patience
     _require(patience >= 0, "train.early_stopping.patience", patience, "an integer >= 0; 0 = off")
     delta = train.early_stopping.min_delta
     _require(delta >= 0, "train.early_stopping.min_delta", delta, "a number >= 0")
-    scale = params.train.augment.min_scale
+
+
+def _validate_augment(augment: AugmentParams) -> None:
+    scale, aspect = augment.min_scale, augment.max_aspect
     _require(0 < scale <= 1, "train.augment.min_scale", scale, "a number in (0, 1]; 1 turns random crops off")
-    augment = params.train.augment
-    aspect, ops = augment.max_aspect, augment.randaugment_ops
     _require(aspect >= 1, "train.augment.max_aspect", aspect, "a number >= 1; 1 keeps crops square")
+    ops, magnitude = augment.randaugment_ops, augment.randaugment_magnitude
     _require(ops >= 1, "train.augment.randaugment_ops", ops, "an integer >= 1")
-    magnitude = augment.randaugment_magnitude
     _require(0 <= magnitude <= 30, "train.augment.randaugment_magnitude", magnitude, "an integer in [0, 30]")
     for key in ("erasing", "mix_switch"):
         value = getattr(augment, key)
         _require(0 <= value <= 1, f"train.augment.{key}", value, "a probability in [0, 1]")
     for key in ("mixup_alpha", "cutmix_alpha"):
-        _require(getattr(augment, key) >= 0, f"train.augment.{key}", getattr(augment, key), "a number >= 0; 0 = off")
-    for key in ("batch_size", "cuda_batch_size"):
-        value = getattr(params.evaluate, key)
-        _require(value >= 1, f"evaluate.{key}", value, "an integer >= 1")
-    metric = params.select.metric
-    _require(metric in SELECTABLE_METRICS, "select.metric", metric, f"one of {', '.join(SELECTABLE_METRICS)}")
+        value = getattr(augment, key)
+        _require(value >= 0, f"train.augment.{key}", value, "a number >= 0; 0 = off")
 
 
 def _require(ok: bool, key: str, value: object, allowed: str) -> None:

@@ -12,7 +12,6 @@ evaluate.tta: hflip, each image's logits are averaged with its mirror image's.
 """
 
 import logging
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -26,14 +25,11 @@ from pipeline.data.split import read_manifest
 from pipeline.devices import place_model, resolve_device
 from pipeline.engine import predict, score
 from pipeline.files import write_csv
+from pipeline.metrics import as_columns
 from pipeline.models import ModelSpec, model_from_checkpoint
+from pipeline.paths import CHECKPOINT_DIR, PREDICTIONS_DIR, PREPARED_DIR, SCORES_FILE
 
 log = logging.getLogger("pipeline.evaluate")
-
-PREPARED_DIR = Path("data/prepared")
-CHECKPOINT_DIR = Path("checkpoints")
-EVAL_DIR = Path("eval")
-PREDICTIONS_DIR = EVAL_DIR / "predictions"
 
 
 def batch_size_on(device: torch.device, params: EvaluateParams) -> int:
@@ -61,15 +57,17 @@ def main() -> None:
             model = place_model(model_from_checkpoint(checkpoint), device)
             images = images_on(decoded_images(manifest, spec.sizing), device)
             splits = {split: split_batches(images, manifest, split, spec, device) for split in ("val", "test")}
+        epoch = checkpoint["epoch"]
         for weights in (name for name, key in WEIGHTS.items() if key in checkpoint):
             model.load_state_dict(checkpoint[WEIGHTS[weights]])
             scores, predictions = score_splits(model, splits, manifest, classes, batch_size, flip)
-            rows.append({"epoch": checkpoint["epoch"], "weights": weights, "tta": tta.value,
-                         "train_loss": checkpoint["loss"], **scores})  # fmt: skip
-            write_csv(predictions, PREDICTIONS_DIR / predictions_name(checkpoint["epoch"], weights))
+            rows.append(
+                {"epoch": epoch, "weights": weights, "tta": tta.value, "train_loss": checkpoint["loss"], **scores}
+            )
+            write_csv(predictions, PREDICTIONS_DIR / predictions_name(epoch, weights))
 
     scores = pd.DataFrame(rows)
-    write_csv(scores, EVAL_DIR / "scores.csv")
+    write_csv(scores, SCORES_FILE)
     log.info("scored %d checkpoints:\n%s", len(paths), scores.to_string(index=False, float_format="%.4f"))
 
 
@@ -83,19 +81,19 @@ def score_splits(
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """The model's scores on each split (val_loss, test_accuracy...), and its test predictions."""
     logits = {split: predict(model, data, batch_size, flip=flip) for split, data in splits.items()}
-    scores = {
-        f"{split}_{name}": value
-        for split, data in splits.items()
-        for name, value in score(logits[split], data.targets, len(classes)).items()
-    }
+    scores: dict[str, float] = {}
+    for split, data in splits.items():
+        scores |= as_columns(split, score(logits[split], data.targets, len(classes)))
     test_rows = manifest[manifest["split"] == "test"]
     confidence, predicted = logits["test"].softmax(dim=1).max(dim=1)
-    predictions = pd.DataFrame({
-        "path": test_rows["path"].to_numpy(),
-        "actual": test_rows["label"].to_numpy(),
-        "predicted": [classes[i] for i in predicted.tolist()],
-        "confidence": confidence.numpy().round(6),
-    })  # fmt: skip
+    predictions = pd.DataFrame(
+        {
+            "path": test_rows["path"].to_numpy(),
+            "actual": test_rows["label"].to_numpy(),
+            "predicted": [classes[i] for i in predicted.tolist()],
+            "confidence": confidence.numpy().round(6),
+        }
+    )
     return scores, predictions
 
 

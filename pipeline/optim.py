@@ -1,12 +1,24 @@
-"""The optimizer and the learning-rate schedule of a training run."""
+"""How a training run optimises: the class weights of its loss, the optimizer, the
+learning-rate schedule and the moving average of the weights."""
 
 import math
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from pipeline.config import Optimizer, OptimParams, Schedule
+from pipeline.config import ClassWeights, Optimizer, OptimParams, Schedule
 from pipeline.freezing import loose_parameters, stage_names, stage_parameters
+
+
+def class_weights(
+    kind: ClassWeights, targets: torch.Tensor, num_classes: int, device: torch.device
+) -> torch.Tensor | None:
+    """`balanced`: each class weighs n / (classes * its count) in the training loss, as in scikit-learn."""
+    if kind is ClassWeights.none:
+        return None
+    counts = torch.bincount(targets, minlength=num_classes).float()
+    return (len(targets) / (num_classes * counts.clamp(min=1))).to(device)
 
 
 def make_optimizer(
@@ -73,3 +85,23 @@ def lr_factor(epoch: int, epochs: int, schedule: Schedule, warmup_epochs: int, s
     if schedule is Schedule.cosine:
         return 0.5 * (1 + math.cos(math.pi * after / length))
     return 1.0
+
+
+def weights_average(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of `model`'s weights, and of its buffers (BatchNorm's
+    running statistics), updated after each optimizer step, as the torchvision references'
+    --model-ema does; None when `decay` is 0. Frozen weights stay exactly as they are, and
+    integer buffers are the model's, as in timm's ModelEmaV3."""
+    if not decay:
+        return None
+    average = get_ema_multi_avg_fn(decay)
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        if averaged[0].is_floating_point():  # AveragedModel groups the tensors by dtype
+            average(averaged, current, updates)
+        else:  # counters (BatchNorm's num_batches_tracked): torch's average would round them down
+            for mine, theirs in zip(averaged, current, strict=True):
+                mine.copy_(theirs)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)

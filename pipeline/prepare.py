@@ -42,10 +42,10 @@ from pipeline.config import PRETRAIN_WEIGHTS, load_params
 from pipeline.data.split import MANIFEST_COLUMNS, duplicate_groups, stratified_split, usable_images
 from pipeline.files import write_csv, write_json
 from pipeline.models import model_sizing
+from pipeline.paths import CLASSES, DUPLICATES, MANIFEST, SKIPPED
 
 log = logging.getLogger("pipeline.prepare")
 
-OUT_DIR = Path("data/prepared")
 DUPLICATE_COLUMNS = ["group", "path", "label", "split", "match", "sha1", "dhash"]
 
 
@@ -75,28 +75,36 @@ def main() -> None:
     fractions = {"val": params.val_fraction, "test": params.test_fraction}
     groups = duplicate_groups(manifest)  # also listed in duplicates.csv below
     manifest["split"] = stratified_split(manifest["label"].tolist(), fractions, params.seed, groups)
-    write_csv(manifest[MANIFEST_COLUMNS], OUT_DIR / "manifest.csv")
-    write_json(classes, OUT_DIR / "classes.json")
+    write_csv(manifest[MANIFEST_COLUMNS], MANIFEST)
+    write_json(classes, CLASSES)
     report = pd.DataFrame(
         [(s.path, s.reason) for s in sorted(skipped, key=lambda s: s.path)], columns=["path", "reason"]
     )
-    write_csv(report, OUT_DIR / "skipped.csv")
+    write_csv(report, SKIPPED)
     duplicates = duplicates_report(manifest, groups)
-    write_csv(duplicates, OUT_DIR / "duplicates.csv")
+    write_csv(duplicates, DUPLICATES)
 
     per_split = manifest["split"].value_counts()
     log.info(
         "%d images in %d classes: %d train, %d val, %d test; %d files left out (listed in %s)",
-        len(manifest), len(classes), per_split.get("train", 0), per_split.get("val", 0), per_split.get("test", 0),
-        len(report), OUT_DIR / "skipped.csv",
-    )  # fmt: skip
+        len(manifest),
+        len(classes),
+        per_split.get("train", 0),
+        per_split.get("val", 0),
+        per_split.get("test", 0),
+        len(report),
+        SKIPPED,
+    )
     if len(duplicates):
         mixed = duplicates.groupby("group")["label"].nunique().gt(1).sum()
         log.info(
             "%d images in %d groups of copies or near-copies, each group in one split; %d group(s) with "
             "different labels (listed in %s)",
-            len(duplicates), duplicates["group"].nunique(), mixed, OUT_DIR / "duplicates.csv",
-        )  # fmt: skip
+            len(duplicates),
+            duplicates["group"].nunique(),
+            mixed,
+            DUPLICATES,
+        )
 
 
 if __name__ == "__main__":

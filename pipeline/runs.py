@@ -13,12 +13,15 @@ so a moved project resumes too), so a run resumes only its own epochs.
   but before DVC records its outputs, the rerun republishes every epoch instead of training.
 - Only the newest KEEP_OTHER_RUNS folders of other runs are kept; each run start lists and
   removes the older ones (their checkpoints of finished runs live on in DVC's cache).
+- Early stopping (`early_stop`) is decided from the finished epochs' records alone, so a
+  resumed run stops where the uninterrupted one would have.
 """
 
 import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -31,7 +34,10 @@ from torch.optim.swa_utils import AveragedModel
 
 from pipeline.checkpoints import CheckpointError, checkpoint_name, load_checkpoint, save_checkpoint
 from pipeline.cli import UserError
+from pipeline.config import EarlyStoppingParams, Mode
 from pipeline.files import atomic_write, project_cache
+from pipeline.metrics import columns
+from pipeline.paths import CHECKPOINT_DIR
 
 log = logging.getLogger("pipeline.runs")
 
@@ -39,10 +45,10 @@ RUNS_DIR = project_cache("runs")
 KEEP_OTHER_RUNS = 3
 FINISHED = "finished"  # the marker file of a run that trained all its epochs
 LOCK = ".lock"
-CHECKPOINT_DIR = Path("checkpoints")
 CODE_DIR = Path(__file__).parent
 # What each checkpoint records about its epoch: the history a resumed run starts from.
-RECORD_KEYS = ("epoch", "loss", "val_loss", "val_accuracy", "val_f1", "lr", "seconds")
+# loss is the training loss; the val metrics are engine.score's.
+RECORD_KEYS = ("epoch", "loss", *columns("val"), "lr", "seconds")
 
 
 def code_files() -> list[Path]:
@@ -177,6 +183,26 @@ class RunFolder:
         return sorted(self.path.glob("epoch_*.pt"))
 
 
+def early_stop(history: list[dict[str, Any]], metric: str, mode: Mode, config: EarlyStoppingParams) -> str | None:
+    """Why training should stop now, or None: `metric` has not improved by more than
+    min_delta for `patience` epochs. Derived from the history, so it survives a resume."""
+    if config.patience <= 0 or not history:
+        return None
+    sign = 1 if mode is Mode.min else -1
+    best_epoch, best = 0, math.inf
+    for record in history:
+        value = sign * record[metric]
+        if math.isfinite(value) and value < best - config.min_delta:
+            best_epoch, best = record["epoch"], value
+    waited = history[-1]["epoch"] - best_epoch
+    if waited < config.patience:
+        return None
+    return (
+        f"early stopping after epoch {history[-1]['epoch']}: {metric} has not improved by more than "
+        f"{config.min_delta} for {waited} epochs (best: epoch {best_epoch})"
+    )
+
+
 def prune_other_runs(root: Path, keep: str) -> None:
     """Report the run folders beside `keep`, and remove all but the newest KEEP_OTHER_RUNS.
 
@@ -191,17 +217,20 @@ def prune_other_runs(root: Path, keep: str) -> None:
         return
     sizes = {path: sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) for path in others}
     unfinished = sum(1 for path in others if not (path / FINISHED).exists())
-    log.info(
-        "%d other run folder(s) in %s (%d unfinished, %.0f MB)",
-        len(others), root, unfinished, sum(sizes.values()) / 1e6,
-    )  # fmt: skip
+    megabytes = sum(sizes.values()) / 1e6
+    log.info("%d other run folder(s) in %s (%d unfinished, %.0f MB)", len(others), root, unfinished, megabytes)
     for path in others[KEEP_OTHER_RUNS:]:
         if _locked(path):
             continue
         state = "finished" if (path / FINISHED).exists() else "unfinished"
         shutil.rmtree(path, ignore_errors=True)
-        log.info("removed the %s run folder %s (%.0f MB); only the newest %d are kept", state, path,
-                 sizes[path] / 1e6, KEEP_OTHER_RUNS)  # fmt: skip
+        log.info(
+            "removed the %s run folder %s (%.0f MB); only the newest %d are kept",
+            state,
+            path,
+            sizes[path] / 1e6,
+            KEEP_OTHER_RUNS,
+        )
 
 
 def _locked(path: Path) -> bool:

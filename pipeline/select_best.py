@@ -42,16 +42,20 @@ from pipeline.checkpoints import WEIGHTS, checkpoint_name, load_each, prediction
 from pipeline.cli import UserError, error_line, run_stage
 from pipeline.config import Mode, load_params
 from pipeline.files import atomic_write, read_csv, write_csv, write_json
+from pipeline.metrics import REPORTED
 from pipeline.models import ModelSpec, model_from_checkpoint
+from pipeline.paths import (
+    BEST_CONFUSION,
+    BEST_EPOCHS,
+    BEST_EXPORT,
+    BEST_METRICS,
+    BEST_MODEL,
+    CHECKPOINT_DIR,
+    PREDICTIONS_DIR,
+    SCORES_FILE,
+)
 
 log = logging.getLogger("pipeline.select_best")
-
-CHECKPOINT_DIR = Path("checkpoints")
-EVAL_DIR = Path("eval")
-BEST_MODEL = Path("models/best.pt")
-BEST_EXPORT = Path("models/best.pt2")
-BEST_DIR = Path("best")
-REPORTED = ("val_loss", "val_accuracy", "val_f1", "test_loss", "test_accuracy", "test_f1")
 
 
 def pick_best(scores: pd.DataFrame, metric: str, mode: Mode) -> pd.Series:
@@ -93,11 +97,34 @@ def save_export(program: torch.export.ExportedProgram, spec: ModelSpec, path: Pa
     log.info("exported %s for any batch of (N, 3, %d, %d) inputs -> %s", spec.arch, size, size, path)
 
 
+def write_export(checkpoint: dict[str, Any], spec: ModelSpec) -> None:
+    """BEST_EXPORT: the checkpoint's model as a torch.export program, or, for a model that
+    torch.export cannot capture, a line of text saying why."""
+    try:
+        program = export_model(checkpoint)
+    except (OSError, MemoryError):  # the machine's trouble, not the model's: fail the stage
+        raise
+    except Exception as error:  # torch.export raises many types for a model it cannot capture
+        reason = error_line(error, with_type=True)
+        log.warning(
+            "could not export %s with torch.export (%s); %s holds this message instead, %s is fine",
+            spec.arch,
+            reason,
+            BEST_EXPORT,
+            BEST_MODEL,
+        )
+        # DVC fails a stage whose declared output is missing, so write why instead of nothing.
+        with atomic_write(BEST_EXPORT, "w") as file:
+            file.write(f"not a model: exporting {spec.arch} with torch.export failed: {reason}\n")
+    else:
+        save_export(program, spec, BEST_EXPORT)  # a write that fails (a full disk) fails the stage
+
+
 def main() -> None:
     params = load_params().select
-    if not (EVAL_DIR / "scores.csv").is_file():
-        raise UserError(f"{EVAL_DIR / 'scores.csv'} not found: run the evaluate stage first (dvc repro evaluate)")
-    scores = read_csv(EVAL_DIR / "scores.csv", text=("weights", "tta"))
+    if not SCORES_FILE.is_file():
+        raise UserError(f"{SCORES_FILE} not found: run the evaluate stage first (dvc repro evaluate)")
+    scores = read_csv(SCORES_FILE, text=("weights", "tta"))
     best = pick_best(scores, params.metric, params.mode)
     epoch, weights = int(best["epoch"]), best["weights"]
 
@@ -105,7 +132,7 @@ def main() -> None:
     paths = sorted(CHECKPOINT_DIR.glob("epoch_*.pt"))
     chosen = CHECKPOINT_DIR / checkpoint_name(epoch)
     if chosen not in paths:
-        raise UserError(f"{chosen} not found, but eval/scores.csv chose it: run the evaluate stage again")
+        raise UserError(f"{chosen} not found, but {SCORES_FILE} chose it: run the evaluate stage again")
     checkpoint: dict[str, Any] = {}
     for path, loaded in load_each(paths):  # one in memory at a time, but the chosen one
         if path == chosen:
@@ -117,21 +144,7 @@ def main() -> None:
         checkpoint.pop(key, None)
     checkpoint |= {"weights": weights, "tta": best["tta"]}  # tools.predict averages as evaluate did
     save_checkpoint(checkpoint, BEST_MODEL)
-    try:
-        program = export_model(checkpoint)
-    except (OSError, MemoryError):  # the machine's trouble, not the model's: fail the stage
-        raise
-    except Exception as error:  # torch.export raises many types for a model it cannot capture
-        reason = error_line(error, with_type=True)
-        log.warning(
-            "could not export %s with torch.export (%s); %s holds this message instead, %s is fine",
-            spec.arch, reason, BEST_EXPORT, BEST_MODEL,
-        )  # fmt: skip
-        # DVC fails a stage whose declared output is missing, so write why instead of nothing.
-        with atomic_write(BEST_EXPORT, "w") as file:
-            file.write(f"not a model: exporting {spec.arch} with torch.export failed: {reason}\n")
-    else:
-        save_export(program, spec, BEST_EXPORT)  # a write that fails (a full disk) fails the stage
+    write_export(checkpoint, spec)
 
     metrics = {
         "epoch": epoch,
@@ -141,18 +154,24 @@ def main() -> None:
         "trainable_params": checkpoint["trainable_params"],
         "total_params": checkpoint["total_params"],
     }
-    write_json(metrics, BEST_DIR / "metrics.json")
-    predictions = read_csv(EVAL_DIR / "predictions" / predictions_name(epoch, weights))
+    write_json(metrics, BEST_METRICS)
+    predictions = read_csv(PREDICTIONS_DIR / predictions_name(epoch, weights))
     # A plain CSV for dvc.yaml's confusion plot, not dvclive's: select_best keeps no Live run.
-    write_csv(predictions[["actual", "predicted"]], BEST_DIR / "confusion.csv")
+    write_csv(predictions[["actual", "predicted"]], BEST_CONFUSION)
     # evaluate's table of the raw weights, with the chosen epoch marked, for the per-epoch plots' red line
     raw = scores[scores["weights"] == "raw"]
-    write_csv(raw.assign(selected=(raw["epoch"] == epoch).astype(int)), BEST_DIR / "epochs.csv")
+    write_csv(raw.assign(selected=(raw["epoch"] == epoch).astype(int)), BEST_EPOCHS)
     log.info(
         "best: epoch %d of %d (%s weights) by %s (%s): val loss %.4f, test accuracy %.3f -> %s",
-        epoch, len(raw), weights, params.metric, params.mode.value, best["val_loss"], best["test_accuracy"],
+        epoch,
+        len(raw),
+        weights,
+        params.metric,
+        params.mode.value,
+        best["val_loss"],
+        best["test_accuracy"],
         BEST_MODEL,
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

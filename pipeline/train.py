@@ -12,11 +12,9 @@ A killed run resumes where it stopped (see pipeline/runs.py).
 
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,13 +22,13 @@ import torch.nn.functional as F
 from dvclive import Live
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from pipeline import distributed
 from pipeline.augment import Augment, augments, batch_augmentation
 from pipeline.batches import Batches, images_on, split_batches
 from pipeline.cli import UserError, progress, run_stage
-from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Params, load_params
+from pipeline.config import Params, load_params
 from pipeline.data.cache import decoded_images
 from pipeline.data.split import read_manifest
 from pipeline.devices import place_model, resolve_device, set_determinism
@@ -38,15 +36,13 @@ from pipeline.distributed import Ranks
 from pipeline.engine import LoopOptions, compile_for_training, train_and_score
 from pipeline.features import head_feature_batches
 from pipeline.freezing import count_parameters, freeze, parse_freeze, trainable_names
+from pipeline.metrics import METRICS, as_columns, columns
 from pipeline.models import ModelSpec, build_model
-from pipeline.optim import lr_factor, make_optimizer
-from pipeline.runs import RunFolder, fingerprint
+from pipeline.optim import class_weights, lr_factor, make_optimizer, weights_average
+from pipeline.paths import CLASSES, LIVE_DIR, MANIFEST, PREPARED_DIR, START_FILE
+from pipeline.runs import RunFolder, early_stop, fingerprint
 
 log = logging.getLogger("pipeline.train")
-
-PREPARED_DIR = Path("data/prepared")
-START_FILE = Path("models/start.pt")  # written by the weights stage
-LIVE_DIR = Path("dvclive/train")
 
 
 def main() -> None:
@@ -183,26 +179,6 @@ def set_up(params: Params) -> Run:
     )
 
 
-def weights_average(model: nn.Module, decay: float) -> AveragedModel | None:
-    """An exponential moving average of `model`'s weights, and of its buffers (BatchNorm's
-    running statistics), updated after each optimizer step, as the torchvision references'
-    --model-ema does; None when `decay` is 0. Frozen weights stay exactly as they are, and
-    integer buffers are the model's, as in timm's ModelEmaV3."""
-    if not decay:
-        return None
-    average = get_ema_multi_avg_fn(decay)
-
-    @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
-        if averaged[0].is_floating_point():  # AveragedModel groups the tensors by dtype
-            average(averaged, current, updates)
-        else:  # counters (BatchNorm's num_batches_tracked): torch's average would round them down
-            for mine, theirs in zip(averaged, current, strict=True):
-                mine.copy_(theirs)
-
-    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
-
-
 def start_phase(run: Run, spec_text: str, key: str) -> Phase:
     """Freeze the model for `spec_text` and choose what its epochs run. With a frozen backbone
     and nothing random before the head, that is the head alone, on the backbone's outputs
@@ -255,9 +231,7 @@ def train_epoch(run: Run, phase: Phase, epoch: int) -> dict[str, Any]:
     record = {
         "epoch": epoch,
         "loss": loss,
-        "val_loss": val["loss"],
-        "val_accuracy": val["accuracy"],
-        "val_f1": val["f1"],
+        **as_columns("val", val),
         "lr": run.optimizer.param_groups[0]["lr"],
         "seconds": time.perf_counter() - started,
     }
@@ -288,36 +262,6 @@ def save_epoch(run: Run, phase: Phase, record: dict[str, Any]) -> None:
     run.folder.commit_epoch(checkpoint)
 
 
-def class_weights(
-    kind: ClassWeights, targets: torch.Tensor, num_classes: int, device: torch.device
-) -> torch.Tensor | None:
-    """`balanced`: each class weighs n / (classes * its count) in the training loss, as in scikit-learn."""
-    if kind is ClassWeights.none:
-        return None
-    counts = torch.bincount(targets, minlength=num_classes).float()
-    return (len(targets) / (num_classes * counts.clamp(min=1))).to(device)
-
-
-def early_stop(history: list[dict[str, Any]], metric: str, mode: Mode, config: EarlyStoppingParams) -> str | None:
-    """Why training should stop now, or None: `metric` has not improved by more than
-    min_delta for `patience` epochs. Derived from the history, so it survives a resume."""
-    if config.patience <= 0 or not history:
-        return None
-    sign = 1 if mode is Mode.min else -1
-    best_epoch, best = 0, math.inf
-    for record in history:
-        value = sign * record[metric]
-        if math.isfinite(value) and value < best - config.min_delta:
-            best_epoch, best = record["epoch"], value
-    waited = history[-1]["epoch"] - best_epoch
-    if waited < config.patience:
-        return None
-    return (
-        f"early stopping after epoch {history[-1]['epoch']}: {metric} has not improved by more than "
-        f"{config.min_delta} for {waited} epochs (best: epoch {best_epoch})"
-    )
-
-
 def run_fingerprint(params: Params, device: torch.device) -> str:
     """The resume fingerprint: everything that shapes a training run (see pipeline/runs.py)."""
     # Not how the global batch is split (processes, accumulated batches): a run resumes under another split.
@@ -329,7 +273,7 @@ def run_fingerprint(params: Params, device: torch.device) -> str:
         "train": {key: value for key, value in dataclasses.asdict(params.train).items() if key not in split},
         "select": dataclasses.asdict(params.select),  # early stopping watches select.metric
     }
-    return fingerprint(shaping, [PREPARED_DIR / "manifest.csv", PREPARED_DIR / "classes.json", START_FILE])
+    return fingerprint(shaping, [MANIFEST, CLASSES, START_FILE])
 
 
 def log_epoch(live: Live | None, record: dict[str, Any]) -> None:
@@ -337,9 +281,8 @@ def log_epoch(live: Live | None, record: dict[str, Any]) -> None:
         return
     live.step = record["epoch"]
     live.log_metric("train/loss", record["loss"])
-    live.log_metric("val/loss", record["val_loss"])
-    live.log_metric("val/accuracy", record["val_accuracy"])
-    live.log_metric("val/f1", record["val_f1"])
+    for name, column in zip(METRICS, columns("val"), strict=True):
+        live.log_metric(f"val/{name}", record[column])
     live.log_metric("lr", record["lr"])
     live.log_metric("epoch_seconds", record["seconds"])
     live.next_step()

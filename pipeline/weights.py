@@ -37,10 +37,9 @@ from pipeline.devices import place_model, resolve_device
 from pipeline.engine import LoopOptions, train_and_score
 from pipeline.models import Built, backbone_state, build_model, model_sizing
 from pipeline.optim import make_optimizer
+from pipeline.paths import START_FILE
 
 log = logging.getLogger("pipeline.weights")
-
-OUT_FILE = Path("models/start.pt")
 
 
 def main() -> None:
@@ -59,12 +58,17 @@ def main() -> None:
         "source": source,
         **scores,
     }
-    save_checkpoint(checkpoint, OUT_FILE)
+    save_checkpoint(checkpoint, START_FILE)
     sizing = built.spec.sizing
     log.info(
         "wrote %s: %s %s; inputs resized to %d, centre %d crop (%s)",
-        OUT_FILE, model.arch, source, sizing.resize, sizing.crop, sizing.interpolation,
-    )  # fmt: skip
+        START_FILE,
+        model.arch,
+        source,
+        sizing.resize,
+        sizing.crop,
+        sizing.interpolation,
+    )
 
 
 def pretrain(params: Params) -> tuple[Built, dict[str, Any]]:
@@ -91,8 +95,12 @@ def pretrain(params: Params) -> tuple[Built, dict[str, Any]]:
         loss, val = train_and_score(model, train_data, val_data, optimizer, loop, epoch, len(classes))
         log.info(
             "pretrain epoch %d/%d: loss %.4f, val loss %.4f, val accuracy %.3f",
-            epoch, config.epochs, loss, val["loss"], val["accuracy"],
-        )  # fmt: skip
+            epoch,
+            config.epochs,
+            loss,
+            val["loss"],
+            val["accuracy"],
+        )
     log.info("pretrained on %d source classes: %s", len(classes), ", ".join(classes))
     return built, {"epoch": config.epochs, "loss": loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
 

@@ -2,6 +2,8 @@
 the normalisation around the 8-bit policies undone and redone exactly."""
 
 import dataclasses
+from enum import Enum
+from operator import attrgetter
 
 import pytest
 import torch
@@ -81,3 +83,32 @@ def test_nothing_on_means_no_batch_augmentation_and_no_augmenting() -> None:
     assert not augments(params())
     for changes in ({"hflip": True}, {"min_scale": 0.5}, {"policy": AugmentPolicy.autoaugment}, {"mixup_alpha": 0.2}):
         assert augments(params(**changes))
+
+
+def switched_on(off: object) -> object:
+    """A value other than an option's `off` value."""
+    if isinstance(off, bool):
+        return not off
+    if isinstance(off, Enum):
+        return next(member for member in type(off) if member is not off)
+    return 0.5  # every number option here is off at 0 or 1
+
+
+@pytest.mark.parametrize("option", dataclasses.fields(AugmentParams), ids=attrgetter("name"))
+def test_each_option_alone_turns_augmenting_on_and_a_param_that_shapes_one_does_not(
+    option: dataclasses.Field,
+) -> None:
+    if "off" in option.metadata:
+        assert augments(params(**{option.name: switched_on(option.metadata["off"])}))
+    else:
+        assert option.metadata["shapes"], option.name
+        assert not augments(params(**{option.name: 0.5}))
+
+
+def test_a_param_that_declares_neither_its_off_value_nor_what_it_shapes_stops_augments() -> None:
+    @dataclasses.dataclass
+    class WithNewOption(AugmentParams):
+        new_option: float = 0.0
+
+    with pytest.raises(TypeError, match=r"train\.augment\.new_option declares neither"):
+        augments(WithNewOption(**dataclasses.asdict(params())))

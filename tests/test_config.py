@@ -27,10 +27,8 @@ from torchvision.models import ResNet18_Weights
 
 from pipeline.cli import UserError
 from pipeline.config import AugmentParams, Mode, Optimizer, Params, TrainParams, load_params
+from pipeline.paths import PREPARED_DIR
 from testing.project import REPO, copy_project, set_params, stage
-
-PREPARED = Path("data/prepared")
-
 
 # --- helpers --------------------------------------------------------------------------
 
@@ -145,7 +143,7 @@ def test_param_mistakes_stop_the_stage_before_any_work(project: Path, subtests: 
             elif case.stage == "weights":
                 assert not (copy / "models" / "start.pt").exists()
             else:
-                assert not (copy / PREPARED).exists()
+                assert not (copy / PREPARED_DIR).exists()
 
 
 def test_the_weights_stage_explains_uncached_torchvision_weights_without_network(

@@ -1,8 +1,11 @@
-"""The dependency rule: every stage depends on all of pipeline/, and pipeline/ imports only itself.
+"""dvc.yaml against the code: the dependency rule, and the paths.
 
-So a change to any pipeline module re-runs the stages (and changes the train stage's
-resume fingerprint, which hashes the same files), and code outside pipeline/ (tools/,
-bench/, testing/) can change without re-running anything.
+Every stage depends on all of pipeline/, and pipeline/ imports only itself. So a change to
+any pipeline module re-runs the stages (and changes the train stage's resume fingerprint,
+which hashes the same files), and code outside pipeline/ (tools/, bench/, testing/) can
+change without re-running anything. No module imports a stage: each runs as `python -m`.
+
+The files dvc.yaml names are the ones pipeline/paths.py names, and no others.
 """
 
 import ast
@@ -11,10 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline import paths
 from pipeline.runs import code_files
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
+STAGES = DVC_YAML["stages"]
+STAGE_MODULES = {stage["cmd"].removeprefix("python -m ") for stage in STAGES.values()}
 PROJECT_PACKAGES = {"pipeline", "tools", "testing", "tests", "bench"}
 
 
@@ -59,10 +65,18 @@ def test_pipeline_imports_nothing_outside_itself() -> None:
     assert {module: names for module, names in outside.items() if names} == {}
 
 
+def test_no_module_imports_a_stage() -> None:
+    """What a stage and another module share lives in the core modules (tests alone test the stages)."""
+    importers = {
+        path.relative_to(REPO).as_posix(): sorted(imports_of(path) & STAGE_MODULES)
+        for folder in ("pipeline", "tools", "bench", "testing")
+        for path in sorted((REPO / folder).rglob("*.py"))
+    }
+    assert {path: stages for path, stages in importers.items() if stages} == {}
+
+
 def test_stages_sit_on_top_of_the_core_modules_without_cycles() -> None:
     graph = module_graph()
-    stages = {stage["cmd"].removeprefix("python -m ") for stage in STAGES.values()}
-    assert not [(module, sorted(names & stages)) for module, names in graph.items() if names & stages]
     done: set[str] = set()
 
     def visit(module: str, path: tuple[str, ...]) -> None:
@@ -89,5 +103,35 @@ def test_the_resume_fingerprint_hashes_what_dvc_tracks() -> None:
 
 @pytest.mark.parametrize("name", [name for name in STAGES if name != "check_params"])
 def test_each_stage_waits_for_the_params_check(name: str) -> None:
-    assert "checks/params.ok" in STAGES[name]["deps"]
+    assert paths.PARAMS_OK.as_posix() in STAGES[name]["deps"]
     assert STAGES["check_params"]["params"] == [{"params.yaml": None}]  # all of the file
+
+
+def dvc_yaml_paths() -> set[str]:
+    """Every file and folder that dvc.yaml names: the stages' deps, params files and outs,
+    the metrics and the plots' files (not the data folders, which are params: ${...})."""
+    named: set[str] = set()
+    for stage in STAGES.values():
+        named.update(dep for dep in stage["deps"] if dep != "pipeline" and not dep.startswith("${"))
+        named.update(file for entry in stage.get("params", []) if isinstance(entry, dict) for file in entry)
+        named.update(stage["outs"])
+    named.update(DVC_YAML["metrics"])
+    for plot in DVC_YAML["plots"]:
+        (definition,) = plot.values()
+        named.update(definition["y"])
+    return named
+
+
+PATHS = {name: value.as_posix() for name, value in vars(paths).items() if isinstance(value, Path)}
+
+
+def outside(named: set[str], known: set[str]) -> list[str]:
+    """The paths in `named` that are neither in `known` nor inside a folder of it."""
+    return sorted(path for path in named if path not in known and not any(path.startswith(f"{k}/") for k in known))
+
+
+def test_dvc_yaml_names_the_paths_of_pipeline_paths() -> None:
+    # Both ways; a file inside a folder the other names is its stage's own business
+    # (dvclive's files in dvclive/train, prepare's reports in data/prepared).
+    assert outside(dvc_yaml_paths(), set(PATHS.values())) == []
+    assert outside(set(PATHS.values()), dvc_yaml_paths()) == []

@@ -15,6 +15,7 @@ import torch
 
 from pipeline import select_best
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
+from pipeline.metrics import REPORTED
 from pipeline.models import ModelSpec, build_model, model_from_checkpoint
 from testing.project import stage
 
@@ -55,7 +56,7 @@ def fake_evaluation(project: Path, checkpoint: dict) -> None:
         project / "checkpoints/epoch_001.pt",
     )
     (project / "eval/predictions").mkdir(parents=True)
-    scores = {name: [0.5] for name in select_best.REPORTED}
+    scores = {name: [0.5] for name in REPORTED}
     row = {"epoch": [1], "weights": ["raw"], "tta": ["none"], **scores}
     pd.DataFrame(row).to_csv(project / "eval/scores.csv", index=False)
     pd.DataFrame({"actual": ["a"], "predicted": ["b"]}).to_csv(project / "eval/predictions/epoch_001.csv", index=False)

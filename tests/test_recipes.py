@@ -15,8 +15,8 @@ from pipeline.checkpoints import load_checkpoint
 from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Optimizer, OptimParams, Schedule
 from pipeline.freezing import freeze, parse_freeze
 from pipeline.models import build_model
-from pipeline.optim import lr_factor, make_optimizer
-from pipeline.train import class_weights, early_stop
+from pipeline.optim import class_weights, lr_factor, make_optimizer
+from pipeline.runs import early_stop
 from testing.compare import assert_same_run, assert_tensors_equal
 from testing.project import run, set_params, stage
 

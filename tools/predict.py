@@ -41,6 +41,7 @@ from pipeline.data.scan import image_files
 from pipeline.devices import memory_format, place_model, resolve_device
 from pipeline.engine import batch_logits
 from pipeline.models import ModelSpec, model_from_checkpoint
+from pipeline.paths import BEST_MODEL
 
 log = logging.getLogger("tools.predict")
 
@@ -64,7 +65,7 @@ def parse_args() -> argparse.Namespace:
         prog="python -m tools.predict", description="Classify images with a checkpoint of this pipeline."
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
-    parser.add_argument("--model", type=Path, default=Path("models/best.pt"), help="default: models/best.pt")
+    parser.add_argument("--model", type=Path, default=BEST_MODEL, help=f"default: {BEST_MODEL}")
     parser.add_argument("--top-k", type=positive_int, default=3, help="classes per image (default: 3)")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
     parser.add_argument("--batch-size", type=positive_int, default=64)

@@ -16,6 +16,7 @@ from pipeline.data.decode import Sizing
 from pipeline.data.inspection import inspect_all
 from pipeline.data.scan import Skipped, find_images
 from pipeline.files import read_csv
+from pipeline.paths import CLASSES, MANIFEST
 
 # The package's name, not the module's: stage logs show `pipeline.data: ...` for all of it.
 log = logging.getLogger("pipeline.data")
@@ -161,7 +162,7 @@ def stratified_split(
 
 def read_manifest(prepared_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """The manifest (path, label, split, sha1) and the ordered class list written by prepare."""
-    manifest_path, classes_path = prepared_dir / "manifest.csv", prepared_dir / "classes.json"
+    manifest_path, classes_path = prepared_dir / MANIFEST.name, prepared_dir / CLASSES.name
     for path in (manifest_path, classes_path):
         if not path.is_file():
             raise UserError(f"{path} not found: run the prepare stage first (dvc repro prepare)")

@@ -1,0 +1,43 @@
+"""Every file and folder the stages read and write, relative to the project root.
+
+dvc.yaml names the same paths in its deps, outs, metrics and plots;
+tests/test_dvc_yaml.py checks that the two agree. The data folders are params
+(prepare.data_dir, pretrain.data_dir), and the caches that outlive a stage's outputs are
+under .cache/ (files.project_cache).
+"""
+
+from pathlib import Path
+
+PARAMS_FILE = Path("params.yaml")
+
+# check_params: constant text, so a change of params alone re-runs no later stage.
+PARAMS_OK = Path("checks/params.ok")
+
+# The weights files model.weights may name. The prepare and weights stages depend on this
+# folder, so DVC re-runs them when a file in it changes.
+WEIGHTS_DIR = Path("models/weights")
+
+# prepare
+PREPARED_DIR = Path("data/prepared")
+MANIFEST = PREPARED_DIR / "manifest.csv"
+CLASSES = PREPARED_DIR / "classes.json"
+SKIPPED = PREPARED_DIR / "skipped.csv"
+DUPLICATES = PREPARED_DIR / "duplicates.csv"
+
+# weights
+START_FILE = Path("models/start.pt")
+
+# train
+CHECKPOINT_DIR = Path("checkpoints")
+LIVE_DIR = Path("dvclive/train")
+
+# evaluate
+SCORES_FILE = Path("eval/scores.csv")
+PREDICTIONS_DIR = Path("eval/predictions")
+
+# select_best
+BEST_MODEL = Path("models/best.pt")
+BEST_EXPORT = Path("models/best.pt2")
+BEST_METRICS = Path("best/metrics.json")
+BEST_CONFUSION = Path("best/confusion.csv")
+BEST_EPOCHS = Path("best/epochs.csv")
