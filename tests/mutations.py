@@ -50,22 +50,22 @@ MUTATIONS = [
     Mutation(
         "no-resume",
         "a restarted train stage finds no checkpoints of its killed run and starts over",
-        'paths = sorted(run_dir.glob("epoch_*.pt"))',
-        "paths = []",
+        "        paths = self.checkpoints()\n        for index, path in enumerate(paths):",
+        "        paths = []\n        for index, path in enumerate(paths):",
         ("tests/test_resume.py",),
     ),
     Mutation(
         "no-curve-replay",
         "a resumed train stage does not replay the kept epochs into dvclive's curves",
-        "    for record in history:\n        log_epoch(live, record)\n",
+        "    for record in run.history:\n        log_epoch(live, record)\n",
         "",
         ("tests/test_resume.py", "-k", "uninterrupted_result"),
     ),
     Mutation(
         "break-normalize",
-        "normalize forgets to scale the mean to 0-255",
-        "mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * 255",
-        "mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)",
+        "normalisation forgets to scale the mean to 0-255",
+        "torch.tensor(mean, device=device).view(shape) * 255,",
+        "torch.tensor(mean, device=device).view(shape),",
         ("tests/test_engine.py", "tests/test_predict.py"),
     ),
 ]

@@ -1,0 +1,32 @@
+"""tests/mutations.py stays live: each mutation's text occurs exactly once in pipeline/ and
+names test files that exist, so the script cannot silently rot as code moves."""
+
+import pytest
+
+from tests.mutations import MUTATIONS, REPO, Mutation, MutationError, apply
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=lambda m: m.name)
+def test_each_mutation_still_applies_to_exactly_one_place(mutation: Mutation, tmp_path) -> None:
+    for path in (REPO / "pipeline").rglob("*.py"):  # apply() edits the copy, never the repo
+        target = tmp_path / path.relative_to(REPO)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(path.read_text())
+    changed = apply(mutation, tmp_path)
+    original = (REPO / changed).read_text()
+    assert (tmp_path / changed).read_text() == original.replace(mutation.old, mutation.new)
+    assert mutation.old != mutation.new
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=lambda m: m.name)
+def test_each_mutation_names_tests_that_exist(mutation: Mutation) -> None:
+    files = [name for name in mutation.tests if name.startswith("tests/")]
+    assert files, "a mutation must name the tests that should catch it"
+    assert all((REPO / name).is_file() for name in files), files
+
+
+def test_a_mutation_whose_text_is_gone_is_an_error(tmp_path) -> None:
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "a.py").write_text("x = 1\n")
+    with pytest.raises(MutationError, match="exactly once"):
+        apply(Mutation("gone", "no such code", "y = 2", "y = 3", ("tests/test_engine.py",)), tmp_path)
