@@ -62,6 +62,13 @@ MUTATIONS = [
         ("tests/test_resume.py", "-k", "uninterrupted_result"),
     ),
     Mutation(
+        "select-on-test",
+        "select_best keeps the checkpoint the test split prefers, not validation",
+        "best = pick_best(scores, params.metric, params.mode)",
+        'best = pick_best(scores, params.metric.replace("val_", "test_"), params.mode)',
+        ("tests/test_select_best.py",),
+    ),
+    Mutation(
         "break-normalize",
         "normalisation forgets to scale the mean to 0-255",
         "torch.tensor(mean, device=device).view(shape) * 255,",
