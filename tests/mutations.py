@@ -108,6 +108,27 @@ MUTATIONS = [
         "    if False:\n",
         ("tests/test_checkpoints.py",),
     ),
+    Mutation(
+        "f1-is-recall",
+        "macro-F1 is computed as macro recall",
+        "    f1 = 2 * true_positive / (support + predicted).clamp(min=1)\n",
+        "    f1 = true_positive / support.clamp(min=1)\n",
+        ("tests/test_metrics.py", "tests/test_evaluate.py"),
+    ),
+    Mutation(
+        "select-mode-inverted",
+        "select.mode: min keeps the checkpoint with the largest value",
+        "    best_value = values[usable].min() if mode is Mode.min else values[usable].max()\n",
+        "    best_value = values[usable].max() if mode is Mode.min else values[usable].min()\n",
+        ("tests/test_select_best.py",),
+    ),
+    Mutation(
+        "predict-train-mode",
+        "evaluation and prediction run the model in training mode (BatchNorm uses batch statistics)",
+        "    model.eval()\n    place_model(model, data.device)",
+        "    model.train()\n    place_model(model, data.device)",
+        ("tests/test_evaluate.py", "tests/test_predict.py", "tests/test_engine.py"),
+    ),
 ]
 
 
