@@ -20,7 +20,7 @@ from pipeline.augment import Augment, apply_augmentation, draw_augmentation
 from pipeline.batches import Batches, ImageBatches, batch_indices, iterate
 from pipeline.cli import UserError, progress
 from pipeline.devices import autocast, place_model, to_device
-from pipeline.distributed import SINGLE, Ranks, all_sum, shard, unshard
+from pipeline.distributed import SINGLE, Ranks, all_sum, shard, share_buffers, unshard
 from pipeline.freezing import set_train_mode
 
 
@@ -36,6 +36,15 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     never stopped.
     """
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def rank_seed(generator: torch.Generator, rank: int) -> int:
+    """The seed of torch's global RNG (dropout, mixing) for `rank` in the epoch of `generator`.
+
+    Rank 0 keeps the epoch's own seed; rank r adds r * 2**48, so no (epoch, rank) pair of a
+    run shares another's stream (a plain `+ rank` made rank r's epoch e rank 0's epoch e + r).
+    """
+    return (generator.initial_seed() + (rank << 48)) % 2**64
 
 
 def compile_for_training(model: nn.Module, backend: str = "inductor") -> nn.Module:
@@ -85,10 +94,12 @@ def train_one_epoch(
     mean training loss (of every process)."""
     set_train_mode(model, list(loop.frozen))
     generator = epoch_generator(loop.seed, epoch)
-    # Dropout draws from the global RNG: tie it to this epoch's seed, and rank, too (see epoch_generator).
-    torch.manual_seed(generator.initial_seed() + loop.ranks.rank)
+    # Dropout and mixing draw from the global RNG: tie it to this epoch's seed and the rank too.
+    torch.manual_seed(rank_seed(generator, loop.ranks.rank))
     centre = data.centre_fraction if isinstance(data, ImageBatches) else 1.0
-    plan = epoch_order(len(data), generator, loop.hflip, loop.min_scale, loop.max_aspect, centre).shard(loop.ranks)
+    keys = loop.augment is not None
+    order = epoch_order(len(data), generator, loop.hflip, loop.min_scale, loop.max_aspect, centre, keys)
+    plan = order.shard(loop.ranks)
     losses = train_steps(model, data, optimizer, plan, loop, f"epoch {epoch}")
     sizes = torch.tensor([len(b) for b in plan.order.split(loop.micro_batch)], dtype=torch.float32)
     return epoch_loss(losses, sizes, epoch, loop.ranks)
@@ -104,18 +115,29 @@ class EpochOrder:
 
     order: torch.Tensor  # int64 (N,): item indices
     transforms: torch.Tensor | None  # (N, 2, 3) affine matrices, one per visit; None: no augmentation
+    keys: torch.Tensor | None = None  # int64 (N,): each visit's seed for the recipes (pipeline.augment)
 
     def shard(self, ranks: Ranks) -> "EpochOrder":
-        """This rank's visits (distributed.shard), each with the draw it has in the whole order."""
+        """This rank's visits (distributed.shard), each with the draws it has in the whole order."""
         transforms = None if self.transforms is None else shard(self.transforms, ranks)
-        return EpochOrder(shard(self.order, ranks), transforms)
+        keys = None if self.keys is None else shard(self.keys, ranks)
+        return EpochOrder(shard(self.order, ranks), transforms, keys)
 
 
 def epoch_order(
-    n: int, generator: torch.Generator, hflip: bool, min_scale: float, max_aspect: float = 1.0, centre: float = 1.0
+    n: int,
+    generator: torch.Generator,
+    hflip: bool,
+    min_scale: float,
+    max_aspect: float = 1.0,
+    centre: float = 1.0,
+    keys: bool = False,
 ) -> EpochOrder:
+    """The epoch's order, crops and flips, and with `keys` a seed per visit for the recipes,
+    drawn last so that turning them on changes none of the others."""
     order = torch.randperm(n, generator=generator)
-    return EpochOrder(order, draw_augmentation(n, hflip, min_scale, generator, max_aspect, centre))
+    transforms = draw_augmentation(n, hflip, min_scale, generator, max_aspect, centre)
+    return EpochOrder(order, transforms, torch.randint(2**62, (n,), generator=generator) if keys else None)
 
 
 def train_and_score(
@@ -127,8 +149,10 @@ def train_and_score(
     epoch: int,
     num_classes: int,
 ) -> tuple[float, dict[str, float]]:
-    """One training epoch, then the scores on `val_data`: (training loss, val scores)."""
+    """One training epoch, then the scores on `val_data` of the weights rank 0 saves: (training
+    loss, val scores)."""
     loss = train_one_epoch(model, train_data, optimizer, loop, epoch)
+    share_buffers(model, loop.ranks)
     return loss, score(predict(model, val_data, loop.batch_size, loop.ranks), val_data.targets, num_classes)
 
 
@@ -159,18 +183,19 @@ def train_steps(
     per_batch = [None] * len(batches)
     if plan.transforms is not None:
         per_batch = to_device(plan.transforms, data.device).split(batch_size)
+    keys = [None] * len(batches) if plan.keys is None else plan.keys.split(batch_size)
     place_model(stepped, data.device)
     losses = torch.zeros(len(batches), device=data.device)
     # Augmented batches come whole, to be cropped at random; the others as the centre crop.
     loaded = iterate(data, batches, whole=plan.transforms is not None)
     size = data.crop if isinstance(data, ImageBatches) else None
-    for step, ((images, targets), theta) in enumerate(
-        zip(progress(loaded, desc, len(batches)), per_batch, strict=True)
+    for step, ((images, targets), theta, key) in enumerate(
+        zip(progress(loaded, desc, len(batches)), per_batch, keys, strict=True)
     ):
         if theta is not None:
             images = apply_augmentation(images, theta, size)
         if loop.augment is not None:
-            images, targets = loop.augment(images, targets)
+            images, targets = loop.augment(images, targets, key)
         if loop.step_model is not None and images.shape[0] > 1:
             torch._dynamo.mark_dynamic(images, 0)  # one compiled graph for every batch size
         first, last = step % accumulate == 0, step % accumulate == accumulate - 1 or step == len(batches) - 1
