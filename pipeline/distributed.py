@@ -277,9 +277,13 @@ def shard(items: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     then every world-th row from the rank's own. All ranks get the same count."""
     if not ranks.active:
         return items
-    padding = -len(items) % ranks.world
-    padded = torch.cat([items, items[:padding]]) if padding else items
-    return padded[ranks.rank :: ranks.world]
+    return pad(items, ranks.world)[ranks.rank :: ranks.world]
+
+
+def pad(items: torch.Tensor, world: int) -> torch.Tensor:
+    """`items` padded with its first rows to a multiple of `world` rows, as `shard` pads them."""
+    padding = -len(items) % world
+    return torch.cat([items, items[:padding]]) if padding else items
 
 
 def unshard(local: torch.Tensor, total: int, ranks: Ranks) -> torch.Tensor:

@@ -112,6 +112,7 @@ class Run:
     scheduler: LambdaLR
     splits: dict[str, Batches]
     criterion: Any  # the training loss: cross-entropy with the run's weights and smoothing
+    class_weights: torch.Tensor | None  # those weights (train.class_weights), or None
     folder: RunFolder
     history: list[dict[str, Any]]  # each finished epoch's record (runs.RECORD_KEYS)
     ranks: Ranks  # this process among those that train together (pipeline.distributed)
@@ -135,13 +136,7 @@ def set_up(params: Params) -> Run:
     attempt of it stopped."""
     config = params.train
     set_determinism(config.deterministic)
-    ranks, device = distributed.start(resolve_device(params.device), params.wait_minutes)
-    if ranks.world != config.processes:
-        raise UserError(
-            f"train.processes = {config.processes}, but torchrun started {ranks.world} training processes "
-            f"(WORLD_SIZE): set train.processes to {ranks.world}, the processes of every machine together, "
-            "so that the run's params say how it was trained"
-        )
+    ranks, device = join(params)
     manifest, classes = read_manifest(PREPARED_DIR)
     if not START_FILE.is_file():
         raise UserError(f"{START_FILE} not found: run the weights stage first (dvc repro weights)")
@@ -175,16 +170,56 @@ def set_up(params: Params) -> Run:
     criterion = partial(F.cross_entropy, weight=weights, label_smoothing=config.label_smoothing)
 
     folder = run_folder(params, device)
-    # Rank 0 owns the folder (locks, cleans and publishes it); the others read the same checkpoint.
+    history = resume(folder, model, optimizer, scheduler, ema, ranks)
+    torch.set_num_threads(cpu_threads(config.threads, history))
+    augment = batch_augmentation(config.augment, len(classes), spec.mean, spec.std, device)
+    return Run(
+        params,
+        model,
+        spec,
+        optimizer,
+        scheduler,
+        splits,
+        criterion,
+        weights,
+        folder,
+        history,
+        ranks,
+        device,
+        ema,
+        augment,
+    )
+
+
+def join(params: Params) -> tuple[Ranks, torch.device]:
+    """This process among those that train together, and its device. The params must count
+    them, so that the run's identity (its fingerprint, DVC's record) says how it trained."""
+    ranks, device = distributed.start(resolve_device(params.device), params.wait_minutes)
+    if ranks.world != params.train.processes:
+        raise UserError(
+            f"train.processes = {params.train.processes}, but torchrun started {ranks.world} training processes "
+            f"(WORLD_SIZE): set train.processes to {ranks.world}, the processes of every machine together, "
+            "so that the run's params say how it was trained"
+        )
+    return ranks, device
+
+
+def resume(
+    folder: RunFolder,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LambdaLR,
+    ema: AveragedModel | None,
+    ranks: Ranks,
+) -> list[dict[str, Any]]:
+    """Restore what a killed attempt of the run left (RunFolder.restore); the finished epochs'
+    records. Rank 0 owns the folder (locks, cleans and publishes it); the others then read
+    the same checkpoint."""
     restore = partial(folder.restore, model, optimizer, scheduler, ema, owner=ranks.main)
     history = distributed.main_first(ranks, restore, "restore the run's last checkpoint")
     if ranks.main:
         folder.publish_all()
-    torch.set_num_threads(cpu_threads(config.threads, history))
-    augment = batch_augmentation(config.augment, len(classes), spec.mean, spec.std, device)
-    return Run(
-        params, model, spec, optimizer, scheduler, splits, criterion, folder, history, ranks, device, ema, augment
-    )
+    return history
 
 
 def start_phase(run: Run, spec_text: str, key: str) -> Phase:
@@ -226,6 +261,7 @@ def start_phase(run: Run, spec_text: str, key: str) -> Phase:
         clip_grad_norm=config.clip_grad_norm,
         after_step=None if run.ema is None else partial(run.ema.update_parameters, run.model),
         augment=run.augment,
+        class_weights=run.class_weights,
     )
     return Phase(spec_text, frozen, trainable, total, net, data, loop)
 

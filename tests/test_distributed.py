@@ -9,6 +9,7 @@ batch of 128 sees, so the two must agree up to float rounding. One run trains ev
 """
 
 import csv
+import functools
 import math
 import os
 import signal
@@ -27,7 +28,7 @@ from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import UserError, progress
 from pipeline.config import load_params
 from pipeline.distributed import EXIT_LOST_CONTACT, Ranks, first_cause, shard, sync_batchnorm
-from pipeline.engine import epoch_generator, rank_seed
+from pipeline.engine import EpochOrder, LoopOptions, epoch_generator, rank_seed, split_loss, split_steps
 from testing.project import copy_project, run, set_params, stage
 from tests.conftest import once_per_run, prepare_with
 from tests.helpers import assert_resumed, epochs_trained, kill_env
@@ -368,7 +369,7 @@ def test_one_progress_bar_among_several_processes(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(sys, "stderr", Terminal())
     for rank, shown in (("0", True), ("1", False)):
         monkeypatch.setenv("RANK", rank)
-        assert progress(range(3), "training").disable is not shown, rank
+        assert bool(progress(range(3), "training").disable) is not shown, rank  # tqdm leaves None when shown
 
 
 def test_no_two_epochs_or_ranks_of_a_run_share_a_seed() -> None:
@@ -377,6 +378,64 @@ def test_no_two_epochs_or_ranks_of_a_run_share_a_seed() -> None:
         seeds = {rank_seed(epoch_generator(seed, epoch), rank) for epoch in range(1, 200) for rank in range(16)}
         assert len(seeds) == 199 * 16
         assert rank_seed(epoch_generator(seed, 3), 0) == epoch_generator(seed, 3).initial_seed()
+
+
+@pytest.mark.parametrize(
+    ("items", "world", "accumulate", "weighted", "smoothing", "mixed"),
+    [
+        (7, 3, 1, False, 0.0, False),
+        (7, 3, 1, True, 0.1, False),
+        (11, 2, 2, True, 0.0, False),
+        (9, 1, 3, True, 0.2, False),
+        (7, 3, 1, True, 0.0, True),
+    ],
+)
+def test_the_parts_of_a_step_add_up_to_one_process_step(
+    items: int, world: int, accumulate: int, weighted: bool, smoothing: float, mixed: bool
+) -> None:
+    """However a global batch is split (processes, accumulated batches, an uneven last step
+    with `shard`'s padding), with class weights, label smoothing or mixed (soft) targets, the
+    gradients of its parts, each rank's summed and then averaged over the ranks as
+    DistributedDataParallel does, are those of torch's own cross-entropy over the whole batch;
+    and the epoch's loss is one process's mean of its batches' means."""
+    generator = torch.Generator().manual_seed(0)
+    features, labels = torch.randn(items, 4, generator=generator), torch.randint(0, 3, (items,), generator=generator)
+    # MixUp/CutMix give class probabilities, which cross-entropy averages over the items alone.
+    targets = torch.nn.functional.one_hot(labels, 3) * 0.7 + 0.1 if mixed else labels
+    weights = torch.tensor([0.5, 2.0, 1.25]) if weighted else None
+    model = torch.nn.Linear(4, 3)
+    batch = world * accumulate * 2  # the global batch
+    loop = LoopOptions(batch_size=batch, ranks=Ranks(0, world), accumulate=accumulate, class_weights=weights)
+    criterion = functools.partial(torch.nn.functional.cross_entropy, weight=weights, label_smoothing=smoothing)
+    order = torch.randperm(items, generator=generator)
+    whole = split_steps(EpochOrder(order, None), labels, loop)
+    expected_loss, kept, counted = 0.0, 0.0, 0.0
+    for step, start in enumerate(range(0, items, batch)):
+        model.zero_grad()
+        rows = order[start : start + batch]
+        loss = criterion(model(features[rows]), targets[rows])
+        loss.backward()
+        expected = [p.grad.clone() for p in model.parameters()]
+        expected_loss += loss.item() * len(rows) / items
+        averaged = [torch.zeros_like(p) for p in model.parameters()]
+        for rank in range(world):
+            plan = whole.shard(Ranks(rank, world))
+            model.zero_grad()
+            micro = batch // (world * accumulate)
+            for index in range(step * accumulate, (step + 1) * accumulate):
+                part = slice(index * micro, (index + 1) * micro)
+                visits = plan.order[part]
+                if not len(visits):  # the last step may have fewer accumulated batches
+                    break
+                split = (plan.real[part], plan.step_items[part], plan.step_weight[part])
+                part_loss, part_kept = split_loss(criterion, model(features[visits]), targets[visits], split, world)
+                part_loss.backward()
+                kept, counted = kept + part_kept.item(), counted + split[0].sum().item()
+            averaged = [total + p.grad / world for total, p in zip(averaged, model.parameters(), strict=True)]
+        for got, want in zip(averaged, expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert counted == items  # the padding counted for nothing
+    assert kept / counted == pytest.approx(expected_loss, rel=1e-5)
 
 
 @pytest.mark.parametrize(("items", "world"), [(538, 2), (7, 3), (2, 4)])
