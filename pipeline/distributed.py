@@ -210,7 +210,6 @@ def main_first(ranks: Ranks, make: Callable[[], T], what: str) -> T:
         result = make()
         barrier(ranks, f"rank 0 to {what}")
         return result
-    log.info("waiting for rank 0 to %s", what)
     barrier(ranks, f"rank 0 to {what}")
     return make()
 

@@ -171,7 +171,7 @@ def set_up(params: Params) -> Run:
 
     folder = run_folder(params, device)
     history = resume(folder, model, optimizer, scheduler, ema, ranks)
-    torch.set_num_threads(cpu_threads(config.threads, history))
+    torch.set_num_threads(run_threads(config.threads, history))
     augment = batch_augmentation(config.augment, len(classes), spec.mean, spec.std, device)
     return Run(
         params,
@@ -328,7 +328,7 @@ def run_folder(params: Params, device: torch.device) -> RunFolder:
     return RunFolder(fingerprint(shaping, inputs), lineage, {f"train.{key}": value for key, value in split.items()})
 
 
-def cpu_threads(requested: int, history: list[dict[str, Any]]) -> int:
+def run_threads(requested: int, history: list[dict[str, Any]]) -> int:
     """This process's CPU threads (distributed.cpu_threads); a resumed run keeps those its last
     epoch had unless train.threads names a number, since they change the float rounding."""
     threads = distributed.cpu_threads(requested, distributed.local_processes())
