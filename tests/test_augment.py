@@ -55,7 +55,7 @@ def test_each_image_of_a_batch_gets_its_own_draw_and_a_seed_repeats_them(changes
 
 
 @pytest.mark.parametrize(
-    "changes", [{"policy": AugmentPolicy.trivialaugment, "erasing": 0.5}, {"policy": AugmentPolicy.randaugment}]
+    "changes", [{"policy": AugmentPolicy.trivialaugment, "erasing": 0.3}, {"policy": AugmentPolicy.randaugment}]
 )
 def test_an_images_draws_depend_on_its_key_alone_not_its_batch(changes: dict) -> None:
     """What several processes rely on: an image augmented in a batch of its own share of the
@@ -73,7 +73,7 @@ def test_an_images_draws_depend_on_its_key_alone_not_its_batch(changes: dict) ->
 def test_the_per_image_draws_leave_the_global_rng_as_it_was() -> None:
     """Dropout and mixing draw from torch's global RNG after the per-image recipes: those
     reseed it per image, and must give the stream back as they found it."""
-    augment = batch_augmentation(params(policy=AugmentPolicy.trivialaugment, erasing=0.5), 5, MEAN, STD, CPU)
+    augment = batch_augmentation(params(policy=AugmentPolicy.trivialaugment, erasing=0.3), 5, MEAN, STD, CPU)
     torch.manual_seed(3)
     augment(copies_of_one_image(), torch.zeros(8, dtype=torch.int64), torch.arange(8))
     after = torch.rand(4)

@@ -43,7 +43,7 @@ DDP_PARAMS = {
     "train.cache_features": False,
     "train.lr": 0.1,
     "train.augment.policy": "trivialaugment",
-    "train.augment.erasing": 0.5,
+    "train.augment.erasing": 0.3,
 }
 NO_RECIPES = {"train.augment.policy": "none", "train.augment.erasing": 0.0}
 LAST = Path("checkpoints/epoch_002.pt")  # the tiny params train 2 epochs
