@@ -16,8 +16,10 @@ others still run):
   compile      how many graphs torch.compile builds for training epochs with a ragged last
                batch, and evaluation in between
   determinism  two epochs from the same start, with deterministic algorithms, bit-identical?
-  ddp          one epoch under DistributedDataParallel with one process against without it,
-               resnet50 at 224 px, batch 256 (what train.processes costs per device)
+  ddp          one epoch under DistributedDataParallel with world size 1 against without it,
+               resnet50 at 224 px, batch 256: the wrapper's own cost on one device (its hooks
+               and gradient buckets), not what several GPUs cost, which adds the all-reduce
+               over NCCL and needs several GPUs to measure
 
 Goals on an H100/H200-class GPU: loop stage_over_raw >= 0.8 and stage_streamed_over_raw >= 0.7;
 ddp ddp_over_plain >= 0.95.
@@ -200,8 +202,10 @@ def determinism(device: torch.device, smoke: bool) -> dict[str, object]:
 
 
 def ddp_overhead(device: torch.device, smoke: bool) -> dict[str, object]:
-    """One epoch of the train stage's loop under DistributedDataParallel with one process,
-    against the same epoch without it: what the wrapper costs on one device."""
+    """One epoch of the train stage's loop under DistributedDataParallel with world size 1,
+    against the same epoch without it: what the wrapper itself costs on one device. With one
+    process there is no gradient all-reduce to pay for, so this is a lower bound of what
+    train.processes costs per GPU, not a measure of it."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 

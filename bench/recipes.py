@@ -54,11 +54,12 @@ def measure(arch: str, size: int, batch: int, steps: int) -> None:
         F.cross_entropy(model.train()(images), targets).backward()
         optimizer.step()
 
+    keys = torch.arange(batch)  # each image's seed for its draws, as an epoch's order gives them
     plain = median_seconds(step, steps)
     print(f"{arch} at {size} px, batch {batch}: plain step {plain * 1000:.0f} ms")
     for name, changes in RECIPES.items():
         augment = batch_augmentation(dataclasses.replace(OFF, **changes), 10, MEAN, STD, torch.device("cpu"))
-        cost = median_seconds(lambda augment=augment: augment(images, targets), steps)
+        cost = median_seconds(lambda augment=augment: augment(images, targets, keys), steps)
         print(f"  {name:16s} {cost * 1000:7.1f} ms   share {cost / (plain + cost):.3f}")
     ema = weights_average(model, 0.999)
     cost = median_seconds(lambda: ema.update_parameters(model), steps)

@@ -5,13 +5,17 @@ matrix per image (`draw_augmentation`), and sampled on the device (`apply_augmen
 After them come the recipes: an AutoAugment-family policy (TrivialAugmentWide, RandAugment,
 AutoAugment), RandomErasing, and MixUp / CutMix, all torchvision.transforms.v2, in the order
 of the torchvision classification references: policy, normalisation, erasing, then mixing.
-These draw from torch's global RNG, which `engine.train_one_epoch` seeds per (seed, epoch,
-rank), so a resumed run repeats them exactly.
 
 v2 draws one set of parameters per call, for everything the call gets (torchvision#8484):
 given a batch, every image would get the same op. So policies and erasing run on one image
-at a time, each with its own draw. MixUp and CutMix are per batch by design (one mixing
-ratio per batch, as in the references and timm's default mode).
+at a time, each with its own draw, from torch's RNG seeded with that image's key: a number
+the epoch's generator draws for each visit, as it draws the crops and flips
+(`engine.epoch_order`). An image's policy and erasing therefore depend on the seed, the
+epoch and its place in the epoch's order alone, not on which process of several runs it or
+what else is in its batch. MixUp and CutMix are per batch by design (one mixing ratio per
+batch, as in the references and timm's default mode): they draw from torch's RNG as
+`engine.train_one_epoch` seeds it per (seed, epoch, rank), so with several processes each
+mixes its own share of the batch.
 """
 
 import dataclasses
@@ -27,8 +31,8 @@ from pipeline.batches import normalization_tensors
 from pipeline.config import AugmentParams, AugmentPolicy
 
 # What each training batch goes through after its crops and flips (pipeline.augment):
-# (normalised images, class indices) -> (images, targets).
-Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# (normalised images, class indices, each image's key: int64 on the CPU) -> (images, targets).
+Augment = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 # RandomResizedCrop's tries at a crop that fits, before it takes the whole image (torchvision's).
@@ -108,8 +112,9 @@ def batch_augmentation(
     params: AugmentParams, num_classes: int, mean: list[float], std: list[float], device: torch.device
 ) -> Augment | None:
     """What each training batch goes through after its crops and flips: (normalised images,
-    class indices) -> (images, targets), the targets class probabilities when mixing; None
-    when no recipe here is on."""
+    class indices, keys) -> (images, targets), the targets class probabilities when mixing;
+    None when no recipe here is on. Each image's policy and erasing draw from torch's RNG
+    seeded with its key; mixing draws from torch's RNG as it stands."""
     policy = _policy(params)
     erasing = v2.RandomErasing(p=params.erasing, value=0) if params.erasing > 0 else None
     mixing = _mixing(params, num_classes)
@@ -146,16 +151,22 @@ def _augment(
     normalization: tuple[torch.Tensor, torch.Tensor],
     images: torch.Tensor,
     targets: torch.Tensor,
+    keys: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     layout = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    if policy is not None:
-        # The policies' ops are defined on 8-bit pixels (posterize, solarize, equalize...).
+    if policy is not None or erasing is not None:
         mean, std = normalization  # of 8-bit pixel values
-        pixels = (images * std + mean).round().clamp(0, 255).to(torch.uint8)
-        pixels = torch.stack([policy(image) for image in pixels])
-        images = (pixels.float() - mean) / std
-    if erasing is not None:
-        images = torch.stack([erasing(image) for image in images])
+        # The policies' ops are defined on 8-bit pixels (posterize, solarize, equalize...).
+        pixels = (images * std + mean).round().clamp(0, 255).to(torch.uint8) if policy is not None else None
+        # v2 draws on the CPU from torch's default generator: reseed it per image, and give the
+        # stream it had back afterwards (dropout and mixing draw from it).
+        with torch.random.fork_rng(devices=[]):
+            augmented = []
+            for index, key in enumerate(keys.tolist()):
+                torch.default_generator.manual_seed(key)
+                image = images[index] if pixels is None else (policy(pixels[index]).float() - mean[0]) / std[0]
+                augmented.append(image if erasing is None else erasing(image))
+        images = torch.stack(augmented)
     if mixing is not None:
         images, targets = mixing(images, targets)
     return images.contiguous(memory_format=layout), targets

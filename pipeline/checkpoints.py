@@ -68,19 +68,25 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return verify_checkpoint(load_weights_file(path), path)
 
 
-def load_each(paths: list[Path]) -> Iterator[tuple[Path, dict[str, Any]]]:
+def load_each(paths: list[Path], damaged: list[str] | None = None) -> Iterator[tuple[Path, dict[str, Any]]]:
     """(path, checkpoint) for each path that loads, one at a time, so memory holds one. After
-    the last, a CheckpointError naming every file that was damaged, if any was."""
-    damaged = []
+    the last, a CheckpointError naming every file that was damaged, if any was; with
+    `damaged`, their errors are added to it instead, for the caller to report."""
+    errors: list[str] = [] if damaged is None else damaged
     for path in paths:
         try:
             checkpoint = load_checkpoint(path)
         except CheckpointError as error:
-            damaged.append(str(error))
+            errors.append(str(error))
             continue
         yield path, checkpoint
-    if damaged:
-        raise CheckpointError(f"{len(damaged)} of {len(paths)} checkpoints cannot be used: {'; '.join(damaged)}")
+    if errors and damaged is None:
+        raise unusable(errors, len(paths))
+
+
+def unusable(errors: list[str], total: int) -> CheckpointError:
+    """The one error for every damaged checkpoint among `total`."""
+    return CheckpointError(f"{len(errors)} of {total} checkpoints cannot be used: {'; '.join(errors)}")
 
 
 def verify_checkpoint(loaded: Any, path: Path) -> dict[str, Any]:

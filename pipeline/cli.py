@@ -62,7 +62,11 @@ def run_stage(main: Callable[[], None]) -> None:
         log.error("interrupted; %s", SAFE_TO_RERUN)
         sys.exit(EXIT_INTERRUPTED)
     except Terminated:
-        log.error("terminated (SIGTERM); %s", SAFE_TO_RERUN)
+        # A rank that torchrun stops (because another failed, or because torchrun itself was
+        # stopped) says nothing: the launcher's line gives the cause, and a "terminated" line
+        # before it would point the wrong way.
+        if "LOCAL_RANK" not in os.environ:
+            log.error("terminated (SIGTERM); %s", SAFE_TO_RERUN)
         sys.exit(EXIT_TERMINATED)
     except BrokenPipeError:
         # The reader went away (`... | head`): stop quietly, and keep Python from failing
@@ -93,5 +97,7 @@ def run_stage(main: Callable[[], None]) -> None:
 
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterable[T]:
     """A tqdm bar (count, rate in `unit`s/s, time left) on a terminal; silent when output
-    goes to a file or CI log."""
-    return tqdm(items, desc=desc, total=total, leave=False, disable=None, unit=unit)
+    goes to a file or CI log, and in every process of several but the first (RANK, as
+    torchrun sets it), which would draw over each other on the same terminal."""
+    disable = None if os.environ.get("RANK", "0") == "0" else True
+    return tqdm(items, desc=desc, total=total, leave=False, disable=disable, unit=unit)

@@ -148,9 +148,10 @@ class TrainParams(OptimParams):
     cache_features: bool = MISSING
     compile: bool = MISSING  # torch.compile the model for training
     deterministic: bool = MISSING  # deterministic CUDA kernels: bit-identical resume on a GPU
-    processes: int = MISSING  # training processes on this machine (pipeline.distributed)
+    processes: int = MISSING  # training processes, on every machine together (pipeline.distributed)
     accumulate_steps: int = MISSING  # batches whose gradients add up to one optimizer step
     sync_batchnorm: bool = MISSING  # with several processes on GPUs: batch statistics over all of them
+    threads: int = MISSING  # CPU threads per training process; 0: the cores shared among the processes
 
 
 @dataclass
@@ -158,6 +159,7 @@ class EvaluateParams:
     batch_size: int = MISSING  # on the CPU
     cuda_batch_size: int = MISSING  # on a GPU, where inference in bf16 takes far larger batches
     tta: TestTimeAugmentation = MISSING
+    processes: int = MISSING  # evaluation processes on this machine, each scoring its share of the checkpoints
 
 
 @dataclass
@@ -170,6 +172,7 @@ class SelectParams:
 class Params:
     freeze: str = MISSING
     device: str = MISSING
+    wait_minutes: float = MISSING  # how long a process of several waits for the others before it gives up
     prepare: PrepareParams = field(default_factory=PrepareParams)
     pretrain: PretrainParams = field(default_factory=PretrainParams)
     model: ModelParams = field(default_factory=ModelParams)
@@ -239,9 +242,10 @@ def validate(params: Params) -> None:
     _require(params.model.image_size >= 1, "model.image_size", params.model.image_size, "an integer >= 1")
     _validate_train(params.train)
     _validate_augment(params.train.augment)
-    for key in ("batch_size", "cuda_batch_size"):
+    for key in ("batch_size", "cuda_batch_size", "processes"):
         value = getattr(params.evaluate, key)
         _require(value >= 1, f"evaluate.{key}", value, "an integer >= 1")
+    _require(params.wait_minutes > 0, "wait_minutes", params.wait_minutes, "a number of minutes > 0")
     metric = params.select.metric
     _require(metric in SELECTABLE, "select.metric", metric, f"one of {', '.join(SELECTABLE)}")
 
@@ -281,6 +285,7 @@ def _validate_train(train: TrainParams) -> None:
     _require(train.unfreeze_after >= 0, "train.unfreeze_after", train.unfreeze_after, "an integer >= 0; 0 = never")
     _require(train.processes >= 1, "train.processes", train.processes, "an integer >= 1")
     _require(train.accumulate_steps >= 1, "train.accumulate_steps", train.accumulate_steps, "an integer >= 1")
+    _require(train.threads >= 0, "train.threads", train.threads, "an integer >= 0; 0 = the cores shared out")
     parts = train.processes * train.accumulate_steps
     evenly = f"a multiple of train.processes x train.accumulate_steps ({parts}): it is the global batch, split evenly"
     _require(train.batch_size % parts == 0, "train.batch_size", train.batch_size, evenly)

@@ -8,6 +8,7 @@ but the one at its end: the epoch's order and its augmentation draws are put on 
 once, and the per-batch losses are checked after the last batch.
 """
 
+import dataclasses
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pipeline.augment import Augment, apply_augmentation, draw_augmentation
 from pipeline.batches import Batches, ImageBatches, batch_indices, iterate
 from pipeline.cli import UserError, progress
 from pipeline.devices import autocast, place_model, to_device
-from pipeline.distributed import SINGLE, Ranks, all_sum, shard, unshard
+from pipeline.distributed import SINGLE, Ranks, all_sum, pad, shard, share_buffers, unshard
 from pipeline.freezing import set_train_mode
 
 
@@ -36,6 +37,15 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     never stopped.
     """
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def rank_seed(generator: torch.Generator, rank: int) -> int:
+    """The seed of torch's global RNG (dropout, mixing) for `rank` in the epoch of `generator`.
+
+    Rank 0 keeps the epoch's own seed; rank r adds r * 2**48, so no (epoch, rank) pair of a
+    run shares another's stream (a plain `+ rank` made rank r's epoch e rank 0's epoch e + r).
+    """
+    return (generator.initial_seed() + (rank << 48)) % 2**64
 
 
 def compile_for_training(model: nn.Module, backend: str = "inductor") -> nn.Module:
@@ -70,6 +80,7 @@ class LoopOptions:
     clip_grad_norm: float = 0.0  # > 0: the gradients' total norm is clipped to this before each step
     after_step: Callable[[], None] | None = None  # runs after each optimizer step (the weights' moving average)
     augment: Augment | None = None  # each batch after its crops and flips (pipeline.augment)
+    class_weights: torch.Tensor | None = None  # the criterion's, which weigh each step's mean (`split_loss`)
 
     @property
     def micro_batch(self) -> int:
@@ -85,13 +96,20 @@ def train_one_epoch(
     mean training loss (of every process)."""
     set_train_mode(model, list(loop.frozen))
     generator = epoch_generator(loop.seed, epoch)
-    # Dropout draws from the global RNG: tie it to this epoch's seed, and rank, too (see epoch_generator).
-    torch.manual_seed(generator.initial_seed() + loop.ranks.rank)
+    # Dropout and mixing draw from the global RNG: tie it to this epoch's seed and the rank too.
+    torch.manual_seed(rank_seed(generator, loop.ranks.rank))
     centre = data.centre_fraction if isinstance(data, ImageBatches) else 1.0
-    plan = epoch_order(len(data), generator, loop.hflip, loop.min_scale, loop.max_aspect, centre).shard(loop.ranks)
+    keys = loop.augment is not None
+    order = epoch_order(len(data), generator, loop.hflip, loop.min_scale, loop.max_aspect, centre, keys)
+    if loop.ranks.active or loop.accumulate > 1:
+        order = split_steps(order, data.targets, loop)
+    plan = order.shard(loop.ranks)
     losses = train_steps(model, data, optimizer, plan, loop, f"epoch {epoch}")
-    sizes = torch.tensor([len(b) for b in plan.order.split(loop.micro_batch)], dtype=torch.float32)
-    return epoch_loss(losses, sizes, epoch, loop.ranks)
+    if plan.real is None:
+        sizes = torch.tensor([len(b) for b in plan.order.split(loop.micro_batch)], dtype=torch.float32)
+        return epoch_loss(losses, sizes, epoch, loop.ranks)
+    sizes = torch.stack([real.sum() for real in plan.real.split(loop.micro_batch)])
+    return epoch_loss(losses, sizes, epoch, loop.ranks, summed=True)
 
 
 @dataclass
@@ -104,18 +122,51 @@ class EpochOrder:
 
     order: torch.Tensor  # int64 (N,): item indices
     transforms: torch.Tensor | None  # (N, 2, 3) affine matrices, one per visit; None: no augmentation
+    keys: torch.Tensor | None = None  # int64 (N,): each visit's seed for the recipes (pipeline.augment)
+    # With several processes or accumulated batches (`split_steps`), per visit: 1.0 for an item,
+    # 0.0 for `shard`'s padding; its optimizer step's items, and their class weights' total.
+    real: torch.Tensor | None = None
+    step_items: torch.Tensor | None = None
+    step_weight: torch.Tensor | None = None
 
     def shard(self, ranks: Ranks) -> "EpochOrder":
-        """This rank's visits (distributed.shard), each with the draw it has in the whole order."""
-        transforms = None if self.transforms is None else shard(self.transforms, ranks)
-        return EpochOrder(shard(self.order, ranks), transforms)
+        """This rank's visits (distributed.shard), each with the draws it has in the whole order."""
+        return self._each(lambda rows: shard(rows, ranks))
+
+    def _each(self, change: Callable[[torch.Tensor], torch.Tensor]) -> "EpochOrder":
+        parts = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return EpochOrder(**{name: None if rows is None else change(rows) for name, rows in parts.items()})
+
+
+def split_steps(plan: EpochOrder, targets: torch.Tensor, loop: LoopOptions) -> EpochOrder:
+    """`plan` padded as `shard` pads it for `loop.ranks`, with what divides each optimizer
+    step's loss among the processes and accumulated batches that share it (`split_loss`):
+    which visits are padding, and each step's items and their class weights' total."""
+    padded = plan._each(lambda rows: pad(rows, loop.ranks.world))
+    visits = len(padded.order)
+    real = (torch.arange(visits) < len(plan.order)).float()
+    weight = real if loop.class_weights is None else real * loop.class_weights.float().cpu()[targets[padded.order]]
+    step = torch.arange(visits) // loop.batch_size  # the global batches, in the padded order
+    steps = -(-visits // loop.batch_size)
+    items = torch.zeros(steps).index_add_(0, step, real)
+    totals = torch.zeros(steps).index_add_(0, step, weight)
+    return dataclasses.replace(padded, real=real, step_items=items[step], step_weight=totals[step])
 
 
 def epoch_order(
-    n: int, generator: torch.Generator, hflip: bool, min_scale: float, max_aspect: float = 1.0, centre: float = 1.0
+    n: int,
+    generator: torch.Generator,
+    hflip: bool,
+    min_scale: float,
+    max_aspect: float = 1.0,
+    centre: float = 1.0,
+    keys: bool = False,
 ) -> EpochOrder:
+    """The epoch's order, crops and flips, and with `keys` a seed per visit for the recipes,
+    drawn last so that turning them on changes none of the others."""
     order = torch.randperm(n, generator=generator)
-    return EpochOrder(order, draw_augmentation(n, hflip, min_scale, generator, max_aspect, centre))
+    transforms = draw_augmentation(n, hflip, min_scale, generator, max_aspect, centre)
+    return EpochOrder(order, transforms, torch.randint(2**62, (n,), generator=generator) if keys else None)
 
 
 def train_and_score(
@@ -127,8 +178,10 @@ def train_and_score(
     epoch: int,
     num_classes: int,
 ) -> tuple[float, dict[str, float]]:
-    """One training epoch, then the scores on `val_data`: (training loss, val scores)."""
+    """One training epoch, then the scores on `val_data` of the weights rank 0 saves: (training
+    loss, val scores)."""
     loss = train_one_epoch(model, train_data, optimizer, loop, epoch)
+    share_buffers(model, loop.ranks)
     return loss, score(predict(model, val_data, loop.batch_size, loop.ranks), val_data.targets, num_classes)
 
 
@@ -140,47 +193,48 @@ def train_steps(
     loop: LoopOptions,
     desc: str,
 ) -> torch.Tensor:
-    """The optimizer steps of one epoch, in `plan`'s order; the per-batch losses, left on the device.
+    """The optimizer steps of one epoch, in `plan`'s order; the per-batch losses (with
+    `split_steps`, each batch's part of the epoch's summed loss), left on the device.
 
     Nothing here waits for the device: the order and the augmentation draws travel to it
     once, before the first step, and the losses are read after the last. Each optimizer step
-    adds up the gradients of `loop.accumulate` batches, each weighted by its share of their
-    items, so the step is the one a batch of all of them would take. With `clip_grad_norm`,
-    before each step the gradients (of every rank, once averaged) are scaled down to that
-    total norm when above it.
+    adds up the gradients of `loop.accumulate` batches; with several processes or accumulated
+    batches each one's loss is its part of the step's (`split_loss`), so the step is the one
+    a batch of all of them would take. With `clip_grad_norm`, before each step the gradients
+    (of every rank, once averaged) are scaled down to that total norm when above it.
     """
     batch_size, accumulate = loop.micro_batch, loop.accumulate
     # `is None`, not `or`: a compiled module has no truth value.
     stepped = model if loop.step_model is None else loop.step_model
     criterion = loop.criterion or F.cross_entropy
     batches = list(to_device(plan.order, data.index_device).split(batch_size))
-    steps = [batches[start : start + accumulate] for start in range(0, len(batches), accumulate)]
-    shares = [len(batch) / sum(len(b) for b in step) for step in steps for batch in step]
-    per_batch = [None] * len(batches)
-    if plan.transforms is not None:
-        per_batch = to_device(plan.transforms, data.device).split(batch_size)
+    draws = batch_draws(plan, data.device, batch_size, len(batches))
     place_model(stepped, data.device)
     losses = torch.zeros(len(batches), device=data.device)
     # Augmented batches come whole, to be cropped at random; the others as the centre crop.
     loaded = iterate(data, batches, whole=plan.transforms is not None)
     size = data.crop if isinstance(data, ImageBatches) else None
-    for step, ((images, targets), theta) in enumerate(
-        zip(progress(loaded, desc, len(batches)), per_batch, strict=True)
+    for step, ((images, targets), (theta, key, part)) in enumerate(
+        zip(progress(loaded, desc, len(batches)), draws, strict=True)
     ):
         if theta is not None:
             images = apply_augmentation(images, theta, size)
         if loop.augment is not None:
-            images, targets = loop.augment(images, targets)
+            images, targets = loop.augment(images, targets, key)
         if loop.step_model is not None and images.shape[0] > 1:
             torch._dynamo.mark_dynamic(images, 0)  # one compiled graph for every batch size
         first, last = step % accumulate == 0, step % accumulate == accumulate - 1 or step == len(batches) - 1
         # Under DistributedDataParallel, gradients are averaged over the processes at the last batch only.
         with stepped.no_sync() if not last and hasattr(stepped, "no_sync") else nullcontext():
             with autocast(data.device):
-                loss = criterion(stepped(images), targets)
+                outputs = stepped(images)
+                if part is None:
+                    loss = kept = criterion(outputs, targets)
+                else:
+                    loss, kept = split_loss(criterion, outputs, targets, part, loop.ranks.world)
             if first:
                 optimizer.zero_grad(set_to_none=True)
-            (loss if accumulate == 1 else loss * shares[step]).backward()
+            loss.backward()
         if last:
             if loop.clip_grad_norm:
                 params = [param for group in optimizer.param_groups for param in group["params"]]
@@ -188,19 +242,59 @@ def train_steps(
             optimizer.step()
             if loop.after_step is not None:
                 loop.after_step()
-        losses[step] = loss.detach()
+        losses[step] = kept.detach()
     return losses
 
 
-def epoch_loss(losses: torch.Tensor, sizes: torch.Tensor, epoch: int, ranks: Ranks = SINGLE) -> float:
-    """The size-weighted mean of the per-batch losses (of every rank), after checking that
-    each is finite: every rank raises if any rank's loss is not, so none waits for the others.
+def batch_draws(plan: EpochOrder, device: torch.device, batch_size: int, count: int) -> list[tuple]:
+    """Per batch of `plan`: its crops and flips (on `device`), its recipe keys (on the CPU,
+    where v2 draws) and its part of the loss split (on `device`); None for each that is off."""
+
+    def per_batch(rows: torch.Tensor | None, where: torch.device) -> list:
+        return [None] * count if rows is None else list(to_device(rows, where).split(batch_size))
+
+    split = (plan.real, plan.step_items, plan.step_weight)
+    parts = [None] * count if plan.real is None else list(zip(*(per_batch(r, device) for r in split), strict=True))
+    cpu = torch.device("cpu")
+    return list(zip(per_batch(plan.transforms, device), per_batch(plan.keys, cpu), parts, strict=True))
+
+
+def split_loss(
+    criterion: Callable[..., torch.Tensor],
+    outputs: torch.Tensor,
+    targets: torch.Tensor,
+    part: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    world: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's part of its optimizer step's loss, to backpropagate, and of the epoch's.
+
+    One process's step takes the mean over the global batch: the sum of the items' losses
+    over the sum of their weights, as cross-entropy weighs them (each item's class weight;
+    one each without class weights, and for MixUp/CutMix's mixed targets). So each part sums
+    its items' losses, padding left out, and divides by its whole step's total, times the
+    processes, whose gradients DDP averages: the parts of a step add up to one process's
+    step however the global batch is split, an uneven last one included. The second value
+    is the part's sum scaled to the step's mean, for the epoch's mean (`epoch_loss`).
+    """
+    real, items, weight = part
+    total = (weight if targets.dim() == 1 else items)[0]
+    summed = (criterion(outputs, targets, reduction="none") * real).sum()
+    return summed * world / total, summed * items[0] / total
+
+
+def epoch_loss(
+    losses: torch.Tensor, sizes: torch.Tensor, epoch: int, ranks: Ranks = SINGLE, summed: bool = False
+) -> float:
+    """The size-weighted mean of the per-batch losses (of every rank; `summed`: each already
+    times its batch's size), after checking that each is finite: every rank raises if any
+    rank's loss is not, so none waits for the others.
 
     This is the epoch's one host sync.
     """
     losses = losses.float().cpu()
     bad = (~torch.isfinite(losses)).nonzero()
-    totals = all_sum(torch.stack([(losses * sizes).sum(), sizes.sum(), torch.tensor(float(len(bad)))]), ranks)
+    sums = losses if summed else losses * sizes
+    totals = all_sum(torch.stack([sums.sum(), sizes.sum(), torch.tensor(float(len(bad)))]), ranks)
     if len(bad):
         raise NonFiniteLoss(
             f"training loss became {losses[bad[0, 0]].item()} in epoch {epoch}, batch {bad[0, 0].item() + 1} "

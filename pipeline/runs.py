@@ -4,7 +4,13 @@ DVC deletes a stage's outputs before it re-runs it, so each checkpoint is first 
 under .cache/runs/<fingerprint>/ and hard-linked into checkpoints/. The fingerprint hashes
 everything that shapes the run (params, data, weights and the code: every file under
 pipeline/, the same files as dvc.yaml's `- pipeline` dep; paths relative to the project,
-so a moved project resumes too), so a run resumes only its own epochs.
+so a moved project resumes too), so a run resumes only its own epochs, and a finished run
+is published again only for the same params.
+
+- A run's lineage is its fingerprint without the settings that split its work but keep its
+  global batches (processes, accumulated batches, threads). A killed run goes on under other
+  such settings: a run with none of its own epochs takes over the unfinished folder of its
+  lineage, and the log says what changed (`RunFolder.adopt`).
 
 - The folders live in the project's own .cache, also for queued and `--temp` experiments
   (see files.project_cache), so a killed experiment resumes wherever it is rerun.
@@ -24,7 +30,9 @@ import logging
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +53,11 @@ RUNS_DIR = project_cache("runs")
 KEEP_OTHER_RUNS = 3
 FINISHED = "finished"  # the marker file of a run that trained all its epochs
 LOCK = ".lock"
+SETTINGS = "run.json"  # the run's lineage and the settings it leaves out
 CODE_DIR = Path(__file__).parent
 # What each checkpoint records about its epoch: the history a resumed run starts from.
 # loss is the training loss; the val metrics are engine.score's.
-RECORD_KEYS = ("epoch", "loss", *columns("val"), "lr", "seconds")
+RECORD_KEYS = ("epoch", "loss", *columns("val"), "lr", "seconds", "threads")
 
 
 def code_files() -> list[Path]:
@@ -85,6 +94,8 @@ class RunFolder:
     """The folder that keeps one run's checkpoints, locked by the trainer that uses it."""
 
     fingerprint: str
+    lineage: str = ""  # the fingerprint without `settings` (see the module's docstring)
+    settings: dict[str, Any] = field(default_factory=dict)  # what the lineage leaves out: {param: value}
     root: Path = RUNS_DIR
     output: Path = CHECKPOINT_DIR  # the stage output that receives each finished checkpoint
     _lock: Any = None  # the open lock file, held until the process ends
@@ -112,6 +123,40 @@ class RunFolder:
         self._lock.truncate()
         self._lock.write(f"pid {os.getpid()}")
         self._lock.flush()
+        with atomic_write(self.path / SETTINGS, "w") as file:
+            json.dump({"lineage": self.lineage, "settings": self.settings}, file)
+
+    def adopt(self) -> None:
+        """Take over the newest unfinished run folder of this lineage that no trainer holds:
+        its checkpoints move here, and the log names the settings that changed. A killed run
+        thus goes on under another process count (the same global batches); a finished one
+        is never taken, so it stays the result of its own settings alone."""
+        for other in sorted(self.root.iterdir(), key=lambda path: path.stat().st_mtime, reverse=True):
+            if other == self.path or not (other / SETTINGS).is_file() or (other / FINISHED).exists():
+                continue
+            recorded = json.loads((other / SETTINGS).read_text())
+            checkpoints = sorted(other.glob("epoch_*.pt"))
+            if recorded["lineage"] != self.lineage or not checkpoints:
+                continue
+            with _lock_or_none(other) as lock:
+                if lock is None:  # a live trainer holds it
+                    continue
+                for path in checkpoints:  # in epoch order: a kill on the way leaves a run that resumes
+                    os.replace(path, self.path / path.name)
+                shutil.rmtree(other, ignore_errors=True)
+            changed = ", ".join(
+                f"{key} {recorded['settings'].get(key)} -> {value}"
+                for key, value in self.settings.items()
+                if recorded["settings"].get(key) != value
+            )
+            log.info(
+                "continuing the run stopped after epoch %d in %s with %s: the global batches stay the same; "
+                "docs/distributed.md says how far the result moves",
+                len(checkpoints),
+                other,
+                changed,
+            )
+            return
 
     def restore(
         self,
@@ -131,6 +176,8 @@ class RunFolder:
         """
         if owner:
             self.acquire()
+            if not self.checkpoints():
+                self.adopt()
             prune_other_runs(self.root, keep=self.fingerprint)
             for leftover in self.path.glob(".*.tmp"):  # a write that a kill cut short
                 leftover.unlink()
@@ -140,7 +187,7 @@ class RunFolder:
         for index, path in enumerate(paths):
             try:
                 checkpoint = load_checkpoint(path)
-                if checkpoint["epoch"] != index + 1 or checkpoint["fingerprint"] != self.fingerprint:
+                if checkpoint["epoch"] != index + 1 or checkpoint.get("lineage") != self.lineage:
                     raise CheckpointError(f"{path} does not continue this run")
             except CheckpointError as error:
                 log.warning("%s; resuming from the last good checkpoint before it", error)
@@ -234,13 +281,22 @@ def prune_other_runs(root: Path, keep: str) -> None:
 
 
 def _locked(path: Path) -> bool:
-    lock = path / LOCK
-    if not lock.exists():
+    if not (path / LOCK).exists():
         return False
-    with open(lock) as file:
+    with _lock_or_none(path) as lock:
+        return lock is None
+
+
+@contextmanager
+def _lock_or_none(path: Path) -> Iterator[Any]:
+    """The run folder's lock, held for the block; None when another process holds it."""
+    with open(path / LOCK, "a+") as file:
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return True
-        fcntl.flock(file, fcntl.LOCK_UN)
-    return False
+            yield None
+            return
+        try:
+            yield file
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)

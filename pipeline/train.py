@@ -48,8 +48,10 @@ log = logging.getLogger("pipeline.train")
 def main() -> None:
     params = load_params()
     config = params.train
+    distributed.refuse_partial_launch()
     if config.processes > 1 and not distributed.launched():
-        distributed.launch(config.processes, "pipeline.train")  # each process runs this main, as a rank
+        threads = distributed.cpu_threads(config.threads, config.processes)
+        distributed.launch(config.processes, "pipeline.train", threads)  # each process runs this main, as a rank
         return
     run = set_up(params)
     live = Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) if run.ranks.main else None
@@ -79,6 +81,9 @@ def main() -> None:
     if run.ranks.main:
         live.end()
         run.folder.finish()
+    # No process leaves before rank 0 has written everything: when any machine's torchrun
+    # returns, the outputs are complete (the recipes run `dvc commit` after it).
+    distributed.barrier(run.ranks, "rank 0 to write the last checkpoint and curves")
     distributed.stop(run.ranks)
 
 
@@ -107,6 +112,7 @@ class Run:
     scheduler: LambdaLR
     splits: dict[str, Batches]
     criterion: Any  # the training loss: cross-entropy with the run's weights and smoothing
+    class_weights: torch.Tensor | None  # those weights (train.class_weights), or None
     folder: RunFolder
     history: list[dict[str, Any]]  # each finished epoch's record (runs.RECORD_KEYS)
     ranks: Ranks  # this process among those that train together (pipeline.distributed)
@@ -130,12 +136,7 @@ def set_up(params: Params) -> Run:
     attempt of it stopped."""
     config = params.train
     set_determinism(config.deterministic)
-    ranks, device = distributed.start(resolve_device(params.device))
-    if config.batch_size % (ranks.world * config.accumulate_steps):
-        raise UserError(
-            f"train.batch_size = {config.batch_size} is the global batch: it must split evenly over the "
-            f"{ranks.world} training processes x {config.accumulate_steps} accumulated batches"
-        )
+    ranks, device = join(params)
     manifest, classes = read_manifest(PREPARED_DIR)
     if not START_FILE.is_file():
         raise UserError(f"{START_FILE} not found: run the weights stage first (dvc repro weights)")
@@ -162,21 +163,63 @@ def set_up(params: Params) -> Run:
     # the rate recursively, so it drifts in the last bits from the formula the checkpoints record.
     scheduler = LambdaLR(optimizer, lambda index: schedule(index + 1))  # LambdaLR counts epochs from 0
 
-    images = images_on(distributed.main_first(ranks, partial(decoded_images, manifest, spec.sizing)), device)
+    decode = partial(decoded_images, manifest, spec.sizing)
+    images = images_on(distributed.main_first(ranks, decode, "decode the images into the cache"), device)
     splits = {split: split_batches(images, manifest, split, spec, device) for split in ("train", "val")}
     weights = class_weights(config.class_weights, splits["train"].targets, len(classes), device)
     criterion = partial(F.cross_entropy, weight=weights, label_smoothing=config.label_smoothing)
 
-    folder = RunFolder(run_fingerprint(params, device))
-    # Rank 0 owns the folder (locks, cleans and publishes it); the others read the same checkpoint.
-    restore = partial(folder.restore, model, optimizer, scheduler, ema, owner=ranks.main)
-    history = distributed.main_first(ranks, restore)
-    if ranks.main:
-        folder.publish_all()
+    folder = run_folder(params, device)
+    history = resume(folder, model, optimizer, scheduler, ema, ranks)
+    torch.set_num_threads(run_threads(config.threads, history))
     augment = batch_augmentation(config.augment, len(classes), spec.mean, spec.std, device)
     return Run(
-        params, model, spec, optimizer, scheduler, splits, criterion, folder, history, ranks, device, ema, augment
+        params,
+        model,
+        spec,
+        optimizer,
+        scheduler,
+        splits,
+        criterion,
+        weights,
+        folder,
+        history,
+        ranks,
+        device,
+        ema,
+        augment,
     )
+
+
+def join(params: Params) -> tuple[Ranks, torch.device]:
+    """This process among those that train together, and its device. The params must count
+    them, so that the run's identity (its fingerprint, DVC's record) says how it trained."""
+    ranks, device = distributed.start(resolve_device(params.device), params.wait_minutes)
+    if ranks.world != params.train.processes:
+        raise UserError(
+            f"train.processes = {params.train.processes}, but torchrun started {ranks.world} training processes "
+            f"(WORLD_SIZE): set train.processes to {ranks.world}, the processes of every machine together, "
+            "so that the run's params say how it was trained"
+        )
+    return ranks, device
+
+
+def resume(
+    folder: RunFolder,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LambdaLR,
+    ema: AveragedModel | None,
+    ranks: Ranks,
+) -> list[dict[str, Any]]:
+    """Restore what a killed attempt of the run left (RunFolder.restore); the finished epochs'
+    records. Rank 0 owns the folder (locks, cleans and publishes it); the others then read
+    the same checkpoint."""
+    restore = partial(folder.restore, model, optimizer, scheduler, ema, owner=ranks.main)
+    history = distributed.main_first(ranks, restore, "restore the run's last checkpoint")
+    if ranks.main:
+        folder.publish_all()
+    return history
 
 
 def start_phase(run: Run, spec_text: str, key: str) -> Phase:
@@ -218,6 +261,7 @@ def start_phase(run: Run, spec_text: str, key: str) -> Phase:
         clip_grad_norm=config.clip_grad_norm,
         after_step=None if run.ema is None else partial(run.ema.update_parameters, run.model),
         augment=run.augment,
+        class_weights=run.class_weights,
     )
     return Phase(spec_text, frozen, trainable, total, net, data, loop)
 
@@ -234,6 +278,7 @@ def train_epoch(run: Run, phase: Phase, epoch: int) -> dict[str, Any]:
         **as_columns("val", val),
         "lr": run.optimizer.param_groups[0]["lr"],
         "seconds": time.perf_counter() - started,
+        "threads": torch.get_num_threads(),
     }
     run.scheduler.step()
     return record
@@ -252,6 +297,7 @@ def save_epoch(run: Run, phase: Phase, record: dict[str, Any]) -> None:
         "trainable_params": phase.trainable_params,
         "total_params": phase.total_params,
         "fingerprint": run.folder.fingerprint,
+        "lineage": run.folder.lineage,
         "world_size": run.ranks.world,
         "global_batch": run.params.train.batch_size,
         "accumulate_steps": run.params.train.accumulate_steps,
@@ -262,18 +308,35 @@ def save_epoch(run: Run, phase: Phase, record: dict[str, Any]) -> None:
     run.folder.commit_epoch(checkpoint)
 
 
-def run_fingerprint(params: Params, device: torch.device) -> str:
-    """The resume fingerprint: everything that shapes a training run (see pipeline/runs.py)."""
-    # Not how the global batch is split (processes, accumulated batches): a run resumes under another split.
-    split = ("processes", "accumulate_steps")
+def run_folder(params: Params, device: torch.device) -> RunFolder:
+    """The run's folder, named by its fingerprint: everything that shapes the training run
+    (see pipeline/runs.py), how its global batches are split over processes and accumulated
+    batches and its CPU threads included, since they change the float rounding (and, where
+    BatchNorm layers train, what each process normalises over)."""
     shaping = {
         "freeze": params.freeze,
         "device": device.type,
         "model": dataclasses.asdict(params.model),
-        "train": {key: value for key, value in dataclasses.asdict(params.train).items() if key not in split},
+        "train": dataclasses.asdict(params.train),
         "select": dataclasses.asdict(params.select),  # early stopping watches select.metric
     }
-    return fingerprint(shaping, [MANIFEST, CLASSES, START_FILE])
+    inputs = [MANIFEST, CLASSES, START_FILE]
+    # The lineage leaves them out: a killed run goes on under another split (RunFolder.adopt).
+    split = {key: shaping["train"].pop(key) for key in ("processes", "accumulate_steps", "threads")}
+    lineage = fingerprint(shaping, inputs)
+    shaping["train"] |= split
+    return RunFolder(fingerprint(shaping, inputs), lineage, {f"train.{key}": value for key, value in split.items()})
+
+
+def run_threads(requested: int, history: list[dict[str, Any]]) -> int:
+    """This process's CPU threads (distributed.cpu_threads); a resumed run keeps those its last
+    epoch had unless train.threads names a number, since they change the float rounding."""
+    threads = distributed.cpu_threads(requested, distributed.local_processes())
+    kept = history[-1]["threads"] if history else threads
+    if requested == 0 and kept != threads:
+        log.info("keeping %d CPU threads per process, as the run had so far (train.threads sets others)", kept)
+        return kept
+    return threads
 
 
 def log_epoch(live: Live | None, record: dict[str, Any]) -> None:

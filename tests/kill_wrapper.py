@@ -11,6 +11,10 @@ POINT is what gets patched and N is which call of it triggers:
     term     the N-th optimizer step sends SIGTERM to itself (a scheduler stopping the job)
     int      the N-th optimizer step sends SIGINT to itself  (Ctrl-C)
     intsave  the N-th torch.save gets SIGINT between writes  (Ctrl-C mid-checkpoint-write)
+    orphan   the N-th optimizer step of a training process SIGKILLs its launcher's whole process
+             group, as `kill -9 -- -PGID` of the `dvc repro` would, and goes on (ranks are in
+             sessions of their own, out of that group)
+    slow     decoding the images (data.cache.decoded_images) first sleeps N seconds
 
 tests/helpers.py's `kill_env` installs the same patches (but `publish`) through a
 sitecustomize module instead, for the train stage that `dvc repro` starts.
@@ -44,6 +48,11 @@ def die(*_: Any, **__: Any) -> None:
     if os.environ.get("KILL_GROUP"):  # the whole process group, as `kill -9 -PGID` would: dvc too
         os.killpg(os.getpgrp(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_launcher_group(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    os.killpg(os.getpgid(os.getppid()), signal.SIGKILL)
+    return original(*args, **kwargs)
 
 
 def half_save(original: Callable[..., None], obj: Any, file: Any, *args: Any, **kwargs: Any) -> None:
@@ -90,7 +99,8 @@ def inf_loss(original: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -
 
 
 def install(point: str, trigger: int) -> None:
-    """Patch torch so that the `trigger`-th call at `point` (step, save, nan, inf) strikes."""
+    """Patch torch (or the pipeline) so that the `trigger`-th call at `point` (step, save, nan,
+    inf...) strikes."""
     if point == "step":
         on_call(torch.optim.SGD, "step", trigger, lambda original, *a, **k: die())
     elif point == "save":
@@ -101,6 +111,14 @@ def install(point: str, trigger: int) -> None:
         on_call(torch.nn.functional, "cross_entropy", trigger, nan_loss)
     elif point == "inf":
         on_call(torch.nn.functional, "cross_entropy", trigger, inf_loss)
+    elif point == "slow":
+        import time
+
+        import pipeline.data.cache as cache  # before the stage imports it, so that it gets the patched one
+
+        on_call(cache, "decoded_images", 1, lambda original, *a, **k: (time.sleep(trigger), original(*a, **k))[1])
+    elif point == "orphan":
+        on_call(torch.optim.SGD, "step", trigger, kill_launcher_group)
     elif point in ("term", "int"):
         number = signal.SIGTERM if point == "term" else signal.SIGINT
         on_call(torch.optim.SGD, "step", trigger, lambda original, *a, **k: os.kill(os.getpid(), number))

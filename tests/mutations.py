@@ -128,6 +128,25 @@ MUTATIONS = [
         "    model.eval()\n    place_model(model, data.device)",
         "    model.train()\n    place_model(model, data.device)",
         ("tests/test_evaluate.py", "tests/test_predict.py", "tests/test_engine.py"),
+        "own-batchnorm-statistics",
+        "each training process validates with its own BatchNorm statistics, not those rank 0 saves",
+        "    share_buffers(model, loop.ranks)\n",
+        "",
+        ("tests/test_distributed.py", "-k", "validation_with_batchnorm"),
+    ),
+    Mutation(
+        "orphaned-ranks",
+        "training processes are not tied to their launcher: they outlive a kill of its process group",
+        "    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)\n",
+        "",
+        ("tests/test_distributed.py", "-k", "process_group"),
+    ),
+    Mutation(
+        "padding-counts",
+        "the padding that evens out an epoch's shards counts in the loss",
+        'summed = (criterion(outputs, targets, reduction="none") * real).sum()',
+        'summed = criterion(outputs, targets, reduction="none").sum()',
+        ("tests/test_distributed.py", "-k", "add_up"),
     ),
 ]
 

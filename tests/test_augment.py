@@ -1,5 +1,5 @@
-"""Augmentation recipes (pipeline/augment.py): drawn per image, seeded by torch's RNG, and
-the normalisation around the 8-bit policies undone and redone exactly."""
+"""Augmentation recipes (pipeline/augment.py): drawn per image from each image's own key,
+and the normalisation around the 8-bit policies undone and redone exactly."""
 
 import dataclasses
 from enum import Enum
@@ -45,20 +45,49 @@ def copies_of_one_image(n: int = 8, size: int = 32) -> torch.Tensor:
 def test_each_image_of_a_batch_gets_its_own_draw_and_a_seed_repeats_them(changes: dict) -> None:
     augment = batch_augmentation(params(**changes), 5, MEAN, STD, CPU)
     images, targets = copies_of_one_image(), torch.zeros(8, dtype=torch.int64)
-    torch.manual_seed(1)
-    first, kept = augment(images, targets)
+    keys = torch.arange(100, 108)
+    first, kept = augment(images, targets, keys)
     distinct = {tuple(image.flatten().tolist()) for image in first}
     assert len(distinct) >= 4, "the images of one batch must not all get the same op"
     assert torch.equal(kept, targets)
-    torch.manual_seed(1)
-    assert torch.equal(augment(images, targets)[0], first)
+    torch.manual_seed(1)  # the global RNG's state plays no part
+    assert torch.equal(augment(images, targets, keys)[0], first)
+
+
+@pytest.mark.parametrize(
+    "changes", [{"policy": AugmentPolicy.trivialaugment, "erasing": 0.3}, {"policy": AugmentPolicy.randaugment}]
+)
+def test_an_images_draws_depend_on_its_key_alone_not_its_batch(changes: dict) -> None:
+    """What several processes rely on: an image augmented in a batch of its own share of the
+    global batch comes out as in the whole batch, since its draws come from its key."""
+    augment = batch_augmentation(params(**changes), 5, MEAN, STD, CPU)
+    images = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    targets, keys = torch.zeros(8, dtype=torch.int64), torch.arange(8) * 7919
+    whole, _ = augment(images, targets, keys)
+    for part in (torch.tensor([1, 3, 5, 7]), torch.tensor([6, 0])):  # other batches, in other places
+        alone, _ = augment(images[part], targets[part], keys[part])
+        assert torch.equal(alone, whole[part])
+    assert not torch.equal(augment(images, targets, keys + 1)[0], whole)  # and the key matters
+
+
+def test_the_per_image_draws_leave_the_global_rng_as_it_was() -> None:
+    """Dropout and mixing draw from torch's global RNG after the per-image recipes: those
+    reseed it per image, and must give the stream back as they found it."""
+    augment = batch_augmentation(params(policy=AugmentPolicy.trivialaugment, erasing=0.3), 5, MEAN, STD, CPU)
+    torch.manual_seed(3)
+    augment(copies_of_one_image(), torch.zeros(8, dtype=torch.int64), torch.arange(8))
+    after = torch.rand(4)
+    torch.manual_seed(3)
+    assert torch.equal(torch.rand(4), after)
 
 
 def test_the_policies_see_the_images_pixels_and_give_back_normalised_ones() -> None:
     """Round trip through 8-bit pixels with a policy that changes nothing: the input, to rounding."""
     images = copies_of_one_image(2)
     normalization = normalization_tensors(MEAN, STD, CPU)
-    out, _ = _augment(v2.Identity(), None, None, normalization, images, torch.zeros(2, dtype=torch.int64))
+    out, _ = _augment(
+        v2.Identity(), None, None, normalization, images, torch.zeros(2, dtype=torch.int64), torch.arange(2)
+    )
     # The copies were made from 8-bit pixels, so nothing is lost to rounding here.
     torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
 
@@ -69,7 +98,7 @@ def test_mixing_gives_class_probabilities_that_sum_to_one(mixup: float, cutmix: 
     images = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     targets = torch.tensor([0, 1, 2, 3, 4, 0])
     torch.manual_seed(0)
-    mixed, soft = augment(images, targets)
+    mixed, soft = augment(images, targets, torch.arange(6))
     assert soft.shape == (6, 5) and soft.dtype == torch.float32
     torch.testing.assert_close(soft.sum(dim=1), torch.ones(6))
     # Each image is mixed with its neighbour in the batch (v2 rolls the batch by one).

@@ -181,5 +181,5 @@ def test_relative_links_lead_somewhere(page: str) -> None:
 
 
 def test_readme_is_short() -> None:
-    # Details live in docs/; the README keeps the quick start, own data, and the cluster recipes.
+    # Details live in docs/ (the cluster recipes in docs/distributed.md); the README keeps the quick start and own data.
     assert len((REPO / "README.md").read_text().splitlines()) <= 200
