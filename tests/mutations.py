@@ -128,6 +128,8 @@ MUTATIONS = [
         "    model.eval()\n    place_model(model, data.device)",
         "    model.train()\n    place_model(model, data.device)",
         ("tests/test_evaluate.py", "tests/test_predict.py", "tests/test_engine.py"),
+    ),
+    Mutation(
         "own-batchnorm-statistics",
         "each training process validates with its own BatchNorm statistics, not those rank 0 saves",
         "    share_buffers(model, loop.ranks)\n",
