@@ -47,10 +47,11 @@ from pathlib import Path
 import numpy as np
 import PIL
 import simplejpeg
-from PIL import Image, ImageFilter, features
+from PIL import Image, features
 
 from pipeline.data.decode import Sizing, decode, load_image
 from pipeline.data.inspection import HASH_DECODE_SIZE, image_hash, inspect_file
+from testing.photos import photo
 from testing.project import REPO, make_project, run, set_params, stage
 
 PARTS = ("decode", "train", "rss")
@@ -77,19 +78,6 @@ SMOKE = {
 
 
 # --- photos -------------------------------------------------------------------------------------
-
-
-def photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """A photo-like picture: a smooth random colour field, grain (blurred noise), and
-    coarser colour blotches. Saved at quality 90, 4000x3000 makes about 3.5 MB."""
-    field = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-    pixels = np.asarray(Image.fromarray(field).resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
-    grain = Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8))
-    grain = np.asarray(grain.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.int16) - 128
-    blotches = Image.fromarray(rng.integers(0, 256, (max(height // 4, 1), max(width // 4, 1), 3), dtype=np.uint8))
-    blotches = blotches.filter(ImageFilter.GaussianBlur(1.5)).resize((width, height), Image.Resampling.BILINEAR)
-    pixels += (grain[..., None] * 1.7).astype(np.int16) + (np.asarray(blotches, dtype=np.int16) - 128) // 2
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
 def write_photos(root: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Path]:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.augment import Augment, apply_augmentation, draw_augmentation
-from pipeline.batches import Batches, ImageBatches, batch_indices, iterate
+from pipeline.augment import Augment, draw_augmentation
+from pipeline.batches import Batches, CropBatches, Draws, batch_indices, iterate
 from pipeline.cli import UserError, progress
 from pipeline.devices import autocast, place_model, to_device
 from pipeline.distributed import SINGLE, Ranks, all_sum, shard, unshard
@@ -57,7 +57,7 @@ class LoopOptions:
     batch_size: int  # the global batch: with several `ranks` each steps on its share of it
     seed: int = 0  # with the epoch, seeds its order and augmentation (see `epoch_generator`)
     frozen: tuple[str, ...] = ()  # modules that stay in inference mode (set_train_mode)
-    hflip: bool = False  # crops and flips: see `augment.draw_augmentation`
+    hflip: bool = False  # crops (of batches.CropBatches) and flips: see `augment.draw_augmentation`
     min_scale: float = 1.0
     max_aspect: float = 1.0
     # The training loss; None: plain cross-entropy, looked up at call time (tests patch it).
@@ -87,8 +87,8 @@ def train_one_epoch(
     generator = epoch_generator(loop.seed, epoch)
     # Dropout draws from the global RNG: tie it to this epoch's seed, and rank, too (see epoch_generator).
     torch.manual_seed(generator.initial_seed() + loop.ranks.rank)
-    centre = data.centre_fraction if isinstance(data, ImageBatches) else 1.0
-    plan = epoch_order(len(data), generator, loop.hflip, loop.min_scale, loop.max_aspect, centre).shard(loop.ranks)
+    sizes = data.whole_sizes if isinstance(data, CropBatches) else None  # crops are drawn over whole images
+    plan = epoch_order(len(data), generator, loop.hflip, loop.min_scale, loop.max_aspect, sizes).shard(loop.ranks)
     losses = train_steps(model, data, optimizer, plan, loop, f"epoch {epoch}")
     sizes = torch.tensor([len(b) for b in plan.order.split(loop.micro_batch)], dtype=torch.float32)
     return epoch_loss(losses, sizes, epoch, loop.ranks)
@@ -103,19 +103,27 @@ class EpochOrder:
     """
 
     order: torch.Tensor  # int64 (N,): item indices
-    transforms: torch.Tensor | None  # (N, 2, 3) affine matrices, one per visit; None: no augmentation
+    draws: Draws | None  # each visit's crop and flip; None: no augmentation
 
     def shard(self, ranks: Ranks) -> "EpochOrder":
-        """This rank's visits (distributed.shard), each with the draw it has in the whole order."""
-        transforms = None if self.transforms is None else shard(self.transforms, ranks)
-        return EpochOrder(shard(self.order, ranks), transforms)
+        """This rank's visits (distributed.shard), each with the draws it has in the whole order."""
+        draws = None if self.draws is None else self.draws.apply(lambda rows: shard(rows, ranks))
+        return EpochOrder(shard(self.order, ranks), draws)
 
 
 def epoch_order(
-    n: int, generator: torch.Generator, hflip: bool, min_scale: float, max_aspect: float = 1.0, centre: float = 1.0
+    n: int,
+    generator: torch.Generator,
+    hflip: bool,
+    min_scale: float,
+    max_aspect: float = 1.0,
+    sizes: torch.Tensor | None = None,
 ) -> EpochOrder:
+    """The epoch's order and each visit's augmentation; crop boxes are drawn over the whole
+    image of the item visited (`sizes`: each item's width and height)."""
     order = torch.randperm(n, generator=generator)
-    return EpochOrder(order, draw_augmentation(n, hflip, min_scale, generator, max_aspect, centre))
+    visited = None if sizes is None else sizes[order]
+    return EpochOrder(order, draw_augmentation(n, hflip, min_scale, generator, max_aspect, visited))
 
 
 def train_and_score(
@@ -156,19 +164,12 @@ def train_steps(
     batches = list(to_device(plan.order, data.index_device).split(batch_size))
     steps = [batches[start : start + accumulate] for start in range(0, len(batches), accumulate)]
     shares = [len(batch) / sum(len(b) for b in step) for step in steps for batch in step]
-    per_batch = [None] * len(batches)
-    if plan.transforms is not None:
-        per_batch = to_device(plan.transforms, data.device).split(batch_size)
+    draws = None
+    if plan.draws is not None:  # moved where they are used at once, as the order is
+        draws = plan.draws.apply(lambda rows: to_device(rows, data.draws_device)).split(batch_size)
     place_model(stepped, data.device)
     losses = torch.zeros(len(batches), device=data.device)
-    # Augmented batches come whole, to be cropped at random; the others as the centre crop.
-    loaded = iterate(data, batches, whole=plan.transforms is not None)
-    size = data.crop if isinstance(data, ImageBatches) else None
-    for step, ((images, targets), theta) in enumerate(
-        zip(progress(loaded, desc, len(batches)), per_batch, strict=True)
-    ):
-        if theta is not None:
-            images = apply_augmentation(images, theta, size)
+    for step, (images, targets) in enumerate(progress(iterate(data, batches, draws), desc, len(batches))):
         if loop.augment is not None:
             images, targets = loop.augment(images, targets)
         if loop.step_model is not None and images.shape[0] > 1:
