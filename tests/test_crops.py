@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from pipeline.augment import random_boxes
-from pipeline.batches import CropBatches, Draws
+from pipeline.batches import CropBatches, Draws, iterate
 from pipeline.data.cache import training_copies
 from pipeline.data.decode import Sizing
 from pipeline.engine import epoch_order
@@ -113,9 +113,15 @@ def test_tiny_images_are_kept_exact_and_cropped_as_torchvision_crops_them(tmp_pa
         source = Image.open(tmp_path / f"{row}.png")
         np.testing.assert_array_equal(data.copies.pixels(row), np.asarray(source))
         box = [1, 2, 5, 6]
-        crops, _ = data.gather(torch.tensor([row]), draws=Draws(torch.tensor([box]), None))
+        draws = Draws(torch.tensor([box]), torch.tensor([row == 1]))
+        crops, _ = data.gather(torch.tensor([row]), draws=draws)
         reference = TF.resized_crop(TF.pil_to_tensor(source), *box, [32, 32], antialias=True)
+        reference = TF.horizontal_flip(reference) if row == 1 else reference
         assert (crops[0].permute(2, 0, 1).int() - reference.int()).abs().max() <= 1
+        # What a training step gets: the crop, normalised with the model's mean and std.
+        (images, _), *_ = iterate(data, [torch.tensor([row])], [draws])
+        expected = TF.normalize(reference[None].float() / 255, data.mean, data.std)
+        torch.testing.assert_close(images, expected, atol=1.01 / 255 / min(data.std), rtol=0)
 
 
 @pytest.mark.parametrize("size", [(300, 200), (200, 300), (256, 256), (900, 100)])
