@@ -87,8 +87,8 @@ def train_one_epoch(
     generator = epoch_generator(loop.seed, epoch)
     # Dropout draws from the global RNG: tie it to this epoch's seed, and rank, too (see epoch_generator).
     torch.manual_seed(generator.initial_seed() + loop.ranks.rank)
-    sizes = data.whole_sizes if isinstance(data, CropBatches) else None  # crops are drawn over whole images
-    plan = epoch_order(len(data), generator, loop.hflip, loop.min_scale, loop.max_aspect, sizes).shard(loop.ranks)
+    wholes = data.whole_sizes if isinstance(data, CropBatches) else None  # crops are drawn over whole images
+    plan = epoch_order(len(data), generator, loop.hflip, loop.min_scale, loop.max_aspect, wholes).shard(loop.ranks)
     losses = train_steps(model, data, optimizer, plan, loop, f"epoch {epoch}")
     sizes = torch.tensor([len(b) for b in plan.order.split(loop.micro_batch)], dtype=torch.float32)
     return epoch_loss(losses, sizes, epoch, loop.ranks)
