@@ -418,9 +418,9 @@ def test_a_new_preprocessing_version_never_reads_an_old_cache(
     cache = tmp_path / "cache"
     monkeypatch.setattr(cache_module, "PREPROCESSING_VERSION", cache_module.PREPROCESSING_VERSION - 1)
     decoded_images(manifest, Sizing(8, 8), cache)
-    old = cache_files(cache)
     for path in cache.iterdir():  # what an older version might have kept under its names
         path.write_bytes(b"not this version's data")
+    old = cache_files(cache)
     monkeypatch.undo()
     images = decoded_images(manifest, Sizing(8, 8), cache)
     copies = training_copies(manifest, Sizing(8, 8), cache)
