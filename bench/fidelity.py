@@ -153,7 +153,9 @@ class OneCopy(TrainingCopies):
     def __init__(self, path: Path, sizing: decoding.Sizing) -> None:
         copy = inspect_file(str(path), sizing).copy
         self.bytes = len(copy.data)
-        self.index = np.array([[0, len(copy.data), int(copy.jpeg), *copy.size, *copy.whole]], dtype=np.int64)
+        row = [0, len(copy.data), int(copy.jpeg), copy.orientation, *copy.size, *copy.whole]
+        self.index = np.array([row], dtype=np.int64)
+        self.original = copy.data == path.read_bytes()
         self.blob = np.frombuffer(copy.data, dtype=np.uint8)
 
 
@@ -176,7 +178,7 @@ def crops_part(paths: dict[str, Path], boxes: int) -> dict[str, object]:
             copy.crop(0, fixed_boxes(width, height)[cut % 15][1], cut % 2 == 1, sizing.crop, sizing.interpolation)
             cut += 1
         figures = {
-            "copy": "x".join(map(str, copy.index[0, 3:5].tolist())),
+            "copy": "x".join(map(str, copy.index[0, 4:6].tolist())) + (" (the file itself)" if copy.original else ""),
             "copy_bytes": copy.bytes,
             "quarter_or_more_mean": statistics.mean(differences[True]),
             "quarter_or_more_worst": max(differences[True]),

@@ -41,5 +41,5 @@ def test_fidelity_smoke_run_reports_its_figures(tmp_path: Path) -> None:
     for measured in report["eval"].values():
         assert measured["now"]["max"] <= 8 and measured["now"]["mean"] <= 1  # small photos decode whole
     for measured in report["crops"].values():
-        assert 0 < measured["quarter_or_more_worst"] <= 2 and measured["copy_bytes"] > 0
+        assert measured["quarter_or_more_worst"] <= 2 and measured["copy_bytes"] > 0
         assert measured["crops_per_s_one_core"] > 0

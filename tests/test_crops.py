@@ -33,15 +33,17 @@ RATIO = (3 / 4, 4 / 3)
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """A 3:2 photo larger than its copy; a portrait one stored as landscape pixels with EXIF
-    orientation 6 (turn a quarter clockwise to view); one smaller than the copy's caps."""
+    orientation 6 (turn a quarter clockwise to view); two within the copy's caps, one of
+    them turned: those are kept as they are."""
     folder = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(3)
-    paths = [folder / "wide.jpg", folder / "turned.jpg", folder / "small.jpg"]
-    photo(rng, 900, 600, edges=60).save(paths[0], quality=90)
+    paths = [folder / "wide.jpg", folder / "turned.jpg", folder / "small.jpg", folder / "small_turned.jpg"]
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation
+    photo(rng, 900, 600, edges=60).save(paths[0], quality=90)
     photo(rng, 600, 450, edges=60).save(paths[1], quality=90, exif=exif)  # 450 x 600 upright
     photo(rng, 120, 90, edges=6).save(paths[2], quality=90)
+    photo(rng, 200, 150, edges=6).save(paths[3], quality=90, exif=exif)  # 150 x 200 upright
     return paths
 
 
@@ -75,6 +77,9 @@ def test_training_crops_are_torchvisions_resized_crop_of_the_whole_image(photos:
         whole = whole_decode(path)
         height, width = whole.shape[1:]
         assert copies.whole_sizes(torch.tensor([row])).tolist() == [[width, height]]  # upright
+        offset, length = copies.index[row, :2].tolist()
+        kept = copies.blob[offset : offset + length].tobytes() == path.read_bytes()
+        assert kept == (path.name.startswith("small")), path.name  # the file itself, where within the caps
         boxes = boxes_for(width, height)
         flips = torch.tensor([False, True, False, True, False])
         data = CropBatches(copies, torch.full((len(boxes),), row), torch.zeros(len(boxes)), torch.device("cpu"),
@@ -84,8 +89,9 @@ def test_training_crops_are_torchvisions_resized_crop_of_the_whole_image(photos:
             reference = TF.resized_crop(whole, *box, [CROP, CROP], antialias=True)
             reference = TF.horizontal_flip(reference) if flip else reference
             difference = (crop.permute(2, 0, 1).float() - reference.float()).abs().mean()
-            # The goal in 8-bit steps for boxes of a quarter of the picture or more (bench/README.md).
-            assert difference <= 2, (path.name, box, flip, float(difference))
+            # The goal in 8-bit steps for boxes of a quarter of the picture or more (bench/README.md);
+            # from a file kept as it is, only Pillow's resize against torchvision's is left.
+            assert difference <= (0.5 if kept else 2), (path.name, box, flip, float(difference))
             # The controls: the box a tenth of its size off, or mirrored, is far from the crop.
             wrong = [TF.horizontal_flip(reference)]
             if (moved := shifted(box, width, height)) is not None:

@@ -13,15 +13,17 @@ kernel leaves less of its own blur in the crops than bilinear's.
 
 A copy is stored as a JPEG of quality JPEG_QUALITY without chroma subsampling (libjpeg-turbo
 through simplejpeg), or as raw pixels where that takes fewer bytes (tiny images, which
-then stay exact). For a 3:2 photo and a 224 px model that is 840 x 560 pixels; the crops
-differ from torchvision's resized_crop on the whole decoded photo by one to two steps of
-8-bit value on average. Chroma subsampling (4:2:0) would save a third of the bytes but
-more than doubles that difference; a smaller copy at a higher quality costs as many bytes
-for larger differences. bench/README.md ("Fidelity") has the figures and the bytes. FFCV
-keeps its training images the same way, capped and JPEG-compressed.
+then stay exact). A JPEG file within the caps is kept as it is, its own bytes, turned
+upright when decoded: its crops are the references' exactly, and nothing is encoded.
+For a 3:2 photo and a 224 px model a copy is 840 x 560 pixels; its crops differ from
+torchvision's resized_crop of the whole decoded photo by one to two steps of 8-bit value
+on average. Chroma subsampling (4:2:0) would save a third of the bytes but more than
+doubles that difference; a smaller copy at a higher quality costs as many bytes for larger
+differences. bench/README.md ("Fidelity") has the figures and the bytes. FFCV keeps its
+training images the same way, capped and JPEG-compressed.
 
-Every epoch decodes the copies of its batches again (about as long as a step of a small
-model on one core per image): `batches.CropBatches` does it on a thread per core, a batch ahead.
+Every epoch decodes the copies of its batches again: `batches.CropBatches` cuts the crops
+on a thread per core, a batch ahead of the step.
 """
 
 import math
@@ -34,15 +36,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.data.decode import RESAMPLING, Decoded, Sizing
+from pipeline.data.decode import RESAMPLING, Decoded, Sizing, upright
 
 COPY_SIDE = 2.5  # the shorter side's cap, in model input sizes
 COPY_LONG = 1.5  # the longer side's cap, in shorter-side caps
 JPEG_QUALITY = 90
 
 # The index's columns: where each copy's bytes lie in the blob, whether they are a JPEG,
-# the copy's size, and the whole image's size, in whose coordinates crop boxes are drawn.
-INDEX_COLUMNS = ("offset", "length", "jpeg", "width", "height", "whole_width", "whole_height")
+# the EXIF orientation that turns its decode upright, the (upright) copy's size, and the
+# whole image's size, in whose coordinates crop boxes are drawn.
+INDEX_COLUMNS = ("offset", "length", "jpeg", "orientation", "width", "height", "whole_width", "whole_height")
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,9 @@ class Copy:
 
     data: bytes  # a JPEG, or the raw (height, width, 3) uint8 pixels
     jpeg: bool
-    size: tuple[int, int]  # (width, height) of the copy
+    size: tuple[int, int]  # (width, height) of the copy, upright
     whole: tuple[int, int]  # (width, height) of the whole upright image
+    orientation: int = 1  # the EXIF orientation that turns the JPEG's decode upright
 
 
 def copy_size(whole: tuple[int, int], crop: int) -> tuple[int, int]:
@@ -67,6 +71,8 @@ def make_copy(decoded: Decoded, sizing: Sizing) -> Copy:
     """The training copy of a decoded image (from `decode(..., sizing.resize)`, which keeps
     at least DECODE_MARGIN times the resize size, so always more than the copy's caps)."""
     width, height = copy_size(decoded.size, sizing.crop)
+    if (width, height) == decoded.size and decoded.contents is not None:
+        return Copy(decoded.contents, True, decoded.size, decoded.size, decoded.orientation)
     pixels = decoded.pixels
     if (height, width) != pixels.shape[:2]:
         tensor = torch.from_numpy(pixels).permute(2, 0, 1)[None]
@@ -91,7 +97,7 @@ class CopyWriter:
     def append(self, row: int, copy: Copy) -> None:
         offset = self.file.tell()
         self.file.write(copy.data)
-        self.rows[row] = (offset, len(copy.data), int(copy.jpeg), *copy.size, *copy.whole)
+        self.rows[row] = (offset, len(copy.data), int(copy.jpeg), copy.orientation, *copy.size, *copy.whole)
 
     def index(self, rows: list[int]) -> np.ndarray:
         """The index of `rows`, in that order: an int64 array with a column per INDEX_COLUMNS."""
@@ -114,14 +120,14 @@ class TrainingCopies:
 
     def whole_sizes(self, rows: torch.Tensor) -> torch.Tensor:
         """int64 (len(rows), 2): the (width, height) of each row's whole image."""
-        return torch.from_numpy(self.index[rows.numpy()][:, 5:7].copy())
+        return torch.from_numpy(self.index[rows.numpy()][:, 6:8].copy())
 
     def pixels(self, row: int) -> np.ndarray:
-        """The copy of `row`: (height, width, 3) uint8 RGB."""
-        offset, length, jpeg, width, height = self.index[row, :5].tolist()
+        """The copy of `row`: (height, width, 3) uint8 RGB, upright."""
+        offset, length, jpeg, orientation, width, height = self.index[row, :6].tolist()
         data = self.blob[offset : offset + length]
         if jpeg:
-            return simplejpeg.decode_jpeg(data, "RGB")
+            return upright(simplejpeg.decode_jpeg(data, "RGB"), orientation)
         return data.reshape(height, width, 3)
 
     def crop(self, row: int, box: list[int], flip: bool, size: int, interpolation: str) -> np.ndarray:
@@ -138,8 +144,7 @@ class TrainingCopies:
         edge: so the copy is first cut to the whole pixels that hold the box.
         """
         top, left, height, width = box
-        whole_width, whole_height = self.index[row, 5:7].tolist()
-        copy_width, copy_height = self.index[row, 3:5].tolist()
+        copy_width, copy_height, whole_width, whole_height = self.index[row, 4:8].tolist()
         scale_x, scale_y = copy_width / whole_width, copy_height / whole_height
         x0, y0 = left * scale_x, top * scale_y
         x1, y1 = (left + width) * scale_x, (top + height) * scale_y

@@ -106,6 +106,10 @@ class Decoded:
     size: tuple[int, int]  # (width, height) of the whole upright image
     jpeg: bool
     asked: int
+    # The file's bytes, where they are a JPEG (not an MPO) that libjpeg decoded whole into
+    # `pixels`, turned upright by EXIF `orientation`; else None.
+    contents: bytes | None = None
+    orientation: int = 1
 
     def same_for(self, size: int) -> bool:
         """Whether `decode` for `size` gives this same image."""
@@ -153,11 +157,14 @@ def decode(source: Path | str | BinaryIO, size: int) -> Decoded:
         jpeg = image.format in ("JPEG", "MPO")  # MPO: a JPEG with more pictures after the first, as phones write
         scale, factor = _shrink_steps(jpeg, image.size, size)
         if jpeg and factor == 1 and image.mode in ("RGB", "L"):
-            pixels = _decode_jpeg(_contents(source), image.width // scale, image.height // scale)
+            contents = _contents(source)
+            pixels = _decode_jpeg(contents, image.width // scale, image.height // scale)
             if pixels is not None:
                 orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
                 whole = image.size[::-1] if orientation in (5, 6, 7, 8) else image.size  # turned a quarter
-                return Decoded(_upright(pixels, orientation), whole, jpeg, size)
+                # A plain JPEG decoded whole: the same file, kept, decodes to these pixels again.
+                kept = contents if scale == 1 and image.format == "JPEG" else None
+                return Decoded(upright(pixels, orientation), whole, jpeg, size, kept, orientation)
         if scale > 1:
             image.draft(image.mode, (image.width // scale, image.height // scale))  # Pillow picks this scale
         ImageOps.exif_transpose(image, in_place=True)
@@ -207,7 +214,7 @@ _ORIENTATIONS = {
 }
 
 
-def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
     """`pixels` turned as EXIF `orientation` says, as Pillow's ImageOps.exif_transpose turns them."""
     turn = _ORIENTATIONS.get(orientation)
     return pixels if turn is None else np.ascontiguousarray(turn(pixels))
