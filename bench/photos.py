@@ -12,13 +12,14 @@ It generates its own photos (smooth random colour fields plus blurred noise, JPE
   decode  images/s on one core, for large (4000x3000) and small (500x375) JPEGs: the
           decode and resize to the cache (data.decode.load_image) and the prepare stage's
           whole work per file (data.inspection.inspect_file: that, plus sha1, perceptual
-          hash, check and the training copy), against the load_image this project had before it decoded
-          once (`earlier`, kept below, at the same 256 px) and the plain way (Image.open,
-          convert("RGB"), torchvision Resize(256) and CenterCrop(224), to a uint8
-          array); also torchvision.io.decode_jpeg (deprecated since torchvision 0.29, so
+          hash, check and training copy), against the load_image this project had before
+          it decoded once (`earlier`, kept below, at the same 256 px) and the plain way
+          (Image.open, convert("RGB"), torchvision Resize(256) and CenterCrop(224), to a
+          uint8 array); also torchvision.io.decode_jpeg (deprecated since torchvision 0.29, so
           only compared) with a tensor resize.
-          Goals: inspect_file over earlier >= 4 on the large JPEGs, load_image over
-          earlier >= 1.5 on the small.
+          Goals, load_image over earlier: >= 4 on the large JPEGs (it decodes them with
+          the margin that keeps the model's inputs within a step or two of the whole
+          decode's: bench/fidelity.py), >= 1.5 on the small.
   train   wall-clock seconds of `python -m pipeline.prepare`, `pipeline.weights` and
           `pipeline.train` in a throw-away project against the PyTorch transfer-learning
           tutorial's loop (ImageFolder, Resize, CenterCrop, ToTensor, Normalize, a
@@ -59,7 +60,7 @@ PARTS = ("decode", "train", "rss")
 CLASSES = 4
 QUALITY = 90
 GOALS = {
-    "decode_large_inspect_over_earlier": 4.0,
+    "decode_large_load_image_over_earlier": 4.0,
     "decode_small_load_image_over_earlier": 1.5,
     "train_1_epochs_plain_over_pipeline": 1.0,
     "train_5_epochs_plain_over_pipeline": 3.0,
@@ -558,24 +559,23 @@ def render(report: dict) -> str:
     """The headline figures with their goals, as a Markdown table."""
     rows = [("figure", "measured", "goal")]
     for name, decoded in report.get("decode", {}).items():
-        goal = GOALS.get(f"decode_{name}_load_image_over_earlier")
+        goal = GOALS[f"decode_{name}_load_image_over_earlier"]
         size = f"{decoded['width']}x{decoded['height']}"
         rows.append(
             (
                 f"decode {size}, images/s per core: load_image / earlier",
                 f"{decoded['load_image_over_earlier']:.2f} ({decoded['load_image_per_s']:.1f} vs "
                 f"{decoded['earlier_per_s']:.1f})",
-                f">= {goal}" if goal else "-",
+                f">= {goal}",
             )
         )
-        goal = GOALS.get(f"decode_{name}_inspect_over_earlier")
         rows.append(
             (
                 f"decode {size}: inspect_file / earlier; inspect_file / plain; load_image / plain",
                 f"{decoded['inspect_over_earlier']:.2f} ({decoded['inspect_file_per_s']:.1f}); "
                 f"{decoded['inspect_over_plain']:.2f} ({decoded['plain_per_s']:.1f}); "
                 f"{decoded['load_image_over_plain']:.2f}",
-                f">= {goal} (the first)" if goal else "-",
+                "-",
             )
         )
         rows.append(
