@@ -12,12 +12,14 @@ It generates its own photos (smooth random colour fields plus blurred noise, JPE
   decode  images/s on one core, for large (4000x3000) and small (500x375) JPEGs: the
           decode and resize to the cache (data.decode.load_image) and the prepare stage's
           whole work per file (data.inspection.inspect_file: that, plus sha1, perceptual
-          hash and check), against the load_image this project had before it decoded
-          once (`earlier`, kept below, at the same 256 px) and the plain way (Image.open,
-          convert("RGB"), torchvision Resize(256) and CenterCrop(224), to a uint8
-          array); also torchvision.io.decode_jpeg (deprecated since torchvision 0.29, so
+          hash, check and training copy), against the load_image this project had before
+          it decoded once (`earlier`, kept below, at the same 256 px) and the plain way
+          (Image.open, convert("RGB"), torchvision Resize(256) and CenterCrop(224), to a
+          uint8 array); also torchvision.io.decode_jpeg (deprecated since torchvision 0.29, so
           only compared) with a tensor resize.
-          Goals, load_image over earlier: >= 5 on the large JPEGs, >= 1.5 on the small.
+          Goals, load_image over earlier: >= 4 on the large JPEGs (it decodes them with
+          the margin that keeps the model's inputs within a step or two of the whole
+          decode's: bench/fidelity.py), >= 1.5 on the small.
   train   wall-clock seconds of `python -m pipeline.prepare`, `pipeline.weights` and
           `pipeline.train` in a throw-away project against the PyTorch transfer-learning
           tutorial's loop (ImageFolder, Resize, CenterCrop, ToTensor, Normalize, a
@@ -47,17 +49,18 @@ from pathlib import Path
 import numpy as np
 import PIL
 import simplejpeg
-from PIL import Image, ImageFilter, features
+from PIL import Image, features
 
 from pipeline.data.decode import Sizing, decode, load_image
 from pipeline.data.inspection import HASH_DECODE_SIZE, image_hash, inspect_file
+from testing.photos import photo
 from testing.project import REPO, make_project, run, set_params, stage
 
 PARTS = ("decode", "train", "rss")
 CLASSES = 4
 QUALITY = 90
 GOALS = {
-    "decode_large_load_image_over_earlier": 5.0,
+    "decode_large_load_image_over_earlier": 4.0,
     "decode_small_load_image_over_earlier": 1.5,
     "train_1_epochs_plain_over_pipeline": 1.0,
     "train_5_epochs_plain_over_pipeline": 3.0,
@@ -77,19 +80,6 @@ SMOKE = {
 
 
 # --- photos -------------------------------------------------------------------------------------
-
-
-def photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """A photo-like picture: a smooth random colour field, grain (blurred noise), and
-    coarser colour blotches. Saved at quality 90, 4000x3000 makes about 3.5 MB."""
-    field = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-    pixels = np.asarray(Image.fromarray(field).resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
-    grain = Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8))
-    grain = np.asarray(grain.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.int16) - 128
-    blotches = Image.fromarray(rng.integers(0, 256, (max(height // 4, 1), max(width // 4, 1), 3), dtype=np.uint8))
-    blotches = blotches.filter(ImageFilter.GaussianBlur(1.5)).resize((width, height), Image.Resampling.BILINEAR)
-    pixels += (grain[..., None] * 1.7).astype(np.int16) + (np.asarray(blotches, dtype=np.int16) - 128) // 2
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
 def write_photos(root: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Path]:

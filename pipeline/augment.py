@@ -1,7 +1,10 @@
-"""Training augmentation, on batches already on the training device.
+"""Training augmentation: what each visit of an epoch draws, and the recipes after it.
 
-Random resized crops and horizontal flips are drawn per epoch, on the CPU, as one affine
-matrix per image (`draw_augmentation`), and sampled on the device (`apply_augmentation`).
+Random resized crops and horizontal flips are drawn per epoch, on the CPU, a row per visit
+(`draw_augmentation`): a crop's box as torchvision's RandomResizedCrop draws it, over the
+whole picture in its own pixels, and a flip. `batches.CropBatches` cuts the crops from the
+training copies (data.copies); without crops, `batches.ImageBatches` flips the model's
+inputs on the device.
 After them come the recipes: an AutoAugment-family policy (TrivialAugmentWide, RandAugment,
 AutoAugment), RandomErasing, and MixUp / CutMix, all torchvision.transforms.v2, in the order
 of the torchvision classification references: policy, normalisation, erasing, then mixing.
@@ -24,10 +27,9 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from pipeline.batches import normalization_tensors
+from pipeline.batches import Draws, normalization_tensors
 from pipeline.config import AugmentParams, AugmentPolicy
 
 # What each training batch goes through after its crops and flips (pipeline.augment):
@@ -35,61 +37,62 @@ from pipeline.config import AugmentParams, AugmentPolicy
 Augment = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-# RandomResizedCrop's tries at a crop that fits, before it takes the whole image (torchvision's).
+# RandomResizedCrop's tries at a crop that fits, before it falls back (torchvision's).
 CROP_ATTEMPTS = 10
 
 
 def draw_augmentation(
-    n: int, hflip: bool, min_scale: float, generator: torch.Generator, max_aspect: float = 1.0, centre: float = 1.0
-) -> torch.Tensor | None:
-    """Random resized crops and horizontal flips for n images, as (n, 2, 3) affine matrices
-    over each whole stored image; `apply_augmentation` samples the crops.
-
-    A crop follows torchvision's RandomResizedCrop: [min_scale, 1] of the image's area, an
-    aspect ratio log-uniform in [1 / max_aspect, max_aspect], CROP_ATTEMPTS tries, and the
-    whole image when none fits. With min_scale 1 it is the centre crop that evaluation
-    sees (`centre`: its share of the side), flipped or not. Drawn on the CPU from
-    `generator`, so a seed gives the same augmentation on every device; None when both
-    are off.
-    """
+    n: int,
+    hflip: bool,
+    min_scale: float,
+    generator: torch.Generator,
+    max_aspect: float = 1.0,
+    sizes: torch.Tensor | None = None,
+) -> Draws | None:
+    """Random resized crops (with min_scale < 1: `random_boxes` over each visit's whole image,
+    of `sizes`, int64 (n, 2) width and height) and horizontal flips for n visits, drawn on
+    the CPU from `generator`, so a seed gives the same augmentation on every device; None
+    when both are off."""
     if not hflip and min_scale >= 1:
         return None
+    boxes = None
     if min_scale < 1:
-        tries = (n, CROP_ATTEMPTS)
-        area = torch.empty(tries).uniform_(min_scale, 1.0, generator=generator)
-        aspect = torch.empty(tries).uniform_(-math.log(max_aspect), math.log(max_aspect), generator=generator).exp()
-        width, height = (area * aspect).sqrt(), (area / aspect).sqrt()
-        fits = (width <= 1) & (height <= 1)
-        first = fits.int().argmax(dim=1, keepdim=True)  # the first try that fits
-
-        def chosen(side: torch.Tensor) -> torch.Tensor:
-            return torch.where(fits.any(dim=1), side.gather(1, first)[:, 0], 1.0)
-
-        width, height = chosen(width), chosen(height)
-        left = torch.rand(n, generator=generator) * (1 - width)
-        top = torch.rand(n, generator=generator) * (1 - height)
-    else:
-        width = height = torch.full((n,), centre)
-        left = top = (1 - width) / 2
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if hflip else torch.ones(n)
-    # affine_grid's coordinates run from -1 to 1 across the image: a crop [left, left + width]
-    # of [0, 1] is centred at 2 * left + width - 1 and spans width on each side of it.
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2] = width * flip, 2 * left + width - 1
-    theta[:, 1, 1], theta[:, 1, 2] = height, 2 * top + height - 1
-    return theta
+        if sizes is None:
+            raise ValueError("random resized crops are drawn over whole images: their sizes are needed")
+        boxes = random_boxes(sizes, min_scale, max_aspect, generator)
+    return Draws(boxes, torch.rand(n, generator=generator) < 0.5 if hflip else None)
 
 
-def apply_augmentation(images: torch.Tensor, theta: torch.Tensor, size: int | None = None) -> torch.Tensor:
-    """Resample a float batch through its affine matrices into `size` x `size` images (by
-    default, the batch's own size), keeping the batch's memory layout (grid_sample returns
-    the default one)."""
-    layout = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    n, channels, height, width = images.shape
-    shape = [n, channels, size or height, size or width]
-    grid = F.affine_grid(theta.to(images.dtype), shape, align_corners=False)
-    resampled = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    return resampled.contiguous(memory_format=layout)
+def random_boxes(sizes: torch.Tensor, min_scale: float, max_aspect: float, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's RandomResizedCrop.get_params for each image of `sizes` (int64 (n, 2):
+    width, height), all at once: int64 (n, 4) boxes, top, left, height, width.
+
+    A box covers [min_scale, 1] of the image's area, its aspect ratio log-uniform in
+    [1 / max_aspect, max_aspect], its sides rounded to whole pixels, its place uniform among
+    those where it fits; the first of CROP_ATTEMPTS tries that fits. When none fits, the
+    centre of the image at the nearest aspect ratio in range (the whole image if its own is).
+    """
+    n = len(sizes)
+    width, height = sizes[:, 0].double(), sizes[:, 1].double()
+    tries = (n, CROP_ATTEMPTS)
+    share = torch.empty(tries, dtype=torch.float64).uniform_(min_scale, 1.0, generator=generator)
+    area = (width * height)[:, None] * share
+    log_aspect = math.log(max_aspect)
+    aspect = torch.empty(tries, dtype=torch.float64).uniform_(-log_aspect, log_aspect, generator=generator).exp()
+    tried_width, tried_height = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
+    fits = (tried_width > 0) & (tried_width <= width[:, None]) & (tried_height > 0) & (tried_height <= height[:, None])
+    first = fits.int().argmax(dim=1, keepdim=True)  # the first try that fits
+    found = fits.any(dim=1)
+    ratio = width / height
+    box_width = torch.where(found, tried_width.gather(1, first)[:, 0], width)
+    box_width = torch.where(~found & (ratio > max_aspect), (height * max_aspect).round(), box_width)
+    box_height = torch.where(found, tried_height.gather(1, first)[:, 0], height)
+    box_height = torch.where(~found & (ratio < 1 / max_aspect), (width * max_aspect).round(), box_height)
+    top = (torch.rand(n, generator=generator, dtype=torch.float64) * (height - box_height + 1)).floor()
+    left = (torch.rand(n, generator=generator, dtype=torch.float64) * (width - box_width + 1)).floor()
+    top = torch.where(found, top, ((height - box_height) / 2).floor())
+    left = torch.where(found, left, ((width - box_width) / 2).floor())
+    return torch.stack([top, left, box_height, box_width], dim=1).long()
 
 
 def augments(params: AugmentParams) -> bool:

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.augment import Augment, apply_augmentation, draw_augmentation
-from pipeline.batches import Batches, ImageBatches, batch_indices, iterate
+from pipeline.augment import Augment, draw_augmentation
+from pipeline.batches import Batches, CropBatches, Draws, batch_indices, iterate
 from pipeline.cli import UserError, progress
 from pipeline.devices import autocast, place_model, to_device
 from pipeline.distributed import SINGLE, Ranks, all_sum, pad, shard, share_buffers, unshard
@@ -67,7 +67,7 @@ class LoopOptions:
     batch_size: int  # the global batch: with several `ranks` each steps on its share of it
     seed: int = 0  # with the epoch, seeds its order and augmentation (see `epoch_generator`)
     frozen: tuple[str, ...] = ()  # modules that stay in inference mode (set_train_mode)
-    hflip: bool = False  # crops and flips: see `augment.draw_augmentation`
+    hflip: bool = False  # crops (of batches.CropBatches) and flips: see `augment.draw_augmentation`
     min_scale: float = 1.0
     max_aspect: float = 1.0
     # The training loss; None: plain cross-entropy, looked up at call time (tests patch it).
@@ -98,9 +98,9 @@ def train_one_epoch(
     generator = epoch_generator(loop.seed, epoch)
     # Dropout and mixing draw from the global RNG: tie it to this epoch's seed and the rank too.
     torch.manual_seed(rank_seed(generator, loop.ranks.rank))
-    centre = data.centre_fraction if isinstance(data, ImageBatches) else 1.0
+    wholes = data.whole_sizes if isinstance(data, CropBatches) else None  # crops are drawn over whole images
     keys = loop.augment is not None
-    order = epoch_order(len(data), generator, loop.hflip, loop.min_scale, loop.max_aspect, centre, keys)
+    order = epoch_order(len(data), generator, loop.hflip, loop.min_scale, loop.max_aspect, wholes, keys)
     if loop.ranks.active or loop.accumulate > 1:
         order = split_steps(order, data.targets, loop)
     plan = order.shard(loop.ranks)
@@ -121,7 +121,7 @@ class EpochOrder:
     """
 
     order: torch.Tensor  # int64 (N,): item indices
-    transforms: torch.Tensor | None  # (N, 2, 3) affine matrices, one per visit; None: no augmentation
+    draws: Draws | None  # each visit's crop and flip; None: no augmentation
     keys: torch.Tensor | None = None  # int64 (N,): each visit's seed for the recipes (pipeline.augment)
     # With several processes or accumulated batches (`split_steps`), per visit: 1.0 for an item,
     # 0.0 for `shard`'s padding; its optimizer step's items, and their class weights' total.
@@ -134,8 +134,14 @@ class EpochOrder:
         return self._each(lambda rows: shard(rows, ranks))
 
     def _each(self, change: Callable[[torch.Tensor], torch.Tensor]) -> "EpochOrder":
+        """`change` applied to each per-visit tensor, the draws' included."""
         parts = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
-        return EpochOrder(**{name: None if rows is None else change(rows) for name, rows in parts.items()})
+        return EpochOrder(
+            **{
+                name: None if rows is None else rows.apply(change) if isinstance(rows, Draws) else change(rows)
+                for name, rows in parts.items()
+            }
+        )
 
 
 def split_steps(plan: EpochOrder, targets: torch.Tensor, loop: LoopOptions) -> EpochOrder:
@@ -159,14 +165,16 @@ def epoch_order(
     hflip: bool,
     min_scale: float,
     max_aspect: float = 1.0,
-    centre: float = 1.0,
+    sizes: torch.Tensor | None = None,
     keys: bool = False,
 ) -> EpochOrder:
-    """The epoch's order, crops and flips, and with `keys` a seed per visit for the recipes,
-    drawn last so that turning them on changes none of the others."""
+    """The epoch's order and each visit's augmentation, crop boxes drawn over the whole image
+    of the item visited (`sizes`: each item's width and height); with `keys` a seed per visit
+    for the recipes, drawn last so that turning them on changes none of the others."""
     order = torch.randperm(n, generator=generator)
-    transforms = draw_augmentation(n, hflip, min_scale, generator, max_aspect, centre)
-    return EpochOrder(order, transforms, torch.randint(2**62, (n,), generator=generator) if keys else None)
+    visited = None if sizes is None else sizes[order]
+    draws = draw_augmentation(n, hflip, min_scale, generator, max_aspect, visited)
+    return EpochOrder(order, draws, torch.randint(2**62, (n,), generator=generator) if keys else None)
 
 
 def train_and_score(
@@ -208,17 +216,11 @@ def train_steps(
     stepped = model if loop.step_model is None else loop.step_model
     criterion = loop.criterion or F.cross_entropy
     batches = list(to_device(plan.order, data.index_device).split(batch_size))
-    draws = batch_draws(plan, data.device, batch_size, len(batches))
+    draws, keys, parts = batch_draws(plan, data, batch_size, len(batches))
     place_model(stepped, data.device)
     losses = torch.zeros(len(batches), device=data.device)
-    # Augmented batches come whole, to be cropped at random; the others as the centre crop.
-    loaded = iterate(data, batches, whole=plan.transforms is not None)
-    size = data.crop if isinstance(data, ImageBatches) else None
-    for step, ((images, targets), (theta, key, part)) in enumerate(
-        zip(progress(loaded, desc, len(batches)), draws, strict=True)
-    ):
-        if theta is not None:
-            images = apply_augmentation(images, theta, size)
+    loaded = progress(iterate(data, batches, draws), desc, len(batches))
+    for step, ((images, targets), key, part) in enumerate(zip(loaded, keys, parts, strict=True)):
         if loop.augment is not None:
             images, targets = loop.augment(images, targets, key)
         if loop.step_model is not None and images.shape[0] > 1:
@@ -246,17 +248,19 @@ def train_steps(
     return losses
 
 
-def batch_draws(plan: EpochOrder, device: torch.device, batch_size: int, count: int) -> list[tuple]:
-    """Per batch of `plan`: its crops and flips (on `device`), its recipe keys (on the CPU,
-    where v2 draws) and its part of the loss split (on `device`); None for each that is off."""
+def batch_draws(plan: EpochOrder, data: Batches, batch_size: int, count: int) -> tuple[list, list, list]:
+    """Per batch of `plan`: its crops and flips (where `data` uses them), its recipe keys (on
+    the CPU, where v2 draws) and its part of the loss split (on the device); lists of None
+    for what is off. Moved where they are used at once, as the order is."""
 
     def per_batch(rows: torch.Tensor | None, where: torch.device) -> list:
         return [None] * count if rows is None else list(to_device(rows, where).split(batch_size))
 
+    draws = None if plan.draws is None else plan.draws.apply(lambda rows: to_device(rows, data.draws_device))
     split = (plan.real, plan.step_items, plan.step_weight)
-    parts = [None] * count if plan.real is None else list(zip(*(per_batch(r, device) for r in split), strict=True))
-    cpu = torch.device("cpu")
-    return list(zip(per_batch(plan.transforms, device), per_batch(plan.keys, cpu), parts, strict=True))
+    parts = [None] * count if plan.real is None else list(zip(*(per_batch(r, data.device) for r in split), strict=True))
+    keys = per_batch(plan.keys, torch.device("cpu"))
+    return ([None] * count if draws is None else draws.split(batch_size)), keys, parts
 
 
 def split_loss(

@@ -38,6 +38,7 @@ PREDICTIONS_DIR = Path("eval/predictions")
 # select_best
 BEST_MODEL = Path("models/best.pt")
 BEST_EXPORT = Path("models/best.pt2")
+BEST_IMAGE_EXPORT = Path("models/best_image.pt2")
 BEST_METRICS = Path("best/metrics.json")
 BEST_CONFUSION = Path("best/confusion.csv")
 BEST_EPOCHS = Path("best/epochs.csv")

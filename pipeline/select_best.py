@@ -8,6 +8,7 @@ may win: best.pt then holds the winning weights, and metrics.json names them.
 Reads:  params select.*; eval/scores.csv; eval/predictions/; checkpoints/
 Writes: models/best.pt        (model weights and metadata, no optimizer state)
         models/best.pt2       (the same model as a torch.export program; see below)
+        models/best_image.pt2 (the same with its preprocessing: decoded images in; pipeline/export.py)
         best/metrics.json     (what `dvc metrics show` reads)
         best/confusion.csv    (the chosen checkpoint's test predictions, for the confusion plot)
         best/epochs.csv       (eval/scores.csv with the chosen epoch marked, for the curves)
@@ -41,6 +42,7 @@ import torch
 from pipeline.checkpoints import WEIGHTS, checkpoint_name, load_each, predictions_name, save_checkpoint
 from pipeline.cli import UserError, error_line, run_stage
 from pipeline.config import Mode, load_params
+from pipeline.export import write_image_export
 from pipeline.files import atomic_write, read_csv, write_csv, write_json
 from pipeline.metrics import REPORTED
 from pipeline.models import ModelSpec, model_from_checkpoint
@@ -145,6 +147,7 @@ def main() -> None:
     checkpoint |= {"weights": weights, "tta": best["tta"]}  # tools.predict averages as evaluate did
     save_checkpoint(checkpoint, BEST_MODEL)
     write_export(checkpoint, spec)
+    write_image_export(checkpoint)
 
     metrics = {
         "epoch": epoch,

@@ -26,10 +26,10 @@ from torch.optim.swa_utils import AveragedModel
 
 from pipeline import distributed
 from pipeline.augment import Augment, augments, batch_augmentation
-from pipeline.batches import Batches, images_on, split_batches
+from pipeline.batches import Batches, crop_batches, images_on, split_batches
 from pipeline.cli import UserError, progress, run_stage
 from pipeline.config import Params, load_params
-from pipeline.data.cache import decoded_images
+from pipeline.data.cache import decoded_images, training_copies
 from pipeline.data.split import read_manifest
 from pipeline.devices import place_model, resolve_device, set_determinism
 from pipeline.distributed import Ranks
@@ -166,6 +166,9 @@ def set_up(params: Params) -> Run:
     decode = partial(decoded_images, manifest, spec.sizing)
     images = images_on(distributed.main_first(ranks, decode, "decode the images into the cache"), device)
     splits = {split: split_batches(images, manifest, split, spec, device) for split in ("train", "val")}
+    if config.augment.min_scale < 1:  # random resized crops, cut from the whole pictures (data.copies)
+        copies = distributed.main_first(ranks, partial(training_copies, manifest, spec.sizing))
+        splits["train"] = crop_batches(copies, manifest, "train", spec, device)
     weights = class_weights(config.class_weights, splits["train"].targets, len(classes), device)
     criterion = partial(F.cross_entropy, weight=weights, label_smoothing=config.label_smoothing)
 

@@ -7,9 +7,14 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
+from PIL import Image
 
-from pipeline.augment import apply_augmentation, draw_augmentation
+from pipeline.batches import CropBatches
+from pipeline.data.cache import training_copies
+from pipeline.data.decode import Sizing
 
 # Put on PYTHONPATH, this runs in every Python process started, dvc's own included; it acts
 # only in the train stage's process (with KILL_RANK, in that rank's only), and only when
@@ -63,21 +68,6 @@ def assert_resumed(log: str, after: int, epochs: int) -> None:
     assert epochs_trained(log) == list(range(after + 1, epochs + 1)), log
 
 
-def augment(
-    images: torch.Tensor,
-    hflip: bool,
-    min_scale: float,
-    generator: torch.Generator,
-    max_aspect: float = 1.0,
-    size: int | None = None,
-) -> torch.Tensor:
-    """One float batch through the train stage's augmentation, as an epoch applies it: draw,
-    then apply, into `size` pixels square (by default, the images' own size)."""
-    centre = (size or images.shape[-1]) / images.shape[-1]
-    theta = draw_augmentation(images.shape[0], hflip, min_scale, generator, max_aspect, centre)
-    return images if theta is None else apply_augmentation(images, theta.to(images.device), size)
-
-
 # On PYTHONPATH, in each `python -m pipeline.<stage>` process while RECORD_PARAMS is set:
 # load_params returns the same params, as subclasses of their dataclasses that note every
 # leaf value read (dataclasses.asdict reads them all), written out when the stage exits.
@@ -125,3 +115,22 @@ def param_recorder_env(folder: Path) -> dict[str, str]:
     (folder / "site" / "sitecustomize.py").write_text(PARAM_RECORDER)
     (folder / "read").mkdir()
     return {"PYTHONPATH": str(folder / "site"), "RECORD_PARAMS": str(folder / "read")}
+
+
+CPU = torch.device("cpu")
+
+
+def crop_batches_of(folder: Path, shapes: list[tuple[int, int]], crop: int, device: torch.device = CPU) -> CropBatches:
+    """Random-pixel PNGs of `shapes` (width, height) in `folder`, as training batches of random
+    resized crops (batches.CropBatches) for a `crop` px model on `device`, three classes."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, (width, height) in enumerate(shapes):
+        paths.append(folder / f"{index}.png")
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(paths[-1])
+    manifest = pd.DataFrame({"path": [p.as_posix() for p in paths], "sha1": [file_sha1(p) for p in paths]})
+    copies = training_copies(manifest, Sizing(crop, crop), folder / "cache")
+    rows, targets = torch.arange(len(paths)), torch.arange(len(paths)) % 3
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    return CropBatches(copies, rows, targets, device, mean, std, crop, "bilinear")

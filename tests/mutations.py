@@ -150,6 +150,27 @@ MUTATIONS = [
         'summed = criterion(outputs, targets, reduction="none").sum()',
         ("tests/test_distributed.py", "-k", "add_up"),
     ),
+    Mutation(
+        "crop-whole-pixels",
+        "training crops start at the copy's whole pixel, not at the box's own place there",
+        "        x0, y0 = left * scale_x, top * scale_y\n",
+        "        x0, y0 = math.floor(left * scale_x), math.floor(top * scale_y)\n",
+        ("tests/test_crops.py", "-k", "resized_crop"),
+    ),
+    Mutation(
+        "decode-no-margin",
+        "evaluation decodes a JPEG at the smallest DCT scale that covers the resize size, as before",
+        "DECODE_MARGIN = 5",
+        "DECODE_MARGIN = 1",
+        ("tests/test_preprocessing.py", "-k", "reduced_scale"),
+    ),
+    Mutation(
+        "export-std-swapped",
+        "the image export divides by the std in the reverse channel order",
+        "inputs = (inputs.float() - self.mean) / self.std  # batches.normalize",
+        "inputs = (inputs.float() - self.mean) / self.std.flip(1)  # batches.normalize",
+        ("tests/test_export.py", "-k", "tools_predicts_probabilities"),
+    ),
 ]
 
 

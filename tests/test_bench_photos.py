@@ -1,4 +1,4 @@
-"""bench/photos.py: its parts run in their tiny form and report each figure as a positive number.
+"""bench/photos.py and bench/fidelity.py: their parts run in their tiny form and report each figure.
 
 The `train` part (three stage processes and a DataLoader loop, about 20 s even when tiny)
 is left to `python -m bench.photos --smoke` by hand, to keep the suite's time."""
@@ -30,3 +30,16 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert not [name for name in expected if name not in numbers]
     assert {name: value for name, value in numbers.items() if not value > 0} == {}
+
+
+def test_fidelity_smoke_run_reports_its_figures(tmp_path: Path) -> None:
+    """bench/fidelity.py's eval and crops parts, tiny (its export part is the export tests')."""
+    out = tmp_path / "fidelity.json"
+    run([sys.executable, "-m", "bench.fidelity", "--smoke", "--only", "eval,crops", "--json", str(out)], REPO)
+    report = json.loads(out.read_text())
+    assert len(report["eval"]) == 6 and len(report["crops"]) == 3  # two weights x three photos; three photos
+    for measured in report["eval"].values():
+        assert measured["now"]["max"] <= 8 and measured["now"]["mean"] <= 1  # small photos decode whole
+    for measured in report["crops"].values():
+        assert measured["quarter_or_more_worst"] <= 2 and measured["copy_bytes"] > 0
+        assert measured["crops_per_s_one_core"] > 0

@@ -22,7 +22,6 @@ from pipeline.freezing import freeze, parse_freeze, set_train_mode
 from pipeline.models import build_model
 from testing.project import REPO, copy_project, run, set_params, stage
 from tests.conftest import Reproduced
-from tests.helpers import augment
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 READ_ON_CUDA_ONLY = {"evaluate.cuda_batch_size"}
@@ -185,60 +184,6 @@ def test_dropout_inside_frozen_modules_is_off() -> None:
         assert torch.equal(first, model.eval()(images))  # the same as inference
     first, second = two_training_passes("none")  # the control: unfrozen, dropout is on
     assert not torch.equal(first, second)
-
-
-def ramps(n: int, size: int) -> torch.Tensor:
-    """n images whose channel 0 is a ramp along x and channel 1 along y: the span of values
-    a crop shows along each axis is the share of the width and height it kept."""
-    ramp = (torch.arange(size, dtype=torch.float32) + 0.5) / size
-    image = torch.stack([ramp.expand(size, size), ramp[:, None].expand(size, size), torch.zeros(size, size)])
-    return image.expand(n, 3, size, size).contiguous()
-
-
-def kept_sides(out: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The share of the stored image's width and height each crop shows (see `ramps`)."""
-    scale = out.shape[-1] / (out.shape[-1] - 1)  # the ramp's span across the crop's pixel centres
-    width = (out[:, 0].amax(dim=(1, 2)) - out[:, 0].amin(dim=(1, 2))) * scale
-    height = (out[:, 1].amax(dim=(1, 2)) - out[:, 1].amin(dim=(1, 2))) * scale
-    return width, height
-
-
-def test_random_resized_crops_keep_a_share_of_the_area_between_min_scale_and_1() -> None:
-    size, n = 64, 400
-    images = ramps(n, size)
-    for min_scale in (0.25, 0.6):
-        out = augment(images, hflip=False, min_scale=min_scale, generator=torch.Generator().manual_seed(0))
-        width, height = kept_sides(out, size)
-        area = width * height
-        assert area.min() >= min_scale - 0.03, min_scale
-        assert area.max() <= 1 + 0.03
-        # The whole range is used: some crops near min_scale, some near the full image.
-        assert area.min() < min_scale + 0.05 and area.max() > 0.95
-        assert torch.allclose(width, height, atol=0.03)  # max_aspect 1: square crops
-    assert torch.equal(augment(images, hflip=False, min_scale=1.0, generator=torch.Generator()), images)
-
-
-def test_random_resized_crops_take_real_pixels_of_the_stored_image_in_an_aspect_range() -> None:
-    """As torchvision's RandomResizedCrop: the crop is drawn over the whole stored image (kept
-    at the weights' resize size), at an aspect ratio in [3/4, 4/3], then resized to the
-    model's input size."""
-    stored, crop, n = 80, 64, 400
-    images = ramps(n, stored)
-    out = augment(images, False, 0.08, torch.Generator().manual_seed(0), max_aspect=4 / 3, size=crop)
-    assert out.shape == (n, 3, crop, crop)
-    width, height = kept_sides(out, stored)
-    aspect = width / height
-    assert aspect.min() > 3 / 4 - 0.03 and aspect.max() < 4 / 3 + 0.03
-    assert aspect.min() < 0.8 and aspect.max() > 1.25  # the range is used, both ways
-    assert (width * height).min() < 0.15 and (width * height).max() > 0.9  # of the stored image, not the crop
-    # Without random crops, training sees the centre crop, as evaluation does.
-    centre = augment(images, True, 1.0, torch.Generator().manual_seed(0), size=crop)
-    start = (stored - crop) // 2
-    expected = images[..., start : start + crop, start : start + crop]
-    same = torch.isclose(centre[:, 0], expected[:, 0], atol=1e-5).all(dim=(1, 2))
-    flipped = torch.isclose(centre[:, 0], expected[:, 0].flip(-1), atol=1e-5).all(dim=(1, 2))
-    assert (same | flipped).all() and same.any() and flipped.any()
-    assert torch.allclose(centre[:, 1], expected[:, 1], atol=1e-5)  # y is never flipped
 
 
 def test_compile_trains_the_same_model(

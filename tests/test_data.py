@@ -1,4 +1,4 @@
-"""pipeline/data/: finding and decoding images, stratified splits, the pixel cache; and engine.augment."""
+"""pipeline/data/: finding and decoding images, stratified splits, the pixel cache; and the flips of augmentation."""
 
 import subprocess
 import sys
@@ -12,14 +12,17 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from pipeline.augment import draw_augmentation
+from pipeline.batches import Draws, ImageBatches
 from pipeline.cli import UserError
+from pipeline.data import cache as cache_module
 from pipeline.data import inspection
-from pipeline.data.cache import decoded_images
+from pipeline.data.cache import decoded_images, training_copies
 from pipeline.data.decode import Sizing, decode, load_image
 from pipeline.data.inspection import image_hash, inspect_file
 from pipeline.data.scan import find_images
 from pipeline.data.split import MANIFEST_COLUMNS, SPLITS, duplicate_groups, stratified_split, usable_images
-from tests.helpers import augment, file_sha1
+from tests.helpers import file_sha1
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 200, 0), (0, 0, 255)
 EXIF_ORIENTATION = 0x0112
@@ -250,7 +253,7 @@ def test_a_jpeg_decodes_to_pillows_pixels_for_every_orientation(tmp_path: Path, 
     textured(96, 64).convert(mode).save(path, exif=exif.tobytes(), quality=90)
 
     whole = decode(path, 64)  # no smaller scale keeps 64 px: the whole image
-    eighth = decode(path, 8)  # 1/8 scale, 12 x 8
+    eighth = decode(path, 1)  # 1/8 scale, 12 x 8: at least DECODE_MARGIN (5) times 1 px
 
     assert np.array_equal(whole.pixels, pillows_decode(path))
     assert np.array_equal(eighth.pixels, pillows_decode(path, 8))
@@ -277,8 +280,8 @@ def test_jpegs_that_libjpeg_decodes_past_damage_or_that_are_cmyk_decode_as_pillo
 
     for path in (stray, mpo, cmyk):
         assert np.array_equal(decode(path, 48).pixels, pillows_decode(path)), path.name
-    assert np.array_equal(decode(mpo, 6).pixels, pillows_decode(mpo, 8))  # an MPO decodes at 1/8 too
-    assert decode(mpo, 6).pixels.shape == (6, 8, 3)
+    assert np.array_equal(decode(mpo, 1).pixels, pillows_decode(mpo, 8))  # an MPO decodes at 1/8 too
+    assert decode(mpo, 1).pixels.shape == (6, 8, 3)
     assert inspect_file(str(stray), Sizing(16, 16)).problem is None
 
 
@@ -395,16 +398,35 @@ def test_decoded_images_reuse_the_cache(tmp_path: Path, manifest: pd.DataFrame, 
     cache = tmp_path / "cache"
     first = decoded_images(manifest, Sizing(8, 8), cache).copy()
     before = cache_files(cache)
-    assert len(before) == 1
+    assert len(before) == 3  # the array, and the training copies' bytes and index
 
-    def no_decoding(path, size):
-        raise AssertionError(f"{path} decoded again despite the cache")
+    def no_decoding(*args: object) -> None:
+        raise AssertionError(f"{args} decoded again despite the cache")
 
-    monkeypatch.setattr(inspection, "load_image", no_decoding)
+    monkeypatch.setattr(inspection, "decode", no_decoding)
     again = decoded_images(manifest, Sizing(8, 8), cache)
 
     np.testing.assert_array_equal(again, first)
     assert cache_files(cache) == before
+
+
+def test_a_new_preprocessing_version_never_reads_an_old_cache(
+    tmp_path: Path, manifest: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version is part of every cache file's name: arrays and copies of another version
+    (other shapes, another copy format) are left alone, never read."""
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(cache_module, "PREPROCESSING_VERSION", cache_module.PREPROCESSING_VERSION - 1)
+    decoded_images(manifest, Sizing(8, 8), cache)
+    for path in cache.iterdir():  # what an older version might have kept under its names
+        path.write_bytes(b"not this version's data")
+    old = cache_files(cache)
+    monkeypatch.undo()
+    images = decoded_images(manifest, Sizing(8, 8), cache)
+    copies = training_copies(manifest, Sizing(8, 8), cache)
+    assert len(cache_files(cache)) == 2 * len(old) and {name: cache_files(cache)[name] for name in old} == old
+    np.testing.assert_array_equal(images[0], load_image(manifest.loc[0, "path"], Sizing(8, 8)))
+    assert len(copies) == len(manifest)
 
 
 def test_decoded_images_rebuild_for_a_new_size_or_changed_files(tmp_path: Path, manifest: pd.DataFrame) -> None:
@@ -415,7 +437,7 @@ def test_decoded_images_rebuild_for_a_new_size_or_changed_files(tmp_path: Path, 
     at_4 = decoded_images(manifest, Sizing(4, 4), cache)
     assert tuple(at_4.shape) == (len(manifest), 3, 4, 4)
     after_size = cache_files(cache)
-    assert len(after_size) == 2
+    assert len(after_size) == 6
     assert {name: after_size[name] for name in first} == first  # the old array is left as it was
 
     # An image replaced in place: the same path with new contents, hence a new sha1.
@@ -425,48 +447,38 @@ def test_decoded_images_rebuild_for_a_new_size_or_changed_files(tmp_path: Path, 
     changed.loc[1, "sha1"] = file_sha1(path)
     images = decoded_images(changed, Sizing(8, 8), cache)
 
-    assert len(cache_files(cache)) == 3
+    assert len(cache_files(cache)) == 9
     assert rgb_at(images[1], 4, 4) == BLUE
 
 
 # --- augment -----------------------------------------------------------------------------
 
 
-def random_batch(n: int = 16, size: int = 8) -> torch.Tensor:
-    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(123))
+def test_no_augmentation_draws_nothing_and_a_seed_repeats_the_draws() -> None:
+    assert draw_augmentation(16, False, 1.0, torch.Generator().manual_seed(0)) is None
+    sizes = torch.tensor([(30, 20)] * 16)
+
+    def draws(seed: int) -> Draws:
+        return draw_augmentation(16, True, 0.5, torch.Generator().manual_seed(seed), 4 / 3, sizes)
+
+    first, second, other = draws(5), draws(5), draws(6)
+    assert torch.equal(first.boxes, second.boxes) and torch.equal(first.flips, second.flips)
+    assert not torch.equal(first.boxes, other.boxes)
+    assert 0 < int(first.flips.sum()) < 16  # some mirrored, some not
 
 
-def test_augment_off_returns_the_input_unchanged() -> None:
-    images = random_batch()
-    out = augment(images, hflip=False, min_scale=1.0, generator=torch.Generator().manual_seed(0))
-    assert out is images or torch.equal(out, images)
-
-
-def test_augment_is_reproducible_for_a_generator_seed() -> None:
-    images = random_batch()
-
-    first = augment(images, hflip=True, min_scale=0.5, generator=torch.Generator().manual_seed(5))
-    second = augment(images, hflip=True, min_scale=0.5, generator=torch.Generator().manual_seed(5))
-
-    assert first.shape == images.shape
-    assert torch.equal(first, second)
-    assert not torch.allclose(first, images)  # it did change something
-
-
-def test_augment_hflip_gives_the_original_or_its_exact_mirror() -> None:
-    images = random_batch()
-
-    out = augment(images, hflip=True, min_scale=1.0, generator=torch.Generator().manual_seed(0))
-
-    kinds = []
-    for original, result in zip(images, out, strict=True):
-        if torch.allclose(result, original, atol=1e-5):
-            kinds.append("same")
-        elif torch.allclose(result, original.flip(-1), atol=1e-5):
-            kinds.append("mirror")
-        else:
-            pytest.fail("an augmented image is neither the original nor its horizontal mirror")
-    assert set(kinds) == {"same", "mirror"}  # both happen in a batch of 16
+def test_a_flip_without_crops_gives_the_models_input_or_its_exact_mirror() -> None:
+    """Without random crops, training sees evaluation's inputs, mirrored or not."""
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    data = ImageBatches(images, torch.arange(16), torch.zeros(16), torch.device("cpu"), [0.0] * 3, [1 / 255] * 3)
+    draws = draw_augmentation(16, True, 1.0, torch.Generator().manual_seed(0))
+    assert draws.boxes is None
+    out, _ = data.load(torch.arange(16), draws)
+    for original, result, flip in zip(images.float(), out, draws.flips, strict=True):
+        torch.testing.assert_close(result, original.flip(-1) if flip else original)
+    assert 0 < int(draws.flips.sum()) < 16
+    with pytest.raises(ValueError, match="training copies"):
+        data.load(torch.arange(16), Draws(torch.zeros(16, 4, dtype=torch.int64), None))
 
 
 def test_stratified_split_keeps_each_group_in_one_split() -> None:

@@ -1,5 +1,6 @@
-"""select-best's models/best.pt2: a torch.export program that plain torch loads and runs,
-with the checkpoint's outputs for any batch size, and that never costs the stage its results."""
+"""select-best's models/best.pt2 and best_image.pt2: torch.export programs that plain torch
+loads and runs, with the checkpoint's outputs for any batch size, or from a decoded image
+tools.predict's probabilities, and that never cost the stage its results."""
 
 import errno
 import json
@@ -9,15 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image, ImageFilter, ImageOps
 
-from pipeline import select_best
+from pipeline import export, select_best
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.metrics import REPORTED
 from pipeline.models import ModelSpec, build_model, model_from_checkpoint
-from testing.project import stage
+from testing.project import run, stage
 
 CLASSES = ["a", "b", "c"]
 
@@ -70,6 +74,8 @@ model = torch.export.load(sys.argv[1], extra_files=extra).module()
 images = torch.load("images.pt", weights_only=True)
 with torch.no_grad():
     torch.save(model(images), "logits.pt")
+    probabilities = torch.export.load(sys.argv[2]).module()(torch.load("picture.pt", weights_only=True))
+    torch.save(probabilities, "probabilities.pt")
 print(json.loads(extra["metadata.json"])["classes"])
 assert not any(name == "pipeline" or name.startswith("pipeline.") for name in sys.modules)
 """
@@ -84,14 +90,24 @@ def test_select_best_writes_a_file_that_plain_torch_runs(project: Path, tmp_path
     # Load it where no pipeline package can be imported: not in cwd, not on PYTHONPATH.
     images = torch.randn(4, 3, 16, 16)
     torch.save(images, tmp_path / "images.pt")
+    picture = torch.randint(0, 256, (30, 21, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.save(picture, tmp_path / "picture.pt")
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    script = [sys.executable, "-c", LOAD_WITH_PLAIN_TORCH, str(project / "models/best.pt2")]
+    programs = [str(project / "models/best.pt2"), str(project / "models/best_image.pt2")]
+    script = [sys.executable, "-c", LOAD_WITH_PLAIN_TORCH, *programs]
     result = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(CLASSES)
     with torch.no_grad():
         expected = model_from_checkpoint(checkpoint).eval()(images)
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt", weights_only=True), expected, rtol=1e-6, atol=1e-6)
+    # The image program, with random weights' preprocessing (resize to 16, no margin): the
+    # picture resized by torchvision to 16 px (its shorter side), its centre, normalised.
+    inputs = TF.center_crop(TF.resize(picture.permute(2, 0, 1), [16]), [16])
+    inputs = TF.normalize(inputs[None].float() / 255, checkpoint["mean"], checkpoint["std"])
+    with torch.no_grad():
+        expected = model_from_checkpoint(checkpoint).eval()(inputs).softmax(dim=1)[0]
+    torch.testing.assert_close(torch.load(tmp_path / "probabilities.pt", weights_only=True), expected)
 
 
 def test_a_failed_export_keeps_the_results_and_says_why(
@@ -143,3 +159,65 @@ def test_select_best_names_every_damaged_checkpoint_not_only_the_chosen_one(proj
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "2 of 3 checkpoints cannot be used" in result.stderr
     assert "epoch_002.pt" in result.stderr and "epoch_003.pt" in result.stderr
+
+
+# --- models/best_image.pt2: the preprocessing inside -------------------------------------------
+
+
+def image_checkpoint(interpolation: str, tta: str) -> dict:
+    """A tiny resnet18 checkpoint whose inputs are resized to 20 px with `interpolation`, then
+    cropped to 16, as best.pt says to tools.predict (with its evaluate.tta)."""
+    return {**tiny_checkpoint("resnet18", 16), "resize_size": 20, "interpolation": interpolation, "tta": tta}
+
+
+def pictures(folder: Path) -> list[Path]:
+    """Landscape, portrait, square, one smaller than the input, and a JPEG stored turned a
+    quarter (EXIF orientation 6); each small enough for tools.predict to decode it whole."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for name, (width, height) in [("wide.png", (41, 30)), ("tall.png", (30, 57)), ("square.png", (20, 20)),
+                                  ("small.png", (9, 7)), ("turned.jpg", (64, 48))]:  # fmt: skip
+        paths.append(folder / name)
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).filter(ImageFilter.SMOOTH)
+        image.save(paths[-1], **({"quality": 90, "exif": exif} if name.endswith(".jpg") else {}))
+    return paths
+
+
+@pytest.mark.parametrize(("interpolation", "tta"), [("bilinear", "none"), ("bicubic", "hflip")])
+def test_the_image_export_gives_tools_predicts_probabilities(project: Path, interpolation: str, tta: str) -> None:
+    checkpoint = image_checkpoint(interpolation, tta)
+    save_checkpoint(checkpoint, project / "models/tiny.pt")
+    export.write_image_export(checkpoint, project / "models/tiny_image.pt2")
+    paths = pictures(project)
+    command = ["-m", "tools.predict", *(path.name for path in paths), "--model", "models/tiny.pt", "--format", "json"]
+    result = run([sys.executable, *command], project)
+    program = torch.export.load(project / "models/tiny_image.pt2").module()
+    for path, predicted in zip(paths, json.loads(result.stdout), strict=True):
+        # The decoded picture, upright, as a user with Pillow has it: (H, W, 3) uint8.
+        pixels = torch.from_numpy(np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB")).copy())
+        with torch.no_grad():
+            probabilities = program(pixels)
+        assert probabilities.shape == (len(CLASSES),)
+        values, indices = probabilities.topk(3)
+        assert [entry["class"] for entry in predicted["top"]] == [CLASSES[i] for i in indices.tolist()], path.name
+        assert [entry["probability"] for entry in predicted["top"]] == pytest.approx(values.tolist(), abs=1e-4)
+    # The control: the model on the picture resized straight to 16 px (no 20 px resize and
+    # crop, as for random weights) gives other probabilities: the comparison can tell.
+    pixels = TF.resize(TF.pil_to_tensor(Image.open(paths[0]).convert("RGB"))[None], [16, 16])
+    inputs = TF.normalize(pixels.float() / 255, checkpoint["mean"], checkpoint["std"])
+    with torch.no_grad():
+        unlike = model_from_checkpoint(checkpoint).eval()(inputs).softmax(dim=1)[0]
+    first = json.loads(result.stdout)[0]["top"][0]
+    assert abs(unlike[CLASSES.index(first["class"])] - first["probability"]) > 1e-3
+
+
+def test_a_filter_the_program_cannot_carry_leaves_a_line_saying_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        export.write_image_export(image_checkpoint("lanczos", "none"), tmp_path / "best_image.pt2")
+    marker = (tmp_path / "best_image.pt2").read_text()
+    assert marker.startswith("not a model: exporting resnet18 with its preprocessing failed: ValueError")
+    assert "bilinear, bicubic, not lanczos" in marker and "could not export resnet18" in caplog.text

@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from pipeline import batches, devices
 from pipeline import features as feature_pass
 from pipeline.augment import draw_augmentation
-from pipeline.batches import ImageBatches, iterate, streamed
+from pipeline.batches import Batches, CropBatches, ImageBatches, iterate, streamed
 from pipeline.cli import UserError
 from pipeline.config import EvaluateParams
 from pipeline.devices import canonical_device, resolve_device, to_device
@@ -34,6 +34,7 @@ from pipeline.engine import (
     train_steps,
 )
 from pipeline.evaluate import batch_size_on
+from tests.helpers import crop_batches_of
 
 REPO = Path(__file__).resolve().parent.parent
 META = torch.device("meta")
@@ -107,7 +108,7 @@ def test_no_raw_device_comparisons_in_pipeline_or_bench() -> None:
 # --- layouts ------------------------------------------------------------------------------------
 
 
-def test_model_and_inputs_share_the_channels_last_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_and_inputs_share_the_channels_last_layout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """What CUDA does, forced on the CPU: training (augmented too) and prediction feed the
     model channels_last inputs, and the model's convolution is channels_last as well."""
     for module in (devices, batches):  # where models are placed, and where inputs are laid out
@@ -123,9 +124,11 @@ def test_model_and_inputs_share_the_channels_last_layout(monkeypatch: pytest.Mon
 
     model[0].register_forward_pre_hook(record)
     data = image_batches(10, CPU, CPU)
-    train_one_epoch(model, data, sgd(model), LoopOptions(batch_size=4, hflip=True, min_scale=0.5), epoch=1)
+    train_one_epoch(model, data, sgd(model), LoopOptions(batch_size=4, hflip=True), epoch=1)
     predict(model, data, batch_size=4)
-    assert len(seen) == 6  # 3 training batches, 3 prediction batches
+    crops = crop_batches_of(tmp_path, [(12, 9), (9, 12)] * 3, 8)
+    train_one_epoch(model, crops, sgd(model), LoopOptions(batch_size=4, hflip=True, min_scale=0.5), epoch=1)
+    assert len(seen) == 8  # 3 training batches, 3 prediction batches, 2 batches of crops
     assert all(inputs and weight for inputs, weight in seen), seen
 
 
@@ -162,13 +165,15 @@ class TransferCounter(TorchDispatchMode):
         return out
 
 
-def epoch_transfers(n: int, images_on: torch.device, augment: bool) -> list[str]:
-    """The transfers made by one epoch's steps on the meta device, a stand-in for a GPU."""
+def epoch_transfers(n: int, images_on: torch.device, augment: bool, data: Batches | None = None) -> list[str]:
+    """The transfers made by one epoch's steps on the meta device, a stand-in for a GPU: of
+    images on `images_on` flipped or not, or of random resized crops of `data`."""
     model = conv_model().to(META)
-    data = image_batches(n, images_on, META)
+    data = data or image_batches(n, images_on, META)
     generator = epoch_generator(0, 1)
     order = torch.randperm(n, generator=generator)
-    plan = EpochOrder(order, draw_augmentation(n, augment, 0.5 if augment else 1.0, generator))
+    sizes = data.whole_sizes[order] if isinstance(data, CropBatches) else None
+    plan = EpochOrder(order, draw_augmentation(n, augment, 1.0 if sizes is None else 0.5, generator, 4 / 3, sizes))
     optimizer = sgd(model)
     with TransferCounter() as counter:
         train_steps(model, data, optimizer, plan, LoopOptions(batch_size=4), "epoch")
@@ -179,7 +184,7 @@ def epoch_transfers(n: int, images_on: torch.device, augment: bool) -> list[str]
 def test_images_on_the_device_make_no_transfer_per_step(augment: bool) -> None:
     short, long = epoch_transfers(8, META, augment), epoch_transfers(40, META, augment)
     assert short == long  # 2 steps or 10: the same transfers, all before the first step
-    # The epoch's order, and the augmentation draws when there are any, travel once.
+    # The epoch's order, and the flips when there are any, travel once.
     assert long == ["_to_copy cpu->meta"] * (2 if augment else 1)
 
 
@@ -189,10 +194,18 @@ def test_streamed_images_leave_the_compute_thread_no_transfer_per_step() -> None
     assert epoch_transfers(8, CPU, False) == epoch_transfers(40, CPU, False) == []
 
 
+def test_random_resized_crops_leave_the_compute_thread_no_transfer_per_step(tmp_path: Path) -> None:
+    """Crops are cut on the CPU, on the worker thread, and copied from there: the order and
+    the boxes stay on the CPU, and the thread that launches the steps copies nothing."""
+    shapes = [(12, 9), (9, 12), (20, 8), (8, 8)]
+    short, long = (crop_batches_of(tmp_path / str(n), shapes * (n // 4), 8, META) for n in (8, 40))
+    assert epoch_transfers(8, CPU, True, short) == epoch_transfers(40, CPU, True, long) == []
+
+
 def test_streamed_batches_equal_loaded_ones() -> None:
     data = image_batches(11, CPU, CPU)
     batches = list(torch.randperm(11, generator=torch.Generator().manual_seed(3)).split(4))
-    got = list(streamed(data, batches))  # the path taken when images are not on the device
+    got = list(streamed(data, batches, [None] * len(batches)))  # the path taken when images are not on the device
     expected = [data.load(index) for index in batches]
     assert len(got) == len(expected) == 3
     for (images, targets), (want_images, want_targets) in zip(got, expected, strict=True):

@@ -278,7 +278,7 @@ def test_inputs_are_timms_own_eval_transforms(name: str, size: int, tmp_path: Pa
     sizing, mean, std = timm_backbones.preprocessing(f"timm/{model_name}", name if tag else None, size)
     manifest = pd.DataFrame({"path": [p.as_posix() for p in paths], "sha1": [file_sha1(p) for p in paths]})
     images = torch.from_numpy(decoded_images(manifest, sizing, tmp_path / "cache"))
-    batches = ImageBatches(images, torch.arange(2), torch.zeros(2), torch.device("cpu"), mean, std, size)
+    batches = ImageBatches(images, torch.arange(2), torch.zeros(2), torch.device("cpu"), mean, std)
     ours = batches.load(torch.arange(2))[0]
 
     with torch.device("meta"):

@@ -7,7 +7,7 @@
 PATHs are image files or folders; folders are searched recursively for image files
 (extensions in any case, hidden files and folders skipped). Each image is preprocessed
 as the model file states (resize size, filter, centre crop, mean and std), by the same
-code evaluate uses (data.decode.load_image and centre_crop, then batches.normalize), so the
+code evaluate uses (data.decode.load_image, then batches.normalize), so the
 probabilities match evaluate's; models/best.pt also says whether evaluate averaged each
 image's logits with its mirror image's (evaluate.tta), and --tta overrides it.
 
@@ -36,7 +36,7 @@ from pipeline.batches import normalize
 from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import UserError, error_line, progress, run_stage
 from pipeline.config import TestTimeAugmentation
-from pipeline.data.decode import centre_crop, load_image
+from pipeline.data.decode import load_image
 from pipeline.data.scan import image_files
 from pipeline.devices import memory_format, place_model, resolve_device
 from pipeline.engine import batch_logits
@@ -113,7 +113,7 @@ def predict_files(
             prediction = Prediction(path.as_posix())
             predictions.append(prediction)
             try:
-                pixels.append(centre_crop(load_image(path, spec.sizing), spec.sizing))
+                pixels.append(load_image(path, spec.sizing))
                 decoded.append(prediction)
             except Exception as error:  # Pillow raises many types for damaged or unsupported files
                 prediction.error = f"cannot be decoded: {error_line(error, with_type=True)}"

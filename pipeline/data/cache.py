@@ -1,5 +1,6 @@
-"""The decoded-image cache: every image of a manifest at one sizing, as one uint8 array
-file, decoded at most once and memory-mapped by each stage that reads it."""
+"""The decoded-image cache: every image of a manifest at one sizing, decoded at most once,
+as two things each stage that reads them memory-maps: the model's inputs (one uint8 array
+file) and the training copies that random resized crops are cut from (data.copies)."""
 
 import hashlib
 import json
@@ -7,22 +8,25 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.cli import UserError
+from pipeline.data.copies import CopyWriter, TrainingCopies
 from pipeline.data.decode import Sizing
-from pipeline.data.inspection import inspect_all
+from pipeline.data.inspection import Inspected, inspect_all
 from pipeline.files import atomic_path, project_cache
 
 # The package's name, not the module's: stage logs show `pipeline.data: ...` for all of it.
 log = logging.getLogger("pipeline.data")
 
-# Bump when `load_image` (decode.py) changes what it returns, so cached pixel arrays are rebuilt.
-PREPROCESSING_VERSION = 5
+# Bump when `load_image` (decode.py) or `make_copy` (copies.py) changes what it gives, so
+# cached arrays and copies are rebuilt: the version is part of their names.
+PREPROCESSING_VERSION = 6
 
 
 def cache_folder() -> Path:
@@ -32,9 +36,16 @@ def cache_folder() -> Path:
 
 def _cache_path(manifest: pd.DataFrame, sizing: Sizing, cache_dir: Path) -> Path:
     """The decoded array of `manifest`'s rows at `sizing`: named by the files' contents (sha1),
-    the sizing and PREPROCESSING_VERSION, so it is rebuilt when, and only when, one changes."""
+    the sizing and PREPROCESSING_VERSION, so it is rebuilt when, and only when, one changes.
+    The training copies lie beside it (`_copy_paths`)."""
     key = [PREPROCESSING_VERSION, sizing.to_dict(), manifest["path"].tolist(), manifest["sha1"].tolist()]
     return cache_dir / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]}.npy"
+
+
+def _copy_paths(array: Path) -> tuple[Path, Path]:
+    """The training copies of the images in the decoded array `array`: (their bytes, their index).
+    The index is written last, so a blob without one is unfinished."""
+    return array.with_suffix(".train.bin"), array.with_suffix(".train.npy")
 
 
 class ArrayFile:
@@ -60,58 +71,96 @@ class ArrayFile:
         os.close(self.descriptor)
 
 
+@dataclass
+class Scratch:
+    """What a decoding pass writes to as it goes, in temporary files of the cache folder: the
+    model's inputs (rows, 3, C, C), by row, and the training copies."""
+
+    pixels: ArrayFile
+    copies: CopyWriter
+
+    def write(self, row: int, inspected: Inspected) -> None:
+        self.pixels[row] = inspected.pixels
+        self.copies.append(row, inspected.copy)
+
+
 @contextmanager
-def scratch_array(cache_dir: Path, rows: int, sizing: Sizing | None) -> Iterator[ArrayFile | None]:
-    """An ArrayFile (rows, 3, R, R) in a temporary file in `cache_dir`, deleted on exit
-    unless `store_decoded` has moved it into place; None without a sizing."""
+def scratch(cache_dir: Path, rows: int, sizing: Sizing | None) -> Iterator[Scratch | None]:
+    """A Scratch for `rows` images, its files deleted on exit unless `store_decoded` has moved
+    them into place; None without a sizing."""
     if sizing is None:
         yield None
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=cache_dir, prefix=".decoding.", suffix=".npy")
-    os.close(fd)
-    array = None
+    names = []
+    for suffix in (".npy", ".bin"):
+        fd, name = tempfile.mkstemp(dir=cache_dir, prefix=".decoding.", suffix=suffix)
+        os.close(fd)
+        names.append(Path(name))
     try:
-        array = ArrayFile(Path(name), (rows, 3, sizing.resize, sizing.resize))
-        yield array
+        with ExitStack() as stack:
+            pixels = ArrayFile(names[0], (rows, 3, sizing.crop, sizing.crop))
+            stack.callback(pixels.close)
+            copies = CopyWriter(names[1])
+            stack.callback(copies.close)
+            yield Scratch(pixels, copies)
     finally:
-        if array is not None:
-            array.close()
-        Path(name).unlink(missing_ok=True)
+        for name in names:
+            name.unlink(missing_ok=True)
 
 
-def store_decoded(found: pd.DataFrame, sizing: Sizing, cache_dir: Path, pixels: ArrayFile) -> Path:
-    """Keep `found`'s rows (its `row` column indexes `pixels`) as its decoded array."""
+def store_decoded(found: pd.DataFrame, sizing: Sizing, cache_dir: Path, written: Scratch) -> Path:
+    """Keep `found`'s rows (its `row` column indexes `written`) as its decoded array and
+    training copies."""
     path = _cache_path(found, sizing, cache_dir)
+    pixels, rows = written.pixels, found["row"].tolist()
     if not path.exists():
         with atomic_path(path) as tmp:
-            if found["row"].tolist() == list(range(pixels.shape[0])):
+            if rows == list(range(pixels.shape[0])):
                 os.replace(pixels.path, tmp)  # every file was kept: no copy
             else:
-                written = np.load(pixels.path, mmap_mode="r")
+                array = np.load(pixels.path, mmap_mode="r")
                 kept = ArrayFile(tmp, (len(found), *pixels.shape[1:]))
-                for index, row in enumerate(found["row"]):
-                    kept[index] = written[row]
+                for index, row in enumerate(rows):
+                    kept[index] = array[row]
                 kept.close()
+    blob, index = _copy_paths(path)
+    if not index.exists():
+        written.copies.file.flush()
+        with atomic_path(blob) as tmp:
+            os.replace(written.copies.path, tmp)  # the copies of files left out stay in it, unused
+        with atomic_path(index) as tmp, open(tmp, "wb") as file:
+            np.save(file, written.copies.index(rows))
+    return path
+
+
+def _decoded(manifest: pd.DataFrame, sizing: Sizing, cache_dir: Path | None) -> Path:
+    """The decoded array of `manifest` at `sizing` (see `_cache_path`), with its training
+    copies: prepare's pass over the files normally left them there; otherwise they are
+    decoded now, on every core."""
+    cache_dir = cache_dir or cache_folder()
+    path = _cache_path(manifest, sizing, cache_dir)
+    if path.exists() and _copy_paths(path)[1].exists():
+        return path
+    paths = manifest["path"].tolist()
+    with scratch(cache_dir, len(paths), sizing) as written:
+        for index, result in enumerate(inspect_all(paths, sizing, f"decoding images at {sizing.resize}px")):
+            if result.problem:
+                raise UserError(f"{paths[index]} {result.problem}; it decoded when prepare ran: rerun prepare")
+            written.write(index, result)
+        store_decoded(manifest.assign(row=range(len(paths))), sizing, cache_dir, written)
+    log.info("decoded %d images at %dpx into %s", len(paths), sizing.resize, path)
     return path
 
 
 def decoded_images(manifest: pd.DataFrame, sizing: Sizing, cache_dir: Path | None = None) -> np.ndarray:
-    """All images of `manifest` as one uint8 array (N, 3, R, R), R = sizing.resize, decoded at most once.
-
-    The array is memory-mapped from the cache (see `_cache_path`): prepare's pass over the
-    files normally left it there; otherwise it is decoded now, on every core.
-    """
-    cache_dir = cache_dir or cache_folder()
-    path = _cache_path(manifest, sizing, cache_dir)
-    if not path.exists():
-        paths = manifest["path"].tolist()
-        with scratch_array(cache_dir, len(paths), sizing) as pixels:
-            for index, result in enumerate(inspect_all(paths, sizing, f"decoding images at {sizing.resize}px")):
-                if result.problem:
-                    raise UserError(f"{paths[index]} {result.problem}; it decoded when prepare ran: rerun prepare")
-                pixels[index] = result.pixels
-            store_decoded(manifest.assign(row=range(len(paths))), sizing, cache_dir, pixels)
-        log.info("decoded %d images at %dpx into %s", len(paths), sizing.resize, path)
+    """All images of `manifest` as the model's inputs: one uint8 array (N, 3, C, C), C =
+    sizing.crop, decoded at most once (see `_decoded`)."""
     # Copy-on-write mapping: writable for torch.from_numpy (no warning), never written back.
-    return np.load(path, mmap_mode="c")
+    return np.load(_decoded(manifest, sizing, cache_dir), mmap_mode="c")
+
+
+def training_copies(manifest: pd.DataFrame, sizing: Sizing, cache_dir: Path | None = None) -> TrainingCopies:
+    """The training copies of every image of `manifest` (data.copies), made in the same pass
+    as `decoded_images`."""
+    return TrainingCopies(*_copy_paths(_decoded(manifest, sizing, cache_dir)))

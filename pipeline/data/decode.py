@@ -1,9 +1,9 @@
 """One image file to the model's input: decoded upright to RGB, resized as the weights
-state (`Sizing`), kept as a square around torchvision's centre crop.
+state (`Sizing`), and its centre crop taken, as torchvision's `weights.transforms()` does.
 
 libjpeg-turbo decodes JPEGs (through simplejpeg, at reduced scale in the DCT domain where the
-size allows) and Pillow every other format; torchvision resizes, on the uint8 tensor, as
-`weights.transforms()` does for tensors.
+size allows it with a margin) and Pillow every other format; the resize runs on the uint8
+tensor, with the kernel torchvision's Resize uses for tensors (`resize_crop`).
 """
 
 import warnings
@@ -14,12 +14,16 @@ from typing import BinaryIO
 import numpy as np
 import simplejpeg
 import torch
-import torchvision.transforms.v2.functional as TF
+import torch.nn.functional as F
 from PIL import ExifTags, Image, ImageOps
 
-# `decode` shrinks a non-JPEG image before converting it, but to no less than this times the
-# size asked for: that bounds memory, and the resize after it stays a fair one.
-REDUCING_GAP = 3
+# `decode` shrinks an image while decoding it (a JPEG in the DCT domain, other formats by a
+# whole factor), but to no less than this times the size asked for. The shrinking is a
+# low-pass of its own, not the resize's: the margin keeps its trace in the model's input
+# within a step or two of 8-bit value (bench/README.md, "Fidelity"). On detailed photos a
+# JPEG decoded at 1/8 scale just above the resize size differed from `weights.transforms()`
+# by up to 38 steps, at 1/2 scale with this margin by up to 7.
+DECODE_MARGIN = 5
 
 # torchvision's interpolation names (InterpolationMode values) and Pillow's filters for them.
 RESAMPLING = {
@@ -30,48 +34,70 @@ RESAMPLING = {
     "hamming": Image.Resampling.HAMMING,
     "lanczos": Image.Resampling.LANCZOS,
 }
+# The filters that `resize_crop` runs on the tensor, as torchvision does for tensors; Pillow's
+# resize runs the others.
+TENSOR_FILTERS = ("bilinear", "bicubic")
 
 
 @dataclass(frozen=True)
 class Sizing:
     """How a file becomes the model's input, as torchvision weights state it
     (`weights.transforms()`): the shorter side resized to `resize` with `interpolation`, then
-    the centre `crop` x `crop` square.
-
-    The decoded cache keeps each image at `resize` x `resize`, so training can crop real
-    pixels at random; `crop_offset` places the centre crop inside that square.
-    """
+    the centre `crop` x `crop` square."""
 
     resize: int
     crop: int
     interpolation: str = "bilinear"
 
-    @property
-    def crop_offset(self) -> int:
-        return centre_offset(self.resize, self.crop)
-
     def to_dict(self) -> dict[str, object]:
         return {"resize_size": self.resize, "image_size": self.crop, "interpolation": self.interpolation}
 
 
+def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """The (height, width) torchvision's Resize(size) gives a height x width image: the shorter
+    side `size`, the longer int(size * long / short).
+
+    In integer arithmetic, without a branch on which side is shorter, so that torch.export
+    traces it for inputs of any size (pipeline.export); floor division is int() of the
+    quotient here, since it is never within 1e-13 of the next integer.
+    """
+    return torch.sym_max(size, size * height // width), torch.sym_max(size, size * width // height)
+
+
 def centre_offset(outer: int, inner: int) -> int:
-    """Where a centred `inner` span starts in an `outer` one, rounded as torchvision's center_crop rounds."""
-    return round((outer - inner) / 2)  # round half to even, as torchvision's int(round(x / 2.0))
+    """Where a centred `inner` span starts in an `outer` one, rounded as torchvision's
+    center_crop rounds, int(round((outer - inner) / 2)): half to even. In integers (x.5 rounds
+    up where x is odd), so that torch.export traces it for inputs of any size."""
+    margin = outer - inner
+    return margin // 2 + margin % 4 // 3
 
 
-def centre_crop(pixels: np.ndarray, sizing: Sizing) -> np.ndarray:
-    """The model's input from `load_image`'s square: its centre `sizing.crop` pixels."""
-    start, end = sizing.crop_offset, sizing.crop_offset + sizing.crop
-    return pixels[..., start:end, start:end]
+def resize_crop(image: torch.Tensor, resized: tuple[int, int], sizing: Sizing) -> torch.Tensor:
+    """(N, 3, H, W) uint8 images resized to `resized` (height, width) with `sizing`'s filter,
+    then their centre `sizing.crop` square: what torchvision's Resize and CenterCrop give.
+
+    Bilinear and bicubic only (TENSOR_FILTERS), antialiased, on the uint8 tensor: the kernel
+    torchvision's Resize calls for uint8 tensors on the CPU, three times as fast as Pillow's
+    resize and within one step of 8-bit value of it.
+    """
+    image = F.interpolate(image, size=resized, mode=sizing.interpolation, align_corners=False, antialias=True)
+    top, left = centre_offset(resized[0], sizing.crop), centre_offset(resized[1], sizing.crop)
+    if torch.compiler.is_exporting():
+        # torch.export cannot tell a slice of a side that may be the crop's own size (a resize
+        # size equal to the crop) from the whole side, and gives up: gather the crop there.
+        # The same pixels; not always, as it takes 30 times as long as the slice.
+        span = torch.arange(sizing.crop)
+        return image.index_select(-2, span + top).index_select(-1, span + left)
+    return image[..., top : top + sizing.crop, left : left + sizing.crop]
 
 
 def load_image(path: Path | str | BinaryIO, sizing: Sizing) -> np.ndarray:
-    """Decode one image to uint8 RGB, channels first, `sizing.resize` pixels square.
+    """Decode one image to the model's input: uint8 RGB, channels first, `sizing.crop` square.
 
     Honours EXIF orientation, flattens alpha onto black, maps 16-bit and CMYK to 8-bit RGB
-    (`decode`), then resizes and keeps a square: see `resize_square`.
+    (`decode`), then resizes and crops: see `model_input`.
     """
-    return resize_square(decode(path, sizing.resize), sizing)
+    return model_input(decode(path, sizing.resize), sizing)
 
 
 @dataclass(frozen=True)
@@ -83,55 +109,49 @@ class Decoded:
     size: tuple[int, int]  # (width, height) of the whole upright image
     jpeg: bool
     asked: int
+    # The file's bytes, where they are a JPEG (not an MPO) that libjpeg decoded whole into
+    # `pixels`, turned upright by EXIF `orientation`; else None.
+    contents: bytes | None = None
+    orientation: int = 1
 
     def same_for(self, size: int) -> bool:
         """Whether `decode` for `size` gives this same image."""
         return _shrink_steps(self.jpeg, self.size, size) == _shrink_steps(self.jpeg, self.size, self.asked)
 
 
-def resize_square(decoded: Decoded, sizing: Sizing) -> np.ndarray:
-    """The image resized as torchvision's Resize resizes the whole one (shorter side to
-    `sizing.resize`, the longer one truncated), as a uint8 RGB array, channels first,
-    `sizing.resize` square: the square whose centre `sizing.crop` crop is exactly
-    torchvision's CenterCrop of the whole resized image.
+def model_input(decoded: Decoded, sizing: Sizing) -> np.ndarray:
+    """The model's input from a decoded image: as torchvision's Resize(sizing.resize) and
+    CenterCrop(sizing.crop) make it from the whole image (the shorter side to the resize size,
+    the longer one truncated), uint8 RGB, channels first.
 
-    Bilinear and bicubic resize the uint8 tensor with torchvision's antialiased kernel: three
-    times as fast as Pillow's resize, and within one step of 8-bit value of it and of
-    `weights.transforms()` on a tensor. Other filters use Pillow's.
+    The output size comes from the whole image's size, also when the decode shrank it.
+    Bilinear and bicubic resize the tensor (`resize_crop`); other filters use Pillow's.
     """
-    size, pixels = sizing.resize, decoded.pixels
-    short, long = sorted(decoded.size)
-    resized = (size, int(size * long / short))
-    width, height = resized if decoded.size[0] <= decoded.size[1] else resized[::-1]
-    on_tensor = sizing.interpolation in ("bilinear", "bicubic")
-    if not on_tensor and (width, height) != (pixels.shape[1], pixels.shape[0]):
-        image = Image.fromarray(pixels).resize((width, height), RESAMPLING[sizing.interpolation], reducing_gap=None)
-        pixels = np.array(image)  # writable, as torch.from_numpy wants
+    pixels = decoded.pixels
+    resized = resized_size(decoded.size[1], decoded.size[0], sizing.resize)
+    if sizing.interpolation not in TENSOR_FILTERS:
+        if resized != pixels.shape[:2]:
+            image = Image.fromarray(pixels).resize(resized[::-1], RESAMPLING[sizing.interpolation], reducing_gap=None)
+            pixels = np.array(image)  # writable, as torch.from_numpy wants
+        top, left = centre_offset(resized[0], sizing.crop), centre_offset(resized[1], sizing.crop)
+        crop = pixels[top : top + sizing.crop, left : left + sizing.crop]
+        return np.ascontiguousarray(crop.transpose(2, 0, 1))
     # Channels last in memory, as decoded: torchvision's uint8 resize runs fastest on that.
-    tensor = torch.from_numpy(pixels).permute(2, 0, 1)
-    if (width, height) != (pixels.shape[1], pixels.shape[0]):  # a bilinear or bicubic resize is left
-        mode = TF.InterpolationMode(sizing.interpolation)
-        tensor = TF.resize(tensor, [height, width], interpolation=mode, antialias=True)
-
-    def start(length: int) -> int:
-        # The crop's start in the whole image (torchvision's), less its start in our square.
-        return min(max(centre_offset(length, sizing.crop) - sizing.crop_offset, 0), length - size)
-
-    left, top = start(width), start(height)
-    return tensor[:, top : top + size, left : left + size].contiguous().numpy()
+    tensor = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    return resize_crop(tensor, resized, sizing)[0].contiguous().numpy()
 
 
 def decode(source: Path | str | BinaryIO, size: int) -> Decoded:
-    """The whole image as RGB, upright, its shorter side shrunk to no less than `size`
-    (JPEGs) or REDUCING_GAP * `size` (other formats).
+    """The whole image as RGB, upright, its shorter side shrunk to no less than
+    DECODE_MARGIN * `size`.
 
-    A JPEG decodes at 1/2, 1/4 or 1/8 scale in the DCT domain when that keeps at least
-    `size` and the scale divides both sides: a 4000x3000 photo for a 256 px model decodes
-    at 500x375, in about half the time of the whole. Other formats shrink by a
-    whole factor (Image.reduce) before any conversion, in the file's own mode, so a 13000 x
-    13000 16-bit PNG costs its 340 MB of pixels, not the 4.7 GB of converting them to
-    floats at full size. Images over 2 * Image.MAX_IMAGE_PIXELS raise Pillow's
-    DecompressionBombError; those between 1x and 2x decode, without its warning.
+    A JPEG decodes at 1/2, 1/4 or 1/8 scale in the DCT domain when that keeps the margin and
+    the scale divides both sides: a 4032x3024 photo for a 256 px model decodes at 2016x1512,
+    in two thirds of the time of the whole. Other formats shrink by a whole factor
+    (Image.reduce) before any conversion, in the file's own mode, so a 13000 x 13000 16-bit
+    PNG costs its 340 MB of pixels, not the 4.7 GB of converting them to floats at full size.
+    Images over 2 * Image.MAX_IMAGE_PIXELS raise Pillow's DecompressionBombError; those
+    between 1x and 2x decode, without its warning.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -140,11 +160,14 @@ def decode(source: Path | str | BinaryIO, size: int) -> Decoded:
         jpeg = image.format in ("JPEG", "MPO")  # MPO: a JPEG with more pictures after the first, as phones write
         scale, factor = _shrink_steps(jpeg, image.size, size)
         if jpeg and factor == 1 and image.mode in ("RGB", "L"):
-            pixels = _decode_jpeg(_contents(source), image.width // scale, image.height // scale)
+            contents = _contents(source)
+            pixels = _decode_jpeg(contents, image.width // scale, image.height // scale)
             if pixels is not None:
                 orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
                 whole = image.size[::-1] if orientation in (5, 6, 7, 8) else image.size  # turned a quarter
-                return Decoded(_upright(pixels, orientation), whole, jpeg, size)
+                # A plain JPEG decoded whole: the same file, kept, decodes to these pixels again.
+                kept = contents if scale == 1 and image.format == "JPEG" else None
+                return Decoded(upright(pixels, orientation), whole, jpeg, size, kept, orientation)
         if scale > 1:
             image.draft(image.mode, (image.width // scale, image.height // scale))  # Pillow picks this scale
         ImageOps.exif_transpose(image, in_place=True)
@@ -194,7 +217,7 @@ _ORIENTATIONS = {
 }
 
 
-def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
     """`pixels` turned as EXIF `orientation` says, as Pillow's ImageOps.exif_transpose turns them."""
     turn = _ORIENTATIONS.get(orientation)
     return pixels if turn is None else np.ascontiguousarray(turn(pixels))
@@ -203,13 +226,15 @@ def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
 def _shrink_steps(jpeg: bool, whole: tuple[int, int], size: int) -> tuple[int, int]:
     """How `decode` shrinks an image of size `whole` for `size`: (its DCT scale, then its reduce factor).
 
-    The DCT scale (JPEGs: 1/2, 1/4 or 1/8) is the smallest that keeps at least `size` pixels
-    on the shorter side and divides both sides, so the decode shows exactly the whole picture.
+    The DCT scale (JPEGs: 1/2, 1/4 or 1/8) is the smallest that keeps at least DECODE_MARGIN *
+    `size` pixels on the shorter side and divides both sides, so the decode shows exactly the
+    whole picture; the reduce factor keeps the same margin.
     """
     width, height = whole
-    scales = [s for s in (8, 4, 2) if jpeg and min(whole) // size >= s and width % s == 0 == height % s]
+    least = DECODE_MARGIN * size
+    scales = [s for s in (8, 4, 2) if jpeg and min(whole) // s >= least and width % s == 0 == height % s]
     scale = scales[0] if scales else 1
-    return scale, max(min(whole) // scale // (REDUCING_GAP * size), 1)
+    return scale, max(min(whole) // scale // least, 1)
 
 
 def _has_alpha(image: Image.Image) -> bool:

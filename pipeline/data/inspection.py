@@ -1,5 +1,5 @@
 """One read of each file, on every core: its sha1, its perceptual hash (`image_hash`), a
-check that it decodes and, given a sizing, its pixels for the model."""
+check that it decodes and, given a sizing, its pixels for the model and its training copy."""
 
 import hashlib
 import io
@@ -18,7 +18,8 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from pipeline.cli import progress
-from pipeline.data.decode import Sizing, decode, load_image, resize_square
+from pipeline.data.copies import Copy, make_copy
+from pipeline.data.decode import Sizing, decode, model_input
 
 # The size `inspect_file` decodes at to check a file and hash it (image_hash). It is fixed, so
 # the hash, and with it the split, never depends on the model's sizing; it is the commonest
@@ -60,29 +61,30 @@ class Inspected:
     sha1: str = ""
     dhash: str = ""  # image_hash
     pixels: np.ndarray | None = None  # load_image's array, when a sizing was asked for
+    copy: Copy | None = None  # the training copy (data.copies), when a sizing was asked for
     problem: str | None = None
 
 
 def inspect_file(path: str, sizing: Sizing | None) -> Inspected:
     """Read `path` once and, from those bytes, hash it, check that it decodes and, with
-    `sizing`, decode it for the model (`load_image`): from the same decode when the sizing
-    shrinks the file as HASH_DECODE_SIZE does, as it does for most photos."""
+    `sizing`, decode it for the model (`load_image`) and make its training copy: from the
+    same decode when the sizing shrinks the file as HASH_DECODE_SIZE does, as it does for
+    most photos and models."""
+    pixels = copy = None
     try:
         content = Path(path).read_bytes()
         # Shrinking still decodes the whole file, so damage anywhere is caught here.
         decoded = decode(io.BytesIO(content), HASH_DECODE_SIZE)
         fingerprint = image_hash(decoded.pixels)
-        if sizing is None:
-            pixels = None
-        elif decoded.same_for(sizing.resize):
-            pixels = resize_square(decoded, sizing)
-        else:
-            pixels = load_image(io.BytesIO(content), sizing)
+        if sizing is not None:
+            if not decoded.same_for(sizing.resize):
+                decoded = decode(io.BytesIO(content), sizing.resize)
+            pixels, copy = model_input(decoded, sizing), make_copy(decoded, sizing)
     except Image.DecompressionBombError as error:
         return Inspected(problem=f"too large to decode safely (Image.MAX_IMAGE_PIXELS): {error}")
     except Exception as error:  # Pillow raises many types for damaged or unsupported files
         return Inspected(problem=f"cannot be decoded: {type(error).__name__}: {error}")
-    return Inspected(hashlib.sha1(content).hexdigest(), fingerprint, pixels)
+    return Inspected(hashlib.sha1(content).hexdigest(), fingerprint, pixels, copy)
 
 
 def inspect_all(paths: list[str], sizing: Sizing | None, desc: str) -> Iterator[Inspected]:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.cli import UserError
-from pipeline.data.cache import cache_folder, scratch_array, store_decoded
+from pipeline.data.cache import cache_folder, scratch, store_decoded
 from pipeline.data.decode import Sizing
 from pipeline.data.inspection import inspect_all
 from pipeline.data.scan import Skipped, find_images
@@ -34,29 +34,29 @@ def usable_images(
     Each file is read once, on every core. Files that fail to decode are left out with the
     reason; so are identical files (the same sha1) under different classes, since no label
     is right for all of them, and class folders left with no usable image (the folder
-    itself is listed). With `sizing`, the same pass also stores the rows' pixels in the
-    decoded-image cache, where `decoded_images` finds them.
+    itself is listed). With `sizing`, the same pass also stores the rows' pixels and training
+    copies in the decoded-image cache, where `decoded_images` and `training_copies` find them.
     """
     classes, files, skipped = find_images(root)
     cache_dir = cache_dir or cache_folder()
     paths = [path.as_posix() for path, _ in files]
     rows = []
-    with scratch_array(cache_dir, len(paths), sizing) as pixels:
+    with scratch(cache_dir, len(paths), sizing) as written:
         started = time.perf_counter()
         for index, result in enumerate(inspect_all(paths, sizing, f"checking images in {root}")):
             if result.problem:
                 skipped.append(Skipped(paths[index], result.problem))
                 continue
             rows.append((paths[index], files[index][1], result.sha1, result.dhash, index))
-            if pixels is not None:
-                pixels[index] = result.pixels
+            if written is not None:
+                written.write(index, result)
         seconds = time.perf_counter() - started
         done = "checked and decoded" if sizing else "checked"
         log.info("%s %d files in %.1fs (%.0f images/s)", done, len(paths), seconds, len(paths) / max(seconds, 1e-9))
         found = pd.DataFrame(rows, columns=["path", "label", "sha1", "dhash", "row"])
         found, conflicts = _drop_conflicting_copies(found)
-        if pixels is not None:
-            store_decoded(found, sizing, cache_dir, pixels)
+        if written is not None:
+            store_decoded(found, sizing, cache_dir, written)
     skipped += conflicts
     found = found.drop(columns="row")
     empty = [name for name in classes if name not in set(found["label"])]

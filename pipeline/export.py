@@ -1,0 +1,100 @@
+"""The chosen model as a torch.export program that takes a decoded image and makes its own
+input from it (models/best_image.pt2), beside the tensor-in models/best.pt2 of select_best.
+
+    model = torch.export.load("models/best_image.pt2").module()   # already in eval mode
+    probabilities = model(image)
+
+`image` is one decoded picture: a uint8 tensor (H, W, 3), RGB, upright (EXIF orientation
+applied), of any size from 2 x 2 up; channels last, as Pillow (`np.asarray(image)`),
+simplejpeg and OpenCV (after BGR -> RGB) give it. The program does what evaluate and
+tools.predict do after decoding: the shorter side resized to the resize size with the
+weights' filter (antialiased, on the uint8 tensor: data.decode.resize_crop), the centre
+crop, the normalisation, the model, with evaluate.tta: hflip the mean of the logits of the
+image and its mirror image, and the softmax: float32 (number of classes,), in the order of
+`classes` in its metadata (`extra_files={"metadata.json": ""}`, as for best.pt2).
+
+For the same decoded pixels its probabilities are tools.predict's. tools.predict decodes
+large JPEGs at reduced scale in the DCT domain (data.decode.DECODE_MARGIN), so for those a
+whole decode here gives inputs within a step or two of 8-bit value of its, not the same.
+
+Bilinear and bicubic are the filters the program can carry (torchvision's weights and
+timm's data configs use them); for a model that states another, the file holds a line
+saying so, as it does for a model torch.export cannot capture.
+"""
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.batches import normalization_tensors
+from pipeline.cli import error_line
+from pipeline.data.decode import TENSOR_FILTERS, resize_crop, resized_size
+from pipeline.engine import batch_logits
+from pipeline.files import atomic_write
+from pipeline.models import ModelSpec, model_from_checkpoint
+from pipeline.paths import BEST_IMAGE_EXPORT
+
+log = logging.getLogger("pipeline.export")
+
+METADATA_KEYS = ("arch", "classes", "image_size", "resize_size", "interpolation", "mean", "std")
+
+
+class ImageInput(nn.Module):
+    """`model` behind the preprocessing of `spec`: a decoded uint8 (H, W, 3) image in, the
+    class probabilities out, as tools.predict computes them (with `flip`, evaluate.tta: hflip)."""
+
+    def __init__(self, model: nn.Module, spec: ModelSpec, flip: bool) -> None:
+        super().__init__()
+        self.model, self.sizing, self.flip = model, spec.sizing, flip
+        mean, std = normalization_tensors(spec.mean, spec.std, torch.device("cpu"))
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        pixels = image.permute(2, 0, 1)[None]  # channels last in memory, as evaluate resizes them
+        inputs = resize_crop(pixels, resized_size(*pixels.shape[-2:], self.sizing.resize), self.sizing)
+        inputs = (inputs.float() - self.mean) / self.std  # batches.normalize
+        return batch_logits(self.model, inputs, self.flip).softmax(dim=1)[0]
+
+
+def image_program(checkpoint: dict[str, Any]) -> torch.export.ExportedProgram:
+    """The checkpoint's model behind its preprocessing, exported for images of any height
+    and width. The program is run on an image of another size and shape than the example and
+    compared with the module itself, so a written file computes what the checkpoint does."""
+    spec = ModelSpec.from_checkpoint(checkpoint)
+    if spec.interpolation not in TENSOR_FILTERS:
+        raise ValueError(f"the program resizes with {', '.join(TENSOR_FILTERS)}, not {spec.interpolation}")
+    module = ImageInput(model_from_checkpoint(checkpoint), spec, checkpoint.get("tta") == "hflip").eval()
+    # Not square, and no side 0 or 1: export would take the example's sizes for constants.
+    example = torch.zeros(spec.sizing.resize + 3, spec.sizing.resize + 7, 3, dtype=torch.uint8)
+    sides = {0: torch.export.Dim("height", min=2), 1: torch.export.Dim("width", min=2)}
+    program = torch.export.export(module, (example,), dynamic_shapes=(sides,))
+    probe = torch.randint(0, 256, (2 * spec.sizing.resize + 5, spec.sizing.resize, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(probe), module(probe))
+    return program
+
+
+def write_image_export(checkpoint: dict[str, Any], path: Path = BEST_IMAGE_EXPORT) -> None:
+    """`path`: `image_program` of the checkpoint with its metadata, or, for a model that it
+    cannot be made for, a line of text saying why."""
+    spec = ModelSpec.from_checkpoint(checkpoint)
+    try:
+        program = image_program(checkpoint)
+    except (OSError, MemoryError):  # the machine's trouble, not the model's: fail the stage
+        raise
+    except Exception as error:  # torch.export raises many types for a model it cannot capture
+        reason = error_line(error, with_type=True)
+        log.warning("could not export %s with its preprocessing (%s); %s holds this message", spec.arch, reason, path)
+        with atomic_write(path, "w") as file:  # DVC fails a stage whose declared output is missing
+            file.write(f"not a model: exporting {spec.arch} with its preprocessing failed: {reason}\n")
+        return
+    metadata = {key: spec.to_dict()[key] for key in METADATA_KEYS} | {"tta": checkpoint.get("tta", "none")}
+    # A file object, not the temporary path: torch.export.save warns about a name not ending in .pt2.
+    with atomic_write(path) as file:
+        torch.export.save(program, file, extra_files={"metadata.json": json.dumps(metadata)})
+    log.info("exported %s for decoded uint8 (H, W, 3) images of any size -> %s", spec.arch, path)
