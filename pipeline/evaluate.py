@@ -17,9 +17,10 @@ import pandas as pd
 import torch
 
 from pipeline.batches import ImageBatches, images_on, split_batches
+from pipeline.checked import confirm_unchanged, load_checked_params
 from pipeline.checkpoints import WEIGHTS, load_each, predictions_name
 from pipeline.cli import UserError, progress, run_stage
-from pipeline.config import EvaluateParams, TestTimeAugmentation, load_params
+from pipeline.config import EvaluateParams, TestTimeAugmentation
 from pipeline.data.cache import decoded_images
 from pipeline.data.split import read_manifest
 from pipeline.devices import place_model, resolve_device
@@ -37,7 +38,7 @@ def batch_size_on(device: torch.device, params: EvaluateParams) -> int:
 
 
 def main() -> None:
-    params = load_params()
+    params = load_checked_params()
     device = resolve_device(params.device)
     batch_size = batch_size_on(device, params.evaluate)
     manifest, classes = read_manifest(PREPARED_DIR)
@@ -69,6 +70,7 @@ def main() -> None:
     scores = pd.DataFrame(rows)
     write_csv(scores, SCORES_FILE)
     log.info("scored %d checkpoints:\n%s", len(paths), scores.to_string(index=False, float_format="%.4f"))
+    confirm_unchanged()
 
 
 def score_splits(

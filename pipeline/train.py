@@ -27,8 +27,9 @@ from torch.optim.swa_utils import AveragedModel
 from pipeline import distributed
 from pipeline.augment import Augment, augments, batch_augmentation
 from pipeline.batches import Batches, images_on, split_batches
+from pipeline.checked import confirm_unchanged, load_checked_params
 from pipeline.cli import UserError, progress, run_stage
-from pipeline.config import Params, load_params
+from pipeline.config import Params
 from pipeline.data.cache import decoded_images
 from pipeline.data.split import read_manifest
 from pipeline.devices import place_model, resolve_device, set_determinism
@@ -46,10 +47,11 @@ log = logging.getLogger("pipeline.train")
 
 
 def main() -> None:
-    params = load_params()
+    params = load_checked_params()
     config = params.train
     if config.processes > 1 and not distributed.launched():
         distributed.launch(config.processes, "pipeline.train")  # each process runs this main, as a rank
+        confirm_unchanged()
         return
     run = set_up(params)
     live = Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) if run.ranks.main else None
@@ -80,6 +82,7 @@ def main() -> None:
         live.end()
         run.folder.finish()
     distributed.stop(run.ranks)
+    confirm_unchanged()
 
 
 @dataclass
