@@ -77,9 +77,19 @@ def _is_text(kind: Any) -> bool:
 
 def as_written(written: Written, key: str, value: object) -> str:
     """`value` of param `key` for a message: its repr, and the text written before it where
-    YAML read that text as something else (`0x0 (read as 0)`)."""
+    YAML read that text as something else (`0x0 (read as 0)`, `yes (read as True)`), not
+    merely as the same number (`0` for 0.0, `1e-2` for 0.01)."""
     plain = value.value if isinstance(value, Enum) else value
     shown, node = repr(plain), written.get(key)
-    if node is None or node.value in (str(plain), shown, str(plain).lower()):
+    if node is None or node.value in (str(plain), str(plain).lower(), shown) or _same_number(node.value, plain):
         return shown
     return f"{node.value} (read as {shown})"
+
+
+def _same_number(text: str, value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return float(text) == value
+    except ValueError:  # 0x1F, .inf: Python's float() does not read them
+        return False
