@@ -19,7 +19,7 @@ from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import UserError
 from pipeline.config import load_params
 from pipeline.distributed import Ranks, shard, sync_batchnorm
-from testing.project import copy_project, run, set_params, stage
+from testing.project import copy_project, run, set_checked_params, stage
 from tests.conftest import once_per_run, prepare_with
 from tests.helpers import assert_resumed, epochs_trained, kill_env
 
@@ -97,7 +97,7 @@ def test_a_run_resumes_under_another_process_count(two_processes: dict, tmp_path
     (folder,) = (project / ".cache/runs").iterdir()
     for later in ("epoch_002.pt", "finished"):  # as if killed after epoch 1
         (folder / later).unlink()
-    set_params(project, **{"train.processes": 1, "train.accumulate_steps": 2})
+    set_checked_params(project, **{"train.processes": 1, "train.accumulate_steps": 2})
     result = stage("train", project)
     assert_resumed(result.stderr, after=1, epochs=2)
     assert load_checkpoint(project / LAST)["world_size"] == 1
@@ -109,7 +109,7 @@ def test_a_run_resumes_under_another_process_count(two_processes: dict, tmp_path
 def test_a_rank_killed_mid_epoch_stops_the_job_and_the_rerun_resumes_bit_identically(
     two_processes: dict, ddp: Path, tmp_path: Path
 ) -> None:
-    set_params(ddp, **{"train.processes": 2})
+    set_checked_params(ddp, **{"train.processes": 2})
     # Rank 1's 7th optimizer step SIGKILLs it: the 2nd of epoch 2 (538 images, 64 per rank: 5 steps an epoch).
     env = kill_env(tmp_path / "site", "step", 7, rank=1)
     killed = run([sys.executable, "-m", "pipeline.train"], ddp, check=False, env=env, timeout=300)
@@ -131,7 +131,7 @@ def test_a_nan_loss_in_one_rank_stops_every_rank(ddp: Path, tmp_path: Path) -> N
     whose did not both stop at the end of that epoch, and neither waits for the other. The
     NaN comes in rank 1's last batch of the epoch, so no NaN gradient reaches rank 0's
     weights (an earlier one would, through the all-reduce, and rank 0 would see NaN itself)."""
-    set_params(ddp, **{"train.processes": 2})
+    set_checked_params(ddp, **{"train.processes": 2})
     env = kill_env(tmp_path / "site", "nan", 5, rank=1)  # 269 images and 64 a step per rank: 5 batches
     result = run([sys.executable, "-m", "pipeline.train"], ddp, check=False, env=env, timeout=300)
     assert result.returncode == 2, result.stderr
@@ -153,7 +153,7 @@ def test_two_machines_rendezvous_with_torchrun(two_processes: dict, ddp: Path) -
     also accumulates 2 batches of 32 per step (the same global batches of 128 again), and
     the head trains on the feature cache, each process running the backbone over half of
     the images: the same training as the backbone run on every step, up to float rounding."""
-    set_params(ddp, **{"train.accumulate_steps": 2, "train.cache_features": True})
+    set_checked_params(ddp, **{"train.accumulate_steps": 2, "train.cache_features": True})
     torchrun = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
         "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=test",
