@@ -195,9 +195,13 @@ def test_the_wrappers_users_bring_pass(params_file: Path, weights_root: Path, wr
 
 
 def test_dvc_repro_stops_on_a_weights_file_of_another_model_before_prepare(project: Path) -> None:
-    torch.save(state_of(SMALL), project / "models/weights/small.pt")  # the project's arch is resnet18
-    set_params(project, **{"model.weights": "models/weights/small.pt"})
-    dvc_fails_before_real_work(project, "models/weights/small.pt does not fit resnet18", "repro")
+    torch.save(state_of(SMALL), project / "models/weights/mine.pt")
+    set_params(project, **{"model.arch": SMALL, "model.weights": "models/weights/mine.pt"})
+    run([sys.executable, "-m", "dvc", "repro", "check_params"], project)  # it fits
+    # The file replaced by another model's under the same name, params unchanged: check_params
+    # depends on models/weights/, so it runs again, and refuses the file before prepare starts.
+    torch.save(state_of("shufflenet_v2_x1_0"), project / "models/weights/mine.pt")
+    dvc_fails_before_real_work(project, "models/weights/mine.pt does not fit shufflenet_v2_x0_5", "repro")
     assert not (project / "data/prepared").exists()
 
 

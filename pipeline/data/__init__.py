@@ -15,5 +15,6 @@ The modules, each importing only those listed above it:
     cache.py       the decoded-image cache: a manifest's pixels at one sizing as one
                    memory-mapped array file (`decoded_images`, PREPROCESSING_VERSION)
     split.py       the manifest's rows: usable images, duplicate groups, the stratified
-                   split (`usable_images`, `stratified_split`, `read_manifest`)
+                   split (`usable_images`, `stratified_split`, `read_manifest`); enough
+                   classes for a classifier, from the scan alone (`scan_classes`)
 """
