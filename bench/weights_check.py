@@ -6,9 +6,11 @@ that does not fit the arch.
     python -m bench.weights_check --images 20000 --repeats 3
 
 header  a weights file of `--arch` (vit_l_16: 1.2 GB of float32), written as torch.save
-        and as safetensors: seconds of models.check_model_params on it, which reads its
-        keys and shapes, not its tensors, against a whole torch.load (weights_only) of it.
-        In one process, imports done, the median of `--repeats`.
+        and as safetensors: seconds of models.check_model_params with it and without any
+        file (the arch, size and freeze checks, the same either way), of reading the
+        file's structure alone (load_weights_file lazy: keys and shapes, no tensor), and
+        of loading it whole (weights_only). In one process, imports done, the median of
+        `--repeats`.
 repro   a throw-away project whose data folder holds `--images` small PNGs (copies of the
         demo's digits under new names) and whose model.weights is a file of another model:
         wall-clock seconds of `dvc repro` until it fails, and whether prepare had started.
@@ -47,11 +49,13 @@ def header(work: Path, arch: str, size: int, repeats: int) -> dict[str, float]:
     torch.save(state, files["torch.save"])
     save_file(state, files["safetensors"])
     del state
-    result: dict[str, float] = {}
+    check_model_params(arch, None, size, {})  # once first: the lazy imports of a first call
+    # The checks of arch, size and freeze specs that run with any weights, on the meta skeleton.
+    result = {"check_without_file_s": median_seconds(lambda: check_model_params(arch, None, size, {}), repeats)}
     for name, path in files.items():
         result[f"{name}_gb"] = path.stat().st_size / 1e9
-        check_model_params(arch, str(path), size, {})  # once first: the lazy imports of a first call
         result[f"{name}_check_s"] = median_seconds(lambda p=path: check_model_params(arch, str(p), size, {}), repeats)
+        result[f"{name}_structure_read_s"] = median_seconds(lambda p=path: load_weights_file(p, lazy=True), repeats)
         result[f"{name}_whole_load_s"] = median_seconds(lambda p=path: load_weights_file(p), repeats)
         path.unlink()
     return result
