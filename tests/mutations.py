@@ -28,6 +28,8 @@ sys.path.insert(0, str(REPO))  # run as a script, from anywhere: make `testing` 
 
 from testing.project import copy_repo_files  # noqa: E402
 
+SHOWN_FAILURES = 8  # a mutation that breaks a parametrised test fails dozens of ids alike
+
 
 @dataclass(frozen=True)
 class Mutation:
@@ -103,6 +105,30 @@ MUTATIONS = [
         "            pass\n",
         ("tests/test_check_params.py", "-k", "does_not_fit or before_prepare"),
     ),
+    Mutation(
+        "frozen-bn-trains",
+        "frozen modules are put in training mode: frozen BatchNorm updates its running statistics",
+        "        model.get_submodule(name).eval()\n",
+        "        model.get_submodule(name).train()\n",
+        (
+            "tests/test_models.py::test_all_but_head_training_leaves_every_trunk_tensor_bit_identical",
+            "tests/test_claims.py",
+        ),
+    ),
+    Mutation(
+        "duplicates-split-apart",
+        "duplicate images are never grouped, so copies of one picture land in train and test",
+        "            j = root(first.setdefault(key, i))\n",
+        "            j = root(i)\n",
+        ("tests/test_data.py", "tests/test_prepare.py"),
+    ),
+    Mutation(
+        "checksum-unchecked",
+        "a checkpoint whose contents no longer match its checksum loads as if whole",
+        "    if stored != content_digest(checkpoint):\n",
+        "    if False:\n",
+        ("tests/test_checkpoints.py",),
+    ),
 ]
 
 
@@ -162,7 +188,7 @@ def main() -> None:
     args = parser.parse_args()
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
 
-    caught_all = True
+    rows = []  # (name, failed, ran) of each mutated run, for the closing table
     for mutation in chosen:
         for mutated in [False, True] if args.baseline else [True]:
             root = Path(tempfile.mkdtemp(prefix=f"mutation-{mutation.name}-"))
@@ -177,13 +203,21 @@ def main() -> None:
                     shutil.rmtree(root, ignore_errors=True)
             print(f"== {label}")
             print(f"   ran {total} tests in {', '.join(mutation.tests)} ({seconds:.0f} s): {len(failed)} failed")
-            for test in failed:
+            for test in failed[:SHOWN_FAILURES]:
                 print(f"   FAILED {test}")
-            if mutated and not failed:
-                caught_all = False
-                print("   NOT CAUGHT: no test failed")
+            if len(failed) > SHOWN_FAILURES:
+                print(f"   ... and {len(failed) - SHOWN_FAILURES} more")
+            if mutated:
+                rows.append((mutation.name, len(failed), total))
+                if not failed:
+                    print("   NOT CAUGHT: no test failed")
             sys.stdout.flush()
-    sys.exit(0 if caught_all else 1)
+    caught = sum(1 for _, failed, _ in rows if failed)
+    print("\n| mutation | tests failed / ran |\n|---|---|")
+    for name, failed, total in rows:
+        print(f"| `{name}` | {failed} / {total}{'' if failed else ' (not caught)'} |")
+    print(f"\ncaught {caught} of {len(rows)}")
+    sys.exit(0 if caught == len(rows) else 1)
 
 
 if __name__ == "__main__":
