@@ -50,7 +50,7 @@ from pipeline.features import head_inputs
 from pipeline.models import build_model
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("prepare", "weights", "train", "evaluate", "select_best")
+STAGES = ("check_params", "prepare", "weights", "train", "evaluate", "select_best")
 
 
 def pipeline_end_to_end(device: torch.device, smoke: bool) -> dict[str, object]:

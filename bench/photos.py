@@ -54,7 +54,7 @@ from PIL import Image, features
 from pipeline.data.decode import Sizing, decode, load_image
 from pipeline.data.inspection import HASH_DECODE_SIZE, image_hash, inspect_file
 from testing.photos import photo
-from testing.project import REPO, make_project, run, set_params, stage
+from testing.project import REPO, make_project, run, set_checked_params, stage
 
 PARTS = ("decode", "train", "rss")
 CLASSES = 4
@@ -287,7 +287,7 @@ def pipeline_seconds(project: Path, data: Path, epochs: int, image_size: int) ->
     """Wall-clock seconds of the prepare, weights and train stages, each as its own process,
     and, from the train stage's log, its one pass of the frozen backbone over the images."""
     fresh(project)
-    set_params(
+    set_checked_params(
         project,
         freeze="all_but_head",
         **{
@@ -438,7 +438,9 @@ def rss_part(work: Path, project: Path, sources: list[Path], args: argparse.Name
     data = work / "rss_photos"
     copy_photos(sources, data, args.rss_images)
     fresh(project)
-    set_params(project, **{"prepare.data_dir": str(data), "model.weights": None, "model.image_size": args.image_size})
+    set_checked_params(
+        project, **{"prepare.data_dir": str(data), "model.weights": None, "model.image_size": args.image_size}
+    )
     result = watch([sys.executable, "-m", "pipeline.prepare"], project)
     cache = sum(path.stat().st_size for path in (project / ".cache/images").glob("*.npy"))
     shutil.rmtree(data)

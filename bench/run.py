@@ -30,7 +30,7 @@ from pipeline.data.cache import decoded_images
 from pipeline.data.decode import Sizing
 from pipeline.data.split import read_manifest
 from pipeline.devices import resolve_device
-from testing.project import make_project, run, set_params
+from testing.project import make_project, run, set_checked_params, set_params
 
 ARCH, SIZE, BATCH = "resnet18", 32, 64
 FIGURES = ("loop", "head_only", "decode", "checkpoint", "dvc", "scaling")
@@ -74,14 +74,14 @@ def head_only(project: Path) -> dict[str, float]:
         "all_but_head_uncached": {"freeze": "all_but_head", "train.cache_features": False},
         "all_but_head_cached": {"freeze": "all_but_head", "train.cache_features": True},
     }.items():
-        set_params(project, **{"train.epochs": 4, **overrides})
+        set_checked_params(project, **{"train.epochs": 4, **overrides})
         log = python(project, "-m", "pipeline.train").stderr
         # The first epoch warms caches up; the cached path's one-off feature pass is reported apart.
         results[f"{name}_epoch_s"] = statistics.median(epoch_seconds(project)[1:])
         found = re.search(r"features computed once in ([0-9.]+)s", log)
         if found:
             results[f"{name}_feature_pass_s"] = float(found.group(1))
-    set_params(project, freeze="none", **{"train.cache_features": True})
+    set_checked_params(project, freeze="none", **{"train.cache_features": True})
     results["ratio_uncached"] = results["all_but_head_uncached_epoch_s"] / results["none_epoch_s"]
     results["ratio_cached"] = results["all_but_head_cached_epoch_s"] / results["none_epoch_s"]
     return results
@@ -94,7 +94,7 @@ def decode(project: Path) -> dict[str, float]:
     cold = median_time(lambda: decoded_images(manifest, Sizing(SIZE, SIZE), cache), 1)
     warm = median_time(lambda: decoded_images(manifest, Sizing(SIZE, SIZE), cache), 5)
     shutil.rmtree(cache)
-    set_params(project, **{"train.epochs": 3})
+    set_checked_params(project, **{"train.epochs": 3})
     python(project, "-m", "pipeline.train")
     epoch = statistics.median(epoch_seconds(project)[1:])
     return {
@@ -171,7 +171,7 @@ def scaling(project: Path) -> dict[str, float]:
                 out = data / image.parent.name / f"{copy}_{image.name}"
                 out.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(image, out)
-        set_params(project, **{"prepare.data_dir": str(data.relative_to(project)), "train.epochs": 3})
+        set_checked_params(project, **{"prepare.data_dir": str(data.relative_to(project)), "train.epochs": 3})
         started = time.perf_counter()
         python(project, "-m", "pipeline.prepare")
         results[f"prepare_{factor}x_s"] = time.perf_counter() - started
@@ -191,7 +191,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     project = make_project(workdir / "project")
     # The demo's defaults, except the tiny test settings make_project applies.
-    set_params(project, **{"model.image_size": SIZE, "train.batch_size": BATCH, "model.weights": None})
+    set_checked_params(project, **{"model.image_size": SIZE, "train.batch_size": BATCH, "model.weights": None})
     python(project, "-m", "pipeline.prepare")
     python(project, "-m", "pipeline.weights")  # random starting weights (model.weights: null)
 
@@ -214,7 +214,7 @@ def main() -> None:
     }
     for name in chosen:
         if name == "checkpoint" and not list((project / "checkpoints").glob("*.pt")):
-            set_params(project, **{"train.epochs": 3})
+            set_checked_params(project, **{"train.epochs": 3})
             python(project, "-m", "pipeline.train")
         if name == "dvc":
             # dvc repro runs the demo's pretraining, as by default.

@@ -7,6 +7,7 @@ of its own contents, so a truncated or bit-flipped file is caught on load, not u
 
 import copy
 import hashlib
+import logging
 import pickle
 import zipfile
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ import torch
 
 from pipeline.cli import UserError, error_line
 from pipeline.files import atomic_write
+
+log = logging.getLogger(__name__)
 
 FORMAT = "tl-pipeline-checkpoint/1"
 
@@ -100,16 +103,22 @@ def verify_checkpoint(loaded: Any, path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def load_weights_file(path: Path) -> Any:
+def load_weights_file(path: Path, lazy: bool = False) -> Any:
     """torch.load with weights_only=True (a .safetensors file: safetensors, whose format holds
-    tensors only), turning every failure into a one-line CheckpointError."""
+    tensors only), turning every failure into a one-line CheckpointError.
+
+    `lazy` reads no tensor's bytes, only the file's structure, names and shapes, in a
+    fraction of a second however large the file: a torch file's tensors are memory-mapped
+    (torch.load's mmap; a file in torch's legacy, pre-zip format is read whole), and a
+    safetensors file's are meta tensors of the shapes its header states.
+    """
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        return _load_safetensors(path)
-    check_torch_file(path)
+        return _safetensors_header(path) if lazy else _load_safetensors(path)
+    zipped = check_torch_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=lazy and zipped)
     except pickle.UnpicklingError as error:
         if "weights only" in str(error).lower():
             raise CheckpointError(
@@ -130,9 +139,22 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a readable safetensors file: {error_line(error)}") from None
 
 
-def check_torch_file(path: Path) -> None:
+def _safetensors_header(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors as meta tensors of their shapes: its header alone is read."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as file:
+            names = list(file.keys())  # a list: safe_open objects are not iterable
+            return {key: torch.empty(file.get_slice(key).get_shape(), device="meta") for key in names}
+    except Exception as error:  # SafetensorError for damage, and others for a file of another format
+        raise CheckpointError(f"{path} is not a readable safetensors file: {error_line(error)}") from None
+
+
+def check_torch_file(path: Path) -> bool:
     """Raise a CheckpointError that says what `path` is, when it is no torch.save file at all
-    (an image, a torch.export program...), rather than let torch.load call it damaged or unsafe."""
+    (an image, a torch.export program...), rather than let torch.load call it damaged or unsafe.
+    Whether it is in torch.save's zip format (False: the legacy format, a bare pickle)."""
     with open(path, "rb") as file:
         start = file.read(4)
     if not start:
@@ -150,8 +172,53 @@ def check_torch_file(path: Path) -> None:
             )
         if not any(name.endswith("/data.pkl") for name in names):
             raise CheckpointError(f"{path} is a zip archive, but not one that torch.save wrote")
-    elif start[0] != 0x80:  # torch.save's legacy format starts with a pickle protocol mark
+        return True
+    if start[0] != 0x80:  # torch.save's legacy format starts with a pickle protocol mark
         raise CheckpointError(f"{path} is not a PyTorch file (a checkpoint or state_dict saved with torch.save)")
+    return False
+
+
+# The entries that other training code saves a model's state_dict under, tried in this order:
+# Lightning and many scripts (state_dict), torchvision's references and timm's (model), the
+# PyTorch tutorials' (model_state_dict).
+STATE_DICT_ENTRIES = ("state_dict", "model", "model_state_dict")
+# What wrappers put before every key: DistributedDataParallel and DataParallel (module.),
+# torch.compile (_orig_mod.).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def weights_state(loaded: Any, path: Path, arch: str) -> dict[str, torch.Tensor]:
+    """The state_dict in a loaded weights file: a pipeline checkpoint's (of `arch`), a plain
+    state_dict, or one under a STATE_DICT_ENTRIES entry of a dict, with the WRAPPER_PREFIXES
+    taken off its keys."""
+    if is_checkpoint(loaded):
+        if loaded.get("arch") != arch:
+            raise UserError(f"{path} holds a {loaded.get('arch')} checkpoint, but model.arch is {arch}")
+        return loaded["model_state_dict"]
+    entry = next((key for key in STATE_DICT_ENTRIES if _is_state_dict(_entry(loaded, key))), None)
+    state = loaded if entry is None else loaded[entry]
+    if not _is_state_dict(state):
+        raise CheckpointError(
+            f"{path} is neither a state_dict, nor a checkpoint of this pipeline, nor a dict that holds a "
+            f"state_dict under {' or '.join(repr(key) for key in STATE_DICT_ENTRIES)}"
+        )
+    removed = ""
+    for _ in WRAPPER_PREFIXES:  # each may wrap the other: module._orig_mod.conv1.weight
+        for prefix in WRAPPER_PREFIXES:
+            if all(key.startswith(prefix) for key in state):
+                state, removed = {key.removeprefix(prefix): value for key, value in state.items()}, removed + prefix
+    if entry or removed:
+        where = f"the state_dict under '{entry}'" if entry else "the state_dict"
+        log.info("%s: %s%s", path, where, f", its keys without the prefix '{removed}'" if removed else "")
+    return dict(state)
+
+
+def _entry(loaded: Any, key: str) -> Any:
+    return loaded.get(key) if isinstance(loaded, dict) else None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
 def is_checkpoint(obj: Any) -> bool:

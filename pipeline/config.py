@@ -6,17 +6,18 @@ each default is written once. omegaconf checks keys and types; `validate` checks
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from pipeline.cli import UserError, error_line
 from pipeline.metrics import SELECTABLE
+from pipeline.params_text import as_written, read_yaml, take_text_as_written
 from pipeline.paths import PARAMS_FILE
 
 # model.weights: the weights stage trains the backbone on pretrain.data_dir first (the demo).
@@ -182,16 +183,15 @@ class Params:
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
-    """Read params.yaml into the typed schema; raise UserError naming the bad key."""
+    """Read params.yaml into the typed schema; raise UserError naming the bad key, and its
+    value as written (pipeline.params_text: text params are taken as written)."""
     if not path.is_file():
         raise UserError(f"{path} not found: run the stage from the project root")
-    try:
-        loaded = OmegaConf.load(path)
-    except yaml.YAMLError as error:  # a hand-edit that broke the syntax: say where, not a traceback
-        raise UserError(f"{path} is not valid YAML: {_yaml_problem(error)}") from None
+    loaded, written = read_yaml(path)
     try:
         # omegaconf reports a group given as a single value (`train: 0.1`) without its key.
         _check_groups(path, Params, loaded)
+        take_text_as_written(Params, loaded, written)
         merged = OmegaConf.merge(OmegaConf.structured(Params), loaded)
         params = OmegaConf.to_object(merged)
     except ConfigKeyError as error:
@@ -199,17 +199,17 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     except MissingMandatoryValue as error:
         raise UserError(f"{path}: {error.full_key} is missing; every param needs a value") from None
     except OmegaConfBaseException as error:
-        raise UserError(f"{path}: {error.full_key}: {error_line(error)}") from None
-    validate(params)
+        node = written.get(str(error.full_key))
+        typed = f" = {node.value}" if node is not None else ""
+        raise UserError(f"{path}: {error.full_key}{typed}: {error_line(error)}") from None
+    try:
+        validate(params)
+    except ParamError as error:
+        raise UserError(
+            f"{path}: {error.key} = {as_written(written, error.key, error.value)} is not allowed; "
+            f"it must be {error.allowed}"
+        ) from None
     return params
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
-        mark = error.problem_mark
-        problem = error.problem or error.context or type(error).__name__
-        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
-    return " ".join(str(error).split())
 
 
 def _check_groups(path: Path, schema: type, node: object, key: str = "") -> None:
@@ -236,6 +236,7 @@ def _unknown_key_message(path: Path, error: ConfigKeyError) -> str:
 
 def validate(params: Params) -> None:
     """Range checks that types alone cannot express, group by group; the first failure raises."""
+    _validate_finite(params)
     for group in ("pretrain", "train"):
         _validate_optim(group, getattr(params, group))
     _validate_fractions(params.prepare, params.pretrain)
@@ -246,8 +247,21 @@ def validate(params: Params) -> None:
         value = getattr(params.evaluate, key)
         _require(value >= 1, f"evaluate.{key}", value, "an integer >= 1")
     _require(params.wait_minutes > 0, "wait_minutes", params.wait_minutes, "a number of minutes > 0")
-    metric = params.select.metric
+    metric, mode = params.select.metric, params.select.mode
     _require(metric in SELECTABLE, "select.metric", metric, f"one of {', '.join(SELECTABLE)}")
+    # Any other mode would keep the worst checkpoint, and early stopping would wait for it.
+    best = Mode.min if metric.endswith("_loss") else Mode.max
+    _require(mode is best, "select.mode", mode.value, f"{best.value} with select.metric {metric}")
+
+
+def _validate_finite(obj: object, prefix: str = "") -> None:
+    """Every float param a finite number: YAML reads .inf and .nan, and an lr of inf passes `> 0`."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _validate_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float):
+            _require(math.isfinite(value), f"{prefix}{f.name}", value, "a finite number")
 
 
 def _validate_optim(group: str, optim: OptimParams) -> None:
@@ -312,6 +326,14 @@ def _validate_augment(augment: AugmentParams) -> None:
         _require(value >= 0, f"train.augment.{key}", value, "a number >= 0; 0 = off")
 
 
+class ParamError(UserError):
+    """A value out of its range: `key = value` is not allowed, it must be `allowed`."""
+
+    def __init__(self, key: str, value: object, allowed: str) -> None:
+        super().__init__(f"params.yaml: {key} = {value!r} is not allowed; it must be {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
 def _require(ok: bool, key: str, value: object, allowed: str) -> None:
     if not ok:
-        raise UserError(f"params.yaml: {key} = {value!r} is not allowed; it must be {allowed}")
+        raise ParamError(key, value, allowed)

@@ -22,9 +22,10 @@ import torch
 
 from pipeline import distributed
 from pipeline.batches import ImageBatches, images_on, split_batches
+from pipeline.checked import confirm_unchanged, load_checked_params
 from pipeline.checkpoints import WEIGHTS, load_each, predictions_name, unusable
 from pipeline.cli import UserError, progress, run_stage
-from pipeline.config import EvaluateParams, TestTimeAugmentation, load_params
+from pipeline.config import EvaluateParams, TestTimeAugmentation
 from pipeline.data.cache import decoded_images
 from pipeline.data.split import read_manifest
 from pipeline.devices import place_model, resolve_device
@@ -43,11 +44,12 @@ def batch_size_on(device: torch.device, params: EvaluateParams) -> int:
 
 
 def main() -> None:
-    params = load_params()
+    params = load_checked_params()
     processes = params.evaluate.processes
     if processes > 1 and not distributed.launched():
         threads = distributed.cpu_threads(0, processes)
         distributed.launch(processes, "pipeline.evaluate", threads, "evaluation")  # each runs this main, as a rank
+        confirm_unchanged()
         return
     ranks, device = distributed.start(resolve_device(params.device), params.wait_minutes)
     torch.set_num_threads(distributed.cpu_threads(0, distributed.local_processes()))
@@ -65,6 +67,7 @@ def main() -> None:
     scores = pd.DataFrame(rows)
     write_csv(scores, SCORES_FILE)
     log.info("scored %d checkpoints:\n%s", len(paths), scores.to_string(index=False, float_format="%.4f"))
+    confirm_unchanged()
 
 
 def score_shards(

@@ -9,6 +9,7 @@ is pipeline.freezing's.
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -20,7 +21,7 @@ from torch import nn
 
 from pipeline.backbones import Weights, family_of
 from pipeline.backbones.preprocessing import Preprocessing, at_size
-from pipeline.checkpoints import CheckpointError, is_checkpoint, load_weights_file, verify_checkpoint
+from pipeline.checkpoints import is_checkpoint, load_weights_file, verify_checkpoint, weights_state
 from pipeline.cli import UserError, error_line
 from pipeline.data.decode import Sizing
 from pipeline.freezing import freeze, loose_parameters, parse_freeze, stage_names
@@ -108,7 +109,7 @@ def build_model(arch: str, weights: str | None, classes: list[str] | None, image
     _drop_aux_heads(model)
     head = family.find_head(model)
     if weights_path is not None:
-        _load_weights_file(model, arch, head, weights_path, loaded, source)
+        _load_weights_file(model, arch, head, weights_path, loaded)
     if hasattr(model, "transform_input"):  # Inception, GoogLeNet: part of how their weights expect input
         model_kwargs["transform_input"] = model.transform_input
     if classes is not None:
@@ -134,7 +135,8 @@ def preprocessing(arch: str, weights: Weights | None, source: ModelSpec | None, 
 def model_sizing(arch: str, weights: str | None, image_size: int) -> Sizing:
     """The sizing `build_model(arch, weights, ..., image_size)` gives its spec, without building it."""
     weights_path, named, _ = _checked_model_params(arch, weights, image_size)
-    loaded = None if weights_path is None else load_weights_file(weights_path)
+    # Lazily: a state_dict's tensors are never read, a checkpoint's only for its checksum.
+    loaded = None if weights_path is None else load_weights_file(weights_path, lazy=True)
     return preprocessing(arch, named, _checkpoint_spec(loaded, weights_path), image_size)[0]
 
 
@@ -169,19 +171,18 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _load_weights_file(
-    model: nn.Module, arch: str, head: str, path: Path, loaded: Any, source: ModelSpec | None
-) -> None:
-    """Load a plain state_dict or a pipeline checkpoint (`loaded` from `path`, already
-    verified, with spec `source`) into everything but the head."""
-    if source is not None:
-        if source.arch != arch:
-            raise UserError(f"{path} holds a {source.arch} checkpoint, but model.arch is {arch}")
-        state = loaded["model_state_dict"]
-    elif isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        state = loaded
-    else:
-        raise CheckpointError(f"{path} is neither a state_dict nor a checkpoint of this pipeline")
+def _load_weights_file(model: nn.Module, arch: str, head: str, path: Path, loaded: Any) -> None:
+    """Load what `path` holds (`loaded`, already verified when a pipeline checkpoint) into
+    everything but the head."""
+    state = weights_state(loaded, path, arch)
+    fit_weights(model, arch, head, path, state)
+    log.info("loaded %d tensors from %s (its head, if any, is replaced)", len(state), path)
+
+
+def fit_weights(model: nn.Module, arch: str, head: str, path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Load `state` (from `path`) into all of `model` but its head, or raise a UserError naming
+    the keys and shapes that do not fit. On a meta-device skeleton, with meta tensors, the
+    same check reads and copies nothing."""
     trunk = {k: v for k, v in state.items() if not _is_head_key(k, head)}
     # Checked first: load_state_dict raises on other shapes (a ViT's position embedding made
     # for another image size) with a message of many lines.
@@ -189,15 +190,28 @@ def _load_weights_file(
     shapes = [k for k, v in trunk.items() if k in own and own[k].shape != v.shape]
     if shapes:
         more = " ..." if len(shapes) > 5 else ""
-        raise UserError(f"{path} does not fit {arch}: tensors of other shapes {shapes[:5]}{more}")
+        listed = ", ".join(f"{k} {tuple(trunk[k].shape)}, the model's {tuple(own[k].shape)}" for k in shapes[:5])
+        raise UserError(f"{path} does not fit {arch}: tensors of other shapes: {listed}{more}{_ANOTHER_MODEL}")
     missing, unexpected = model.load_state_dict(trunk, strict=False)
     missing = [k for k in missing if not _is_head_key(k, head)]
     if missing or unexpected:
+        more = " ..." if len(missing) > 5 or len(unexpected) > 5 else ""
         raise UserError(
-            f"{path} does not fit {arch}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
-            f"{' ...' if len(missing) > 5 or len(unexpected) > 5 else ''}"
+            f"{path} does not fit {arch}: {len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected "
+            f"keys {unexpected[:5]}{more}{_prefix_hint(missing, unexpected) or _ANOTHER_MODEL}"
         )
-    log.info("loaded %d tensors from %s (its head, if any, is replaced)", len(trunk), path)
+
+
+_ANOTHER_MODEL = "; set model.arch (and model.image_size) to the model the file was saved from"
+
+
+def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:
+    """A hint when the missing keys are the unexpected ones without a first name they all
+    share: the attribute of a wrapper that held the model (Lightning's self.model...)."""
+    prefixes = {key.split(".", 1)[0] for key in unexpected}
+    if len(prefixes) != 1 or not missing or not set(missing) <= {key.partition(".")[2] for key in unexpected}:
+        return ""
+    return f"; every unexpected key starts with '{prefixes.pop()}.': save the inner model's state_dict instead"
 
 
 def backbone_state(model: nn.Module, head: str) -> dict[str, torch.Tensor]:
@@ -287,19 +301,25 @@ def check_model_params(arch: str, weights: str | None, image_size: int, freeze_s
     """Check model.arch, model.weights, model.image_size and freeze specs (param key -> spec)
     without building the model: on its skeleton, in well under a second for most archs.
 
-    A weights file is loaded to compare its arch; a weights name is only resolved.
+    A weights name is only resolved. A weights file's structure is read, not its tensors
+    (`load_weights_file(lazy=True)`: under a second for a 1 GB file), and must fit the
+    skeleton as the weights stage loads it (`weights_state`, `fit_weights`): keys and shapes.
     """
     specs = {key: parse_freeze(text, key) for key, text in freeze_specs.items()}
     weights_path, _, model_kwargs = _checked_model_params(arch, weights, image_size)
-    if weights_path is not None:
-        loaded = load_weights_file(weights_path)
-        if is_checkpoint(loaded) and loaded.get("arch") != arch:
-            raise UserError(
-                f"model.weights = {weights!r} holds a {loaded.get('arch')} checkpoint, but model.arch is {arch}"
-            )
+    loaded = None if weights_path is None else load_weights_file(weights_path, lazy=True)
+    if is_checkpoint(loaded):  # built as the checkpoint's model was, as build_model builds it
+        model_kwargs = {**loaded.get("model_kwargs", {}), **model_kwargs}
     skeleton = skeleton_model(arch, model_kwargs)
     _drop_aux_heads(skeleton)
     head = family_of(arch).find_head(skeleton)
+    if weights_path is not None:
+        state = weights_state(loaded, weights_path, arch)
+        with warnings.catch_warnings():
+            # BatchNorm fills in the num_batches_tracked that an older file lacks with a CPU
+            # tensor, and torch warns that copying it into a meta skeleton does nothing: as meant.
+            warnings.filterwarnings("ignore", "for .*: copying from a non-meta parameter", UserWarning)
+            fit_weights(skeleton, arch, head, weights_path, {k: v.to("meta") for k, v in state.items()})
     for spec in specs.values():
         freeze(skeleton, spec, head)
 

@@ -12,6 +12,9 @@ PARAMS_FILE = Path("params.yaml")
 
 # check_params: constant text, so a change of params alone re-runs no later stage.
 PARAMS_OK = Path("checks/params.ok")
+# check_params: the values it checked, which every other stage compares params.yaml with
+# (pipeline.checked); no stage depends on it in dvc.yaml.
+CHECKED_PARAMS = Path("checks/params.json")
 
 # The weights files model.weights may name. The prepare and weights stages depend on this
 # folder, so DVC re-runs them when a file in it changes.

@@ -37,8 +37,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.checked import confirm_unchanged, load_checked_params
 from pipeline.cli import run_stage
-from pipeline.config import PRETRAIN_WEIGHTS, load_params
+from pipeline.config import PRETRAIN_WEIGHTS
 from pipeline.data.split import MANIFEST_COLUMNS, duplicate_groups, stratified_split, usable_images
 from pipeline.files import write_csv, write_json
 from pipeline.models import model_sizing
@@ -65,7 +66,7 @@ def duplicates_report(manifest: pd.DataFrame, groups: list[int]) -> pd.DataFrame
 
 
 def main() -> None:
-    all_params = load_params()
+    all_params = load_checked_params()
     params, model = all_params.prepare, all_params.model
     # The pass that checks every file also decodes it for the model, into the shared cache.
     weights = None if model.weights == PRETRAIN_WEIGHTS else model.weights
@@ -105,6 +106,7 @@ def main() -> None:
             mixed,
             DUPLICATES,
         )
+    confirm_unchanged()
 
 
 if __name__ == "__main__":

@@ -39,9 +39,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.checked import confirm_unchanged, load_checked_params
 from pipeline.checkpoints import WEIGHTS, checkpoint_name, load_each, predictions_name, save_checkpoint
 from pipeline.cli import UserError, error_line, run_stage
-from pipeline.config import Mode, load_params
+from pipeline.config import Mode
 from pipeline.export import write_image_export
 from pipeline.files import atomic_write, read_csv, write_csv, write_json
 from pipeline.metrics import REPORTED
@@ -123,7 +124,7 @@ def write_export(checkpoint: dict[str, Any], spec: ModelSpec) -> None:
 
 
 def main() -> None:
-    params = load_params().select
+    params = load_checked_params().select
     if not SCORES_FILE.is_file():
         raise UserError(f"{SCORES_FILE} not found: run the evaluate stage first (dvc repro evaluate)")
     scores = read_csv(SCORES_FILE, text=("weights", "tta"))
@@ -175,6 +176,7 @@ def main() -> None:
         best["test_accuracy"],
         BEST_MODEL,
     )
+    confirm_unchanged()
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ from torch.optim.swa_utils import AveragedModel
 from pipeline import distributed
 from pipeline.augment import Augment, augments, batch_augmentation
 from pipeline.batches import Batches, crop_batches, images_on, split_batches
+from pipeline.checked import confirm_unchanged, load_checked_params
 from pipeline.cli import UserError, progress, run_stage
-from pipeline.config import Params, load_params
+from pipeline.config import Params
 from pipeline.data.cache import decoded_images, training_copies
 from pipeline.data.split import read_manifest
 from pipeline.devices import place_model, resolve_device, set_determinism
@@ -46,12 +47,13 @@ log = logging.getLogger("pipeline.train")
 
 
 def main() -> None:
-    params = load_params()
+    distributed.refuse_partial_launch()  # a launch error first: it needs no params
+    params = load_checked_params()
     config = params.train
-    distributed.refuse_partial_launch()
     if config.processes > 1 and not distributed.launched():
         threads = distributed.cpu_threads(config.threads, config.processes)
         distributed.launch(config.processes, "pipeline.train", threads)  # each process runs this main, as a rank
+        confirm_unchanged()
         return
     run = set_up(params)
     live = Live(str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False) if run.ranks.main else None
@@ -85,6 +87,7 @@ def main() -> None:
     # returns, the outputs are complete (the recipes run `dvc commit` after it).
     distributed.barrier(run.ranks, "rank 0 to write the last checkpoint and curves")
     distributed.stop(run.ranks)
+    confirm_unchanged()
 
 
 @dataclass

@@ -28,9 +28,10 @@ from typing import Any
 import torch
 
 from pipeline.batches import images_on, split_batches
+from pipeline.checked import confirm_unchanged, load_checked_params
 from pipeline.checkpoints import save_checkpoint
 from pipeline.cli import run_stage
-from pipeline.config import PRETRAIN_WEIGHTS, Params, load_params
+from pipeline.config import PRETRAIN_WEIGHTS, Params
 from pipeline.data.cache import decoded_images
 from pipeline.data.split import duplicate_groups, stratified_split, usable_images
 from pipeline.devices import place_model, resolve_device
@@ -43,7 +44,7 @@ log = logging.getLogger("pipeline.weights")
 
 
 def main() -> None:
-    params = load_params()
+    params = load_checked_params()
     model = params.model
     if model.weights == PRETRAIN_WEIGHTS:
         (built, scores), source = pretrain(params), f"pretrained on {params.pretrain.data_dir}"
@@ -69,6 +70,7 @@ def main() -> None:
         sizing.crop,
         sizing.interpolation,
     )
+    confirm_unchanged()
 
 
 def pretrain(params: Params) -> tuple[Built, dict[str, Any]]:

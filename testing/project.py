@@ -42,6 +42,13 @@ def set_params(project: Path, **overrides: object) -> None:
     OmegaConf.save(params, path)
 
 
+def set_checked_params(project: Path, **overrides: object) -> None:
+    """`set_params`, then check_params, as a user who edits params.yaml and runs a stage by
+    hand must: every other stage refuses a params.yaml that check_params has not checked."""
+    set_params(project, **overrides)
+    stage("check_params", project)
+
+
 def run(
     args: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None, **kwargs
 ) -> subprocess.CompletedProcess:

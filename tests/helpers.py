@@ -69,8 +69,9 @@ def assert_resumed(log: str, after: int, epochs: int) -> None:
 
 
 # On PYTHONPATH, in each `python -m pipeline.<stage>` process while RECORD_PARAMS is set:
-# load_params returns the same params, as subclasses of their dataclasses that note every
-# leaf value read (dataclasses.asdict reads them all), written out when the stage exits.
+# load_checked_params (what the stages load params with) returns the same params, as
+# subclasses of their dataclasses that note every leaf value read (dataclasses.asdict reads
+# them all), written out when the stage exits.
 PARAM_RECORDER = """\
 import atexit
 import dataclasses
@@ -80,7 +81,7 @@ import sys
 
 if os.environ.get("RECORD_PARAMS") and sys.orig_argv[1:2] == ["-m"] and sys.orig_argv[2].startswith("pipeline."):
     sys.path.insert(0, os.getcwd())
-    import pipeline.config
+    import pipeline.checked
 
     read = set()
 
@@ -101,8 +102,8 @@ if os.environ.get("RECORD_PARAMS") and sys.orig_argv[1:2] == ["-m"] and sys.orig
             object.__setattr__(recording, name, wrap(getattr(obj, name), f"{prefix}{name}."))
         return recording
 
-    original = pipeline.config.load_params
-    pipeline.config.load_params = lambda *args, **kwargs: wrap(original(*args, **kwargs), "")
+    original = pipeline.checked.load_checked_params
+    pipeline.checked.load_checked_params = lambda *args, **kwargs: wrap(original(*args, **kwargs), "")
     out = os.path.join(os.environ["RECORD_PARAMS"], sys.orig_argv[2] + ".json")
     atexit.register(lambda: open(out, "w").write(json.dumps(sorted(read))))
 """

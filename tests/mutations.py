@@ -85,6 +85,27 @@ MUTATIONS = [
         ("tests/test_engine.py", "tests/test_predict.py"),
     ),
     Mutation(
+        "unchecked-params",
+        "a stage runs on whatever params.yaml holds when it starts, checked or not",
+        "    differences = _differences(params)\n",
+        '    differences = ""\n',
+        ("tests/test_check_params.py", "-k", "refused_exp_run and start"),
+    ),
+    Mutation(
+        "unconfirmed-params",
+        "the train stage does not look at params.yaml again at its end",
+        "    distributed.stop(run.ranks)\n    confirm_unchanged()\n",
+        "    distributed.stop(run.ranks)\n",
+        ("tests/test_check_params.py", "-k", "refused_exp_run and finish"),
+    ),
+    Mutation(
+        "no-weights-fit-check",
+        "check_params reads a weights file but does not compare its keys and shapes with the arch",
+        '            fit_weights(skeleton, arch, head, weights_path, {k: v.to("meta") for k, v in state.items()})\n',
+        "            pass\n",
+        ("tests/test_check_params.py", "-k", "does_not_fit or before_prepare"),
+    ),
+    Mutation(
         "frozen-bn-trains",
         "frozen modules are put in training mode: frozen BatchNorm updates its running statistics",
         "        model.get_submodule(name).eval()\n",

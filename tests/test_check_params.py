@@ -1,18 +1,24 @@
 """check_params: every param is checked up front, and each message names the right key."""
 
+import os
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
-from pipeline.check_params import check
+from pipeline.check_params import check, ineffective
 from pipeline.checkpoints import save_checkpoint
 from pipeline.cli import UserError
-from pipeline.config import load_params
+from pipeline.config import EarlyStoppingParams, Mode, load_params
 from pipeline.models import build_model
+from pipeline.runs import early_stop
 from testing.project import REPO, run, set_params, stage
+from tests.conftest import Reproduced
 
 
 def test_the_stage_writes_a_constant_file(project: Path) -> None:
@@ -87,7 +93,7 @@ def test_a_weights_file_of_another_arch_is_caught_before_any_training(
         {**built.spec.to_dict(), "model_state_dict": built.model.state_dict()}, Path("models/weights/r34.pt")
     )
     set_params(params_file.parent, **{"model.weights": "models/weights/r34.pt"})
-    assert "holds a resnet34 checkpoint, but model.arch is resnet18" in problem(params_file)
+    assert "r34.pt holds a resnet34 checkpoint, but model.arch is resnet18" in problem(params_file)
 
 
 def dvc_fails_before_real_work(project: Path, message: str, *args: str) -> None:
@@ -117,3 +123,252 @@ def test_a_missing_data_folder_is_named_before_dvc_hashes_it(project: Path) -> N
     dvc_fails_before_real_work(
         project, "prepare.data_dir = 'data/nope': no such folder", "exp", "run", "-S", "prepare.data_dir=data/nope"
     )
+
+
+# --- weights files: their structure checked against the arch, before any stage -------------
+
+SMALL = "shufflenet_v2_x0_5"
+
+
+def state_of(arch: str) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return torchvision.models.get_model(arch, weights=None).state_dict()
+
+
+@pytest.fixture
+def weights_root(params_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project root of its own (the data folders linked), to put weights files where they go;
+    model.arch is the small model."""
+    root = tmp_path / "root"
+    (root / "models" / "weights").mkdir(parents=True)
+    (root / "data").symlink_to(REPO / "data", target_is_directory=True)
+    monkeypatch.chdir(root)
+    set_params(params_file.parent, **{"model.arch": SMALL, "model.image_size": 16})
+    return root
+
+
+def save_weights(obj: dict, name: str) -> str:
+    path = Path("models/weights") / name
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(obj, path)
+    else:
+        torch.save(obj, path)
+    return path.as_posix()
+
+
+@pytest.mark.parametrize(
+    ("saved", "name", "fragment"),
+    [
+        (lambda: state_of("resnet18"), "resnet18.pt", "does not fit shufflenet_v2_x0_5: "),
+        (lambda: state_of("shufflenet_v2_x1_0"), "wider.pth", "tensors of other shapes: "),
+        (lambda: state_of("resnet18"), "resnet18.safetensors", "does not fit shufflenet_v2_x0_5: "),
+        (lambda: {**state_of(SMALL), "extra.weight": torch.zeros(2)}, "extra.pt", "1 unexpected keys ['extra.weight']"),
+        (lambda: {k: v for k, v in state_of(SMALL).items() if "stage4" not in k}, "part.pt", "missing keys ['stage4."),
+        (lambda: {"state_dict": {f"net.{k}": v for k, v in state_of(SMALL).items()}}, "lit.ckpt.pt", "with 'net.'"),
+        (lambda: {"weights": state_of(SMALL)}, "other.pt", "nor a dict that holds a state_dict under"),
+    ],
+)
+def test_a_weights_file_that_does_not_fit_the_arch_is_refused(
+    params_file: Path, weights_root: Path, saved, name: str, fragment: str
+) -> None:
+    set_params(params_file.parent, **{"model.weights": save_weights(saved(), name)})
+    message = problem(params_file)
+    assert fragment in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize(
+    ("wrap", "name"),
+    [
+        (lambda state: state, "plain.pt"),
+        (lambda state: {f"module.{k}": v for k, v in state.items()}, "ddp.pt"),
+        (lambda state: {f"module.{k}": v for k, v in state.items()}, "ddp.safetensors"),
+        (lambda state: {"state_dict": state, "epoch": 3}, "lightning.pt"),
+        (lambda state: {"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, "references.pth"),
+        (lambda state: {"model_state_dict": state, "optimizer_state_dict": {"state": {}}}, "tutorial.pt"),
+    ],
+)
+def test_the_wrappers_users_bring_pass(params_file: Path, weights_root: Path, wrap, name: str) -> None:
+    set_params(params_file.parent, **{"model.weights": save_weights(wrap(state_of(SMALL)), name)})
+    check(load_params(params_file))
+
+
+def test_dvc_repro_stops_on_a_weights_file_of_another_model_before_prepare(project: Path) -> None:
+    torch.save(state_of(SMALL), project / "models/weights/mine.pt")
+    set_params(project, **{"model.arch": SMALL, "model.weights": "models/weights/mine.pt"})
+    run([sys.executable, "-m", "dvc", "repro", "check_params"], project)  # it fits
+    # The file replaced by another model's under the same name, params unchanged: check_params
+    # depends on models/weights/, so it runs again, and refuses the file before prepare starts.
+    torch.save(state_of("shufflenet_v2_x1_0"), project / "models/weights/mine.pt")
+    dvc_fails_before_real_work(project, "models/weights/mine.pt does not fit shufflenet_v2_x0_5", "repro")
+    assert not (project / "data/prepared").exists()
+
+
+# --- data folders: enough classes, by a scan that decodes nothing ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # One level too deep: a class folder, whose images are loose files.
+        ({"prepare.data_dir": "data/digits/target/5"}, "prepare.data_dir = 'data/digits/target/5': "),
+        ({"pretrain.data_dir": "data/digits/source/0"}, "pretrain.data_dir = 'data/digits/source/0': "),
+    ],
+)
+def test_a_data_folder_without_two_classes_is_refused(params_file: Path, overrides: dict, message: str) -> None:
+    set_params(params_file.parent, **overrides)
+    assert message + "data/digits" in problem(params_file)
+    assert "holds 0 class folder(s) with image files" in problem(params_file)
+
+
+def test_the_pretrain_folder_is_scanned_only_when_pretraining(params_file: Path) -> None:
+    set_params(params_file.parent, **{"pretrain.data_dir": "data/digits/source/0", "model.weights": None})
+    check(load_params(params_file))
+
+
+# --- values as written -------------------------------------------------------------------
+
+
+def test_a_freeze_spec_that_yaml_reads_as_a_boolean_is_named_as_written(params_file: Path) -> None:
+    text = params_file.read_text().replace("\nfreeze: none\n", "\nfreeze: off\n")
+    params_file.write_text(text)
+    assert "freeze = 'off' is not a freeze spec" in problem(params_file)
+
+
+# --- settings that cannot take effect: a warning each ---------------------------------------
+
+
+def warnings_for(params_file: Path, **overrides: object) -> list[str]:
+    set_params(params_file.parent, **overrides)
+    return ineffective(load_params(params_file))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"train.epochs": 8, "train.unfreeze_after": 8, "train.unfreeze_to": "first:2"}, "never takes over"),
+        ({"train.epochs": 8, "train.unfreeze_after": 9, "freeze": "first:2"}, "train.unfreeze_after = 9 is not"),
+        ({"freeze": "first:2", "train.unfreeze_after": 2, "train.unfreeze_to": "first:2"}, "is freeze itself"),
+        ({"train.unfreeze_to": "first:2"}, "has no effect while train.unfreeze_after is 0"),
+        ({"train.epochs": 4, "train.warmup_epochs": 4}, "the run ends within the warm-up"),
+        ({"train.epochs": 4, "train.schedule": "step", "train.step_every": 4}, "never steps in 4 epochs"),
+        ({"train.epochs": 4, "train.schedule": "step", "train.step_every": 2, "train.warmup_epochs": 2}, "never"),
+        ({"train.epochs": 8, "train.early_stopping.patience": 7}, "early stopping never stops one"),
+        ({"train.early_stopping.min_delta": 0.1}, "min_delta has no effect"),
+        ({"train.sync_batchnorm": True}, "sync_batchnorm has no effect"),
+        ({"freeze": "all_but_head", "train.trunk_lr_scale": 0.1}, "train.trunk_lr_scale = 0.1 has no effect"),
+        ({"freeze": "all_but_head", "train.layer_decay": 0.5}, "train.layer_decay = 0.5 has no effect"),
+    ],
+)
+def test_settings_that_cannot_take_effect_are_warned_of(params_file: Path, overrides: dict, fragment: str) -> None:
+    lines = warnings_for(params_file, **overrides)
+    assert len(lines) == 1 and fragment in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # the defaults
+        {"train.epochs": 8, "train.unfreeze_after": 7, "train.unfreeze_to": "first:2"},
+        {"train.epochs": 4, "train.warmup_epochs": 3},
+        {"train.epochs": 4, "train.schedule": "step", "train.step_every": 3},
+        {"train.epochs": 8, "train.early_stopping.patience": 6},
+        {"freeze": "all_but_head", "train.trunk_lr_scale": 0.1, "train.unfreeze_after": 2},
+    ],
+)
+def test_settings_that_take_effect_are_not_warned_of(params_file: Path, overrides: dict) -> None:
+    assert warnings_for(params_file, **overrides) == []
+
+
+@pytest.mark.parametrize(("patience", "epochs"), [(6, 8), (7, 8), (1, 3), (2, 3), (3, 3)])
+def test_the_early_stopping_warning_is_right_about_early_stop(params_file: Path, patience: int, epochs: int) -> None:
+    """Warned of exactly when runs.early_stop can stop no run: not even one whose first epoch was its best."""
+    config = EarlyStoppingParams(patience=patience, min_delta=0.0)
+    history = [{"epoch": e, "val_loss": float(e)} for e in range(1, epochs + 1)]  # epoch 1 best, then worse
+    stops = any(early_stop(history[:done], "val_loss", Mode.min, config) for done in range(1, epochs))
+    warned = warnings_for(params_file, **{"train.epochs": epochs, "train.early_stopping.patience": patience})
+    assert bool(warned) == (not stops), (warned, stops)
+
+
+def test_the_stage_prints_the_warnings(project: Path) -> None:
+    set_params(project, **{"train.unfreeze_after": 2, "train.unfreeze_to": "first:2"})  # TINY_PARAMS: 2 epochs
+    result = stage("check_params", project)
+    assert "pipeline.check_params: train.unfreeze_after = 2 is not smaller than train.epochs = 2" in result.stderr
+
+
+# --- a params.yaml changed under a running stage -----------------------------------------
+
+# On PYTHONPATH, in every Python process started (dvc's own too); it acts only in the train
+# stage's, while HOLD_AT is set: it creates HOLD_DIR/held and waits for HOLD_DIR/go, either at
+# once when the process starts (start), or just before the finished run is marked finished,
+# when every checkpoint is written (finish).
+HOLD = """\
+import os
+import sys
+import time
+
+argv = sys.orig_argv
+if os.environ.get("HOLD_AT") and argv[1:3] == ["-m", "pipeline.train"]:
+    folder = os.environ["HOLD_DIR"]
+
+    def hold():
+        open(os.path.join(folder, "held"), "w").close()
+        while not os.path.exists(os.path.join(folder, "go")):
+            time.sleep(0.05)
+
+    if os.environ["HOLD_AT"] == "start":
+        hold()
+    else:
+        sys.path.insert(0, os.getcwd())
+        from pipeline.runs import RunFolder
+
+        finish = RunFolder.finish
+
+        def held_finish(self, *args, **kwargs):
+            hold()
+            return finish(self, *args, **kwargs)
+
+        RunFolder.finish = held_finish
+"""
+
+
+@pytest.mark.parametrize("hold_at", ["start", "finish"])
+def test_a_refused_exp_run_cannot_change_the_params_of_a_running_stage(
+    reproduced: Reproduced, tmp_path: Path, hold_at: str
+) -> None:
+    """`dvc exp run -S` writes params.yaml before DVC's lock refuses it: the train stage that
+    `dvc repro` runs must then fail, neither training with the new value nor letting dvc.lock
+    record it."""
+    project = reproduced.path
+    lock = (project / "dvc.lock").read_text()
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(HOLD)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "PYTHONPATH": str(tmp_path / "site"), "HOLD_AT": hold_at}
+    env["HOLD_DIR"] = str(tmp_path)
+    dvc = [sys.executable, "-m", "dvc"]
+    repro = subprocess.Popen(
+        [*dvc, "repro", "-f", "-s", "train"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "held").exists():
+            assert repro.poll() is None and time.monotonic() < deadline, "the train stage never started"
+            time.sleep(0.1)
+        refused = run([*dvc, "exp", "run", "-S", "train.lr=0.02"], project, check=False)
+        assert refused.returncode != 0, refused.stdout  # DVC's lock: the repro holds it
+        assert load_params(project / "params.yaml").train.lr == 0.02  # ...but it wrote params.yaml first
+    finally:
+        (tmp_path / "go").touch()
+        output, _ = repro.communicate(timeout=300)
+    assert repro.returncode != 0, output
+    errors = [line for line in output.splitlines() if line.startswith("pipeline: error:")]
+    assert len(errors) == 1 and "train.lr = 0.02 (checked: 0.01)" in errors[0], output
+    assert "epoch 1/" not in output  # nothing trained with 0.02
+    assert (project / "dvc.lock").read_text() == lock  # and nothing recorded

@@ -7,6 +7,7 @@ import struct
 import sys
 import zipfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +224,11 @@ def test_evil_file_runs_code_when_unpickled(evil_file: tuple[Path, Path]) -> Non
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-@pytest.mark.parametrize("loader", [load_checkpoint, load_weights_file])
+@pytest.mark.parametrize(
+    "loader",
+    [load_checkpoint, load_weights_file, partial(load_weights_file, lazy=True)],
+    ids=["checkpoint", "full", "lazy"],
+)
 def test_pickled_code_is_refused_not_run(
     evil_file: tuple[Path, Path], loader: Callable[[Path], Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -267,20 +272,21 @@ def test_importing_pipeline_makes_every_torch_load_safe(
         assert marker.exists()
 
 
-def test_the_weights_stage_refuses_an_evil_weights_file(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_params_refuses_an_evil_weights_file(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # check_params reads the file's structure, before any stage: the first to read it must refuse it.
     monkeypatch.delenv(FORCE_SAFE_LOAD, raising=False)  # as in a user's shell
     marker = project.parent / "pwned"
     torch.save(Evil(marker), project / "models" / "weights" / "evil.pt")
     set_params(project, **{"model.weights": "models/weights/evil.pt"})
 
-    result = stage("weights", project, check=False)
+    result = stage("check_params", project, check=False)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1, result.stderr
     assert "models/weights/evil.pt was refused" in errors[0]
     assert not marker.exists()
-    assert not (project / "models" / "start.pt").exists()
+    assert not (project / "checks" / "params.ok").exists()
 
 
 # --- files that are no checkpoint at all ---------------------------------------------------

@@ -20,7 +20,7 @@ from pipeline.checkpoints import load_checkpoint
 from pipeline.config import Params
 from pipeline.freezing import freeze, parse_freeze, set_train_mode
 from pipeline.models import build_model
-from testing.project import REPO, copy_project, run, set_params, stage
+from testing.project import REPO, copy_project, run, set_checked_params, stage
 from tests.conftest import Reproduced
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -192,10 +192,10 @@ def test_compile_trains_the_same_model(
     project = tmp_path / "project"
     copy_project(pipeline_run[0], project)
     # Head only on the cached features: torch.compile then compiles just the head, in seconds.
-    set_params(project, **{"freeze": "all_but_head", "train.epochs": 2})
+    set_checked_params(project, **{"freeze": "all_but_head", "train.epochs": 2})
     stage("train", project)
     plain = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
-    set_params(project, **{"train.compile": True})
+    set_checked_params(project, **{"train.compile": True})
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # where its compiled code goes
     compiled_run = stage("train", project)
     assert any(path.is_file() for path in (tmp_path / "inductor").rglob("*")), "nothing was compiled"

@@ -1,7 +1,7 @@
 """params.yaml validation: each mistake stops the stage before any work, with one `error:` line and exit code 2.
 
 Each mistake runs the real entry point (`python -m pipeline.train`, `... prepare`, or, for
-the model-level checks of arch and weights, `... weights`) in its own copy of the project;
+the model-level checks of arch and weights, `... check_params`) in its own copy of the project;
 the runs go side by side, as they are almost all import time. The freeze specs are checked
 by check_params (tests/test_check_params.py). `load_params` itself is unit-tested
 in-process at the end, including the `dvc exp run -S` overrides.
@@ -28,7 +28,7 @@ from torchvision.models import ResNet18_Weights
 from pipeline.cli import UserError
 from pipeline.config import AugmentParams, Mode, Optimizer, Params, TrainParams, load_params
 from pipeline.paths import PREPARED_DIR
-from testing.project import REPO, copy_project, set_params, stage
+from testing.project import REPO, copy_project, set_checked_params, set_params, stage
 
 # --- helpers --------------------------------------------------------------------------
 
@@ -104,13 +104,19 @@ CASES = [
         ("params.yaml: prepare.val_fraction + prepare.test_fraction = 1.0", "less than 1"),
         stage="prepare",
     ),
-    # Checked by pipeline/models.py while the weights stage builds the model, before any work
-    # (the other model checks, in-process: tests/test_check_params.py).
+    # Checked by pipeline/models.py in check_params, before any stage builds a model (the other
+    # model checks, in-process: tests/test_check_params.py).
     Case(
         "unknown-arch",
         model_params(**{"model.arch": "resnet19"}),
         ("model.arch = 'resnet19'", "not a torchvision classification model", "did you mean resnet18"),
-        stage="weights",
+        stage="check_params",
+    ),
+    # A valid change that check_params has not checked: every other stage refuses it.
+    Case(
+        "unchecked-change",
+        params(**{"train.lr": 0.02}),
+        ("params.yaml is not what check_params checked", "does not exist"),
     ),
 ]
 
@@ -140,8 +146,8 @@ def test_param_mistakes_stop_the_stage_before_any_work(project: Path, subtests: 
             assert_one_error(result, *case.fragments)
             if case.stage == "train":
                 assert_train_did_nothing(copy)
-            elif case.stage == "weights":
-                assert not (copy / "models" / "start.pt").exists()
+            elif case.stage == "check_params":
+                assert not (copy / "checks/params.ok").exists() and not (copy / "checks/params.json").exists()
             else:
                 assert not (copy / PREPARED_DIR).exists()
 
@@ -157,7 +163,7 @@ def test_the_weights_stage_explains_uncached_torchvision_weights_without_network
         monkeypatch.delenv(name, raising=False)
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")
-    set_params(project, **{"model.weights": "DEFAULT"})
+    set_checked_params(project, **{"model.weights": "DEFAULT"})  # check_params resolves the name only
 
     file_name = Path(urlparse(ResNet18_Weights.DEFAULT.url).path).name  # resnet18-f37072fd.pth
     assert_one_error(
@@ -232,8 +238,8 @@ def test_exponent_notation_typed_by_hand_is_a_float(params_file: Path) -> None:
         ("train.epochs=3", "train.epochs", 3),
         ("prepare.val_fraction=0.3", "prepare.val_fraction", 0.3),
         ("train.optimizer=adamw", "train.optimizer", Optimizer.adamw),
-        ("select.mode=max", "select.mode", Mode.max),
-        ("select.metric=val_f1", "select.metric", "val_f1"),
+        (("select.metric=val_accuracy", "select.mode=max"), "select.mode", Mode.max),
+        (("select.metric=val_f1", "select.mode=max"), "select.metric", "val_f1"),
         ("train.augment.hflip=true", "train.augment.hflip", True),
         ("model.weights=null", "model.weights", None),
         ("model.weights=IMAGENET1K_V1", "model.weights", "IMAGENET1K_V1"),
@@ -244,11 +250,11 @@ def test_exponent_notation_typed_by_hand_is_a_float(params_file: Path) -> None:
     ],
 )
 def test_dvc_set_param_overrides_load_with_their_types(
-    params_file: Path, override: str, key: str, expected: object
+    params_file: Path, override: str | tuple[str, ...], key: str, expected: object
 ) -> None:
     from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S` edits params.yaml with
 
-    apply_overrides(params_file, [override])
+    apply_overrides(params_file, [override] if isinstance(override, str) else list(override))
     value = attrgetter(key)(load_params(params_file))
     assert value == expected
     assert type(value) is type(expected)
@@ -319,3 +325,80 @@ def test_load_params_reports_broken_yaml_with_its_line(params_file: Path) -> Non
 def test_missing_params_file_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not found: run the stage from the project root"):
         load_params(tmp_path / "params.yaml")
+
+
+def write_value(path: Path, key: str, text: str) -> None:
+    """Write `text` as the value of `key` (top-level, or group.key) by hand, as YAML has it."""
+    group, _, name = key.rpartition(".")
+    if group:
+        replace_line(path, group, name, f"  {name}: {text}")
+    else:
+        path.write_text(re.sub(rf"^{name}: .*$", f"{name}: {text}", path.read_text(), count=1, flags=re.M))
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "expected"),
+    [
+        # YAML 1.1 reads these as a boolean, a number or a date; a text param keeps the text.
+        ("freeze", "off", "off"),
+        ("device", "yes", "yes"),
+        ("prepare.data_dir", "007", "007"),
+        ("prepare.data_dir", "1e3", "1e3"),
+        ("prepare.data_dir", "0x1F", "0x1F"),
+        ("model.arch", "1_000", "1_000"),
+        ("model.arch", "2024-01-01", "2024-01-01"),
+        ("train.unfreeze_to", "no", "no"),
+        # null is null, in any spelling; quoted text was always text.
+        ("model.weights", "NULL", None),
+        ("model.weights", "~", None),
+        ("model.weights", "'null'", "null"),
+        ("freeze", "'off'", "off"),
+    ],
+)
+def test_text_params_are_taken_as_written(params_file: Path, key: str, text: str, expected: object) -> None:
+    write_value(params_file, key, text)
+    assert attrgetter(key)(load_params(params_file)) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "fragment"),
+    [
+        ("train.optimizer", "off", "train.optimizer = off: "),
+        ("train.epochs", "0x0", "train.epochs = 0x0 (read as 0) is not allowed"),
+        ("train.epochs", "yes", "train.epochs = yes: "),
+        ("train.lr", ".inf", "train.lr = .inf (read as inf) is not allowed; it must be a finite number"),
+        ("train.lr", "-.inf", "train.lr = -.inf (read as -inf) is not allowed"),
+        ("train.momentum", ".nan", "train.momentum = .nan (read as nan) is not allowed; it must be a finite number"),
+        ("pretrain.weight_decay", ".Inf", "pretrain.weight_decay = .Inf (read as inf)"),
+        # The same number spelt another way is not worth a remark.
+        ("train.epochs", "-0", "train.epochs = 0 is not allowed"),
+        ("train.lr", "-1e-2", "train.lr = -0.01 is not allowed"),
+    ],
+)
+def test_messages_quote_the_value_as_written(params_file: Path, key: str, text: str, fragment: str) -> None:
+    write_value(params_file, key, text)
+    with pytest.raises(UserError) as caught:
+        load_params(params_file)
+    assert fragment in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("metric", "mode", "ok"),
+    [
+        ("val_loss", "min", True),
+        ("val_loss", "max", False),
+        ("val_accuracy", "max", True),
+        ("val_accuracy", "min", False),
+        ("val_f1", "min", False),
+    ],
+)
+def test_select_mode_must_suit_the_metric(params_file: Path, metric: str, mode: str, ok: bool) -> None:
+    write_value(params_file, "select.metric", metric)
+    write_value(params_file, "select.mode", mode)
+    if ok:
+        assert load_params(params_file).select.mode.value == mode
+        return
+    with pytest.raises(UserError) as caught:
+        load_params(params_file)
+    best = "min" if metric == "val_loss" else "max"
+    assert f"select.mode = '{mode}' is not allowed; it must be {best} with select.metric {metric}" in str(caught.value)

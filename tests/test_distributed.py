@@ -29,7 +29,7 @@ from pipeline.cli import UserError, progress
 from pipeline.config import load_params
 from pipeline.distributed import EXIT_LOST_CONTACT, Ranks, first_cause, shard, sync_batchnorm
 from pipeline.engine import EpochOrder, LoopOptions, epoch_generator, rank_seed, split_loss, split_steps
-from testing.project import copy_project, run, set_params, stage
+from testing.project import copy_project, run, set_checked_params, set_params, stage
 from tests.conftest import once_per_run, prepare_with
 from tests.helpers import assert_resumed, epochs_trained, kill_env
 
@@ -151,7 +151,7 @@ def test_a_killed_run_goes_on_under_another_process_count_and_says_what_changed(
     ]
     for later in ("epoch_002.pt", "finished"):  # as if killed after epoch 1
         (folder / later).unlink()
-    set_params(project, **{"train.processes": 1, "train.accumulate_steps": 2})
+    set_checked_params(project, **{"train.processes": 1, "train.accumulate_steps": 2})
     log = stage("train", project).stderr
     assert f"continuing the run stopped after epoch 1 in .cache/runs/{folder.name}" in log
     assert "train.processes 2 -> 1, train.accumulate_steps 1 -> 2" in log
@@ -168,7 +168,7 @@ def test_a_killed_run_goes_on_under_another_process_count_and_says_what_changed(
 def test_a_rank_killed_mid_epoch_stops_the_job_and_the_rerun_resumes_bit_identically(
     two_processes: dict, ddp: Path, tmp_path: Path
 ) -> None:
-    set_params(ddp, **{"train.processes": 2})
+    set_checked_params(ddp, **{"train.processes": 2})
     # Rank 1's 7th optimizer step SIGKILLs it: the 2nd of epoch 2 (538 images, 64 per rank: 5 steps an epoch).
     env = kill_env(tmp_path / "site", "step", 7, rank=1)
     killed = run([PYTHON, "-m", "pipeline.train"], ddp, check=False, env=env, timeout=300)
@@ -191,7 +191,7 @@ def test_a_nan_loss_in_one_rank_stops_every_rank(ddp: Path, tmp_path: Path) -> N
     NaN comes in rank 1's last batch of the epoch, so no NaN gradient reaches rank 0's
     weights (an earlier one would, through the all-reduce, and rank 0 would see NaN itself).
     The head trains on features that each rank computed for its shard of the images."""
-    set_params(ddp, **{"train.processes": 2, "train.cache_features": True, **NO_RECIPES})
+    set_checked_params(ddp, **{"train.processes": 2, "train.cache_features": True, **NO_RECIPES})
     env = kill_env(tmp_path / "site", "nan", 5, rank=1)  # 269 images and 64 a step per rank: 5 batches
     result = run([PYTHON, "-m", "pipeline.train"], ddp, check=False, env=env, timeout=300)
     assert result.returncode == 2, result.stderr
@@ -214,7 +214,9 @@ def test_two_machines_rendezvous_with_torchrun(ddp: Path) -> None:
     also accumulates 2 batches of 32 per step, and the head trains on the feature cache, each
     process running the backbone over half of the images: the same training as 1 process
     with the global batch of 128 on its own features, up to float rounding."""
-    set_params(ddp, **{"train.processes": 2, "train.accumulate_steps": 2, "train.cache_features": True, **NO_RECIPES})
+    set_checked_params(
+        ddp, **{"train.processes": 2, "train.accumulate_steps": 2, "train.cache_features": True, **NO_RECIPES}
+    )
     torchrun = [
         PYTHON, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
         "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=test",
@@ -231,7 +233,7 @@ def test_two_machines_rendezvous_with_torchrun(ddp: Path) -> None:
     two = load_checkpoint(ddp / LAST)
     assert (two["world_size"], two["global_batch"], two["accumulate_steps"]) == (2, 128, 2)
 
-    set_params(ddp, **{"train.processes": 1, "train.accumulate_steps": 1})
+    set_checked_params(ddp, **{"train.processes": 1, "train.accumulate_steps": 1})
     assert epochs_trained(stage("train", ddp).stderr) == [1, 2]
     for name, tensor in weights(ddp / LAST).items():
         torch.testing.assert_close(tensor, two["model_state_dict"][name], atol=1e-6, rtol=1e-5)
@@ -272,7 +274,7 @@ def test_killing_the_process_group_of_dvc_repro_leaves_no_rank_running(ddp: Path
 def test_a_wait_that_runs_out_names_what_it_waited_for(ddp: Path, tmp_path: Path) -> None:
     """Rank 0 decodes the images while the others wait, up to wait_minutes: one line from
     the rank that gave up, naming what it waited for and the param, and no other error."""
-    set_params(ddp, **{"train.processes": 2, "wait_minutes": 0.05})  # 3 s
+    set_checked_params(ddp, **{"train.processes": 2, "wait_minutes": 0.05})  # 3 s
     env = kill_env(tmp_path / "site", "slow", 30, rank=0)  # rank 0's decoding takes 30 s more
     result = run([PYTHON, "-m", "pipeline.train"], ddp, check=False, env=env, timeout=300)
     assert result.returncode == 2, result.stderr
@@ -300,7 +302,7 @@ def test_evaluate_on_two_processes_gives_the_scores_of_one(batchnorm_trains: Pat
     project = copy_project(batchnorm_trains, tmp_path / "project")
     for output in ("eval/scores.csv", "eval/predictions"):
         subprocess.run(["rm", "-rf", str(project / output)], check=True)
-    set_params(project, **{"evaluate.processes": 2})
+    set_checked_params(project, **{"evaluate.processes": 2})
     result = stage("evaluate", project)
     assert "starting 2 evaluation processes" in result.stderr
     assert (project / "eval/scores.csv").read_text() == (batchnorm_trains / "eval/scores.csv").read_text()
@@ -324,7 +326,7 @@ def test_a_plain_launch_under_an_operators_variables_is_refused(project: Path) -
 
 def test_a_launch_with_another_process_count_than_train_processes_is_refused(project: Path) -> None:
     """The params must say how the run trains: a torchrun world of 1 under train.processes 2."""
-    set_params(project, **{"train.processes": 2})
+    set_checked_params(project, **{"train.processes": 2})
     env = {
         "RANK": "0",
         "WORLD_SIZE": "1",

@@ -26,6 +26,13 @@ from testing.project import run, stage
 CLASSES = ["a", "b", "c"]
 
 
+@pytest.fixture
+def project(project: Path) -> Path:
+    """A fresh project (conftest.py) whose params check_params has checked: select-best runs on no others."""
+    stage("check_params", project)
+    return project
+
+
 def tiny_checkpoint(arch: str, size: int) -> dict:
     torch.manual_seed(0)
     built = build_model(arch, None, CLASSES, size)

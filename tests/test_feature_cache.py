@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.checkpoints import load_checkpoint
-from testing.project import set_params, stage
+from testing.project import set_checked_params, stage
 
 METRICS = ("loss", "val_loss", "val_accuracy", "val_f1")
 # The stage runs on `device: auto`. On the CPU both paths compute in float32 and differ only
@@ -19,7 +19,7 @@ RTOL, ATOL = (4e-3, 1e-4) if torch.cuda.is_available() else (1e-4, 1e-6)
 
 
 def train(project: Path, cache_features: bool) -> tuple[list[dict], str]:
-    set_params(project, **{"freeze": "all_but_head", "train.cache_features": cache_features, "train.epochs": 3})
+    set_checked_params(project, **{"freeze": "all_but_head", "train.cache_features": cache_features, "train.epochs": 3})
     result = stage("train", project)
     checkpoints = [load_checkpoint(path) for path in sorted((project / "checkpoints").glob("*.pt"))]
     shutil.rmtree(project / "checkpoints")

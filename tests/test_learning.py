@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from pipeline.checkpoints import load_checkpoint
-from testing.project import copy_project, make_project, set_params, stage
+from testing.project import copy_project, make_project, set_checked_params, stage
 
 CHANCE = 1 / 5  # five classes, nearly balanced
 # Small and quick: resnet18 from scratch at 16 px reaches about 0.88 validation accuracy
@@ -44,7 +44,7 @@ def history(project: Path) -> list[dict]:
 
 
 def train(project: Path, **params: object) -> list[dict]:
-    set_params(project, **params)
+    set_checked_params(project, **params)
     stage("train", project)
     return history(project)
 
@@ -72,7 +72,7 @@ def shuffle_labels(project: Path, source: str, target: str, seed: int = 0) -> No
 def prepared_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project with the target digits prepared, and random starting weights, once for the module."""
     project = make_project(tmp_path_factory.mktemp("learning") / "project")
-    set_params(project, **{"model.weights": None})
+    set_checked_params(project, **{"model.weights": None})
     stage("prepare", project)
     stage("weights", project)
     return project
@@ -96,7 +96,7 @@ def test_training_loss_falls_and_validation_accuracy_beats_chance(digits: Path) 
 def test_with_shuffled_labels_the_same_run_stays_near_chance(digits: Path) -> None:
     """The control for the test above: it proves those thresholds can fail."""
     shuffle_labels(digits, "data/digits/target", "data/shuffled")
-    set_params(digits, **{"prepare.data_dir": "data/shuffled"})
+    set_checked_params(digits, **{"prepare.data_dir": "data/shuffled"})
     stage("prepare", digits)
     records = train(digits, **LEARN)
     # 179 validation images: chance is 0.2 +- 0.03; nothing to learn, so no epoch gets far.
@@ -109,7 +109,7 @@ def test_head_only_on_the_pretrained_backbone_beats_a_random_backbone(digits: Pa
     head_only = {"freeze": "all_but_head", "train.epochs": 5, "train.batch_size": 32, "train.lr": 0.01}
     random = train(digits, **head_only)[-1]  # the fixture's random starting weights
     pretraining = {"model.weights": "pretrain", "pretrain.epochs": 3, "pretrain.batch_size": 32}
-    set_params(digits, **pretraining)
+    set_checked_params(digits, **pretraining)
     stage("weights", digits)
     pretrained = train(digits)[-1]
     both = describe([pretrained, random])

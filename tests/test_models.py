@@ -462,8 +462,65 @@ def test_checkpoint_of_another_arch_is_a_clear_error(tmp_path: Path):
 def test_plain_state_dict_of_another_arch_is_a_clear_error(tmp_path: Path):
     path = tmp_path / "resnet34.pth"
     torch.save(scrambled_resnet("resnet34").state_dict(), path)
-    with pytest.raises(UserError, match=r"does not fit resnet18: missing keys \[\], unexpected keys \['layer1.2"):
+    with pytest.raises(UserError, match=r"does not fit resnet18: 0 missing keys \[\], 96 unexpected keys \['layer1.2"):
         build_model("resnet18", str(path), CLASSES, SIZE)
+
+
+def prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + key: value for key, value in state.items()}
+
+
+# The shapes other training code saves a model in (`state`: the model's state_dict).
+WRAPPED = {
+    "DistributedDataParallel": lambda state: prefixed(state, "module."),
+    "torch.compile": lambda state: prefixed(state, "_orig_mod."),
+    "compiled under DDP": lambda state: prefixed(state, "module._orig_mod."),
+    "Lightning": lambda state: {"state_dict": state, "epoch": 3, "global_step": 120},
+    "torchvision references": lambda state: {"model": state, "optimizer": {"state": {}, "param_groups": []}},
+    "PyTorch tutorial": lambda state: {"model_state_dict": state, "epoch": 3, "loss": 0.25},
+    "wrapped DDP": lambda state: {"state_dict": prefixed(state, "module."), "epoch": 3},
+}
+SMALL = "shufflenet_v2_x0_5"  # its head is `fc` too; files of 6 MB, not 45
+
+
+@pytest.mark.parametrize(
+    ("shape", "suffix"),
+    [(shape, ".pth") for shape in WRAPPED] + [("DistributedDataParallel", ".safetensors")],
+)
+def test_wrapped_state_dicts_load_as_users_expect(tmp_path: Path, shape: str, suffix: str):
+    state = scrambled_resnet(SMALL).state_dict()
+    path = tmp_path / f"wrapped{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(WRAPPED[shape](state), path)
+    else:
+        torch.save(WRAPPED[shape](state), path)
+    built = build_model(SMALL, str(path), CLASSES, SIZE)
+    assert_trunk_equal(built.model, state, "fc")
+
+
+def reshaped_first(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    key = next(iter(state))
+    return {**state, key: torch.zeros(2, *state[key].shape)}
+
+
+@pytest.mark.parametrize(
+    ("saved", "fragment"),
+    [
+        (lambda state: {"weights": state}, "nor a dict that holds a state_dict under 'state_dict' or 'model'"),
+        (lambda state: {**state, "extra.weight": torch.zeros(2)}, "0 missing keys [], 1 unexpected keys ['extra."),
+        (lambda state: {k: v for k, v in state.items() if not k.startswith("stage4.")}, "missing keys ['stage4."),
+        (lambda state: {"state_dict": prefixed(state, "net.")}, "every unexpected key starts with 'net.'"),
+        (reshaped_first, "tensors of other shapes: conv1.0.weight (2, 24, 3, 3, 3), the model's (24, 3, 3, 3)"),
+    ],
+)
+def test_weights_that_do_not_fit_are_one_line_naming_the_keys(tmp_path: Path, saved, fragment: str):
+    path = tmp_path / "mine.pt"
+    torch.save(saved(scrambled_resnet(SMALL).state_dict()), path)
+    with pytest.raises(UserError) as caught:
+        build_model(SMALL, str(path), CLASSES, SIZE)
+    assert fragment in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
 
 
 @pytest.fixture

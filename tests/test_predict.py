@@ -8,6 +8,9 @@ own transforms as the reference; an unreadable image gets an error row, not a cr
 import csv
 import io
 import json
+import os
+import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -97,7 +100,7 @@ def test_csv_matches_the_training_code_and_reports_the_broken_file(project: Path
         for k, (name, probability) in enumerate(expected[row["path"]], start=1):
             assert row[f"class_{k}"] == name
             assert float(row[f"probability_{k}"]) == pytest.approx(probability, abs=PROBABILITY_TOLERANCE)
-    assert "1 of 4 image(s) could not be decoded" in result.stderr
+    assert "1 of 4 path(s) could not be read as an image" in result.stderr
 
 
 def test_json_lists_top_k_per_image(project: Path) -> None:
@@ -131,7 +134,7 @@ def test_table_prints_a_line_per_image(project: Path) -> None:
     [
         (["c.png", "--model", "models/nope.pt"], "model file models/nope.pt does not exist"),
         (["nope.png", "--model", MODEL], "nope.png: no such file or folder"),
-        ([BROKEN, "--model", MODEL], "none of the 1 image(s) could be decoded"),
+        ([BROKEN, "--model", MODEL], "none of the 1 path(s) could be read as an image"),
     ],
 )
 def test_user_errors_are_one_line(project: Path, args: list[str], message: str) -> None:
@@ -140,3 +143,39 @@ def test_user_errors_are_one_line(project: Path, args: list[str], message: str) 
     assert result.returncode == 2
     assert len(errors) == 1 and errors[0].startswith(f"pipeline: error: {message}"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_path_named_or_found_gets_a_row_that_says_what_it_is(project: Path, tmp_path: Path) -> None:
+    """FIFOs, sockets, devices, broken links and link loops are never opened (a FIFO would
+    block); each one named or found in a folder gets a row saying what it is. Files without an
+    image extension in a folder are counted in the log."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(project / "c.png", folder / "good.png")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "gone.png").symlink_to("nowhere.png")
+    (folder / "loop.png").symlink_to("loop.png")
+    (folder / "notes.txt").write_text("not an image\n")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(folder / "sock.png"))
+    os.mkfifo(tmp_path / "named.fifo")
+    try:
+        args = [str(folder), str(tmp_path / "named.fifo"), "/dev/null", "--model", MODEL, "--format", "csv"]
+        result = run([sys.executable, "-m", "tools.predict", *args], project, timeout=120)
+    finally:
+        sock.close()
+    rows = {row["path"]: row["error"] for row in csv.DictReader(io.StringIO(result.stdout))}
+    expected = {
+        f"{folder}/gone.png": "a broken link: its target nowhere.png does not exist",
+        f"{folder}/good.png": "",
+        f"{folder}/loop.png": "a link loop",
+        f"{folder}/pipe.png": "not a regular file: a named pipe (FIFO)",
+        f"{folder}/sock.png": "not a regular file: a socket",
+        f"{tmp_path}/named.fifo": "not a regular file: a named pipe (FIFO)",
+        "/dev/null": "not a regular file: a character device",
+    }
+    assert list(rows) == list(expected), result.stdout
+    for path, error in expected.items():
+        assert rows[path].startswith(error), (path, rows[path])
+    assert f"{folder}: 1 file(s) without an image extension left out" in result.stderr
+    assert "6 of 7 path(s) could not be read as an image" in result.stderr

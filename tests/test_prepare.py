@@ -1,7 +1,9 @@
 """The prepare stage through its entry point: messy folders, one-line errors, reproducible splits."""
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ from PIL import Image
 
 from pipeline.data.split import SPLITS
 from pipeline.files import read_csv
-from testing.project import set_params, stage
+from testing.project import set_checked_params, set_params, stage
 from tests.helpers import file_sha1
 
 PREPARED = Path("data/prepared")
@@ -122,13 +124,16 @@ def test_prepare_handles_a_messy_folder(project: Path) -> None:
     add_bad(root / "self", "loop")
     (cat / "more").symlink_to(dog)
     add_bad(cat / "more", "link to a folder")
+    # Special files, named for what they are; a FIFO is never opened (that would block).
+    os.mkfifo(dog / "pipe.png")
+    add_bad(dog / "pipe.png", "not a regular file: a named pipe (FIFO)")
     # Hidden files and folders are neither used nor reported.
     noise_image(cat / ".hidden.png")
     noise_image(dog / ".thumbs" / "t.png")
     (dog / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     noise_image(root / ".trash" / "x.png")
 
-    set_params(project, **{"prepare.data_dir": "messy"})
+    set_checked_params(project, **{"prepare.data_dir": "messy"})
     result = stage("prepare", project)
 
     assert result.returncode == 0
@@ -157,30 +162,42 @@ def test_prepare_handles_a_messy_folder(project: Path) -> None:
     assert "bird" in warning and "fish" in warning
 
 
-def test_prepare_rejects_a_single_class(project: Path) -> None:
+def test_a_single_class_is_refused_by_check_params_and_by_prepare_before_decoding(project: Path) -> None:
     simple_folder(project / "one", {"only": 6})
     set_params(project, **{"prepare.data_dir": "one"})
+    assert_one_line_error(stage("check_params", project, check=False), "1 class folder", "at least 2")
 
-    assert_one_line_error(stage("prepare", project, check=False), "1 class folder", "at least 2")
+    # The data changed after check_params checked the params (DVC re-runs prepare alone then):
+    # prepare refuses it before decoding any image.
+    simple_folder(project / "two", {"only": 6, "other": 6})
+    set_checked_params(project, **{"prepare.data_dir": "two"})
+    shutil.rmtree(project / "two" / "other")
+    result = stage("prepare", project, check=False)
+    assert_one_line_error(result, "1 class folder", "at least 2")
+    assert "decoded" not in result.stderr and not (project / ".cache" / "images").exists(), result.stderr
 
 
 def test_prepare_rejects_a_class_too_small_for_every_split(project: Path) -> None:
     simple_folder(project / "few", {"many": 6, "rare": 2})
-    set_params(project, **{"prepare.data_dir": "few"})
+    set_checked_params(project, **{"prepare.data_dir": "few"})
 
     assert_one_line_error(stage("prepare", project, check=False), "'rare'", "2 usable image")
 
 
-def test_prepare_rejects_a_missing_data_dir(project: Path) -> None:
+def test_a_missing_data_dir_is_refused_by_check_params_and_by_prepare(project: Path) -> None:
     set_params(project, **{"prepare.data_dir": "no/such/folder"})
+    assert_one_line_error(stage("check_params", project, check=False), "no/such/folder", "no such folder")
 
-    assert_one_line_error(stage("prepare", project, check=False), "no/such/folder", "does not exist")
+    simple_folder(project / "gone", {"a": 3, "b": 3})
+    set_checked_params(project, **{"prepare.data_dir": "gone"})
+    shutil.rmtree(project / "gone")
+    assert_one_line_error(stage("prepare", project, check=False), "gone", "does not exist")
 
 
 def test_prepare_is_reproducible_and_seeded(project: Path) -> None:
     simple_folder(project / "pics", {"a": 9, "b": 7, "c": 5})
     (project / "pics" / "a" / "notes.txt").write_text("so skipped.csv has a row")
-    set_params(project, **{"prepare.data_dir": "pics", "prepare.seed": 0})
+    set_checked_params(project, **{"prepare.data_dir": "pics", "prepare.seed": 0})
     outputs = [project / PREPARED / name for name in OUTPUTS]
 
     stage("prepare", project)
@@ -189,7 +206,7 @@ def test_prepare_is_reproducible_and_seeded(project: Path) -> None:
     assert [path.read_bytes() for path in outputs] == first
 
     manifest0, classes0, skipped0 = read_outputs(project)
-    set_params(project, **{"prepare.seed": 1})
+    set_checked_params(project, **{"prepare.seed": 1})
     result = stage("prepare", project)
     manifest1, classes1, skipped1 = read_outputs(project)
 
@@ -242,7 +259,7 @@ def test_prepare_keeps_duplicates_in_one_split_and_drops_conflicting_copies(proj
 
     set_params(project, **{"prepare.data_dir": "dups", "prepare.val_fraction": 0.3, "prepare.test_fraction": 0.3})
     for seed in range(4):
-        set_params(project, **{"prepare.seed": seed})
+        set_checked_params(project, **{"prepare.seed": seed})
         stage("prepare", project)
         manifest, _, skipped = read_outputs(project)
         split_of = dict(zip(manifest["path"], manifest["split"], strict=True))

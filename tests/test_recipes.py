@@ -18,7 +18,7 @@ from pipeline.models import build_model
 from pipeline.optim import class_weights, lr_factor, make_optimizer
 from pipeline.runs import early_stop
 from testing.compare import assert_same_run, assert_tensors_equal
-from testing.project import run, set_params, stage
+from testing.project import run, set_checked_params, stage
 
 
 def torch_schedule(scheduler: type, epochs: int, **kwargs: object) -> list[float]:
@@ -146,7 +146,7 @@ def test_early_stopping_keeps_every_finished_epoch(prepared: Path) -> None:
     project = prepared
     # A frozen backbone and a vanishing lr: validation loss moves by far less than min_delta,
     # so patience 1 stops after epoch 2.
-    set_params(
+    set_checked_params(
         project,
         freeze="all_but_head",
         **{
@@ -164,7 +164,7 @@ def test_early_stopping_keeps_every_finished_epoch(prepared: Path) -> None:
 def test_gradual_unfreezing_survives_a_resume(prepared: Path) -> None:
     project = prepared
     """Head alone for 1 epoch (on cached features), then layer3+layer4 at a lower LR; killed in epoch 3."""
-    set_params(
+    set_checked_params(
         project,
         freeze="all_but_head",
         **{
@@ -202,7 +202,7 @@ def test_the_weights_moving_average_is_kept_scored_beside_them_and_may_be_chosen
     # resnet18 from random weights: the small model pretrained for one epoch predicts nearly
     # the same for every image, so mirror images would change nothing.
     recipe = {"model.arch": "resnet18", "model.weights": None, "train.ema_decay": 0.5, "evaluate.tta": "hflip"}
-    set_params(project, freeze="first:3", **recipe)
+    set_checked_params(project, freeze="first:3", **recipe)
     for name in ("weights", "train", "evaluate", "select_best"):
         stage(name, project)
 

@@ -18,7 +18,7 @@ import torch
 
 from pipeline.checkpoints import load_checkpoint
 from testing.compare import assert_same_run
-from testing.project import copy_project, run, set_params, stage
+from testing.project import copy_project, run, set_checked_params, stage
 from tests.helpers import assert_resumed, epochs_trained, kill_env
 
 WRAPPER = [sys.executable, "-m", "tests.kill_wrapper"]
@@ -45,7 +45,7 @@ def final_state(project: Path) -> list[dict]:
 def reference(prepared_once: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     """A project with prepare and weights done, and an uninterrupted train run's checkpoints."""
     project = copy_project(prepared_once, tmp_path_factory.mktemp("reference") / "project")
-    set_params(project, **{"train.epochs": EPOCHS})
+    set_checked_params(project, **{"train.epochs": EPOCHS})
     stage("train", project)
     (folder,) = (project / ".cache" / "runs").iterdir()
     assert (folder / "finished").is_file(), "a finished run keeps its folder, marked finished"
@@ -111,7 +111,7 @@ def test_resume_after_sigkill_with_every_training_recipe_gives_the_uninterrupted
     prepared_once: Path, tmp_path: Path, recipe: dict
 ) -> None:
     project = copy_project(prepared_once, tmp_path / "project")
-    set_params(project, **{"train.epochs": EPOCHS, "freeze": "first:2", **recipe})
+    set_checked_params(project, **{"train.epochs": EPOCHS, "freeze": "first:2", **recipe})
     stage("train", project)
     expected = final_state(project)
     assert all(checkpoint["ema_updates"] == 5 * checkpoint["epoch"] for checkpoint in expected)  # 5 steps an epoch
@@ -156,13 +156,13 @@ def test_damaged_checkpoint_falls_back_to_the_last_good_one(trained: tuple[Path,
 def test_other_params_never_resume_another_run(trained: tuple[Path, list[dict]]) -> None:
     project, expected = trained
     train_killed_at(project, "publish", 1)
-    set_params(project, **{"train.lr": 0.02})
+    set_checked_params(project, **{"train.lr": 0.02})
     other = stage("train", project)
     assert "resuming" not in other.stderr
     assert epochs_trained(other.stderr) == list(range(1, EPOCHS + 1))
     assert [c["lr"] for c in final_state(project)] == [0.02] * EPOCHS
 
-    set_params(project, **{"train.lr": 0.01})  # back to the killed run's params: it resumes
+    set_checked_params(project, **{"train.lr": 0.01})  # back to the killed run's params: it resumes
     resumed = stage("train", project)
     assert_resumed(resumed.stderr, after=1, epochs=EPOCHS)
     assert_same_run(final_state(project), expected)

@@ -11,7 +11,7 @@ import torch
 from pipeline.cli import UserError
 from pipeline.config import Mode
 from pipeline.select_best import pick_best
-from testing.project import set_params, stage
+from testing.project import set_checked_params, stage
 from tests.conftest import Reproduced
 
 NAN = math.nan
@@ -79,7 +79,7 @@ def test_the_stage_keeps_the_checkpoint_validation_prefers_when_test_disagrees(
         table[f"val_{name}"] = [better[name], worse[name]]
         table[f"test_{name}"] = [worse[name] + 0.01, better[name] + 0.01]
     table.to_csv(project / "eval/scores.csv", index=False)
-    set_params(project, **{"select.metric": metric, "select.mode": mode})
+    set_checked_params(project, **{"select.metric": metric, "select.mode": mode})
 
     stage("select_best", project)
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipeline.data.split import read_manifest
 from pipeline.files import read_csv, write_csv
-from testing.project import set_params, stage
+from testing.project import set_checked_params, stage
 
 # pandas' default missing-value strings that can name a folder (not "" nor those with a "/").
 MISSING_LOOKING = ["#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>"]
@@ -50,7 +50,7 @@ def tiny_images(root: Path, classes: list[str], per_class: int) -> None:
 def test_prepare_keeps_class_names_that_look_missing_or_numeric(project: Path) -> None:
     classes = sorted(MISSING_LOOKING + NUMBER_LOOKING)
     tiny_images(project / "odd", classes, 3)
-    set_params(project, **{"prepare.data_dir": "odd"})
+    set_checked_params(project, **{"prepare.data_dir": "odd"})
 
     stage("prepare", project)
     manifest, read_classes = read_manifest(project / "data" / "prepared")
@@ -65,7 +65,7 @@ def test_odd_class_names_survive_train_evaluate_and_select_best(prepared: Path) 
     project = prepared  # its starting weights are made; the head is new for these classes
     classes = ["007", "1e3", "NA", "null"]
     tiny_images(project / "odd", classes, 4)
-    set_params(project, **{"prepare.data_dir": "odd", "train.epochs": 1})
+    set_checked_params(project, **{"prepare.data_dir": "odd", "train.epochs": 1})
 
     for name in ("prepare", "train", "evaluate", "select_best"):
         stage(name, project)

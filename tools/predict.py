@@ -13,8 +13,11 @@ image's logits with its mirror image's (evaluate.tta), and --tta overrides it.
 
 Writes to stdout, one line (table), row (csv) or object (json) per image: its path and
 its top-k classes with their probabilities. An image that cannot be decoded gets an
-`error` instead; the exit code stays 0 as long as one image could be read. A missing
-model or path, or no readable image at all, is a one-line error with exit code 2. Logs
+`error` instead, and so does every path named or found that is no file to read (a FIFO,
+socket or device, a broken link or link loop: never opened), saying what it is; files in
+a folder without an image extension are counted in the log. The exit code stays 0 as
+long as one image could be read. A missing model or path, or no readable image at all,
+is a one-line error with exit code 2. Logs
 go to stderr. Not a DVC stage: it reads any checkpoint of this pipeline (models/best.pt,
 checkpoints/epoch_NNN.pt) and writes no file.
 """
@@ -24,6 +27,7 @@ import csv
 import json
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +41,7 @@ from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import UserError, error_line, progress, run_stage
 from pipeline.config import TestTimeAugmentation
 from pipeline.data.decode import load_image
-from pipeline.data.scan import image_files
+from pipeline.data.scan import is_image_name, not_a_file, scan_folder
 from pipeline.devices import memory_format, place_model, resolve_device
 from pipeline.engine import batch_logits
 from pipeline.models import ModelSpec, model_from_checkpoint
@@ -77,20 +81,34 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def collect_files(paths: list[Path]) -> list[Path]:
-    """The files named and the image files in the folders named, each once, in order."""
-    files: list[Path] = []
+def collect_files(paths: list[Path]) -> list[tuple[Path, str]]:
+    """Every path named, and every entry in the folders named, each once, in order: (path,
+    why it is not read as an image, or "" for one that is). A path named is tried whatever
+    its extension; in a folder, files without an image extension are left out with a count.
+    FIFOs, sockets, devices and broken links, named or found, are never opened (a FIFO
+    would block): each gets its reason. A path that does not exist is a UserError."""
+    entries: list[tuple[Path, str]] = []
     for path in paths:
         if path.is_dir():
-            images, _ = image_files(path)
-            if not images:
-                log.warning("no image files in %s", path)
-            files += images
+            entries += _folder_entries(path)
         elif path.is_file():
-            files.append(path)  # named explicitly: tried whatever its extension
+            entries.append((path, ""))
+        elif os.path.lexists(path):  # a FIFO, socket or device; a broken link or link loop
+            entries.append((path, not_a_file(path) or "not a file"))
         else:
             raise UserError(f"{path}: no such file or folder")
-    return list(dict.fromkeys(files))
+    return list(dict.fromkeys(entries))
+
+
+def _folder_entries(folder: Path) -> list[tuple[Path, str]]:
+    images, skipped = scan_folder(folder)
+    others = {Path(s.path) for s in skipped if Path(s.path).is_file() and not is_image_name(Path(s.path))}
+    if others:
+        log.info("%s: %d file(s) without an image extension left out", folder, len(others))
+    if not images:
+        log.warning("no image files in %s", folder)
+    unreadable = [(Path(s.path), s.reason) for s in skipped if Path(s.path) not in others]
+    return sorted([(path, "") for path in images] + unreadable)
 
 
 @torch.inference_mode()
@@ -168,8 +186,8 @@ WRITERS = {"table": write_table, "csv": write_csv_rows, "json": write_json_list}
 
 def main() -> None:
     args = parse_args()
-    files = collect_files(args.paths)
-    if not files:
+    entries = collect_files(args.paths)
+    if not entries:
         raise UserError(f"no image files in {', '.join(map(str, args.paths))}")
     if not args.model.is_file():
         raise UserError(f"model file {args.model} does not exist: run `dvc repro` to make it, or pass --model")
@@ -178,20 +196,23 @@ def main() -> None:
     model = place_model(model_from_checkpoint(checkpoint), device)
     spec = ModelSpec.from_checkpoint(checkpoint)
     top_k = min(args.top_k, len(spec.classes))
+    files = [path for path, why in entries if not why]
     log.info(
         "%s (%s, %d classes, %dpx) on %d image(s), on %s",
         args.model, spec.arch, len(spec.classes), spec.image_size, len(files), device,
     )  # fmt: skip
 
     tta = args.tta or checkpoint.get("tta", TestTimeAugmentation.none.value)
-    predictions = predict_files(model, spec, files, top_k, args.batch_size, device, flip=tta == "hflip")
+    decoded = iter(predict_files(model, spec, files, top_k, args.batch_size, device, flip=tta == "hflip"))
+    # In the order found, a row for every path: decoded, or why not.
+    predictions = [Prediction(path.as_posix(), error=why) if why else next(decoded) for path, why in entries]
     WRITERS[args.format](predictions, top_k, sys.stdout)
 
     failed = sum(1 for p in predictions if p.error)
     if failed == len(predictions):
-        raise UserError(f"none of the {failed} image(s) could be decoded")
+        raise UserError(f"none of the {failed} path(s) could be read as an image")
     if failed:
-        log.warning("%d of %d image(s) could not be decoded; their rows hold the error", failed, len(predictions))
+        log.warning("%d of %d path(s) could not be read as an image; their rows hold why", failed, len(predictions))
 
 
 if __name__ == "__main__":

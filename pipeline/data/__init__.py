@@ -19,5 +19,6 @@ The modules, each importing only those listed above it:
                    memory-mapped array file, and its training copies (`decoded_images`,
                    `training_copies`, PREPROCESSING_VERSION)
     split.py       the manifest's rows: usable images, duplicate groups, the stratified
-                   split (`usable_images`, `stratified_split`, `read_manifest`)
+                   split (`usable_images`, `stratified_split`, `read_manifest`); enough
+                   classes for a classifier, from the scan alone (`scan_classes`)
 """

@@ -12,6 +12,15 @@ from pipeline.cli import UserError
 IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp"})
 
 
+# What a file that is neither a regular file nor a folder is, by its type bits (`stat.S_IFMT`).
+SPECIAL_KINDS = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
 @dataclass(frozen=True)
 class Skipped:
     path: str
@@ -40,7 +49,7 @@ def find_images(root: Path) -> tuple[list[str], list[tuple[Path, str]], list[Ski
             files += [(path, entry.name) for path in images]
             skipped += reasons
         else:
-            why = _not_a_file(entry) or "not inside a class folder: a file must lie in a folder named after its class"
+            why = not_a_file(entry) or "not inside a class folder: a file must lie in a folder named after its class"
             skipped.append(Skipped(entry.as_posix(), why))
     return classes, files, skipped
 
@@ -64,9 +73,9 @@ def scan_folder(folder: Path) -> tuple[list[Path], list[Skipped]]:
             path = directory / name
             if path.is_dir() and not path.is_symlink():
                 visit(path)
-            elif why := _not_a_file(path):
+            elif why := not_a_file(path):
                 skipped.append(Skipped(path.as_posix(), why))
-            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            elif is_image_name(path):
                 images.append(path)
             else:
                 skipped.append(Skipped(path.as_posix(), f"not an image file extension ({path.suffix or 'none'})"))
@@ -75,7 +84,7 @@ def scan_folder(folder: Path) -> tuple[list[Path], list[Skipped]]:
     return images, skipped
 
 
-def _not_a_file(path: Path) -> str | None:
+def not_a_file(path: Path) -> str | None:
     """Why `path` cannot be read as a file (a broken link, a link loop, a folder...), or None."""
     try:
         mode = path.stat().st_mode
@@ -90,11 +99,9 @@ def _not_a_file(path: Path) -> str | None:
     if stat.S_ISDIR(mode):
         return f"a link to a folder (-> {os.readlink(path)}); links to folders inside a class folder are not followed"
     if not stat.S_ISREG(mode):
-        return "not a regular file (a pipe, socket or device)"
+        return f"not a regular file: {SPECIAL_KINDS.get(stat.S_IFMT(mode), 'a special file')}"
     return None
 
 
-def image_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Every file below `folder`, sorted: (image files, everything else: see scan_folder)."""
-    images, skipped = scan_folder(folder)
-    return images, [Path(s.path) for s in skipped]
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS

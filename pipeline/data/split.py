@@ -36,8 +36,9 @@ def usable_images(
     is right for all of them, and class folders left with no usable image (the folder
     itself is listed). With `sizing`, the same pass also stores the rows' pixels and training
     copies in the decoded-image cache, where `decoded_images` and `training_copies` find them.
+    Fewer than 2 class folders with image files stop it before any file is read (`scan_classes`).
     """
-    classes, files, skipped = find_images(root)
+    classes, files, skipped = scan_classes(root)
     cache_dir = cache_dir or cache_folder()
     paths = [path.as_posix() for path, _ in files]
     rows = []
@@ -71,6 +72,22 @@ def usable_images(
             "sub-folders, one per class"
         )
     return classes, found, skipped
+
+
+def scan_classes(root: Path) -> tuple[list[str], list[tuple[Path, str]], list[Skipped]]:
+    """`find_images(root)`, and a UserError when fewer than 2 of its class folders hold an
+    image file, which no decoding can mend (a data_dir that names one class folder, or a
+    folder of loose images). A scan reads no file: this costs far less than the decoding it
+    saves. (Classes too small for the splits are known only once decoded: a class whose few
+    files are all damaged is left out, not an error.)"""
+    classes, files, skipped = find_images(root)
+    with_files = {label for _, label in files}
+    if len(with_files) < 2:
+        raise UserError(
+            f"{root} holds {len(with_files)} class folder(s) with image files; a classifier needs at least 2 "
+            "sub-folders, one per class"
+        )
+    return classes, files, skipped
 
 
 def _drop_conflicting_copies(found: pd.DataFrame) -> tuple[pd.DataFrame, list[Skipped]]:
