@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.augment import apply_augmentation, draw_augmentation
@@ -125,3 +126,13 @@ def param_recorder_env(folder: Path) -> dict[str, str]:
     (folder / "site" / "sitecustomize.py").write_text(PARAM_RECORDER)
     (folder / "read").mkdir()
     return {"PYTHONPATH": str(folder / "site"), "RECORD_PARAMS": str(folder / "read")}
+
+
+def located(picture: np.ndarray, image: np.ndarray) -> tuple[int, int]:
+    """Where `image` (H, W, 3) appears in `picture` pixel for pixel: the (row, column) of its
+    top left corner; AssertionError if it is not there."""
+    rows, columns = np.nonzero((picture == image[0, 0]).all(axis=-1))
+    for row, column in zip(rows, columns, strict=True):
+        if (picture[row : row + image.shape[0], column : column + image.shape[1]] == image).all():
+            return int(row), int(column)
+    raise AssertionError(f"an image of {image.shape[1]} x {image.shape[0]} pixels is not in the picture")

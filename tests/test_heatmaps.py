@@ -160,11 +160,17 @@ def test_heat_maps_of_a_trained_model_point_at_the_object_that_decides_the_class
     set_params(
         project,
         **{
-            "prepare.data_dir": "data/objects", "prepare.test_fraction": 0.25,
-            "model.arch": "timm/test_resnet", "model.weights": None, "model.image_size": size,
-            "train.epochs": 5, "train.batch_size": 16, "train.optimizer": "adamw", "train.lr": 0.003,
+            "prepare.data_dir": "data/objects",
+            "prepare.test_fraction": 0.25,
+            "model.arch": "timm/test_resnet",
+            "model.weights": None,
+            "model.image_size": size,
+            "train.epochs": 5,
+            "train.batch_size": 16,
+            "train.optimizer": "adamw",
+            "train.lr": 0.003,
         },
-    )  # fmt: skip
+    )
     for name in ("prepare", "weights", "train", "evaluate", "select_best"):
         stage(name, project)
 

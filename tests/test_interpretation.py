@@ -9,6 +9,7 @@ import torch
 from pipeline.engine import score
 from pipeline.gallery import PANEL, Tile, draw_gallery, heat_colours, overlay, panel
 from pipeline.interpretation import mistakes, per_class_scores
+from tests.helpers import located
 
 CLASSES = ["a", "b", "c"]
 # (actual, predicted, how many): a is mostly right, b mostly taken for a, c never recognised.
@@ -99,12 +100,3 @@ def test_the_gallery_puts_each_image_and_its_heat_side_by_side_in_rows_of_four()
     first, fifth = (np.asarray(panel(tile.pixels)) for tile in (tiles[0], tiles[4]))
     found = [located(picture, image) for image in (first, fifth)]
     assert found[0][1] == found[1][1] and found[1][0] > found[0][0] + PANEL
-
-
-def located(picture: np.ndarray, image: np.ndarray) -> tuple[int, int]:
-    """Where `image` appears in `picture`, pixel for pixel: (row, column) of its corner."""
-    rows, columns = np.nonzero((picture == image[0, 0]).all(axis=-1))
-    for row, column in zip(rows, columns, strict=True):
-        if (picture[row : row + image.shape[0], column : column + image.shape[1]] == image).all():
-            return int(row), int(column)
-    raise AssertionError("not in the picture")
