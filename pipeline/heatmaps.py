@@ -6,7 +6,9 @@ over the positions, and the heat map is ReLU(sum_c weight_c * A_c), resized to t
 
 Which layer (`feature_layer`), read off one traced forward pass, with no list of models:
 - a CNN (and Swin, MaxViT, ConvNeXt...): the last square map of more than one position,
-  channels first (NCHW) or last (NHWC, timm's Swin): the last one before the pooling;
+  channels first (NCHW) or last (NHWC, timm's Swin): the last one before the pooling. Only
+  maps that a module at most two levels down the model's tree returns (a stage, or a block
+  of a stage) count: inside a block a map may hold one branch of it, not all it passes on;
 - a vision transformer (torchvision's ViT, timm's ViT, DeiT, EVA, Mixer...): when a repeated
   block that maps tokens (N, T, C) to tokens of the same shape runs after that last square
   map, the tokens going into the last such block. Not its output: with class-token pooling
@@ -109,7 +111,7 @@ def feature_layer(model: nn.Module, image_size: int) -> FeatureLayer | None:
     """The layer whose activations Grad-CAM weighs for `model` (in eval mode) on inputs of
     `image_size` pixels, as the module docstring says; None for a model without one."""
     calls = _trace(model, image_size)
-    maps = [index for index, call in enumerate(calls) if _square_map(call.output)]
+    maps = [index for index, call in enumerate(calls) if _square_map(call.output) and call.name.count(".") < 2]
     blocks = [
         index
         for index, call in enumerate(calls)

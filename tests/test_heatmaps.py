@@ -27,6 +27,8 @@ from testing.project import set_params, stage
     [
         ("resnet18", 224, FeatureLayer("layer4", "NCHW", 7)),  # the last convolution stage, before pooling
         ("resnet18", 32, FeatureLayer("layer3", "NCHW", 2)),  # layer4 is 1 x 1 there: one position points nowhere
+        # stage3's last 2 x 2 map is inside its first block, on one of its two branches: not that
+        ("shufflenet_v2_x0_5", 16, FeatureLayer("stage2", "NCHW", 2)),
         ("efficientnet_b0", 224, FeatureLayer("features", "NCHW", 7)),
         ("swin_t", 224, FeatureLayer("permute", "NCHW", 7)),  # torchvision's Swin turns its NHWC map NCHW
         ("maxvit_t", 224, FeatureLayer("blocks.3", "NCHW", 7)),
@@ -39,6 +41,7 @@ from testing.project import set_params, stage
         ("timm/mixer_s16_224", 224, FeatureLayer("blocks.7", "tokens", 14, prefix=0)),  # no class token
         ("timm/cait_xxs24_224", 224, FeatureLayer("blocks.23", "tokens", 14, prefix=0)),  # class token added later
         ("timm/levit_128s", 224, None),  # neither: no heat maps
+        ("timm/pit_ti_224", 224, None),  # tokens pooled to a coarser grid inside its stages
     ],
 )
 def test_the_layer_for_each_kind_of_backbone(arch: str, size: int, expected: FeatureLayer | None) -> None:

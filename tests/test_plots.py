@@ -75,7 +75,7 @@ def test_plots_html_renders_offline_in_headless_chromium(reproduced: Path, tmp_p
     html = (page / "index.html").read_text()
     plots = len(re.findall(r"vegaEmbed\(", html))
     assert plots == 5  # loss, accuracy, learning rate, confusion matrix, per-class table
-    images = re.findall(r'<img src="([^"]+)"', html)
+    images = re.findall(r'<img src="([^"]+)"', html.partition("<body>")[2])  # not Vega's own code in <head>
     assert images == ["static/workspace_best_mistakes.png"]
 
     chromium = [
@@ -89,7 +89,8 @@ def test_plots_html_renders_offline_in_headless_chromium(reproduced: Path, tmp_p
     ).stdout
     charts = chart_sections(dom)
     assert dom.count("<canvas") == 3  # loss, accuracy and confusion on a canvas; the others as SVG, text and all
-    assert all('class="marks"' in section for section in charts.values()), "Vega drew every chart"
+    drawn = [name for name, section in charts.items() if re.search(r'<(canvas|svg)\b[^>]*class="marks"', section)]
+    assert len(drawn) == plots, f"Vega drew only {drawn}"
 
     table = svg_texts(charts["Per-class_scores_of_the_chosen_checkpoint__test_split___weakest_first"])
     classes = pd.read_csv(reproduced / "best" / "classes.csv", dtype={"class": str})
