@@ -109,6 +109,24 @@ def test_grad_cam_equals_cam_for_global_pooling_and_a_linear_head() -> None:
     assert not torch.allclose(grad_cam(model, images[1:2], classes[:1], layer), heat[1:2], atol=1e-2)
 
 
+def test_grad_cam_weighs_each_map_by_its_mean_gradient_by_hand() -> None:
+    """A head that weighs each position of the map on its own (a linear layer on the flattened
+    map): the gradient of class c's logit by A[k, i, j] is W[c, (k, i, j)], so each map's
+    weight is the mean of its W over the positions."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 5, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(5 * 4 * 4, 3)
+    ).eval()
+    images, classes = torch.randn(2, 3, 4, 4), torch.tensor([2, 0])
+    layer = feature_layer(model, 4)
+    assert layer == FeatureLayer("1", "NCHW", 4)
+    with torch.no_grad():
+        maps = model[1](model[0](images))
+        weights = model[3].weight[classes].view(2, 5, 4, 4).mean(dim=(2, 3))
+    cam = F.relu(torch.einsum("nk,nkhw->nhw", weights, maps))
+    torch.testing.assert_close(grad_cam(model, images, classes, layer), cam / cam.amax(dim=(1, 2), keepdim=True))
+
+
 @pytest.mark.parametrize(
     "kind", ["torchvision ViT", "timm/test_vit", "timm Swin", "timm/test_convnext", "mobilenet_v3_small"]
 )

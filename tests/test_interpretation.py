@@ -1,14 +1,18 @@
 """select-best's per-class table and its list and picture of the mistakes
 (pipeline.interpretation, pipeline.gallery), against hand counts and hand-drawn pixels."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from pipeline.cli import UserError
 from pipeline.engine import score
 from pipeline.gallery import PANEL, Tile, draw_gallery, heat_colours, overlay, panel
-from pipeline.interpretation import mistakes, per_class_scores
+from pipeline.interpretation import mistakes, model_inputs, per_class_scores
+from pipeline.models import ModelSpec
 from tests.helpers import located
 
 CLASSES = ["a", "b", "c"]
@@ -100,3 +104,17 @@ def test_the_gallery_puts_each_image_and_its_heat_side_by_side_in_rows_of_four()
     first, fifth = (np.asarray(panel(tile.pixels)) for tile in (tiles[0], tiles[4]))
     found = [located(picture, image) for image in (first, fifth)]
     assert found[0][1] == found[1][1] and found[1][0] > found[0][0] + PANEL
+
+
+def test_no_mistakes_is_a_picture_that_says_so() -> None:
+    picture = draw_gallery([], ["No mistakes on the test split (12 images)."])
+    pixels = np.asarray(picture)
+    assert picture.width > 200 and (pixels < 128).any()  # the line of text, in a picture of its own
+
+
+def test_an_image_gone_since_prepare_is_an_error_naming_it(tmp_path: Path) -> None:
+    spec = ModelSpec("resnet18", "fc", ["a", "b"], 32, [0.5] * 3, [0.25] * 3)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    for path in (tmp_path / "gone.png", tmp_path / "broken.png"):
+        with pytest.raises(UserError, match=f"{path} could not be read for best/mistakes.png.*rerun prepare"):
+            model_inputs([str(path)], spec)

@@ -55,6 +55,32 @@ def test_plots_mark_the_chosen_epoch_and_name_the_classes(reproduced: Path) -> N
     assert {row["actual"] for row in cells} == {"5", "6", "7", "8", "9"}
 
 
+def test_select_best_tells_which_classes_and_images_the_chosen_checkpoint_gets_wrong(reproduced: Path) -> None:
+    """best/classes.csv and best/mistakes.csv against the chosen checkpoint's test predictions,
+    counted here with pandas; best/mistakes.png pictures the 16 most confident mistakes."""
+    chosen = json.loads((reproduced / "best" / "metrics.json").read_text())
+    name = f"epoch_{chosen['epoch']:03d}{'' if chosen['weights'] == 'raw' else '_' + chosen['weights']}.csv"
+    predictions = pd.read_csv(reproduced / "eval" / "predictions" / name, dtype=str)
+    table = pd.read_csv(reproduced / "best" / "classes.csv", dtype={"class": str}).set_index("class")
+    counts = pd.crosstab(predictions["actual"], predictions["predicted"])
+    for label, row in table.iterrows():
+        hits = counts.at[label, label] if label in counts.columns else 0
+        assert row["support"] == counts.loc[label].sum()
+        assert row["recall"] == pytest.approx(hits / counts.loc[label].sum(), abs=1e-4)
+        called = counts[label].sum() if label in counts.columns else 0
+        assert row["precision"] == pytest.approx(hits / called if called else 0.0, abs=1e-4)
+    assert table["f1"].is_monotonic_increasing
+    assert table["f1"].mean() == pytest.approx(chosen["test_f1"], abs=1e-3)
+
+    wrong = predictions[predictions["actual"] != predictions["predicted"]]
+    listed = pd.read_csv(reproduced / "best" / "mistakes.csv", dtype={"actual": str, "predicted": str})
+    assert sorted(listed["path"]) == sorted(wrong["path"])
+    assert listed["probability"].is_monotonic_decreasing
+    tiles = min(len(wrong), 16)
+    with Image.open(reproduced / "best" / "mistakes.png") as picture:
+        assert picture.width >= 4 * 2 * 128 and picture.height >= -(-tiles // 4) * 128  # rows of 4 pairs of panels
+
+
 def test_the_page_inlines_the_vega_major_versions_dvc_render_loads(reproduced: Path) -> None:
     dvc(reproduced, "plots", "show")  # plain, as in the README: the template comes from .dvc/config
     page = (reproduced / "dvc_plots" / "index.html").read_text()
