@@ -342,9 +342,7 @@ def score(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict
     # Not torchmetrics: a new dependency for ten lines whose macro average (here: classes absent from
     # both targets and predictions left out) would have to be shown to match first.
     predictions = logits.argmax(dim=1)
-    confusion = torch.bincount(targets * num_classes + predictions, minlength=num_classes**2).view(
-        num_classes, num_classes
-    )
+    confusion = confusion_matrix(targets, predictions, num_classes)
     true_positive = confusion.diag().float()
     support, predicted = confusion.sum(dim=1).float(), confusion.sum(dim=0).float()
     present = (support + predicted) > 0
@@ -354,3 +352,8 @@ def score(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict
         "accuracy": (predictions == targets).float().mean().item(),
         "f1": f1[present].mean().item(),
     }
+
+
+def confusion_matrix(targets: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """int64 (num_classes, num_classes): [i, j] counts the items of class i predicted as j."""
+    return torch.bincount(targets * num_classes + predictions, minlength=num_classes**2).view(num_classes, num_classes)

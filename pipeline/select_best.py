@@ -12,6 +12,9 @@ Writes: models/best.pt        (model weights and metadata, no optimizer state)
         best/metrics.json     (what `dvc metrics show` reads)
         best/confusion.csv    (the chosen checkpoint's test predictions, for the confusion plot)
         best/epochs.csv       (eval/scores.csv with the chosen epoch marked, for the curves)
+        best/classes.csv, best/mistakes.csv, best/mistakes.png
+                              (per-class scores, and the test images it gets wrong: see
+                               pipeline.interpretation)
 
 models/best.pt2 runs with plain torch, without this project's code:
 
@@ -45,6 +48,7 @@ from pipeline.cli import UserError, error_line, run_stage
 from pipeline.config import Mode
 from pipeline.export import write_image_export
 from pipeline.files import atomic_write, read_csv, write_csv, write_json
+from pipeline.interpretation import write_interpretation
 from pipeline.metrics import REPORTED
 from pipeline.models import ModelSpec, model_from_checkpoint
 from pipeline.paths import (
@@ -162,6 +166,7 @@ def main() -> None:
     predictions = read_csv(PREDICTIONS_DIR / predictions_name(epoch, weights))
     # A plain CSV for dvc.yaml's confusion plot, not dvclive's: select_best keeps no Live run.
     write_csv(predictions[["actual", "predicted"]], BEST_CONFUSION)
+    write_interpretation(checkpoint, predictions)
     # evaluate's table of the raw weights, with the chosen epoch marked, for the per-epoch plots' red line
     raw = scores[scores["weights"] == "raw"]
     write_csv(raw.assign(selected=(raw["epoch"] == epoch).astype(int)), BEST_EPOCHS)

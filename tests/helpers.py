@@ -135,3 +135,13 @@ def crop_batches_of(folder: Path, shapes: list[tuple[int, int]], crop: int, devi
     rows, targets = torch.arange(len(paths)), torch.arange(len(paths)) % 3
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
     return CropBatches(copies, rows, targets, device, mean, std, crop, "bilinear")
+
+
+def located(picture: np.ndarray, image: np.ndarray) -> tuple[int, int]:
+    """Where `image` (H, W, 3) appears in `picture` pixel for pixel: the (row, column) of its
+    top left corner; AssertionError if it is not there."""
+    rows, columns = np.nonzero((picture == image[0, 0]).all(axis=-1))
+    for row, column in zip(rows, columns, strict=True):
+        if (picture[row : row + image.shape[0], column : column + image.shape[1]] == image).all():
+            return int(row), int(column)
+    raise AssertionError(f"an image of {image.shape[1]} x {image.shape[0]} pixels is not in the picture")

@@ -192,6 +192,27 @@ MUTATIONS = [
         "inputs = (inputs.float() - self.mean) / self.std.flip(1)  # batches.normalize",
         ("tests/test_export.py", "-k", "tools_predicts_probabilities"),
     ),
+    Mutation(
+        "grad-cam-against",
+        "Grad-CAM weighs each map by minus its mean gradient: the heat shows what speaks against the class",
+        "weights = gradients.float().mean(dim=(2, 3), keepdim=True)",
+        "weights = -gradients.float().mean(dim=(2, 3), keepdim=True)",
+        ("tests/test_heatmaps.py", "-k", "by_hand or equals_cam"),
+    ),
+    Mutation(
+        "gallery-of-hits",
+        "select-best's list and picture of the mistakes hold the test images the model gets right",
+        'wrong = predictions[predictions["actual"] != predictions["predicted"]]',
+        'wrong = predictions[predictions["actual"] == predictions["predicted"]]',
+        ("tests/test_interpretation.py",),
+    ),
+    Mutation(
+        "strongest-class-first",
+        "the per-class table puts the best classes first, the weakest last",
+        'table.sort_values(["f1", "recall", "class"], kind="stable")',
+        'table.sort_values(["f1", "recall", "class"], ascending=False, kind="stable")',
+        ("tests/test_interpretation.py",),
+    ),
 ]
 
 

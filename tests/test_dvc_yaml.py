@@ -117,6 +117,9 @@ def dvc_yaml_paths() -> set[str]:
         named.update(stage["outs"])
     named.update(DVC_YAML["metrics"])
     for plot in DVC_YAML["plots"]:
+        if isinstance(plot, str):  # a file plotted as it is: an image
+            named.add(plot)
+            continue
         (definition,) = plot.values()
         named.update(definition["y"])
     return named

@@ -70,12 +70,17 @@ def fake_evaluation(project: Path, checkpoint: dict) -> None:
     scores = {name: [0.5] for name in REPORTED}
     row = {"epoch": [1], "weights": ["raw"], "tta": ["none"], **scores}
     pd.DataFrame(row).to_csv(project / "eval/scores.csv", index=False)
-    pd.DataFrame({"actual": ["a"], "predicted": ["b"]}).to_csv(project / "eval/predictions/epoch_001.csv", index=False)
+    image = project / "images" / "a" / "0.png"  # one test image, of class a, taken for b
+    image.parent.mkdir(parents=True)
+    Image.new("RGB", (20, 20), (200, 30, 30)).save(image)
+    predictions = {"path": ["images/a/0.png"], "actual": ["a"], "predicted": ["b"], "confidence": [0.7]}
+    pd.DataFrame(predictions).to_csv(project / "eval/predictions/epoch_001.csv", index=False)
 
 
 LOAD_WITH_PLAIN_TORCH = """
 import json, sys
 import torch
+from PIL import Image
 extra = {"metadata.json": ""}
 model = torch.export.load(sys.argv[1], extra_files=extra).module()
 images = torch.load("images.pt", weights_only=True)

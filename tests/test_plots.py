@@ -6,6 +6,7 @@ DVC's own page loads Vega from a CDN; this project's page template (plots.html_t
 Without Chromium (Debian's `chromium`), the render check is skipped.
 """
 
+import html
 import json
 import re
 import shutil
@@ -13,12 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from dvc_render.vega import VegaRenderer
+from PIL import Image
 
 from testing.project import copy_project, run
 from tests.conftest import Reproduced
+from tests.helpers import located
 
 CHROMIUM = shutil.which("chromium")
 
@@ -51,6 +55,32 @@ def test_plots_mark_the_chosen_epoch_and_name_the_classes(reproduced: Path) -> N
     assert {row["actual"] for row in cells} == {"5", "6", "7", "8", "9"}
 
 
+def test_select_best_tells_which_classes_and_images_the_chosen_checkpoint_gets_wrong(reproduced: Path) -> None:
+    """best/classes.csv and best/mistakes.csv against the chosen checkpoint's test predictions,
+    counted here with pandas; best/mistakes.png pictures the 16 most confident mistakes."""
+    chosen = json.loads((reproduced / "best" / "metrics.json").read_text())
+    name = f"epoch_{chosen['epoch']:03d}{'' if chosen['weights'] == 'raw' else '_' + chosen['weights']}.csv"
+    predictions = pd.read_csv(reproduced / "eval" / "predictions" / name, dtype=str)
+    table = pd.read_csv(reproduced / "best" / "classes.csv", dtype={"class": str}).set_index("class")
+    counts = pd.crosstab(predictions["actual"], predictions["predicted"])
+    for label, row in table.iterrows():
+        hits = counts.at[label, label] if label in counts.columns else 0
+        assert row["support"] == counts.loc[label].sum()
+        assert row["recall"] == pytest.approx(hits / counts.loc[label].sum(), abs=1e-4)
+        called = counts[label].sum() if label in counts.columns else 0
+        assert row["precision"] == pytest.approx(hits / called if called else 0.0, abs=1e-4)
+    assert table["f1"].is_monotonic_increasing
+    assert table["f1"].mean() == pytest.approx(chosen["test_f1"], abs=1e-3)
+
+    wrong = predictions[predictions["actual"] != predictions["predicted"]]
+    listed = pd.read_csv(reproduced / "best" / "mistakes.csv", dtype={"actual": str, "predicted": str})
+    assert sorted(listed["path"]) == sorted(wrong["path"])
+    assert listed["probability"].is_monotonic_decreasing
+    tiles = min(len(wrong), 16)
+    with Image.open(reproduced / "best" / "mistakes.png") as picture:
+        assert picture.width >= 4 * 2 * 128 and picture.height >= -(-tiles // 4) * 128  # rows of 4 pairs of panels
+
+
 def test_the_page_inlines_the_vega_major_versions_dvc_render_loads(reproduced: Path) -> None:
     dvc(reproduced, "plots", "show")  # plain, as in the README: the template comes from .dvc/config
     page = (reproduced / "dvc_plots" / "index.html").read_text()
@@ -63,12 +93,16 @@ def test_the_page_inlines_the_vega_major_versions_dvc_render_loads(reproduced: P
 
 @pytest.mark.skipif(not CHROMIUM, reason="needs Debian's chromium")
 def test_plots_html_renders_offline_in_headless_chromium(reproduced: Path, tmp_path: Path) -> None:
+    """Every chart is drawn; the per-class table holds best/classes.csv's rows in its order; the
+    learning rate's axis labels its value; the picture of the mistakes is on the page as it is."""
     dvc(reproduced, "plots", "show")
-    page = tmp_path / "elsewhere" / "plots.html"  # wherever `-o` puts it, or a copy of it
-    page.parent.mkdir()
-    shutil.copy(reproduced / "dvc_plots" / "index.html", page)
-    plots = len(re.findall(r"vegaEmbed\(", page.read_text()))
-    assert plots == 4  # loss, accuracy, learning rate, confusion matrix
+    page = tmp_path / "elsewhere" / "plots"  # wherever `-o` puts it, or a copy of the folder
+    shutil.copytree(reproduced / "dvc_plots", page)
+    html = (page / "index.html").read_text()
+    plots = len(re.findall(r"vegaEmbed\(", html))
+    assert plots == 5  # loss, accuracy, learning rate, confusion matrix, per-class table
+    images = re.findall(r'<img src="([^"]+)"', html.partition("<body>")[2])  # not Vega's own code in <head>
+    assert images == ["static/workspace_best_mistakes.png"]
 
     chromium = [
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -76,11 +110,36 @@ def test_plots_html_renders_offline_in_headless_chromium(reproduced: Path, tmp_p
         f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=10000",
         "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9",  # no network at all
     ]  # fmt: skip
-    dom = subprocess.run([*chromium, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    assert dom.count("<canvas") == plots  # Vega drew every chart
-    screenshot = tmp_path / "plots.png"
-    subprocess.run(
-        [*chromium, "--window-size=1200,1600", f"--screenshot={screenshot}", page.as_uri()],
-        capture_output=True, timeout=120, check=True,
-    )  # fmt: skip
-    assert screenshot.stat().st_size > 20_000  # a blank page is a few kB
+    dom = subprocess.run(
+        [*chromium, "--dump-dom", (page / "index.html").as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    charts = chart_sections(dom)
+    assert dom.count("<canvas") == 3  # loss, accuracy and confusion on a canvas; the others as SVG, text and all
+    drawn = [name for name, section in charts.items() if re.search(r'<(canvas|svg)\b[^>]*class="marks"', section)]
+    assert len(drawn) == plots, f"Vega drew only {drawn}"
+
+    table = svg_texts(charts["Per-class_scores_of_the_chosen_checkpoint__test_split___weakest_first"])
+    classes = pd.read_csv(reproduced / "best" / "classes.csv", dtype={"class": str})
+    assert [text for text in table if text in set(classes["class"])][: len(classes)] == classes["class"].tolist()
+    assert [float(text) for text in table if re.fullmatch(r"\d\.\d\d", text)][:3] == pytest.approx(
+        classes[["f1", "precision", "recall"]].iloc[0].tolist(), abs=0.005
+    )  # the weakest class's F1, precision and recall, first
+    lr_axis = svg_texts(charts["Learning_rate_per_epoch"])
+    assert "0.01" in lr_axis  # the constant rate's value, not a lone 0
+
+    shot = tmp_path / "plots.png"
+    run([sys.executable, "-m", "tools.screenshot", "--out", str(shot)], reproduced)
+    gallery = np.asarray(Image.open(reproduced / "best" / "mistakes.png").convert("RGB"))
+    row, column = np.argwhere(np.ptp(gallery.astype(int), axis=-1) > 50)[0]  # a heat map's corner: colourful
+    located(np.asarray(Image.open(shot).convert("RGB")), gallery[row : row + 48, column : column + 48])
+
+
+def chart_sections(dom: str) -> dict[str, str]:
+    """Each chart's part of the rendered page, by its div's id."""
+    parts = re.split(r'<div id="([^"]+)"', dom)[1:]
+    return dict(zip(parts[::2], parts[1::2], strict=True))
+
+
+def svg_texts(section: str) -> list[str]:
+    """The text of each SVG <text> element, in the page's order."""
+    return [html.unescape(text) for text in re.findall(r"<text[^>]*>([^<]*)</text>", section)]
