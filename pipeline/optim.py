@@ -1,12 +1,14 @@
 """How a training run optimises: the class weights of its loss, the optimizer, the
 learning-rate schedule and the moving average of the weights."""
 
+import fnmatch
 import math
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from pipeline.backbones import layer_ids, no_weight_decay
 from pipeline.config import ClassWeights, Optimizer, OptimParams, Schedule
 from pipeline.freezing import loose_parameters, stage_names, stage_parameters
 
@@ -37,23 +39,24 @@ def make_optimizer(
     Parameters frozen now but in `trains_later` (gradual unfreezing) get no gradients, so
     they carry no optimizer state until they are unfrozen; frozen for good, they are left out.
 
-    Without `decay_norms_and_biases`, one-dimensional parameters (the weights and biases of
-    norm layers, and every bias) get no weight decay, as in timm and the torchvision
-    references: decay pulls them towards 0, which they have no reason to be near. With a
-    `layer_decay` below 1 (layer-wise learning-rate decay, as timm's for ViT), the trunk's
-    stages (`freezing.stage_names`, the ones `freeze: first:N` counts: timm's own groups for a
-    timm model) learn ever more slowly towards the input: stage i of n at
-    lr * trunk_lr_scale * layer_decay ** (n - i), the head at lr. The head's parameters and
-    the trunk's form groups apart, one per (rate, decay) pair, the head's first.
+    Without `decay_norms_and_biases`, weight decay skips what timm's param_groups_weight_decay
+    skips: one-dimensional parameters (the weights and biases of norm layers), every bias, and
+    what the model's family names (`no_weight_decay`: ViT's class token and position embedding).
+    Decay pulls them towards 0, which they have no reason to be near. With a `layer_decay`
+    below 1 (layer-wise learning-rate decay, as timm's for ViT), the trunk learns ever more
+    slowly towards the input: a parameter `layer_depths` layers below the head's at
+    lr * trunk_lr_scale * layer_decay ** depth, the head at lr. The head's parameters and the
+    trunk's form groups apart, one per (rate, decay) pair, the head's first.
     """
-    depth = _stage_depths(model, head) if layer_decay != 1 else {}
+    depth = layer_depths(model, head) if layer_decay != 1 else {}
+    undecayed = set() if decay_norms_and_biases else undecayed_names(model)
     groups: dict[tuple[bool, float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         in_head = name.startswith(f"{head}.")
         if not (in_head or param.requires_grad or name in trains_later):
             continue
-        lr = params.lr if in_head else params.lr * trunk_lr_scale * layer_decay ** depth.get(name, 1)
-        decay = params.weight_decay if decay_norms_and_biases or param.ndim > 1 else 0.0
+        lr = params.lr if in_head else params.lr * trunk_lr_scale * layer_decay ** depth.get(name, 0)
+        decay = 0.0 if name in undecayed else params.weight_decay
         groups.setdefault((not in_head, lr, decay), []).append(param)
     # The head's groups first (False sorts first): group 0's rate is `lr`, the one epoch records show.
     ordered = sorted(groups.items(), key=lambda item: item[0][0])
@@ -63,15 +66,34 @@ def make_optimizer(
     return torch.optim.SGD(settings, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
 
 
-def _stage_depths(model: nn.Module, head: str) -> dict[str, int]:
-    """How many stages each trunk parameter lies below the head (1: the last stage); the
-    parameters outside any stage (ViT's class token) count with the first."""
-    stages = stage_names(model, head)
-    depths = {name: len(stages) for name in loose_parameters(model, stages)}
-    for index, stage in enumerate(stages):
-        for name in stage_parameters(model, stage):
-            depths[name] = len(stages) - index
-    return depths
+def undecayed_names(model: nn.Module) -> set[str]:
+    """The parameters that timm's param_groups_weight_decay leaves undecayed: one-dimensional
+    ones, biases, and those matching the model's own list (`backbones.no_weight_decay`, fnmatch
+    patterns as timm matches them)."""
+    patterns = no_weight_decay(model)
+    return {
+        name
+        for name, param in model.named_parameters()
+        if param.ndim <= 1 or name.endswith(".bias") or any(fnmatch.fnmatch(name, p) for p in patterns)
+    }
+
+
+def layer_depths(model: nn.Module, head: str) -> dict[str, int]:
+    """How many layers each trunk parameter lies below the head's layer, as timm's
+    param_groups_layer_decay counts: the family's own layers where it numbers them (timm's
+    models, `backbones.layer_ids`), else the stages that `freeze: first:N` counts (parameters
+    held beside them, `freezing.loose_parameters`, with the first). Parameters in none, like
+    MobileNetV3's classifier.0 beside its head, are at depth 0, as timm puts the parameters
+    its matchers miss (ConvNeXt's head.norm) in the head's layer."""
+    ids = layer_ids(model)
+    if not ids:
+        stages = stage_names(model, head)
+        ids = {name: 0 for name in loose_parameters(model, stages)}
+        for index, stage in enumerate(stages):
+            ids.update(dict.fromkeys(stage_parameters(model, stage), index))
+        ids.update({name: len(stages) for name, _ in model.named_parameters() if name not in ids})
+    top = max(ids.values())
+    return {name: top - layer for name, layer in ids.items()}
 
 
 def lr_factor(epoch: int, epochs: int, schedule: Schedule, warmup_epochs: int, step_every: int, gamma: float) -> float:

@@ -162,6 +162,15 @@ def test_every_model_gets_a_new_head_and_only_the_head_trains(arch: str):
         assert head == "head"
 
 
+def stage_contents(model: nn.Module, stage: str) -> tuple[list[str], set[str]]:
+    """The modules a stage names, and the parameters it holds: theirs, and those it names itself
+    (ViT's class token and position embedding, in its first stage)."""
+    params = dict(model.named_parameters())
+    modules = [part for part in stage.split("+") if part not in params]
+    named = {part for part in stage.split("+") if part in params}
+    return modules, named.union(*(parameter_names(model.get_submodule(m), m) for m in modules))
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_model_has_stages_and_first_n_freezes_them(arch: str):
     built = built_on_meta(arch)
@@ -169,28 +178,33 @@ def test_every_model_has_stages_and_first_n_freezes_them(arch: str):
     stages = stage_names(model, head)
     assert stages
     # Disjoint, and none holds the head.
-    for stage in stages:
-        assert stage != head
-        assert not head.startswith(f"{stage}.")
-        assert not any(other.startswith(f"{stage}.") for other in stages if other != stage)
+    parts = [part for stage in stages for part in stage.split("+")]
+    for part in parts:
+        assert part != head
+        assert not head.startswith(f"{part}.")
+        assert not any(other.startswith(f"{part}.") for other in parts if other != part)
+    # Every parameter is in a stage: ViT's are grouped as timm groups its ViT (the tokens with the
+    # patch embedding, the final norm with the last block).
+    assert not loose_parameters(model, stages)
+    if arch.startswith("vit_"):
+        blocks = len(model.encoder.layers)
+        assert stages[0] == "conv_proj+class_token+encoder.pos_embedding" and len(stages) == blocks + 1
+        assert stages[-1] == f"encoder.layers.encoder_layer_{blocks - 1}+encoder.ln"
 
-    # Parameters beside the stages (only ViT's tokens) freeze with the first stage.
-    loose = set(loose_parameters(model, stages))
-    assert loose == ({"class_token", "encoder.pos_embedding"} if arch.startswith("vit_") else set())
-
-    assert freeze(model, parse_freeze("first:1"), head) == stages[:1]
+    modules, first = stage_contents(model, stages[0])
+    assert freeze(model, parse_freeze("first:1"), head) == modules
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == parameter_names(model.get_submodule(stages[0]), stages[0]) | loose
+    assert frozen == first
     assert frozen
 
     model.requires_grad_(True)
     every = parse_freeze(f"first:{len(stages)}")
     trains = trainable_names(model, every, head)
     assert all(p.requires_grad for p in model.parameters()), "trainable_names leaves the model as it is"
-    assert freeze(model, every, head) == stages
+    assert freeze(model, every, head) == [m for stage in stages for m in stage_contents(model, stage)[0]]
     assert trains == {name for name, p in model.named_parameters() if p.requires_grad}
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == set().union(loose, *(parameter_names(model.get_submodule(s), s) for s in stages))
+    assert frozen == set().union(*(stage_contents(model, stage)[1] for stage in stages))
     assert not frozen & parameter_names(model.get_submodule(head), head)
 
     with pytest.raises(UserError, match=f"has {len(stages)} stages"):

@@ -92,26 +92,66 @@ def test_norms_and_biases_get_no_weight_decay_unless_asked_and_frozen_parts_stay
                 p.copy_(before[name])
 
 
-def test_layer_decay_slows_each_stage_towards_the_input() -> None:
+# torchvision ViT's parameters as timm's ViT names them: outside the blocks, and inside each.
+TIMM_VIT_NAMES = {
+    "class_token": "cls_token",
+    "encoder.pos_embedding": "pos_embed",
+    "conv_proj.weight": "patch_embed.proj.weight",
+    "conv_proj.bias": "patch_embed.proj.bias",
+    "encoder.ln.weight": "norm.weight",
+    "encoder.ln.bias": "norm.bias",
+    "heads.head.weight": "head.weight",
+    "heads.head.bias": "head.bias",
+}
+TIMM_VIT_BLOCK_NAMES = {
+    "ln_1": "norm1",
+    "self_attention.in_proj_": "attn.qkv.",
+    "self_attention.out_proj": "attn.proj",
+    "ln_2": "norm2",
+    "mlp.0": "mlp.fc1",
+    "mlp.3": "mlp.fc2",
+}
+
+
+def timm_vit_name(name: str) -> str:
+    if name in TIMM_VIT_NAMES:
+        return TIMM_VIT_NAMES[name]
+    block, _, rest = name.removeprefix("encoder.layers.encoder_layer_").partition(".")
+    ours, theirs = next((o, t) for o, t in TIMM_VIT_BLOCK_NAMES.items() if rest.startswith(o))
+    return f"blocks.{block}.{theirs}{rest.removeprefix(ours)}"
+
+
+@pytest.mark.parametrize("layer_decay", [1.0, 0.65])
+def test_torchvision_vit_is_grouped_as_timm_groups_its_vit(layer_decay: float) -> None:
+    """vit_b_16's parameter groups are timm's param_groups_layer_decay / param_groups_weight_decay
+    for timm's ViT-B/16, parameter by parameter: class token and position embedding undecayed,
+    with the patch embedding in the first layer; the final norm with the last block (0.65, not
+    0.4225 below the head)."""
+    import timm
+    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+
     with torch.device("meta"):  # only the structure matters
-        built = build_model("vit_b_16", None, ["a", "b"], 32)
+        built = build_model("vit_b_16", None, ["a", "b"], 224)
+        reference = timm.create_model("vit_base_patch16_224", num_classes=2)
     model, head = built.model, built.spec.head
-    params = OptimParams(epochs=1, batch_size=2, optimizer=Optimizer.adamw, lr=1.0, momentum=0, weight_decay=0, seed=0)
-    optimizer = make_optimizer(params, model, head, trunk_lr_scale=0.5, layer_decay=0.75)
-    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
-
-    def lr(name: str) -> float:
-        return lr_of[id(model.get_parameter(name))]
-
-    assert optimizer.param_groups[0]["lr"] == 1.0 and lr("heads.head.weight") == 1.0
-    # 14 stages: conv_proj, the 12 encoder layers, encoder.ln (python -m pipeline.models vit_b_16)
-    assert lr("encoder.ln.weight") == pytest.approx(0.5 * 0.75)
-    for block in range(12):
-        expected = 0.5 * 0.75 ** (14 - 1 - block)
-        assert lr(f"encoder.layers.encoder_layer_{block}.mlp.0.weight") == pytest.approx(expected)
-    # The patch embedding, class token and position embedding form the first stage.
-    for name in ("conv_proj.weight", "class_token", "encoder.pos_embedding"):
-        assert lr(name) == pytest.approx(0.5 * 0.75**14)
+    params = OptimParams(
+        epochs=1, batch_size=2, optimizer=Optimizer.adamw, lr=1.0, momentum=0, weight_decay=0.05, seed=0
+    )
+    optimizer = make_optimizer(params, model, head, decay_norms_and_biases=False, layer_decay=layer_decay)
+    ours = {id(p): (group["lr"], group["weight_decay"]) for group in optimizer.param_groups for p in group["params"]}
+    kept = reference.no_weight_decay()
+    if layer_decay == 1:
+        groups = param_groups_weight_decay(reference, 0.05, no_weight_decay_list=kept)
+    else:
+        groups = param_groups_layer_decay(reference, 0.05, no_weight_decay_list=kept, layer_decay=layer_decay)
+    theirs = {id(p): (group.get("lr_scale", 1.0), group["weight_decay"]) for group in groups for p in group["params"]}
+    timm_params = dict(reference.named_parameters())
+    for name, param in model.named_parameters():
+        rate, decay = theirs[id(timm_params[timm_vit_name(name)])]
+        assert ours[id(param)] == (pytest.approx(rate, rel=1e-12), decay), name
+    if layer_decay != 1:
+        assert ours[id(model.get_parameter("encoder.layers.encoder_layer_11.mlp.0.weight"))][0] == pytest.approx(0.65)
+        assert ours[id(model.get_parameter("conv_proj.weight"))][0] == pytest.approx(0.65**13)
 
 
 def records(values: list[float]) -> list[dict]:
