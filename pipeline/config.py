@@ -137,6 +137,7 @@ class TrainParams(OptimParams):
     decay_norms_and_biases: bool = MISSING  # false: no weight decay on norm layers and biases
     clip_grad_norm: float = MISSING  # clip the gradients' total norm to this before each step; 0 = off
     ema_decay: float = MISSING  # keep an exponential moving average of the weights too; 0 = off
+    ema_warmup: bool = MISSING  # the average's decay warms up over the first updates (timm's ModelEmaV3)
     unfreeze_after: int = MISSING  # gradual unfreezing: after this many epochs, `unfreeze_to` applies
     unfreeze_to: str = MISSING
     label_smoothing: float = MISSING

@@ -1,10 +1,11 @@
-"""How a training run optimises: the class weights of its loss, the optimizer, the
+"""How a training run optimises: its loss and class weights, the optimizer, the
 learning-rate schedule and the moving average of the weights."""
 
 import fnmatch
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -21,6 +22,24 @@ def class_weights(
         return None
     counts = torch.bincount(targets, minlength=num_classes).float()
     return (len(targets) / (num_classes * counts.clamp(min=1))).to(device)
+
+
+def training_loss(
+    logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Cross-entropy with class `weight`s and label smoothing, over class indices or, after
+    MixUp/CutMix, class probabilities.
+
+    torch divides the weighted sum by the batch's total weight for class indices, but by the
+    batch size for probabilities, so with class weights the loss's scale would jump when mixing
+    switches on. Here probabilities are divided by their total weight too (each image weighs
+    its targets' weighted sum, the mixing ratios' share of each class's weight): for one-hot
+    probabilities this is torch's loss for the indices.
+    """
+    if weight is None or not targets.is_floating_point():
+        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing)
+    total = F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing, reduction="sum")
+    return total / (targets * weight).sum()
 
 
 def make_optimizer(
@@ -109,21 +128,45 @@ def lr_factor(epoch: int, epochs: int, schedule: Schedule, warmup_epochs: int, s
     return 1.0
 
 
-def weights_average(model: nn.Module, decay: float) -> AveragedModel | None:
+def weights_average(model: nn.Module, decay: float, warmup: bool = False) -> AveragedModel | None:
     """An exponential moving average of `model`'s weights, and of its buffers (BatchNorm's
     running statistics), updated after each optimizer step, as the torchvision references'
     --model-ema does; None when `decay` is 0. Frozen weights stay exactly as they are, and
-    integer buffers are the model's, as in timm's ModelEmaV3."""
+    integer buffers are the model's, as in timm's ModelEmaV3.
+
+    With `warmup`, the k-th update decays by `ema_decay_at(decay, k - 1)` (timm's ModelEmaV3
+    warm-up), not by `decay` from the start: an average that starts at the pretrained
+    weights and decays by 0.999 per step stays near them for thousands of steps, longer than
+    a whole fine-tune. Chosen over the references' `adjust` (a per-run decay from the
+    epochs, batch and world size, held at the weights during lr warm-up) because it depends
+    on the update count alone, which every checkpoint records, so a resumed run continues it
+    exactly.
+    """
     if not decay:
         return None
-    average = get_ema_multi_avg_fn(decay)
+    constant = get_ema_multi_avg_fn(decay)
 
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
-        if averaged[0].is_floating_point():  # AveragedModel groups the tensors by dtype
-            average(averaged, current, updates)
-        else:  # counters (BatchNorm's num_batches_tracked): torch's average would round them down
+        # AveragedModel groups the tensors by dtype. Counters (BatchNorm's num_batches_tracked) are
+        # the model's: torch's average would round them down.
+        if not averaged[0].is_floating_point():
             for mine, theirs in zip(averaged, current, strict=True):
                 mine.copy_(theirs)
+        elif warmup:  # the weight as tensors on the device, not a Scalar (which would read it): no host sync
+            torch._foreach_lerp_(averaged, current, [1 - ema_decay_at(decay, updates)] * len(averaged))
+        else:
+            constant(averaged, current, updates)
 
     return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
+# timm's ModelEmaV3 warm-up: decay 1 - (1 + step / gamma) ** -power, with its defaults gamma 1, power 2/3.
+EMA_WARMUP_POWER = 2 / 3
+
+
+def ema_decay_at(decay: float, updates: torch.Tensor) -> torch.Tensor:
+    """The decay of an update of the average with warm-up, after `updates` earlier ones (the first
+    copies the weights): min(decay, 1 - (1 + updates) ** -2/3), as timm's ModelEmaV3 with
+    use_warmup at step updates + 1. It passes 0.9 after 31 updates, 0.99 after 999."""
+    return (1 - (1 + updates.double()) ** -EMA_WARMUP_POWER).clamp(max=decay).float()

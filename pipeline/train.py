@@ -18,7 +18,6 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from dvclive import Live
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
@@ -38,7 +37,7 @@ from pipeline.features import head_feature_batches
 from pipeline.freezing import count_parameters, freeze, parse_freeze, trainable_names
 from pipeline.metrics import METRICS, as_columns, columns
 from pipeline.models import ModelSpec, build_model
-from pipeline.optim import class_weights, lr_factor, make_optimizer, weights_average
+from pipeline.optim import class_weights, lr_factor, make_optimizer, training_loss, weights_average
 from pipeline.paths import CLASSES, LIVE_DIR, MANIFEST, PREPARED_DIR, START_FILE
 from pipeline.runs import RunFolder, early_stop, fingerprint
 
@@ -149,7 +148,7 @@ def set_up(params: Params) -> Run:
     later = trainable_names(model, unfreeze_to, spec.head) if config.unfreeze_after else frozenset()
     freeze(model, parse_freeze(params.freeze), spec.head)
     place_model(model, device)
-    ema = weights_average(model, config.ema_decay)
+    ema = weights_average(model, config.ema_decay, config.ema_warmup)
     optimizer = make_optimizer(
         config, model, spec.head, config.trunk_lr_scale, later,
         decay_norms_and_biases=config.decay_norms_and_biases, layer_decay=config.layer_decay,
@@ -165,7 +164,7 @@ def set_up(params: Params) -> Run:
     images = images_on(distributed.main_first(ranks, partial(decoded_images, manifest, spec.sizing)), device)
     splits = {split: split_batches(images, manifest, split, spec, device) for split in ("train", "val")}
     weights = class_weights(config.class_weights, splits["train"].targets, len(classes), device)
-    criterion = partial(F.cross_entropy, weight=weights, label_smoothing=config.label_smoothing)
+    criterion = partial(training_loss, weight=weights, label_smoothing=config.label_smoothing)
 
     folder = RunFolder(run_fingerprint(params, device))
     # Rank 0 owns the folder (locks, cleans and publishes it); the others read the same checkpoint.
