@@ -33,7 +33,7 @@ from pipeline.data.split import read_manifest
 from pipeline.devices import place_model, resolve_device, set_determinism
 from pipeline.distributed import Ranks
 from pipeline.engine import LoopOptions, compile_for_training, train_and_score
-from pipeline.features import head_feature_batches
+from pipeline.features import head_feature_batches, head_network
 from pipeline.freezing import count_parameters, freeze, parse_freeze, trainable_names
 from pipeline.metrics import METRICS, as_columns, columns
 from pipeline.models import ModelSpec, build_model
@@ -139,7 +139,7 @@ def set_up(params: Params) -> Run:
     if not START_FILE.is_file():
         raise UserError(f"{START_FILE} not found: run the weights stage first (dvc repro weights)")
     torch.manual_seed(config.seed)
-    built = build_model(params.model.arch, str(START_FILE), classes, params.model.image_size)
+    built = build_model(params.model.arch, str(START_FILE), classes, params.model.image_size, config.drop_path)
     model, spec = built.model, built.spec
     if config.sync_batchnorm and ranks.active:
         model = distributed.sync_batchnorm(model, device)
@@ -196,7 +196,7 @@ def start_phase(run: Run, spec_text: str, key: str) -> Phase:
         features = head_feature_batches(run.model, head, run.splits, config.batch_size, run.ranks)
         if features is not None:
             log.info("frozen backbone: features computed once in %.2fs", time.perf_counter() - started)
-            net, net_frozen, data = run.model.get_submodule(head), [], features
+            net, net_frozen, data = head_network(run.model, head), [], features
     step_model = distributed.wrap(net, run.device) if run.ranks.active else None
     if config.compile:
         stepped = net if step_model is None else step_model

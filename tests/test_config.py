@@ -269,6 +269,8 @@ def test_dvc_set_param_overrides_load_with_their_types(
         ("train.layer_decay", 1.5, ["train.layer_decay = 1.5", "(0, 1]; 1 = off"]),
         ("train.clip_grad_norm", -1, ["train.clip_grad_norm = -1.0", "a number >= 0; 0 = off"]),
         ("train.decay_norms_and_biases", "no way", ["train.decay_norms_and_biases", "'no way'", "bool"]),
+        ("train.drop_path", 1.0, ["train.drop_path = 1.0", "a number in [0, 1), or null"]),
+        ("train.drop_path", -0.1, ["train.drop_path = -0.1", "a number in [0, 1), or null"]),
         ("train.ema_warmup", "soon", ["train.ema_warmup", "'soon'", "bool"]),
         ("select.metric", "accuracy", ["select.metric = 'accuracy'", "val_loss, val_accuracy, val_f1"]),
         ("train.optimizer", "adam", ["train.optimizer", "'adam'", "sgd, adamw"]),
