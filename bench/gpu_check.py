@@ -58,12 +58,10 @@ def pipeline_end_to_end(device: torch.device, smoke: bool) -> dict[str, object]:
         return {"skipped": f"not installed here: {', '.join(missing)}"}
     workdir = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     try:
+        from testing.project import copy_repo_files  # needs omegaconf, checked above
+
         project = workdir / "project"
-        listing = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-        for name in listing.splitlines():
-            if (REPO / name).is_file():
-                (project / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(REPO / name, project / name)
+        copy_repo_files(project)  # new files too: a checkout's index can lag behind its tree
         params = (project / "params.yaml").read_text()
         if smoke:  # tiny settings, as the tests use
             params = params.replace("epochs: 6", "epochs: 1").replace("epochs: 8", "epochs: 2")

@@ -62,6 +62,20 @@ MUTATIONS = [
         ("tests/test_resume.py", "-k", "uninterrupted_result"),
     ),
     Mutation(
+        "select-on-test",
+        "select_best keeps the checkpoint the test split prefers, not validation",
+        "best = pick_best(scores, params.metric, params.mode)",
+        'best = pick_best(scores, params.metric.replace("val_", "test_"), params.mode)',
+        ("tests/test_select_best.py",),
+    ),
+    Mutation(
+        "evaluate-stale-weights",
+        "evaluate scores every epoch with the first checkpoint's weights",
+        "            model.load_state_dict(checkpoint[WEIGHTS[weights]])\n",
+        "            model.load_state_dict(checkpoint[WEIGHTS[weights]]) if epoch == 1 else None\n",
+        ("tests/test_evaluate.py",),
+    ),
+    Mutation(
         "break-normalize",
         "normalisation forgets to scale the mean to 0-255",
         "torch.tensor(mean, device=device).view(shape) * 255,",

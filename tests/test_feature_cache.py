@@ -18,7 +18,8 @@ METRICS = ("loss", "val_loss", "val_accuracy", "val_f1")
 # The stage runs on `device: auto`. On the CPU both paths compute in float32 and differ only
 # by summation order. On CUDA both run the backbone in bf16; on an H200 (torch 2.11) the two
 # runs' checkpoints were bit-identical. A GPU whose kernels depend on the batch size may round
-# the features differently, so allow one bf16 step (2**-8) of relative difference, no more.
+# the features differently: allow one bf16 rounding step (2**-8 of a value's size, bf16 keeping
+# 8 significant bits) of relative difference, no more.
 RTOL, ATOL = (4e-3, 1e-4) if torch.cuda.is_available() else (1e-4, 1e-6)
 
 

@@ -29,8 +29,10 @@ READABLE = ["shots/a.png", "shots/sub/b.JPG", "c.png"]
 BROKEN = "shots/broken.png"
 EXPECTED_PATHS = ["shots/a.png", BROKEN, "shots/sub/b.JPG", "c.png"]
 # predict runs on `--device auto`. The CPU computes in float32 like the reference below, so
-# the probabilities agree to rounding; CUDA runs the model in bf16 autocast (8 bits of
-# mantissa): on an H200 they differed from the float32 reference by 6.2e-4 at most.
+# the probabilities agree to rounding. CUDA runs the model in bf16 autocast: 8 significant
+# bits, so each value it hands on is rounded by up to 2**-9 (about 2e-3) of itself, and a
+# probability (at most 1) computed from such values moves by about that much. Measured on an
+# H200: 6.2e-4 at most from the float32 reference.
 PROBABILITY_TOLERANCE = 2e-3 if torch.cuda.is_available() else 1e-6
 
 

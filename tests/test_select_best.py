@@ -1,14 +1,18 @@
 """select-best: chooses on validation only; NaN is worst; a tie goes to the earlier epoch;
 a moving average of the weights competes with them."""
 
+import json
 import math
 
 import pandas as pd
 import pytest
+import torch
 
 from pipeline.cli import UserError
 from pipeline.config import Mode
 from pipeline.select_best import pick_best
+from testing.project import set_params, stage
+from tests.conftest import Reproduced
 
 NAN = math.nan
 
@@ -55,3 +59,39 @@ def test_the_weights_moving_average_wins_when_better_and_the_raw_weights_on_a_ti
     table = pd.concat([scores([0.6, 0.5]), scores(ema_loss).assign(weights="ema")]).sort_values("epoch")
     chosen = pick_best(table, "val_loss", Mode.min)
     assert (chosen["epoch"], chosen["weights"]) == expected
+
+
+# --- through the stage's entry point ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("metric", "mode"), [("val_loss", "min"), ("val_accuracy", "max"), ("val_f1", "max")])
+def test_the_stage_keeps_the_checkpoint_validation_prefers_when_test_disagrees(
+    reproduced: Reproduced, metric: str, mode: str
+) -> None:
+    """`python -m pipeline.select_best` on an evaluate table where every validation score
+    prefers epoch 1 and every test score epoch 2: the stage must keep epoch 1's weights and
+    report epoch 1's row. The table is evaluate's, with its score columns set by hand."""
+    project = reproduced.path
+    table = pd.read_csv(project / "eval/scores.csv")
+    assert list(table["epoch"]) == [1, 2] and set(table["weights"]) == {"raw"}
+    better, worse = {"loss": 0.2, "accuracy": 0.9, "f1": 0.8}, {"loss": 0.7, "accuracy": 0.4, "f1": 0.3}
+    for name in better:
+        table[f"val_{name}"] = [better[name], worse[name]]
+        table[f"test_{name}"] = [worse[name] + 0.01, better[name] + 0.01]
+    table.to_csv(project / "eval/scores.csv", index=False)
+    set_params(project, **{"select.metric": metric, "select.mode": mode})
+
+    stage("select_best", project)
+
+    metrics = json.loads((project / "best/metrics.json").read_text())
+    assert metrics["epoch"] == 1
+    for name in better:  # epoch 1's row, by hand
+        assert metrics[f"val_{name}"] == pytest.approx(better[name])
+        assert metrics[f"test_{name}"] == pytest.approx(worse[name] + 0.01)
+    chosen = torch.load(project / "checkpoints/epoch_001.pt", weights_only=True)["model_state_dict"]
+    kept = torch.load(project / "models/best.pt", weights_only=True)["model_state_dict"]
+    assert kept.keys() == chosen.keys() and all(torch.equal(kept[key], chosen[key]) for key in chosen)
+    epochs = pd.read_csv(project / "best/epochs.csv")
+    assert list(epochs["selected"]) == [1, 0]
+    confusion = pd.read_csv(project / "best/confusion.csv")
+    assert confusion.equals(pd.read_csv(project / "eval/predictions/epoch_001.csv")[["actual", "predicted"]])

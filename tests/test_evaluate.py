@@ -1,0 +1,64 @@
+"""The evaluate stage's table against a reference computed outside the project's code: each
+checkpoint's weights loaded into torchvision's own model, the test images decoded by Pillow
+and preprocessed by torchvision's transforms as the checkpoint records them, and the scores
+computed by hand."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from torchvision.transforms import v2
+
+from tests.conftest import Reproduced
+
+
+def reference_logits(checkpoint: dict, paths: list[str], project) -> torch.Tensor:
+    model = torchvision.models.get_model(checkpoint["arch"], num_classes=len(checkpoint["classes"]))
+    model.load_state_dict(checkpoint["model_state_dict"])
+    preprocess = v2.Compose([
+        v2.PILToTensor(),
+        v2.Resize(checkpoint["resize_size"], interpolation=v2.InterpolationMode(checkpoint["interpolation"]),
+                  antialias=True),
+        v2.CenterCrop(checkpoint["image_size"]),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(checkpoint["mean"], checkpoint["std"]),
+    ])  # fmt: skip
+    images = torch.stack([preprocess(Image.open(project / path).convert("RGB")) for path in paths])
+    with torch.no_grad():
+        return model.eval()(images)
+
+
+def macro_f1(actual: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean F1 over the classes that occur in either column."""
+    scores = []
+    for label in np.union1d(actual, predicted):
+        true_positive = np.sum((actual == label) & (predicted == label))
+        scores.append(2 * true_positive / (np.sum(actual == label) + np.sum(predicted == label)))
+    return float(np.mean(scores))
+
+
+def test_each_checkpoints_test_scores_are_what_torchvision_computes_from_its_weights(reproduced: Reproduced) -> None:
+    project = reproduced.path
+    manifest = pd.read_csv(project / "data/prepared/manifest.csv", dtype=str, keep_default_na=False)
+    test = manifest[manifest["split"] == "test"]
+    scores = pd.read_csv(project / "eval/scores.csv")
+    assert list(scores["epoch"]) == [1, 2]
+    for epoch in (1, 2):
+        checkpoint = torch.load(project / f"checkpoints/epoch_{epoch:03d}.pt", weights_only=True)
+        targets = torch.tensor([checkpoint["classes"].index(label) for label in test["label"]])
+        logits = reference_logits(checkpoint, list(test["path"]), project)
+        predicted = logits.argmax(dim=1)
+        row = scores[scores["epoch"] == epoch].iloc[0]
+        # Pillow (prepare's decode) and torchvision resize a few pixels one 8-bit level apart:
+        # the loss agrees to a small fraction, and at most two of the images change their answer.
+        assert row["test_loss"] == pytest.approx(F.cross_entropy(logits, targets).item(), rel=2e-2)
+        assert abs(row["test_accuracy"] - (predicted == targets).float().mean().item()) <= 2 / len(test)
+        assert row["test_f1"] == pytest.approx(macro_f1(targets.numpy(), predicted.numpy()), abs=4 / len(test))
+        # And each test image's row in the predictions file, in the manifest's order.
+        rows = pd.read_csv(project / f"eval/predictions/epoch_{epoch:03d}.csv", dtype=str, keep_default_na=False)
+        assert list(rows["path"]) == list(test["path"]) and list(rows["actual"]) == list(test["label"])
+        reference = [checkpoint["classes"][k] for k in predicted]
+        assert sum(mine != theirs for mine, theirs in zip(rows["predicted"], reference, strict=True)) <= 2
