@@ -26,7 +26,7 @@ import torch
 
 from pipeline.checkpoints import load_checkpoint, load_weights_file
 from pipeline.paths import START_FILE
-from testing.project import copy_project, make_project, run, set_params
+from testing.project import copy_project, make_project, run, set_checked_params, set_params
 
 FROZEN = {"freeze": "all_but_head", "train.cache_features": False}
 # Every layer trains from random weights: at lr 0.1 (the head's) that diverges within the epoch.
@@ -98,7 +98,7 @@ def differences(first: dict, second: dict, start: dict) -> dict[str, float]:
 def train(prepared: Path, folder: Path, params: dict) -> dict:
     """The last checkpoint of the train stage, run in a copy of `prepared` with `params`."""
     project = copy_project(prepared, folder)
-    set_params(project, **params)
+    set_checked_params(project, **params)
     run([sys.executable, "-m", "pipeline.train"], project)
     return load_checkpoint(max(project.glob("checkpoints/epoch_*.pt")))
 

@@ -34,7 +34,7 @@ from pipeline.checkpoints import load_checkpoint, predictions_name
 from pipeline.files import read_csv
 from pipeline.interpretation import write_interpretation
 from pipeline.paths import BEST_METRICS, BEST_MODEL, PREDICTIONS_DIR
-from testing.project import REPO, make_project, set_params, stage
+from testing.project import REPO, make_project, set_checked_params, stage
 
 STAGES = ("prepare", "weights", "train", "evaluate")
 
@@ -53,7 +53,7 @@ def inside(folder: Path):
 def up_to_evaluate(project: Path, **params: object) -> None:
     """The stages up to evaluate, with the repo's own params.yaml (not the tests' tiny one) and `params`."""
     shutil.copy(REPO / "params.yaml", project / "params.yaml")
-    set_params(project, **params)
+    set_checked_params(project, **params)
     for name in STAGES:
         stage(name, project)
 

@@ -61,7 +61,7 @@ def measure(arch: str, size: int, batch: int, steps: int) -> None:
         augment = batch_augmentation(dataclasses.replace(OFF, **changes), 10, MEAN, STD, torch.device("cpu"))
         cost = median_seconds(lambda augment=augment: augment(images, targets, keys), steps)
         print(f"  {name:16s} {cost * 1000:7.1f} ms   share {cost / (plain + cost):.3f}")
-    ema = weights_average(model, 0.999)
+    ema = weights_average(model, 0.999, warmup=True)  # as the train stage runs it by default
     cost = median_seconds(lambda: ema.update_parameters(model), steps)
     print(f"  {'ema update':16s} {cost * 1000:7.1f} ms   share {cost / (plain + cost):.3f}")
 

@@ -127,12 +127,17 @@ def batch_augmentation(
 
 
 def _policy(params: AugmentParams) -> v2.Transform | None:
+    # Bilinear, as the torchvision references pass their --interpolation to the policies (v2's
+    # default, nearest, would turn rotated and sheared images blocky).
+    bilinear = v2.InterpolationMode.BILINEAR
     if params.policy is AugmentPolicy.trivialaugment:
-        return v2.TrivialAugmentWide()
+        return v2.TrivialAugmentWide(interpolation=bilinear)
     if params.policy is AugmentPolicy.randaugment:
-        return v2.RandAugment(num_ops=params.randaugment_ops, magnitude=params.randaugment_magnitude)
+        return v2.RandAugment(
+            num_ops=params.randaugment_ops, magnitude=params.randaugment_magnitude, interpolation=bilinear
+        )
     if params.policy is AugmentPolicy.autoaugment:
-        return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+        return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=bilinear)
     return None
 
 

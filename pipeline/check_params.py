@@ -9,10 +9,10 @@ one line, even when no other stage would have run.
 Checked: every key and type (config.load_params), the freeze specs (`freeze` and
 `train.unfreeze_to`, whether or not unfreezing is on) against the model's structure, the
 arch, the weights name or file (which must lie under models/weights/, and whose keys and
-shapes must fit the arch: its structure is read, not its tensors), the image size, the
-device, and the data folders (at least 2 class folders with image files, by a scan that
-reads no image). Settings that cannot take effect beside the others (unfreezing
-after the last epoch...) are each a warning line.
+shapes must fit the arch: its structure is read, not its tensors), the image size,
+whether the model takes `train.drop_path`, the device, and the data folders (at least 2
+class folders with image files, by a scan that reads no image). Settings that cannot take
+effect beside the others (unfreezing after the last epoch...) are each a warning line.
 
 Reads:  params.yaml (all of it)
 Writes: checks/params.ok    (constant text, so a change of params alone re-runs no later stage)
@@ -62,6 +62,7 @@ def check(params: Params) -> None:
         None if weights == PRETRAIN_WEIGHTS else weights,
         params.model.image_size,
         {"freeze": params.freeze, "train.unfreeze_to": params.train.unfreeze_to},
+        params.train.drop_path,
     )
 
 

@@ -138,6 +138,8 @@ class TrainParams(OptimParams):
     decay_norms_and_biases: bool = MISSING  # false: no weight decay on norm layers and biases
     clip_grad_norm: float = MISSING  # clip the gradients' total norm to this before each step; 0 = off
     ema_decay: float = MISSING  # keep an exponential moving average of the weights too; 0 = off
+    ema_warmup: bool = MISSING  # the average's decay warms up over the first updates (timm's ModelEmaV3)
+    drop_path: float | None = MISSING  # stochastic depth rate of models that have it; None: the model's own
     unfreeze_after: int = MISSING  # gradual unfreezing: after this many epochs, `unfreeze_to` applies
     unfreeze_to: str = MISSING
     label_smoothing: float = MISSING
@@ -296,6 +298,8 @@ def _validate_train(train: TrainParams) -> None:
     _require(0 < train.layer_decay <= 1, "train.layer_decay", train.layer_decay, "a number in (0, 1]; 1 = off")
     _require(train.clip_grad_norm >= 0, "train.clip_grad_norm", train.clip_grad_norm, "a number >= 0; 0 = off")
     _require(0 <= train.ema_decay < 1, "train.ema_decay", train.ema_decay, "a number in [0, 1); 0 = off")
+    drop_path = train.drop_path
+    _require(drop_path is None or 0 <= drop_path < 1, "train.drop_path", drop_path, "a number in [0, 1), or null")
     _require(train.unfreeze_after >= 0, "train.unfreeze_after", train.unfreeze_after, "an integer >= 0; 0 = never")
     _require(train.processes >= 1, "train.processes", train.processes, "an integer >= 1")
     _require(train.accumulate_steps >= 1, "train.accumulate_steps", train.accumulate_steps, "an integer >= 1")

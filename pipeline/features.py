@@ -1,7 +1,7 @@
 """The frozen-backbone feature pass: with `freeze: all_but_head` and nothing random before the
-head, the backbone runs once over every split and the head trains on what it outputs
-(`head_feature_batches`). On the CPU the pass runs a copy of the network with BatchNorm
-folded into the convolutions (`folded_for_cpu`)."""
+head but its own dropout, the backbone runs once over every split and the head trains on what
+it outputs (`head_feature_batches`), through that dropout (`head_network`). On the CPU the pass
+runs a copy of the network with BatchNorm folded into the convolutions (`folded_for_cpu`)."""
 
 import torch
 import torch.fx.experimental.optimization as fx_optimization
@@ -10,6 +10,7 @@ from torch import nn
 from pipeline.batches import FeatureBatches, ImageBatches, batch_indices, iterate
 from pipeline.devices import autocast, place_model
 from pipeline.distributed import SINGLE, Ranks, unshard
+from pipeline.freezing import head_dropout
 
 
 def folded_for_cpu(model: nn.Module, head: str) -> nn.Module | None:
@@ -109,3 +110,12 @@ def head_feature_batches(
             return None
         features[name] = FeatureBatches(inputs, data.targets, data.device)
     return features
+
+
+def head_network(model: nn.Module, head: str) -> nn.Module:
+    """What trains on `head_feature_batches`: the head, after the dropout layers that feed it
+    (freezing.head_dropout: EfficientNet's classifier.0, VGG's classifier.5...), which the
+    features were computed without (in eval mode). The same modules as `model`'s, so training
+    this trains the model's head, and the dropout draws the same masks as in the whole model."""
+    dropout = [model.get_submodule(name) for name in head_dropout(model, head)]
+    return nn.Sequential(*dropout, model.get_submodule(head)) if dropout else model.get_submodule(head)

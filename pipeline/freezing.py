@@ -9,7 +9,8 @@ Freeze specs (the top-level `freeze` param, and `train.unfreeze_to`):
 
 Frozen modules run in inference mode, BatchNorm and dropout included, so their
 running statistics never change (like Keras's `trainable=False`, unlike a bare
-`requires_grad=False`).
+`requires_grad=False`). The dropout layers that feed the head are the classifier's own, not
+the backbone's: they stay on with `all_but_head` (`head_dropout`).
 """
 
 from dataclasses import dataclass, field
@@ -114,7 +115,8 @@ def frozen_parts(model: nn.Module, spec: FreezeSpec, head: str) -> tuple[list[st
     if spec.kind == "all_but_head":
         # Every parameter outside the head, tokens held by the root (ViT's class_token) included.
         params = frozenset(name for name, _ in model.named_parameters() if not name.startswith(f"{head}."))
-        return _siblings_along_path(model, head), params
+        dropout = head_dropout(model, head)
+        return [name for name in _siblings_along_path(model, head) if name not in dropout], params
     stages = stage_names(model, head)
     loose: list[str] = []
     if spec.kind == "first":
@@ -163,6 +165,22 @@ def freeze(model: nn.Module, spec: FreezeSpec, head: str) -> list[str]:
     for name, param in model.named_parameters():
         param.requires_grad_(name not in frozen)
     return modules
+
+
+def head_dropout(model: nn.Module, head: str) -> list[str]:
+    """The dropout layers that feed the head: those right before it in its container
+    (EfficientNet's and MobileNet's classifier.0 or .2, VGG's classifier.5, GoogLeNet's and
+    Inception's dropout, timm ViT's head_drop, timm ConvNeXt's head.drop). They are part of
+    the classifier, so they stay on while it trains on a frozen backbone, as in timm's and
+    torchvision's fine-tuning, where the whole model is in training mode."""
+    parent, _, leaf = head.rpartition(".")
+    siblings = dict(model.get_submodule(parent).named_children())
+    feeding: list[str] = []
+    for name in reversed(list(siblings)[: list(siblings).index(leaf)]):
+        if not isinstance(siblings[name], nn.modules.dropout._DropoutNd):
+            break
+        feeding.insert(0, f"{parent}.{name}".lstrip("."))
+    return feeding
 
 
 def _siblings_along_path(model: nn.Module, head: str) -> list[str]:

@@ -89,17 +89,20 @@ def is_weights_file(weights: str) -> bool:
     return weights.endswith(WEIGHTS_FILE_SUFFIXES) or "/" in weights or os.sep in weights
 
 
-def build_model(arch: str, weights: str | None, classes: list[str] | None, image_size: int) -> Built:
+def build_model(
+    arch: str, weights: str | None, classes: list[str] | None, image_size: int, drop_path: float | None = None
+) -> Built:
     """Build `arch` with `weights` (a weights name of its family, such as torchvision's
     IMAGENET1K_V1 or a timm pretrained tag; a .pt/.pth/.safetensors path; or None) and a new
     head for `classes` (None: keep the head the weights came with, for a backbone that is
-    saved without it; its spec then lists no classes).
+    saved without it; its spec then lists no classes), with stochastic depth at `drop_path`
+    (None: the model's own rate).
 
     The spec takes the weights' preprocessing (see `preprocessing`). Every check that needs
     no weights (arch, weights name, input size) runs first.
     """
     family = family_of(arch)
-    weights_path, named, model_kwargs = _checked_model_params(arch, weights, image_size)
+    weights_path, named, model_kwargs = _checked_model_params(arch, weights, image_size, drop_path)
     loaded = None if weights_path is None else load_weights_file(weights_path)
     source = _checkpoint_spec(loaded, weights_path)
     sizing, mean, std = preprocessing(arch, named, source, image_size)
@@ -148,17 +151,19 @@ def _checkpoint_spec(loaded: Any, path: Path | None) -> ModelSpec | None:
 
 
 def _checked_model_params(
-    arch: str, weights: str | None, image_size: int
+    arch: str, weights: str | None, image_size: int, drop_path: float | None = None
 ) -> tuple[Path | None, Weights | None, dict[str, Any]]:
-    """The checks of arch, weights and input size that need no weights: (the weights file or
-    None; the family's named weights that `weights` names, or None; the constructor's size
-    kwargs)."""
+    """The checks of arch, weights, input size and drop path that need no weights: (the weights
+    file or None; the family's named weights that `weights` names, or None; the constructor's
+    size and drop path kwargs)."""
     family = family_of(arch)
     family.check_arch(arch)
     weights_path = Path(weights) if weights is not None and is_weights_file(weights) else None
     named = family.named_weights(arch, weights) if weights is not None and not weights_path else None
     model_kwargs = family.size_kwargs(arch, named, image_size)
     check_input_size(arch, model_kwargs, image_size)
+    if drop_path is not None:
+        model_kwargs |= drop_path_kwargs(arch, model_kwargs, drop_path)
     if weights_path is not None and not weights_path.is_file():
         raise UserError(f"model.weights = {weights!r}: the file does not exist")
     return weights_path, named, model_kwargs
@@ -247,6 +252,28 @@ def check_input_size(arch: str, model_kwargs: dict[str, Any], image_size: int) -
             raise UserError(f"model.image_size = {image_size} does not fit {arch}: {error_line(error)}") from None
 
 
+# Stochastic depth's modules in torchvision (torchvision.ops) and timm (timm.layers), by class name:
+# a builder may take the rate and ignore it (torchvision's MobileNetV3 takes any keyword).
+DROP_PATH_MODULES = ("StochasticDepth", "DropPath")
+
+
+def drop_path_kwargs(arch: str, model_kwargs: dict[str, Any], rate: float) -> dict[str, Any]:
+    """The constructor's kwargs for stochastic depth at `rate` (train.drop_path), after checking
+    on a skeleton that `arch` takes it and has stochastic depth (at a rate above 0: timm leaves
+    its modules out at 0)."""
+    kwargs = family_of(arch).drop_path_kwargs(arch, rate)
+    try:
+        probe = skeleton_model(arch, {**model_kwargs, **family_of(arch).drop_path_kwargs(arch, max(rate, 0.1))})
+    except TypeError:  # an unknown keyword, or one the builder sets itself (torchvision's Swin and MaxViT)
+        probe = None
+    if probe is None or not any(type(m).__name__ in DROP_PATH_MODULES for m in probe.modules()):
+        raise UserError(
+            f"train.drop_path = {rate}: {arch} takes no stochastic depth rate ({', '.join(kwargs)}); "
+            "set train.drop_path: null"
+        )
+    return kwargs
+
+
 def new_model(arch: str, model_kwargs: dict[str, Any]) -> nn.Module:
     """`arch` with random weights and its original head."""
     return family_of(arch).build(arch, None, model_kwargs)
@@ -297,16 +324,19 @@ def describe(arch: str) -> str:
     return "\n".join(lines)
 
 
-def check_model_params(arch: str, weights: str | None, image_size: int, freeze_specs: dict[str, str]) -> None:
-    """Check model.arch, model.weights, model.image_size and freeze specs (param key -> spec)
-    without building the model: on its skeleton, in well under a second for most archs.
+def check_model_params(
+    arch: str, weights: str | None, image_size: int, freeze_specs: dict[str, str], drop_path: float | None = None
+) -> None:
+    """Check model.arch, model.weights, model.image_size, freeze specs (param key -> spec) and
+    train.drop_path without building the model: on its skeleton, in well under a second for
+    most archs.
 
     A weights name is only resolved. A weights file's structure is read, not its tensors
     (`load_weights_file(lazy=True)`: under a second for a 1 GB file), and must fit the
     skeleton as the weights stage loads it (`weights_state`, `fit_weights`): keys and shapes.
     """
     specs = {key: parse_freeze(text, key) for key, text in freeze_specs.items()}
-    weights_path, _, model_kwargs = _checked_model_params(arch, weights, image_size)
+    weights_path, _, model_kwargs = _checked_model_params(arch, weights, image_size, drop_path)
     loaded = None if weights_path is None else load_weights_file(weights_path, lazy=True)
     if is_checkpoint(loaded):  # built as the checkpoint's model was, as build_model builds it
         model_kwargs = {**loaded.get("model_kwargs", {}), **model_kwargs}

@@ -18,7 +18,6 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from dvclive import Live
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
@@ -35,11 +34,11 @@ from pipeline.data.split import read_manifest
 from pipeline.devices import place_model, resolve_device, set_determinism
 from pipeline.distributed import Ranks
 from pipeline.engine import LoopOptions, compile_for_training, train_and_score
-from pipeline.features import head_feature_batches
+from pipeline.features import head_feature_batches, head_network
 from pipeline.freezing import count_parameters, freeze, parse_freeze, trainable_names
 from pipeline.metrics import METRICS, as_columns, columns
 from pipeline.models import ModelSpec, build_model
-from pipeline.optim import class_weights, lr_factor, make_optimizer, weights_average
+from pipeline.optim import class_weights, lr_factor, make_optimizer, training_loss, weights_average
 from pipeline.paths import CLASSES, LIVE_DIR, MANIFEST, PREPARED_DIR, START_FILE
 from pipeline.runs import RunFolder, early_stop, fingerprint
 
@@ -144,7 +143,7 @@ def set_up(params: Params) -> Run:
     if not START_FILE.is_file():
         raise UserError(f"{START_FILE} not found: run the weights stage first (dvc repro weights)")
     torch.manual_seed(config.seed)
-    built = build_model(params.model.arch, str(START_FILE), classes, params.model.image_size)
+    built = build_model(params.model.arch, str(START_FILE), classes, params.model.image_size, config.drop_path)
     model, spec = built.model, built.spec
     if config.sync_batchnorm and ranks.active:
         model = distributed.sync_batchnorm(model, device)
@@ -153,7 +152,7 @@ def set_up(params: Params) -> Run:
     later = trainable_names(model, unfreeze_to, spec.head) if config.unfreeze_after else frozenset()
     freeze(model, parse_freeze(params.freeze), spec.head)
     place_model(model, device)
-    ema = weights_average(model, config.ema_decay)
+    ema = weights_average(model, config.ema_decay, config.ema_warmup)
     optimizer = make_optimizer(
         config, model, spec.head, config.trunk_lr_scale, later,
         decay_norms_and_biases=config.decay_norms_and_biases, layer_decay=config.layer_decay,
@@ -173,7 +172,7 @@ def set_up(params: Params) -> Run:
         copies = distributed.main_first(ranks, partial(training_copies, manifest, spec.sizing))
         splits["train"] = crop_batches(copies, manifest, "train", spec, device)
     weights = class_weights(config.class_weights, splits["train"].targets, len(classes), device)
-    criterion = partial(F.cross_entropy, weight=weights, label_smoothing=config.label_smoothing)
+    criterion = partial(training_loss, weight=weights, label_smoothing=config.label_smoothing)
 
     folder = run_folder(params, device)
     history = resume(folder, model, optimizer, scheduler, ema, ranks)
@@ -246,7 +245,7 @@ def start_phase(run: Run, spec_text: str, key: str) -> Phase:
         features = head_feature_batches(run.model, head, run.splits, config.batch_size, run.ranks)
         if features is not None:
             log.info("frozen backbone: features computed once in %.2fs", time.perf_counter() - started)
-            net, net_frozen, data = run.model.get_submodule(head), [], features
+            net, net_frozen, data = head_network(run.model, head), [], features
     step_model = distributed.wrap(net, run.device) if run.ranks.active else None
     if config.compile:
         stepped = net if step_model is None else step_model

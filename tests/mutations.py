@@ -78,6 +78,27 @@ MUTATIONS = [
         ("tests/test_evaluate.py",),
     ),
     Mutation(
+        "decay-vit-tokens",
+        "weight decay ignores the model's no_weight_decay(): ViT's class token and position embedding decay",
+        " or any(fnmatch.fnmatch(name, p) for p in patterns)",
+        "",
+        ("tests/test_recipes.py", "tests/test_timm.py", "-k", "parameter_groups or torchvision_vit"),
+    ),
+    Mutation(
+        "ema-without-warmup",
+        "the train stage keeps its moving average at ema_decay from the first update, without the warm-up",
+        "weights_average(model, config.ema_decay, config.ema_warmup)",
+        "weights_average(model, config.ema_decay)",
+        ("tests/test_recipes.py", "-k", "warms_up"),
+    ),
+    Mutation(
+        "head-dropout-frozen",
+        "all_but_head freezes the classifier's own dropout into eval mode with the backbone",
+        "        dropout = head_dropout(model, head)\n",
+        "        dropout = []\n",
+        ("tests/test_feature_cache.py", "-k", "own_dropout"),
+    ),
+    Mutation(
         "break-normalize",
         "normalisation forgets to scale the mean to 0-255",
         "torch.tensor(mean, device=device).view(shape) * 255,",

@@ -2,7 +2,9 @@
 and the normalisation around the 8-bit policies undone and redone exactly."""
 
 import dataclasses
+from collections.abc import Callable
 from enum import Enum
+from functools import partial
 from operator import attrgetter
 
 import pytest
@@ -141,3 +143,76 @@ def test_a_param_that_declares_neither_its_off_value_nor_what_it_shapes_stops_au
 
     with pytest.raises(TypeError, match=r"train\.augment\.new_option declares neither"):
         augments(WithNewOption(**dataclasses.asdict(params())))
+
+
+@pytest.mark.parametrize(
+    ("policy", "reference"),
+    [
+        (AugmentPolicy.trivialaugment, v2.TrivialAugmentWide),
+        (AugmentPolicy.randaugment, partial(v2.RandAugment, num_ops=2, magnitude=9)),
+        (AugmentPolicy.autoaugment, partial(v2.AutoAugment, v2.AutoAugmentPolicy.IMAGENET)),
+    ],
+    ids=["trivialaugment", "randaugment", "autoaugment"],
+)
+def test_the_policies_interpolate_bilinearly_as_the_references_pass_them(
+    policy: AugmentPolicy, reference: Callable[..., v2.Transform]
+) -> None:
+    """Each image as torchvision's own policy with interpolation=BILINEAR gives it from the same
+    draw; with v2's default, nearest, the rotated, sheared and translated ones differ."""
+    images = copies_of_one_image(16)
+    augment = batch_augmentation(params(policy=policy), 5, MEAN, STD, CPU)
+    torch.manual_seed(3)
+    ours, _ = augment(images, torch.zeros(16, dtype=torch.int64))
+
+    mean, std = torch.tensor(MEAN).view(-1, 1, 1) * 255, torch.tensor(STD).view(-1, 1, 1) * 255
+    pixels = (images[0] * std + mean).round().to(torch.uint8)  # the image the copies were made from
+
+    def expected(interpolation: v2.InterpolationMode) -> torch.Tensor:
+        transform = reference(interpolation=interpolation)
+        torch.manual_seed(3)
+        return torch.stack([(transform(pixels).float() - mean) / std for _ in range(16)])
+
+    torch.testing.assert_close(ours, expected(v2.InterpolationMode.BILINEAR), atol=1e-5, rtol=0)
+    assert not torch.allclose(ours, expected(v2.InterpolationMode.NEAREST), atol=1e-5, rtol=0)
+
+
+def distinct_flat_images(n: int = 8, size: int = 16) -> torch.Tensor:
+    """n images, each one value everywhere, all values apart: which image a pixel came from, or
+    in which shares, shows in its value."""
+    return torch.arange(1.0, n + 1).view(n, 1, 1, 1).expand(n, 3, size, size).clone()
+
+
+@pytest.mark.parametrize(("mixup", "cutmix"), [(0.2, 0.0), (0.0, 1.0)])
+def test_mixed_labels_weigh_each_class_as_the_pixels_mix(mixup: float, cutmix: float) -> None:
+    """Image i is mixed with image i-1 (v2 rolls the batch by one); the weight of i's class in
+    its label is the share of i in its pixels: MixUp's ratio read off a pixel's value, CutMix's
+    the share of the area left of image i."""
+    augment = batch_augmentation(params(mixup_alpha=mixup, cutmix_alpha=cutmix), 8, MEAN, STD, CPU)
+    images, targets = distinct_flat_images(), torch.arange(8)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        mixed, soft = augment(images, targets)
+        for i in range(8):
+            mine, other = float(i + 1), float(i if i else 8)  # image i's value, and image i-1's
+            if mixup:
+                share = (mixed[i, 0, 0, 0] - other) / (mine - other)
+                assert torch.allclose(mixed[i], mine * share + other * (1 - share))
+            else:
+                assert set(mixed[i].unique().tolist()) <= {mine, other}
+                share = (mixed[i] == mine).float().mean()
+            assert soft[i, i].item() == pytest.approx(share.item(), abs=1e-5)
+            assert soft[i, (i - 1) % 8].item() == pytest.approx(1 - share.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("switch", [0.2, 0.8])
+def test_mix_switch_is_the_share_of_batches_that_get_cutmix(switch: float) -> None:
+    augment = batch_augmentation(params(mixup_alpha=0.2, cutmix_alpha=1.0, mix_switch=switch), 8, MEAN, STD, CPU)
+    images, targets = distinct_flat_images(), torch.arange(8)
+    torch.manual_seed(0)
+    cut = 0
+    for _ in range(400):
+        mixed, _ = augment(images, targets)
+        # CutMix only moves pixels; MixUp blends every pixel into a value no image has.
+        cut += set(mixed.unique().tolist()) <= set(range(1, 9))
+    # 400 batches: the standard deviation of the count is 8, and the two settings are 240 apart.
+    assert abs(cut - 400 * switch) < 32

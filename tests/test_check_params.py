@@ -64,6 +64,13 @@ def test_the_default_params_pass(params_file: Path) -> None:
         # elsewhere, DVC would not see the file change: the weights stage depends on models/weights/
         ({"model.weights": "models/mine.pt"}, "model.weights = 'models/mine.pt': put weights files in models/weights/"),
         ({"model.arch": "vit_b_16", "model.image_size": 20}, "does not fit vit_b_16"),
+        # a stochastic depth rate for a model without stochastic depth, also where the builder
+        # takes any keyword (MobileNetV3) or sets the rate itself (Swin)
+        ({"train.drop_path": 0.2}, "train.drop_path = 0.2: resnet18 takes no stochastic depth rate"),
+        ({"train.drop_path": 0.0}, "train.drop_path = 0.0: resnet18 takes no stochastic depth rate"),
+        ({"model.arch": "mobilenet_v3_small", "train.drop_path": 0.2}, "mobilenet_v3_small takes no stochastic"),
+        ({"model.arch": "swin_t", "model.image_size": 64, "train.drop_path": 0.2}, "swin_t takes no stochastic"),
+        ({"model.arch": "timm/vgg11", "train.drop_path": 0.2}, "timm/vgg11 takes no stochastic depth rate"),
         ({"prepare.data_dir": "data/nope"}, "prepare.data_dir = 'data/nope': no such folder"),
         ({"pretrain.data_dir": "data/nope"}, "pretrain.data_dir = 'data/nope': no such folder"),
         ({"device": "gpu"}, "is not a device"),

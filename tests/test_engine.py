@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch import nn
 from torchvision.transforms.v2 import Normalize
+from torchvision.transforms.v2.functional import horizontal_flip
 
 from pipeline.batches import CropBatches, ImageBatches, batch_indices, normalize
 from pipeline.cli import UserError
 from pipeline.config import Optimizer, OptimParams
-from pipeline.engine import LoopOptions, NonFiniteLoss, epoch_generator, score, train_one_epoch
+from pipeline.engine import LoopOptions, NonFiniteLoss, batch_logits, epoch_generator, score, train_one_epoch
 from pipeline.optim import make_optimizer
 from tests.helpers import crop_batches_of
 
@@ -244,3 +245,15 @@ def test_clipping_bounds_each_step_to_the_gradient_norm_given(accumulate: int):
 
     assert change(0.0) > 0.1  # the bound below is far under the unclipped step
     assert change(0.01) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_flip_tta_is_the_mean_of_the_two_views_logits() -> None:
+    """evaluate.tta: hflip, against torchvision's horizontal_flip on a model that sees where
+    each pixel is (so a vertical flip, or none, would give other logits)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, NUM_CLASSES)).eval()
+    images = torch.randn(4, 3, SIZE, SIZE)
+    with torch.no_grad():
+        plain, mirrored = model(images), model(horizontal_flip(images))
+    assert not torch.allclose(plain, mirrored, atol=1e-3)
+    torch.testing.assert_close(batch_logits(model, images, flip=True), (plain + mirrored) / 2)

@@ -1,12 +1,17 @@
-"""With a frozen backbone, training the head on features computed once gives the same run."""
+"""With a frozen backbone, training the head on features computed once gives the same run,
+its own dropout included."""
 
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipeline.checkpoints import load_checkpoint
+from pipeline.features import head_network
+from pipeline.freezing import freeze, parse_freeze, set_train_mode
+from pipeline.models import build_model
 from testing.project import set_checked_params, stage
 
 METRICS = ("loss", "val_loss", "val_accuracy", "val_f1")
@@ -26,8 +31,13 @@ def train(project: Path, cache_features: bool) -> tuple[list[dict], str]:
     return checkpoints, result.stderr
 
 
-def test_cached_features_give_the_same_checkpoints_as_the_full_model(prepared: Path) -> None:
+# resnet18 has no dropout before its head; mobilenet_v3_small's classifier.2 (p 0.2) feeds it.
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
+def test_cached_features_give_the_same_checkpoints_as_the_full_model(prepared: Path, arch: str) -> None:
     project = prepared
+    if arch != "resnet18":  # the prepared project's weights are resnet18's
+        set_checked_params(project, **{"model.arch": arch, "model.weights": None})
+        stage("weights", project)
     cached, cached_log = train(project, cache_features=True)
     full, full_log = train(project, cache_features=False)
     assert "features computed once" in cached_log
@@ -40,3 +50,33 @@ def test_cached_features_give_the_same_checkpoints_as_the_full_model(prepared: P
         assert mine["model_state_dict"].keys() == theirs["model_state_dict"].keys()
         for name, tensor in mine["model_state_dict"].items():
             torch.testing.assert_close(tensor, theirs["model_state_dict"][name], rtol=RTOL, atol=ATOL, msg=name)
+
+
+def test_the_head_trains_through_its_own_dropout_on_a_frozen_backbone() -> None:
+    """mobilenet_v3_small's classifier.2 (Dropout 0.2) feeds its head: with all_but_head it
+    stays on, as in torchvision's fine-tuning. In the whole model, the head's input in training
+    is torch's dropout of its input in eval mode (the frozen backbone draws nothing random); on
+    cached features, head_network applies the same dropout before the head."""
+    torch.manual_seed(0)
+    built = build_model("mobilenet_v3_small", None, ["a", "b", "c"], 32)
+    model, head = built.model, built.spec.head
+    set_train_mode(model, freeze(model, parse_freeze("all_but_head"), head))
+    captured = []
+    model.get_submodule(head).register_forward_pre_hook(lambda _, inputs: captured.append(inputs[0].detach()))
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        model(images)  # training
+        model.eval()(images)
+    training, evaluation = captured
+    torch.manual_seed(1)
+    torch.testing.assert_close(training, F.dropout(evaluation, p=0.2, training=True))
+    assert not torch.equal(training, evaluation)
+
+    net = head_network(model, head).train()
+    torch.manual_seed(2)
+    with torch.no_grad():
+        ours = net(evaluation)
+        torch.manual_seed(2)
+        expected = model.get_submodule(head)(F.dropout(evaluation, p=0.2, training=True))
+    torch.testing.assert_close(ours, expected)

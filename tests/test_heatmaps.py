@@ -19,7 +19,7 @@ from pipeline.heatmaps import FeatureLayer, feature_layer, grad_cam
 from pipeline.interpretation import heat_maps, model_inputs
 from pipeline.models import ModelSpec, new_model, skeleton_model
 from pipeline.paths import BEST_METRICS, BEST_MODEL, PREDICTIONS_DIR
-from testing.project import set_params, stage
+from testing.project import set_checked_params, stage
 
 
 @pytest.mark.parametrize(
@@ -178,7 +178,7 @@ def test_heat_maps_of_a_trained_model_point_at_the_object_that_decides_the_class
     test image from the fourth epoch on)."""
     size, side = 128, 16  # the square is 1/64 of the image; the model's last map is 4 x 4
     corners = objects_on_clutter(project / "data" / "objects", 80, size, side)  # 240 images, 60 to test
-    set_params(
+    set_checked_params(
         project,
         **{
             "prepare.data_dir": "data/objects",

@@ -93,6 +93,18 @@ def built_on_meta(arch: str) -> models.Built:
 
 
 AUX_HEADS = ("AuxLogits", "aux1", "aux2")  # Inception's and GoogLeNet's auxiliary classifiers
+# The dropout layer right before each torchvision model's head, by name prefix; the others have none
+# there (AlexNet's feed frozen layers, not the head).
+HEAD_DROPOUT = {
+    "efficientnet": "classifier.0",
+    "mnasnet": "classifier.0",
+    "mobilenet_v2": "classifier.0",
+    "squeezenet": "classifier.0",
+    "mobilenet_v3": "classifier.2",
+    "vgg": "classifier.5",
+    "googlenet": "dropout",
+    "inception_v3": "dropout",
+}
 
 
 def out_size(layer: nn.Module) -> int:
@@ -138,11 +150,14 @@ def test_every_model_gets_a_new_head_and_only_the_head_trains(arch: str):
     assert trainable
     assert count_parameters(model)[0] == sum(p.numel() for p in new_head.parameters())
 
-    # In training mode only the head and the modules on the path to it train.
+    # In training mode only the head, the modules on the path to it and the dropout right before it
+    # (the classifier's own, as in torchvision's fine-tuning, where all of the model trains) train.
+    dropout = next((name for prefix, name in HEAD_DROPOUT.items() if arch.startswith(prefix)), None)
+    assert dropout is None or isinstance(model.get_submodule(dropout), nn.Dropout)
     set_train_mode(model, frozen)
     for name, module in model.named_modules():
         on_path = name == "" or head == name or head.startswith(f"{name}.") or name.startswith(f"{head}.")
-        assert module.training == on_path, name
+        assert module.training == (on_path or name == dropout), name
 
     size = probe_size(arch)
     output = model(torch.zeros(2, 3, size, size, device="meta"))
@@ -162,6 +177,15 @@ def test_every_model_gets_a_new_head_and_only_the_head_trains(arch: str):
         assert head == "head"
 
 
+def stage_contents(model: nn.Module, stage: str) -> tuple[list[str], set[str]]:
+    """The modules a stage names, and the parameters it holds: theirs, and those it names itself
+    (ViT's class token and position embedding, in its first stage)."""
+    params = dict(model.named_parameters())
+    modules = [part for part in stage.split("+") if part not in params]
+    named = {part for part in stage.split("+") if part in params}
+    return modules, named.union(*(parameter_names(model.get_submodule(m), m) for m in modules))
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_model_has_stages_and_first_n_freezes_them(arch: str):
     built = built_on_meta(arch)
@@ -169,28 +193,33 @@ def test_every_model_has_stages_and_first_n_freezes_them(arch: str):
     stages = stage_names(model, head)
     assert stages
     # Disjoint, and none holds the head.
-    for stage in stages:
-        assert stage != head
-        assert not head.startswith(f"{stage}.")
-        assert not any(other.startswith(f"{stage}.") for other in stages if other != stage)
+    parts = [part for stage in stages for part in stage.split("+")]
+    for part in parts:
+        assert part != head
+        assert not head.startswith(f"{part}.")
+        assert not any(other.startswith(f"{part}.") for other in parts if other != part)
+    # Every parameter is in a stage: ViT's are grouped as timm groups its ViT (the tokens with the
+    # patch embedding, the final norm with the last block).
+    assert not loose_parameters(model, stages)
+    if arch.startswith("vit_"):
+        blocks = len(model.encoder.layers)
+        assert stages[0] == "conv_proj+class_token+encoder.pos_embedding" and len(stages) == blocks + 1
+        assert stages[-1] == f"encoder.layers.encoder_layer_{blocks - 1}+encoder.ln"
 
-    # Parameters beside the stages (only ViT's tokens) freeze with the first stage.
-    loose = set(loose_parameters(model, stages))
-    assert loose == ({"class_token", "encoder.pos_embedding"} if arch.startswith("vit_") else set())
-
-    assert freeze(model, parse_freeze("first:1"), head) == stages[:1]
+    modules, first = stage_contents(model, stages[0])
+    assert freeze(model, parse_freeze("first:1"), head) == modules
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == parameter_names(model.get_submodule(stages[0]), stages[0]) | loose
+    assert frozen == first
     assert frozen
 
     model.requires_grad_(True)
     every = parse_freeze(f"first:{len(stages)}")
     trains = trainable_names(model, every, head)
     assert all(p.requires_grad for p in model.parameters()), "trainable_names leaves the model as it is"
-    assert freeze(model, every, head) == stages
+    assert freeze(model, every, head) == [m for stage in stages for m in stage_contents(model, stage)[0]]
     assert trains == {name for name, p in model.named_parameters() if p.requires_grad}
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == set().union(loose, *(parameter_names(model.get_submodule(s), s) for s in stages))
+    assert frozen == set().union(*(stage_contents(model, stage)[1] for stage in stages))
     assert not frozen & parameter_names(model.get_submodule(head), head)
 
     with pytest.raises(UserError, match=f"has {len(stages)} stages"):
@@ -631,3 +660,37 @@ def test_vit_with_torchvision_weights_needs_their_size(torch_home: Path):
     with pytest.raises(UserError, match=r"^model.image_size = 32 does not fit vit_b_16: "):
         build_model("vit_b_16", "DEFAULT", CLASSES, 32)
     check_input_size("vit_b_16", torchvision_backbones.size_kwargs("vit_b_16", None, min_size), min_size)
+
+
+def drop_rates(model: nn.Module) -> dict[str, float]:
+    """Each stochastic depth module's rate: torchvision's StochasticDepth p, timm's DropPath drop_prob."""
+    return {
+        name: module.p if type(module).__name__ == "StochasticDepth" else module.drop_prob
+        for name, module in model.named_modules()
+        if type(module).__name__ in ("StochasticDepth", "DropPath")
+    }
+
+
+def library_model(arch: str, rate: float) -> nn.Module:
+    """`arch` as its library builds it with stochastic depth at `rate`."""
+    if arch.startswith("timm/"):
+        import timm
+
+        return timm.create_model(arch.removeprefix("timm/"), drop_path_rate=rate)
+    return torchvision.models.get_model(arch, stochastic_depth_prob=rate)
+
+
+@pytest.mark.parametrize("arch", ["efficientnet_b0", "convnext_tiny", "timm/vit_tiny_patch16_224", "timm/resnet18"])
+def test_drop_path_gives_each_block_the_rate_its_library_gives_it(arch: str) -> None:
+    """train.drop_path 0.3: every block's stochastic depth rate as the library's own constructor
+    spreads 0.3 over the depth (torchvision's stochastic_depth_prob, timm's drop_path_rate), in
+    the trained model and in the one rebuilt from its checkpoint's spec; null keeps the model's own."""
+    with torch.device("meta"):
+        built = build_model(arch, None, CLASSES, 224, drop_path=0.3)
+        expected = drop_rates(library_model(arch, 0.3))
+        rebuilt = built.spec.untrained_model()
+        default = drop_rates(build_model(arch, None, CLASSES, 224).model)
+    assert len(expected) > 3 and len(set(expected.values())) > 3  # rates that grow with depth
+    assert drop_rates(built.model) == pytest.approx(expected)
+    assert drop_rates(rebuilt) == pytest.approx(expected)
+    assert default != drop_rates(built.model)

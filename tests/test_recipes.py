@@ -10,12 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from pipeline.checkpoints import load_checkpoint
 from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Optimizer, OptimParams, Schedule
 from pipeline.freezing import freeze, parse_freeze
 from pipeline.models import build_model
-from pipeline.optim import class_weights, lr_factor, make_optimizer
+from pipeline.optim import class_weights, lr_factor, make_optimizer, training_loss, weights_average
 from pipeline.runs import early_stop
 from testing.compare import assert_same_run, assert_tensors_equal
 from testing.project import run, set_checked_params, stage
@@ -92,26 +94,66 @@ def test_norms_and_biases_get_no_weight_decay_unless_asked_and_frozen_parts_stay
                 p.copy_(before[name])
 
 
-def test_layer_decay_slows_each_stage_towards_the_input() -> None:
+# torchvision ViT's parameters as timm's ViT names them: outside the blocks, and inside each.
+TIMM_VIT_NAMES = {
+    "class_token": "cls_token",
+    "encoder.pos_embedding": "pos_embed",
+    "conv_proj.weight": "patch_embed.proj.weight",
+    "conv_proj.bias": "patch_embed.proj.bias",
+    "encoder.ln.weight": "norm.weight",
+    "encoder.ln.bias": "norm.bias",
+    "heads.head.weight": "head.weight",
+    "heads.head.bias": "head.bias",
+}
+TIMM_VIT_BLOCK_NAMES = {
+    "ln_1": "norm1",
+    "self_attention.in_proj_": "attn.qkv.",
+    "self_attention.out_proj": "attn.proj",
+    "ln_2": "norm2",
+    "mlp.0": "mlp.fc1",
+    "mlp.3": "mlp.fc2",
+}
+
+
+def timm_vit_name(name: str) -> str:
+    if name in TIMM_VIT_NAMES:
+        return TIMM_VIT_NAMES[name]
+    block, _, rest = name.removeprefix("encoder.layers.encoder_layer_").partition(".")
+    ours, theirs = next((o, t) for o, t in TIMM_VIT_BLOCK_NAMES.items() if rest.startswith(o))
+    return f"blocks.{block}.{theirs}{rest.removeprefix(ours)}"
+
+
+@pytest.mark.parametrize("layer_decay", [1.0, 0.65])
+def test_torchvision_vit_is_grouped_as_timm_groups_its_vit(layer_decay: float) -> None:
+    """vit_b_16's parameter groups are timm's param_groups_layer_decay / param_groups_weight_decay
+    for timm's ViT-B/16, parameter by parameter: class token and position embedding undecayed,
+    with the patch embedding in the first layer; the final norm with the last block (0.65, not
+    0.4225 below the head)."""
+    import timm
+    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+
     with torch.device("meta"):  # only the structure matters
-        built = build_model("vit_b_16", None, ["a", "b"], 32)
+        built = build_model("vit_b_16", None, ["a", "b"], 224)
+        reference = timm.create_model("vit_base_patch16_224", num_classes=2)
     model, head = built.model, built.spec.head
-    params = OptimParams(epochs=1, batch_size=2, optimizer=Optimizer.adamw, lr=1.0, momentum=0, weight_decay=0, seed=0)
-    optimizer = make_optimizer(params, model, head, trunk_lr_scale=0.5, layer_decay=0.75)
-    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
-
-    def lr(name: str) -> float:
-        return lr_of[id(model.get_parameter(name))]
-
-    assert optimizer.param_groups[0]["lr"] == 1.0 and lr("heads.head.weight") == 1.0
-    # 14 stages: conv_proj, the 12 encoder layers, encoder.ln (python -m pipeline.models vit_b_16)
-    assert lr("encoder.ln.weight") == pytest.approx(0.5 * 0.75)
-    for block in range(12):
-        expected = 0.5 * 0.75 ** (14 - 1 - block)
-        assert lr(f"encoder.layers.encoder_layer_{block}.mlp.0.weight") == pytest.approx(expected)
-    # The patch embedding, class token and position embedding form the first stage.
-    for name in ("conv_proj.weight", "class_token", "encoder.pos_embedding"):
-        assert lr(name) == pytest.approx(0.5 * 0.75**14)
+    params = OptimParams(
+        epochs=1, batch_size=2, optimizer=Optimizer.adamw, lr=1.0, momentum=0, weight_decay=0.05, seed=0
+    )
+    optimizer = make_optimizer(params, model, head, decay_norms_and_biases=False, layer_decay=layer_decay)
+    ours = {id(p): (group["lr"], group["weight_decay"]) for group in optimizer.param_groups for p in group["params"]}
+    kept = reference.no_weight_decay()
+    if layer_decay == 1:
+        groups = param_groups_weight_decay(reference, 0.05, no_weight_decay_list=kept)
+    else:
+        groups = param_groups_layer_decay(reference, 0.05, no_weight_decay_list=kept, layer_decay=layer_decay)
+    theirs = {id(p): (group.get("lr_scale", 1.0), group["weight_decay"]) for group in groups for p in group["params"]}
+    timm_params = dict(reference.named_parameters())
+    for name, param in model.named_parameters():
+        rate, decay = theirs[id(timm_params[timm_vit_name(name)])]
+        assert ours[id(param)] == (pytest.approx(rate, rel=1e-12), decay), name
+    if layer_decay != 1:
+        assert ours[id(model.get_parameter("encoder.layers.encoder_layer_11.mlp.0.weight"))][0] == pytest.approx(0.65)
+        assert ours[id(model.get_parameter("conv_proj.weight"))][0] == pytest.approx(0.65**13)
 
 
 def records(values: list[float]) -> list[dict]:
@@ -140,6 +182,59 @@ def test_balanced_class_weights() -> None:
     targets = torch.tensor([0, 0, 0, 1])  # 3:1
     weights = class_weights(ClassWeights.balanced, targets, 2, torch.device("cpu"))
     assert weights.tolist() == pytest.approx([4 / (2 * 3), 4 / (2 * 1)])
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_class_weighted_loss_of_mixed_labels_is_divided_by_their_weight(smoothing: float) -> None:
+    """With class weights, MixUp/CutMix labels (class probabilities) give the loss torch gives
+    class indices: one-hot probabilities exactly that, so the loss keeps its scale when mixing
+    switches on; mixed ones the weighted sum over the batch's weight, computed by hand here."""
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    weight = torch.tensor([0.5, 1.0, 4.0])  # mean batch weight far from 1, so a division by 4 shows
+    targets = torch.tensor([2, 0, 2, 1])
+    one_hot = F.one_hot(targets, 3).float()
+    expected = F.cross_entropy(logits, targets, weight=weight, label_smoothing=smoothing)
+    torch.testing.assert_close(training_loss(logits, one_hot, weight, smoothing), expected)
+    torch.testing.assert_close(training_loss(logits, targets, weight, smoothing), expected)
+
+    mixed = 0.7 * one_hot + 0.3 * one_hot.roll(1, 0)  # as MixUp mixes each image with the one before
+    smoothed = mixed * (1 - smoothing) + smoothing / 3
+    by_hand = -(weight * smoothed * logits.log_softmax(dim=1)).sum() / (mixed * weight).sum()
+    torch.testing.assert_close(training_loss(logits, mixed, weight, smoothing), by_hand)
+    # Without class weights it is torch's loss of the probabilities, their mean over the batch.
+    torch.testing.assert_close(
+        training_loss(logits, mixed, None, smoothing), F.cross_entropy(logits, mixed, label_smoothing=smoothing)
+    )
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_the_weights_average_is_timms_model_ema_and_a_hand_computed_average(warmup: bool) -> None:
+    """train.ema_decay 0.9, with and without warm-up, over 40 updates: the average of every
+    floating tensor (BatchNorm's running mean too) is timm's ModelEmaV3's (use_warmup, updated
+    at steps 1, 2, ...); after the first three, a hand computation's. The warm-up's decays
+    0, 1 - 2 ** -2/3 = 0.37, 1 - 3 ** -2/3 = 0.52 are far from 0.9, and from 1 - 0.9."""
+    from timm.utils import ModelEmaV3
+
+    model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    ours = weights_average(model, 0.9, warmup)
+    theirs = ModelEmaV3(model, decay=0.9, use_warmup=warmup)
+    generator = torch.Generator().manual_seed(0)
+    seen = []
+    for step in range(1, 41):
+        with torch.no_grad():
+            for tensor in [*model.parameters(), model[1].running_mean]:
+                tensor.copy_(torch.randn(tensor.shape, generator=generator))
+        model[1].num_batches_tracked += 1
+        seen.append(model[0].weight.detach().clone())
+        ours.update_parameters(model)
+        theirs.update(model, step=step)
+        if step == 3:
+            decays = [1 - 2 ** (-2 / 3), 1 - 3 ** (-2 / 3)] if warmup else [0.9, 0.9]
+            by_hand = (seen[0] * decays[0] + seen[1] * (1 - decays[0])) * decays[1] + seen[2] * (1 - decays[1])
+            torch.testing.assert_close(ours.module[0].weight, by_hand)
+    for (name, mine), their in zip(ours.module.state_dict().items(), theirs.module.state_dict().values(), strict=True):
+        torch.testing.assert_close(mine, their, msg=name)
+    assert ours.module[1].num_batches_tracked.item() == 40  # the model's count, not an average
 
 
 def test_early_stopping_keeps_every_finished_epoch(prepared: Path) -> None:
@@ -241,3 +336,24 @@ def test_the_weights_moving_average_is_kept_scored_beside_them_and_may_be_chosen
     top = [obj["top"][0] for obj in json.loads(predicted.stdout)]
     assert [t["class"] for t in top] == list(evaluated["predicted"].astype(str))
     assert [t["probability"] for t in top] == pytest.approx(list(evaluated["confidence"]), abs=1e-5)
+
+
+def test_the_trained_average_warms_up_as_the_recipe_says(prepared: Path) -> None:
+    """The documented fine-tuning EMA (train.ema_decay 0.999, warm-up on), through the train
+    stage, one optimizer step per epoch: each checkpoint's average is the hand-computed one of
+    the checkpoints' raw weights and BatchNorm statistics (decays 0, 0.37, 0.52). Without the
+    warm-up, 0.999 would leave it at the first step's weights."""
+    project = prepared
+    set_checked_params(project, **{"train.epochs": 3, "train.batch_size": 1024, "train.ema_decay": 0.999})
+    stage("train", project)
+    checkpoints = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
+    raw = [checkpoint["model_state_dict"] for checkpoint in checkpoints]
+    assert [checkpoint["ema_updates"] for checkpoint in checkpoints] == [1, 2, 3]
+    for name, tensor in raw[0].items():
+        if not tensor.is_floating_point():
+            continue
+        average = raw[0][name]
+        for k in (1, 2):
+            decay = 1 - (k + 1) ** (-2 / 3)
+            average = decay * average + (1 - decay) * raw[k][name]
+            torch.testing.assert_close(checkpoints[k]["ema_state_dict"][name], average, msg=name)

@@ -23,6 +23,7 @@ from PIL import Image, ImageFilter
 from safetensors.torch import save_file
 from timm.data import create_transform, resolve_model_data_config
 from timm.models import group_parameters
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, PILToTensor, Resize, ToDtype
@@ -32,10 +33,11 @@ from pipeline.backbones import timm as timm_backbones
 from pipeline.batches import ImageBatches
 from pipeline.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from pipeline.cli import UserError
+from pipeline.config import Optimizer, OptimParams
 from pipeline.data.cache import decoded_images
 from pipeline.freezing import freeze, parse_freeze, set_train_mode, stage_names
 from pipeline.models import build_model, check_model_params, describe, model_from_checkpoint
-from pipeline.optim import _stage_depths
+from pipeline.optim import make_optimizer
 from testing.project import REPO, run, set_checked_params, stage
 from tests.helpers import file_sha1
 
@@ -95,14 +97,18 @@ def test_a_new_head_and_all_but_head_trains_exactly_it(arch: str) -> None:
 
     frozen = freeze(model, parse_freeze("all_but_head"), head)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == params_of(model.get_classifier(), head)
-    set_train_mode(model, frozen)  # only the head and the modules on the path to it train
+    # Only the head, the modules on the path to it and the dropout right before it train (timm's
+    # ResNet drops out in its forward, which runs in training mode on the path).
+    dropout = {"timm/convnext_atto": "head.drop", "timm/vit_tiny_patch16_224": "head_drop"}.get(arch)
+    assert dropout is None or isinstance(model.get_submodule(dropout), nn.Dropout)
+    set_train_mode(model, frozen)
     for name, module in model.named_modules():
         on_path = name == "" or head == name or head.startswith(f"{name}.") or name.startswith(f"{head}.")
-        assert module.training == on_path, name
+        assert module.training == (on_path or name == dropout), name
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_first_n_freezes_timms_first_n_groups_and_layer_decay_follows_them(arch: str) -> None:
+def test_first_n_freezes_timms_first_n_groups(arch: str) -> None:
     model, head = on_meta(arch)
     groups = timm_groups(model)
     assert params_of(model.get_classifier(), head) <= groups[-1]  # the head's group, which is no stage
@@ -113,10 +119,48 @@ def test_first_n_freezes_timms_first_n_groups_and_layer_decay_follows_them(arch:
         assert {n for n, p in model.named_parameters() if not p.requires_grad} == set().union(*groups[:count])
         set_train_mode(model, frozen)
         assert all(not model.get_submodule(name).training for name in frozen)
-    depths = _stage_depths(model, head)
-    assert depths == {name: len(stages) - index for index, group in enumerate(groups[:-1]) for name in group}
     with pytest.raises(UserError, match=re.escape(f"has {len(stages)} stages: {', '.join(stages)}")):
         freeze(model, parse_freeze(f"first:{len(stages) + 1}"), head)
+
+
+def rates_and_decays(model: nn.Module, groups: list[dict], lr: float) -> dict[str, tuple[float, float]]:
+    """Each parameter's (learning rate, weight decay) in optimizer param groups; a group's rate
+    is its `lr`, or `lr` times timm's `lr_scale`."""
+    names = {id(param): name for name, param in model.named_parameters()}
+    return {
+        names[id(param)]: (group.get("lr", lr * group.get("lr_scale", 1.0)), group["weight_decay"])
+        for group in groups
+        for param in group["params"]
+    }
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("layer_decay", [1.0, 0.65])
+def test_parameter_groups_are_timms_name_by_name(arch: str, layer_decay: float) -> None:
+    """Weight decay as timm's param_groups_weight_decay (1-D parameters, biases and the model's
+    no_weight_decay(): ViT's cls_token and pos_embed undecayed), and with layer decay each
+    parameter's rate as param_groups_layer_decay scales it: timm's fine groups (each ResNet and
+    ConvNeXt block apart), ConvNeXt's head.norm with the head, ViT's final norm with its last block."""
+    model, head = on_meta(arch)
+    params = OptimParams(
+        epochs=1, batch_size=2, optimizer=Optimizer.adamw, lr=0.3, momentum=0, weight_decay=0.05, seed=0
+    )
+    ours = make_optimizer(params, model, head, decay_norms_and_biases=False, layer_decay=layer_decay)
+    kept = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    if layer_decay == 1:
+        theirs = param_groups_weight_decay(model, 0.05, no_weight_decay_list=kept)
+    else:
+        theirs = param_groups_layer_decay(model, 0.05, no_weight_decay_list=kept, layer_decay=layer_decay)
+    expected = rates_and_decays(model, theirs, 0.3)
+    got = rates_and_decays(model, ours.param_groups, 0.3)
+    assert got.keys() == expected.keys()
+    for name, (rate, decay) in expected.items():
+        assert got[name] == (pytest.approx(rate, rel=1e-12), decay), name
+    if "vit" in arch:
+        assert got["cls_token"][1] == got["pos_embed"][1] == 0 and got["blocks.0.attn.qkv.weight"][1] == 0.05
+    # One rate per fine group: the stem, each block (8 for resnet18, 12 for the others), the head's.
+    rates = {rate for rate, _ in got.values()}
+    assert len(rates) == (1 if layer_decay == 1 else {"timm/resnet18": 10}.get(arch, 14))
 
 
 def test_describe_lists_timms_stages() -> None:

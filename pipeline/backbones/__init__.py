@@ -58,9 +58,20 @@ class Family(Protocol):
 
     def stages(self, model: nn.Module, head: str) -> list[str]:
         """The model's stages, in order and without the head, as the family groups its models
-        (`freeze: first:N` and layer-wise lr decay count them); [] when it has no grouping of
-        its own, or the model is not the family's. Each stage names its modules and
-        parameters, joined by `+`."""
+        (`freeze: first:N` counts them, and layer-wise lr decay where `layer_ids` has none); []
+        when it has no grouping of its own, or the model is not the family's. Each stage names
+        its modules and parameters, joined by `+`."""
+
+    def layer_ids(self, model: nn.Module) -> dict[str, int]:
+        """Each parameter's layer for layer-wise lr decay, from the input up, the head's last, as
+        the family numbers them; {} where it has no numbering of its own (then `stages` count)."""
+
+    def no_weight_decay(self, model: nn.Module) -> list[str]:
+        """Names (fnmatch patterns) of the parameters of more than one dimension that get no
+        weight decay (ViT's class token and position embedding); [] for another family's model."""
+
+    def drop_path_kwargs(self, arch: str, rate: float) -> dict[str, Any]:
+        """The constructor's arguments for a stochastic depth (drop path) rate of `rate`."""
 
 
 # Asked in this order: torchvision, which takes any name, last.
@@ -72,9 +83,20 @@ def family_of(arch: str) -> Family:
     return next(family for family in FAMILIES if family.owns(arch))
 
 
-def grouped_stages(model: nn.Module, head: str) -> list[str]:
-    """The stages that the family of `model` groups it into; [] if it has no grouping.
+# Asked of every family, since freezing and the optimizer see only the model, not model.arch.
 
-    Asked of every family, since freezing and the optimizer see only the model, not model.arch.
-    """
+
+def grouped_stages(model: nn.Module, head: str) -> list[str]:
+    """The stages that the family of `model` groups it into; [] if it has no grouping."""
     return next((stages for family in FAMILIES if (stages := family.stages(model, head))), [])
+
+
+def layer_ids(model: nn.Module) -> dict[str, int]:
+    """The layer of each parameter of `model` for layer-wise lr decay, as its family numbers
+    them; {} if it has no numbering."""
+    return next((ids for family in FAMILIES if (ids := family.layer_ids(model))), {})
+
+
+def no_weight_decay(model: nn.Module) -> list[str]:
+    """What the family of `model` keeps undecayed besides one-dimensional parameters."""
+    return [pattern for family in FAMILIES for pattern in family.no_weight_decay(model)]

@@ -3,7 +3,8 @@
 It implements pipeline.backbones.Family. What the pipeline needs from a model, timm states
 itself, and this module asks it:
 the classifier layer (`pretrained_cfg["classifier"]`, replaced by `reset_classifier`), the
-stages that `freeze: first:N` and layer-wise LR decay count (`group_matcher`), the input
+stages that `freeze: first:N` and the layers that layer-wise LR decay count (`group_matcher`),
+what weight decay leaves alone (`no_weight_decay`), the input
 size of models built for one (`fixed_input_size`: ViT, Swin...; built here for
 model.image_size), and the preprocessing (`resolve_model_data_config`).
 
@@ -214,3 +215,31 @@ def stages(model: nn.Module, head: str) -> list[str]:
         for group in sorted(groups)
         if group not in head_groups
     ]
+
+
+def layer_ids(model: nn.Module) -> dict[str, int]:
+    """Each parameter's layer as timm's `param_groups_layer_decay` numbers them: timm's fine
+    groups (`group_matcher(coarse=False)`: the stem, then each block, so a CNN's blocks apart
+    and not only its stages), the head's group last; {} for a model without a usable matcher,
+    and for another family's model."""
+    if not _is_timm_model(model):
+        return {}
+    from timm.models import group_parameters
+
+    try:
+        return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    except (AttributeError, AssertionError, NotImplementedError):  # as in `stages`
+        return {}
+
+
+def no_weight_decay(model: nn.Module) -> list[str]:
+    """What the model itself keeps undecayed (`no_weight_decay()`: ViT's cls_token and
+    pos_embed, Swin's relative position tables...), as timm's optimizer factory passes it
+    to param_groups_weight_decay; [] for another family's model."""
+    if not _is_timm_model(model) or not hasattr(model, "no_weight_decay"):
+        return []
+    return sorted(model.no_weight_decay())
+
+
+def drop_path_kwargs(arch: str, rate: float) -> dict[str, Any]:
+    return {"drop_path_rate": rate}  # timm's name in every model that has stochastic depth

@@ -120,5 +120,35 @@ def replace_head(model: nn.Module, head: str, num_classes: int) -> None:
 
 
 def stages(model: nn.Module, head: str) -> list[str]:
-    # torchvision states no grouping of its own: freezing reads the stages off the module tree.
-    return []
+    """ViT's stages as timm groups its own ViT (its `group_matcher`): the patch embedding with
+    the class token and position embedding, then each encoder block, the final norm with the
+    last one. [] for any other model: torchvision states no grouping of its own, so freezing
+    reads the stages off the module tree."""
+    if not isinstance(model, torchvision.models.VisionTransformer):
+        return []
+    blocks = [f"encoder.layers.{name}" for name, _ in model.encoder.layers.named_children()]
+    blocks[-1] += "+encoder.ln"
+    return ["conv_proj+class_token+encoder.pos_embedding", *blocks]
+
+
+def layer_ids(model: nn.Module) -> dict[str, int]:
+    return {}  # layer-wise lr decay counts the stages
+
+
+# Parameters of more than one dimension that the torchvision references' --transformer-embedding-decay
+# names (matched to a parameter's own name, as their set_weight_decay does), and ViT's position
+# embedding, which they name position_embedding but torchvision's ViT calls pos_embedding.
+TOKEN_NAMES = ("class_token", "position_embedding", "pos_embedding", "relative_position_bias_table")
+
+
+def no_weight_decay(model: nn.Module) -> list[str]:
+    """The transformers' tokens and position tables (ViT's class_token and encoder.pos_embedding,
+    Swin's and MaxViT's relative_position_bias_table), as timm's models name theirs; [] for a
+    model that is not torchvision's."""
+    if not type(model).__module__.startswith("torchvision."):
+        return []
+    return [name for name, _ in model.named_parameters() if name.rpartition(".")[2] in TOKEN_NAMES]
+
+
+def drop_path_kwargs(arch: str, rate: float) -> dict[str, Any]:
+    return {"stochastic_depth_prob": rate}  # EfficientNet's and ConvNeXt's builders take it
