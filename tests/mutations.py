@@ -234,6 +234,13 @@ MUTATIONS = [
         'table.sort_values(["f1", "recall", "class"], ascending=False, kind="stable")',
         ("tests/test_interpretation.py",),
     ),
+    Mutation(
+        "tta-no-flip",
+        "test-time flips average each image's logits with its own, not its mirror's",
+        "            outputs = (outputs + model(images.flip(-1))) / 2\n",
+        "            outputs = (outputs + model(images)) / 2\n",
+        ("tests/test_engine.py", "-k", "flip_tta"),
+    ),
 ]
 
 
