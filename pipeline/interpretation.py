@@ -25,7 +25,7 @@ import torch
 
 from pipeline.batches import normalize
 from pipeline.cli import UserError, error_line
-from pipeline.data.decode import centre_crop, load_image
+from pipeline.data.decode import load_image
 from pipeline.engine import confusion_matrix
 from pipeline.files import atomic_write, write_csv
 from pipeline.gallery import Tile, draw_gallery, save_png
@@ -79,7 +79,7 @@ def model_inputs(paths: list[str], spec: ModelSpec) -> np.ndarray:
     pixels = []
     for path in paths:
         try:
-            pixels.append(centre_crop(load_image(path, spec.sizing), spec.sizing))
+            pixels.append(load_image(path, spec.sizing))
         except Exception as error:  # Pillow and simplejpeg raise many types for a file that changed
             raise UserError(
                 f"{path} could not be read for {BEST_GALLERY} ({error_line(error)}); it was read when "
