@@ -273,15 +273,17 @@ def split_loss(
     """A batch's part of its optimizer step's loss, to backpropagate, and of the epoch's.
 
     One process's step takes the mean over the global batch: the sum of the items' losses
-    over the sum of their weights, as cross-entropy weighs them (each item's class weight;
-    one each without class weights, and for MixUp/CutMix's mixed targets). So each part sums
+    over the sum of their weights, as `optim.training_loss` weighs them (each item's class
+    weight, one each without class weights; mixed targets weigh their classes' weights by the
+    mixing ratios, and as MixUp/CutMix mix the items of a batch among themselves, a batch's
+    mixed weights add up to its items' own). So each part sums
     its items' losses, padding left out, and divides by its whole step's total, times the
     processes, whose gradients DDP averages: the parts of a step add up to one process's
     step however the global batch is split, an uneven last one included. The second value
     is the part's sum scaled to the step's mean, for the epoch's mean (`epoch_loss`).
     """
     real, items, weight = part
-    total = (weight if targets.dim() == 1 else items)[0]
+    total = weight[0]
     summed = (criterion(outputs, targets, reduction="none") * real).sum()
     return summed * world / total, summed * items[0] / total
 

@@ -25,7 +25,11 @@ def class_weights(
 
 
 def training_loss(
-    logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None, label_smoothing: float = 0.0
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Cross-entropy with class `weight`s and label smoothing, over class indices or, after
     MixUp/CutMix, class probabilities.
@@ -34,10 +38,11 @@ def training_loss(
     batch size for probabilities, so with class weights the loss's scale would jump when mixing
     switches on. Here probabilities are divided by their total weight too (each image weighs
     its targets' weighted sum, the mixing ratios' share of each class's weight): for one-hot
-    probabilities this is torch's loss for the indices.
+    probabilities this is torch's loss for the indices. With `reduction="none"`, each item's
+    weighted loss, for `engine.split_loss` to divide by its step's total weight.
     """
-    if weight is None or not targets.is_floating_point():
-        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing)
+    if reduction == "none" or weight is None or not targets.is_floating_point():
+        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing, reduction=reduction)
     total = F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing, reduction="sum")
     return total / (targets * weight).sum()
 

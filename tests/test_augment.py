@@ -161,16 +161,19 @@ def test_the_policies_interpolate_bilinearly_as_the_references_pass_them(
     draw; with v2's default, nearest, the rotated, sheared and translated ones differ."""
     images = copies_of_one_image(16)
     augment = batch_augmentation(params(policy=policy), 5, MEAN, STD, CPU)
-    torch.manual_seed(3)
-    ours, _ = augment(images, torch.zeros(16, dtype=torch.int64))
+    keys = torch.arange(16) * 7 + 3  # each image's draw is seeded by its key
+    ours, _ = augment(images, torch.zeros(16, dtype=torch.int64), keys)
 
     mean, std = torch.tensor(MEAN).view(-1, 1, 1) * 255, torch.tensor(STD).view(-1, 1, 1) * 255
     pixels = (images[0] * std + mean).round().to(torch.uint8)  # the image the copies were made from
 
     def expected(interpolation: v2.InterpolationMode) -> torch.Tensor:
         transform = reference(interpolation=interpolation)
-        torch.manual_seed(3)
-        return torch.stack([(transform(pixels).float() - mean) / std for _ in range(16)])
+        drawn = []
+        for key in keys.tolist():
+            torch.manual_seed(key)
+            drawn.append((transform(pixels).float() - mean) / std)
+        return torch.stack(drawn)
 
     torch.testing.assert_close(ours, expected(v2.InterpolationMode.BILINEAR), atol=1e-5, rtol=0)
     assert not torch.allclose(ours, expected(v2.InterpolationMode.NEAREST), atol=1e-5, rtol=0)
@@ -191,7 +194,7 @@ def test_mixed_labels_weigh_each_class_as_the_pixels_mix(mixup: float, cutmix: f
     images, targets = distinct_flat_images(), torch.arange(8)
     for seed in range(5):
         torch.manual_seed(seed)
-        mixed, soft = augment(images, targets)
+        mixed, soft = augment(images, targets, torch.zeros(8, dtype=torch.int64))  # keys: no per-image draws
         for i in range(8):
             mine, other = float(i + 1), float(i if i else 8)  # image i's value, and image i-1's
             if mixup:
@@ -211,7 +214,7 @@ def test_mix_switch_is_the_share_of_batches_that_get_cutmix(switch: float) -> No
     torch.manual_seed(0)
     cut = 0
     for _ in range(400):
-        mixed, _ = augment(images, targets)
+        mixed, _ = augment(images, targets, torch.zeros(8, dtype=torch.int64))
         # CutMix only moves pixels; MixUp blends every pixel into a value no image has.
         cut += set(mixed.unique().tolist()) <= set(range(1, 9))
     # 400 batches: the standard deviation of the count is 8, and the two settings are 240 apart.

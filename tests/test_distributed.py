@@ -9,7 +9,6 @@ batch of 128 sees, so the two must agree up to float rounding. One run trains ev
 """
 
 import csv
-import functools
 import math
 import os
 import signal
@@ -402,14 +401,31 @@ def test_the_parts_of_a_step_add_up_to_one_process_step(
     and the epoch's loss is one process's mean of its batches' means."""
     generator = torch.Generator().manual_seed(0)
     features, labels = torch.randn(items, 4, generator=generator), torch.randint(0, 3, (items,), generator=generator)
-    # MixUp/CutMix give class probabilities, which cross-entropy averages over the items alone.
-    targets = torch.nn.functional.one_hot(labels, 3) * 0.7 + 0.1 if mixed else labels
     weights = torch.tensor([0.5, 2.0, 1.25]) if weighted else None
     model = torch.nn.Linear(4, 3)
     batch = world * accumulate * 2  # the global batch
     loop = LoopOptions(batch_size=batch, ranks=Ranks(0, world), accumulate=accumulate, class_weights=weights)
-    criterion = functools.partial(torch.nn.functional.cross_entropy, weight=weights, label_smoothing=smoothing)
     order = torch.randperm(items, generator=generator)
+    targets = labels
+    if mixed:  # MixUp's class probabilities: 0.7 of each item's label, 0.3 of the next one's in its global batch
+        one_hot, targets = torch.nn.functional.one_hot(labels, 3).float(), torch.zeros(items, 3)
+        for start in range(0, items, batch):
+            rows = order[start : start + batch]
+            targets[rows] = 0.7 * one_hot[rows] + 0.3 * one_hot[rows.roll(1)]
+
+    def criterion(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """By hand: the items' weighted losses over their total weight (a mixed item weighs its
+        classes' weights by the mixing ratios; without class weights every item weighs 1)."""
+        losses = torch.nn.functional.cross_entropy(
+            logits, targets, weight=weights, label_smoothing=smoothing, reduction="none"
+        )
+        if reduction == "none":
+            return losses
+        each = (
+            torch.ones(len(targets)) if weights is None else (targets * weights).sum(1) if mixed else weights[targets]
+        )
+        return losses.sum() / each.sum()
+
     whole = split_steps(EpochOrder(order, None), labels, loop)
     expected_loss, kept, counted = 0.0, 0.0, 0.0
     for step, start in enumerate(range(0, items, batch)):
