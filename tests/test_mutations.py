@@ -1,6 +1,8 @@
 """tests/mutations.py stays live: each mutation's text occurs exactly once in pipeline/ and
 names test files that exist, so the script cannot silently rot as code moves."""
 
+import re
+
 import pytest
 
 from tests.mutations import MUTATIONS, REPO, Mutation, MutationError, apply
@@ -30,3 +32,12 @@ def test_a_mutation_whose_text_is_gone_is_an_error(tmp_path) -> None:
     (tmp_path / "pipeline" / "a.py").write_text("x = 1\n")
     with pytest.raises(MutationError, match="exactly once"):
         apply(Mutation("gone", "no such code", "y = 2", "y = 3", ("tests/test_engine.py",)), tmp_path)
+
+
+def test_docs_list_every_mutation_under_a_promise() -> None:
+    """docs/testing.md's table of promises names each mutation once, and only those that exist."""
+    text = (REPO / "docs" / "testing.md").read_text()
+    table = text.split("| promise | mutations |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split("|")[2] for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    listed = [name for row in rows for name in re.findall(r"`([a-z0-9-]+)`", row)]
+    assert sorted(listed) == sorted(m.name for m in MUTATIONS)
