@@ -28,7 +28,7 @@ from pipeline.augment import Augment, augments, batch_augmentation
 from pipeline.batches import Batches, crop_batches, images_on, split_batches
 from pipeline.checked import confirm_unchanged, load_checked_params
 from pipeline.cli import UserError, progress, run_stage
-from pipeline.config import Params
+from pipeline.config import Params, TrainParams
 from pipeline.data.cache import decoded_images, training_copies
 from pipeline.data.split import read_manifest
 from pipeline.devices import place_model, resolve_device, set_determinism
@@ -133,6 +133,17 @@ class Run:
         return self.phases[spec]
 
 
+def lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainParams) -> LambdaLR:
+    """The learning rate's schedule over the epochs (`optim.lr_factor`)."""
+    schedule = partial(
+        lr_factor, epochs=config.epochs, schedule=config.schedule, warmup_epochs=config.warmup_epochs,
+        step_every=config.step_every, gamma=config.step_gamma,
+    )  # fmt: skip
+    # LambdaLR over a closed form, not LinearLR/CosineAnnealingLR in a SequentialLR: those update
+    # the rate recursively, so it drifts in the last bits from the formula the checkpoints record.
+    return LambdaLR(optimizer, lambda index: schedule(index + 1))  # LambdaLR counts epochs from 0
+
+
 def set_up(params: Params) -> Run:
     """Model, optimizer, schedule, data and loss of the run, restored to where a killed
     attempt of it stopped."""
@@ -157,13 +168,7 @@ def set_up(params: Params) -> Run:
         config, model, spec.head, config.trunk_lr_scale, later,
         decay_norms_and_biases=config.decay_norms_and_biases, layer_decay=config.layer_decay,
     )  # fmt: skip
-    schedule = partial(
-        lr_factor, epochs=config.epochs, schedule=config.schedule, warmup_epochs=config.warmup_epochs,
-        step_every=config.step_every, gamma=config.step_gamma,
-    )  # fmt: skip
-    # LambdaLR over a closed form, not LinearLR/CosineAnnealingLR in a SequentialLR: those update
-    # the rate recursively, so it drifts in the last bits from the formula the checkpoints record.
-    scheduler = LambdaLR(optimizer, lambda index: schedule(index + 1))  # LambdaLR counts epochs from 0
+    scheduler = lr_scheduler(optimizer, config)
 
     decode = partial(decoded_images, manifest, spec.sizing)
     images = images_on(distributed.main_first(ranks, decode, "decode the images into the cache"), device)
