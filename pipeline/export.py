@@ -1,5 +1,6 @@
-"""The chosen model as a torch.export program that takes a decoded image and makes its own
-input from it (models/best_image.pt2), beside the tensor-in models/best.pt2 of select_best.
+"""The chosen model as torch.export programs, which select_best writes: models/best.pt2
+takes a batch of normalised inputs (N, 3, S, S) and gives logits (`tensor_program`), and
+models/best_image.pt2 takes a decoded image and makes its own input from it (`image_program`).
 
     model = torch.export.load("models/best_image.pt2").module()   # already in eval mode
     probabilities = model(image)
@@ -24,6 +25,7 @@ saying so, as it does for a model torch.export cannot capture.
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from pipeline.data.decode import TENSOR_FILTERS, resize_crop, resized_size
 from pipeline.engine import batch_logits
 from pipeline.files import atomic_write
 from pipeline.models import ModelSpec, model_from_checkpoint
-from pipeline.paths import BEST_IMAGE_EXPORT
+from pipeline.paths import BEST_EXPORT, BEST_IMAGE_EXPORT
 
 log = logging.getLogger("pipeline.export")
 
@@ -79,22 +81,56 @@ def image_program(checkpoint: dict[str, Any]) -> torch.export.ExportedProgram:
     return program
 
 
-def write_image_export(checkpoint: dict[str, Any], path: Path = BEST_IMAGE_EXPORT) -> None:
-    """`path`: `image_program` of the checkpoint with its metadata, or, for a model that it
-    cannot be made for, a line of text saying why."""
+def tensor_program(checkpoint: dict[str, Any]) -> torch.export.ExportedProgram:
+    """The checkpoint's model as a torch.export program, in eval mode, for any batch size
+    (models/best.pt2). The program is run on a batch of another size than the example and
+    compared with the model itself, so a written file computes what the checkpoint does."""
+    model = model_from_checkpoint(checkpoint).eval()
+    size = ModelSpec.from_checkpoint(checkpoint).image_size
+    # The example's batch is 2, not 1: export specialises sizes 0 and 1 to constants.
+    example = torch.zeros(2, 3, size, size)
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(probe), model(probe))
+    return program
+
+
+def write_exports(checkpoint: dict[str, Any], tensors: Path = BEST_EXPORT, images: Path = BEST_IMAGE_EXPORT) -> None:
+    """Both exports of the checkpoint: `tensor_program` at `tensors`, `image_program` at
+    `images`; for a model that one cannot be made for, a line of text saying why in its place
+    (DVC fails a stage whose declared output is missing). A failed write fails the stage."""
     spec = ModelSpec.from_checkpoint(checkpoint)
+    metadata = {key: spec.to_dict()[key] for key in METADATA_KEYS}
+    size = spec.image_size
+    if write_export(tensor_program, checkpoint, tensors, "with torch.export", metadata):
+        log.info("exported %s for any batch of (N, 3, %d, %d) inputs -> %s", spec.arch, size, size, tensors)
+    with_tta = metadata | {"tta": checkpoint.get("tta", "none")}
+    if write_export(image_program, checkpoint, images, "with its preprocessing", with_tta):
+        log.info("exported %s for decoded uint8 (H, W, 3) images of any size -> %s", spec.arch, images)
+
+
+def write_export(
+    make: Callable[[dict[str, Any]], torch.export.ExportedProgram],
+    checkpoint: dict[str, Any],
+    path: Path,
+    how: str,
+    metadata: dict[str, Any],
+) -> bool:
+    """`path`: the program `make` builds from the checkpoint, with `metadata`; or the line
+    saying why it cannot be built. Whether it wrote the program."""
+    arch = checkpoint["arch"]
     try:
-        program = image_program(checkpoint)
+        program = make(checkpoint)
     except (OSError, MemoryError):  # the machine's trouble, not the model's: fail the stage
         raise
     except Exception as error:  # torch.export raises many types for a model it cannot capture
         reason = error_line(error, with_type=True)
-        log.warning("could not export %s with its preprocessing (%s); %s holds this message", spec.arch, reason, path)
-        with atomic_write(path, "w") as file:  # DVC fails a stage whose declared output is missing
-            file.write(f"not a model: exporting {spec.arch} with its preprocessing failed: {reason}\n")
-        return
-    metadata = {key: spec.to_dict()[key] for key in METADATA_KEYS} | {"tta": checkpoint.get("tta", "none")}
+        log.warning("could not export %s %s (%s); %s holds this message instead", arch, how, reason, path)
+        with atomic_write(path, "w") as file:
+            file.write(f"not a model: exporting {arch} {how} failed: {reason}\n")
+        return False
     # A file object, not the temporary path: torch.export.save warns about a name not ending in .pt2.
     with atomic_write(path) as file:
         torch.export.save(program, file, extra_files={"metadata.json": json.dumps(metadata)})
-    log.info("exported %s for decoded uint8 (H, W, 3) images of any size -> %s", spec.arch, path)
+    return True

@@ -33,28 +33,23 @@ The export is a convenience: a model that torch.export cannot capture still gets
 and its metrics, with a warning, and best.pt2 then holds a line of text saying why.
 """
 
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from pipeline.checked import confirm_unchanged, load_checked_params
 from pipeline.checkpoints import WEIGHTS, checkpoint_name, load_each, predictions_name, save_checkpoint
-from pipeline.cli import UserError, error_line, run_stage
+from pipeline.cli import UserError, run_stage
 from pipeline.config import Mode
-from pipeline.export import write_image_export
-from pipeline.files import atomic_write, read_csv, write_csv, write_json
+from pipeline.export import write_exports
+from pipeline.files import read_csv, write_csv, write_json
 from pipeline.interpretation import write_interpretation
 from pipeline.metrics import REPORTED
-from pipeline.models import ModelSpec, model_from_checkpoint
 from pipeline.paths import (
     BEST_CONFUSION,
     BEST_EPOCHS,
-    BEST_EXPORT,
     BEST_METRICS,
     BEST_MODEL,
     CHECKPOINT_DIR,
@@ -77,56 +72,6 @@ def pick_best(scores: pd.DataFrame, metric: str, mode: Mode) -> pd.Series:
     return tied.assign(ema=tied["weights"] == "ema").sort_values(["epoch", "ema"]).iloc[0]
 
 
-def export_model(checkpoint: dict[str, Any]) -> torch.export.ExportedProgram:
-    """The checkpoint's model as a torch.export program, in eval mode, for any batch size.
-
-    The program is run on a batch of another size than the example and compared with the
-    model itself, so a written file computes what the checkpoint does.
-    """
-    model = model_from_checkpoint(checkpoint).eval()
-    size = ModelSpec.from_checkpoint(checkpoint).image_size
-    # The example's batch is 2, not 1: export specialises sizes 0 and 1 to constants.
-    example = torch.zeros(2, 3, size, size)
-    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-    probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        torch.testing.assert_close(program.module()(probe), model(probe))
-    return program
-
-
-def save_export(program: torch.export.ExportedProgram, spec: ModelSpec, path: Path) -> None:
-    keys = ("arch", "classes", "image_size", "resize_size", "interpolation", "mean", "std")
-    metadata = {key: spec.to_dict()[key] for key in keys}
-    # A file object, not the temporary path: torch.export.save warns about a name not ending in .pt2.
-    with atomic_write(path) as file:
-        torch.export.save(program, file, extra_files={"metadata.json": json.dumps(metadata)})
-    size = spec.image_size
-    log.info("exported %s for any batch of (N, 3, %d, %d) inputs -> %s", spec.arch, size, size, path)
-
-
-def write_export(checkpoint: dict[str, Any], spec: ModelSpec) -> None:
-    """BEST_EXPORT: the checkpoint's model as a torch.export program, or, for a model that
-    torch.export cannot capture, a line of text saying why."""
-    try:
-        program = export_model(checkpoint)
-    except (OSError, MemoryError):  # the machine's trouble, not the model's: fail the stage
-        raise
-    except Exception as error:  # torch.export raises many types for a model it cannot capture
-        reason = error_line(error, with_type=True)
-        log.warning(
-            "could not export %s with torch.export (%s); %s holds this message instead, %s is fine",
-            spec.arch,
-            reason,
-            BEST_EXPORT,
-            BEST_MODEL,
-        )
-        # DVC fails a stage whose declared output is missing, so write why instead of nothing.
-        with atomic_write(BEST_EXPORT, "w") as file:
-            file.write(f"not a model: exporting {spec.arch} with torch.export failed: {reason}\n")
-    else:
-        save_export(program, spec, BEST_EXPORT)  # a write that fails (a full disk) fails the stage
-
-
 def main() -> None:
     params = load_checked_params().select
     if not SCORES_FILE.is_file():
@@ -144,15 +89,13 @@ def main() -> None:
     for path, loaded in load_each(paths):  # one in memory at a time, but the chosen one
         if path == chosen:
             checkpoint = loaded
-    spec = ModelSpec.from_checkpoint(checkpoint)
     # best.pt holds the chosen weights alone, for using the model, not for resuming.
     checkpoint["model_state_dict"] = checkpoint[WEIGHTS[weights]]
     for key in ("optimizer_state_dict", "ema_state_dict", "ema_updates"):
         checkpoint.pop(key, None)
     checkpoint |= {"weights": weights, "tta": best["tta"]}  # tools.predict averages as evaluate did
     save_checkpoint(checkpoint, BEST_MODEL)
-    write_export(checkpoint, spec)
-    write_image_export(checkpoint)
+    write_exports(checkpoint)
 
     metrics = {
         "epoch": epoch,

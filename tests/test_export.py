@@ -20,7 +20,7 @@ from PIL import Image, ImageFilter, ImageOps
 from pipeline import export, select_best
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.metrics import REPORTED
-from pipeline.models import ModelSpec, build_model, model_from_checkpoint
+from pipeline.models import build_model, model_from_checkpoint
 from testing.project import run, stage
 
 CLASSES = ["a", "b", "c"]
@@ -55,8 +55,7 @@ def assert_same_outputs(path: Path, checkpoint: dict) -> None:
 @pytest.mark.parametrize("arch", ["resnet18", "squeezenet1_1"])
 def test_exported_program_computes_what_the_checkpoint_does(arch: str, tmp_path: Path) -> None:
     checkpoint = tiny_checkpoint(arch, 32)
-    program = select_best.export_model(checkpoint)
-    select_best.save_export(program, ModelSpec.from_checkpoint(checkpoint), tmp_path / "best.pt2")
+    export.write_exports(checkpoint, tmp_path / "best.pt2", tmp_path / "best_image.pt2")
     assert_same_outputs(tmp_path / "best.pt2", checkpoint)
 
 
@@ -201,7 +200,7 @@ def pictures(folder: Path) -> list[Path]:
 def test_the_image_export_gives_tools_predicts_probabilities(project: Path, interpolation: str, tta: str) -> None:
     checkpoint = image_checkpoint(interpolation, tta)
     save_checkpoint(checkpoint, project / "models/tiny.pt")
-    export.write_image_export(checkpoint, project / "models/tiny_image.pt2")
+    export.write_exports(checkpoint, project / "models/tiny.pt2", project / "models/tiny_image.pt2")
     paths = pictures(project)
     command = ["-m", "tools.predict", *(path.name for path in paths), "--model", "models/tiny.pt", "--format", "json"]
     result = run([sys.executable, *command], project)
@@ -229,7 +228,7 @@ def test_a_filter_the_program_cannot_carry_leaves_a_line_saying_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING):
-        export.write_image_export(image_checkpoint("lanczos", "none"), tmp_path / "best_image.pt2")
+        export.write_exports(image_checkpoint("lanczos", "none"), tmp_path / "best.pt2", tmp_path / "best_image.pt2")
     marker = (tmp_path / "best_image.pt2").read_text()
     assert marker.startswith("not a model: exporting resnet18 with its preprocessing failed: ValueError")
     assert "bilinear, bicubic, not lanczos" in marker and "could not export resnet18" in caplog.text

@@ -28,7 +28,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, PILToTensor, Resize, ToDtype
 
-from pipeline import select_best
+from pipeline import export
 from pipeline.backbones import timm as timm_backbones
 from pipeline.batches import ImageBatches
 from pipeline.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
@@ -357,7 +357,7 @@ def tiny_checkpoint(arch: str) -> tuple[dict, nn.Module]:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_the_export_computes_what_the_model_does(arch: str) -> None:
     checkpoint, model = tiny_checkpoint(arch)
-    program = select_best.export_model(checkpoint).module()
+    program = export.tensor_program(checkpoint).module()
     for batch in (1, 5):
         images = torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(batch))
         with torch.no_grad():
