@@ -1,4 +1,5 @@
-"""bench/photos.py and bench/fidelity.py: their parts run in their tiny form and report each figure.
+"""Smoke tests of bench/photos.py and bench/fidelity.py: their parts run in their tiny form
+and report each figure, and the cache size is the one its format gives.
 
 The `train` part (three stage processes and a DataLoader loop, about 20 s even when tiny)
 is left to `python -m bench.photos --smoke` by hand, to keep the suite's time."""
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 from bench.photos import figures
+from pipeline.data.copies import INDEX_COLUMNS
 from testing.project import REPO, run
 
 
@@ -30,6 +32,12 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert not [name for name in expected if name not in numbers]
     assert {name: value for name, value in numbers.items() if not value > 0} == {}
+    # A size with a known answer: prepare's cache holds each image's model input, uint8 (3, S, S),
+    # in one .npy, and the training copies' index, an int64 row of INDEX_COLUMNS per image, in
+    # another; a .npy header is 128 bytes for arrays like these.
+    images, side = report["rss"]["images"], report["rss"]["image_size"]
+    inputs, index = images * 3 * side * side, images * len(INDEX_COLUMNS) * 8
+    assert report["rss"]["cache_bytes"] == (128 + inputs) + (128 + index)
 
 
 def test_fidelity_smoke_run_reports_its_figures(tmp_path: Path) -> None:
