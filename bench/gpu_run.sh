@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU measurement of this project in one run, for a GPU machine held for minutes:
+# Every GPU measurement of this project in one run, bounded in time (BUDGET, below):
 #
-#   bash bench/gpu_session.sh [OUT] [WHEELS] [ANCHOR]
+#   bash bench/gpu_run.sh [OUT] [WHEELS] [ANCHOR]
 #
 #   OUT      where the results go (default gpu_results); at most these six files:
 #              log.txt            all output, step by step, with times
