@@ -48,6 +48,7 @@ from PIL import Image, ImageOps
 from torchvision.models import get_weight
 from torchvision.transforms import v2
 
+from bench.report import markdown_table
 from pipeline.backbones import torchvision as torchvision_backbones
 from pipeline.data import copies
 from pipeline.data import decode as decoding
@@ -290,10 +291,7 @@ def render(report: dict) -> str:
                 "<= 1e-4 (same pixels)",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in rows]
-    lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
-    return "\n".join(lines)
+    return markdown_table(rows)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ import PIL
 import simplejpeg
 from PIL import Image, features
 
+from bench.report import markdown_table
 from pipeline.data.decode import Sizing, decode, load_image
 from pipeline.data.inspection import HASH_DECODE_SIZE, image_hash, inspect_file
 from testing.photos import photo
@@ -619,11 +620,8 @@ def render(report: dict) -> str:
                     "< 2 GB",
                 )
             )
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in rows]
-    lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
     head = report["machine"]
-    return f"{head['cpu']}, {head['cores']} cores, {report['seconds']:.0f}s in all\n" + "\n".join(lines)
+    return f"{head['cpu']}, {head['cores']} cores, {report['seconds']:.0f}s in all\n" + markdown_table(rows)
 
 
 if __name__ == "__main__":

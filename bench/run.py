@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from bench.loops import stage_vs_raw
+from bench.report import markdown_table
 from pipeline.checkpoints import content_digest, load_checkpoint, save_checkpoint
 from pipeline.data.cache import decoded_images
 from pipeline.data.decode import Sizing
@@ -283,12 +284,8 @@ def render(report: dict) -> str:
                 "linear (4x = 4.0x)",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in rows]
-    lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
-    return f"device: {report['device']}, torch {report['torch']}, {ARCH} at {SIZE}px, batch {BATCH}\n" + "\n".join(
-        lines
-    )
+    head = f"device: {report['device']}, torch {report['torch']}, {ARCH} at {SIZE}px, batch {BATCH}"
+    return f"{head}\n{markdown_table(rows)}"
 
 
 if __name__ == "__main__":
