@@ -48,7 +48,7 @@ from PIL import Image, ImageOps
 from torchvision.models import get_weight
 from torchvision.transforms import v2
 
-from bench.report import markdown_table
+from bench.report import finish, markdown_table
 from pipeline.backbones import torchvision as torchvision_backbones
 from pipeline.data import copies
 from pipeline.data import decode as decoding
@@ -250,12 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 report[part] = run(paths, 10 if args.smoke else args.boxes) if part == "crops" else run(paths)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report["seconds"] = time.perf_counter() - started
-    report["load_average_after"] = os.getloadavg()[0]
-    print(render(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return finish(report, started, render, args.json)
 
 
 def render(report: dict) -> str:

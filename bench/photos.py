@@ -51,7 +51,7 @@ import PIL
 import simplejpeg
 from PIL import Image, features
 
-from bench.report import markdown_table
+from bench.report import finish, markdown_table
 from pipeline.data.decode import Sizing, decode, load_image
 from pipeline.data.inspection import HASH_DECODE_SIZE, image_hash, inspect_file
 from testing.photos import photo
@@ -550,12 +550,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["part_seconds"] = part_seconds
-    report["seconds"] = time.perf_counter() - started
-    report["load_average_after"] = os.getloadavg()[0]  # other work on the machine skews every figure
-    print(render(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return finish(report, started, render, args.json)
 
 
 def render(report: dict) -> str:
