@@ -50,6 +50,13 @@ MUTATIONS = [
         ("tests/test_learning.py", "tests/test_engine.py"),
     ),
     Mutation(
+        "crop-labels-by-position",
+        "random resized crops come with the labels of the batch's positions, not of the rows visited",
+        "        list(self._pool.map(lambda job: cut(*job), jobs))\n        return out, self.targets[index]",
+        "        list(self._pool.map(lambda job: cut(*job), jobs))\n        return out, self.targets[: len(index)]",
+        ("tests/test_crops.py",),
+    ),
+    Mutation(
         "no-resume",
         "a restarted train stage finds no checkpoints of its killed run and starts over",
         "        paths = self.checkpoints()\n        for index, path in enumerate(paths):",

@@ -6,6 +6,7 @@ References are torchvision's own: `RandomResizedCrop.get_params` for the boxes a
 `v2.functional.resized_crop` on the whole decode, EXIF orientation applied, for the pixels.
 """
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -179,3 +180,21 @@ def test_each_visit_gets_a_box_of_its_own_items_picture() -> None:
     top, left, h, w = plan.draws.boxes.unbind(1)
     assert (left + w <= visited[:, 0]).all() and (top + h <= visited[:, 1]).all()
     assert not torch.equal(plan.order, torch.arange(len(sizes)))  # the order does shuffle
+
+
+def test_each_crop_comes_with_its_own_pictures_label_in_any_order(tmp_path: Path) -> None:
+    """A shuffled epoch visits rows in any order: each crop is cut from the row visited, and
+    the label that comes with it is that row's. (An index in order would hide labels taken
+    by position instead of by row.)"""
+    shapes = [(8, 8), (12, 6), (6, 12), (10, 10), (9, 7)]
+    data = crop_batches_of(tmp_path, shapes, crop=16)
+    labels = [2, 0, 1, 1, 0]  # not the rows' order, nor their positions in the visit
+    data = dataclasses.replace(data, targets=torch.tensor(labels))
+    visit = [3, 0, 4, 1]
+    boxes = [[0, 0, shapes[row][1], shapes[row][0]] for row in visit]  # each picture whole
+    crops, targets = data.gather(torch.tensor(visit), draws=Draws(torch.tensor(boxes), None))
+    assert targets.tolist() == [labels[row] for row in visit]
+    for row, box, crop in zip(visit, boxes, crops, strict=True):
+        source = TF.pil_to_tensor(Image.open(tmp_path / f"{row}.png"))
+        reference = TF.resized_crop(source, *box, [16, 16], antialias=True)
+        assert (crop.permute(2, 0, 1).int() - reference.int()).abs().max() <= 1, row
