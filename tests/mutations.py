@@ -64,6 +64,13 @@ MUTATIONS = [
         ("tests/test_resume.py",),
     ),
     Mutation(
+        "fingerprint-without-inputs",
+        "a run's fingerprint leaves out the files it reads: a killed run resumes on other starting weights",
+        "for name, file in [*((path, path) for path in inputs), *code]:",
+        "for name, file in code:",
+        ("tests/test_resume.py::test_other_params_or_weights_never_resume_another_run",),
+    ),
+    Mutation(
         "no-curve-replay",
         "a resumed train stage does not replay the kept epochs into dvclive's curves",
         "    for record in run.history:\n        log_epoch(live, record)\n",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoints import load_checkpoint
+from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from testing.compare import assert_same_run
 from testing.project import copy_project, run, set_checked_params, stage
 from tests.helpers import assert_resumed, epochs_trained, kill_env
@@ -153,7 +153,7 @@ def test_damaged_checkpoint_falls_back_to_the_last_good_one(trained: tuple[Path,
     assert_same_run(final_state(project), expected)
 
 
-def test_other_params_never_resume_another_run(trained: tuple[Path, list[dict]]) -> None:
+def test_other_params_or_weights_never_resume_another_run(trained: tuple[Path, list[dict]]) -> None:
     project, expected = trained
     train_killed_at(project, "publish", 1)
     set_checked_params(project, **{"train.lr": 0.02})
@@ -162,7 +162,19 @@ def test_other_params_never_resume_another_run(trained: tuple[Path, list[dict]])
     assert epochs_trained(other.stderr) == list(range(1, EPOCHS + 1))
     assert [c["lr"] for c in final_state(project)] == [0.02] * EPOCHS
 
-    set_checked_params(project, **{"train.lr": 0.01})  # back to the killed run's params: it resumes
+    # The killed run's params with other starting weights: not its run either.
+    set_checked_params(project, **{"train.lr": 0.01})
+    start = project / "models" / "start.pt"
+    kept = start.read_bytes()
+    weights = load_checkpoint(start)
+    name = next(name for name, tensor in weights["model_state_dict"].items() if tensor.is_floating_point())
+    weights["model_state_dict"][name] = weights["model_state_dict"][name] + 0.01
+    save_checkpoint(weights, start)
+    other = stage("train", project)
+    assert "resuming" not in other.stderr
+    assert epochs_trained(other.stderr) == list(range(1, EPOCHS + 1))
+
+    start.write_bytes(kept)  # back to the killed run's params and weights: it resumes
     resumed = stage("train", project)
     assert_resumed(resumed.stderr, after=1, epochs=EPOCHS)
     assert_same_run(final_state(project), expected)
