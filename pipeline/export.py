@@ -22,7 +22,7 @@ Bilinear and bicubic are the filters the program can carry (torchvision's weight
 timm's data configs use them); for a model that states another, the file holds a line
 saying so, as it does for a model torch.export cannot capture.
 
-Exporting is most of select_best's time (seconds for resnet18, for each program), so each
+Exporting is nearly half of select_best's time (seconds for each program), so each
 program is kept in the project's cache (.cache/exports) under a hash of the checkpoint's
 checksum, torch's version and the pipeline's code: a rerun that keeps the same checkpoint
 (another select.metric, `dvc repro -f`) copies it instead of exporting again.
