@@ -43,13 +43,14 @@ def predictions_name(epoch: int, weights: str) -> str:
     return f"{stem}.csv" if weights == "raw" else f"{stem}_{weights}.csv"
 
 
-def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
-    """Atomically save a pipeline checkpoint, stamped with its format and checksum."""
+def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> str:
+    """Atomically save a pipeline checkpoint, stamped with its format and checksum; the checksum."""
     # One device-to-host copy of each tensor, shared by the checksum and the save.
     checkpoint = {**on_cpu(checkpoint), "format": FORMAT}
     checkpoint["checksum"] = content_digest(checkpoint)
     with atomic_write(path) as file:
         torch.save(checkpoint, file)
+    return checkpoint["checksum"]
 
 
 def on_cpu(obj: Any) -> Any:

@@ -21,10 +21,18 @@ whole decode here gives inputs within a step or two of 8-bit value of its, not t
 Bilinear and bicubic are the filters the program can carry (torchvision's weights and
 timm's data configs use them); for a model that states another, the file holds a line
 saying so, as it does for a model torch.export cannot capture.
+
+Exporting is nearly half of select_best's time (seconds for each program), so each
+program is kept in the project's cache (.cache/exports) under a hash of the checkpoint's
+checksum, torch's version and the pipeline's code: a rerun that keeps the same checkpoint
+(another select.metric, `dvc repro -f`) copies it instead of exporting again.
 """
 
+import hashlib
 import json
 import logging
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,13 +44,16 @@ from pipeline.batches import normalization_tensors
 from pipeline.cli import error_line
 from pipeline.data.decode import TENSOR_FILTERS, resize_crop, resized_size
 from pipeline.engine import batch_logits
-from pipeline.files import atomic_write
+from pipeline.files import atomic_path, atomic_write, project_cache
 from pipeline.models import ModelSpec, model_from_checkpoint
 from pipeline.paths import BEST_EXPORT, BEST_IMAGE_EXPORT
+from pipeline.runs import fingerprint
 
 log = logging.getLogger("pipeline.export")
 
 METADATA_KEYS = ("arch", "classes", "image_size", "resize_size", "interpolation", "mean", "std")
+EXPORTS_DIR = project_cache("exports")  # programs of earlier runs, shared by all experiments
+KEEP_EXPORTS = 6  # files: the two programs of the last three checkpoints
 
 
 class ImageInput(nn.Module):
@@ -96,17 +107,25 @@ def tensor_program(checkpoint: dict[str, Any]) -> torch.export.ExportedProgram:
     return program
 
 
-def write_exports(checkpoint: dict[str, Any], tensors: Path = BEST_EXPORT, images: Path = BEST_IMAGE_EXPORT) -> None:
+def write_exports(
+    checkpoint: dict[str, Any],
+    tensors: Path = BEST_EXPORT,
+    images: Path = BEST_IMAGE_EXPORT,
+    checksum: str | None = None,
+) -> None:
     """Both exports of the checkpoint: `tensor_program` at `tensors`, `image_program` at
     `images`; for a model that one cannot be made for, a line of text saying why in its place
-    (DVC fails a stage whose declared output is missing). A failed write fails the stage."""
+    (DVC fails a stage whose declared output is missing). A failed write fails the stage.
+
+    With the checkpoint's `checksum` (save_checkpoint's), each program is taken from, or
+    kept in, the export cache; without it, both are always exported."""
     spec = ModelSpec.from_checkpoint(checkpoint)
     metadata = {key: spec.to_dict()[key] for key in METADATA_KEYS}
     size = spec.image_size
-    if write_export(tensor_program, checkpoint, tensors, "with torch.export", metadata):
+    if write_export(tensor_program, checkpoint, tensors, "with torch.export", metadata, checksum):
         log.info("exported %s for any batch of (N, 3, %d, %d) inputs -> %s", spec.arch, size, size, tensors)
     with_tta = metadata | {"tta": checkpoint.get("tta", "none")}
-    if write_export(image_program, checkpoint, images, "with its preprocessing", with_tta):
+    if write_export(image_program, checkpoint, images, "with its preprocessing", with_tta, checksum):
         log.info("exported %s for decoded uint8 (H, W, 3) images of any size -> %s", spec.arch, images)
 
 
@@ -116,9 +135,18 @@ def write_export(
     path: Path,
     how: str,
     metadata: dict[str, Any],
+    checksum: str | None = None,
 ) -> bool:
     """`path`: the program `make` builds from the checkpoint, with `metadata`; or the line
-    saying why it cannot be built. Whether it wrote the program."""
+    saying why it cannot be built. Whether it exported the program now (not when it copied
+    it from the export cache, see `write_exports`)."""
+    key = None
+    if checksum is not None:
+        # What the program's bytes depend on: the checkpoint (its checksum covers the weights,
+        # the spec and tta, so the metadata too), which program, torch, and the code that builds it.
+        key = fingerprint({"checkpoint": checksum, "program": make.__name__, "torch": torch.__version__}, [])
+        if copy_cached_export(key, path):
+            return False
     arch = checkpoint["arch"]
     try:
         program = make(checkpoint)
@@ -129,8 +157,50 @@ def write_export(
         log.warning("could not export %s %s (%s); %s holds this message instead", arch, how, reason, path)
         with atomic_write(path, "w") as file:
             file.write(f"not a model: exporting {arch} {how} failed: {reason}\n")
-        return False
+        return False  # the line is not cached: only programs are
     # A file object, not the temporary path: torch.export.save warns about a name not ending in .pt2.
     with atomic_write(path) as file:
         torch.export.save(program, file, extra_files={"metadata.json": json.dumps(metadata)})
+    if key is not None:
+        cache_export(key, path)
     return True
+
+
+def copy_cached_export(key: str, path: Path) -> bool:
+    """Copy the cached program of `key` to `path`, if there is one and it is undamaged (its
+    name ends with a hash of its bytes); whether it did. A damaged one is removed."""
+    for cached in EXPORTS_DIR.glob(f"{key}.*.pt2"):
+        try:
+            if cached.name != f"{key}.{file_digest(cached)}.pt2":
+                log.warning("the cached export %s is damaged: removed, exporting again", cached)
+                cached.unlink(missing_ok=True)
+                continue
+            with atomic_path(path) as tmp:
+                shutil.copyfile(cached, tmp)
+            os.utime(cached)  # the newest now, for cache_export's pruning
+        except FileNotFoundError:  # pruned meanwhile by another experiment's select_best
+            continue
+        log.info("the same checkpoint as an earlier run: copied its export %s -> %s", cached, path)
+        return True
+    return False
+
+
+def cache_export(key: str, path: Path) -> None:
+    """Keep a copy of the program at `path` in the export cache under `key`; only the newest
+    KEEP_EXPORTS files stay."""
+    with atomic_path(EXPORTS_DIR / f"{key}.{file_digest(path)}.pt2") as tmp:
+        shutil.copyfile(path, tmp)
+    dated = []
+    for cached in EXPORTS_DIR.glob("*.pt2"):
+        try:
+            dated.append((cached.stat().st_mtime, cached))
+        except FileNotFoundError:  # removed meanwhile by another experiment's select_best
+            continue
+    for _, old in sorted(dated, reverse=True)[KEEP_EXPORTS:]:
+        old.unlink(missing_ok=True)
+
+
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of the file's SHA-256."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()[:16]

@@ -94,8 +94,8 @@ def main() -> None:
     for key in ("optimizer_state_dict", "ema_state_dict", "ema_updates"):
         checkpoint.pop(key, None)
     checkpoint |= {"weights": weights, "tta": best["tta"]}  # tools.predict averages as evaluate did
-    save_checkpoint(checkpoint, BEST_MODEL)
-    write_exports(checkpoint)
+    checksum = save_checkpoint(checkpoint, BEST_MODEL)
+    write_exports(checkpoint, checksum=checksum)  # copied from the export cache for a checkpoint exported before
 
     metrics = {
         "epoch": epoch,

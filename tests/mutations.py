@@ -255,6 +255,13 @@ MUTATIONS = [
         "            outputs = (outputs + model(images)) / 2\n",
         ("tests/test_engine.py", "-k", "flip_tta"),
     ),
+    Mutation(
+        "export-cache-by-arch",
+        "select-best reuses a cached export for any checkpoint under the same code and torch, whatever its weights",
+        'key = fingerprint({"checkpoint": checksum, "program": make.__name__, "torch": torch.__version__}, [])',
+        'key = fingerprint({"program": make.__name__, "torch": torch.__version__}, [])',
+        ("tests/test_export.py", "-k", "exported_again"),
+    ),
 ]
 
 

@@ -33,8 +33,8 @@ def project(project: Path) -> Path:
     return project
 
 
-def tiny_checkpoint(arch: str, size: int) -> dict:
-    torch.manual_seed(0)
+def tiny_checkpoint(arch: str, size: int, seed: int = 0) -> dict:
+    torch.manual_seed(seed)
     built = build_model(arch, None, CLASSES, size)
     return {**built.spec.to_dict(), "model_state_dict": built.model.state_dict()}
 
@@ -59,12 +59,17 @@ def test_exported_program_computes_what_the_checkpoint_does(arch: str, tmp_path:
     assert_same_outputs(tmp_path / "best.pt2", checkpoint)
 
 
-def fake_evaluation(project: Path, checkpoint: dict) -> None:
-    """What select-best reads from the train and evaluate stages, for one epoch."""
+def fake_checkpoint(project: Path, checkpoint: dict) -> None:
+    """`checkpoint` as the train stage's only epoch."""
     save_checkpoint(
         {**checkpoint, "epoch": 1, "optimizer_state_dict": {}, "trainable_params": 1, "total_params": 1},
         project / "checkpoints/epoch_001.pt",
     )
+
+
+def fake_evaluation(project: Path, checkpoint: dict) -> None:
+    """What select-best reads from the train and evaluate stages, for one epoch."""
+    fake_checkpoint(project, checkpoint)
     (project / "eval/predictions").mkdir(parents=True)
     scores = {name: [0.5] for name in REPORTED}
     row = {"epoch": [1], "weights": ["raw"], "tta": ["none"], **scores}
@@ -92,11 +97,31 @@ assert not any(name == "pipeline" or name.startswith("pipeline.") for name in sy
 """
 
 
-def test_select_best_writes_a_file_that_plain_torch_runs(project: Path, tmp_path: Path) -> None:
+def test_select_best_writes_a_file_that_plain_torch_runs_and_a_rerun_reuses_it(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     checkpoint = tiny_checkpoint("resnet18", 16)
     fake_evaluation(project, checkpoint)
     stage("select_best", project)
     assert load_checkpoint(project / "models/best.pt")["classes"] == CLASSES
+    programs = [project / "models/best.pt2", project / "models/best_image.pt2"]
+    exported = [path.read_bytes() for path in programs]
+
+    # A rerun with the same best checkpoint (dvc repro -f, another select.metric) takes both
+    # programs from the export cache: with torch.export broken, it still writes them.
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("exported again")
+
+    for path in programs:
+        path.unlink()
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(torch.export, "export", fail)
+    with caplog.at_level(logging.INFO):
+        select_best.main()
+    assert caplog.text.count("the same checkpoint as an earlier run: copied its export") == 2
+    # The copies are the first run's files, and what plain torch makes of them is checked
+    # below against the model run directly and against torchvision's preprocessing.
+    assert [path.read_bytes() for path in programs] == exported
 
     # Load it where no pipeline package can be imported: not in cwd, not on PYTHONPATH.
     images = torch.randn(4, 3, 16, 16)
@@ -104,8 +129,7 @@ def test_select_best_writes_a_file_that_plain_torch_runs(project: Path, tmp_path
     picture = torch.randint(0, 256, (30, 21, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     torch.save(picture, tmp_path / "picture.pt")
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    programs = [str(project / "models/best.pt2"), str(project / "models/best_image.pt2")]
-    script = [sys.executable, "-c", LOAD_WITH_PLAIN_TORCH, *programs]
+    script = [sys.executable, "-c", LOAD_WITH_PLAIN_TORCH, *map(str, programs)]
     result = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(CLASSES)
@@ -119,6 +143,49 @@ def test_select_best_writes_a_file_that_plain_torch_runs(project: Path, tmp_path
     with torch.no_grad():
         expected = model_from_checkpoint(checkpoint).eval()(inputs).softmax(dim=1)[0]
     torch.testing.assert_close(torch.load(tmp_path / "probabilities.pt", weights_only=True), expected)
+
+
+def test_a_damaged_cached_export_another_checkpoint_or_torch_is_exported_again(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_export, calls = torch.export.export, []
+
+    def counted(*args: object, **kwargs: object) -> torch.export.ExportedProgram:
+        calls.append(1)
+        return real_export(*args, **kwargs)
+
+    # A filter the image program cannot carry: it is refused before any export, so each run
+    # below exports best.pt2 alone (half the time) and `calls` counts that program's exports.
+    checkpoint = {**tiny_checkpoint("resnet18", 16), "interpolation": "lanczos"}
+    fake_evaluation(project, checkpoint)
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(torch.export, "export", counted)
+    select_best.main()
+    select_best.main()  # the same checkpoint: copied
+    assert len(calls) == 1
+    (cached,) = (project / ".cache/exports").iterdir()
+
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    select_best.main()
+    assert len(calls) == 2
+    assert_same_outputs(project / "models/best.pt2", checkpoint)
+    # The damaged copy is replaced by the new export (the same name: export is deterministic).
+    assert cached.read_bytes() == (project / "models/best.pt2").read_bytes()
+    select_best.main()
+    assert len(calls) == 2
+
+    with monkeypatch.context() as patched:
+        patched.setattr(torch, "__version__", "9.9.9")
+        select_best.main()
+    assert len(calls) == 3
+
+    other = {**tiny_checkpoint("resnet18", 16, seed=1), "interpolation": "lanczos"}  # other weights, same arch
+    fake_checkpoint(project, other)
+    select_best.main()
+    assert len(calls) == 4
+    assert_same_outputs(project / "models/best.pt2", other)
 
 
 def test_a_failed_export_keeps_the_results_and_says_why(
