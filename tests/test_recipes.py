@@ -482,3 +482,27 @@ def test_the_train_stage_takes_the_steps_torch_takes_with_the_recipes_loss(
     # Validation scores the weights after the step, with plain cross-entropy: no weights, no smoothing.
     val_logits = features["x"][val] @ second["fc.weight"].T + second["fc.bias"]
     assert checkpoints[1]["val_loss"] == pytest.approx(F.cross_entropy(val_logits, targets[val]).item(), rel=1e-5)
+
+
+def test_the_train_stage_builds_its_model_with_the_drop_path_rate_set(prepared: Path) -> None:
+    """train.drop_path 0.3 on timm's test_efficientnet (a tiny model; its own rate: 0), through
+    the train stage: the checkpoint's model is built with drop_path_rate 0.3, and the rebuilt
+    model's drop-path layers have the rates timm's own constructor spreads over them."""
+    import timm
+    from timm.layers import DropPath
+
+    project = prepared
+    recipe = {"model.arch": "timm/test_efficientnet", "model.weights": None, "train.epochs": 1, "train.drop_path": 0.3}
+    set_checked_params(project, **recipe)
+    stage("weights", project)
+    stage("train", project)
+    checkpoint = load_checkpoint(project / "checkpoints/epoch_001.pt")
+    assert checkpoint["model_kwargs"]["drop_path_rate"] == 0.3
+
+    def rates(model: nn.Module) -> list[float]:
+        return [module.drop_prob for module in model.modules() if isinstance(module, DropPath)]
+
+    with torch.device("meta"):
+        ours = ModelSpec.from_checkpoint(checkpoint).untrained_model()
+        theirs = timm.create_model("test_efficientnet", drop_path_rate=0.3)
+    assert rates(ours) == pytest.approx(rates(theirs)) and max(rates(theirs)) > 0.2
