@@ -362,7 +362,9 @@ def test_the_trained_average_warms_up_as_the_recipe_says(prepared: Path) -> None
     the checkpoints' raw weights and BatchNorm statistics (decays 0, 0.37, 0.52). Without the
     warm-up, 0.999 would leave it at the first step's weights."""
     project = prepared
-    set_checked_params(project, **{"train.epochs": 3, "train.batch_size": 1024, "train.ema_decay": 0.999})
+    # Two accumulated batches per step: the average follows the optimizer's steps, not the batches.
+    recipe = {"train.epochs": 3, "train.batch_size": 1024, "train.accumulate_steps": 2, "train.ema_decay": 0.999}
+    set_checked_params(project, **recipe)
     stage("train", project)
     checkpoints = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
     raw = [checkpoint["model_state_dict"] for checkpoint in checkpoints]
