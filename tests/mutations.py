@@ -262,6 +262,48 @@ MUTATIONS = [
         'key = fingerprint({"program": make.__name__, "torch": torch.__version__}, [])',
         ("tests/test_export.py", "-k", "exported_again"),
     ),
+    Mutation(
+        "sgd-without-momentum",
+        "the optimizer is SGD without the momentum that train.momentum sets",
+        "torch.optim.SGD(settings, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)",
+        "torch.optim.SGD(settings, lr=params.lr, weight_decay=params.weight_decay)",
+        ("tests/test_recipes.py", "-k", "takes_the_steps"),
+    ),
+    Mutation(
+        "adamw-is-adam",
+        "train.optimizer adamw builds Adam, whose weight decay is added to the gradient instead of decoupled",
+        "torch.optim.AdamW(settings, lr=params.lr, weight_decay=params.weight_decay)",
+        "torch.optim.Adam(settings, lr=params.lr, weight_decay=params.weight_decay)",
+        ("tests/test_recipes.py", "-k", "norms_and_biases"),
+    ),
+    Mutation(
+        "schedule-one-epoch-late",
+        "the train stage's learning-rate schedule runs one epoch behind (epoch 1 at the factor of an epoch 0)",
+        "lambda index: schedule(index + 1)",
+        "lambda index: schedule(index)",
+        ("tests/test_recipes.py", "-k", "takes_the_steps"),
+    ),
+    Mutation(
+        "class-weights-from-val",
+        "train.class_weights: balanced counts the classes of the validation split, not the train split",
+        'class_weights(config.class_weights, splits["train"].targets',
+        'class_weights(config.class_weights, splits["val"].targets',
+        ("tests/test_recipes.py", "-k", "takes_the_steps"),
+    ),
+    Mutation(
+        "erasing-probability-ignored",
+        "random erasing erases each image with probability 0.5, whatever train.augment.erasing says",
+        "v2.RandomErasing(p=params.erasing, value=0)",
+        "v2.RandomErasing(p=0.5, value=0)",
+        ("tests/test_augment.py", "-k", "erasing"),
+    ),
+    Mutation(
+        "ema-decay-one-accepted",
+        "train.ema_decay = 1 passes the checks: an average that never leaves the starting weights",
+        "_require(0 <= train.ema_decay < 1,",
+        "_require(0 <= train.ema_decay <= 1,",
+        ("tests/test_config.py", "-k", "documented_range"),
+    ),
 ]
 
 

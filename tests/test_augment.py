@@ -219,3 +219,41 @@ def test_mix_switch_is_the_share_of_batches_that_get_cutmix(switch: float) -> No
         cut += set(mixed.unique().tolist()) <= set(range(1, 9))
     # 400 batches: the standard deviation of the count is 8, and the two settings are 240 apart.
     assert abs(cut - 400 * switch) < 32
+
+
+def test_erasing_is_torchvisions_random_erasing_drawn_from_each_images_key() -> None:
+    """train.augment.erasing 0.3: each normalised image as torchvision's RandomErasing(p=0.3,
+    value=0) leaves it from the same draw (torch's RNG seeded with the image's key). The
+    probability is far from 0.5 and from 1, and both kinds occur among the 32 images: some
+    erased, some left whole."""
+    images = copies_of_one_image(32)
+    keys = torch.arange(32) * 7 + 3
+    augment = batch_augmentation(params(erasing=0.3), 5, MEAN, STD, CPU)
+    ours, _ = augment(images, torch.zeros(32, dtype=torch.int64), keys)
+    reference = v2.RandomErasing(p=0.3, value=0)
+    expected = []
+    for image, key in zip(images, keys.tolist(), strict=True):
+        torch.manual_seed(key)
+        expected.append(reference(image))
+    torch.testing.assert_close(ours, torch.stack(expected), atol=0, rtol=0)
+    erased = sum(not torch.equal(mine, image) for mine, image in zip(ours, images, strict=True))
+    assert 3 <= erased <= 16, erased
+
+
+def test_with_both_mixings_on_each_batch_is_torchvisions_random_choice_of_them() -> None:
+    """MixUp at alpha 0.2 and CutMix at 1.0 with mix_switch 0.3: each batch is what torchvision's
+    RandomChoice([MixUp(alpha=0.2), CutMix(alpha=1.0)], p=[0.7, 0.3]) (the references' way of
+    joining them) makes of it from the same global RNG state, images and labels. Over 12 seeds
+    both are chosen, and the two alphas differ, so one used for the other shows."""
+    augment = batch_augmentation(params(mixup_alpha=0.2, cutmix_alpha=1.0, mix_switch=0.3), 8, MEAN, STD, CPU)
+    reference = v2.RandomChoice([v2.MixUp(alpha=0.2, num_classes=8), v2.CutMix(alpha=1.0, num_classes=8)], p=[0.7, 0.3])
+    images, targets = distinct_flat_images(), torch.arange(8)
+    cut = 0
+    for seed in range(12):
+        torch.manual_seed(seed)
+        ours = augment(images, targets, torch.zeros(8, dtype=torch.int64))
+        torch.manual_seed(seed)
+        theirs = reference(images, targets)
+        torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
+        cut += set(ours[0].unique().tolist()) <= set(range(1, 9))  # CutMix only moves pixels
+    assert 0 < cut < 12, cut

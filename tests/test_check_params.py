@@ -288,6 +288,19 @@ def test_settings_that_take_effect_are_not_warned_of(params_file: Path, override
     assert warnings_for(params_file, **overrides) == []
 
 
+@pytest.mark.parametrize(("after", "warned"), [(4, True), (3, False)])
+def test_the_trunk_settings_are_warned_of_when_unfreezing_comes_after_the_last_epoch(
+    params_file: Path, after: int, warned: bool
+) -> None:
+    """A frozen trunk unfrozen after epoch `after` of 4: after epoch 4 it never trains, so its
+    rate scale and layer decay change nothing; after epoch 3 it trains in epoch 4."""
+    overrides = {"train.epochs": 4, "train.unfreeze_after": after, "train.unfreeze_to": "none"}
+    trunk = {"train.trunk_lr_scale": 0.1, "train.layer_decay": 0.5}
+    lines = warnings_for(params_file, freeze="all_but_head", **overrides, **trunk)
+    for key, value in trunk.items():
+        assert any(f"{key} = {value} has no effect" in line for line in lines) == warned, lines
+
+
 @pytest.mark.parametrize(("patience", "epochs"), [(6, 8), (7, 8), (1, 3), (2, 3), (3, 3)])
 def test_the_early_stopping_warning_is_right_about_early_stop(params_file: Path, patience: int, epochs: int) -> None:
     """Warned of exactly when runs.early_stop can stop no run: not even one whose first epoch was its best."""

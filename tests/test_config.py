@@ -7,6 +7,7 @@ by check_params (tests/test_check_params.py). `load_params` itself is unit-teste
 in-process at the end, including the `dvc exp run -S` overrides.
 """
 
+import copy
 import dataclasses
 import os
 import re
@@ -26,7 +27,7 @@ from omegaconf import OmegaConf
 from torchvision.models import ResNet18_Weights
 
 from pipeline.cli import UserError
-from pipeline.config import AugmentParams, Mode, Optimizer, Params, TrainParams, load_params
+from pipeline.config import AugmentParams, Mode, Optimizer, ParamError, Params, TrainParams, load_params, validate
 from pipeline.paths import PREPARED_DIR
 from testing.project import REPO, copy_project, set_checked_params, set_params, stage
 
@@ -405,3 +406,83 @@ def test_select_mode_must_suit_the_metric(params_file: Path, metric: str, mode: 
         load_params(params_file)
     best = "min" if metric == "val_loss" else "max"
     assert f"select.mode = '{mode}' is not allowed; it must be {best} with select.metric {metric}" in str(caught.value)
+
+
+# Each number param's range as docs/params.md states it: values at each end that must pass,
+# and the nearest values beyond it that must stop the stage, naming the key. Every check in
+# config.validate has a row, so an end moved by one, a `<` for a `<=` or a check dropped shows.
+RANGES: list[tuple[str, list[object], list[object]]] = [
+    *[
+        (f"{group}.{key}", ok, bad)
+        for group in ("train", "pretrain")
+        for key, ok, bad in [
+            ("epochs", [1], [0]),
+            ("batch_size", [1], [0]),
+            ("lr", [1e-9], [0.0, -0.01]),
+            ("momentum", [0.0], [-0.01]),
+            ("weight_decay", [0.0], [-1e-6]),
+        ]
+    ],
+    ("prepare.val_fraction", [0.01, 0.7], [0.0, 1.0]),
+    ("prepare.test_fraction", [0.01, 0.7], [0.0, 1.0]),
+    ("pretrain.val_fraction", [0.01, 0.99], [0.0, 1.0]),
+    ("model.image_size", [1], [0]),
+    ("wait_minutes", [0.01], [0.0]),
+    ("train.warmup_epochs", [0], [-1]),
+    ("train.step_every", [1], [0]),
+    ("train.step_gamma", [0.001, 2.0], [0.0]),
+    ("train.trunk_lr_scale", [0.0], [-0.01]),
+    ("train.layer_decay", [0.01, 1.0], [0.0, 1.01]),
+    ("train.clip_grad_norm", [0.0], [-0.01]),
+    ("train.ema_decay", [0.0, 0.9999], [1.0, -0.01]),
+    ("train.drop_path", [None, 0.0, 0.99], [1.0, -0.01]),
+    ("train.unfreeze_after", [0], [-1]),
+    ("train.processes", [1], [0]),
+    ("train.accumulate_steps", [1], [0]),
+    ("train.threads", [0], [-1]),
+    ("train.label_smoothing", [0.0, 0.99], [1.0, -0.01]),
+    ("train.early_stopping.patience", [0], [-1]),
+    ("train.early_stopping.min_delta", [0.0], [-0.01]),
+    ("train.augment.min_scale", [0.01, 1.0], [0.0, 1.01]),
+    ("train.augment.max_aspect", [1.0], [0.99]),
+    ("train.augment.randaugment_ops", [1], [0]),
+    ("train.augment.randaugment_magnitude", [0, 30], [-1, 31]),
+    ("train.augment.erasing", [0.0, 1.0], [-0.01, 1.01]),
+    ("train.augment.mix_switch", [0.0, 1.0], [-0.01, 1.01]),
+    ("train.augment.mixup_alpha", [0.0], [-0.01]),
+    ("train.augment.cutmix_alpha", [0.0], [-0.01]),
+    ("evaluate.batch_size", [1], [0]),
+    ("evaluate.cuda_batch_size", [1], [0]),
+    ("evaluate.processes", [1], [0]),
+]
+
+
+def test_each_number_param_is_refused_just_beyond_its_documented_range(params_file: Path) -> None:
+    """validate on the repo's params with one value changed (loaded once: each load is a tenth
+    of a second). Besides the table: the global batch must split evenly over processes x
+    accumulated batches (66 splits over 2 processes, not over 2 x 2), and the held-out
+    fractions must leave some images for training."""
+    loaded = load_params(params_file)
+
+    def problem(changes: dict[str, object]) -> str | None:
+        params = copy.deepcopy(loaded)
+        for key, value in changes.items():
+            parent, _, name = key.rpartition(".")
+            setattr(attrgetter(parent)(params) if parent else params, name, value)
+        try:
+            validate(params)
+        except ParamError as error:
+            return error.key
+        return None
+
+    wrong = []
+    for key, oks, bads in RANGES:
+        wrong += [f"{key} = {ok!r} refused" for ok in oks if problem({key: ok}) is not None]
+        wrong += [f"{key} = {bad!r} passed (or named {found})" for bad in bads if (found := problem({key: bad})) != key]
+    split = {"train.processes": 2, "train.accumulate_steps": 2}
+    assert problem({**split, "train.batch_size": 64}) is None
+    assert problem({**split, "train.batch_size": 66}) == "train.batch_size"
+    assert problem({"prepare.val_fraction": 0.6, "prepare.test_fraction": 0.39}) is None
+    held_out = "prepare.val_fraction + prepare.test_fraction"
+    assert problem({"prepare.val_fraction": 0.6, "prepare.test_fraction": 0.4}) == held_out
+    assert wrong == []

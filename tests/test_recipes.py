@@ -11,12 +11,15 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 from pipeline.checkpoints import load_checkpoint
 from pipeline.config import ClassWeights, EarlyStoppingParams, Mode, Optimizer, OptimParams, Schedule
+from pipeline.data.cache import decoded_images
+from pipeline.data.split import read_manifest
 from pipeline.freezing import freeze, parse_freeze
-from pipeline.models import build_model
+from pipeline.models import ModelSpec, build_model
 from pipeline.optim import class_weights, lr_factor, make_optimizer, training_loss, weights_average
 from pipeline.runs import early_stop
 from testing.compare import assert_same_run, assert_tensors_equal
@@ -70,7 +73,13 @@ def test_trunk_learns_at_a_scaled_rate_and_later_unfrozen_params_are_in_the_opti
     assert not any(id(p) in in_trunk for p in model.layer1.parameters())
 
 
-def test_norms_and_biases_get_no_weight_decay_unless_asked_and_frozen_parts_stay_put() -> None:
+@pytest.mark.parametrize("kind", list(Optimizer))
+def test_norms_and_biases_get_no_weight_decay_unless_asked_and_frozen_parts_stay_put(kind: Optimizer) -> None:
+    """One step with zero gradients but the head weight's: weight decay alone moves the other
+    parameters, SGD's (no momentum) and AdamW's decoupled decay both by a factor 1 - lr x decay,
+    by hand here (Adam's, added to the gradient, would move them by about lr: its first step is
+    the gradient's sign). The head weight's gradient of 0.25 then moves it by lr x 0.25 with
+    SGD, by lr with AdamW."""
     built = build_model("resnet18", None, ["a", "b"], 16)
     model, head = built.model, built.spec.head
     freeze(model, parse_freeze("first:4"), head)  # conv1, bn1, layer1, layer2
@@ -78,17 +87,22 @@ def test_norms_and_biases_get_no_weight_decay_unless_asked_and_frozen_parts_stay
         for p in model.parameters():
             p.uniform_(0.5, 1.0)  # non-zero everywhere (BatchNorm's biases start at 0), so decay shows
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    params = OptimParams(epochs=1, batch_size=2, optimizer=Optimizer.sgd, lr=0.1, momentum=0, weight_decay=0.5, seed=0)
+    lr, decay, gradient = 0.1, 0.5, 0.25
+    params = OptimParams(epochs=1, batch_size=2, optimizer=kind, lr=lr, momentum=0, weight_decay=decay, seed=0)
     for decay_norms_and_biases in (False, True):
         optimizer = make_optimizer(params, model, head, decay_norms_and_biases=decay_norms_and_biases)
-        for p in model.parameters():
-            p.grad = torch.zeros_like(p) if p.requires_grad else None
-        optimizer.step()  # with zero gradients, only weight decay moves a parameter
+        for name, p in model.named_parameters():
+            p.grad = torch.full_like(p, gradient if name == "fc.weight" else 0.0) if p.requires_grad else None
+        optimizer.step()
         moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
         trains = {name for name, p in model.named_parameters() if p.requires_grad}
         decayed = trains if decay_norms_and_biases else {name for name in trains if before[name].ndim > 1}
         assert moved == decayed
         assert "fc.weight" in moved and "layer4.1.bn2.weight" in trains
+        step = {"fc.weight": lr * (gradient if kind is Optimizer.sgd else 1.0)}
+        for name in decayed:
+            expected = before[name] * (1 - lr * decay) - step.get(name, 0.0)
+            torch.testing.assert_close(model.get_parameter(name).detach(), expected, msg=name)
         with torch.no_grad():
             for name, p in model.named_parameters():
                 p.copy_(before[name])
@@ -170,6 +184,10 @@ def records(values: list[float]) -> list[dict]:
         ([0.5, 0.6, 0.7], Mode.max, 1, 0.0, False),
         ([0.5, math.nan, 0.4], Mode.max, 2, 0.0, True),  # NaN is never an improvement
         ([0.9, 0.9, 0.9], Mode.min, 0, 0.0, False),  # patience 0: off
+        # An equal value is no improvement (Keras's EarlyStopping compares with np.less / np.greater).
+        ([0.9, 0.9, 0.9], Mode.min, 2, 0.0, True),
+        ([0.5, 0.5, 0.5], Mode.max, 2, 0.0, True),
+        ([0.5, 0.4, 0.5], Mode.max, 2, 0.0, True),
     ],
 )
 def test_early_stop(values: list[float], mode: Mode, patience: int, min_delta: float, stops: bool) -> None:
@@ -344,7 +362,9 @@ def test_the_trained_average_warms_up_as_the_recipe_says(prepared: Path) -> None
     the checkpoints' raw weights and BatchNorm statistics (decays 0, 0.37, 0.52). Without the
     warm-up, 0.999 would leave it at the first step's weights."""
     project = prepared
-    set_checked_params(project, **{"train.epochs": 3, "train.batch_size": 1024, "train.ema_decay": 0.999})
+    # Two accumulated batches per step: the average follows the optimizer's steps, not the batches.
+    recipe = {"train.epochs": 3, "train.batch_size": 1024, "train.accumulate_steps": 2, "train.ema_decay": 0.999}
+    set_checked_params(project, **recipe)
     stage("train", project)
     checkpoints = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
     raw = [checkpoint["model_state_dict"] for checkpoint in checkpoints]
@@ -357,3 +377,134 @@ def test_the_trained_average_warms_up_as_the_recipe_says(prepared: Path) -> None
             decay = 1 - (k + 1) ** (-2 / 3)
             average = decay * average + (1 - decay) * raw[k][name]
             torch.testing.assert_close(checkpoints[k]["ema_state_dict"][name], average, msg=name)
+
+
+def test_the_train_stage_takes_the_steps_torch_takes_with_the_recipes_loss(
+    prepared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The train stage's wiring of its params into the loss, the optimizer and the schedule,
+    checked against torch's own functions: shufflenet's head alone trains for 2 epochs of one
+    optimizer step each (the batch holds the whole train split), then everything for a third.
+
+    The frozen backbone, unchanged in the checkpoints, gives the head's inputs; from them,
+    F.cross_entropy with scikit-learn's balanced weights counted here from the manifest's
+    train rows and label smoothing 0.1 gives the loss and its gradient; clipped as
+    clip_grad_norm_ clips, plus weight decay on the weight alone (the bias is undecayed), and
+    torch's SGD momentum, it gives epoch 2's step from epoch 1's weights. The rates are hand
+    computed: a warm-up epoch (1/2), then the step schedule (x 0.3 each epoch after it), and
+    in the groups of the trunk, which trains from epoch 3, x 0.1 (trunk_lr_scale) x
+    0.5 ** depth (layer_decay). Every factor is far from 1, and the rates of the three epochs
+    all differ, so a factor dropped, an epoch off by one, or a split, weight or rate taken for
+    another, shows."""
+    project = prepared
+    lr, decay, momentum, clip, smoothing = 0.05, 0.3, 0.9, 0.05, 0.1
+    set_checked_params(
+        project,
+        freeze="all_but_head",
+        **{
+            "train.epochs": 3,
+            "train.batch_size": 1024,
+            "train.lr": lr,
+            "train.momentum": momentum,
+            "train.weight_decay": decay,
+            "train.schedule": "step",
+            "train.warmup_epochs": 1,
+            "train.step_every": 1,
+            "train.step_gamma": 0.3,
+            "train.clip_grad_norm": clip,
+            "train.label_smoothing": smoothing,
+            "train.class_weights": "balanced",
+            "train.unfreeze_after": 2,
+            "train.unfreeze_to": "none",
+            "train.trunk_lr_scale": 0.1,
+            "train.layer_decay": 0.5,
+        },
+    )
+    stage("train", project)
+    checkpoints = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
+    rates = [lr / 2, lr, lr * 0.3]
+    assert [c["lr"] for c in checkpoints] == pytest.approx(rates, rel=1e-12)
+    # shufflenet_v2_x0_5's stages (`python -m pipeline.models`): conv1, stage2, stage3, stage4,
+    # conv5, so depths 5 to 1 below the head; each has decayed weights and undecayed norms.
+    # A checkpoint's optimizer holds the rates of the epoch after it, which a resumed run starts with.
+    groups = checkpoints[0]["optimizer_state_dict"]["param_groups"]
+    trunk = [rates[1] * 0.1 * 0.5**depth for depth in range(1, 6)]
+    expected = sorted((rate, d) for rate in [rates[1], *trunk] for d in (decay, 0.0))
+    got = sorted((g["lr"], g["weight_decay"]) for g in groups)
+    assert [x for pair in got for x in pair] == pytest.approx([x for pair in expected for x in pair], rel=1e-12)
+    assert {g["momentum"] for g in groups} == {momentum}
+
+    # The head's inputs: the frozen backbone (bit-identical in every head-only checkpoint) in
+    # inference mode, on the inputs the stage decoded, normalised here.
+    monkeypatch.chdir(project)
+    manifest, classes = read_manifest(Path("data/prepared"))
+    spec = ModelSpec.from_checkpoint(checkpoints[0])
+    pixels = torch.from_numpy(decoded_images(manifest, spec.sizing).copy()).float() / 255
+    inputs = (pixels - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+    backbone = torchvision.models.shufflenet_v2_x0_5(num_classes=len(classes)).eval()
+    backbone.load_state_dict(checkpoints[0]["model_state_dict"])
+    features = {}
+    backbone.fc.register_forward_hook(lambda module, args, output: features.update(x=args[0]))
+    with torch.no_grad():
+        backbone(inputs)
+    targets = torch.tensor([classes.index(label) for label in manifest["label"]])
+    train = torch.from_numpy(manifest["split"].to_numpy() == "train")
+    val = torch.from_numpy(manifest["split"].to_numpy() == "val")
+    counts = torch.bincount(targets[train], minlength=len(classes)).double()
+    weight = (counts.sum() / (len(classes) * counts)).float()
+
+    def loss_and_gradient(head: dict[str, torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
+        w, b = head["fc.weight"].clone().requires_grad_(), head["fc.bias"].clone().requires_grad_()
+        logits = features["x"][train] @ w.T + b
+        loss = F.cross_entropy(logits, targets[train], weight=weight, label_smoothing=smoothing)
+        loss.backward()
+        return loss.item(), [w.grad, b.grad]
+
+    def momentum_buffers(checkpoint: dict) -> list[torch.Tensor]:
+        """The head's weight's, then its bias's: the only state while the trunk is frozen."""
+        state = checkpoint["optimizer_state_dict"]["state"].values()
+        return sorted((s["momentum_buffer"] for s in state), key=lambda t: -t.ndim)
+
+    first, second = (c["model_state_dict"] for c in checkpoints[:2])
+    loss, gradients = loss_and_gradient(first)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in gradients]))
+    assert norm > 2 * clip  # clipping acts
+    clipped = [g * (clip / (norm + 1e-6)) for g in gradients]
+    buffers = [
+        momentum * kept + g + d * w
+        for kept, g, d, w in zip(
+            momentum_buffers(checkpoints[0]), clipped, (decay, 0.0), (first["fc.weight"], first["fc.bias"]), strict=True
+        )
+    ]
+    for got, want in zip(momentum_buffers(checkpoints[1]), buffers, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    for name, buffer in zip(("fc.weight", "fc.bias"), buffers, strict=True):
+        torch.testing.assert_close(second[name], first[name] - rates[1] * buffer, rtol=1e-4, atol=1e-6)
+    assert checkpoints[1]["loss"] == pytest.approx(loss, rel=1e-5)  # the loss before epoch 2's step
+    # Validation scores the weights after the step, with plain cross-entropy: no weights, no smoothing.
+    val_logits = features["x"][val] @ second["fc.weight"].T + second["fc.bias"]
+    assert checkpoints[1]["val_loss"] == pytest.approx(F.cross_entropy(val_logits, targets[val]).item(), rel=1e-5)
+
+
+def test_the_train_stage_builds_its_model_with_the_drop_path_rate_set(prepared: Path) -> None:
+    """train.drop_path 0.3 on timm's test_efficientnet (a tiny model; its own rate: 0), through
+    the train stage: the checkpoint's model is built with drop_path_rate 0.3, and the rebuilt
+    model's drop-path layers have the rates timm's own constructor spreads over them."""
+    import timm
+    from timm.layers import DropPath
+
+    project = prepared
+    recipe = {"model.arch": "timm/test_efficientnet", "model.weights": None, "train.epochs": 1, "train.drop_path": 0.3}
+    set_checked_params(project, **recipe)
+    stage("weights", project)
+    stage("train", project)
+    checkpoint = load_checkpoint(project / "checkpoints/epoch_001.pt")
+    assert checkpoint["model_kwargs"]["drop_path_rate"] == 0.3
+
+    def rates(model: nn.Module) -> list[float]:
+        return [module.drop_prob for module in model.modules() if isinstance(module, DropPath)]
+
+    with torch.device("meta"):
+        ours = ModelSpec.from_checkpoint(checkpoint).untrained_model()
+        theirs = timm.create_model("test_efficientnet", drop_path_rate=0.3)
+    assert rates(ours) == pytest.approx(rates(theirs)) and max(rates(theirs)) > 0.2
