@@ -298,6 +298,13 @@ MUTATIONS = [
         ("tests/test_augment.py", "-k", "erasing"),
     ),
     Mutation(
+        "early-stop-on-val-loss",
+        "early stopping watches val_loss whatever select.metric names",
+        "stop = early_stop(run.history, params.select.metric, params.select.mode, config.early_stopping)",
+        'stop = early_stop(run.history, "val_loss", params.select.mode, config.early_stopping)',
+        ("tests/test_recipes.py", "-k", "early_stopping_keeps"),
+    ),
+    Mutation(
         "ema-decay-one-accepted",
         "train.ema_decay = 1 passes the checks: an average that never leaves the starting weights",
         "_require(0 <= train.ema_decay < 1,",

@@ -257,8 +257,9 @@ def test_the_weights_average_is_timms_model_ema_and_a_hand_computed_average(warm
 
 def test_early_stopping_keeps_every_finished_epoch(prepared: Path) -> None:
     project = prepared
-    # A frozen backbone and a vanishing lr: validation loss moves by far less than min_delta,
-    # so patience 1 stops after epoch 2.
+    # A frozen backbone and a vanishing lr: the watched metric (select.metric, here validation
+    # accuracy, which rises) moves by far less than min_delta, so patience 1 stops after epoch 2,
+    # naming that metric: a stage that watched val_loss would name it instead.
     set_checked_params(
         project,
         freeze="all_but_head",
@@ -267,10 +268,12 @@ def test_early_stopping_keeps_every_finished_epoch(prepared: Path) -> None:
             "train.lr": 1e-9,
             "train.early_stopping.patience": 1,
             "train.early_stopping.min_delta": 0.01,
+            "select.metric": "val_accuracy",
+            "select.mode": "max",
         },
     )
     result = stage("train", project)
-    assert "early stopping after epoch 2" in result.stderr
+    assert "early stopping after epoch 2: val_accuracy has not improved" in result.stderr
     assert sorted(p.name for p in (project / "checkpoints").glob("*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
 
 
