@@ -71,6 +71,13 @@ MUTATIONS = [
         ("tests/test_resume.py::test_other_params_or_weights_never_resume_another_run",),
     ),
     Mutation(
+        "prune-held-run",
+        "pruning old run folders removes one that a live trainer holds",
+        "        if _locked(path):\n            continue",
+        "        if False:\n            continue",
+        ("tests/test_runs.py", "-k", "live_trainer_holds"),
+    ),
+    Mutation(
         "no-curve-replay",
         "a resumed train stage does not replay the kept epochs into dvclive's curves",
         "    for record in run.history:\n        log_epoch(live, record)\n",

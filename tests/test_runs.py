@@ -102,3 +102,19 @@ def test_old_run_folders_are_reported_and_only_the_newest_kept(project: Path) ->
     assert "removed the unfinished run folder .cache/runs/old1" in log
     assert "removed the unfinished run folder .cache/runs/old0" in log
     assert sorted(p.name for p in runs.iterdir() if p.name.startswith("old")) == ["old2", "old3", "old4"]
+
+
+def test_a_run_folder_that_a_live_trainer_holds_is_never_removed(project: Path) -> None:
+    runs = project / ".cache/runs"
+    names = ["new2", "new1", "new0", "held"]  # newest first: "held" is the one beyond the newest 3
+    for name in names:
+        (runs / name).mkdir(parents=True)
+    with open(runs / "held" / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live trainer holds it
+        now = time.time()
+        for age, name in enumerate(names):  # after the lock file, whose creation touches its folder
+            os.utime(runs / name, (now - 100 * (age + 1), now - 100 * (age + 1)))
+        log = stage("train", project).stderr
+    assert "4 other run folder(s)" in log
+    assert "removed" not in log
+    assert all((runs / name).is_dir() for name in names)
