@@ -3,6 +3,9 @@ checkpoint's weights loaded into torchvision's own model, the test images decode
 and preprocessed by torchvision's transforms as the checkpoint records them, and the scores
 computed by hand."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +15,9 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
+from pipeline.checkpoints import save_checkpoint
+from pipeline.models import build_model
+from testing.project import stage
 from tests.conftest import Reproduced
 
 
@@ -72,3 +78,22 @@ def test_each_checkpoints_scores_are_what_torchvision_computes_from_its_weights(
         # (measured). 2e-3 leaves room for CUDA's bf16 autocast (tests/test_predict.py).
         confidence = logits.softmax(dim=1).amax(dim=1).numpy()
         assert written["confidence"].astype(float).to_numpy()[agree] == pytest.approx(confidence[agree], abs=2e-3)
+
+
+def test_checkpoints_of_other_classes_are_refused_not_scored(project: Path) -> None:
+    """A checkpoint whose output i is another class than the manifest's i-th (a data folder
+    changed under a kept run) would score every image against the wrong names: evaluate stops."""
+    stage("check_params", project)
+    built = build_model("resnet18", None, ["cat", "dog"], 16)
+    checkpoint = {**built.spec.to_dict(), "model_state_dict": built.model.state_dict(), "epoch": 1, "loss": 0.5}
+    save_checkpoint(checkpoint, project / "checkpoints/epoch_001.pt")
+    prepared = project / "data/prepared"
+    prepared.mkdir(parents=True, exist_ok=True)
+    (prepared / "classes.json").write_text(json.dumps(["dog", "cat"]))  # the same names, in another order
+    (prepared / "manifest.csv").write_text("path,label,split,sha1\n")
+
+    result = stage("evaluate", project, check=False)
+
+    assert result.returncode == 2, result.stderr
+    assert "trained on classes ['cat', 'dog'], but the manifest has ['dog', 'cat']" in result.stderr
+    assert not (project / "eval/scores.csv").exists()
