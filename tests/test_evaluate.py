@@ -11,30 +11,12 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
-from PIL import Image
-from torchvision.transforms import v2
 
 from pipeline.checkpoints import save_checkpoint
 from pipeline.models import build_model
 from testing.project import stage
 from tests.conftest import Reproduced
-
-
-def reference_logits(checkpoint: dict, paths: list[str], project) -> torch.Tensor:
-    model = torchvision.models.get_model(checkpoint["arch"], num_classes=len(checkpoint["classes"]))
-    model.load_state_dict(checkpoint["model_state_dict"])
-    preprocess = v2.Compose([
-        v2.PILToTensor(),
-        v2.Resize(checkpoint["resize_size"], interpolation=v2.InterpolationMode(checkpoint["interpolation"]),
-                  antialias=True),
-        v2.CenterCrop(checkpoint["image_size"]),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(checkpoint["mean"], checkpoint["std"]),
-    ])  # fmt: skip
-    images = torch.stack([preprocess(Image.open(project / path).convert("RGB")) for path in paths])
-    with torch.no_grad():
-        return model.eval()(images)
+from tests.helpers import torchvision_logits
 
 
 def macro_f1(actual: np.ndarray, predicted: np.ndarray) -> float:
@@ -58,7 +40,7 @@ def test_each_checkpoints_scores_are_what_torchvision_computes_from_its_weights(
         for split in ("val", "test"):
             rows = manifest[manifest["split"] == split]
             targets = torch.tensor([checkpoint["classes"].index(label) for label in rows["label"]])
-            logits = reference_logits(checkpoint, list(rows["path"]), project)
+            logits = torchvision_logits(checkpoint, list(rows["path"]), project)
             predicted = logits.argmax(dim=1)
             # Pillow (prepare's decode) and torchvision resize a few pixels one 8-bit level apart:
             # the loss agrees to a small fraction, and at most two of the images change their answer.
