@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torchvision
 from PIL import Image
+from torchvision.transforms import v2
 
 from pipeline.batches import CropBatches
 from pipeline.data.cache import training_copies
@@ -145,3 +147,26 @@ def located(picture: np.ndarray, image: np.ndarray) -> tuple[int, int]:
         if (picture[row : row + image.shape[0], column : column + image.shape[1]] == image).all():
             return int(row), int(column)
     raise AssertionError(f"an image of {image.shape[1]} x {image.shape[0]} pixels is not in the picture")
+
+
+def torchvision_logits(
+    checkpoint: dict, paths: list[str], project: Path, weights: str = "model_state_dict", flip: bool = False
+) -> torch.Tensor:
+    """What evaluate should compute for `paths`, outside the project's code: the checkpoint's
+    `weights` in torchvision's own model, the images decoded by Pillow and preprocessed by
+    torchvision's transforms as the checkpoint records them; with `flip`, the mean of each
+    image's logits and its mirror image's (evaluate.tta: hflip)."""
+    model = torchvision.models.get_model(checkpoint["arch"], num_classes=len(checkpoint["classes"]))
+    model.load_state_dict(checkpoint[weights])
+    preprocess = v2.Compose([
+        v2.PILToTensor(),
+        v2.Resize(checkpoint["resize_size"], interpolation=v2.InterpolationMode(checkpoint["interpolation"]),
+                  antialias=True),
+        v2.CenterCrop(checkpoint["image_size"]),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(checkpoint["mean"], checkpoint["std"]),
+    ])  # fmt: skip
+    images = torch.stack([preprocess(Image.open(project / path).convert("RGB")) for path in paths])
+    with torch.no_grad():
+        logits = model.eval()(images)
+        return (logits + model(images.flip(-1))) / 2 if flip else logits

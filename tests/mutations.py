@@ -318,6 +318,48 @@ MUTATIONS = [
         "_require(0 <= train.ema_decay <= 1,",
         ("tests/test_config.py", "-k", "documented_range"),
     ),
+    Mutation(
+        "confidence-is-logit",
+        "evaluate writes each test image's largest logit as its confidence, not its probability",
+        'confidence, predicted = logits["test"].softmax(dim=1).max(dim=1)',
+        'confidence, predicted = logits["test"].max(dim=1)',
+        ("tests/test_evaluate.py",),
+    ),
+    Mutation(
+        "select-tie-average-first",
+        "on a tie select-best keeps the raw weights of a later epoch over an earlier epoch's average",
+        '.sort_values(["epoch", "ema"])',
+        '.sort_values(["ema", "epoch"])',
+        ("tests/test_select_best.py", "-k", "winning_average"),
+    ),
+    Mutation(
+        "best-pt-raw-weights",
+        "when the weights' moving average wins, best.pt holds that epoch's raw weights",
+        'checkpoint["model_state_dict"] = checkpoint[WEIGHTS[weights]]',
+        'checkpoint["model_state_dict"] = checkpoint[WEIGHTS["raw"]]',
+        ("tests/test_select_best.py", "-k", "winning_average"),
+    ),
+    Mutation(
+        "heat-of-the-true-class",
+        "the picture of the mistakes shows each image's heat map for its true class, not the predicted one",
+        'heat, where = heat_maps(checkpoint, pixels, shown["predicted"].tolist())',
+        'heat, where = heat_maps(checkpoint, pixels, shown["actual"].tolist())',
+        ("tests/test_interpretation.py",),
+    ),
+    Mutation(
+        "split-share-floored",
+        "prepare rounds each class's val and test shares down, not to the nearest image",
+        "room = [max(1, round(fraction * items))",
+        "room = [max(1, int(fraction * items))",
+        ("tests/test_data.py", "tests/test_prepare.py", "-k", "stratified or reproducible"),
+    ),
+    Mutation(
+        "checksum-ignores-dtype",
+        "a checkpoint's checksum covers its tensors' bytes and shapes but not their dtypes",
+        'digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())',
+        'digest.update(f"T{tuple(tensor.shape)}".encode())',
+        ("tests/test_checkpoints.py", "-k", "damaged"),
+    ),
 ]
 
 

@@ -162,7 +162,27 @@ def flip_tensor_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", [truncate, empty, flip_tensor_byte])
+def resave(path: Path, edit: Callable[[dict], None]) -> None:
+    """Load the file without checks, `edit` it, and save it again with its old checksum: a file
+    that torch loads as well-formed, but whose contents are not what was saved."""
+    loaded = torch.load(path, weights_only=True)
+    edit(loaded)
+    torch.save(loaded, path)
+
+
+def retype(path: Path) -> None:  # the same tensor bytes, read as another dtype
+    resave(path, lambda c: c.update(weights=c["weights"].view(torch.int32)))
+
+
+def reshape(path: Path) -> None:  # the same tensor bytes, in another shape
+    resave(path, lambda c: c.update(weights=c["weights"].view(32, 128)))
+
+
+def renumber(path: Path) -> None:  # a number changed, the tensors untouched
+    resave(path, lambda c: c.update(epoch=3))
+
+
+@pytest.mark.parametrize("damage", [truncate, empty, flip_tensor_byte, retype, reshape, renumber])
 def test_damaged_checkpoint_is_detected(tmp_path: Path, damage: Callable[[Path], None]) -> None:
     path = tmp_path / "epoch_002.pt"
     save_checkpoint({"weights": torch.randn(64, 64), "epoch": 2}, path)

@@ -351,6 +351,26 @@ def test_stratified_split_sizes_follow_fractions_for_a_big_class() -> None:
     assert abs(counts["train"] - (1 - sum(fractions.values())) * n) <= 2
 
 
+def test_stratified_split_rounds_each_share_to_the_nearest_item() -> None:
+    # By hand: 0.2 * 23 = 4.6 -> 5 in val and 0.3 * 23 = 6.9 -> 7 in test, the other 11 in
+    # train. Fractions of unequal size, whose products are far from a whole number: a share
+    # rounded down (4, 6) or the fractions swapped (7, 5) gives other counts.
+    splits = stratified_split(["a"] * 23 + ["b"] * 5, {"val": 0.2, "test": 0.3}, seed=1)
+    counts = Counter(split for label, split in zip(["a"] * 23 + ["b"] * 5, splits, strict=True) if label == "a")
+    assert counts == {"val": 5, "test": 7, "train": 11}
+
+
+def test_a_mixed_group_counts_for_the_class_most_of_it_has_and_on_a_tie_the_first_by_name() -> None:
+    # Rows 5-7 are one group, two a and one b: it is a's. So b keeps its two rows alone, too few
+    # for three splits, while a group counted for b would leave each class three.
+    with pytest.raises(UserError, match="'b' has 2 usable image"):
+        stratified_split(["a"] * 3 + ["b"] * 2 + ["a", "b", "a"], FRACTIONS, 0, [0, 1, 2, 3, 4, 5, 5, 5])
+    # Rows 4-5, one b then one a, a tie: the group is a's ("a" sorts first), not its first row's,
+    # which would leave a the two rows too few instead.
+    with pytest.raises(UserError, match="'b' has 2 usable image"):
+        stratified_split(["a"] * 2 + ["b"] * 2 + ["b", "a"], FRACTIONS, 0, [0, 1, 2, 3, 4, 4])
+
+
 def test_stratified_split_shuffles_within_a_class() -> None:
     labels = ["a"] * 100
     splits = stratified_split(labels, FRACTIONS, seed=0)

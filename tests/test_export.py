@@ -271,7 +271,9 @@ def test_the_image_export_gives_tools_predicts_probabilities(project: Path, inte
     paths = pictures(project)
     command = ["-m", "tools.predict", *(path.name for path in paths), "--model", "models/tiny.pt", "--format", "json"]
     result = run([sys.executable, *command], project)
-    program = torch.export.load(project / "models/tiny_image.pt2").module()
+    extra = {"metadata.json": ""}
+    program = torch.export.load(project / "models/tiny_image.pt2", extra_files=extra).module()
+    assert json.loads(extra["metadata.json"])["tta"] == tta  # what a user of the file reads it averages
     for path, predicted in zip(paths, json.loads(result.stdout), strict=True):
         # The decoded picture, upright, as a user with Pillow has it: (H, W, 3) uint8.
         pixels = torch.from_numpy(np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB")).copy())

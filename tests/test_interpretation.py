@@ -7,12 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
 from pipeline.cli import UserError
 from pipeline.engine import score
-from pipeline.gallery import PANEL, Tile, draw_gallery, heat_colours, overlay, panel
-from pipeline.interpretation import mistakes, model_inputs, per_class_scores
-from pipeline.models import ModelSpec
+from pipeline.gallery import GAP, PANEL, TEXT, Tile, draw_gallery, font, heat_colours, overlay, panel
+from pipeline.interpretation import GALLERY, mistakes, model_inputs, per_class_scores, write_interpretation
+from pipeline.models import ModelSpec, build_model
 from tests.helpers import located
 
 CLASSES = ["a", "b", "c"]
@@ -118,3 +120,64 @@ def test_an_image_gone_since_prepare_is_an_error_naming_it(tmp_path: Path) -> No
     for path in (tmp_path / "gone.png", tmp_path / "broken.png"):
         with pytest.raises(UserError, match=f"{path} could not be read for best/mistakes.png.*rerun prepare"):
             model_inputs([str(path)], spec)
+
+
+def test_the_picture_shows_the_most_confident_mistakes_each_under_its_predicted_class_s_heat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """write_interpretation, as select-best runs it, on 17 mistakes of a random resnet18 at 64 px:
+    the 16 most confident are drawn in reading order, most confident first, the 17th left out;
+    beside each image, CAM by hand for its predicted class (Grad-CAM equals CAM for a network
+    that ends in global pooling and one linear layer: tests/test_heatmaps.py), not for its true
+    one; under it, its true class in green, then the predicted one in red."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    classes = ["ant", "bee", "cow"]
+    built = build_model("resnet18", None, classes, 64)  # random weights: no resize margin, 64 px in
+    checkpoint = {**built.spec.to_dict(), "model_state_dict": built.model.state_dict(), "epoch": 3}
+    rng = np.random.default_rng(0)
+    pixels, rows = [], []
+    for i in range(GALLERY + 1):  # image i is the i-th most confident mistake
+        coarse = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+        pixels.append(np.array(coarse.resize((64, 64), Image.Resampling.BICUBIC)))
+        path = tmp_path / f"{i:02d}.png"
+        Image.fromarray(pixels[-1]).save(path)
+        rows.append((str(path), classes[i % 3], classes[(i + 1) % 3], f"{0.95 - 0.03 * i:.2f}"))
+    frame = pd.DataFrame(rows, columns=["path", "actual", "predicted", "confidence"]).sample(frac=1, random_state=0)
+
+    write_interpretation(checkpoint, frame)
+
+    picture = np.asarray(Image.open("best/mistakes.png").convert("RGB"))
+    enlarged = [image.repeat(2, axis=0).repeat(2, axis=1) for image in pixels]  # 64 px shown pixel for pixel at 128
+    corners = [located(picture, image) for image in enlarged[:GALLERY]]
+    assert sorted(corners) == corners  # rows of tiles, each left to right: most confident first
+    with pytest.raises(AssertionError):
+        located(picture, enlarged[GALLERY])  # the least confident is only listed in mistakes.csv
+
+    model = built.model.eval()
+    maps: list[torch.Tensor] = []
+    model.layer4.register_forward_hook(lambda module, args, output: maps.append(output))  # 2 x 2 at 64 px
+    mean, std = torch.tensor(checkpoint["mean"]).view(3, 1, 1), torch.tensor(checkpoint["std"]).view(3, 1, 1)
+    inputs = torch.stack([(torch.from_numpy(image).permute(2, 0, 1) / 255 - mean) / std for image in pixels])
+    with torch.no_grad():
+        model(inputs[:GALLERY])
+
+    def cam(i: int, label: str) -> np.ndarray:
+        heat = F.relu(torch.einsum("k,khw->hw", model.fc.weight[classes.index(label)], maps[0][i]))
+        heat = F.interpolate(heat[None, None], size=(64, 64), mode="bilinear", align_corners=False)[0, 0]
+        return (heat / heat.max()).detach().numpy()
+
+    face, line = font(), TEXT + 4
+    for i, (row, column) in enumerate(corners):
+        _, actual, predicted, probability = rows[i]
+        shown = picture[row : row + PANEL, column + PANEL + GAP : column + 2 * PANEL + GAP].astype(int)
+        right, wrong = (np.asarray(overlay(Image.fromarray(enlarged[i]), cam(i, name))) for name in (predicted, actual))
+        assert np.abs(shown - right).max() <= 2, i
+        assert np.abs(shown - wrong).max() > 20, i  # the true class's heat is another picture
+        for k, (text, colour) in enumerate(
+            [(f"true: {actual}", (0, 110, 0)), (f"predicted: {predicted}  p = {probability}", (190, 0, 0))]
+        ):
+            strip = Image.new("RGB", (2 * PANEL, line), (255, 255, 255))
+            ImageDraw.Draw(strip).text((0, 0), text, fill=colour, font=face)
+            top = row + PANEL + 2 + k * line
+            assert (picture[top : top + line, column : column + 2 * PANEL] == np.asarray(strip)).all(), (i, text)

@@ -195,9 +195,11 @@ def test_a_missing_data_dir_is_refused_by_check_params_and_by_prepare(project: P
 
 
 def test_prepare_is_reproducible_and_seeded(project: Path) -> None:
-    simple_folder(project / "pics", {"a": 9, "b": 7, "c": 5})
+    simple_folder(project / "pics", {"a": 9, "b": 7, "c": 6})
     (project / "pics" / "a" / "notes.txt").write_text("so skipped.csv has a row")
-    set_checked_params(project, **{"prepare.data_dir": "pics", "prepare.seed": 0})
+    # Fractions of unequal size: a stage that swapped them, or rounded a share down, splits otherwise.
+    fractions = {"prepare.val_fraction": 0.2, "prepare.test_fraction": 0.3}
+    set_checked_params(project, **{"prepare.data_dir": "pics", "prepare.seed": 0, **fractions})
     outputs = [project / PREPARED / name for name in OUTPUTS]
 
     stage("prepare", project)
@@ -216,9 +218,13 @@ def test_prepare_is_reproducible_and_seeded(project: Path) -> None:
     assert manifest1.drop(columns="split").equals(manifest0.drop(columns="split"))
     assert not manifest1["split"].equals(manifest0["split"])
     assert_every_class_in_every_split(manifest1)
-    # Split sizes per class depend on the fractions, not on the seed.
+    # Split sizes per class depend on the fractions, not on the seed. By hand, each share of a
+    # class rounded to the nearest image, train the rest: a (9) 1.8 -> 2 val, 2.7 -> 3 test;
+    # b (7) 1.4 -> 1, 2.1 -> 2; c (6) 1.2 -> 1, 1.8 -> 2.
     sizes0 = manifest0.groupby(["label", "split"]).size()
     assert manifest1.groupby(["label", "split"]).size().equals(sizes0)
+    expected = {"a": (4, 2, 3), "b": (4, 1, 2), "c": (3, 1, 2)}  # train, val, test
+    assert {label: tuple(sizes0[label][split] for split in SPLITS) for label in expected} == expected
     assert re.search(rf"{len(manifest1)} images in 3 classes", result.stderr)
 
 
@@ -274,6 +280,7 @@ def test_prepare_keeps_duplicates_in_one_split_and_drops_conflicting_copies(proj
 
     duplicates = read_csv(project / PREPARED / "duplicates.csv")
     by_group = {group: rows for group, rows in duplicates.groupby("group")}
+    assert sorted(by_group) == [1, 2]  # numbered from 1, in the manifest's order
     assert sorted(sorted(rows["path"]) for rows in by_group.values()) == sorted(sorted(group) for group in rel[:2])
     assert set(duplicates.loc[duplicates["path"].isin(rel[0]), "match"]) == {"exact"}
     assert set(duplicates.loc[duplicates["path"].isin(rel[1]), "match"]) == {"near"}

@@ -3,13 +3,18 @@ a moving average of the weights competes with them."""
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
+from pipeline.checkpoints import save_checkpoint
 from pipeline.cli import UserError
 from pipeline.config import Mode
+from pipeline.metrics import REPORTED
+from pipeline.models import build_model
 from pipeline.select_best import pick_best
 from testing.project import set_checked_params, stage
 from tests.conftest import Reproduced
@@ -95,3 +100,53 @@ def test_the_stage_keeps_the_checkpoint_validation_prefers_when_test_disagrees(
     assert list(epochs["selected"]) == [1, 0]
     confusion = pd.read_csv(project / "best/confusion.csv")
     assert confusion.equals(pd.read_csv(project / "eval/predictions/epoch_001.csv")[["actual", "predicted"]])
+
+
+def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(project: Path) -> None:
+    """`python -m pipeline.select_best` on two epochs of raw and averaged weights (train.ema_decay)
+    scored by hand, where epoch 1's average ties epoch 2's raw weights on val_loss and the rest
+    score worse: the earlier epoch wins, so best.pt must hold epoch 1's averaged weights and its
+    test-time augmentation, the confusion table must be that average's predictions, and
+    best/epochs.csv the raw weights' rows with epoch 1 marked."""
+    stage("check_params", project)  # default select: val_loss, min
+    classes = ["a", "b"]
+    built = build_model("resnet18", None, classes, 16)
+    spec, start = built.spec.to_dict(), built.model.state_dict()
+    states = {}  # four weights of one model, each of its float tensors shifted by its own amount
+    for shift, key in enumerate([(1, "raw"), (1, "ema"), (2, "raw"), (2, "ema")], start=1):
+        states[key] = {name: t + shift / 100 if t.is_floating_point() else t for name, t in start.items()}
+    paths = ["images/a/0.png", "images/b/1.png"]  # the test images, of classes a and b
+    for path, colour in zip(paths, [(200, 30, 30), (30, 30, 200)], strict=True):
+        (project / path).parent.mkdir(parents=True)
+        Image.new("RGB", (16, 16), colour).save(project / path)
+    # Each file's own answers, to tell which one the confusion table was made from.
+    answers = {(1, "raw"): ["a", "a"], (1, "ema"): ["b", "a"], (2, "raw"): ["a", "b"], (2, "ema"): ["b", "b"]}
+    (project / "eval/predictions").mkdir(parents=True)
+    rows = []
+    for epoch in (1, 2):
+        save_checkpoint(
+            {**spec, "epoch": epoch, "model_state_dict": states[epoch, "raw"], "ema_state_dict": states[epoch, "ema"],
+             "optimizer_state_dict": {}, "trainable_params": 1, "total_params": 1},
+            project / f"checkpoints/epoch_{epoch:03d}.pt",
+        )  # fmt: skip
+        for weights, loss in {"raw": 0.4 if epoch == 1 else 0.3, "ema": 0.3 if epoch == 1 else 0.5}.items():
+            scores = {name: 0.5 for name in REPORTED} | {"val_loss": loss}
+            rows.append({"epoch": epoch, "weights": weights, "tta": "hflip", **scores})
+            name = f"epoch_{epoch:03d}{'' if weights == 'raw' else '_ema'}.csv"
+            frame = {"path": paths, "actual": ["a", "b"], "predicted": answers[epoch, weights], "confidence": 0.7}
+            pd.DataFrame(frame).to_csv(project / "eval/predictions" / name, index=False)
+    pd.DataFrame(rows).to_csv(project / "eval/scores.csv", index=False)
+
+    stage("select_best", project)
+
+    metrics = json.loads((project / "best/metrics.json").read_text())
+    assert (metrics["epoch"], metrics["weights"], metrics["val_loss"]) == (1, "ema", 0.3)
+    best = torch.load(project / "models/best.pt", weights_only=True)
+    assert all(torch.equal(best["model_state_dict"][key], value) for key, value in states[1, "ema"].items())
+    assert best["tta"] == "hflip" and "ema_state_dict" not in best
+    assert pd.read_csv(project / "best/confusion.csv")["predicted"].tolist() == answers[1, "ema"]
+    epochs = pd.read_csv(project / "best/epochs.csv")
+    assert list(zip(epochs["epoch"], epochs["weights"], epochs["selected"], strict=True)) == [
+        (1, "raw", 1),
+        (2, "raw", 0),
+    ]

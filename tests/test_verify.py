@@ -83,13 +83,15 @@ def test_every_damaged_checkpoint_is_named(tmp_path: Path) -> None:
     flipped = save(tmp_path / "checkpoints" / "epoch_003.pt", value=1.0)
     best = save(tmp_path / "models" / "best.pt")
     torch.save({"w": torch.zeros(3)}, tmp_path / "models" / "my_weights.pt")  # weights a user gave
+    stripped = tmp_path / "checkpoints" / "epoch_004.pt"  # only the train stage writes here: no checksum is damage
+    torch.save({"w": torch.zeros(3)}, stripped)
     truncate(truncated)
     flip_a_bit(flipped)
 
     checked, damaged, foreign = verify.check_checkpoints(tmp_path)
 
-    assert checked == 4
-    assert [d.path for d in damaged] == [truncated, flipped]
+    assert checked == 5
+    assert [d.path for d in damaged] == [truncated, flipped, stripped]
     assert damaged[0].line(tmp_path).startswith("damaged: checkpoints/epoch_002.pt: truncated or corrupt: ")
     assert damaged[1].line(tmp_path) == (
         "damaged: checkpoints/epoch_003.pt: its contents do not match the checksum stored in it"
