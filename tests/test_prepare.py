@@ -280,7 +280,7 @@ def test_prepare_keeps_duplicates_in_one_split_and_drops_conflicting_copies(proj
 
     duplicates = read_csv(project / PREPARED / "duplicates.csv")
     by_group = {group: rows for group, rows in duplicates.groupby("group")}
-    assert sorted(by_group) == [1, 2]  # numbered from 1, in the manifest's order
+    assert sorted(by_group) == ["1", "2"]  # numbered from 1, in the manifest's order (read as text)
     assert sorted(sorted(rows["path"]) for rows in by_group.values()) == sorted(sorted(group) for group in rel[:2])
     assert set(duplicates.loc[duplicates["path"].isin(rel[0]), "match"]) == {"exact"}
     assert set(duplicates.loc[duplicates["path"].isin(rel[1]), "match"]) == {"near"}
