@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from bench.report import markdown_table
+from bench.report import finish, markdown_table
 from testing.project import REPO, copy_repo_files, run
 
 ENTRY_POINTS = ("pipeline.check_params", "pipeline.prepare", "pipeline.weights", "pipeline.train",
@@ -135,14 +135,12 @@ def main() -> None:
 
     commit = run(["git", "rev-parse", "--short", "HEAD"], REPO).stdout.strip()
     report: dict[str, object] = {"commit": commit, "torch": torch.__version__, "cpus": os.cpu_count()}
-    report["load_average_before"] = os.getloadavg()
+    report["load_average_before"] = os.getloadavg()[0]
+    started = time.perf_counter()
     report |= demo(project)
     report["start_up_s"] = start_up(project)
-    report["load_average_after"] = os.getloadavg()
     print(json.dumps(report, indent=2))
-    print(table(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    finish(report, started, table, args.json)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
