@@ -529,6 +529,23 @@ def test_wrapped_state_dicts_load_as_users_expect(tmp_path: Path, shape: str, su
     assert_trunk_equal(built.model, state, "fc")
 
 
+@pytest.mark.parametrize(
+    ("entries", "taken"),
+    [(("state_dict", "model"), "state_dict"), (("model", "model_state_dict"), "model")],
+)
+def test_a_dict_with_two_state_dict_entries_gives_the_first_in_the_documented_order(
+    tmp_path: Path, entries: tuple[str, str], taken: str
+):
+    """docs/design.md: `state_dict`, then `model`, then `model_state_dict`. Each entry holds other
+    weights, so taking the wrong one shows."""
+    first, second = scrambled_resnet(SMALL, seed=1).state_dict(), scrambled_resnet(SMALL, seed=2).state_dict()
+    assert not torch.equal(first["conv1.0.weight"], second["conv1.0.weight"])
+    held = dict(zip(entries, (first, second), strict=True))
+    torch.save(dict(reversed(held.items())), tmp_path / "both.pt")  # saved order is not the rule
+    built = build_model(SMALL, str(tmp_path / "both.pt"), CLASSES, SIZE)
+    assert_trunk_equal(built.model, held[taken], "fc")
+
+
 def reshaped_first(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     key = next(iter(state))
     return {**state, key: torch.zeros(2, *state[key].shape)}
@@ -541,6 +558,8 @@ def reshaped_first(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         (lambda state: {**state, "extra.weight": torch.zeros(2)}, "0 missing keys [], 1 unexpected keys ['extra."),
         (lambda state: {k: v for k, v in state.items() if not k.startswith("stage4.")}, "missing keys ['stage4."),
         (lambda state: {"state_dict": prefixed(state, "net.")}, "every unexpected key starts with 'net.'"),
+        # A prefix is taken off only when every key has it: here one key does, and stays as saved.
+        (lambda state: {**state, "module.extra": torch.zeros(2)}, "1 unexpected keys ['module.extra']"),
         (reshaped_first, "tensors of other shapes: conv1.0.weight (2, 24, 3, 3, 3), the model's (24, 3, 3, 3)"),
     ],
 )
