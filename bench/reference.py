@@ -86,9 +86,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--project", type=Path, default=Path("."))
     parser.add_argument("--pretrain", action="store_true", help="pretrain on the source digits first")
-    parser.add_argument("--out", type=Path, help="where the checkpoints go (default: a temporary folder)")
+    parser.add_argument(
+        "--out", type=Path, help="where the checkpoints go (default: a temporary folder, removed after)"
+    )
     args = parser.parse_args()
-    project, out = args.project, args.out or Path(tempfile.mkdtemp(prefix="reference-"))
+    with tempfile.TemporaryDirectory(prefix="reference-") as scratch:
+        result = fine_tune(args.project, args.out or Path(scratch), args.pretrain)
+    print(json.dumps(result))
+
+
+def fine_tune(project: Path, out: Path, pretrain_first: bool) -> dict[str, float]:
+    """The script's work: its seconds (from the start of the imports) and test scores."""
     torch.manual_seed(SEED)
 
     start = torch.load(project / "models/start.pt", weights_only=True)
@@ -101,7 +109,7 @@ def main() -> None:
             transforms.Normalize(start["mean"], start["std"]),
         ]
     )
-    backbone = pretrain(project, transform) if args.pretrain else start["model_state_dict"]
+    backbone = pretrain(project, transform) if pretrain_first else start["model_state_dict"]
 
     # The pipeline's split: the manifest's paths, in an ImageFolder of the same data folder.
     classes = json.loads((project / "data/prepared/classes.json").read_text())
@@ -136,8 +144,7 @@ def main() -> None:
     model.load_state_dict(torch.load(out / f"epoch_{best:03d}.pt", weights_only=True)["model_state_dict"])
     test_loss, test_accuracy = evaluate(model, test)
     seconds = time.perf_counter() - STARTED
-    result = {"seconds": seconds, "best_epoch": best, "test_loss": test_loss, "test_accuracy": test_accuracy}
-    print(json.dumps(result))
+    return {"seconds": seconds, "best_epoch": best, "test_loss": test_loss, "test_accuracy": test_accuracy}
 
 
 if __name__ == "__main__":
