@@ -360,6 +360,20 @@ MUTATIONS = [
         'digest.update(f"T{tuple(tensor.shape)}".encode())',
         ("tests/test_checkpoints.py", "-k", "damaged"),
     ),
+    Mutation(
+        "prefix-off-some-keys",
+        "a weights file's wrapper prefix (module.) is taken off when any key has it, not only when every key does",
+        "            if all(key.startswith(prefix) for key in state):",
+        "            if any(key.startswith(prefix) for key in state):",
+        ("tests/test_models.py", "-k", "do_not_fit or wrapped"),
+    ),
+    Mutation(
+        "state-dict-entries-reordered",
+        "a dict holding weights under both 'state_dict' and 'model' gives 'model's, not the documented first",
+        'STATE_DICT_ENTRIES = ("state_dict", "model", "model_state_dict")',
+        'STATE_DICT_ENTRIES = ("model", "state_dict", "model_state_dict")',
+        ("tests/test_models.py", "-k", "documented_order"),
+    ),
 ]
 
 
