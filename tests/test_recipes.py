@@ -371,6 +371,22 @@ def test_the_weights_moving_average_is_kept_scored_beside_them_and_may_be_chosen
     assert [t["class"] for t in top] == list(evaluated["predicted"].astype(str))
     assert [t["probability"] for t in top] == pytest.approx(list(evaluated["confidence"]), abs=1e-5)
 
+    # An epoch's checkpoint does not record evaluate.tta (train writes it first): predict takes
+    # it from evaluate's table, so its probabilities are still that epoch's row's.
+    evaluated = pd.read_csv(project / "eval/predictions/epoch_001.csv", keep_default_na=False)
+    evaluated = evaluated.nsmallest(5, "confidence")
+    model = ["--model", "checkpoints/epoch_001.pt", "--format", "json", "--top-k", "1"]
+    predicted = run([sys.executable, "-m", "tools.predict", *evaluated["path"], *model], project)
+    assert "evaluate used hflip (eval/scores.csv)" in predicted.stderr
+    top = [obj["top"][0] for obj in json.loads(predicted.stdout)]
+    assert [t["probability"] for t in top] == pytest.approx(list(evaluated["confidence"]), abs=1e-5)
+    # --tta none overrides it: torchvision's probabilities without the mirror images.
+    predicted = run([sys.executable, "-m", "tools.predict", *evaluated["path"], *model, "--tta", "none"], project)
+    plain = torchvision_logits(checkpoints[0], list(evaluated["path"]), project).softmax(dim=1).amax(dim=1)
+    top = [obj["top"][0] for obj in json.loads(predicted.stdout)]
+    assert [t["probability"] for t in top] == pytest.approx(plain.tolist(), abs=1e-5)
+    assert (plain - torch.tensor(evaluated["confidence"].to_numpy())).abs().max() > 1e-3  # the flip shows
+
 
 def test_the_trained_average_warms_up_as_the_recipe_says(prepared: Path) -> None:
     """The documented fine-tuning EMA (train.ema_decay 0.999, warm-up on), through the train

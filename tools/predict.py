@@ -9,7 +9,8 @@ PATHs are image files or folders; folders are searched recursively for image fil
 as the model file states (resize size, filter, centre crop, mean and std), by the same
 code evaluate uses (data.decode.load_image, then batches.normalize), so the
 probabilities match evaluate's; models/best.pt also says whether evaluate averaged each
-image's logits with its mirror image's (evaluate.tta), and --tta overrides it.
+image's logits with its mirror image's (evaluate.tta), for an epoch's checkpoint
+eval/scores.csv says, and --tta overrides both.
 
 Writes to stdout, one line (table), row (csv) or object (json) per image: its path and
 its top-k classes with their probabilities. An image that cannot be decoded gets an
@@ -44,8 +45,9 @@ from pipeline.data.decode import load_image
 from pipeline.data.scan import is_image_name, not_a_file, scan_folder
 from pipeline.devices import memory_format, place_model, resolve_device
 from pipeline.engine import batch_logits
+from pipeline.files import read_csv
 from pipeline.models import ModelSpec, model_from_checkpoint
-from pipeline.paths import BEST_MODEL
+from pipeline.paths import BEST_MODEL, SCORES_FILE
 
 log = logging.getLogger("tools.predict")
 
@@ -76,7 +78,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     tta = [t.value for t in TestTimeAugmentation]
     parser.add_argument(
-        "--tta", choices=tta, help="test-time augmentation (default: what evaluate used for the model, if it says)"
+        "--tta",
+        choices=tta,
+        help="test-time augmentation (default: evaluate's, as best.pt or, for an epoch's, eval/scores.csv says)",
     )
     return parser.parse_args()
 
@@ -184,6 +188,22 @@ def write_json_list(predictions: list[Prediction], top_k: int, out: TextIO) -> N
 WRITERS = {"table": write_table, "csv": write_csv_rows, "json": write_json_list}
 
 
+def evaluated_tta(checkpoint: dict, path: Path) -> str:
+    """The test-time augmentation evaluate used for this model: models/best.pt records it; an
+    epoch's checkpoint does not (train writes it before evaluate runs), so for one the
+    project's table of evaluate's scores (eval/scores.csv, in the working directory) says.
+    Without either: none."""
+    if "tta" in checkpoint:
+        return checkpoint["tta"]
+    used = set(read_csv(SCORES_FILE, text=("weights", "tta"))["tta"]) if SCORES_FILE.is_file() else set()
+    if len(used) == 1:
+        tta = used.pop()
+        log.info("%s does not record evaluate.tta; evaluate used %s (%s): so does this", path, tta, SCORES_FILE)
+        return tta
+    log.info("%s does not record evaluate.tta, and %s does not say: no test-time augmentation", path, SCORES_FILE)
+    return TestTimeAugmentation.none.value
+
+
 def main() -> None:
     args = parse_args()
     entries = collect_files(args.paths)
@@ -202,7 +222,7 @@ def main() -> None:
         args.model, spec.arch, len(spec.classes), spec.image_size, len(files), device,
     )  # fmt: skip
 
-    tta = args.tta or checkpoint.get("tta", TestTimeAugmentation.none.value)
+    tta = args.tta or evaluated_tta(checkpoint, args.model)
     decoded = iter(predict_files(model, spec, files, top_k, args.batch_size, device, flip=tta == "hflip"))
     # In the order found, a row for every path: decoded, or why not.
     predictions = [Prediction(path.as_posix(), error=why) if why else next(decoded) for path, why in entries]
