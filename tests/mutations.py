@@ -9,8 +9,8 @@ that copy, and prints which of them failed. A mutation that no test catches is a
 the suite. The repo itself is never modified.
 
 A mutation is a text replacement. The pipeline's modules are being reshaped, so it names
-no file: the old text must occur exactly once in all of pipeline/**/*.py, wherever it now
-lives, or the script stops with an error saying so (update the mutation, then).
+no file: the old text must occur exactly once in all of pipeline/**/*.py and tools/**/*.py,
+wherever it now lives, or the script stops with an error saying so (update the mutation, then).
 """
 
 import argparse
@@ -374,6 +374,13 @@ MUTATIONS = [
         'STATE_DICT_ENTRIES = ("model", "state_dict", "model_state_dict")',
         ("tests/test_models.py", "-k", "documented_order"),
     ),
+    Mutation(
+        "predict-epoch-without-tta",
+        "tools.predict on an epoch's checkpoint ignores the test-time augmentation evaluate used",
+        "    tta = args.tta or evaluated_tta(checkpoint, args.model)",
+        '    tta = args.tta or checkpoint.get("tta", "none")',
+        ("tests/test_recipes.py", "-k", "moving_average_is_kept"),
+    ),
 ]
 
 
@@ -388,16 +395,16 @@ def copy_repo(target: Path) -> None:
 
 
 def apply(mutation: Mutation, root: Path) -> Path:
-    """Replace mutation.old with mutation.new in the one pipeline file holding it, once."""
+    """Replace mutation.old with mutation.new in the one pipeline or tools file holding it, once."""
     hits = [
         (path, path.read_text().count(mutation.old))
-        for path in sorted((root / "pipeline").rglob("*.py"))
+        for path in sorted([*(root / "pipeline").rglob("*.py"), *(root / "tools").rglob("*.py")])
         if mutation.old in path.read_text()
     ]
     if len(hits) != 1 or hits[0][1] != 1:
         where = ", ".join(f"{p.relative_to(root)} ({n}x)" for p, n in hits) or "nowhere"
         raise MutationError(
-            f"mutation {mutation.name}: its old text must occur exactly once under pipeline/, "
+            f"mutation {mutation.name}: its old text must occur exactly once under pipeline/ and tools/, "
             f"found {where}; the code changed, update the mutation:\n    {mutation.old}"
         )
     path = hits[0][0]
