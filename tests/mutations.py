@@ -381,6 +381,13 @@ MUTATIONS = [
         '    tta = args.tta or checkpoint.get("tta", "none")',
         ("tests/test_recipes.py", "-k", "moving_average_is_kept"),
     ),
+    Mutation(
+        "launcher-blames-the-exit-code",
+        "of two ranks that ended in the same second, the launcher names the one that exited, not the one killed",
+        "key=lambda r: (causes[r].timestamp, causes[r].exitcode >= 0, r))",
+        "key=lambda r: (causes[r].timestamp, causes[r].exitcode < 0, r))",
+        ("tests/test_distributed.py", "-k", "names_the_rank"),
+    ),
 ]
 
 

@@ -353,6 +353,10 @@ def test_the_launcher_names_the_rank_that_failed_not_those_it_stopped() -> None:
     assert first_cause({0: failure(EXIT_LOST_CONTACT), 1: killed}) == (1, killed)
     assert first_cause({0: failure(143), 1: failure(1)})[0] == 1
     assert first_cause({0: failure(1, timestamp=99), 1: failure(2)})[0] == 0  # the earlier
+    # In the same second, a rank killed by a signal (the OOM killer's SIGKILL) before one
+    # that exited with an error, whichever rank number is lower.
+    assert first_cause({0: failure(1), 1: killed}) == (1, killed)
+    assert first_cause({0: killed, 1: failure(1)}) == (0, killed)
     assert first_cause({0: failure(-signal.SIGTERM)})[0] == 0  # nothing else to name
 
 
