@@ -388,6 +388,13 @@ MUTATIONS = [
         "key=lambda r: (causes[r].timestamp, causes[r].exitcode < 0, r))",
         ("tests/test_distributed.py", "-k", "names_the_rank"),
     ),
+    Mutation(
+        "broken-pipe-exits-zero",
+        "`python -m tools.predict ... | head` stops quietly but exits 0, so a pipeline under pipefail sees no stop",
+        "        sys.exit(EXIT_BROKEN_PIPE)",
+        "        sys.exit(0)",
+        ("tests/test_claims.py", "-k", "piped_into_head"),
+    ),
 ]
 
 

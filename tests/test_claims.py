@@ -145,6 +145,20 @@ def test_predict_batch_size_and_device(pipeline_run: tuple[Path, Path]) -> None:
         assert "Traceback" not in result.stderr
 
 
+def test_predict_piped_into_head_stops_quietly_with_exit_code_141(pipeline_run: tuple[Path, Path]) -> None:
+    """docs/design.md: `python -m tools.predict ... | head` stops quietly (exit code 141). The
+    digits twice (relative and absolute paths: two entries each) make about 127 kB of CSV,
+    more than a pipe holds (64 kB), so predict is still writing when head has gone."""
+    project, _ = pipeline_run
+    paths = f"data/digits/target {project / 'data/digits/target'}"
+    predict = f"{sys.executable} -m tools.predict {paths} --format csv --top-k 5"
+    result = run(["bash", "-c", f"set -o pipefail; {predict} | head -n 2"], project, check=False)
+    assert result.returncode == 141, result.stderr
+    assert result.stdout.splitlines()[0].startswith("path,class_1,probability_1")
+    assert len(result.stdout.splitlines()) == 2
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
 # --- the training stage's guards and options --------------------------------------------------
 
 
