@@ -144,7 +144,8 @@ def located(picture: np.ndarray, image: np.ndarray) -> tuple[int, int]:
     top left corner; AssertionError if it is not there."""
     rows, columns = np.nonzero((picture == image[0, 0]).all(axis=-1))
     for row, column in zip(rows, columns, strict=True):
-        if (picture[row : row + image.shape[0], column : column + image.shape[1]] == image).all():
+        window = picture[row : row + image.shape[0], column : column + image.shape[1]]
+        if window.shape == image.shape and (window == image).all():
             return int(row), int(column)
     raise AssertionError(f"an image of {image.shape[1]} x {image.shape[0]} pixels is not in the picture")
 

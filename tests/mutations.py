@@ -395,6 +395,13 @@ MUTATIONS = [
         "        sys.exit(0)",
         ("tests/test_claims.py", "-k", "piped_into_head"),
     ),
+    Mutation(
+        "blank-heat-for-models-without-a-layer",
+        "a model without a layer for Grad-CAM gets blank heat maps drawn beside its mistakes instead of none",
+        "        return None, why\n",
+        "        return np.zeros((len(pixels), spec.image_size, spec.image_size)), why\n",
+        ("tests/test_interpretation.py",),
+    ),
 ]
 
 

@@ -181,3 +181,33 @@ def test_the_picture_shows_the_most_confident_mistakes_each_under_its_predicted_
             ImageDraw.Draw(strip).text((0, 0), text, fill=colour, font=face)
             top = row + PANEL + 2 + k * line
             assert (picture[top : top + line, column : column + 2 * PANEL] == np.asarray(strip)).all(), (i, text)
+
+
+def test_a_model_without_a_layer_for_grad_cam_gets_the_picture_without_heat_maps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/design.md: timm's PiT pools its tokens to coarser grids inside its stages, so it
+    has neither a square map nor patch tokens to weigh: write_interpretation, as select-best
+    runs it, still draws every mistake, with no heat beside it, and says why. The images are
+    grey, so any of Grad-CAM's jet colours in the picture would show as blue."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    classes = ["ant", "bee"]
+    built = build_model("timm/pit_ti_224", None, classes, 224)
+    checkpoint = {**built.spec.to_dict(), "model_state_dict": built.model.state_dict(), "epoch": 1}
+    rows = []
+    for i in range(3):
+        grey = np.random.default_rng(i).integers(0, 256, (224, 224), dtype=np.uint8)
+        Image.fromarray(grey).convert("RGB").save(tmp_path / f"{i}.png")
+        rows.append((str(tmp_path / f"{i}.png"), classes[i % 2], classes[(i + 1) % 2], f"{0.9 - 0.1 * i:.2f}"))
+    frame = pd.DataFrame(rows, columns=["path", "actual", "predicted", "confidence"])
+
+    with caplog.at_level("INFO"):
+        write_interpretation(checkpoint, frame)
+
+    assert "No heat maps: timm/pit_ti_224 has no square feature map or patch tokens for Grad-CAM." in caplog.text
+    picture = np.asarray(Image.open("best/mistakes.png").convert("RGB")).astype(int)
+    for pixels in model_inputs(frame["path"].tolist(), built.spec):
+        located(picture, np.asarray(panel(pixels)))  # every mistake is drawn
+    red, green, blue = picture[..., 0], picture[..., 1], picture[..., 2]
+    assert not ((blue > red + 40) & (blue > green + 40)).any()  # and no heat over any of them
