@@ -214,18 +214,23 @@ def test_dvc_repro_killed_from_outside_resumes_on_the_next_repro(
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_evaluate_refuses_a_damaged_checkpoint_and_names_it(trained: tuple[Path, list[dict]], damage: str) -> None:
+    """Two checkpoints damaged, one each way: one error line names every damaged file."""
     project, _ = trained
-    path = project / "checkpoints" / "epoch_002.pt"
-    data = bytearray(path.read_bytes())
-    if damage == "truncate":
-        data = data[: len(data) // 3]
-    else:
-        data[len(data) // 2] ^= 0xFF
-    path.unlink()  # a hard link to the run's files: replace, don't edit in place
-    path.write_bytes(bytes(data))
+    for epoch, how in ((2, damage), (1, "flip" if damage == "truncate" else "truncate")):
+        path = project / "checkpoints" / f"epoch_00{epoch}.pt"
+        data = bytearray(path.read_bytes())
+        if how == "truncate":
+            data = data[: len(data) // 3]
+        else:
+            data[len(data) // 2] ^= 0xFF
+        path.unlink()  # a hard link to the run's files: replace, don't edit in place
+        path.write_bytes(bytes(data))
 
     result = stage("evaluate", project, check=False)
     assert result.returncode == 2
-    assert "checkpoints/epoch_002.pt is damaged" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, result.stderr
+    assert f"2 of {len(list((project / 'checkpoints').glob('*.pt')))} checkpoints cannot be used" in errors[0]
+    assert "checkpoints/epoch_001.pt is damaged" in errors[0] and "checkpoints/epoch_002.pt is damaged" in errors[0]
     assert "Traceback" not in result.stderr
     assert not (project / "eval" / "scores.csv").exists()
