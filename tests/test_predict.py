@@ -57,6 +57,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / BROKEN).write_bytes((root / "c.png").read_bytes()[:40])  # a truncated PNG
     (root / "shots/.hidden.png").write_bytes((root / "c.png").read_bytes())  # hidden: never listed
     (root / "shots/notes.txt").write_text("not an image\n")  # not an image extension: not listed
+    (root / "models/empty.pt").write_bytes(b"")  # a checkpoint whose write never began
     return root
 
 
@@ -135,6 +136,9 @@ def test_table_prints_a_line_per_image(project: Path) -> None:
         (["c.png", "--model", "models/nope.pt"], "model file models/nope.pt does not exist"),
         (["nope.png", "--model", MODEL], "nope.png: no such file or folder"),
         ([BROKEN, "--model", MODEL], "none of the 1 path(s) could be read as an image"),
+        # docs/design.md: a file given as a checkpoint that is none says what it is.
+        (["c.png", "--model", "c.png"], "c.png is not a PyTorch file (a checkpoint or state_dict saved with"),
+        (["c.png", "--model", "models/empty.pt"], "models/empty.pt is damaged: it is empty (0 bytes)"),
     ],
 )
 def test_user_errors_are_one_line(project: Path, args: list[str], message: str) -> None:
