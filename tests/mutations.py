@@ -402,6 +402,13 @@ MUTATIONS = [
         "        return np.zeros((len(pixels), spec.image_size, spec.image_size)), why\n",
         ("tests/test_interpretation.py",),
     ),
+    Mutation(
+        "channels-last-heat-transposed",
+        "Grad-CAM reads a channels-last map (timm's Swin) with its rows and columns swapped",
+        "            return activations.permute(0, 3, 1, 2)",
+        "            return activations.permute(0, 3, 2, 1)",
+        ("tests/test_heatmaps.py",),
+    ),
 ]
 
 

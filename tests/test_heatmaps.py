@@ -127,6 +127,33 @@ def test_grad_cam_weighs_each_map_by_its_mean_gradient_by_hand() -> None:
     torch.testing.assert_close(grad_cam(model, images, classes, layer), cam / cam.amax(dim=(1, 2), keepdim=True))
 
 
+class ChannelsLastConv(torch.nn.Module):
+    """A convolution whose map comes out channels last (N, H, W, C), as timm's Swin stages give it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 5, 3, padding=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(images)).permute(0, 2, 3, 1)
+
+
+def test_grad_cam_of_a_channels_last_map_by_hand() -> None:
+    """The same by hand for a map laid out (N, H, W, C): the heat at row i, column j is that
+    of the image's row i, column j, not its transpose (random weights make it asymmetric)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(ChannelsLastConv(), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 5, 3)).eval()
+    images, classes = torch.randn(2, 3, 4, 4), torch.tensor([2, 0])
+    layer = feature_layer(model, 4)
+    assert layer == FeatureLayer("0", "NHWC", 4)
+    with torch.no_grad():
+        maps = model[0](images)  # (N, H, W, C)
+        weights = model[2].weight[classes].view(2, 4, 4, 5).mean(dim=(1, 2))
+    cam = F.relu(torch.einsum("nk,nhwk->nhw", weights, maps))
+    assert not torch.allclose(cam, cam.transpose(1, 2))
+    torch.testing.assert_close(grad_cam(model, images, classes, layer), cam / cam.amax(dim=(1, 2), keepdim=True))
+
+
 @pytest.mark.parametrize(
     "kind", ["torchvision ViT", "timm/test_vit", "timm Swin", "timm/test_convnext", "mobilenet_v3_small"]
 )
