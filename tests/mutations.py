@@ -409,6 +409,13 @@ MUTATIONS = [
         "            return activations.permute(0, 3, 2, 1)",
         ("tests/test_heatmaps.py",),
     ),
+    Mutation(
+        "randaugment-magnitude-ignored",
+        "RandAugment runs at magnitude 9 whatever train.augment.randaugment_magnitude says",
+        "num_ops=params.randaugment_ops, magnitude=params.randaugment_magnitude, interpolation=bilinear",
+        "num_ops=params.randaugment_ops, magnitude=9, interpolation=bilinear",
+        ("tests/test_augment.py",),
+    ),
 ]
 
 

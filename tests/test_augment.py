@@ -146,21 +146,26 @@ def test_a_param_that_declares_neither_its_off_value_nor_what_it_shapes_stops_au
 
 
 @pytest.mark.parametrize(
-    ("policy", "reference"),
+    ("settings", "reference"),
     [
-        (AugmentPolicy.trivialaugment, v2.TrivialAugmentWide),
-        (AugmentPolicy.randaugment, partial(v2.RandAugment, num_ops=2, magnitude=9)),
-        (AugmentPolicy.autoaugment, partial(v2.AutoAugment, v2.AutoAugmentPolicy.IMAGENET)),
+        ({"policy": AugmentPolicy.trivialaugment}, v2.TrivialAugmentWide),
+        ({"policy": AugmentPolicy.randaugment}, partial(v2.RandAugment, num_ops=2, magnitude=9)),
+        # Other than the defaults, and ops not magnitude: a swapped or ignored pair shows.
+        (
+            {"policy": AugmentPolicy.randaugment, "randaugment_ops": 3, "randaugment_magnitude": 15},
+            partial(v2.RandAugment, num_ops=3, magnitude=15),
+        ),
+        ({"policy": AugmentPolicy.autoaugment}, partial(v2.AutoAugment, v2.AutoAugmentPolicy.IMAGENET)),
     ],
-    ids=["trivialaugment", "randaugment", "autoaugment"],
+    ids=["trivialaugment", "randaugment", "randaugment-3-15", "autoaugment"],
 )
 def test_the_policies_interpolate_bilinearly_as_the_references_pass_them(
-    policy: AugmentPolicy, reference: Callable[..., v2.Transform]
+    settings: dict, reference: Callable[..., v2.Transform]
 ) -> None:
     """Each image as torchvision's own policy with interpolation=BILINEAR gives it from the same
     draw; with v2's default, nearest, the rotated, sheared and translated ones differ."""
     images = copies_of_one_image(16)
-    augment = batch_augmentation(params(policy=policy), 5, MEAN, STD, CPU)
+    augment = batch_augmentation(params(**settings), 5, MEAN, STD, CPU)
     keys = torch.arange(16) * 7 + 3  # each image's draw is seeded by its key
     ours, _ = augment(images, torch.zeros(16, dtype=torch.int64), keys)
 
