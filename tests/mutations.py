@@ -416,6 +416,13 @@ MUTATIONS = [
         "num_ops=params.randaugment_ops, magnitude=9, interpolation=bilinear",
         ("tests/test_augment.py",),
     ),
+    Mutation(
+        "decay-norms-and-biases-ignored",
+        "the train stage leaves BatchNorm and biases undecayed whatever train.decay_norms_and_biases says",
+        "        decay_norms_and_biases=config.decay_norms_and_biases, layer_decay=config.layer_decay,",
+        "        decay_norms_and_biases=False, layer_decay=config.layer_decay,",
+        ("tests/test_recipes.py", "-k", "decaying_norms"),
+    ),
 ]
 
 

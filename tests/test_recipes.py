@@ -540,3 +540,20 @@ def test_the_train_stage_builds_its_model_with_the_drop_path_rate_set(prepared: 
         ours = ModelSpec.from_checkpoint(checkpoint).untrained_model()
         theirs = timm.create_model("test_efficientnet", drop_path_rate=0.3)
     assert rates(ours) == pytest.approx(rates(theirs)) and max(rates(theirs)) > 0.2
+
+
+def test_decaying_norms_and_biases_too_reaches_the_train_stage_s_optimizer(prepared: Path) -> None:
+    """train.decay_norms_and_biases: true (docs/results.md's setting, as the references' plain
+    --weight-decay does): the stage's optimizer decays every trained tensor, resnet18's
+    one-dimensional ones (BatchNorm's and the biases, counted on torchvision's own) included."""
+    project = prepared
+    recipe = {"model.arch": "resnet18", "model.weights": None, "train.epochs": 1, "train.weight_decay": 0.01}
+    set_checked_params(project, freeze="none", **recipe, **{"train.decay_norms_and_biases": True})
+    for name in ("weights", "train"):
+        stage(name, project)
+    groups = load_checkpoint(project / "checkpoints/epoch_001.pt")["optimizer_state_dict"]["param_groups"]
+    reference = torchvision.models.resnet18(num_classes=5)
+    assert sum(len(group["params"]) for group in groups) == len(list(reference.parameters()))
+    undecayed = sum(len(group["params"]) for group in groups if group["weight_decay"] == 0)
+    assert sum(1 for tensor in reference.parameters() if tensor.ndim <= 1) > 0 and undecayed == 0
+    assert {group["weight_decay"] for group in groups} == {0.01}
