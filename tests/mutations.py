@@ -423,6 +423,13 @@ MUTATIONS = [
         "        decay_norms_and_biases=False, layer_decay=config.layer_decay,",
         ("tests/test_recipes.py", "-k", "decaying_norms"),
     ),
+    Mutation(
+        "export-cache-keeps-the-oldest",
+        "the export cache prunes its newest programs and keeps the oldest six",
+        "    for _, old in sorted(dated, reverse=True)[KEEP_EXPORTS:]:",
+        "    for _, old in sorted(dated)[KEEP_EXPORTS:]:",
+        ("tests/test_export.py",),
+    ),
 ]
 
 

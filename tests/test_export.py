@@ -301,3 +301,17 @@ def test_a_filter_the_program_cannot_carry_leaves_a_line_saying_so(
     marker = (tmp_path / "best_image.pt2").read_text()
     assert marker.startswith("not a model: exporting resnet18 with its preprocessing failed: ValueError")
     assert "bilinear, bicubic, not lanczos" in marker and "could not export resnet18" in caplog.text
+
+
+def test_the_export_cache_keeps_the_newest_six_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/design.md: the cache keeps the programs of the last three checkpoints (six files),
+    newest by modification time; older ones are removed as new ones come in."""
+    monkeypatch.setattr(export, "EXPORTS_DIR", tmp_path / "exports")
+    for i in range(8):
+        program = tmp_path / f"program{i}.pt2"
+        program.write_bytes(f"program {i}".encode())
+        export.cache_export(f"key{i}", program)
+        for age, cached in enumerate(sorted((tmp_path / "exports").iterdir())):  # key0 oldest, and so on
+            os.utime(cached, (1_000_000 + age, 1_000_000 + age))
+    kept = sorted(path.name.split(".")[0] for path in (tmp_path / "exports").iterdir())
+    assert kept == [f"key{i}" for i in range(2, 8)]
