@@ -2,7 +2,6 @@
 loads and runs, with the checkpoint's outputs for any batch size, or from a decoded image
 tools.predict's probabilities, and that never cost the stage its results."""
 
-import errno
 import json
 import logging
 import os
@@ -206,17 +205,23 @@ def test_a_failed_export_keeps_the_results_and_says_why(
     assert marker.startswith("not a model: exporting resnet18 with torch.export failed: RuntimeError")
 
 
-def test_a_full_disk_while_writing_the_export_fails_the_stage(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only a model that torch.export cannot capture gets the text stub; an I/O error is no such thing."""
-
-    def disk_full(*args: object, **kwargs: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
+def test_a_full_disk_while_writing_the_export_fails_the_stage(project: Path) -> None:
+    """docs/design.md: a full disk while writing any file is one line and exit code 1, through
+    the stage's own entry point. Only a model that torch.export cannot capture gets the text
+    stub; an I/O error is no such thing, so no best.pt2 is left behind."""
     fake_evaluation(project, tiny_checkpoint("resnet18", 16))
-    monkeypatch.chdir(project)
-    monkeypatch.setattr(torch.export, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        select_best.main()
+    full_disk = (
+        "import errno, runpy, torch\n"
+        "def disk_full(*args, **kwargs):\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "torch.export.save = disk_full\n"
+        "runpy.run_module('pipeline.select_best', run_name='__main__')\n"
+    )
+    result = run([sys.executable, "-c", full_disk], project, check=False)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "no space left on the disk" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
     assert not (project / "models/best.pt2").exists()
 
 
