@@ -1,5 +1,5 @@
 """tests/mutations.py stays live: each mutation's text occurs exactly once in pipeline/ and
-names test files that exist, so the script cannot silently rot as code moves."""
+tools/ and names test files that exist, so the script cannot silently rot as code moves."""
 
 import re
 
@@ -10,7 +10,7 @@ from tests.mutations import MUTATIONS, REPO, Mutation, MutationError, apply
 
 @pytest.mark.parametrize("mutation", MUTATIONS, ids=lambda m: m.name)
 def test_each_mutation_still_applies_to_exactly_one_place(mutation: Mutation, tmp_path) -> None:
-    for path in (REPO / "pipeline").rglob("*.py"):  # apply() edits the copy, never the repo
+    for path in [*(REPO / "pipeline").rglob("*.py"), *(REPO / "tools").rglob("*.py")]:  # apply() edits a copy
         target = tmp_path / path.relative_to(REPO)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(path.read_text())
