@@ -7,6 +7,7 @@ be compared with what the code really reads.
 
 import json
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 import torch
 import yaml
 
-from pipeline.checkpoints import load_checkpoint
+from pipeline import export
+from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.config import Params
 from pipeline.freezing import freeze, parse_freeze, set_train_mode
 from pipeline.models import build_model
@@ -157,6 +159,40 @@ def test_predict_piped_into_head_stops_quietly_with_exit_code_141(pipeline_run: 
     assert result.stdout.splitlines()[0].startswith("path,class_1,probability_1")
     assert len(result.stdout.splitlines()) == 2
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
+def test_the_export_page_s_examples_run_on_torch_alone_and_give_predict_s_answer(
+    pipeline_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """docs/export.md's two Python examples, as written, in a copy of the reproduced project,
+    with torchvision and this project's code made unimportable: each prints predict's class
+    for the example image, and its probability: to the 4 decimals printed from best_image.pt2
+    (the same preprocessing inside), and to 2e-3 from best.pt2 (the page resizes with Pillow,
+    within a step of 8-bit value of torchvision's resize; equal to 4 decimals here). The tiny run's model gives nearly
+    the same probabilities (0.20) whatever its input, so best.pt's model is replaced by a
+    random resnet18 with a head 30 times larger: a model whose answer moves with its input."""
+    project = copy_project(pipeline_run[0], tmp_path / "project")
+    checkpoint = load_checkpoint(project / "models/best.pt")
+    torch.manual_seed(0)
+    fresh = build_model("resnet18", None, checkpoint["classes"], checkpoint["image_size"])
+    state = fresh.model.state_dict()
+    checkpoint |= {"arch": "resnet18", "head": "fc", "model_kwargs": fresh.spec.model_kwargs}
+    checkpoint["model_state_dict"] = {**state, "fc.weight": state["fc.weight"] * 30}
+    save_checkpoint(checkpoint, project / "models/best.pt")
+    export.write_exports(checkpoint, project / "models/best.pt2", project / "models/best_image.pt2")
+
+    page = (REPO / "docs/export.md").read_text()
+    blocks = re.findall(r"^```python[ \t]*\n(.*?)^```", page, re.MULTILINE | re.DOTALL)
+    assert [("best_image.pt2" in block, "best.pt2" in block) for block in blocks] == [(True, False), (False, True)]
+    image = "data/digits/target/5/0005.png"
+    assert all(image in block for block in blocks)
+    (top,) = json.loads(run([sys.executable, "-m", "tools.predict", image, "--format", "json"], project).stdout)
+    assert 0.4 < top["top"][0]["probability"] < 0.999  # neither flat nor saturated
+    cut_off = "import sys\nsys.modules['torchvision'] = None\nsys.modules['pipeline'] = None\n"
+    for block, tolerance in zip(blocks, (1e-4, 2e-3), strict=True):
+        printed = run([sys.executable, "-c", cut_off + block], project).stdout.split()
+        assert printed[0] == top["top"][0]["class"]
+        assert float(printed[1]) == pytest.approx(top["top"][0]["probability"], abs=tolerance)
 
 
 # --- the training stage's guards and options --------------------------------------------------
