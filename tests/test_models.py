@@ -9,6 +9,7 @@ initialised. A meta-device forward pass checks shapes without computing anything
 import copy
 import dataclasses
 import functools
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +42,7 @@ from pipeline.freezing import (
 )
 from pipeline.models import ModelSpec, build_model, check_input_size, model_from_checkpoint, skeleton_model
 from pipeline.optim import make_optimizer
+from testing.project import REPO, run
 
 ARCHS = torchvision.models.list_models(module=torchvision.models)
 NUM_CLASSES = 3
@@ -713,3 +715,23 @@ def test_drop_path_gives_each_block_the_rate_its_library_gives_it(arch: str) -> 
     assert drop_rates(built.model) == pytest.approx(expected)
     assert drop_rates(rebuilt) == pytest.approx(expected)
     assert default != drop_rates(built.model)
+
+
+def test_the_models_command_lists_the_head_and_what_first_n_freezes() -> None:
+    """docs/fine-tuning.md: `python -m pipeline.models ARCH` names the head and, in order, the
+    stages `freeze: first:N` counts: for resnet18 its children with parameters but the head,
+    for vit_b_16 the patch embedding (with the class token and position embeddings), then
+    each encoder block, as torchvision's own modules list them."""
+    result = run([sys.executable, "-m", "pipeline.models", "resnet18", "vit_b_16"], REPO)
+    lines = result.stdout.splitlines()
+    with torch.device("meta"):
+        resnet, vit = torchvision.models.resnet18(), torchvision.models.vit_b_16()
+    trunk = [name for name, child in resnet.named_children() if name != "fc" and any(True for _ in child.parameters())]
+    assert lines[0] == f"resnet18: head fc; {len(trunk)} stages for freeze first:N"
+    assert [line.split()[0] for line in lines[1 : 1 + len(trunk)]] == [f"first:{n}" for n in range(1, len(trunk) + 1)]
+    assert [line.split()[-1] for line in lines[1 : 1 + len(trunk)]] == trunk
+    blocks = [f"encoder.layers.{name}" for name, _ in vit.encoder.layers.named_children()]
+    at = 1 + len(trunk)
+    assert lines[at] == f"vit_b_16: head heads.head; {1 + len(blocks)} stages for freeze first:N"
+    listed = [line.split()[-1].split("+") for line in lines[at + 1 :]]
+    assert listed[0][0] == "conv_proj" and [entry[0] for entry in listed[1:]] == blocks
