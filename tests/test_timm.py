@@ -38,7 +38,7 @@ from pipeline.data.cache import decoded_images
 from pipeline.freezing import freeze, parse_freeze, set_train_mode, stage_names
 from pipeline.models import build_model, check_model_params, describe, model_from_checkpoint
 from pipeline.optim import make_optimizer
-from testing.project import REPO, run, set_checked_params, stage
+from testing.project import REPO, run, set_checked_params, set_params, stage
 from tests.helpers import file_sha1
 
 CLASSES = ["ant", "bee", "cat"]
@@ -390,3 +390,21 @@ def test_predict_classifies_with_a_timm_checkpoint(project: Path) -> None:
         values, indices = probabilities.topk(3)
         assert [entry["class"] for entry in obj["top"]] == [CLASSES[index] for index in indices.tolist()]
         assert [entry["probability"] for entry in obj["top"]] == pytest.approx(values.tolist(), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("arch", "heads"),
+    [
+        ("timm/deit_tiny_distilled_patch16_224", "('head', 'head_dist')"),
+        ("timm/levit_128s", "('head.linear', 'head_dist.linear')"),
+    ],
+)
+def test_a_model_with_two_classifier_layers_is_refused_before_any_work(arch: str, heads: str, project: Path) -> None:
+    """docs/fine-tuning.md: distilled DeiT and LeViT carry a head and a distillation head; the
+    pipeline fine-tunes one, so check_params refuses them in one line naming both, and no
+    stage after it runs."""
+    set_params(project, **{"model.arch": arch, "model.weights": None, "model.image_size": 224})
+    result = stage("check_params", project, check=False)
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{arch} has not one classifier layer but {heads}" in errors[0]
