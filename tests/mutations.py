@@ -437,6 +437,13 @@ MUTATIONS = [
         "        if True:\n            raise",
         ("tests/test_export.py", "-k", "full_disk"),
     ),
+    Mutation(
+        "confusion-of-nothing",
+        "the confusion matrix plot shows every test image as predicted right",
+        '    write_csv(predictions[["actual", "predicted"]], BEST_CONFUSION)',
+        '    write_csv(predictions.assign(predicted=predictions["actual"])[["actual", "predicted"]], BEST_CONFUSION)',
+        ("tests/test_plots.py", "-k", "every_plot"),
+    ),
 ]
 
 

@@ -20,6 +20,7 @@ import pytest
 from dvc_render.vega import VegaRenderer
 from PIL import Image
 
+from pipeline.checkpoints import load_checkpoint
 from testing.project import copy_project, run
 from tests.conftest import Reproduced
 from tests.helpers import located
@@ -53,6 +54,42 @@ def test_plots_mark_the_chosen_epoch_and_name_the_classes(reproduced: Path) -> N
     confusion = next(spec for name, spec in plots.items() if name.startswith("Confusion"))[0]["content"]
     cells = confusion["data"]["values"]
     assert {row["actual"] for row in cells} == {"5", "6", "7", "8", "9"}
+
+
+def test_every_plot_dvc_yaml_declares_shows_the_run_s_own_numbers(reproduced: Path) -> None:
+    """The rest of the plots page, from `dvc plots show --json` (what the page draws, checked
+    without a browser): accuracy with the chosen epoch marked, each epoch's learning rate as
+    its checkpoint recorded it, a confusion cell per test image of the chosen checkpoint, the
+    per-class table's rows, and the picture of the mistakes."""
+    plots = json.loads(dvc(reproduced, "plots", "show", "--json"))["data"]
+    chosen = json.loads((reproduced / "best" / "metrics.json").read_text())
+
+    def values(title: str) -> list[dict]:
+        return next(spec for name, spec in plots.items() if name.startswith(title))[0]["content"]["data"]["values"]
+
+    accuracy = values("Accuracy per epoch")
+    assert {row["field"] for row in accuracy} == {"val_accuracy", "test_accuracy"}
+    assert {int(row["epoch"]) for row in accuracy if row["selected"] == "1"} == {chosen["epoch"]}
+    scores = pd.read_csv(reproduced / "eval" / "scores.csv")
+    shown_test = [row for row in accuracy if row["field"] == "test_accuracy"]
+    test = {int(row["epoch"]): float(row["dvc_inferred_y_value"]) for row in shown_test}
+    assert test == pytest.approx(dict(zip(scores["epoch"], scores["test_accuracy"], strict=True)))
+
+    recorded = [load_checkpoint(path)["lr"] for path in sorted((reproduced / "checkpoints").glob("epoch_*.pt"))]
+    assert [float(row["lr"]) for row in values("Learning rate per epoch")] == pytest.approx(recorded)
+
+    name = f"epoch_{chosen['epoch']:03d}{'' if chosen['weights'] == 'raw' else '_' + chosen['weights']}.csv"
+    predictions = pd.read_csv(reproduced / "eval" / "predictions" / name, dtype=str)
+    cells = pd.DataFrame(values("Confusion matrix"))[["actual", "predicted"]]
+    pairs = sorted(zip(predictions["actual"], predictions["predicted"], strict=True))
+    assert sorted(zip(cells["actual"], cells["predicted"], strict=True)) == pairs
+
+    table = pd.read_csv(reproduced / "best" / "classes.csv", dtype=str, keep_default_na=False)
+    shown = pd.DataFrame(values("Per-class scores"))[list(table.columns)]
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), table)
+
+    (image,) = plots["best/mistakes.png"]
+    assert Path(image["url"]).read_bytes() == (reproduced / "best" / "mistakes.png").read_bytes()
 
 
 def test_select_best_tells_which_classes_and_images_the_chosen_checkpoint_gets_wrong(reproduced: Path) -> None:
