@@ -444,6 +444,15 @@ MUTATIONS = [
         '    write_csv(predictions.assign(predicted=predictions["actual"])[["actual", "predicted"]], BEST_CONFUSION)',
         ("tests/test_plots.py", "-k", "every_plot"),
     ),
+    Mutation(
+        "near-copies-of-other-classes-dropped",
+        "prepare drops near-duplicates with different labels as if they were the same bytes",
+        '    labels_of = found.groupby("sha1")["label"].agg(lambda labels: sorted(set(labels)))\n'
+        '    conflicting = found["sha1"].map(',
+        '    labels_of = found.groupby("dhash")["label"].agg(lambda labels: sorted(set(labels)))\n'
+        '    conflicting = found["dhash"].map(',
+        ("tests/test_prepare.py", "-k", "keeps_duplicates"),
+    ),
 ]
 
 

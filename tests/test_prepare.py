@@ -258,6 +258,9 @@ def test_prepare_keeps_duplicates_in_one_split_and_drops_conflicting_copies(proj
         ]:
             copy.save(root / "b" / name, quality=90)
             near.append(root / "b" / name)
+        # A near copy under another class: kept with its own label, in the group's split.
+        original.save(root / "c" / "original_in_c.jpg", quality=80)
+        near.append(root / "c" / "original_in_c.jpg")
     # One file under two classes: no label is right for both.
     conflicting = [root / "c" / "2.png", root / "b" / "from_c.png"]
     conflicting[1].write_bytes(conflicting[0].read_bytes())
@@ -284,4 +287,6 @@ def test_prepare_keeps_duplicates_in_one_split_and_drops_conflicting_copies(proj
     assert sorted(sorted(rows["path"]) for rows in by_group.values()) == sorted(sorted(group) for group in rel[:2])
     assert set(duplicates.loc[duplicates["path"].isin(rel[0]), "match"]) == {"exact"}
     assert set(duplicates.loc[duplicates["path"].isin(rel[1]), "match"]) == {"near"}
+    labels = dict(zip(manifest["path"], manifest["label"], strict=True))
+    assert {labels[p] for p in rel[1]} == {"b", "c"} and labels[rel[1][-1]] == "c"
     assert dict(zip(duplicates["path"], duplicates["split"], strict=True)) == {p: split_of[p] for p in rel[0] + rel[1]}
