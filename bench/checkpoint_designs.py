@@ -2,7 +2,7 @@
 
     python -m bench.checkpoint_designs [--images N] [--epochs E] [--runs R] [--json FILE]
 
-The demo's training steps (resnet18 with 10 classes, 32 px, batch 64, SGD with momentum)
+The train stage's own loop (resnet18 with 10 classes, 32 px, batch 64, SGD with momentum)
 over N random images held in memory, so the epoch is the demo's compute without its data
 path; the checkpoint is the demo's (weights and momentum, 90 MB). Each design is measured
 as R pairs of runs of E epochs, alternating: a run without checkpoints, then a run with one
@@ -34,31 +34,37 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torchvision
 
+from bench.loops import synthetic_images
 from bench.report import finish, markdown_table
-from pipeline.checkpoints import FORMAT, content_digest, on_cpu, save_checkpoint
+from pipeline.batches import ImageBatches
+from pipeline.checkpoints import FORMAT, content_digest, save_checkpoint
+from pipeline.engine import LoopOptions, train_one_epoch
 from pipeline.files import fsync_folder
+from pipeline.models import build_model
 
 DEMO_TRAIN_IMAGES = 538  # the demo's train split: 60% of its 896 target images
 SIZE, BATCH = 32, 64
 
 
 class Trainer:
-    """The demo's training steps on random images, and its checkpoint."""
+    """The train stage's own loop (engine.train_one_epoch) on the demo's model, size and
+    batch, over random images held in memory, and its checkpoint."""
 
     def __init__(self, images: int) -> None:
         torch.manual_seed(0)
-        self.model = torchvision.models.resnet18(num_classes=10)
+        classes = [str(k) for k in range(10)]
+        pixels, targets = synthetic_images(images, SIZE, len(classes))
+        built = build_model("resnet18", None, classes, SIZE)
+        self.model = built.model
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-        self.batches = [torch.randn(min(BATCH, images - start), 3, SIZE, SIZE) for start in range(0, images, BATCH)]
+        cpu = torch.device("cpu")
+        self.data = ImageBatches(pixels, torch.arange(images), targets, cpu, built.spec.mean, built.spec.std)
+        self.epochs = 0
 
     def epoch(self) -> None:
-        for batch in self.batches:
-            self.optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(self.model(batch), torch.zeros(len(batch), dtype=torch.long))
-            loss.backward()
-            self.optimizer.step()
+        self.epochs += 1  # each epoch its own seeded order, as in a run
+        train_one_epoch(self.model, self.data, self.optimizer, LoopOptions(batch_size=BATCH), self.epochs)
 
     def checkpoint(self, epoch: int) -> dict:
         state = {"model_state_dict": self.model.state_dict(), "optimizer_state_dict": self.optimizer.state_dict()}
@@ -103,7 +109,7 @@ def designs(background: Background) -> dict[str, Callable[[dict, Path], None]]:
         background.start(durable)
 
     def thread(checkpoint: dict, path: Path) -> None:
-        snapshot = on_cpu({key: clone(value) for key, value in checkpoint.items()})
+        snapshot = clone(checkpoint)  # the tensors are on the CPU already
         background.start(lambda: save_checkpoint(snapshot, path))
 
     return {"inline": inline, "fsync_behind": fsync_behind, "thread": thread}

@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, PILToTensor, Resize, ToDtype
 
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
-from pipeline.models import build_model, model_from_checkpoint
+from pipeline.models import build_model
 from testing.project import make_project, run
+from tests.helpers import torchvision_logits
 
 CLASSES = ["cat", "dog", "fox"]
 MODEL = "models/tiny.pt"
@@ -66,23 +65,13 @@ def predict(project: Path, *args: str, check: bool = True):
 
 
 def expected_top(project: Path, k: int) -> dict[str, list[tuple[str, float]]]:
-    """What the checkpoint's model gives for each readable image, preprocessed by torchvision
-    (on uint8 tensors, as the pipeline resizes)."""
+    """What the checkpoint's weights in torchvision's own model give for each readable image,
+    preprocessed by torchvision (tests.helpers.torchvision_logits)."""
     checkpoint = load_checkpoint(project / MODEL)
-    model = model_from_checkpoint(checkpoint).eval()
-    transform = Compose([
-        PILToTensor(),
-        Resize(checkpoint["resize_size"], interpolation=InterpolationMode(checkpoint["interpolation"])),
-        CenterCrop(checkpoint["image_size"]),
-        ToDtype(torch.float32, scale=True),
-        Normalize(checkpoint["mean"], checkpoint["std"]),
-    ])  # fmt: skip
+    probabilities = torchvision_logits(checkpoint, READABLE, project).softmax(dim=1)
     expected = {}
-    for name in READABLE:
-        image = transform(Image.open(project / name).convert("RGB"))[None]
-        with torch.no_grad():
-            probabilities = model(image).softmax(dim=1)[0]
-        values, indices = probabilities.topk(k)
+    for name, row in zip(READABLE, probabilities, strict=True):
+        values, indices = row.topk(k)
         expected[name] = [(CLASSES[i], p) for i, p in zip(indices.tolist(), values.tolist(), strict=True)]
     return expected
 
