@@ -23,7 +23,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.checkpoints import load_checkpoint
+from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.cli import UserError, progress
 from pipeline.config import load_params
 from pipeline.distributed import EXIT_LOST_CONTACT, Ranks, first_cause, shard, sync_batchnorm
@@ -298,19 +298,39 @@ def test_validation_with_batchnorm_training_is_that_of_the_saved_weights(batchno
 
 
 def test_evaluate_on_two_processes_gives_the_scores_of_one(batchnorm_trains: Path, tmp_path: Path) -> None:
+    """A third checkpoint, the second's weights saved as epoch 3, makes the ranks' shares
+    come back out of epoch order (rank 0 scores 1 and 3, rank 1 scores 2): the table must
+    still be one process's, in epoch order, with epoch 3's scores those of epoch 2."""
     project = copy_project(batchnorm_trains, tmp_path / "project")
     for output in ("eval/scores.csv", "eval/predictions"):
         subprocess.run(["rm", "-rf", str(project / output)], check=True)
+    save_checkpoint({**load_checkpoint(project / LAST), "epoch": 3}, project / "checkpoints/epoch_003.pt")
     set_checked_params(project, **{"evaluate.processes": 2})
     result = stage("evaluate", project)
     assert "starting 2 evaluation processes" in result.stderr
-    assert (project / "eval/scores.csv").read_text() == (batchnorm_trains / "eval/scores.csv").read_text()
+    one = (batchnorm_trains / "eval/scores.csv").read_text().splitlines(keepends=True)
+    assert [line.split(",")[0] for line in one] == ["epoch", "1", "2"]
+    assert (project / "eval/scores.csv").read_text() == "".join([*one, "3" + one[2][1:]])
+    epoch_2 = (batchnorm_trains / "eval/predictions/epoch_002.csv").read_bytes()
+    assert (project / "eval/predictions/epoch_003.csv").read_bytes() == epoch_2
+    (project / "eval/predictions/epoch_003.csv").unlink()
     names = sorted(p.name for p in (batchnorm_trains / "eval/predictions").iterdir())
     assert sorted(p.name for p in (project / "eval/predictions").iterdir()) == names
     for name in names:
         assert (project / "eval/predictions" / name).read_bytes() == (
             batchnorm_trains / "eval/predictions" / name
         ).read_bytes()
+
+    # Damage in rank 1's share (epoch 2) stops the stage as damage in rank 0's does: one line
+    # naming the file, and no table that would leave its epoch out.
+    (project / "eval/scores.csv").unlink()
+    damaged = project / LAST
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    result = stage("evaluate", project, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (error,) = error_lines(result.stderr)
+    assert "1 of 3 checkpoints cannot be used" in error and "epoch_002.pt" in error
+    assert not (project / "eval/scores.csv").exists()
 
 
 def test_a_plain_launch_under_an_operators_variables_is_refused(project: Path) -> None:

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from pipeline.cli import UserError
 from pipeline.engine import score
 from pipeline.gallery import GAP, PANEL, TEXT, Tile, draw_gallery, font, heat_colours, overlay, panel
-from pipeline.interpretation import GALLERY, mistakes, model_inputs, per_class_scores, write_interpretation
+from pipeline.interpretation import mistakes, model_inputs, per_class_scores, write_interpretation
 from pipeline.models import ModelSpec, build_model
 from tests.helpers import located
 
@@ -83,7 +83,10 @@ def test_small_inputs_are_shown_pixel_for_pixel() -> None:
 
 
 def test_heat_is_jet_coloured_and_laid_over_the_image_where_it_is() -> None:
-    assert heat_colours(np.array([0.0, 0.5, 1.0])).tolist() == [[0, 0, 128], [128, 255, 128], [128, 0, 0]]
+    # jet by hand: dark blue, blue at 1/8, cyan at 3/8, yellow at 5/8, red at 7/8, dark red
+    anchors = np.array([0.0, 0.125, 0.375, 0.5, 0.625, 0.875, 1.0])
+    expected = [[0, 0, 128], [0, 0, 255], [0, 255, 255], [128, 255, 128], [255, 255, 0], [255, 0, 0], [128, 0, 0]]
+    assert heat_colours(anchors).tolist() == expected
     grey = panel(np.full((3, 32, 32), 100, np.uint8))
     heat = np.zeros((32, 32))
     heat[20:28, 4:12] = 1.0  # hot low on the left
@@ -137,7 +140,8 @@ def test_the_picture_shows_the_most_confident_mistakes_each_under_its_predicted_
     checkpoint = {**built.spec.to_dict(), "model_state_dict": built.model.state_dict(), "epoch": 3}
     rng = np.random.default_rng(0)
     pixels, rows = [], []
-    for i in range(GALLERY + 1):  # image i is the i-th most confident mistake
+    shown = 16  # docs/design.md: "its 16 most confident test mistakes"
+    for i in range(shown + 1):  # image i is the i-th most confident mistake
         coarse = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
         pixels.append(np.array(coarse.resize((64, 64), Image.Resampling.BICUBIC)))
         path = tmp_path / f"{i:02d}.png"
@@ -149,10 +153,10 @@ def test_the_picture_shows_the_most_confident_mistakes_each_under_its_predicted_
 
     picture = np.asarray(Image.open("best/mistakes.png").convert("RGB"))
     enlarged = [image.repeat(2, axis=0).repeat(2, axis=1) for image in pixels]  # 64 px shown pixel for pixel at 128
-    corners = [located(picture, image) for image in enlarged[:GALLERY]]
+    corners = [located(picture, image) for image in enlarged[:shown]]
     assert sorted(corners) == corners  # rows of tiles, each left to right: most confident first
     with pytest.raises(AssertionError):
-        located(picture, enlarged[GALLERY])  # the least confident is only listed in mistakes.csv
+        located(picture, enlarged[shown])  # the least confident is only listed in mistakes.csv
 
     model = built.model.eval()
     maps: list[torch.Tensor] = []
@@ -160,7 +164,7 @@ def test_the_picture_shows_the_most_confident_mistakes_each_under_its_predicted_
     mean, std = torch.tensor(checkpoint["mean"]).view(3, 1, 1), torch.tensor(checkpoint["std"]).view(3, 1, 1)
     inputs = torch.stack([(torch.from_numpy(image).permute(2, 0, 1) / 255 - mean) / std for image in pixels])
     with torch.no_grad():
-        model(inputs[:GALLERY])
+        model(inputs[:shown])
 
     def cam(i: int, label: str) -> np.ndarray:
         heat = F.relu(torch.einsum("k,khw->hw", model.fc.weight[classes.index(label)], maps[0][i]))

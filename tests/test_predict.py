@@ -172,3 +172,24 @@ def test_every_path_named_or_found_gets_a_row_that_says_what_it_is(project: Path
         assert rows[path].startswith(error), (path, rows[path])
     assert f"{folder}: 1 file(s) without an image extension left out" in result.stderr
     assert "6 of 7 path(s) could not be read as an image" in result.stderr
+
+
+def test_each_path_gets_one_row_whatever_its_name_and_one_readable_image_is_enough(
+    project: Path, tmp_path: Path
+) -> None:
+    """A file named twice, or named and also found in a folder named, is one row, where it
+    first comes; a file named on the command line is read whatever its extension. Exit 0 as
+    long as one image could be read, here beside a FIFO that cannot be."""
+    shutil.copy(project / "c.png", tmp_path / "picture")  # a PNG without an extension
+    os.mkfifo(tmp_path / "named.fifo")
+    picture, fifo = str(tmp_path / "picture"), str(tmp_path / "named.fifo")
+    args = ["c.png", "c.png", "shots", "shots/a.png", picture, "--model", MODEL, "--format", "csv", "--top-k", "1"]
+    rows = list(csv.DictReader(io.StringIO(predict(project, *args).stdout)))
+    assert [row["path"] for row in rows] == ["c.png", *EXPECTED_PATHS[:3], picture]
+    expected = expected_top(project, 1)
+    assert rows[-1]["error"] == "" and rows[-1]["class_1"] == expected["c.png"][0][0]
+    assert float(rows[-1]["probability_1"]) == pytest.approx(expected["c.png"][0][1], abs=PROBABILITY_TOLERANCE)
+
+    result = predict(project, "c.png", fifo, "--model", MODEL, "--format", "csv", check=False)
+    assert result.returncode == 0, result.stderr
+    assert "1 of 2 path(s) could not be read as an image" in result.stderr

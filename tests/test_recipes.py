@@ -1,6 +1,7 @@
 """Fine-tuning recipes: LR schedules with warm-up, a lower trunk LR, gradual unfreezing,
 early stopping, label smoothing and class weights."""
 
+import itertools
 import json
 import math
 import shutil
@@ -340,18 +341,20 @@ def test_the_weights_moving_average_is_kept_scored_beside_them_and_may_be_chosen
         (2, "ema"),
     ]
     assert set(scores["tta"]) == {"hflip"}
-    # Each row's test loss is its own weights' with the mirror images, by torchvision: equal to
-    # 1e-7 on the CPU (measured), while the other weights or no flip are 7e-3 or more off. On
-    # CUDA evaluate runs in bf16, which keeps 8 significant bits: a relative 2**-8 (3.9e-3).
+    # Each row's val and test losses are its own weights' with the mirror images, by torchvision
+    # (val chooses the best, so it must be flipped too): equal to 1e-7 on the CPU (measured),
+    # while the other weights or no flip are 7e-3 or more off. On CUDA evaluate runs in bf16,
+    # which keeps 8 significant bits: a relative 2**-8 (3.9e-3).
     tolerance = 2**-8 if torch.cuda.is_available() else 1e-5
     manifest = pd.read_csv(project / "data/prepared/manifest.csv", dtype=str, keep_default_na=False)
-    test = manifest[manifest["split"] == "test"]
-    for row in scores.itertuples():
+    for row, split in itertools.product(scores.itertuples(), ("val", "test")):
+        rows = manifest[manifest["split"] == split]
         checkpoint = checkpoints[row.epoch - 1]
         key = "ema_state_dict" if row.weights == "ema" else "model_state_dict"
-        logits = torchvision_logits(checkpoint, list(test["path"]), project, key, flip=True)
-        targets = torch.tensor([checkpoint["classes"].index(label) for label in test["label"]])
-        assert row.test_loss == pytest.approx(F.cross_entropy(logits, targets).item(), rel=tolerance), row
+        logits = torchvision_logits(checkpoint, list(rows["path"]), project, key, flip=True)
+        targets = torch.tensor([checkpoint["classes"].index(label) for label in rows["label"]])
+        loss = F.cross_entropy(logits, targets).item()
+        assert getattr(row, f"{split}_loss") == pytest.approx(loss, rel=tolerance), (split, row)
     best_row = scores.loc[scores["val_loss"].idxmin()]
     metrics = json.loads((project / "best/metrics.json").read_text())
     assert (metrics["epoch"], metrics["weights"], metrics["tta"]) == (best_row["epoch"], best_row["weights"], "hflip")

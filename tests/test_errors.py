@@ -1,0 +1,116 @@
+"""Every way a user can run a stage or tool out of order, or on results it cannot use, ends
+in one line that says what to do, and exit code 2: through the command the user runs
+(`python -m pipeline.<stage>`, as `dvc repro` does, or `python -m tools.<tool>`), with no
+traceback and nothing written that the next stage would take for a result.
+
+Each case starts from a project one step short of what the command needs, as a user who
+skipped a step would have it, and the expected line is written out in full here."""
+
+import math
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from testing.project import run, stage
+
+
+def chosen_epoch(project: Path) -> int:
+    """The epoch evaluate's table prefers on val_loss (the default select), by hand."""
+    scores = pd.read_csv(project / "eval/scores.csv")
+    return int(scores.loc[scores["val_loss"].idxmin(), "epoch"])
+
+
+def remove_chosen_checkpoint(project: Path) -> str:
+    epoch = chosen_epoch(project)
+    (project / f"checkpoints/epoch_{epoch:03d}.pt").unlink()
+    assert list((project / "checkpoints").glob("epoch_*.pt")), "another checkpoint must remain"
+    return f"checkpoints/epoch_{epoch:03d}.pt not found, but eval/scores.csv chose it: run the evaluate stage again"
+
+
+def every_val_loss_nan(project: Path) -> str:
+    scores = pd.read_csv(project / "eval/scores.csv")
+    scores["val_loss"] = [math.inf if row % 2 else math.nan for row in range(len(scores))]
+    scores.to_csv(project / "eval/scores.csv", index=False)
+    return "every checkpoint has val_loss = NaN or infinite; there is no best one to keep"
+
+
+def remove_start_weights(project: Path) -> str:
+    (project / "models/start.pt").unlink()
+    return "models/start.pt not found: run the weights stage first (dvc repro weights)"
+
+
+def checked_only(project: Path) -> str:
+    stage("check_params", project)
+    return "data/prepared/manifest.csv not found: run the prepare stage first (dvc repro prepare)"
+
+
+def an_empty_folder(project: Path) -> str:
+    (project / "empty").mkdir()
+    return "no image files in empty"
+
+
+def no_dvc(project: Path) -> str:
+    shutil.rmtree(project / ".dvc")
+    return f"{project} is not a DVC project: run this from the project's root"
+
+
+def unchanged(message: str) -> Callable[[Path], str]:
+    return lambda project: message
+
+
+# (what the user did, the project they did it in, what breaks it, their command)
+CASES = [
+    (
+        "evaluate before train",
+        "prepared",
+        unchanged("no checkpoints in checkpoints/: run the train stage first"),
+        ["-m", "pipeline.evaluate"],
+    ),
+    ("evaluate before prepare", "project", checked_only, ["-m", "pipeline.evaluate"]),
+    ("train without start weights", "prepared", remove_start_weights, ["-m", "pipeline.train"]),
+    (
+        "select-best before evaluate",
+        "prepared",
+        unchanged("eval/scores.csv not found: run the evaluate stage first (dvc repro evaluate)"),
+        ["-m", "pipeline.select_best"],
+    ),
+    ("select-best after its checkpoint went", "reproduced", remove_chosen_checkpoint, ["-m", "pipeline.select_best"]),
+    ("select-best with no usable score", "reproduced", every_val_loss_nan, ["-m", "pipeline.select_best"]),
+    ("predict on an empty folder", "reproduced", an_empty_folder, ["-m", "tools.predict", "empty"]),
+    ("verify outside a DVC project", "project", no_dvc, ["-m", "tools.verify"]),
+]
+
+
+@pytest.mark.parametrize(("situation", "fixture", "breaks", "command"), CASES, ids=[case[0] for case in CASES])
+def test_a_step_out_of_order_is_one_line_saying_what_to_do(
+    request: pytest.FixtureRequest, situation: str, fixture: str, breaks: Callable[[Path], str], command: list[str]
+) -> None:
+    made = request.getfixturevalue(fixture)
+    project = getattr(made, "path", made)
+    message = breaks(project)
+    outputs = ("eval/scores.csv", "best/metrics.json", "models/best.pt")
+    before = {name: (project / name).read_bytes() for name in outputs if (project / name).exists()}
+
+    result = run([sys.executable, *command], project, check=False)
+
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [f"pipeline: error: {message}"], result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    after = {name: (project / name).read_bytes() for name in outputs if (project / name).exists()}
+    assert after == before, "a failed command must leave the results as they were"
+
+
+@pytest.mark.parametrize("option", ["--top-k", "--batch-size"])
+def test_predict_refuses_a_count_of_zero(project: Path, option: str) -> None:
+    """argparse's usage line and exit 2, before any file is read: zero classes per image
+    would print rows with no answer, and batches of zero never end."""
+    result = run([sys.executable, "-m", "tools.predict", "missing.png", option, "0"], project, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"python -m tools.predict: error: argument {option}: 0 is not a positive integer"
+    )
+    assert result.stdout == ""
