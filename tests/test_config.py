@@ -332,12 +332,15 @@ def test_missing_params_file_is_a_user_error(tmp_path: Path) -> None:
 
 
 def write_value(path: Path, key: str, text: str) -> None:
-    """Write `text` as the value of `key` (top-level, or group.key) by hand, as YAML has it."""
-    group, _, name = key.rpartition(".")
-    if group:
-        replace_line(path, group, name, f"  {name}: {text}")
-    else:
-        path.write_text(re.sub(rf"^{name}: .*$", f"{name}: {text}", path.read_text(), count=1, flags=re.M))
+    """Write `text` as the value of `key` (top-level, or group.key, group.subgroup.key) by
+    hand, as YAML has it."""
+    *groups, name = key.split(".")
+    lines, index = path.read_text().splitlines(), -1
+    for depth, part in enumerate([*groups, name]):
+        prefix = f"{'  ' * depth}{part}:"
+        index = next(i for i in range(index + 1, len(lines)) if lines[i].startswith(prefix))
+    lines[index] = f"{'  ' * len(groups)}{name}: {text}"
+    path.write_text("\n".join(lines) + "\n")
 
 
 @pytest.mark.parametrize(
@@ -374,6 +377,9 @@ def test_text_params_are_taken_as_written(params_file: Path, key: str, text: str
         ("train.lr", "-.inf", "train.lr = -.inf (read as -inf) is not allowed"),
         ("train.momentum", ".nan", "train.momentum = .nan (read as nan) is not allowed; it must be a finite number"),
         ("pretrain.weight_decay", ".Inf", "pretrain.weight_decay = .Inf (read as inf)"),
+        # two levels deep: named with both groups
+        ("train.augment.mixup_alpha", ".inf", "train.augment.mixup_alpha = .inf (read as inf) is not allowed"),
+        ("train.early_stopping.min_delta", ".nan", "train.early_stopping.min_delta = .nan (read as nan)"),
         # The same number spelt another way is not worth a remark.
         ("train.epochs", "-0", "train.epochs = 0 is not allowed"),
         ("train.lr", "-1e-2", "train.lr = -0.01 is not allowed"),

