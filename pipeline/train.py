@@ -174,7 +174,9 @@ def set_up(params: Params) -> Run:
     images = images_on(distributed.main_first(ranks, decode, "decode the images into the cache"), device)
     splits = {split: split_batches(images, manifest, split, spec, device) for split in ("train", "val")}
     if config.augment.min_scale < 1:  # random resized crops, cut from the whole pictures (data.copies)
-        copies = distributed.main_first(ranks, partial(training_copies, manifest, spec.sizing))
+        copies = distributed.main_first(
+            ranks, partial(training_copies, manifest, spec.sizing), "make the training copies"
+        )
         splits["train"] = crop_batches(copies, manifest, "train", spec, device)
     weights = class_weights(config.class_weights, splits["train"].targets, len(classes), device)
     criterion = partial(training_loss, weight=weights, label_smoothing=config.label_smoothing)

@@ -560,3 +560,81 @@ def test_decaying_norms_and_biases_too_reaches_the_train_stage_s_optimizer(prepa
     undecayed = sum(len(group["params"]) for group in groups if group["weight_decay"] == 0)
     assert sum(1 for tensor in reference.parameters() if tensor.ndim <= 1) > 0 and undecayed == 0
     assert {group["weight_decay"] for group in groups} == {0.01}
+
+
+# Runs a stage as `python -m` does, recording what its first call of the training loop is
+# given (engine.train_and_score) and what the augmentation is built with, in seen.json.
+RECORD_THE_LOOP = """\
+import json, runpy, sys
+import pipeline.augment as augment
+import pipeline.engine as engine
+seen = {}
+build, train_and_score = augment.batch_augmentation, engine.train_and_score
+def recorded_build(params, num_classes, mean, std, device):
+    seen["augment"] = {"mean": list(mean), "std": list(std), "classes": num_classes}
+    return build(params, num_classes, mean, std, device)
+def recorded_loop(model, train_data, val_data, optimizer, loop, epoch, classes):
+    if "loop" not in seen:
+        weights = loop.class_weights
+        seen["loop"] = {
+            "batch_size": loop.batch_size, "seed": loop.seed, "hflip": loop.hflip, "min_scale": loop.min_scale,
+            "max_aspect": loop.max_aspect, "accumulate": loop.accumulate, "clip_grad_norm": loop.clip_grad_norm,
+            "class_weights": None if weights is None else weights.tolist(), "augmented": loop.augment is not None,
+            "train_targets": sorted(train_data.targets.tolist()), "val_targets": sorted(val_data.targets.tolist()),
+        }
+        with open("seen.json", "w") as file:
+            json.dump(seen, file)
+    return train_and_score(model, train_data, val_data, optimizer, loop, epoch, classes)
+augment.batch_augmentation, engine.train_and_score = recorded_build, recorded_loop
+runpy.run_module(sys.argv[1], run_name="__main__")
+"""
+
+
+def test_every_training_param_reaches_the_train_stage_s_loop(prepared: Path) -> None:
+    """`python -m pipeline.train` hands the loop what params.yaml says, none left at its
+    default (the loop's own handling of each is tested against torchvision elsewhere): the
+    seed, flips, crop scale and aspect, accumulation, clipping, the train split's images (not
+    val's) with class weights by hand from its counts, and the policy with the weights' own
+    mean and std (those best.pt records). Each value differs from the loop's default."""
+    project = prepared
+    recipe = {
+        "train.epochs": 1, "train.seed": 7, "train.augment.hflip": True, "train.augment.min_scale": 0.5,
+        "train.augment.max_aspect": 2.0, "train.augment.policy": "trivialaugment", "train.accumulate_steps": 2,
+        "train.clip_grad_norm": 1.5, "train.class_weights": "balanced",
+    }  # fmt: skip
+    set_checked_params(project, **recipe)
+    run([sys.executable, "-c", RECORD_THE_LOOP, "pipeline.train"], project)
+    seen = json.loads((project / "seen.json").read_text())
+    manifest, classes = read_manifest(project / "data/prepared")
+    labels = {split: [classes.index(label) for label in rows["label"]] for split, rows in manifest.groupby("split")}
+    loop = seen["loop"]
+    assert loop.pop("train_targets") == sorted(labels["train"]) and loop.pop("val_targets") == sorted(labels["val"])
+    counts = [labels["train"].count(k) for k in range(len(classes))]
+    balanced = [len(labels["train"]) / (len(classes) * count) for count in counts]
+    assert loop.pop("class_weights") == pytest.approx(balanced)
+    assert loop == {
+        "batch_size": 128, "seed": 7, "hflip": True, "min_scale": 0.5, "max_aspect": 2.0, "accumulate": 2,
+        "clip_grad_norm": 1.5, "augmented": True,
+    }  # fmt: skip
+    start = load_checkpoint(project / "models/start.pt")
+    assert seen["augment"] == {"mean": start["mean"], "std": start["std"], "classes": len(classes)}
+    assert start["mean"] != start["std"]
+
+
+def test_pretraining_and_random_weights_draw_from_pretrain_seed(prepared: Path) -> None:
+    """docs/params.md: pretrain.seed seeds pretraining (as train.seed training) and draws the
+    weights of `model.weights: null`; train.seed, set apart from it here, plays no part."""
+    project = prepared
+    set_checked_params(project, **{"pretrain.seed": 3, "train.seed": 5})
+    run([sys.executable, "-c", RECORD_THE_LOOP, "pipeline.weights"], project)
+    seen = json.loads((project / "seen.json").read_text())["loop"]
+    assert (seen["seed"], seen["batch_size"]) == (3, 128)
+
+    set_checked_params(project, **{"model.weights": None})
+    stage("weights", project)
+    arch = load_checkpoint(project / "models/start.pt")["arch"]
+    torch.manual_seed(3)
+    reference = torchvision.models.get_model(arch).state_dict()  # torchvision's own draw
+    start = load_checkpoint(project / "models/start.pt")["model_state_dict"]
+    assert start.keys() == {key for key in reference if not key.startswith("fc.")}, arch  # no head
+    assert all(torch.equal(start[key], reference[key]) for key in start)
