@@ -182,7 +182,11 @@ def renumber(path: Path) -> None:  # a number changed, the tensors untouched
     resave(path, lambda c: c.update(epoch=3))
 
 
-@pytest.mark.parametrize("damage", [truncate, empty, flip_tensor_byte, retype, reshape, renumber])
+def rename(path: Path) -> None:  # an entry under another name (a flipped bit in a key), its value untouched
+    resave(path, lambda c: c.update(weighs=c.pop("weights")))
+
+
+@pytest.mark.parametrize("damage", [truncate, empty, flip_tensor_byte, retype, reshape, renumber, rename])
 def test_damaged_checkpoint_is_detected(tmp_path: Path, damage: Callable[[Path], None]) -> None:
     path = tmp_path / "epoch_002.pt"
     save_checkpoint({"weights": torch.randn(64, 64), "epoch": 2}, path)

@@ -101,6 +101,28 @@ def test_training_crops_are_torchvisions_resized_crop_of_the_whole_image(photos:
                 assert (crop.permute(2, 0, 1).float() - other.float()).abs().mean() > 4 * max(difference, 1)
 
 
+@pytest.mark.parametrize(
+    ("whole", "kept"),
+    [
+        ((900, 600), (240, 160)),  # 3:2: both caps bind alike
+        ((1200, 300), (240, 60)),  # a panorama: the longer side's cap binds, 1.5 x 160
+        ((300, 1200), (60, 240)),  # ...upright
+        ((150, 100), (150, 100)),  # within both caps: never enlarged
+    ],
+)
+def test_a_copy_keeps_its_aspect_within_both_caps(
+    whole: tuple[int, int], kept: tuple[int, int], tmp_path: Path
+) -> None:
+    """docs: a copy's shorter side is at most 2.5 model inputs (160 px for 64), its longer side
+    at most 1.5 times that (240 px); the sizes here are by hand."""
+    path = tmp_path / "photo.jpg"
+    photo(np.random.default_rng(0), *whole).save(path, quality=90)
+    manifest = pd.DataFrame({"path": [path.as_posix()], "sha1": [file_sha1(path)]})
+    copies = training_copies(manifest, Sizing(CROP, CROP), tmp_path / "cache")
+    assert tuple(copies.index[0, 4:6].tolist()) == kept  # the copy's width and height
+    assert copies.whole_sizes(torch.tensor([0])).tolist() == [list(whole)]
+
+
 def shifted(box: list[int], width: int, height: int) -> list[int] | None:
     """`box` moved by a tenth of its width (or else height) where the image has room; None if none."""
     top, left, h, w = box

@@ -1,5 +1,6 @@
 """pipeline/data/: finding and decoding images, stratified splits, the pixel cache; and the flips of augmentation."""
 
+import os
 import subprocess
 import sys
 import warnings
@@ -449,6 +450,17 @@ def test_a_new_preprocessing_version_never_reads_an_old_cache(
     assert len(copies) == len(manifest)
 
 
+def test_decoded_images_of_another_filter_are_decoded_again(tmp_path: Path, manifest: pd.DataFrame) -> None:
+    """Bicubic and bilinear inputs of the same sizes are different arrays: the cache keeps
+    each under its own name, and a bicubic model never reads a bilinear one's."""
+    cache = tmp_path / "cache"
+    decoded_images(manifest, Sizing(8, 8, "bilinear"), cache)
+    bicubic = decoded_images(manifest, Sizing(8, 8, "bicubic"), cache)
+    for i, path in enumerate(manifest["path"]):
+        np.testing.assert_array_equal(bicubic[i], load_image(path, Sizing(8, 8, "bicubic")))
+    assert not np.array_equal(bicubic[1], load_image(manifest.loc[1, "path"], Sizing(8, 8, "bilinear")))
+
+
 def test_decoded_images_rebuild_for_a_new_size_or_changed_files(tmp_path: Path, manifest: pd.DataFrame) -> None:
     cache = tmp_path / "cache"
     decoded_images(manifest, Sizing(8, 8), cache)
@@ -515,6 +527,33 @@ def test_stratified_split_keeps_each_group_in_one_split() -> None:
             assert len({splits[i] for i in members}) == 1, (seed, members, splits)
         counts = Counter(zip(labels, splits, strict=True))
         assert all(counts[label, split] >= 1 for label in "ab" for split in SPLITS), (seed, counts)
+
+
+def test_stratified_split_with_groups_misses_each_share_by_less_than_a_group() -> None:
+    """A group of copies counts its images towards its split's share (docs: sizes "may miss
+    the fractions by up to a group's size"): 60 images in 12 groups of 5, val 0.2 and test
+    0.1 by hand are 12 and 6 images, so val ends within one group (5) of 12, never 12 groups."""
+    labels = ["a"] * 60 + ["b"] * 6
+    groups = [i // 5 for i in range(60)] + list(range(100, 106))
+    for seed in range(10):
+        splits = stratified_split(labels, FRACTIONS, seed, groups)
+        counts = Counter(split for label, split in zip(labels, splits, strict=True) if label == "a")
+        assert abs(counts["val"] - 12) < 5 and abs(counts["test"] - 6) < 5, (seed, counts)
+
+
+def test_scan_order_is_the_paths_order_not_the_folders_listing(tmp_path: Path, monkeypatch) -> None:
+    """The manifest's rows, and so the split for a seed, must not depend on the order in
+    which the file system lists a folder: listed backwards, the scan is the same."""
+    for label in ("a", "b"):
+        for i in range(4):
+            path = tmp_path / label / f"{i}.png"
+            path.parent.mkdir(exist_ok=True)
+            Image.new("RGB", (4, 4), (i, 0, 0)).save(path)
+    forwards = find_images(tmp_path)
+    listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda folder: sorted(listdir(folder), reverse=True))
+    assert find_images(tmp_path) == forwards
+    assert [path.name for path, _ in forwards[1]][:4] == ["0.png", "1.png", "2.png", "3.png"]
 
 
 def test_stratified_split_without_duplicates_is_unchanged_by_groups() -> None:

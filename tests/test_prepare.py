@@ -8,8 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
+from pipeline.data import inspection
+from pipeline.data.cache import decoded_images
+from pipeline.data.decode import Sizing, load_image
 from pipeline.data.split import SPLITS
 from pipeline.files import read_csv
 from testing.project import set_checked_params, set_params, stage
@@ -63,7 +67,7 @@ def assert_one_line_error(result, *fragments: str) -> None:
         assert fragment in lines[0], lines[0]
 
 
-def test_prepare_handles_a_messy_folder(project: Path) -> None:
+def test_prepare_handles_a_messy_folder(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = project / "messy"
     good: dict[str, str] = {}  # path as prepare writes it (relative to the project) -> class
     bad: dict[str, str] = {}  # path -> a word its reason must contain
@@ -124,6 +128,11 @@ def test_prepare_handles_a_messy_folder(project: Path) -> None:
     add_bad(root / "self", "loop")
     (cat / "more").symlink_to(dog)
     add_bad(cat / "more", "link to a folder")
+    # ...while a link in the data folder itself to a folder elsewhere is a class, as a folder is.
+    for i in range(3):
+        add_good(root / "cow" / f"{i}.png", "cow")
+        noise_image(project / "elsewhere" / f"{i}.png", seed=20 + i)
+    (root / "cow").symlink_to(project / "elsewhere")
     # Special files, named for what they are; a FIFO is never opened (that would block).
     os.mkfifo(dog / "pipe.png")
     add_bad(dog / "pipe.png", "not a regular file: a named pipe (FIFO)")
@@ -139,7 +148,7 @@ def test_prepare_handles_a_messy_folder(project: Path) -> None:
     assert result.returncode == 0
     assert "Traceback" not in result.stderr
     manifest, classes, skipped = read_outputs(project)
-    assert classes == ["cat", "dog"]
+    assert classes == ["cat", "cow", "dog"]
     assert dict(zip(manifest["path"], manifest["label"], strict=True)) == good
     assert len(manifest) == len(good)
     assert all(manifest["sha1"] == [file_sha1(project / p) for p in manifest["path"]])
@@ -155,11 +164,23 @@ def test_prepare_handles_a_messy_folder(project: Path) -> None:
     log = result.stderr
     counts = manifest["split"].value_counts()
     assert (
-        f"{len(good)} images in 2 classes: {counts['train']} train, {counts['val']} val, {counts['test']} test; "
+        f"{len(good)} images in 3 classes: {counts['train']} train, {counts['val']} val, {counts['test']} test; "
         f"{len(bad)} files left out"
     ) in log
     warning = next(line for line in log.splitlines() if "left out:" in line)
     assert "bird" in warning and "fish" in warning
+
+    # The decoded cache prepare wrote (files were left out, so its rows were copied one by
+    # one) holds each manifest row's own image: the one file's decode (load_image, checked
+    # against Pillow and torchvision in test_data), not a neighbour's.
+    monkeypatch.chdir(project)
+    sizing = Sizing(16, 16)  # weights pretrained here: inputs resized straight to image_size
+    assert (project / ".cache/images").is_dir()
+    with monkeypatch.context() as patched:
+        patched.setattr(inspection, "decode", lambda *args: pytest.fail("decoded again: the cache was not used"))
+        images = decoded_images(manifest, sizing, Path(".cache/images"))
+    for row, path in enumerate(manifest["path"]):
+        np.testing.assert_array_equal(images[row], load_image(path, sizing), err_msg=path)
 
 
 def test_a_single_class_is_refused_by_check_params_and_by_prepare_before_decoding(project: Path) -> None:
@@ -175,6 +196,17 @@ def test_a_single_class_is_refused_by_check_params_and_by_prepare_before_decodin
     result = stage("prepare", project, check=False)
     assert_one_line_error(result, "1 class folder", "at least 2")
     assert "decoded" not in result.stderr and not (project / ".cache" / "images").exists(), result.stderr
+
+
+def test_two_class_folders_with_one_usable_class_are_refused(project: Path) -> None:
+    """The scan sees two class folders, but every file of one fails to decode: one class is
+    left, and a classifier needs two."""
+    simple_folder(project / "half", {"good": 6, "bad": 3})
+    for path in (project / "half" / "bad").iterdir():
+        path.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    set_checked_params(project, **{"prepare.data_dir": "half"})
+    assert_one_line_error(stage("prepare", project, check=False), "holds 1 class folder(s) with usable images")
+    assert not (project / PREPARED / "manifest.csv").exists()
 
 
 def test_prepare_rejects_a_class_too_small_for_every_split(project: Path) -> None:
