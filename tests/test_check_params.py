@@ -83,6 +83,14 @@ def test_bad_params_are_named(params_file: Path, overrides: dict, message: str) 
     assert message in problem(params_file)
 
 
+@pytest.mark.parametrize("arch", ["convnext_tiny", "timm/resnet18"])
+def test_a_drop_path_rate_of_zero_is_taken_by_models_that_have_stochastic_depth(params_file: Path, arch: str) -> None:
+    """0 turns stochastic depth off (docs/params.md: a rate in [0, 1)); timm builds no DropPath
+    modules at 0, so the check must not take their absence for a model without any."""
+    set_params(params_file.parent, **{"model.arch": arch, "model.weights": None, "train.drop_path": 0.0})
+    check(load_params(params_file))
+
+
 def test_an_unknown_key_stops_it(params_file: Path) -> None:
     params_file.write_text(params_file.read_text() + "trian:\n  lr: 0.1\n")
     assert "unknown key 'trian'" in problem(params_file)

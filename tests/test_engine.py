@@ -154,6 +154,9 @@ def test_epoch_generator_is_a_function_of_seed_and_epoch():
     assert torch.equal(order(3, 1), order(3, 1))
     assert not torch.equal(order(3, 1), order(3, 2))
     assert not torch.equal(order(3, 1), order(4, 1))
+    # Neighbouring seeds share no epoch: seed 3's second epoch is not seed 4's first (seeds
+    # 0, 1, 2 of one recipe would otherwise train on the same orders, one epoch apart).
+    assert not torch.equal(order(3, 2), order(4, 1)) and not torch.equal(order(3, 1), order(2, 2))
     # The epoch's batches are that permutation, split.
     batches = batch_indices(100, 32, epoch_generator(3, 1))
     assert torch.equal(torch.cat(batches), order(3, 1))

@@ -622,6 +622,27 @@ def test_unknown_torchvision_weights_name_lists_the_valid_ones():
         build_model("resnet18", "IMAGENET1K_V9", CLASSES, SIZE)
 
 
+def test_a_checkpoint_of_pretrained_googlenet_rebuilds_with_its_input_transform(torch_home: Path, tmp_path: Path):
+    """torchvision builds GoogLeNet (and Inception) with transform_input=True for its weights,
+    which rescales the inputs inside the model: a checkpoint trained from them must rebuild
+    so, or evaluate and predict feed it other inputs than training did."""
+    url = torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1.url
+    cached = torch_home / "hub" / "checkpoints" / Path(url).name
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.googlenet(aux_logits=True, init_weights=True).state_dict(), cached)
+    built = build_model("googlenet", "DEFAULT", CLASSES, 32)
+    assert built.model.transform_input  # torchvision's choice for these weights
+    path = tmp_path / "checkpoint.pt"
+    save_pipeline_checkpoint(built, path)
+
+    rebuilt = model_from_checkpoint(load_checkpoint(path))
+    assert rebuilt.transform_input
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(images), built.model.eval()(images))
+
+
 @pytest.mark.parametrize(("arch", "size"), [("resnet18", SIZE), ("googlenet", 32), ("vit_b_32", 32)])
 def test_model_from_checkpoint_rebuilds_the_same_model(arch: str, size: int, tmp_path: Path):
     torch.manual_seed(0)
@@ -735,3 +756,20 @@ def test_the_models_command_lists_the_head_and_what_first_n_freezes() -> None:
     assert lines[at] == f"vit_b_16: head heads.head; {1 + len(blocks)} stages for freeze first:N"
     listed = [line.split()[-1].split("+") for line in lines[at + 1 :]]
     assert listed[0][0] == "conv_proj" and [entry[0] for entry in listed[1:]] == blocks
+
+
+@pytest.mark.parametrize(
+    ("arch", "weights", "size", "resize"),
+    [
+        ("resnet18", "DEFAULT", 224, 256),  # the weights' own sizes
+        ("resnet18", "DEFAULT", 32, 37),  # 32 x 256 / 224 = 36.57: the nearest pixel
+        ("inception_v3", "DEFAULT", 150, 172),  # 150 x 342 / 299 = 171.57
+        ("resnet18", None, 32, 32),  # no weights: straight to image_size
+    ],
+)
+def test_another_image_size_keeps_the_weights_resize_to_crop_ratio(
+    arch: str, weights: str | None, size: int, resize: int
+) -> None:
+    """docs/params.md: a different image_size keeps the weights' resize/crop ratio; the resizes
+    here by hand from the ratios weights.transforms() states (256/224, 342/299)."""
+    assert models.model_sizing(arch, weights, size) == Sizing(resize, size, "bilinear")

@@ -75,8 +75,11 @@ def test_every_plot_dvc_yaml_declares_shows_the_run_s_own_numbers(reproduced: Pa
     test = {int(row["epoch"]): float(row["dvc_inferred_y_value"]) for row in shown_test}
     assert test == pytest.approx(dict(zip(scores["epoch"], scores["test_accuracy"], strict=True)))
 
-    recorded = [load_checkpoint(path)["lr"] for path in sorted((reproduced / "checkpoints").glob("epoch_*.pt"))]
-    assert [float(row["lr"]) for row in values("Learning rate per epoch")] == pytest.approx(recorded)
+    # Each epoch's rate at that epoch (x is dvclive's step, labelled epoch), as its checkpoint recorded it.
+    checkpoints = [load_checkpoint(path) for path in sorted((reproduced / "checkpoints").glob("epoch_*.pt"))]
+    shown = values("Learning rate per epoch")
+    assert [int(row["step"]) for row in shown] == [checkpoint["epoch"] for checkpoint in checkpoints] == [1, 2]
+    assert [float(row["lr"]) for row in shown] == pytest.approx([checkpoint["lr"] for checkpoint in checkpoints])
 
     name = f"epoch_{chosen['epoch']:03d}{'' if chosen['weights'] == 'raw' else '_' + chosen['weights']}.csv"
     predictions = pd.read_csv(reproduced / "eval" / "predictions" / name, dtype=str)

@@ -110,6 +110,26 @@ def test_norms_and_biases_get_no_weight_decay_unless_asked_and_frozen_parts_stay
                 p.copy_(before[name])
 
 
+@pytest.mark.parametrize("arch", ["swin_t", "maxvit_t"])
+def test_swin_and_maxvit_position_tables_get_no_weight_decay(arch: str) -> None:
+    """docs/fine-tuning.md: weight decay leaves alone norm layers, biases and Swin's and
+    MaxViT's relative position tables, as timm's Swin and MaxViT name theirs (no_weight_decay:
+    every relative_position_bias_table). The sets by hand, from the parameters' names and
+    shapes, on the meta device."""
+    with torch.device("meta"):
+        model = torchvision.models.get_model(arch)
+    head = "head" if arch == "swin_t" else "classifier"
+    params = OptimParams(
+        epochs=1, batch_size=2, optimizer=Optimizer.adamw, lr=0.1, momentum=0, weight_decay=0.05, seed=0
+    )
+    optimizer = make_optimizer(params, model, head, decay_norms_and_biases=False)
+    decayed = {id(p) for group in optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in decayed}
+    tables = {name for name, _ in model.named_parameters() if name.endswith("relative_position_bias_table")}
+    assert tables and not tables & names
+    assert names == {name for name, p in model.named_parameters() if p.ndim > 1 and name not in tables}
+
+
 # torchvision ViT's parameters as timm's ViT names them: outside the blocks, and inside each.
 TIMM_VIT_NAMES = {
     "class_token": "cls_token",
