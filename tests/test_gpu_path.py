@@ -85,6 +85,20 @@ def test_resolve_device_on_a_machine_without_cuda() -> None:
         resolve_device("gpu")
 
 
+@pytest.mark.parametrize(("count", "name", "fine"), [(1, "cuda:0", True), (1, "cuda:1", False), (2, "cuda:1", True)])
+def test_a_cuda_index_must_name_a_device_there_is(
+    monkeypatch: pytest.MonkeyPatch, count: int, name: str, fine: bool
+) -> None:
+    """On a machine with `count` GPUs (faked), cuda:N names one only for N < count."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    if fine:
+        assert resolve_device(name) == torch.device(name)
+    else:
+        with pytest.raises(UserError, match=f"device = '{name}', but there are {count} CUDA device"):
+            resolve_device(name)
+
+
 def test_a_tensor_already_on_the_device_is_not_copied() -> None:
     tensor = torch.zeros(3, device=META)
     assert to_device(tensor, META) is tensor

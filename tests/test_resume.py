@@ -76,9 +76,12 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(
 ) -> None:
     project, expected = trained
     train_killed_at(project, *KILL_POINTS[where])
+    if where == "mid-checkpoint-write":  # the kill left a half-written file in the run folder...
+        assert list((project / ".cache" / "runs").rglob(".*.tmp"))
     resumed = stage("train", project)
     assert_resumed(resumed.stderr, after=1, epochs=EPOCHS)
     assert_same_run(final_state(project), expected)
+    assert not list((project / ".cache" / "runs").rglob(".*.tmp"))  # ...which the resumed run removes
     # The dvclive curves hold every epoch, the ones before the kill replayed from the checkpoints.
     assert curves(project) == curves(reference[0])
 

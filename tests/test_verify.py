@@ -165,16 +165,26 @@ def test_in_place_damage_that_reached_the_cache_is_found_and_repaired(reproduced
     assert checkpoint.stat().st_nlink >= 2
     (obj,) = (project / ".dvc" / "cache" / "files" / "md5").rglob(md5(checkpoint.read_bytes())[2:])
     truncate(checkpoint)
+    # And a file output that is no checkpoint, damaged the same way: only its link names it.
+    scores = project / "eval" / "scores.csv"
+    (scores_obj,) = (project / ".dvc" / "cache" / "files" / "md5").rglob(md5(scores.read_bytes())[2:])
+    assert scores.stat().st_ino == scores_obj.stat().st_ino
+    truncate(scores)
 
     found = run(tool, project, check=False)
     assert found.returncode == 1, found.stdout + found.stderr
     assert "damaged: checkpoints/epoch_002.pt" in found.stdout
     assert f"damaged: {obj.relative_to(project)}" in found.stdout
+    line = next(
+        line for line in found.stdout.splitlines() if line.startswith(f"damaged: {scores_obj.relative_to(project)}")
+    )
+    assert line.endswith("(also the workspace file eval/scores.csv)"), line
     assert "epoch_001.pt" not in found.stdout
 
     repaired = run([*tool, "--repair"], project)
     assert "now run `dvc repro`" in repaired.stdout
     assert not checkpoint.exists() and not obj.exists()
+    assert not scores.exists() and not scores_obj.exists()
     rerun = run([*dvc, "repro"], project)
     assert "Running stage 'train'" in rerun.stdout, rerun.stdout  # retrained, not restored from the run-cache
 
