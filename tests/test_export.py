@@ -209,8 +209,9 @@ def test_a_failed_export_keeps_the_results_and_says_why(
 def test_a_full_disk_while_writing_the_export_fails_the_stage(project: Path, step: str, code: str) -> None:
     """docs/design.md: a full disk while writing any file is one line and exit code 1, through
     the stage's own entry point, whether it strikes while the program is written or while
-    torch.export builds it, and whether the disk is full or the user's quota (EDQUOT). Only a model that torch.export cannot capture gets the text
-    stub; an I/O error is no such thing, so no best.pt2 is left behind."""
+    torch.export builds it, and whether the disk is full or the user's quota (EDQUOT). Only a
+    model that torch.export cannot capture gets the text stub; an I/O error is no such thing,
+    so no best.pt2 is left behind."""
     fake_evaluation(project, tiny_checkpoint("resnet18", 16))
     full_disk = (
         "import errno, runpy, torch\n"

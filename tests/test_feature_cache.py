@@ -1,6 +1,7 @@
 """With a frozen backbone, training the head on features computed once gives the same run,
 its own dropout included."""
 
+import math
 import shutil
 from pathlib import Path
 
@@ -86,3 +87,17 @@ def test_the_head_trains_through_its_own_dropout_on_a_frozen_backbone() -> None:
         torch.manual_seed(2)
         expected = model.get_submodule(head)(F.dropout(evaluation, p=0.2, training=True))
     torch.testing.assert_close(ours, expected)
+
+
+def test_a_head_whose_output_is_not_the_model_s_trains_on_the_whole_model(prepared: Path) -> None:
+    """SqueezeNet's head is a 1x1 convolution that the model pools after: its output is not
+    the logits, so the cache of its inputs cannot stand in for the model, and all_but_head
+    trains the whole (frozen) model instead, through the train stage."""
+    project = prepared
+    recipe = {"model.arch": "squeezenet1_1", "model.weights": None, "model.image_size": 32, "train.epochs": 1}
+    set_checked_params(project, freeze="all_but_head", **recipe)
+    stage("weights", project)
+    result = stage("train", project)
+    assert "features computed once" not in result.stderr
+    checkpoint = load_checkpoint(project / "checkpoints/epoch_001.pt")
+    assert checkpoint["arch"] == "squeezenet1_1" and math.isfinite(checkpoint["loss"])
