@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image, ImageOps
+from torchvision.transforms import v2
 
 from pipeline.augment import draw_augmentation
 from pipeline.batches import Draws, ImageBatches
@@ -299,6 +300,21 @@ def test_load_image_resizes_shorter_side_then_crops_centre(tmp_path: Path, verti
     # Bilinear downscaling may blend the band edges; the inside is pure green.
     inside = image[:, 1:7, 1:7].reshape(3, -1)
     assert np.abs(inside.astype(int) - np.array(GREEN)[:, None]).max() <= 2
+
+
+@pytest.mark.parametrize("interpolation", ["lanczos", "nearest", "box", "hamming"])
+@pytest.mark.parametrize("shape", [(30, 18), (18, 30)], ids=["landscape", "portrait"])
+def test_pillow_filters_resize_and_crop_the_centre_as_torchvision_does(
+    tmp_path: Path, interpolation: str, shape: tuple[int, int]
+) -> None:
+    """Filters only Pillow has (timm's data configs may name them): torchvision's Resize with
+    that filter on the PIL image, then CenterCrop, to the pixel."""
+    path = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)).save(path)
+    mode = getattr(v2.InterpolationMode, interpolation.upper())
+    with Image.open(path) as image:
+        expected = np.asarray(v2.functional.center_crop(v2.functional.resize(image, [12], mode), [10]))
+    np.testing.assert_array_equal(load_image(path, Sizing(12, 10, interpolation)), expected.transpose(2, 0, 1))
 
 
 def test_load_image_upscales_small_images(tmp_path: Path) -> None:
