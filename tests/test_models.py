@@ -740,13 +740,15 @@ def test_drop_path_gives_each_block_the_rate_its_library_gives_it(arch: str) -> 
 
 def test_train_drop_path_wins_over_the_rate_a_starting_checkpoint_was_trained_with(tmp_path: Path) -> None:
     """A pipeline checkpoint trained with train.drop_path 0.1 as model.weights: the new run's
-    0.3 is what its model gets, as the library spreads it."""
+    0.3 is what its model gets, as the library spreads it; null keeps the checkpoint's 0.1
+    (docs/params.md), not the library's 0.2."""
     path = tmp_path / "weights.pt"
     save_pipeline_checkpoint(build_model("efficientnet_b0", None, CLASSES, 32, drop_path=0.1), path)
-    built = build_model("efficientnet_b0", str(path), CLASSES, 32, drop_path=0.3)
-    with torch.device("meta"):
-        expected = drop_rates(torchvision.models.efficientnet_b0(stochastic_depth_prob=0.3))
-    assert drop_rates(built.model) == pytest.approx(expected)
+    for rate, kept in [(0.3, 0.3), (None, 0.1)]:
+        built = build_model("efficientnet_b0", str(path), CLASSES, 32, drop_path=rate)
+        with torch.device("meta"):
+            expected = drop_rates(torchvision.models.efficientnet_b0(stochastic_depth_prob=kept))
+        assert drop_rates(built.model) == pytest.approx(expected), rate
 
 
 def test_the_models_command_lists_the_head_and_what_first_n_freezes() -> None:
