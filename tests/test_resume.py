@@ -177,7 +177,15 @@ def test_other_params_or_weights_never_resume_another_run(trained: tuple[Path, l
     assert "resuming" not in other.stderr
     assert epochs_trained(other.stderr) == list(range(1, EPOCHS + 1))
 
-    start.write_bytes(kept)  # back to the killed run's params and weights: it resumes
+    start.write_bytes(kept)
+    # Early stopping watches select.metric: a run under another metric is another run.
+    set_checked_params(project, **{"select.metric": "val_accuracy", "select.mode": "max"})
+    other = stage("train", project)
+    assert "resuming" not in other.stderr
+    assert epochs_trained(other.stderr) == list(range(1, EPOCHS + 1))
+
+    set_checked_params(project, **{"select.metric": "val_loss", "select.mode": "min"})
+    # back to the killed run's params and weights: it resumes
     resumed = stage("train", project)
     assert_resumed(resumed.stderr, after=1, epochs=EPOCHS)
     assert_same_run(final_state(project), expected)
