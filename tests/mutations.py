@@ -863,6 +863,13 @@ MUTATIONS = [
         "            DUPLICATES,\n        )\n",
         ("tests/test_check_params.py", "-k", "changed_while_it_ran"),
     ),
+    Mutation(
+        "duplicates-mixed-group-near",
+        "in a group mixing byte copies and near copies, the byte copies are listed as near",
+        'exact = rows.groupby(["group", "sha1"])["path"].transform("size") > 1',
+        'exact = rows.groupby("group")["sha1"].transform("nunique") == 1',
+        ("tests/test_prepare.py", "-k", "keeps_duplicates"),
+    ),
 ]
 
 

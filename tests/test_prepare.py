@@ -293,6 +293,9 @@ def test_prepare_keeps_duplicates_in_one_split_and_drops_conflicting_copies(proj
         # A near copy under another class: kept with its own label, in the group's split.
         original.save(root / "c" / "original_in_c.jpg", quality=80)
         near.append(root / "c" / "original_in_c.jpg")
+    # ...and a byte copy of the original in its group: those two are exact, the rest near.
+    (root / "b" / "original_again.png").write_bytes(near[0].read_bytes())
+    near.append(root / "b" / "original_again.png")
     # One file under two classes: no label is right for both.
     conflicting = [root / "c" / "2.png", root / "b" / "from_c.png"]
     conflicting[1].write_bytes(conflicting[0].read_bytes())
@@ -318,7 +321,8 @@ def test_prepare_keeps_duplicates_in_one_split_and_drops_conflicting_copies(proj
     assert sorted(by_group) == ["1", "2"]  # numbered from 1, in the manifest's order (read as text)
     assert sorted(sorted(rows["path"]) for rows in by_group.values()) == sorted(sorted(group) for group in rel[:2])
     assert set(duplicates.loc[duplicates["path"].isin(rel[0]), "match"]) == {"exact"}
-    assert set(duplicates.loc[duplicates["path"].isin(rel[1]), "match"]) == {"near"}
+    match = dict(zip(duplicates["path"], duplicates["match"], strict=True))
+    assert [match[p] for p in rel[1]] == ["exact", "near", "near", "near", "near", "exact"]
     labels = dict(zip(manifest["path"], manifest["label"], strict=True))
-    assert {labels[p] for p in rel[1]} == {"b", "c"} and labels[rel[1][-1]] == "c"
+    assert {labels[p] for p in rel[1]} == {"b", "c"} and labels[rel[1][-2]] == "c"
     assert dict(zip(duplicates["path"], duplicates["split"], strict=True)) == {p: split_of[p] for p in rel[0] + rel[1]}
