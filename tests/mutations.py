@@ -870,6 +870,13 @@ MUTATIONS = [
         'exact = rows.groupby("group")["sha1"].transform("nunique") == 1',
         ("tests/test_prepare.py", "-k", "keeps_duplicates"),
     ),
+    Mutation(
+        "head-init-ignores-train-seed",
+        "the new head is initialised from seed 0 whatever train.seed says",
+        "    torch.manual_seed(config.seed)\n    built = build_model(params.model.arch, str(START_FILE)",
+        "    torch.manual_seed(0)\n    built = build_model(params.model.arch, str(START_FILE)",
+        ("tests/test_recipes.py", "-k", "reaches_the_train_stage_s_loop"),
+    ),
 ]
 
 

@@ -601,6 +601,7 @@ def recorded_loop(model, train_data, val_data, optimizer, loop, epoch, classes):
             "max_aspect": loop.max_aspect, "accumulate": loop.accumulate, "clip_grad_norm": loop.clip_grad_norm,
             "class_weights": None if weights is None else weights.tolist(), "augmented": loop.augment is not None,
             "train_targets": sorted(train_data.targets.tolist()), "val_targets": sorted(val_data.targets.tolist()),
+            "head": model.fc.weight.detach().flatten().tolist() if hasattr(model, "fc") else None,
         }
         with open("seen.json", "w") as file:
             json.dump(seen, file)
@@ -628,6 +629,7 @@ def test_every_training_param_reaches_the_train_stage_s_loop(prepared: Path) -> 
     manifest, classes = read_manifest(project / "data/prepared")
     labels = {split: [classes.index(label) for label in rows["label"]] for split, rows in manifest.groupby("split")}
     loop = seen["loop"]
+    head = loop.pop("head")
     assert loop.pop("train_targets") == sorted(labels["train"]) and loop.pop("val_targets") == sorted(labels["val"])
     counts = [labels["train"].count(k) for k in range(len(classes))]
     balanced = [len(labels["train"]) / (len(classes) * count) for count in counts]
@@ -639,6 +641,11 @@ def test_every_training_param_reaches_the_train_stage_s_loop(prepared: Path) -> 
     start = load_checkpoint(project / "models/start.pt")
     assert seen["augment"] == {"mean": start["mean"], "std": start["std"], "classes": len(classes)}
     assert start["mean"] != start["std"]
+    # The new head as torchvision's model and nn.Linear draw it from train.seed: the model
+    # built from the seed (its trunk then replaced by start.pt's), then the head.
+    torch.manual_seed(7)
+    reference = torchvision.models.get_model(start["arch"])
+    assert torch.equal(nn.Linear(reference.fc.in_features, len(classes)).weight.flatten(), torch.tensor(head))
 
 
 def test_pretraining_and_random_weights_draw_from_pretrain_seed(prepared: Path) -> None:
