@@ -77,6 +77,14 @@ def record_without_a_key(project: Path) -> str:
     return "params.yaml is not what check_params checked: train.drop_path; run `dvc repro`"
 
 
+def latin_1_params(project: Path) -> str:
+    """params.yaml saved by an editor in Latin-1, with an accent in a comment."""
+    path = project / "params.yaml"
+    text = path.read_text()
+    path.write_bytes(("# réglages\n" + text).encode("latin-1"))
+    return "params.yaml is not UTF-8 text: invalid continuation byte at byte 3"
+
+
 def unchanged(message: str) -> Callable[[Path], str]:
     return lambda project: message
 
@@ -103,6 +111,7 @@ CASES = [
     ("verify outside a DVC project", "project", no_dvc, ["-m", "tools.verify"]),
     ("evaluate after the checked params record was damaged", "reproduced", damaged_record, ["-m", "pipeline.evaluate"]),
     ("train on params the record lacks", "prepared", record_without_a_key, ["-m", "pipeline.train"]),
+    ("check params saved in Latin-1", "project", latin_1_params, ["-m", "pipeline.check_params"]),
 ]
 
 

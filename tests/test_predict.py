@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "shots/.hidden.png").write_bytes((root / "c.png").read_bytes())  # hidden: never listed
     (root / "shots/notes.txt").write_text("not an image\n")  # not an image extension: not listed
     (root / "models/empty.pt").write_bytes(b"")  # a checkpoint whose write never began
+    with zipfile.ZipFile(root / "models/photos.zip", "w") as archive:  # a zip, as torch.save's files are
+        archive.write(root / "c.png", "c.png")
     return root
 
 
@@ -128,6 +131,7 @@ def test_table_prints_a_line_per_image(project: Path) -> None:
         # docs/design.md: a file given as a checkpoint that is none says what it is.
         (["c.png", "--model", "c.png"], "c.png is not a PyTorch file (a checkpoint or state_dict saved with"),
         (["c.png", "--model", "models/empty.pt"], "models/empty.pt is damaged: it is empty (0 bytes)"),
+        (["c.png", "--model", "models/photos.zip"], "models/photos.zip is a zip archive, but not one that torch.save"),
     ],
 )
 def test_user_errors_are_one_line(project: Path, args: list[str], message: str) -> None:

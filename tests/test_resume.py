@@ -7,6 +7,7 @@ with its train stage, at an exact optimizer step, the way `kill -9` on its proce
 would. Each resumed run must log where it resumed and train only the remaining epochs.
 """
 
+import os
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
+from pipeline.train import run_threads
 from testing.compare import assert_same_run
 from testing.project import copy_project, run, set_checked_params, stage
 from tests.helpers import assert_resumed, epochs_trained, kill_env
@@ -245,3 +247,23 @@ def test_evaluate_refuses_a_damaged_checkpoint_and_names_it(trained: tuple[Path,
     assert "checkpoints/epoch_001.pt is damaged" in errors[0] and "checkpoints/epoch_002.pt is damaged" in errors[0]
     assert "Traceback" not in result.stderr
     assert not (project / "eval" / "scores.csv").exists()
+
+
+def test_a_resumed_run_keeps_its_cpu_threads_unless_train_threads_names_a_count(
+    trained: tuple[Path, list[dict]],
+) -> None:
+    """docs/params.md: each checkpoint records the thread count, and a resumed run keeps it
+    unless train.threads names one, since the count changes the float rounding. Killed under
+    more threads than the machine has cores (never torch's own choice), resumed under
+    train.threads 0: epoch 2 runs on as many."""
+    project, _ = trained
+    count = (os.cpu_count() or 1) + 1
+    set_checked_params(project, **{"train.threads": count})
+    train_killed_at(project, "publish", 1)
+    set_checked_params(project, **{"train.threads": 0})
+    resumed = stage("train", project)
+    assert_resumed(resumed.stderr, after=1, epochs=EPOCHS)
+    assert f"keeping {count} CPU threads per process, as the run had so far" in resumed.stderr
+    assert [checkpoint["threads"] for checkpoint in final_state(project)] == [count] * EPOCHS
+    # A count named on resuming wins: the kept 3 only stands in for train.threads 0.
+    assert run_threads(2, [{"threads": 3}]) == 2 and run_threads(0, [{"threads": 3}]) == 3

@@ -144,6 +144,29 @@ def test_damage_is_reported_and_repaired(
     assert capsys.readouterr().out == "checked 0 checkpoints and 1 cache objects: all intact\n"
 
 
+def test_a_file_that_cannot_be_deleted_is_named_the_rest_are_deleted_and_the_exit_is_1(
+    fake_project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--repair deletes what it can: a damaged checkpoint it cannot delete (a read-only mount)
+    is named, every other damaged file still goes, and the exit code is 1."""
+    checkpoint = fake_project / "checkpoints" / "epoch_001.pt"
+    (obj,) = (fake_project / ".dvc" / "cache").rglob(md5(checkpoint.read_bytes())[2:])
+    truncate(checkpoint)
+    unlink = Path.unlink
+
+    def read_only(path: Path, missing_ok: bool = False) -> None:
+        if path.name == "epoch_001.pt":
+            raise PermissionError(13, "Read-only file system")
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(SystemExit) as exit_:
+        verify.main(["--repair"])
+    assert exit_.value.code == 1
+    assert "could not delete checkpoints/epoch_001.pt: Read-only file system" in capsys.readouterr().out
+    assert checkpoint.exists() and not obj.exists()
+
+
 def test_repair_points_to_dvc_pull_when_a_remote_is_configured(
     fake_project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -159,7 +182,11 @@ def test_in_place_damage_that_reached_the_cache_is_found_and_repaired(reproduced
     project = reproduced.path
     dvc = [sys.executable, "-m", "dvc"]
     tool = [sys.executable, "-m", "tools.verify"]
-    assert run(tool, project).returncode == 0
+    # A weights file of other code in models/: named as not checked, and not counted as damage.
+    torch.save({"w": torch.zeros(3)}, project / "models" / "theirs.pt")
+    intact = run(tool, project)
+    assert "not checked: models/theirs.pt is not a checkpoint of this pipeline (no checksum in it)" in intact.stdout
+    assert intact.stdout.endswith("cache objects: all intact\n")
     checkpoint = project / "checkpoints" / "epoch_002.pt"
     # The workspace file is the cache object (and the finished run's copy in .cache/runs).
     assert checkpoint.stat().st_nlink >= 2
