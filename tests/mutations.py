@@ -877,6 +877,27 @@ MUTATIONS = [
         "    torch.manual_seed(0)\n    built = build_model(params.model.arch, str(START_FILE)",
         ("tests/test_recipes.py", "-k", "reaches_the_train_stage_s_loop"),
     ),
+    Mutation(
+        "verify-repair-stops-at-first-failure",
+        "--repair stops deleting at the first file it cannot delete, leaving the rest of the damage",
+        "    return all([remove(path, root) for path in paths])",
+        "    return all(remove(path, root) for path in paths)",
+        ("tests/test_verify.py", "-k", "cannot_be_deleted"),
+    ),
+    Mutation(
+        "foreign-weights-unreported",
+        "tools.verify says nothing of weights files in models/ that are no checkpoints of this pipeline",
+        "    for path in foreign:\n",
+        "    for path in foreign[:0]:\n",
+        ("tests/test_verify.py", "-k", "in_place_damage"),
+    ),
+    Mutation(
+        "resume-forgets-threads",
+        "a resumed run takes this machine's default CPU threads, not those its epochs so far ran on",
+        '    kept = history[-1]["threads"] if history else threads',
+        "    kept = threads",
+        ("tests/test_resume.py", "-k", "cpu_threads"),
+    ),
 ]
 
 
