@@ -6,15 +6,21 @@ Checked in each command (comments, `&&` chains and `\\` continuations allowed):
   module that Python or requirements.txt provides;
 - `dvc repro [-s] NAME` and `dvc exp run ... NAME`: NAME is a stage in dvc.yaml;
 - `-S key=value` / `--set-param key=value`: the dotted key is in params.yaml (`+key` and
-  `++key` add keys and `~key` deletes one, which params.yaml validation refuses).
+  `++key` add keys and `~key` deletes one, which params.yaml validation refuses), and the
+  values of each `dvc exp run` together are ones params.yaml's schema takes.
 """
 
+import itertools
 import re
 import shlex
 from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
+
+from pipeline.cli import UserError
+from pipeline.config import load_params
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = ["README.md", *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md")), "bench/README.md"]
@@ -150,6 +156,60 @@ dvc exp run --queue -S train.lr=0.1,0.2 -n lr-sweep \\
         "block at line 4: -S '~train.lr': adds or deletes a key; params.yaml must hold every key already",
         "block at line 4: -S 'select.mode': not key=value",
     ]
+
+
+def exp_run_settings(text: str) -> list[tuple[int, list[str]]]:
+    """(block line, the key=value settings) of each `dvc exp run` in the bash blocks; a sweep
+    (`-S key=a,b`) gives one command per value."""
+    found = []
+    for line, block in bash_blocks(text):
+        for words in commands(block):
+            if words[:3] != ["dvc", "exp", "run"]:
+                continue
+            settings = [value for flag, value in itertools.pairwise(words) if flag in ("-S", "--set-param")]
+            sweeps = [(i, value.split("=", 1)) for i, value in enumerate(settings) if "," in value]
+            found.append((line, settings))
+            for i, (key, values) in sweeps:
+                found += [(line, [*settings[:i], f"{key}={value}", *settings[i + 1 :]]) for value in values.split(",")]
+    return [(line, settings) for line, settings in found if not any("," in s for s in settings)]
+
+
+def value_problems(settings: list[str], folder: Path) -> list[str]:
+    """What load_params (types, ranges, choices) says of params.yaml with `settings` applied,
+    each value read as YAML, as `dvc exp run -S` writes it."""
+    params = OmegaConf.load(REPO / "params.yaml")
+    for setting in settings:
+        key, value = setting.split("=", 1)
+        OmegaConf.update(params, key, yaml.safe_load(value), force_add=False)
+    OmegaConf.save(params, folder / "params.yaml")
+    try:
+        load_params(folder / "params.yaml")
+    except UserError as error:
+        return [f"{' '.join(settings)}: {error}"]
+    return []
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_exp_run_values_are_ones_the_params_take(page: str, tmp_path: Path) -> None:
+    """Each documented `dvc exp run -S ...` sets values params.yaml's schema takes, together."""
+    found = exp_run_settings((REPO / page).read_text())
+    assert [problem for line, settings in found for problem in value_problems(settings, tmp_path)] == []
+
+
+def test_the_value_check_catches_bad_values(tmp_path: Path) -> None:
+    text = """```bash
+dvc exp run -S train.lr=-0.1 -S train.epochs=2
+dvc exp run --queue -S train.optimizer=sgd,adam
+```
+"""
+    found = exp_run_settings(text)
+    assert [settings for _, settings in found] == [
+        ["train.lr=-0.1", "train.epochs=2"],
+        ["train.optimizer=sgd"],
+        ["train.optimizer=adam"],
+    ]
+    problems = [problem for _, settings in found for problem in value_problems(settings, tmp_path)]
+    assert len(problems) == 2 and "train.lr" in problems[0] and "train.optimizer" in problems[1], problems
 
 
 def without_code_blocks(text: str) -> str:
