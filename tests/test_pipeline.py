@@ -1,6 +1,7 @@
 """End to end, the way users drive it: dvc repro, dvc exp run -S, dvc metrics/exp show."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -121,21 +122,28 @@ def test_quick_start_then_results_shared_through_a_remote(reproduced: Reproduced
 
 
 def test_torchvision_weights_are_a_params_only_switch(project: Path, tmp_path: Path) -> None:
-    """`dvc exp run -S model.weights=IMAGENET1K_V1` with the file already in $TORCH_HOME: no
-    dvc.yaml edit, no network, no demo pretraining, and the weights' own preprocessing.
-    (A small model's weights, with ImageNet's usual resize 256 and crop 224.)"""
+    """The README's own-images flow: a folder of class folders tracked with `dvc add`, then
+    `dvc exp run -S prepare.data_dir=... -S model.weights=IMAGENET1K_V1` with the file already
+    in $TORCH_HOME, with the references' crops and flips: no dvc.yaml edit, no network, no
+    demo pretraining, and the weights' own preprocessing. (A small model's weights, with
+    ImageNet's usual resize 256 and crop 224; the demo's target digits as the user's images.)"""
+    shutil.copytree(project / "data/digits/target", project / "data/raw")
+    run([sys.executable, "-m", "dvc", "add", "data/raw"], project)
     weights = ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1
     cached = tmp_path / "torch" / "hub" / "checkpoints" / Path(urlparse(weights.url).path).name
     cached.parent.mkdir(parents=True)
     imagenet_like = shufflenet_v2_x0_5().state_dict()  # random values stand in for the real download
     torch.save(imagenet_like, cached)
     output = run(
-        [sys.executable, "-m", "dvc", "exp", "run", "-S", "model.arch=shufflenet_v2_x0_5",
-         "-S", "model.weights=IMAGENET1K_V1", "-S", "freeze=all_but_head", "-S", "train.epochs=1"],
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "prepare.data_dir=data/raw",
+         "-S", "model.arch=shufflenet_v2_x0_5", "-S", "model.weights=IMAGENET1K_V1", "-S", "freeze=all_but_head", "-S", "train.epochs=1",
+         "-S", "train.augment.min_scale=0.08", "-S", "train.augment.hflip=true"],
         project, env={"TORCH_HOME": str(tmp_path / "torch")},
     )  # fmt: skip
     log = output.stdout + output.stderr
-    assert "pretrain epoch" not in log and "Running stage 'weights'" in log
+    assert "pretrain epoch" not in log and "Running stage 'weights'" in log and "Traceback" not in log
+    manifest = pd.read_csv(project / "data/prepared/manifest.csv")
+    assert len(manifest) == 896 and all(manifest["path"].str.startswith("data/raw/"))
 
     # One DVC-tracked file holds the starting weights: the cached tensors, without the head.
     start = load_checkpoint(project / "models" / "start.pt")
