@@ -898,6 +898,20 @@ MUTATIONS = [
         "    kept = threads",
         ("tests/test_resume.py", "-k", "cpu_threads"),
     ),
+    Mutation(
+        "autocast-float16",
+        "CUDA runs under float16 autocast instead of bfloat16 (no gradient scaler: gradients can underflow)",
+        'return torch.autocast("cuda", dtype=torch.bfloat16)',
+        'return torch.autocast("cuda", dtype=torch.float16)',
+        ("tests/test_gpu_path.py", "-k", "bf16"),
+    ),
+    Mutation(
+        "no-cublas-workspace",
+        "train.deterministic does not set CUBLAS_WORKSPACE_CONFIG: deterministic cuBLAS raises on a GPU",
+        '        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")\n',
+        "        pass\n",
+        ("tests/test_gpu_path.py", "-k", "cublas"),
+    ),
 ]
 
 

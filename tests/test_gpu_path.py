@@ -7,6 +7,7 @@ channels_last path that CUDA takes.
 """
 
 import copy
+import os
 import re
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from pipeline.augment import draw_augmentation
 from pipeline.batches import Batches, CropBatches, ImageBatches, iterate, streamed
 from pipeline.cli import UserError
 from pipeline.config import EvaluateParams
-from pipeline.devices import canonical_device, resolve_device, to_device
+from pipeline.devices import autocast, canonical_device, resolve_device, set_determinism, to_device
 from pipeline.engine import (
     EpochOrder,
     LoopOptions,
@@ -367,3 +368,24 @@ def test_evaluation_takes_larger_batches_on_a_gpu() -> None:
     params = EvaluateParams(batch_size=256, cuda_batch_size=1024)
     assert batch_size_on(torch.device("cuda", 0), params) == 1024
     assert batch_size_on(CPU, params) == 256
+
+
+def test_cuda_runs_under_bf16_autocast_and_the_cpu_in_float32(recwarn: pytest.WarningsRecorder) -> None:
+    """docs/design.md, on a GPU: bf16 autocast (float16 without a gradient scaler can
+    underflow gradients); the CPU's results stay float32. Read from the context on any machine."""
+    on_cuda = autocast(torch.device("cuda", 0))
+    assert isinstance(on_cuda, torch.autocast) and (on_cuda.device, on_cuda.fast_dtype) == ("cuda", torch.bfloat16)
+    assert not isinstance(autocast(CPU), torch.autocast)
+
+
+def test_deterministic_cuda_sets_cublas_s_workspace_before_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuBLAS raises on the first matmul under deterministic algorithms unless its workspace
+    setting is in the environment before CUDA starts (PyTorch's reproducibility notes)."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        set_determinism(True)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] in (":4096:8", ":16:8")
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    finally:
+        set_determinism(False)
+    assert not torch.are_deterministic_algorithms_enabled()
