@@ -9,6 +9,7 @@ not matter, models are built on the meta device.
 """
 
 import json
+import logging
 import math
 import re
 import sys
@@ -343,6 +344,22 @@ def test_inputs_are_timms_own_eval_transforms(name: str, size: int, tmp_path: Pa
     assert ours.shape == reference.shape
     assert difference.max() <= 2 * step * 1.001
     assert difference.mean() < 0.05 * step
+
+
+@pytest.mark.parametrize(
+    ("name", "warned"), [("convnext_base.fb_in22k_ft_in1k_384", True), ("resnet18.tv_in1k", False)]
+)
+def test_a_tag_whose_eval_transform_is_not_a_centre_crop_is_warned_of(
+    name: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/fine-tuning.md: tags whose crop_mode is squash or border (timm's data config) get
+    the centre crop all the same, with a warning; centre-crop tags get none."""
+    model_name = name.partition(".")[0]
+    assert timm.models.get_pretrained_cfg(name).to_dict()["crop_mode"] == ("squash" if warned else "center")
+    with caplog.at_level(logging.WARNING):
+        timm_backbones.preprocessing(f"timm/{model_name}", name, 64)
+    assert ("crop_mode" in caplog.text) == warned, caplog.text
+    assert not warned or f"timm's data config for {name} resizes with crop_mode squash" in caplog.text
 
 
 # --- the checkpoint's model: export and predict --------------------------------------------
