@@ -541,6 +541,29 @@ def test_the_train_stage_takes_the_steps_torch_takes_with_the_recipes_loss(
     assert checkpoints[1]["val_loss"] == pytest.approx(F.cross_entropy(val_logits, targets[val]).item(), rel=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("schedule", "epochs", "rates"),
+    [
+        # warm-up 1 (epoch 1 at 1/2), then x 0.3 every 2 epochs: warm-up and step apart, so
+        # one taken for the other shows
+        ("step", 5, [1 / 2, 1, 1, 0.3, 0.3]),
+        # warm-up 1, then cosine over the 3 epochs after it, as CosineAnnealingLR(T_max=3) steps
+        ("cosine", 4, [1 / 2, 1, 0.5 * (1 + math.cos(math.pi / 3)), 0.5 * (1 + math.cos(2 * math.pi / 3))]),
+    ],
+)
+def test_each_epoch_trains_at_the_rate_its_schedule_gives(
+    prepared: Path, schedule: str, epochs: int, rates: list[float]
+) -> None:
+    """train.schedule with train.warmup_epochs 1 through the train stage: each checkpoint's
+    rate, by hand (docs/params.md: a linear warm-up, then step or cosine decay)."""
+    recipe = {"train.epochs": epochs, "train.batch_size": 1024, "train.lr": 0.1, "train.schedule": schedule,
+              "train.warmup_epochs": 1, "train.step_every": 2, "train.step_gamma": 0.3}  # fmt: skip
+    set_checked_params(prepared, freeze="all_but_head", **recipe)
+    stage("train", prepared)
+    checkpoints = [load_checkpoint(p) for p in sorted((prepared / "checkpoints").glob("*.pt"))]
+    assert [c["lr"] for c in checkpoints] == pytest.approx([0.1 * rate for rate in rates], rel=1e-12)
+
+
 def test_the_train_stage_builds_its_model_with_the_drop_path_rate_set(prepared: Path) -> None:
     """train.drop_path 0.3 on timm's test_efficientnet (a tiny model; its own rate: 0), through
     the train stage: the checkpoint's model is built with drop_path_rate 0.3, and the rebuilt
@@ -602,6 +625,9 @@ def recorded_loop(model, train_data, val_data, optimizer, loop, epoch, classes):
             "class_weights": None if weights is None else weights.tolist(), "augmented": loop.augment is not None,
             "train_targets": sorted(train_data.targets.tolist()), "val_targets": sorted(val_data.targets.tolist()),
             "head": model.fc.weight.detach().flatten().tolist() if hasattr(model, "fc") else None,
+            "optimizer": type(optimizer).__name__,
+            "rates_and_decays": sorted({(g["lr"], g["weight_decay"]) for g in optimizer.param_groups}),
+            "val_images": sorted(val_data.images.flatten(1).sum(1).tolist()),
         }
         with open("seen.json", "w") as file:
             json.dump(seen, file)
@@ -630,6 +656,8 @@ def test_every_training_param_reaches_the_train_stage_s_loop(prepared: Path) -> 
     labels = {split: [classes.index(label) for label in rows["label"]] for split, rows in manifest.groupby("split")}
     loop = seen["loop"]
     head = loop.pop("head")
+    loop.pop("val_images")
+    assert (loop.pop("optimizer"), loop.pop("rates_and_decays")) == ("SGD", [[0.01, 0.0], [0.01, 0.0001]])
     assert loop.pop("train_targets") == sorted(labels["train"]) and loop.pop("val_targets") == sorted(labels["val"])
     counts = [labels["train"].count(k) for k in range(len(classes))]
     balanced = [len(labels["train"]) / (len(classes) * count) for count in counts]
@@ -648,18 +676,39 @@ def test_every_training_param_reaches_the_train_stage_s_loop(prepared: Path) -> 
     assert torch.equal(nn.Linear(reference.fc.in_features, len(classes)).weight.flatten(), torch.tensor(head))
 
 
-def test_pretraining_and_random_weights_draw_from_pretrain_seed(prepared: Path) -> None:
-    """docs/params.md: pretrain.seed seeds pretraining (as train.seed training) and draws the
-    weights of `model.weights: null`; train.seed, set apart from it here, plays no part."""
+def test_pretraining_takes_its_own_params_and_random_weights_draw_from_pretrain_seed(prepared: Path) -> None:
+    """docs/params.md: the weights stage pretrains with pretrain.* (its seed, split, batch and
+    optimizer), each set apart here from its train.* and prepare.* namesake, which play no
+    part; pretrain.seed also draws the weights of `model.weights: null`, as torchvision does."""
     project = prepared
-    set_checked_params(project, **{"pretrain.seed": 3, "train.seed": 5})
+    recipe = {
+        "pretrain.seed": 3, "train.seed": 5, "prepare.seed": 1, "pretrain.val_fraction": 0.3,
+        "pretrain.batch_size": 96, "pretrain.optimizer": "adamw", "pretrain.lr": 0.003, "pretrain.weight_decay": 0.002,
+    }  # fmt: skip
+    set_checked_params(project, **recipe)
     run([sys.executable, "-c", RECORD_THE_LOOP, "pipeline.weights"], project)
     seen = json.loads((project / "seen.json").read_text())["loop"]
-    assert (seen["seed"], seen["batch_size"]) == (3, 128)
+    assert (seen["seed"], seen["batch_size"], seen["optimizer"]) == (3, 96, "AdamW")
+    assert seen["rates_and_decays"] == [[0.003, 0.002]]  # every parameter decayed (docs/params.md)
+    # The source digits' classes hold 177 to 183 images: 0.3 of each in val, by hand (copies
+    # of one image stay together, so a class may miss its share by a few).
+    counts = [len(list(folder.iterdir())) for folder in sorted((project / "data/digits/source").iterdir())]
+    val = seen["val_targets"]
+    assert all(abs(val.count(k) - round(0.3 * n)) <= 3 for k, n in enumerate(counts)), val
+    assert len(seen["train_targets"]) + len(val) == sum(counts)
+    # Pretraining's model as torchvision's draws it from pretrain.seed, with a head for the source classes.
+    arch = load_checkpoint(project / "models/start.pt")["arch"]
+    torch.manual_seed(3)
+    reference = torchvision.models.get_model(arch)
+    head = nn.Linear(reference.fc.in_features, len(counts)).weight
+    assert torch.equal(torch.tensor(seen["head"]), head.detach().flatten())
+    # Another prepare.seed leaves pretraining's split as it was.
+    set_checked_params(project, **{"prepare.seed": 2})
+    run([sys.executable, "-c", RECORD_THE_LOOP, "pipeline.weights"], project)
+    assert json.loads((project / "seen.json").read_text())["loop"]["val_images"] == seen["val_images"]
 
     set_checked_params(project, **{"model.weights": None})
     stage("weights", project)
-    arch = load_checkpoint(project / "models/start.pt")["arch"]
     torch.manual_seed(3)
     reference = torchvision.models.get_model(arch).state_dict()  # torchvision's own draw
     start = load_checkpoint(project / "models/start.pt")["model_state_dict"]
