@@ -59,6 +59,8 @@ def test_the_default_params_pass(params_file: Path) -> None:
         ({"train.unfreeze_to": "first:99"}, "train.unfreeze_to = first:99, but this model has"),
         ({"train.unfreeze_to": "modules:layer9"}, "train.unfreeze_to names module(s) layer9"),
         ({"freeze": "modules:layer9"}, "does not have"),
+        # a module holding the head freezes it too: refused, as the head itself is
+        ({"model.arch": "mobilenet_v3_small", "freeze": "modules:classifier"}, "names the head (classifier.3) or a"),
         ({"model.arch": "resnet19"}, "did you mean resnet18"),
         ({"model.weights": "IMAGENET1K_V9"}, "is not a weights name of resnet18"),
         ({"model.weights": "models/weights/nope.pt"}, "the file does not exist"),

@@ -231,6 +231,23 @@ def test_load_image_follows_exif_orientation(tmp_path: Path, orientation: int, t
         assert_close(rgb_at(image, 14, col), bottom, 16)
 
 
+@pytest.mark.parametrize("name", ["photo.png", "cmyk.jpg"])
+def test_exif_orientation_is_followed_in_pngs_and_cmyk_jpegs_too(tmp_path: Path, name: str) -> None:
+    """Orientation 6 stored in a PNG (and in a CMYK JPEG, which Pillow decodes): upright as
+    Pillow's exif_transpose turns it."""
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    image = Image.fromarray(bands(32, 16, [RED, BLUE]))
+    if name.endswith(".jpg"):
+        image.convert("CMYK").save(tmp_path / name, exif=exif.tobytes(), quality=95)
+    else:
+        image.save(tmp_path / name, exif=exif.tobytes())
+    loaded = load_image(tmp_path / name, Sizing(16, 16))
+    for col in (0, 8, 15):
+        assert_close(rgb_at(loaded, 1, col), RED, 16)
+        assert_close(rgb_at(loaded, 14, col), BLUE, 16)
+
+
 def pillows_decode(path: Path, scale: int = 1) -> np.ndarray:
     """What Pillow alone makes of `path`: decoded at 1/`scale` (Image.draft), upright, RGB."""
     with Image.open(path) as image:
@@ -555,6 +572,21 @@ def test_stratified_split_with_groups_misses_each_share_by_less_than_a_group() -
         splits = stratified_split(labels, FRACTIONS, seed, groups)
         counts = Counter(split for label, split in zip(labels, splits, strict=True) if label == "a")
         assert abs(counts["val"] - 12) < 5 and abs(counts["test"] - 6) < 5, (seed, counts)
+
+
+def test_a_small_class_keeps_a_unit_for_each_split_and_its_shares_by_hand() -> None:
+    """A class of 8 images in 3 units (a group of 6 copies and 2 single images) still gets an
+    image in every split; and 5 single images at 0.3 / 0.3 split 2 val, 2 test, 1 train by
+    hand (each share rounded to the nearest image, the rest in train)."""
+    fractions = {"val": 0.2, "test": 0.2}
+    labels = ["a"] * 8 + ["b"] * 9
+    groups = [0] * 6 + [6, 7] + list(range(8, 17))
+    for seed in range(10):
+        splits = stratified_split(labels, fractions, seed, groups)
+        assert {splits[i] for i in range(8)} == {"train", "val", "test"}, (seed, splits[:8])
+    for seed in range(10):
+        splits = stratified_split(["c"] * 5 + ["d"] * 10, {"val": 0.3, "test": 0.3}, seed)
+        assert Counter(splits[:5]) == {"val": 2, "test": 2, "train": 1}, seed
 
 
 def test_scan_order_is_the_paths_order_not_the_folders_listing(tmp_path: Path, monkeypatch) -> None:

@@ -29,7 +29,7 @@ from pipeline.config import load_params
 from pipeline.distributed import EXIT_LOST_CONTACT, Ranks, first_cause, shard, sync_batchnorm
 from pipeline.engine import EpochOrder, LoopOptions, epoch_generator, rank_seed, split_loss, split_steps
 from testing.project import copy_project, run, set_checked_params, set_params, stage
-from tests.conftest import once_per_run, prepare_with
+from tests.conftest import Reproduced, once_per_run, prepare_with
 from tests.helpers import assert_resumed, epochs_trained, kill_env
 
 # resnet18's random features are enough for its head to learn the digits at 16 px, policy and
@@ -331,6 +331,17 @@ def test_evaluate_on_two_processes_gives_the_scores_of_one(batchnorm_trains: Pat
     (error,) = error_lines(result.stderr)
     assert "1 of 3 checkpoints cannot be used" in error and "epoch_002.pt" in error
     assert not (project / "eval/scores.csv").exists()
+
+
+def test_a_stage_run_by_hand_in_a_shell_with_a_master_address_is_one_process(reproduced: Reproduced) -> None:
+    """A cluster shell often exports MASTER_ADDR (and MASTER_PORT): without torchrun's RANK,
+    WORLD_SIZE and LOCAL_RANK, a stage is still one plain process, and scores as one."""
+    project = reproduced.path
+    scores = (project / "eval/scores.csv").read_text()
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    result = run([PYTHON, "-m", "pipeline.evaluate"], project, check=False, env=env)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert (project / "eval/scores.csv").read_text() == scores
 
 
 def test_a_plain_launch_under_an_operators_variables_is_refused(project: Path) -> None:

@@ -85,6 +85,15 @@ def latin_1_params(project: Path) -> str:
     return "params.yaml is not UTF-8 text: invalid continuation byte at byte 3"
 
 
+def damaged_after_prepare(project: Path) -> str:
+    """An image damaged after prepare decoded it, and the decoded cache gone (another machine,
+    a cleaned cache): train must decode it again and cannot."""
+    shutil.rmtree(project / ".cache/images")
+    path = pd.read_csv(project / "data/prepared/manifest.csv")["path"].iloc[0]
+    (project / path).write_bytes(b"\x89PNG\r\n\x1a\n not any more")
+    return f"{path} "
+
+
 def unchanged(message: str) -> Callable[[Path], str]:
     return lambda project: message
 
@@ -112,6 +121,7 @@ CASES = [
     ("evaluate after the checked params record was damaged", "reproduced", damaged_record, ["-m", "pipeline.evaluate"]),
     ("train on params the record lacks", "prepared", record_without_a_key, ["-m", "pipeline.train"]),
     ("check params saved in Latin-1", "project", latin_1_params, ["-m", "pipeline.check_params"]),
+    ("train on an image damaged since prepare", "prepared", damaged_after_prepare, ["-m", "pipeline.train"]),
 ]
 
 
@@ -129,6 +139,8 @@ def test_a_step_out_of_order_is_one_line_saying_what_to_do(
 
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith(f"pipeline: error: {message}"), result.stderr
+    if situation == "train on an image damaged since prepare":
+        assert errors[0].endswith("; it decoded when prepare ran: rerun prepare"), errors[0]
     assert result.returncode == 2 and "Traceback" not in result.stderr
     after = {name: (project / name).read_bytes() for name in outputs if (project / name).exists()}
     assert after == before, "a failed command must leave the results as they were"

@@ -506,6 +506,7 @@ WRAPPED = {
     "DistributedDataParallel": lambda state: prefixed(state, "module."),
     "torch.compile": lambda state: prefixed(state, "_orig_mod."),
     "compiled under DDP": lambda state: prefixed(state, "module._orig_mod."),
+    "DDP inside a compiled module": lambda state: prefixed(state, "_orig_mod.module."),
     "Lightning": lambda state: {"state_dict": state, "epoch": 3, "global_step": 120},
     "torchvision references": lambda state: {"model": state, "optimizer": {"state": {}, "param_groups": []}},
     "PyTorch tutorial": lambda state: {"model_state_dict": state, "epoch": 3, "loss": 0.25},

@@ -145,6 +145,8 @@ def test_torchvision_weights_are_a_params_only_switch(project: Path, tmp_path: P
     assert "pretrain epoch" not in log and "Running stage 'weights'" in log and "Traceback" not in log
     manifest = pd.read_csv(project / "data/prepared/manifest.csv")
     assert len(manifest) == 896 and all(manifest["path"].str.startswith("data/raw/"))
+    # prepare decoded every image at the weights' sizing, once: train and evaluate read its cache.
+    assert "images at 18px" not in log, log
 
     # One DVC-tracked file holds the starting weights: the cached tensors, without the head.
     start = load_checkpoint(project / "models" / "start.pt")

@@ -150,14 +150,17 @@ def test_every_path_named_or_found_gets_a_row_that_says_what_it_is(project: Path
     folder.mkdir()
     shutil.copy(project / "c.png", folder / "good.png")
     os.mkfifo(folder / "pipe.png")
+    os.mkfifo(folder / "pipe")  # no image extension: still a row, as no file is left out unsaid
     (folder / "gone.png").symlink_to("nowhere.png")
     (folder / "loop.png").symlink_to("loop.png")
     (folder / "notes.txt").write_text("not an image\n")
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(folder / "sock.png"))
     os.mkfifo(tmp_path / "named.fifo")
+    (tmp_path / "named_link.png").symlink_to("nowhere.png")
     try:
-        args = [str(folder), str(tmp_path / "named.fifo"), "/dev/null", "--model", MODEL, "--format", "csv"]
+        args = [str(folder), str(tmp_path / "named.fifo"), str(tmp_path / "named_link.png"), "/dev/null"]
+        args += ["--model", MODEL, "--format", "csv"]
         result = run([sys.executable, "-m", "tools.predict", *args], project, timeout=120)
     finally:
         sock.close()
@@ -166,16 +169,18 @@ def test_every_path_named_or_found_gets_a_row_that_says_what_it_is(project: Path
         f"{folder}/gone.png": "a broken link: its target nowhere.png does not exist",
         f"{folder}/good.png": "",
         f"{folder}/loop.png": "a link loop",
+        f"{folder}/pipe": "not a regular file: a named pipe (FIFO)",
         f"{folder}/pipe.png": "not a regular file: a named pipe (FIFO)",
         f"{folder}/sock.png": "not a regular file: a socket",
         f"{tmp_path}/named.fifo": "not a regular file: a named pipe (FIFO)",
+        f"{tmp_path}/named_link.png": "a broken link: its target nowhere.png does not exist",
         "/dev/null": "not a regular file: a character device",
     }
     assert list(rows) == list(expected), result.stdout
     for path, error in expected.items():
         assert rows[path].startswith(error), (path, rows[path])
     assert f"{folder}: 1 file(s) without an image extension left out" in result.stderr
-    assert "6 of 7 path(s) could not be read as an image" in result.stderr
+    assert "8 of 9 path(s) could not be read as an image" in result.stderr
 
 
 def test_each_path_gets_one_row_whatever_its_name_and_one_readable_image_is_enough(

@@ -628,6 +628,7 @@ def recorded_loop(model, train_data, val_data, optimizer, loop, epoch, classes):
             "optimizer": type(optimizer).__name__,
             "rates_and_decays": sorted({(g["lr"], g["weight_decay"]) for g in optimizer.param_groups}),
             "val_images": sorted(val_data.images.flatten(1).sum(1).tolist()),
+            "normalised_with": [list(train_data.mean), list(train_data.std)],
         }
         with open("seen.json", "w") as file:
             json.dump(seen, file)
@@ -642,12 +643,14 @@ def test_every_training_param_reaches_the_train_stage_s_loop(prepared: Path) -> 
     default (the loop's own handling of each is tested against torchvision elsewhere): the
     seed, flips, crop scale and aspect, accumulation, clipping, the train split's images (not
     val's) with class weights by hand from its counts, and the policy with the weights' own
-    mean and std (those best.pt records). Each value differs from the loop's default."""
+    mean and std (those best.pt records), the crops normalised with them too. Each value
+    differs from the loop's default. train.sync_batchnorm, with no effect on one process,
+    must not stop it."""
     project = prepared
     recipe = {
         "train.epochs": 1, "train.seed": 7, "train.augment.hflip": True, "train.augment.min_scale": 0.5,
         "train.augment.max_aspect": 2.0, "train.augment.policy": "trivialaugment", "train.accumulate_steps": 2,
-        "train.clip_grad_norm": 1.5, "train.class_weights": "balanced",
+        "train.clip_grad_norm": 1.5, "train.class_weights": "balanced", "train.sync_batchnorm": True,
     }  # fmt: skip
     set_checked_params(project, **recipe)
     run([sys.executable, "-c", RECORD_THE_LOOP, "pipeline.train"], project)
@@ -657,6 +660,7 @@ def test_every_training_param_reaches_the_train_stage_s_loop(prepared: Path) -> 
     loop = seen["loop"]
     head = loop.pop("head")
     loop.pop("val_images")
+    normalised_with = loop.pop("normalised_with")
     assert (loop.pop("optimizer"), loop.pop("rates_and_decays")) == ("SGD", [[0.01, 0.0], [0.01, 0.0001]])
     assert loop.pop("train_targets") == sorted(labels["train"]) and loop.pop("val_targets") == sorted(labels["val"])
     counts = [labels["train"].count(k) for k in range(len(classes))]
@@ -669,6 +673,7 @@ def test_every_training_param_reaches_the_train_stage_s_loop(prepared: Path) -> 
     start = load_checkpoint(project / "models/start.pt")
     assert seen["augment"] == {"mean": start["mean"], "std": start["std"], "classes": len(classes)}
     assert start["mean"] != start["std"]
+    assert normalised_with == [start["mean"], start["std"]]  # the training crops too
     # The new head as torchvision's model and nn.Linear draw it from train.seed: the model
     # built from the seed (its trunk then replaced by start.pt's), then the head.
     torch.manual_seed(7)

@@ -187,6 +187,17 @@ def test_other_params_or_weights_never_resume_another_run(trained: tuple[Path, l
     assert epochs_trained(other.stderr) == list(range(1, EPOCHS + 1))
 
     set_checked_params(project, **{"select.metric": "val_loss", "select.mode": "min"})
+    # Another split of the same images (prepare.seed): another run.
+    manifest = (project / "data/prepared/manifest.csv").read_bytes()
+    set_checked_params(project, **{"prepare.seed": 1})
+    stage("prepare", project)
+    assert (project / "data/prepared/manifest.csv").read_bytes() != manifest
+    other = stage("train", project)
+    assert "resuming" not in other.stderr
+    assert epochs_trained(other.stderr) == list(range(1, EPOCHS + 1))
+    set_checked_params(project, **{"prepare.seed": 0})
+    stage("prepare", project)
+    assert (project / "data/prepared/manifest.csv").read_bytes() == manifest
     # back to the killed run's params and weights: it resumes
     resumed = stage("train", project)
     assert_resumed(resumed.stderr, after=1, epochs=EPOCHS)
@@ -267,3 +278,4 @@ def test_a_resumed_run_keeps_its_cpu_threads_unless_train_threads_names_a_count(
     assert [checkpoint["threads"] for checkpoint in final_state(project)] == [count] * EPOCHS
     # A count named on resuming wins: the kept 3 only stands in for train.threads 0.
     assert run_threads(2, [{"threads": 3}]) == 2 and run_threads(0, [{"threads": 3}]) == 3
+    assert run_threads(0, [{"threads": 3}, {"threads": 5}]) == 5  # the last epoch's

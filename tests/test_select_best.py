@@ -73,15 +73,19 @@ def test_the_weights_moving_average_wins_when_better_and_the_raw_weights_on_a_ti
 def test_the_stage_keeps_the_checkpoint_validation_prefers_when_test_disagrees(
     reproduced: Reproduced, metric: str, mode: str
 ) -> None:
-    """`python -m pipeline.select_best` on an evaluate table where every validation score
-    prefers epoch 1 and every test score epoch 2: the stage must keep epoch 1's weights and
-    report epoch 1's row. The table is evaluate's, with its score columns set by hand."""
+    """`python -m pipeline.select_best` on an evaluate table where the chosen validation score
+    prefers epoch 1, and the other validation scores and every test score epoch 2: the stage
+    must keep epoch 1's weights and report epoch 1's row. The table is evaluate's, with its
+    score columns set by hand."""
     project = reproduced.path
     table = pd.read_csv(project / "eval/scores.csv")
     assert list(table["epoch"]) == [1, 2] and set(table["weights"]) == {"raw"}
     better, worse = {"loss": 0.2, "accuracy": 0.9, "f1": 0.8}, {"loss": 0.7, "accuracy": 0.4, "f1": 0.3}
+    val = {
+        name: [better[name], worse[name]] if f"val_{name}" == metric else [worse[name], better[name]] for name in better
+    }
     for name in better:
-        table[f"val_{name}"] = [better[name], worse[name]]
+        table[f"val_{name}"] = val[name]
         table[f"test_{name}"] = [worse[name] + 0.01, better[name] + 0.01]
     table.to_csv(project / "eval/scores.csv", index=False)
     set_checked_params(project, **{"select.metric": metric, "select.mode": mode})
@@ -91,7 +95,7 @@ def test_the_stage_keeps_the_checkpoint_validation_prefers_when_test_disagrees(
     metrics = json.loads((project / "best/metrics.json").read_text())
     assert metrics["epoch"] == 1
     for name in better:  # epoch 1's row, by hand
-        assert metrics[f"val_{name}"] == pytest.approx(better[name])
+        assert metrics[f"val_{name}"] == pytest.approx(val[name][0])
         assert metrics[f"test_{name}"] == pytest.approx(worse[name] + 0.01)
     chosen = torch.load(project / "checkpoints/epoch_001.pt", weights_only=True)["model_state_dict"]
     kept = torch.load(project / "models/best.pt", weights_only=True)["model_state_dict"]
