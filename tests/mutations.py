@@ -1090,6 +1090,13 @@ MUTATIONS = [
         'best = pick_best(scores, "val_loss", Mode.min)',
         ("tests/test_select_best.py", "-k", "validation_prefers"),
     ),
+    Mutation(
+        "heat-tokens-prefix-one",
+        "Grad-CAM always drops exactly one leading token (a class token), whatever the model's prefix is",
+        "            patches = activations[:, self.prefix :]",
+        "            patches = activations[:, 1:]",
+        ("tests/test_heatmaps.py", "-k", "laid_out"),
+    ),
 ]
 
 

@@ -59,19 +59,30 @@ def small_model(kind: str, size: int = 64) -> torch.nn.Module:
         )
     elif kind == "timm/test_vit":
         model = new_model(kind, {"img_size": size})
+    elif kind in ("timm ViT with 4 registers", "timm ViT without a class token"):  # prefix 5 (DINOv2-reg), 0
+        tokens = {"reg_tokens": 4} if "registers" in kind else {"class_token": False, "global_pool": "avg"}
+        model = timm.create_model("vit_tiny_patch16_224", img_size=size, depth=2, embed_dim=32, num_heads=2, **tokens)
     else:
         model = new_model(kind, {})
     return model.eval()
 
 
-@pytest.mark.parametrize("kind", ["torchvision ViT", "timm/test_vit"])
-def test_patch_tokens_are_laid_out_as_the_model_cuts_the_image(kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "prefix"),
+    [
+        ("torchvision ViT", 1),
+        ("timm/test_vit", 1),
+        ("timm ViT with 4 registers", 5),
+        ("timm ViT without a class token", 0),
+    ],
+)
+def test_patch_tokens_are_laid_out_as_the_model_cuts_the_image(kind: str, prefix: int) -> None:
     """A patch changed at row 1, column 2 changes the token that `as_maps` puts there: the
     prefix tokens are left out, and the grid is read row by row, as the model flattens it."""
     size = 64
     model = small_model(kind, size)
     layer = feature_layer(model, size)
-    assert layer.layout == "tokens" and layer.grid == 4 and layer.prefix == 1
+    assert layer.layout == "tokens" and layer.grid == 4 and layer.prefix == prefix
     patch = size // layer.grid
     first_block = next(model.get_submodule(layer.name.rpartition(".")[0]).children())
     seen: list[torch.Tensor] = []
