@@ -1097,6 +1097,20 @@ MUTATIONS = [
         "            patches = activations[:, 1:]",
         ("tests/test_heatmaps.py", "-k", "laid_out"),
     ),
+    Mutation(
+        "predict-decode-errors-narrowed",
+        "tools.predict turns only OSErrors into error rows: a decompression bomb ends the run",
+        "            except Exception as error:  # Pillow raises many types for damaged or unsupported files",
+        "            except OSError as error:  # Pillow raises many types for damaged or unsupported files",
+        ("tests/test_predict.py", "-k", "each_path_gets"),
+    ),
+    Mutation(
+        "verify-remotes-never-found",
+        "tools.verify reads the remotes from the wrong config section: it never finds one, always says dvc repro",
+        'sorted(repo.config.get("remote", {}))',
+        'sorted(repo.config.get("remotes", {}))',
+        ("tests/test_pipeline.py", "-k", "shared_through_a_remote"),
+    ),
 ]
 
 

@@ -11,8 +11,10 @@ import json
 import os
 import shutil
 import socket
+import struct
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +201,17 @@ def test_each_path_gets_one_row_whatever_its_name_and_one_readable_image_is_enou
     assert rows[-1]["error"] == "" and rows[-1]["class_1"] == expected["c.png"][0][0]
     assert float(rows[-1]["probability_1"]) == pytest.approx(expected["c.png"][0][1], abs=PROBABILITY_TOLERANCE)
 
-    result = predict(project, "c.png", fifo, "--model", MODEL, "--format", "csv", check=False)
-    assert result.returncode == 0, result.stderr
-    assert "1 of 2 path(s) could not be read as an image" in result.stderr
+    # A PNG whose header claims 20000 x 20000 pixels: Pillow refuses it as a decompression bomb
+    # (not an OSError), which must be its row's error too, not the end of the run.
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    args = ["c.png", fifo, str(tmp_path / "bomb.png"), "--model", MODEL, "--format", "csv"]
+    result = predict(project, *args, check=False)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "2 of 3 path(s) could not be read as an image" in result.stderr
+    rows = {row["path"]: row["error"] for row in csv.DictReader(io.StringIO(result.stdout))}
+    assert rows["c.png"] == "" and "DecompressionBombError" in rows[str(tmp_path / "bomb.png")], rows
