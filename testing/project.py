@@ -54,15 +54,41 @@ def run(
 ) -> subprocess.CompletedProcess:
     """Run a command the way a user would, in `cwd`, capturing its output; `env` adds to
     (or replaces) this process's environment variables."""
-    # DVC runs stage commands as `python -m ...`: make that this interpreter.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "PATH": path}
+    full_env = _command_env(env)
     if _runs_warm(args, full_env) and not kwargs:
         result = _warm_python(full_env).run(args[2], args[3:], cwd, full_env)
     else:
         result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, **kwargs)
+    return _checked(result, check)
+
+
+def run_script(
+    code: str, args: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -c code *args`, as `run` runs a command: for a test's script that patches a
+    function and then runs a stage with runpy, as `python -m` would. In the warm interpreter
+    where `run` would use it for a stage, so the script must not depend on what a fresh
+    interpreter has not imported yet (torch, torchvision and the pipeline's libraries are)."""
+    full_env = _command_env(env)
+    if _runs_warm([sys.executable, "-m", "pipeline.check_params"], full_env):  # the same start-up rule
+        result = _warm_python(full_env).run("", args, cwd, full_env, code=code)
+    else:
+        result = subprocess.run(
+            [sys.executable, "-c", code, *args], cwd=cwd, env=full_env, capture_output=True, text=True
+        )
+    return _checked(result, check)
+
+
+def _command_env(env: dict[str, str] | None) -> dict[str, str]:
+    # DVC runs stage commands as `python -m ...`: make that this interpreter.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "PATH": path}
+
+
+def _checked(result: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+        command = " ".join(result.args) if isinstance(result.args, list) else result.args
+        raise AssertionError(f"{command} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
 
 

@@ -6,9 +6,10 @@ Most of a tiny stage run is the import of torch and torchvision (about 4 s of CP
 directly. So each pytest worker keeps one warm interpreter (`serve`, below) that has
 imported the heavy libraries and the pipeline's shared modules, and nothing else: no
 torch operation ever runs in it, so it holds no thread pool. For each command it forks a
-child that does what `python -m` does from there: it changes to the command's folder, takes
-its environment, runs the module as `__main__` with its arguments and exits with its
-status, stdout and stderr going to files that the caller reads back.
+child that does what `python -m` (or, for a test's own script, `python -c`) does from
+there: it changes to the command's folder, takes its environment, runs the module (or the
+script) as `__main__` with its arguments and exits with its status, stdout and stderr
+going to files that the caller reads back.
 
 The child imports the project's own packages afresh from the command's folder, as `python
 -m` would: only the libraries are shared. Commands whose environment changes what Python
@@ -56,15 +57,17 @@ class WarmPython:
         self._process: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
-    def run(self, module: str, args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-        """`python -m module *args` in `cwd` with exactly `env`, as a completed process."""
+    def run(
+        self, module: str, args: list[str], cwd: Path, env: dict[str, str], code: str | None = None
+    ) -> subprocess.CompletedProcess:
+        """`python -m module *args` in `cwd` with exactly `env`, as a completed process; with
+        `code`, `python -c code *args` instead (module unused)."""
         with self._lock, tempfile.TemporaryDirectory() as folder:
             out, err = Path(folder, "stdout"), Path(folder, "stderr")
-            request = {"module": module, "args": args, "cwd": str(cwd), "env": env, "out": str(out), "err": str(err)}
-            reply = self._ask(request)
-            return subprocess.CompletedProcess(
-                [sys.executable, "-m", module, *args], reply["returncode"], out.read_text(), err.read_text()
-            )
+            request = {"module": module, "code": code, "args": args, "cwd": str(cwd), "env": env}
+            reply = self._ask(request | {"out": str(out), "err": str(err)})
+            command = [sys.executable, *(["-m", module] if code is None else ["-c", code]), *args]
+            return subprocess.CompletedProcess(command, reply["returncode"], out.read_text(), err.read_text())
 
     def _ask(self, request: dict) -> dict:
         if self._process is None or self._process.poll() is not None:
@@ -108,7 +111,8 @@ def _child(request: dict) -> int:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        sys.argv = [request["module"], *request["args"]]
+        code = request.get("code")
+        sys.argv = [request["module"] if code is None else "-c", *request["args"]]
         sys.path[0] = request["cwd"]
         # The project's own code, imported afresh as `python -m` there would: its copy of the
         # files (what the run fingerprints hash), and pipeline/__init__.py's settings made
@@ -117,7 +121,10 @@ def _child(request: dict) -> int:
             del sys.modules[name]
         status = 0
         try:
-            runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+            if code is None:
+                runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+            else:  # as `python -c` runs it: in a fresh __main__
+                exec(compile(code, "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
         except SystemExit as stop:
             status = _exit_status(stop.code)
         except BaseException:  # as the interpreter would: the traceback, then status 1

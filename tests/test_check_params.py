@@ -18,7 +18,7 @@ from pipeline.cli import UserError
 from pipeline.config import EarlyStoppingParams, Mode, load_params
 from pipeline.models import build_model
 from pipeline.runs import early_stop
-from testing.project import REPO, run, set_params, stage
+from testing.project import REPO, run, run_script, set_params, stage
 from tests.conftest import Reproduced
 
 
@@ -455,12 +455,7 @@ def test_every_stage_fails_when_params_yaml_changed_while_it_ran(
     assert params.train.lr == 0.01
     params.train.lr = 0.02
     changed = OmegaConf.to_yaml(params) if change == "lr" else text + "train: [\n"
-    result = run(
-        [sys.executable, "-c", CHANGE_BEFORE_THE_LAST_CHECK, f"pipeline.{name}"],
-        project,
-        check=False,
-        env={"CHANGED_PARAMS": changed},
-    )
+    result = run_script(CHANGE_BEFORE_THE_LAST_CHECK, [f"pipeline.{name}"], project, False, {"CHANGED_PARAMS": changed})
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "params.yaml changed while this stage ran: " in errors[0], result.stderr

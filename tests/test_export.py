@@ -20,7 +20,7 @@ from pipeline import export, select_best
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.metrics import REPORTED
 from pipeline.models import build_model, model_from_checkpoint
-from testing.project import run, stage
+from testing.project import run, run_script, stage
 
 CLASSES = ["a", "b", "c"]
 
@@ -220,7 +220,7 @@ def test_a_full_disk_while_writing_the_export_fails_the_stage(project: Path, ste
         f"torch.export.{step} = disk_full\n"
         "runpy.run_module('pipeline.select_best', run_name='__main__')\n"
     )
-    result = run([sys.executable, "-c", full_disk], project, check=False)
+    result = run_script(full_disk, [], project, check=False)
     assert result.returncode == 1, result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "no space left on the disk" in errors[0], result.stderr

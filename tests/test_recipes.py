@@ -24,7 +24,7 @@ from pipeline.models import ModelSpec, build_model
 from pipeline.optim import class_weights, lr_factor, make_optimizer, training_loss, weights_average
 from pipeline.runs import early_stop
 from testing.compare import assert_same_run, assert_tensors_equal
-from testing.project import run, set_checked_params, stage
+from testing.project import run, run_script, set_checked_params, stage
 from tests.helpers import torchvision_logits
 
 
@@ -653,7 +653,7 @@ def test_every_training_param_reaches_the_train_stage_s_loop(prepared: Path) -> 
         "train.clip_grad_norm": 1.5, "train.class_weights": "balanced", "train.sync_batchnorm": True,
     }  # fmt: skip
     set_checked_params(project, **recipe)
-    run([sys.executable, "-c", RECORD_THE_LOOP, "pipeline.train"], project)
+    run_script(RECORD_THE_LOOP, ["pipeline.train"], project)
     seen = json.loads((project / "seen.json").read_text())
     manifest, classes = read_manifest(project / "data/prepared")
     labels = {split: [classes.index(label) for label in rows["label"]] for split, rows in manifest.groupby("split")}
@@ -691,7 +691,7 @@ def test_pretraining_takes_its_own_params_and_random_weights_draw_from_pretrain_
         "pretrain.batch_size": 96, "pretrain.optimizer": "adamw", "pretrain.lr": 0.003, "pretrain.weight_decay": 0.002,
     }  # fmt: skip
     set_checked_params(project, **recipe)
-    run([sys.executable, "-c", RECORD_THE_LOOP, "pipeline.weights"], project)
+    run_script(RECORD_THE_LOOP, ["pipeline.weights"], project)
     seen = json.loads((project / "seen.json").read_text())["loop"]
     assert (seen["seed"], seen["batch_size"], seen["optimizer"]) == (3, 96, "AdamW")
     assert seen["rates_and_decays"] == [[0.003, 0.002]]  # every parameter decayed (docs/params.md)
@@ -709,7 +709,7 @@ def test_pretraining_takes_its_own_params_and_random_weights_draw_from_pretrain_
     assert torch.equal(torch.tensor(seen["head"]), head.detach().flatten())
     # Another prepare.seed leaves pretraining's split as it was.
     set_checked_params(project, **{"prepare.seed": 2})
-    run([sys.executable, "-c", RECORD_THE_LOOP, "pipeline.weights"], project)
+    run_script(RECORD_THE_LOOP, ["pipeline.weights"], project)
     assert json.loads((project / "seen.json").read_text())["loop"]["val_images"] == seen["val_images"]
 
     set_checked_params(project, **{"model.weights": None})
