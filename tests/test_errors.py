@@ -4,7 +4,8 @@ in one line that says what to do, and exit code 2: through the command the user 
 traceback and nothing written that the next stage would take for a result.
 
 Each case starts from a project one step short of what the command needs, as a user who
-skipped a step would have it, and the expected line is written out in full here."""
+skipped a step would have it, and the expected line (its start, where the rest quotes a
+library's own message) is written out here."""
 
 import json
 import math
