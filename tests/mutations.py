@@ -1111,6 +1111,29 @@ MUTATIONS = [
         'sorted(repo.config.get("remotes", {}))',
         ("tests/test_pipeline.py", "-k", "shared_through_a_remote"),
     ),
+    Mutation(
+        "checkpoint-resize-not-rescaled",
+        "a pipeline checkpoint used as model.weights at another image_size keeps its own resize: "
+        "at 32 px a 224-px checkpoint's inputs are resized to 256 and the centre 32 px cut out",
+        "    return at_size(source.sizing, image_size), list(source.mean), list(source.std)",
+        "    return source.sizing, list(source.mean), list(source.std)",
+        ("tests/test_models.py", "-k", "another_image_size_keeps_its"),
+    ),
+    Mutation(
+        "timm-default-is-first-tag",
+        "model.weights DEFAULT takes the alphabetically first pretrained tag, not timm's default one",
+        "tag = timm.models.get_pretrained_cfg(name).tag if weights == DEFAULT_WEIGHTS else weights",
+        "tag = tags[0] if weights == DEFAULT_WEIGHTS else weights",
+        ("tests/test_timm.py", "-k", "defaults_to"),
+    ),
+    Mutation(
+        "stages-share-of-whole-model",
+        "a stage is opened up when it holds 90% of the whole model (head container included), not of the "
+        "stages: MobileNetV3, VGG and AlexNet get a single stage `features` for first:N and layer decay",
+        "        if size(largest) <= 0.9 * sum(size(s) for s in stages) or not inner:",
+        '        if size(largest) <= 0.9 * size("") or not inner:',
+        ("tests/test_models.py", "-k", "opened_into"),
+    ),
 ]
 
 

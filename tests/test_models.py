@@ -787,3 +787,29 @@ def test_another_image_size_keeps_the_weights_resize_to_crop_ratio(
     """docs/params.md: a different image_size keeps the weights' resize/crop ratio; the resizes
     here by hand from the ratios weights.transforms() states (256/224, 342/299)."""
     assert models.model_sizing(arch, weights, size) == Sizing(resize, size, "bilinear")
+
+
+@pytest.mark.parametrize(
+    ("arch", "head"), [("mobilenet_v3_small", "classifier.3"), ("vgg11", "classifier.6"), ("alexnet", "classifier.6")]
+)
+def test_a_backbone_whose_features_hold_its_weight_is_opened_into_their_blocks(arch: str, head: str) -> None:
+    """docs/fine-tuning.md: the stages `first:N` counts are the top-level modules, but one
+    that holds over 90% of the backbone's parameters is opened into its children. These
+    models' `features` hold nearly all of it (their classifier, which holds the head, is no
+    stage): their stages are the blocks of `features` that have parameters, by torchvision's
+    own module list."""
+    with torch.device("meta"):
+        model = torchvision.models.get_model(arch)
+    blocks = [f"features.{i}" for i, block in enumerate(model.features) if any(True for _ in block.parameters())]
+    assert stage_names(model, head) == blocks
+
+
+def test_a_pipeline_checkpoint_at_another_image_size_keeps_its_resize_to_crop_ratio(tmp_path: Path) -> None:
+    """A checkpoint of this pipeline as model.weights, trained at 16 px from inputs resized to
+    20 (the 1.25 of 20/16), used at 32 px: resized to 40, by hand, with its filter."""
+    built = build_model("resnet18", None, CLASSES, 16)
+    path = tmp_path / "weights.pt"
+    spec = {**built.spec.to_dict(), "resize_size": 20, "interpolation": "bicubic"}
+    save_checkpoint({**spec, "epoch": 1, "model_state_dict": built.model.state_dict()}, path)
+    assert models.model_sizing("resnet18", str(path), 16) == Sizing(20, 16, "bicubic")
+    assert models.model_sizing("resnet18", str(path), 32) == Sizing(40, 32, "bicubic")

@@ -425,3 +425,15 @@ def test_a_model_with_two_classifier_layers_is_refused_before_any_work(arch: str
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"{arch} has not one classifier layer but {heads}" in errors[0]
+
+
+@pytest.mark.parametrize("model_name", ["vit_tiny_patch16_224", "resnet18"])
+def test_default_weights_are_the_tag_timm_itself_defaults_to(model_name: str) -> None:
+    """docs/params.md: for a timm/ arch, model.weights DEFAULT is timm's default tag for the
+    model: the one timm.create_model builds with when no tag is named (for the ViT not its
+    first listed tag, augreg_in21k, a 21k-class model, but augreg_in21k_ft_in1k)."""
+    with torch.device("meta"):
+        default_tag = timm.create_model(model_name).pretrained_cfg["tag"]
+    assert timm_backbones.named_weights(f"timm/{model_name}", "DEFAULT") == f"{model_name}.{default_tag}"
+    first = timm.list_pretrained(f"{model_name}.*")[0]
+    assert model_name != "vit_tiny_patch16_224" or first != f"{model_name}.{default_tag}"
