@@ -1134,6 +1134,28 @@ MUTATIONS = [
         '        if size(largest) <= 0.9 * size("") or not inner:',
         ("tests/test_models.py", "-k", "opened_into"),
     ),
+    Mutation(
+        "verify-object-names-prefix-match",
+        "tools.verify takes any file whose name starts like an object's (e.g. a leftover temp file) for one",
+        "if path.is_file() and OBJECT_NAME.fullmatch(path.name):",
+        "if path.is_file() and OBJECT_NAME.match(path.name):",
+        ("tests/test_verify.py", "-k", "against_their_names"),
+    ),
+    Mutation(
+        "evaluate-classes-checked-once",
+        "evaluate compares the classes of the first checkpoint only with the manifest's",
+        "        if spec.classes != classes:\n",
+        "        if model is None and spec.classes != classes:\n",
+        ("tests/test_evaluate.py", "-k", "other_classes"),
+    ),
+    Mutation(
+        "split-loss-mixed-weights-collapsed",
+        "with class weights and MixUp/CutMix, reduction='none' returns the batch's weighted mean, not each "
+        "item's loss: accumulated/multi-process steps scale it by the item count and count the padding",
+        '    if reduction == "none" or weight is None or not targets.is_floating_point():',
+        "    if weight is None or not targets.is_floating_point():",
+        ("tests/test_recipes.py", "-k", "mixed_labels_is_divided"),
+    ),
 ]
 
 

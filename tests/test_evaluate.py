@@ -66,16 +66,19 @@ def test_checkpoints_of_other_classes_are_refused_not_scored(project: Path) -> N
     """A checkpoint whose output i is another class than the manifest's i-th (a data folder
     changed under a kept run) would score every image against the wrong names: evaluate stops."""
     stage("check_params", project)
-    built = build_model("resnet18", None, ["cat", "dog"], 16)
-    checkpoint = {**built.spec.to_dict(), "model_state_dict": built.model.state_dict(), "epoch": 1, "loss": 0.5}
-    save_checkpoint(checkpoint, project / "checkpoints/epoch_001.pt")
     prepared = project / "data/prepared"
     prepared.mkdir(parents=True, exist_ok=True)
-    (prepared / "classes.json").write_text(json.dumps(["dog", "cat"]))  # the same names, in another order
+    (prepared / "classes.json").write_text(json.dumps(["dog", "cat"]))
     (prepared / "manifest.csv").write_text("path,label,split,sha1\n")
+    # Epoch 1 of the manifest's classes, epoch 2 of the same names in another order: every
+    # checkpoint is compared, not the first alone.
+    for epoch, classes in [(1, ["dog", "cat"]), (2, ["cat", "dog"])]:
+        built = build_model("resnet18", None, classes, 16)
+        checkpoint = {**built.spec.to_dict(), "model_state_dict": built.model.state_dict(), "epoch": epoch, "loss": 0.5}
+        save_checkpoint(checkpoint, project / f"checkpoints/epoch_{epoch:03d}.pt")
 
     result = stage("evaluate", project, check=False)
 
     assert result.returncode == 2, result.stderr
-    assert "trained on classes ['cat', 'dog'], but the manifest has ['dog', 'cat']" in result.stderr
+    assert "epoch_002.pt was trained on classes ['cat', 'dog'], but the manifest has ['dog', 'cat']" in result.stderr
     assert not (project / "eval/scores.csv").exists()

@@ -241,6 +241,9 @@ def test_class_weighted_loss_of_mixed_labels_is_divided_by_their_weight(smoothin
     smoothed = mixed * (1 - smoothing) + smoothing / 3
     by_hand = -(weight * smoothed * logits.log_softmax(dim=1)).sum() / (mixed * weight).sum()
     torch.testing.assert_close(training_loss(logits, mixed, weight, smoothing), by_hand)
+    # Each item's weighted loss (reduction "none", which split_loss divides by a step's weight).
+    items = -(weight * smoothed * logits.log_softmax(dim=1)).sum(dim=1)
+    torch.testing.assert_close(training_loss(logits, mixed, weight, smoothing, reduction="none"), items)
     # Without class weights it is torch's loss of the probabilities, their mean over the batch.
     torch.testing.assert_close(
         training_loss(logits, mixed, None, smoothing), F.cross_entropy(logits, mixed, label_smoothing=smoothing)

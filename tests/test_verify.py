@@ -53,6 +53,8 @@ def test_cache_objects_are_checked_against_their_names(tmp_path: Path) -> None:
     bad_dir = put_object(cache, b'[{"md5": "trunc', name=md5(listing + b" "), suffix=".dir")
     (cache / "files" / "md5" / "ab").mkdir()
     (cache / "files" / "md5" / "ab" / "not-an-object.tmp").write_bytes(b"ignored")
+    # what an interrupted transfer leaves: an object's name, then a suffix of its own
+    (cache / "files" / "md5" / "ab" / f"{'c' * 30}.0f1e2d3c.tmp").write_bytes(b"half a file")
 
     checked, damaged = verify.check_cache(cache)
 
