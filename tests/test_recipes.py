@@ -630,7 +630,7 @@ def recorded_loop(model, train_data, val_data, optimizer, loop, epoch, classes):
             "head": model.fc.weight.detach().flatten().tolist() if hasattr(model, "fc") else None,
             "optimizer": type(optimizer).__name__,
             "rates_and_decays": sorted({(g["lr"], g["weight_decay"]) for g in optimizer.param_groups}),
-            "val_images": sorted(val_data.images.flatten(1).sum(1).tolist()),
+            "val_images": sorted(val_data.images[val_data.rows].flatten(1).sum(1).tolist()),  # rows: the split's
             "normalised_with": [list(train_data.mean), list(train_data.std)],
         }
         with open("seen.json", "w") as file:
