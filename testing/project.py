@@ -70,7 +70,7 @@ def run_script(
     where `run` would use it for a stage, so the script must not depend on what a fresh
     interpreter has not imported yet (torch, torchvision and the pipeline's libraries are)."""
     full_env = _command_env(env)
-    if _runs_warm([sys.executable, "-m", "pipeline.check_params"], full_env):  # the same start-up rule
+    if _warm_start_up(full_env):
         result = _warm_python(full_env).run("", args, cwd, full_env, code=code)
     else:
         result = subprocess.run(
@@ -87,8 +87,7 @@ def _command_env(env: dict[str, str] | None) -> dict[str, str]:
 
 def _checked(result: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
     if check and result.returncode != 0:
-        command = " ".join(result.args) if isinstance(result.args, list) else result.args
-        raise AssertionError(f"{command} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(f"{' '.join(result.args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
 
 
@@ -112,11 +111,16 @@ def _warm_python(env: dict[str, str]) -> WarmPython:
 
 def _runs_warm(args: list[str], env: dict[str, str]) -> bool:
     """Whether `args` can run in the warm interpreter (testing/warm.py): one of the project's
-    entry modules, under an environment that sets what Python and torch read at start-up
-    as the warm interpreter's does."""
-    if not _warm_allowed or args[:2] != [sys.executable, "-m"] or len(args) < 3:
+    entry modules, under an environment that starts up as the warm interpreter's does."""
+    if args[:2] != [sys.executable, "-m"] or len(args) < 3 or not args[2].startswith(("pipeline.", "tools.")):
         return False
-    if not args[2].startswith(("pipeline.", "tools.")):
+    return _warm_start_up(env)
+
+
+def _warm_start_up(env: dict[str, str]) -> bool:
+    """Whether the warm interpreter may run a command under `env`: the tests allow it, and
+    `env` sets what Python and torch read at start-up as the warm interpreter's does."""
+    if not _warm_allowed:
         return False
     if _warm is None:
         return True
