@@ -807,6 +807,20 @@ MUTATIONS = [
         ("tests/test_data.py", "-k", "another_filter"),
     ),
     Mutation(
+        "cache-key-without-code",
+        "the decoded-image cache's names leave out the code that decodes: edited decoding reads old pixels",
+        "    key = [code_version(), sizing.to_dict(),",
+        "    key = [sizing.to_dict(),",
+        ("tests/test_prepare.py", "-k", "other_decoding_code"),
+    ),
+    Mutation(
+        "cache-key-without-pillow",
+        "the decoded-image cache's names leave out Pillow's version: another Pillow reads old pixels",
+        "    digest = hashlib.sha256(PIL.__version__.encode())",
+        "    digest = hashlib.sha256()",
+        ("tests/test_prepare.py", "-k", "other_decoding_code"),
+    ),
+    Mutation(
         "cache-rows-shifted",
         "after a damaged or conflicting file is left out, every later image's model input is its neighbour's",
         "                    kept[index] = array[row]\n",

@@ -17,9 +17,8 @@ from torchvision.transforms import v2
 from pipeline.augment import draw_augmentation
 from pipeline.batches import Draws, ImageBatches
 from pipeline.cli import UserError
-from pipeline.data import cache as cache_module
 from pipeline.data import inspection
-from pipeline.data.cache import decoded_images, training_copies
+from pipeline.data.cache import decoded_images
 from pipeline.data.decode import Sizing, decode, load_image
 from pipeline.data.inspection import image_hash, inspect_file
 from pipeline.data.scan import find_images
@@ -462,25 +461,6 @@ def test_decoded_images_reuse_the_cache(tmp_path: Path, manifest: pd.DataFrame, 
 
     np.testing.assert_array_equal(again, first)
     assert cache_files(cache) == before
-
-
-def test_a_new_preprocessing_version_never_reads_an_old_cache(
-    tmp_path: Path, manifest: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The version is part of every cache file's name: arrays and copies of another version
-    (other shapes, another copy format) are left alone, never read."""
-    cache = tmp_path / "cache"
-    monkeypatch.setattr(cache_module, "PREPROCESSING_VERSION", cache_module.PREPROCESSING_VERSION - 1)
-    decoded_images(manifest, Sizing(8, 8), cache)
-    for path in cache.iterdir():  # what an older version might have kept under its names
-        path.write_bytes(b"not this version's data")
-    old = cache_files(cache)
-    monkeypatch.undo()
-    images = decoded_images(manifest, Sizing(8, 8), cache)
-    copies = training_copies(manifest, Sizing(8, 8), cache)
-    assert len(cache_files(cache)) == 2 * len(old) and {name: cache_files(cache)[name] for name in old} == old
-    np.testing.assert_array_equal(images[0], load_image(manifest.loc[0, "path"], Sizing(8, 8)))
-    assert len(copies) == len(manifest)
 
 
 def test_decoded_images_of_another_filter_are_decoded_again(tmp_path: Path, manifest: pd.DataFrame) -> None:

@@ -16,7 +16,7 @@ from pipeline.data.cache import decoded_images
 from pipeline.data.decode import Sizing, load_image
 from pipeline.data.split import SPLITS
 from pipeline.files import read_csv
-from testing.project import set_checked_params, set_params, stage
+from testing.project import run_script, set_checked_params, set_params, stage
 from tests.helpers import file_sha1
 
 PREPARED = Path("data/prepared")
@@ -326,3 +326,41 @@ def test_prepare_keeps_duplicates_in_one_split_and_drops_conflicting_copies(proj
     labels = dict(zip(manifest["path"], manifest["label"], strict=True))
     assert {labels[p] for p in rel[1]} == {"b", "c"} and labels[rel[1][-2]] == "c"
     assert dict(zip(duplicates["path"], duplicates["split"], strict=True)) == {p: split_of[p] for p in rel[0] + rel[1]}
+
+
+PILLOW_OF_ANOTHER_VERSION = """
+import runpy, sys
+import PIL
+PIL.__version__ = "0.0.1"  # another Pillow resamples otherwise: the cache must not be read
+sys.argv = ["pipeline.prepare"]
+runpy.run_module("pipeline.prepare", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_other_decoding_code_or_pillow_never_reads_an_old_cache(project: Path) -> None:
+    """The decoded cache's file names hold the code that decodes (pipeline/data) and Pillow's
+    version: after an edit there, or under another Pillow, prepare keeps its pixels under new
+    names and leaves the old files alone, so train and evaluate never read pixels that other
+    code made (a version number bumped by hand would, whenever someone forgot). The same
+    code and Pillow keep the same names."""
+    simple_folder(project / "pics", {"a": 6, "b": 6})
+    set_checked_params(project, **{"prepare.data_dir": "pics"})
+    cache = project / ".cache" / "images"
+
+    def cache_files() -> dict[str, bytes]:
+        return {path.name: path.read_bytes() for path in cache.iterdir()}
+
+    stage("prepare", project)
+    first = cache_files()
+    assert len(first) == 3  # the model's inputs, the training copies and their index
+    stage("prepare", project)
+    assert cache_files() == first
+
+    decode = project / "pipeline" / "data" / "decode.py"
+    decode.write_text(decode.read_text() + "# a change that gives other pixels, for all the cache knows\n")
+    stage("prepare", project)
+    edited = cache_files()
+    assert len(edited) == 2 * len(first) and {name: edited[name] for name in first} == first
+
+    run_script(PILLOW_OF_ANOTHER_VERSION, [], project)
+    assert len(cache_files()) == 3 * len(first)

@@ -2,8 +2,8 @@
 
 Every image is read and decoded once, in the pass that also checks and hashes it
 (`split.usable_images`), into the model's inputs (a uint8 array on disk) and a training copy
-of the whole picture (a JPEG), both keyed by the manifest, the sizing and the preprocessing
-version. Epochs read those, so no epoch decodes a file; random resized crops are cut from
+of the whole picture (a JPEG), both keyed by the manifest, the sizing and the code that
+decodes them. Epochs read those, so no epoch decodes a file; random resized crops are cut from
 the copies (batches.CropBatches), the recipes run on tensors (pipeline.augment).
 
 The modules, each importing only those listed above it:
@@ -17,7 +17,7 @@ The modules, each importing only those listed above it:
                    that it decodes, its pixels and its copy (`inspect_file`, `inspect_all`)
     cache.py       the decoded-image cache: a manifest's inputs at one sizing as one
                    memory-mapped array file, and its training copies (`decoded_images`,
-                   `training_copies`, PREPROCESSING_VERSION)
+                   `training_copies`, `code_version`)
     split.py       the manifest's rows: usable images, duplicate groups, the stratified
                    split (`usable_images`, `stratified_split`, `read_manifest`); enough
                    classes for a classifier, from the scan alone (`scan_classes`)

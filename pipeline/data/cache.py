@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import PIL
 
 from pipeline.cli import UserError
 from pipeline.data.copies import CopyWriter, TrainingCopies
@@ -24,9 +25,16 @@ from pipeline.files import atomic_path, project_cache
 # The package's name, not the module's: stage logs show `pipeline.data: ...` for all of it.
 log = logging.getLogger("pipeline.data")
 
-# Bump when `load_image` (decode.py) or `make_copy` (copies.py) changes what it gives, so
-# cached arrays and copies are rebuilt: the version is part of their names.
-PREPROCESSING_VERSION = 6
+
+def code_version() -> str:
+    """What makes the cached pixels besides the files and the sizing: this package's code (the
+    decode, the copies) and Pillow, whose resampling gives them. Part of every cache file's
+    name, so no stage reads pixels that other code made; hashed rather than a version number
+    that someone must remember to bump."""
+    digest = hashlib.sha256(PIL.__version__.encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def cache_folder() -> Path:
@@ -36,9 +44,9 @@ def cache_folder() -> Path:
 
 def _cache_path(manifest: pd.DataFrame, sizing: Sizing, cache_dir: Path) -> Path:
     """The decoded array of `manifest`'s rows at `sizing`: named by the files' contents (sha1),
-    the sizing and PREPROCESSING_VERSION, so it is rebuilt when, and only when, one changes.
-    The training copies lie beside it (`_copy_paths`)."""
-    key = [PREPROCESSING_VERSION, sizing.to_dict(), manifest["path"].tolist(), manifest["sha1"].tolist()]
+    the sizing and the code that decodes them (`code_version`), so it is rebuilt when, and
+    only when, one changes. The training copies lie beside it (`_copy_paths`)."""
+    key = [code_version(), sizing.to_dict(), manifest["path"].tolist(), manifest["sha1"].tolist()]
     return cache_dir / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]}.npy"
 
 
