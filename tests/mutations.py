@@ -821,6 +821,13 @@ MUTATIONS = [
         ("tests/test_prepare.py", "-k", "other_decoding_code"),
     ),
     Mutation(
+        "start-keeps-the-head",
+        "the weights stage saves the whole model, the weights file's own head included, as models/start.pt",
+        '        "model_state_dict": backbone_state(built.model, built.spec.head),',
+        '        "model_state_dict": built.model.state_dict(),',
+        ("tests/test_models.py", "-k", "users_wrapped"),
+    ),
+    Mutation(
         "cache-rows-shifted",
         "after a damaged or conflicting file is left out, every later image's model input is its neighbour's",
         "                    kept[index] = array[row]\n",

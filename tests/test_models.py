@@ -42,7 +42,7 @@ from pipeline.freezing import (
 )
 from pipeline.models import ModelSpec, build_model, check_input_size, model_from_checkpoint, skeleton_model
 from pipeline.optim import make_optimizer
-from testing.project import REPO, run
+from testing.project import REPO, run, set_checked_params, stage
 
 ARCHS = torchvision.models.list_models(module=torchvision.models)
 NUM_CLASSES = 3
@@ -530,6 +530,33 @@ def test_wrapped_state_dicts_load_as_users_expect(tmp_path: Path, shape: str, su
         torch.save(WRAPPED[shape](state), path)
     built = build_model(SMALL, str(path), CLASSES, SIZE)
     assert_trunk_equal(built.model, state, "fc")
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_the_weights_stage_starts_from_a_users_wrapped_weights_file(project: Path, suffix: str) -> None:
+    """README: a weights file under models/weights/, as DDP under Lightning saves it, becomes
+    models/start.pt through the weights stage: start.pt holds the file's own tensors, the
+    wrapper's entry and prefix taken off by hand here, and no head; the log names both."""
+    state = scrambled_resnet(SMALL).state_dict()
+    saved = {"state_dict": prefixed(state, "module."), "epoch": 3}
+    name = f"models/weights/mine{suffix}"
+    if suffix == ".safetensors":  # a flat file: the prefix alone
+        from safetensors.torch import save_file
+
+        save_file(saved["state_dict"], project / name)
+    else:
+        torch.save(saved, project / name)
+    set_checked_params(project, **{"model.arch": SMALL, "model.weights": name})
+    result = stage("weights", project)
+
+    start = torch.load(project / "models/start.pt", weights_only=True)
+    trunk = {key: value for key, value in state.items() if not key.startswith("fc.")}
+    assert start["model_state_dict"].keys() == trunk.keys()
+    for key, value in trunk.items():
+        assert torch.equal(start["model_state_dict"][key], value), key
+    assert start["arch"] == SMALL and start["source"] == name
+    entry = "the state_dict under 'state_dict'" if suffix == ".pt" else "the state_dict"
+    assert f"{name}: {entry}, its keys without the prefix 'module.'" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(
