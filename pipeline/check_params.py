@@ -10,7 +10,8 @@ Checked: every key and type (config.load_params), the freeze specs (`freeze` and
 `train.unfreeze_to`, whether or not unfreezing is on) against the model's structure, the
 arch, the weights name or file (which must lie under models/weights/, and whose keys and
 shapes must fit the arch: its structure is read, not its tensors), the image size,
-whether the model takes `train.drop_path`, the device, and the data folders (at least 2
+whether the model takes `train.drop_path`, the device (and that it is a GPU for
+`train.sync_batchnorm` on several processes), and the data folders (at least 2
 class folders with image files, by a scan that reads no image). Settings that cannot take
 effect beside the others (unfreezing after the last epoch...) are each a warning line.
 
@@ -28,6 +29,7 @@ from pipeline.cli import UserError, run_stage
 from pipeline.config import PRETRAIN_WEIGHTS, Params, Schedule, load_params
 from pipeline.data.split import scan_classes
 from pipeline.devices import resolve_device
+from pipeline.distributed import check_sync_batchnorm
 from pipeline.files import atomic_write
 from pipeline.models import check_model_params, is_weights_file
 from pipeline.paths import PARAMS_OK, WEIGHTS_DIR
@@ -47,7 +49,9 @@ def check(params: Params) -> None:
                 scan_classes(Path(folder))
             except UserError as error:
                 raise UserError(f"{key} = {folder!r}: {error}") from None
-    resolve_device(params.device)
+    device = resolve_device(params.device)
+    if params.train.sync_batchnorm and params.train.processes > 1:
+        check_sync_batchnorm(device)
     if (
         weights is not None
         and is_weights_file(weights)

@@ -255,11 +255,18 @@ def local_processes() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if launched() else 1
 
 
+def check_sync_batchnorm(device: torch.device) -> None:
+    """torch runs SyncBatchNorm only on GPUs: check_params refuses it elsewhere, before any work."""
+    if device.type != "cuda":
+        raise UserError(
+            f"train.sync_batchnorm needs CUDA, and device is {device}: torch's SyncBatchNorm runs only on GPUs"
+        )
+
+
 def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     """`model` with its BatchNorm layers as SyncBatchNorm: batch statistics over every rank's
-    share of the batch, not one rank's (the same state_dict keys). torch runs it only on GPUs."""
-    if device.type != "cuda":
-        raise UserError("train.sync_batchnorm needs CUDA: torch's SyncBatchNorm runs only on GPUs")
+    share of the batch, not one rank's (the same state_dict keys)."""
+    check_sync_batchnorm(device)
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 

@@ -828,6 +828,13 @@ MUTATIONS = [
         ("tests/test_models.py", "-k", "users_wrapped"),
     ),
     Mutation(
+        "sync-batchnorm-refused-only-by-train",
+        "check_params lets train.sync_batchnorm on the CPU through: the train stage refuses it after prepare",
+        "    if params.train.sync_batchnorm and params.train.processes > 1:\n        check_sync_batchnorm(device)",
+        "    if False:\n        check_sync_batchnorm(device)",
+        ("tests/test_config.py", "-k", "param_mistakes"),
+    ),
+    Mutation(
         "cache-rows-shifted",
         "after a damaged or conflicting file is left out, every later image's model input is its neighbour's",
         "                    kept[index] = array[row]\n",

@@ -113,6 +113,32 @@ CASES = [
         ("model.arch = 'resnet19'", "not a torchvision classification model", "did you mean resnet18"),
         stage="check_params",
     ),
+    # Legal alone, refused beside the others by check_params, so that `dvc exp run -S ...`
+    # stops before prepare (docs/distributed.md, docs/params.md).
+    Case(
+        "batch-not-split-evenly",
+        params(**{"train.processes": 3}),
+        ("train.batch_size = 128", "a multiple of train.processes x train.accumulate_steps (3)"),
+        stage="check_params",
+    ),
+    Case(
+        "mode-against-the-metric",
+        params(**{"select.metric": "val_accuracy"}),  # select.mode stays min
+        ("select.mode = 'min'", "max with select.metric val_accuracy"),
+        stage="check_params",
+    ),
+    Case(
+        "drop-path-on-a-model-without-it",
+        model_params(**{"train.drop_path": 0.2}),  # resnet18 has no stochastic depth
+        ("train.drop_path = 0.2", "resnet18 takes no stochastic depth rate"),
+        stage="check_params",
+    ),
+    Case(
+        "sync-batchnorm-on-the-cpu",
+        params(**{"device": "cpu", "train.processes": 2, "train.sync_batchnorm": True}),
+        ("train.sync_batchnorm needs CUDA, and device is cpu",),
+        stage="check_params",
+    ),
     # A valid change that check_params has not checked: every other stage refuses it.
     Case(
         "unchecked-change",
