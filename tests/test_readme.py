@@ -243,3 +243,32 @@ def test_relative_links_lead_somewhere(page: str) -> None:
 def test_readme_is_short() -> None:
     # Details live in docs/ (the cluster recipes in docs/distributed.md); the README keeps the quick start and own data.
     assert len((REPO / "README.md").read_text().splitlines()) <= 200
+
+
+def params_page_defaults() -> dict[str, object]:
+    """docs/params.md's table as {dotted key: default}: a row may name several keys, each
+    `.key` in the group of the full key before it, with as many defaults."""
+    table = {}
+    for row in (REPO / "docs" / "params.md").read_text().splitlines():
+        if not row.startswith("| `"):
+            continue
+        keys, defaults = (re.findall(r"`([^`]+)`", cell) for cell in row.split(" | ")[:2])
+        assert len(keys) == len(defaults), row
+        group = ""
+        for key, default in zip(keys, defaults, strict=True):
+            group = group if key.startswith(".") else key.rpartition(".")[0]
+            table[group + key if key.startswith(".") else key] = yaml.safe_load(default)
+    return table
+
+
+def flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    return {
+        name: leaf
+        for key, value in tree.items()
+        for name, leaf in (flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value}).items()
+    }
+
+
+def test_the_params_page_lists_every_param_with_params_yamls_default() -> None:
+    """README: docs/params.md lists every knob of params.yaml, with its default."""
+    assert params_page_defaults() == flat(yaml.safe_load((REPO / "params.yaml").read_text()))
