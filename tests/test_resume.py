@@ -96,6 +96,8 @@ RECIPES = {
     "train.ema_decay": 0.9,
     "train.clip_grad_norm": 0.5,
     "train.layer_decay": 0.8,
+    "train.augment.hflip": True,
+    "train.augment.min_scale": 0.5,  # random resized crops, cut from the training copies on threads
     "train.augment.policy": "trivialaugment",
     "train.augment.erasing": 0.25,
     "train.augment.mixup_alpha": 0.2,
