@@ -157,17 +157,30 @@ def torchvision_logits(
     `weights` in torchvision's own model, the images decoded by Pillow and preprocessed by
     torchvision's transforms as the checkpoint records them; with `flip`, the mean of each
     image's logits and its mirror image's (evaluate.tta: hflip)."""
-    model = torchvision.models.get_model(checkpoint["arch"], num_classes=len(checkpoint["classes"]))
-    model.load_state_dict(checkpoint[weights])
-    preprocess = v2.Compose([
-        v2.PILToTensor(),
+    preprocess = v2.Compose([v2.PILToTensor(), torchvision_preprocessing(checkpoint)])
+    images = torch.stack([preprocess(Image.open(project / path).convert("RGB")) for path in paths])
+    return torchvision_model_logits(checkpoint, images, weights, flip)
+
+
+def torchvision_preprocessing(checkpoint: dict) -> v2.Compose:
+    """torchvision's transforms of a (3, H, W) uint8 image into the model's input, as the
+    checkpoint records them (resize, filter, crop, mean and std)."""
+    return v2.Compose([
         v2.Resize(checkpoint["resize_size"], interpolation=v2.InterpolationMode(checkpoint["interpolation"]),
                   antialias=True),
         v2.CenterCrop(checkpoint["image_size"]),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(checkpoint["mean"], checkpoint["std"]),
     ])  # fmt: skip
-    images = torch.stack([preprocess(Image.open(project / path).convert("RGB")) for path in paths])
+
+
+def torchvision_model_logits(
+    checkpoint: dict, inputs: torch.Tensor, weights: str = "model_state_dict", flip: bool = False
+) -> torch.Tensor:
+    """The checkpoint's `weights` in torchvision's own model, in eval mode, on `inputs`; with
+    `flip`, the mean of the logits of the inputs and their mirror images."""
+    model = torchvision.models.get_model(checkpoint["arch"], num_classes=len(checkpoint["classes"]))
+    model.load_state_dict(checkpoint[weights])
     with torch.no_grad():
-        logits = model.eval()(images)
-        return (logits + model(images.flip(-1))) / 2 if flip else logits
+        logits = model.eval()(inputs)
+        return (logits + model(inputs.flip(-1))) / 2 if flip else logits

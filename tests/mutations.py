@@ -835,6 +835,13 @@ MUTATIONS = [
         ("tests/test_config.py", "-k", "param_mistakes"),
     ),
     Mutation(
+        "tta-flips-upside-down",
+        "test-time flips mirror each image top to bottom: evaluate, predict and the image export agree, and are wrong",
+        "            outputs = (outputs + model(images.flip(-1))) / 2\n",
+        "            outputs = (outputs + model(images.flip(-2))) / 2\n",
+        ("tests/test_export.py", "-k", "tools_predicts"),
+    ),
+    Mutation(
         "cache-rows-shifted",
         "after a damaged or conflicting file is left out, every later image's model input is its neighbour's",
         "                    kept[index] = array[row]\n",

@@ -21,6 +21,7 @@ from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.metrics import REPORTED
 from pipeline.models import build_model, model_from_checkpoint
 from testing.project import run, run_script, stage
+from tests.helpers import torchvision_model_logits, torchvision_preprocessing
 
 CLASSES = ["a", "b", "c"]
 
@@ -132,15 +133,14 @@ def test_select_best_writes_a_file_that_plain_torch_runs_and_a_rerun_reuses_it(
     result = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(CLASSES)
-    with torch.no_grad():
-        expected = model_from_checkpoint(checkpoint).eval()(images)
+    # Against torchvision's own model holding the checkpoint's weights, not the project's rebuild.
+    expected = torchvision_model_logits(checkpoint, images)
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt", weights_only=True), expected, rtol=1e-6, atol=1e-6)
     # The image program, with random weights' preprocessing (resize to 16, no margin): the
     # picture resized by torchvision to 16 px (its shorter side), its centre, normalised.
     inputs = TF.center_crop(TF.resize(picture.permute(2, 0, 1), [16]), [16])
     inputs = TF.normalize(inputs[None].float() / 255, checkpoint["mean"], checkpoint["std"])
-    with torch.no_grad():
-        expected = model_from_checkpoint(checkpoint).eval()(inputs).softmax(dim=1)[0]
+    expected = torchvision_model_logits(checkpoint, inputs).softmax(dim=1)[0]
     torch.testing.assert_close(torch.load(tmp_path / "probabilities.pt", weights_only=True), expected)
 
 
@@ -288,6 +288,11 @@ def test_the_image_export_gives_tools_predicts_probabilities(project: Path, inte
         with torch.no_grad():
             probabilities = program(pixels)
         assert probabilities.shape == (len(CLASSES),)
+        # What torchvision's transforms and model make of the picture, averaged with its
+        # mirror image under tta hflip, independent of the project's code.
+        inputs = torchvision_preprocessing(checkpoint)(pixels.permute(2, 0, 1))[None]
+        reference = torchvision_model_logits(checkpoint, inputs, flip=tta == "hflip").softmax(dim=1)[0]
+        torch.testing.assert_close(probabilities, reference, rtol=0, atol=1e-5, msg=path.name)
         values, indices = probabilities.topk(3)
         assert [entry["class"] for entry in predicted["top"]] == [CLASSES[i] for i in indices.tolist()], path.name
         assert [entry["probability"] for entry in predicted["top"]] == pytest.approx(values.tolist(), abs=1e-4)
