@@ -14,6 +14,7 @@ from pipeline.features import head_network
 from pipeline.freezing import freeze, parse_freeze, set_train_mode
 from pipeline.models import build_model
 from testing.project import set_checked_params, stage
+from tests.conftest import SMALL_MODEL
 
 METRICS = ("loss", "val_loss", "val_accuracy", "val_f1")
 # The stage runs on `device: auto`. On the CPU both paths compute in float32 and differ only
@@ -32,11 +33,11 @@ def train(project: Path, cache_features: bool) -> tuple[list[dict], str]:
     return checkpoints, result.stderr
 
 
-# resnet18 has no dropout before its head; mobilenet_v3_small's classifier.2 (p 0.2) feeds it.
-@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
+# shufflenet_v2_x0_5 has no dropout before its head; mobilenet_v3_small's classifier.2 (p 0.2) feeds it.
+@pytest.mark.parametrize("arch", ["shufflenet_v2_x0_5", "mobilenet_v3_small"])
 def test_cached_features_give_the_same_checkpoints_as_the_full_model(prepared: Path, arch: str) -> None:
     project = prepared
-    if arch != "resnet18":  # the prepared project's weights are resnet18's
+    if arch != SMALL_MODEL["model.arch"]:  # the prepared project's weights are its small model's
         set_checked_params(project, **{"model.arch": arch, "model.weights": None})
         stage("weights", project)
     cached, cached_log = train(project, cache_features=True)
