@@ -842,6 +842,13 @@ MUTATIONS = [
         ("tests/test_export.py", "-k", "tools_predicts"),
     ),
     Mutation(
+        "features-cached-with-augmentation",
+        "head-only training uses features computed once even with flips on: the augmentation is silently lost",
+        '    if spec.kind == "all_but_head" and config.cache_features and not augments(config.augment):',
+        '    if spec.kind == "all_but_head" and config.cache_features:',
+        ("tests/test_feature_cache.py", "-k", "random_augmentation"),
+    ),
+    Mutation(
         "cache-rows-shifted",
         "after a damaged or conflicting file is left out, every later image's model input is its neighbour's",
         "                    kept[index] = array[row]\n",

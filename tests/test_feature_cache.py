@@ -102,3 +102,12 @@ def test_a_head_whose_output_is_not_the_model_s_trains_on_the_whole_model(prepar
     assert "features computed once" not in result.stderr
     checkpoint = load_checkpoint(project / "checkpoints/epoch_001.pt")
     assert checkpoint["arch"] == "squeezenet1_1" and math.isfinite(checkpoint["loss"])
+
+
+def test_random_augmentation_trains_the_whole_frozen_model_not_cached_features(prepared: Path) -> None:
+    """docs/design.md: the head trains on cached features only with no random augmentation;
+    features computed once could not be flipped, so flips would be silently lost."""
+    set_checked_params(prepared, **{"freeze": "all_but_head", "train.augment.hflip": True, "train.epochs": 1})
+    result = stage("train", prepared)
+    assert "features computed once" not in result.stderr
+    assert load_checkpoint(prepared / "checkpoints/epoch_001.pt")["freeze"] == "all_but_head"
