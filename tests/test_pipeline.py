@@ -52,6 +52,16 @@ def test_quick_start_then_results_shared_through_a_remote(reproduced: Reproduced
         assert key in first
     assert first["classes"] == ["5", "6", "7", "8", "9"]
 
+    # docs/results.md's split of the demo, by hand: in each class of the 896 target digits,
+    # val and test each the nearest whole number to 0.2 of it, train the rest.
+    sizes = {c: len(list((project / "data/digits/target" / c).iterdir())) for c in "56789"}
+    manifest = pd.read_csv(project / "data/prepared/manifest.csv")
+    for label, count in sizes.items():
+        in_class = manifest[manifest["label"].astype(str) == label]["split"].value_counts().to_dict()
+        share = round(0.2 * count)
+        assert in_class == {"train": count - 2 * share, "val": share, "test": share}
+    assert manifest["split"].value_counts().to_dict() == {"train": 538, "val": 179, "test": 179}
+
     # The best is the argmin of validation loss over evaluate's table.
     scores = pd.read_csv(project / "eval" / "scores.csv")
     assert scores["epoch"].tolist() == [1, 2]
@@ -59,7 +69,10 @@ def test_quick_start_then_results_shared_through_a_remote(reproduced: Reproduced
     metrics = json.loads(dvc(project, "metrics", "show", "--json"))[""]["data"]["best/metrics.json"]["data"]
     assert metrics["epoch"] == best_epoch
     assert metrics["val_loss"] == scores["val_loss"].min()
-    assert metrics["trainable_params"] == metrics["total_params"]  # freeze: none
+    # freeze: none; the counts are torchvision's own model's, with the new 5-class head.
+    assert first["arch"] == "shufflenet_v2_x0_5"
+    whole = shufflenet_v2_x0_5(num_classes=5)
+    assert metrics["trainable_params"] == metrics["total_params"] == sum(p.numel() for p in whole.parameters())
 
     best = load_checkpoint(project / "models" / "best.pt")
     chosen = load_checkpoint(checkpoints[best_epoch - 1])
@@ -92,7 +105,8 @@ def test_quick_start_then_results_shared_through_a_remote(reproduced: Reproduced
         assert changed == []
 
     frozen_metrics = json.loads(dvc(project, "metrics", "show", "--json"))[""]["data"]["best/metrics.json"]["data"]
-    assert frozen_metrics["trainable_params"] < frozen_metrics["total_params"]
+    head_only = sum(p.numel() for p in whole.get_submodule(head).parameters())  # fc: 1024 x 5 + 5
+    assert (frozen_metrics["trainable_params"], frozen_metrics["total_params"]) == (head_only, metrics["total_params"])
 
     # dvc exp show puts both runs side by side: the baseline commit's row and its one
     # experiment's, each with its params and its metrics (not `!`: the README's promise).
