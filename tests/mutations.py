@@ -849,6 +849,13 @@ MUTATIONS = [
         ("tests/test_feature_cache.py", "-k", "random_augmentation"),
     ),
     Mutation(
+        "ema-writes-counters-into-the-model",
+        "the moving average copies its BatchNorm counters into the model, not the model's into it",
+        "                mine.copy_(theirs)",
+        "                theirs.copy_(mine)",
+        ("tests/test_recipes.py", "-k", "average_warms_up"),
+    ),
+    Mutation(
         "cache-rows-shifted",
         "after a damaged or conflicting file is left out, every later image's model input is its neighbour's",
         "                    kept[index] = array[row]\n",

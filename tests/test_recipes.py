@@ -436,6 +436,15 @@ def test_the_trained_average_warms_up_as_the_recipe_says(prepared: Path) -> None
             average = decay * average + (1 - decay) * raw[k][name]
             torch.testing.assert_close(checkpoints[k]["ema_state_dict"][name], average, msg=name)
 
+    # docs/results.md: with the average on, the raw weights train as without it (the control:
+    # the same run with ema_decay 0), step for step, optimizer state and losses alike.
+    shutil.rmtree(project / "checkpoints")
+    set_checked_params(project, **{**recipe, "train.ema_decay": 0.0})
+    stage("train", project)
+    plain = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
+    assert "ema_state_dict" not in plain[0]
+    assert_same_run(plain, [{k: v for k, v in c.items() if not k.startswith("ema_")} for c in checkpoints])
+
 
 def test_the_train_stage_takes_the_steps_torch_takes_with_the_recipes_loss(
     prepared: Path, monkeypatch: pytest.MonkeyPatch
