@@ -856,6 +856,13 @@ MUTATIONS = [
         ("tests/test_recipes.py", "-k", "average_warms_up"),
     ),
     Mutation(
+        "first-n-skips-the-stem",
+        "first:N freezes the N stages after the stem, and leaves the stem training",
+        "        frozen = stages[: spec.count]",
+        "        frozen = stages[1 : spec.count + 1]",
+        ("tests/test_models.py", "-k", "freeze_spec_names"),
+    ),
+    Mutation(
         "cache-rows-shifted",
         "after a damaged or conflicting file is left out, every later image's model input is its neighbour's",
         "                    kept[index] = array[row]\n",

@@ -559,6 +559,24 @@ def test_the_weights_stage_starts_from_a_users_wrapped_weights_file(project: Pat
     assert f"{name}: {entry}, its keys without the prefix 'module.'" in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("freeze_text", ["first:2", "modules:conv1+stage3"])
+def test_the_train_stage_freezes_the_modules_the_freeze_spec_names(prepared: Path, freeze_text: str) -> None:
+    """docs/fine-tuning.md's `first:N` (the first N of torchvision's top-level children that
+    hold parameters) and `modules:A+B`, through the train stage: every tensor of those
+    modules, BatchNorm statistics included, is start.pt's after an epoch; every other one
+    of the backbone has trained. The names come from torchvision's model, not the checkpoint."""
+    children = torchvision.models.get_model(SMALL).named_children()
+    stages = [name for name, child in children if any(True for _ in child.parameters())]
+    frozen = stages[:2] if freeze_text == "first:2" else ["conv1", "stage3"]
+    set_checked_params(prepared, **{"freeze": freeze_text, "train.epochs": 1})
+    stage("train", prepared)
+    start = load_checkpoint(prepared / "models/start.pt")["model_state_dict"]
+    trained = load_checkpoint(prepared / "checkpoints/epoch_001.pt")["model_state_dict"]
+    same = {name for name, tensor in start.items() if torch.equal(trained[name], tensor)}
+    in_frozen = {name for name in start if name.split(".")[0] in frozen}
+    assert in_frozen and same == in_frozen, sorted(same ^ in_frozen)[:5]
+
+
 @pytest.mark.parametrize(
     ("entries", "taken"),
     [(("state_dict", "model"), "state_dict"), (("model", "model_state_dict"), "model")],
