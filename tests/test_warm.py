@@ -16,13 +16,24 @@ def cold(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, env=project_module._command_env(None), capture_output=True, text=True)
 
 
+def files_in(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` but Python's bytecode: its size and time of change."""
+    return {
+        path.relative_to(folder).as_posix(): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in folder.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
 def test_a_warm_command_gives_what_a_fresh_python_gives(reproduced: Reproduced) -> None:
     project = reproduced.path
     predict = [sys.executable, "-m", "tools.predict", "data/digits/target/5", "--format", "json", "--tta", "hflip"]
     assert project_module._runs_warm(predict, project_module._command_env(None))  # else both would be cold
+    before = files_in(project)
     warm, fresh = run(predict, project), cold(predict, project)
     assert (warm.returncode, warm.stdout, warm.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
     assert warm.stdout.count('"path"') == len(list((project / "data/digits/target/5").iterdir()))
+    assert files_in(project) == before  # the README: tools.predict writes no file
 
     # A refusal: the same one line and exit code 2.
     set_params(project, **{"train.lr": -1.0})
