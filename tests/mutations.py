@@ -863,6 +863,13 @@ MUTATIONS = [
         ("tests/test_models.py", "-k", "freeze_spec_names"),
     ),
     Mutation(
+        "shards-in-contiguous-blocks",
+        "each process trains on a contiguous block of the epoch's order, not every world-th item as DistributedSampler",
+        "    return pad(items, ranks.world)[ranks.rank :: ranks.world]",
+        "    return pad(items, ranks.world).view(ranks.world, -1)[ranks.rank]",
+        ("tests/test_distributed.py", "-k", "shards_cover"),
+    ),
+    Mutation(
         "cache-rows-shifted",
         "after a damaged or conflicting file is left out, every later image's model input is its neighbour's",
         "                    kept[index] = array[row]\n",

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch.utils.data import DistributedSampler
 
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.cli import UserError, progress
@@ -498,6 +499,10 @@ def test_shards_cover_every_item_and_each_global_batch_is_one_process_batch(item
     assert len({len(part) for part in shards}) == 1  # the same count for every rank
     padding = -items % world
     assert sorted(torch.cat(shards).tolist()) == sorted(order.tolist() + order[:padding].tolist())
+    # Each rank's part, item for item, is what torch's DistributedSampler gives it.
+    for rank, part in enumerate(shards):
+        sampler = DistributedSampler(range(items), num_replicas=world, rank=rank, shuffle=False)
+        assert part.tolist() == order[list(sampler)].tolist()
     # Step k of every rank, together, is the k-th global batch of one process (of the padded order).
     per_rank, padded = 2, torch.cat([order, order[:padding]])
     for k, start in enumerate(range(0, len(padded), per_rank * world)):
