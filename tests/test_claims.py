@@ -12,9 +12,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image, ImageFilter
 
 from pipeline import export
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
@@ -166,7 +168,8 @@ def test_the_export_page_s_examples_run_on_torch_alone_and_give_predict_s_answer
 ) -> None:
     """docs/export.md's two Python examples, as written, in a copy of the reproduced project,
     with torchvision and this project's code made unimportable: each prints predict's class
-    for the example image, and its probability: to the 4 decimals printed from best_image.pt2
+    for the example image (and best.pt2's for a landscape and a portrait picture, through a
+    resize margin), and its probability: to the 4 decimals printed from best_image.pt2
     (the same preprocessing inside), and to 2e-3 from best.pt2 (the page resizes with Pillow,
     within a step of 8-bit value of torchvision's resize; equal to 4 decimals here). The tiny run's model gives nearly
     the same probabilities (0.20) whatever its input, so best.pt's model is replaced by a
@@ -178,6 +181,7 @@ def test_the_export_page_s_examples_run_on_torch_alone_and_give_predict_s_answer
     state = fresh.model.state_dict()
     checkpoint |= {"arch": "resnet18", "head": "fc", "model_kwargs": fresh.spec.model_kwargs}
     checkpoint["model_state_dict"] = {**state, "fc.weight": state["fc.weight"] * 30}
+    checkpoint["resize_size"] = 20  # a resize margin, as ImageNet weights have: the page's crop offsets count
     save_checkpoint(checkpoint, project / "models/best.pt")
     export.write_exports(checkpoint, project / "models/best.pt2", project / "models/best_image.pt2")
 
@@ -186,13 +190,24 @@ def test_the_export_page_s_examples_run_on_torch_alone_and_give_predict_s_answer
     assert [("best_image.pt2" in block, "best.pt2" in block) for block in blocks] == [(True, False), (False, True)]
     image = "data/digits/target/5/0005.png"
     assert all(image in block for block in blocks)
-    (top,) = json.loads(run([sys.executable, "-m", "tools.predict", image, "--format", "json"], project).stdout)
-    assert 0.4 < top["top"][0]["probability"] < 0.999  # neither flat nor saturated
+    # The page's resize arithmetic on a landscape and a portrait picture too (the example's is square).
+    rng = np.random.default_rng(0)
+    for name, (width, height) in {"wide.png": (41, 30), "tall.png": (30, 57)}.items():
+        picture = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).filter(ImageFilter.SMOOTH)
+        picture.save(project / name)
+    images = [image, "wide.png", "tall.png"]
+    predicted = json.loads(run([sys.executable, "-m", "tools.predict", *images, "--format", "json"], project).stdout)
+    tops = [row["top"][0] for row in predicted]
+    assert all(0.4 < top["probability"] < 0.999 for top in tops)  # neither flat nor saturated
     cut_off = "import sys\nsys.modules['torchvision'] = None\nsys.modules['pipeline'] = None\n"
-    for block, tolerance in zip(blocks, (1e-4, 2e-3), strict=True):
-        printed = run([sys.executable, "-c", cut_off + block], project).stdout.split()
-        assert printed[0] == top["top"][0]["class"]
-        assert float(printed[1]) == pytest.approx(top["top"][0]["probability"], abs=tolerance)
+    for block, pictures, tolerance in zip(blocks, ([image], images), (1e-4, 2e-3), strict=True):
+        # One process runs the block, as written, for each picture in turn.
+        loop = "".join(f"\nexec({block.replace(image, path)!r})" for path in pictures)
+        printed = run([sys.executable, "-c", cut_off + loop], project).stdout.split()
+        assert len(printed) == 2 * len(pictures)
+        for top, (label, probability) in zip(tops, zip(printed[::2], printed[1::2], strict=True), strict=False):
+            assert label == top["class"]
+            assert float(probability) == pytest.approx(top["probability"], abs=tolerance)
 
 
 # --- the training stage's guards and options --------------------------------------------------
