@@ -870,6 +870,13 @@ MUTATIONS = [
         ("tests/test_distributed.py", "-k", "shards_cover"),
     ),
     Mutation(
+        "cores-halved-whatever-the-processes",
+        "train.threads 0 gives each process half the cores, however many processes share the machine",
+        "    return max(1, cores // local_processes)",
+        "    return max(1, cores // 2)",
+        ("tests/test_distributed.py", "-k", "cores_are_shared"),
+    ),
+    Mutation(
         "cache-rows-shifted",
         "after a damaged or conflicting file is left out, every later image's model input is its neighbour's",
         "                    kept[index] = array[row]\n",

@@ -27,7 +27,7 @@ from torch.utils.data import DistributedSampler
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.cli import UserError, progress
 from pipeline.config import load_params
-from pipeline.distributed import EXIT_LOST_CONTACT, Ranks, first_cause, shard, sync_batchnorm
+from pipeline.distributed import EXIT_LOST_CONTACT, Ranks, cpu_threads, first_cause, shard, sync_batchnorm
 from pipeline.engine import EpochOrder, LoopOptions, epoch_generator, rank_seed, split_loss, split_steps
 from testing.project import copy_project, run, set_checked_params, set_params, stage
 from tests.conftest import Reproduced, once_per_run, prepare_with
@@ -518,6 +518,17 @@ def test_the_global_batch_must_split_evenly(project: Path) -> None:
     expected = r"train.batch_size = 128 .* a multiple of train.processes x train.accumulate_steps \(3\)"
     with pytest.raises(UserError, match=expected):
         load_params(path)
+
+
+def test_the_cores_are_shared_out_among_the_processes_of_a_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/distributed.md: train.threads 0 gives each of several processes its share of the
+    cores this process may use (by hand, on 16: 8 each for 2, 5 for 3), one process torch's
+    own choice, and a count named is taken as it is. (On a 2-core machine the 2-process run
+    above cannot tell a share from torchrun's 1.)"""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert [cpu_threads(0, processes) for processes in (2, 3, 16, 40)] == [8, 5, 1, 1]
+    assert cpu_threads(0, 1) == torch.get_num_threads()
+    assert cpu_threads(3, 2) == 3
 
 
 def test_sync_batchnorm_converts_on_gpus_and_says_so_on_the_cpu() -> None:
