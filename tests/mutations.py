@@ -877,6 +877,13 @@ MUTATIONS = [
         ("tests/test_distributed.py", "-k", "cores_are_shared"),
     ),
     Mutation(
+        "cache-key-by-split",
+        "the decoded-image cache is keyed by the split too: each prepare.seed decodes every image again",
+        'manifest["sha1"].tolist()]',
+        'manifest["sha1"].tolist(), manifest["split"].tolist() if "split" in manifest else None]',
+        ("tests/test_resume.py", "-k", "never_resume_another_run"),
+    ),
+    Mutation(
         "cache-rows-shifted",
         "after a damaged or conflicting file is left out, every later image's model input is its neighbour's",
         "                    kept[index] = array[row]\n",

@@ -193,10 +193,14 @@ def test_other_params_or_weights_never_resume_another_run(trained: tuple[Path, l
     assert epochs_trained(other.stderr) == list(range(1, EPOCHS + 1))
     set_checked_params(project, **{"select.metric": "val_loss", "select.mode": "min", "prepare.seed": 1})
     manifest = (project / "data/prepared/manifest.csv").read_bytes()
+    cached = sorted(path.name for path in (project / ".cache/images").iterdir())
     stage("prepare", project)
     assert (project / "data/prepared/manifest.csv").read_bytes() != manifest
     other = stage("train", project)
     assert epochs_trained(other.stderr) == list(range(1, EPOCHS + 1))
+    # Another split of the same images shares their decoded cache: nothing decoded into a new file.
+    assert sorted(path.name for path in (project / ".cache/images").iterdir()) == cached
+    assert "decoded" not in other.stderr
 
 
 def test_nan_loss_stops_with_the_epoch_and_batch_and_keeps_earlier_checkpoints(
