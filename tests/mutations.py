@@ -884,6 +884,13 @@ MUTATIONS = [
         ("tests/test_resume.py", "-k", "never_resume_another_run"),
     ),
     Mutation(
+        "weights-built-at-the-params-size",
+        "ViT and MaxViT with torchvision weights are built at model.image_size, not the size the weights fix",
+        '    size = weights.meta["min_size"][0] if weights else image_size',
+        "    size = image_size",
+        ("tests/test_config.py", "-k", "param_mistakes"),
+    ),
+    Mutation(
         "cache-rows-shifted",
         "after a damaged or conflicting file is left out, every later image's model input is its neighbour's",
         "                    kept[index] = array[row]\n",

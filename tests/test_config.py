@@ -134,6 +134,12 @@ CASES = [
         stage="check_params",
     ),
     Case(
+        "a-size-the-weights-refuse",
+        model_params(**{"model.arch": "vit_b_16", "model.weights": "DEFAULT", "model.image_size": 64}),
+        ("model.image_size = 64 does not fit vit_b_16", "Expected 224 but got 64"),  # the weights' size
+        stage="check_params",
+    ),
+    Case(
         "sync-batchnorm-on-the-cpu",
         params(**{"device": "cpu", "train.processes": 2, "train.sync_batchnorm": True}),
         ("train.sync_batchnorm needs CUDA, and device is cpu",),
