@@ -891,6 +891,13 @@ MUTATIONS = [
         ("tests/test_config.py", "-k", "param_mistakes"),
     ),
     Mutation(
+        "fingerprint-without-code",
+        "a run's fingerprint leaves out the pipeline's code: a killed run resumes under other code",
+        "for name, file in [*((path, path) for path in inputs), *code]:",
+        "for name, file in ((path, path) for path in inputs):",
+        ("tests/test_resume.py::test_other_params_or_weights_never_resume_another_run",),
+    ),
+    Mutation(
         "cache-rows-shifted",
         "after a damaged or conflicting file is left out, every later image's model input is its neighbour's",
         "                    kept[index] = array[row]\n",

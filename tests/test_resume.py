@@ -181,7 +181,18 @@ def test_other_params_or_weights_never_resume_another_run(trained: tuple[Path, l
     assert "resuming" not in other.stderr
     assert epochs_trained(other.stderr) == list(range(1, EPOCHS + 1))
 
-    start.write_bytes(kept)  # back to the killed run's params and weights: it resumes
+    # Its params and weights under other code (a comment added to a module of pipeline/,
+    # all of which DVC tracks for the stage): not its run either.
+    start.write_bytes(kept)
+    engine = project / "pipeline" / "engine.py"
+    code = engine.read_text()
+    engine.write_text(code + "# another version of the pipeline\n")
+    other = stage("train", project)
+    assert "resuming" not in other.stderr
+    assert epochs_trained(other.stderr) == list(range(1, EPOCHS + 1))
+    engine.write_text(code)
+
+    # Back to the killed run's params, weights and code: it resumes.
     resumed = stage("train", project)
     assert_resumed(resumed.stderr, after=1, epochs=EPOCHS)
     assert_same_run(final_state(project), expected)
