@@ -41,3 +41,15 @@ def test_docs_list_every_mutation_under_a_promise() -> None:
     rows = [line.split("|")[2] for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     listed = [name for row in rows for name in re.findall(r"`([a-z0-9-]+)`", row)]
     assert sorted(listed) == sorted(m.name for m in MUTATIONS)
+
+
+def test_docs_show_every_mutation_caught_in_the_latest_run() -> None:
+    """docs/testing.md's table of the latest run has one row per mutation, each caught by at
+    least one of the tests it ran: a mutation added and never run, or one that no test
+    caught, shows here."""
+    text = (REPO / "docs" / "testing.md").read_text()
+    table = text.split("| mutation | tests failed / ran |", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \| (\d+) / (\d+) \|$", table, re.MULTILINE)
+    assert len(rows) == len(table.strip().splitlines()) - 1  # every row but the header's rule
+    assert sorted(name for name, _, _ in rows) == sorted(m.name for m in MUTATIONS)
+    assert all(0 < int(failed) <= int(ran) for _, failed, ran in rows)
