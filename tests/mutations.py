@@ -860,7 +860,7 @@ MUTATIONS = [
         "first:N freezes the N stages after the stem, and leaves the stem training",
         "        frozen = stages[: spec.count]",
         "        frozen = stages[1 : spec.count + 1]",
-        ("tests/test_models.py", "-k", "freeze_spec_names"),
+        ("tests/test_models.py", "-k", "partial_freeze"),
     ),
     Mutation(
         "shards-in-contiguous-blocks",

@@ -79,11 +79,12 @@ def one_process(tmp_path_factory: pytest.TempPathFactory, ddp_once: Path) -> dic
 
 @pytest.fixture(scope="session")
 def two_processes(tmp_path_factory: pytest.TempPathFactory, one_process: dict) -> dict:
-    """`dvc exp run -S train.processes=2` in a copy of `one_process`, once per run."""
+    """`dvc exp run -S train.processes=2 train` in a copy of `one_process`, once per run
+    (up to the train stage: the tests that use it read checkpoints and curves alone)."""
 
     def build(root: Path) -> dict:
         project = copy_project(Path(one_process["path"]), root / "project")
-        result = run([PYTHON, "-m", "dvc", "exp", "run", "-S", "train.processes=2"], project)
+        result = run([PYTHON, "-m", "dvc", "exp", "run", "-S", "train.processes=2", "train"], project)
         return {"path": str(project), "output": result.stdout + result.stderr}
 
     return once_per_run(tmp_path_factory, "two_processes", build)
@@ -91,12 +92,13 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory, one_process: dict) -
 
 @pytest.fixture(scope="session")
 def batchnorm_trains(tmp_path_factory: pytest.TempPathFactory, ddp_once: Path) -> Path:
-    """`dvc exp run` of every layer (BatchNorm included) on 2 processes, evaluate and
-    select-best after it, in a copy of `ddp_once`, once per run."""
+    """`dvc exp run` of every layer (BatchNorm included) on 2 processes, and evaluate after
+    it (`evaluate`, the target: the tests read its scores, not select-best's), in a copy of
+    `ddp_once`, once per run."""
 
     def build(root: Path) -> dict:
         project = copy_project(ddp_once, root / "project")
-        run([PYTHON, "-m", "dvc", "exp", "run", "-S", "freeze=none", "-S", "train.processes=2"], project)
+        run([PYTHON, "-m", "dvc", "exp", "run", "-S", "freeze=none", "-S", "train.processes=2", "evaluate"], project)
         return {"path": str(project)}
 
     return Path(once_per_run(tmp_path_factory, "batchnorm_trains", build)["path"])

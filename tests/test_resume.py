@@ -239,7 +239,7 @@ def test_dvc_repro_killed_from_outside_resumes_on_the_next_repro(
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     assert epochs_trained(killed.stdout + killed.stderr) == [1]
 
-    output = run(dvc, project)
+    output = run([*dvc, "train"], project)  # up to train: what resumes
     assert "Running stage 'train'" in output.stdout
     assert_resumed(output.stdout + output.stderr, after=1, epochs=EPOCHS)
     # The same as the reference project's uninterrupted run of the same params.

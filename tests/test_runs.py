@@ -58,7 +58,7 @@ def test_a_queued_experiment_killed_mid_train_resumes_in_a_temp_experiment(proje
     # The images prepare decoded in the workspace are the project's: not decoded again.
     assert "decoded" not in killed.stdout + killed.stderr
 
-    result = run([*dvc, "--temp"], project)
+    result = run([*dvc, "--temp", "train"], project)  # up to train: what resumes
     assert "resuming after epoch 1" in result.stdout + result.stderr
     assert epochs_trained(result.stdout + result.stderr) == [2]
 
