@@ -1247,6 +1247,29 @@ MUTATIONS = [
         "    if weight is None or not targets.is_floating_point():",
         ("tests/test_recipes.py", "-k", "mixed_labels_is_divided"),
     ),
+    Mutation(
+        "ema-warmup-always",
+        "the train stage warms its moving average up whatever train.ema_warmup says",
+        "weights_average(model, config.ema_decay, config.ema_warmup)",
+        "weights_average(model, config.ema_decay, True)",
+        ("tests/test_recipes.py", "-k", "warms_up"),
+    ),
+    Mutation(
+        "mixed-loss-over-batch-size",
+        "with class weights, the loss of mixed labels divides the weighted sum by the batch size, as "
+        "torch's mean over probabilities does, not by the mixed targets' weights",
+        "    return total / (targets * weight).sum()",
+        "    return total / len(targets)",
+        ("tests/test_recipes.py", "-k", "mixed_labels"),
+    ),
+    Mutation(
+        "step-weight-counts-items",
+        "split steps (accumulated batches, several processes) divide each step's class-weighted loss "
+        "by its item count, not its items' class weights' total",
+        "weight = real if loop.class_weights is None else real * loop.class_weights",
+        "weight = real if True else real * loop.class_weights",
+        ("tests/test_recipes.py", "-k", "mixed_labels_weigh"),
+    ),
 ]
 
 

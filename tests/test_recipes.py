@@ -250,6 +250,75 @@ def test_class_weighted_loss_of_mixed_labels_is_divided_by_their_weight(smoothin
     )
 
 
+# Runs the train stage as `python -m` does, recording each call of the training loss in the
+# first epoch (the model's outputs, the targets, mixed where MixUp mixes them, and the loss), in seen.pt.
+RECORD_THE_LOSS = """\
+import dataclasses, runpy, torch
+import pipeline.engine as engine
+seen, train_and_score = [], engine.train_and_score
+def recorded_loop(model, train_data, val_data, optimizer, loop, epoch, classes):
+    def criterion(outputs, targets, **kwargs):
+        loss = loop.criterion(outputs, targets, **kwargs)
+        if epoch == 1:
+            seen.append((outputs.detach().clone(), targets.clone(), loss.detach().clone(), kwargs))
+            torch.save(seen, "seen.pt")
+        return loss
+    recorded = dataclasses.replace(loop, criterion=criterion)
+    return train_and_score(model, train_data, val_data, optimizer, recorded, epoch, classes)
+engine.train_and_score = recorded_loop
+runpy.run_module("pipeline.train", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_mixed_labels_weigh_by_their_classes_weights_in_the_train_stage(prepared: Path, accumulate: int) -> None:
+    """MixUp with train.class_weights: balanced, through the train stage, batches of 64 (with
+    2 accumulated batches of 32 per step, each mixed within itself): each step's loss is the
+    class-weighted cross-entropy of its mixed targets over their weights' total (docs/params.md;
+    torch's mean over probabilities would divide by the batch size instead), and the epoch's
+    the steps' mean weighed by their sizes, by hand from the logits and targets the loss was
+    given and the weights counted here from the manifest. One class thinned to a third makes
+    the weights differ; the batches, not the whole split (whose balanced weights total its
+    size), make a step's weight total differ from its size."""
+    project = prepared
+    recipe = {"train.epochs": 1, "train.accumulate_steps": accumulate, "train.class_weights": "balanced",
+              "train.augment.mixup_alpha": 1.0}  # fmt: skip
+    set_checked_params(project, freeze="all_but_head", **recipe)
+    path = project / "data/prepared/manifest.csv"
+    manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
+    first = manifest.index[(manifest["split"] == "train") & (manifest["label"] == manifest["label"].min())]
+    manifest.drop(first[first % 3 != 0]).to_csv(path, index=False)
+    manifest, classes = read_manifest(project / "data/prepared")
+    run_script(RECORD_THE_LOSS, [], project)
+    seen = torch.load(project / "seen.pt", weights_only=True)
+    train = [classes.index(label) for label in manifest["label"][manifest["split"] == "train"]]
+    assert sum(len(targets) for _, targets, *_ in seen) == len(train)
+    assert all(kwargs == ({"reduction": "none"} if accumulate > 1 else {}) for *_, kwargs in seen)
+    counts = torch.bincount(torch.tensor(train), minlength=len(classes)).double()
+    weight = counts.sum() / (len(classes) * counts)
+    assert weight.max() / weight.min() > 2, weight
+    steps = [seen[k : k + accumulate] for k in range(0, len(seen), accumulate)]
+    by_hand, torch_mean = [], []
+    for step in steps:
+        outputs, targets, losses = (torch.cat([torch.atleast_1d(part[k]) for part in step]).double() for k in range(3))
+        assert (targets.amax(dim=1) < 0.999).double().mean() > 0.6  # mixed (a fifth with their own class)
+        weighed = targets * weight
+        by_hand.append((-(weighed * outputs.log_softmax(dim=1)).sum() / weighed.sum(), len(targets)))
+        torch_mean.append((F.cross_entropy(outputs, targets, weight=weight), len(targets)))
+        # The loss the step was given: its mean, or each item's weighted loss for split_loss to divide.
+        given = losses.sum() / (weighed.sum() if accumulate > 1 else 1)
+        assert given.item() == pytest.approx(by_hand[-1][0].item(), rel=1e-5)
+        assert abs(torch_mean[-1][0].item() / by_hand[-1][0].item() - 1) > 5e-4  # measured: 1.2e-3 to 5e-2
+
+    def epoch_mean(losses: list[tuple[torch.Tensor, int]]) -> float:
+        return sum(loss.item() * size for loss, size in losses) / sum(size for _, size in losses)
+
+    assert load_checkpoint(project / "checkpoints/epoch_001.pt")["loss"] == pytest.approx(epoch_mean(by_hand), rel=1e-5)
+    # In the epoch's mean the steps' differences nearly cancel (their weights total the split's
+    # size): 1.2e-4 apart (measured), still 12 times the tolerance above.
+    assert abs(epoch_mean(torch_mean) / epoch_mean(by_hand) - 1) > 5e-5
+
+
 @pytest.mark.parametrize("warmup", [True, False])
 def test_the_weights_average_is_timms_model_ema_and_a_hand_computed_average(warmup: bool) -> None:
     """train.ema_decay 0.9, with and without warm-up, over 40 updates: the average of every
@@ -414,15 +483,18 @@ def test_the_weights_moving_average_is_kept_scored_beside_them_and_may_be_chosen
     assert (plain - torch.tensor(evaluated["confidence"].to_numpy())).abs().max() > 1e-3  # the flip shows
 
 
-def test_the_trained_average_warms_up_as_the_recipe_says(prepared: Path) -> None:
+@pytest.mark.parametrize(("ema_decay", "warmup"), [(0.999, True), (0.7, False)])
+def test_the_trained_average_warms_up_as_the_recipe_says(prepared: Path, ema_decay: float, warmup: bool) -> None:
     """The documented fine-tuning EMA (train.ema_decay 0.999, warm-up on), through the train
     stage, one optimizer step per epoch: each checkpoint's average is the hand-computed one of
     the checkpoints' raw weights and BatchNorm statistics (decays 0, 0.37, 0.52). Without the
-    warm-up, 0.999 would leave it at the first step's weights."""
+    warm-up, 0.999 would leave it at the first step's weights. With `train.ema_warmup: false`
+    and 0.7 (above both warm-up decays, and not 0.5, where the average and the weights could
+    swap places unseen) each step after the first copy decays by 0.7."""
     project = prepared
     # Two accumulated batches per step: the average follows the optimizer's steps, not the batches.
-    recipe = {"train.epochs": 3, "train.batch_size": 1024, "train.accumulate_steps": 2, "train.ema_decay": 0.999}
-    set_checked_params(project, **recipe)
+    recipe = {"train.epochs": 3, "train.batch_size": 1024, "train.accumulate_steps": 2, "train.ema_decay": ema_decay}
+    set_checked_params(project, **recipe, **{"train.ema_warmup": warmup})
     stage("train", project)
     checkpoints = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
     raw = [checkpoint["model_state_dict"] for checkpoint in checkpoints]
@@ -432,9 +504,11 @@ def test_the_trained_average_warms_up_as_the_recipe_says(prepared: Path) -> None
             continue
         average = raw[0][name]
         for k in (1, 2):
-            decay = 1 - (k + 1) ** (-2 / 3)
+            decay = 1 - (k + 1) ** (-2 / 3) if warmup else ema_decay
             average = decay * average + (1 - decay) * raw[k][name]
             torch.testing.assert_close(checkpoints[k]["ema_state_dict"][name], average, msg=name)
+    if not warmup:
+        return
 
     # docs/results.md: with the average on, the raw weights train as without it (the control:
     # the same run with ema_decay 0), step for step, optimizer state and losses alike.
