@@ -1270,6 +1270,14 @@ MUTATIONS = [
         "weight = real if True else real * loop.class_weights",
         ("tests/test_recipes.py", "-k", "mixed_labels_weigh"),
     ),
+    Mutation(
+        "predict-batches-reversed",
+        "predict gathers its batches' logits last batch first: with more than one batch, each image is "
+        "scored on another's logits",
+        "            outputs.append(batch_logits(model, images, flip))",
+        "            outputs.insert(0, batch_logits(model, images, flip))",
+        ("tests/test_evaluate.py", "-k", "torchvision_computes"),
+    ),
 ]
 
 
