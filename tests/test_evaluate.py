@@ -62,6 +62,48 @@ def test_each_checkpoints_scores_are_what_torchvision_computes_from_its_weights(
         assert written["confidence"].astype(float).to_numpy()[agree] == pytest.approx(confidence[agree], abs=2e-3)
 
 
+def test_each_image_is_scored_on_its_own_logits(reproduced: Reproduced) -> None:
+    """The tiny trained model answers alike for every image (its confidences spread by 1e-5),
+    so the test above cannot tell an image scored on another's logits. A checkpoint that
+    answers each image its own way (resnet18 from torch's random weights, its head scaled and
+    shifted by torchvision's logits to a spread of 2 around 0 over the images): evaluate, in
+    batches of 64 (the last one short), gives each test image torchvision's prediction and
+    probability, and each split torchvision's loss, accuracy and F1, on the CPU to float
+    rounding (on CUDA evaluate runs in bf16, whose 8 significant bits allow 2**-8 of the
+    largest logit)."""
+    project = reproduced.path
+    classes = json.loads((project / "data/prepared/classes.json").read_text())
+    torch.manual_seed(0)
+    built = build_model("resnet18", None, classes, 16)
+    checkpoint = {**built.spec.to_dict(), "model_state_dict": built.model.state_dict(), "epoch": 1, "loss": 0.5}
+    paths = list(pd.read_csv(project / "data/prepared/manifest.csv")["path"])
+    head = checkpoint["model_state_dict"]
+    products = torchvision_logits(checkpoint, paths, project) - head["fc.bias"]  # each image's W f
+    scale = 2 / products.std(dim=0).mean()
+    head["fc.weight"], head["fc.bias"] = head["fc.weight"] * scale, -scale * products.mean(dim=0)
+    for path in (project / "checkpoints").glob("*.pt"):
+        path.unlink()
+    save_checkpoint(checkpoint, project / "checkpoints/epoch_001.pt")
+    stage("evaluate", project)
+
+    manifest = pd.read_csv(project / "data/prepared/manifest.csv", dtype=str, keep_default_na=False)
+    row = pd.read_csv(project / "eval/scores.csv").iloc[0]
+    for split in ("val", "test"):
+        rows = manifest[manifest["split"] == split]
+        targets = torch.tensor([checkpoint["classes"].index(label) for label in rows["label"]])
+        logits = torchvision_logits(checkpoint, list(rows["path"]), project)
+        confidence, predicted = logits.softmax(dim=1).max(dim=1)
+        assert confidence.std() > 0.05 and predicted.unique().numel() > 1  # answers that differ
+        tolerance = 1e-5 if not torch.cuda.is_available() else 2**-8 * logits.abs().max().item()
+        assert row[f"{split}_loss"] == pytest.approx(F.cross_entropy(logits, targets).item(), rel=tolerance)
+        assert row[f"{split}_accuracy"] == pytest.approx((predicted == targets).float().mean().item(), abs=1e-7)
+        assert row[f"{split}_f1"] == pytest.approx(macro_f1(targets.numpy(), predicted.numpy()), abs=1e-6)
+    written = pd.read_csv(project / "eval/predictions/epoch_001.csv", dtype=str, keep_default_na=False)
+    assert list(written["path"]) == list(rows["path"])
+    assert list(written["predicted"]) == [checkpoint["classes"][k] for k in predicted]
+    assert written["confidence"].astype(float).to_numpy() == pytest.approx(confidence.numpy(), abs=tolerance)
+
+
 def test_checkpoints_of_other_classes_are_refused_not_scored(project: Path) -> None:
     """A checkpoint whose output i is another class than the manifest's i-th (a data folder
     changed under a kept run) would score every image against the wrong names: evaluate stops."""
