@@ -245,6 +245,32 @@ def test_erasing_is_torchvisions_random_erasing_drawn_from_each_images_key() -> 
     assert 3 <= erased <= 16, erased
 
 
+def test_with_a_policy_and_erasing_each_image_is_erased_after_its_policy() -> None:
+    """TrivialAugment and erasing 0.5 together (docs/fine-tuning.md: the policy, normalisation,
+    then erasing, as the references chain them): each image as torchvision's
+    TrivialAugmentWide(BILINEAR) on its 8-bit pixels, normalised, then RandomErasing(p=0.5,
+    value=0), one after the other from the same draw (torch's RNG seeded with the image's key).
+    Among the 32 images, some are erased and some changed by the policy alone."""
+    images = copies_of_one_image(32)
+    keys = torch.arange(32) * 7 + 3
+    augment = batch_augmentation(params(policy=AugmentPolicy.trivialaugment, erasing=0.5), 5, MEAN, STD, CPU)
+    ours, _ = augment(images, torch.zeros(32, dtype=torch.int64), keys)
+
+    mean, std = torch.tensor(MEAN).view(-1, 1, 1) * 255, torch.tensor(STD).view(-1, 1, 1) * 255
+    pixels = (images[0] * std + mean).round().to(torch.uint8)  # the image the copies were made from
+    policy = v2.TrivialAugmentWide(interpolation=v2.InterpolationMode.BILINEAR)
+    erasing = v2.RandomErasing(p=0.5, value=0)
+    expected, policy_alone = [], []
+    for key in keys.tolist():
+        torch.manual_seed(key)
+        policy_alone.append((policy(pixels).float() - mean) / std)
+        expected.append(erasing(policy_alone[-1]))
+    torch.testing.assert_close(ours, torch.stack(expected), atol=1e-5, rtol=0)
+    erased = sum(not torch.equal(mine, alone) for mine, alone in zip(expected, policy_alone, strict=True))
+    changed = sum(not torch.allclose(alone, images[0], atol=1e-5) for alone in policy_alone)
+    assert 4 <= erased <= 28 and changed >= 8, (erased, changed)
+
+
 def test_with_both_mixings_on_each_batch_is_torchvisions_random_choice_of_them() -> None:
     """MixUp at alpha 0.2 and CutMix at 1.0 with mix_switch 0.3: each batch is what torchvision's
     RandomChoice([MixUp(alpha=0.2), CutMix(alpha=1.0)], p=[0.7, 0.3]) (the references' way of

@@ -483,21 +483,26 @@ def test_the_weights_moving_average_is_kept_scored_beside_them_and_may_be_chosen
     assert (plain - torch.tensor(evaluated["confidence"].to_numpy())).abs().max() > 1e-3  # the flip shows
 
 
-@pytest.mark.parametrize(("ema_decay", "warmup"), [(0.999, True), (0.7, False)])
-def test_the_trained_average_warms_up_as_the_recipe_says(prepared: Path, ema_decay: float, warmup: bool) -> None:
+@pytest.mark.parametrize(("ema_decay", "warmup", "freeze"), [(0.999, True, "none"), (0.7, False, "all_but_head")])
+def test_the_trained_average_warms_up_as_the_recipe_says(
+    prepared: Path, ema_decay: float, warmup: bool, freeze: str
+) -> None:
     """The documented fine-tuning EMA (train.ema_decay 0.999, warm-up on), through the train
     stage, one optimizer step per epoch: each checkpoint's average is the hand-computed one of
     the checkpoints' raw weights and BatchNorm statistics (decays 0, 0.37, 0.52). Without the
     warm-up, 0.999 would leave it at the first step's weights. With `train.ema_warmup: false`
     and 0.7 (above both warm-up decays, and not 0.5, where the average and the weights could
-    swap places unseen) each step after the first copy decays by 0.7."""
+    swap places unseen) each step after the first copy decays by 0.7; that case trains the
+    head alone, on the frozen backbone's cached features, whose average is still the whole
+    model's."""
     project = prepared
     # Two accumulated batches per step: the average follows the optimizer's steps, not the batches.
     recipe = {"train.epochs": 3, "train.batch_size": 1024, "train.accumulate_steps": 2, "train.ema_decay": ema_decay}
-    set_checked_params(project, **recipe, **{"train.ema_warmup": warmup})
+    set_checked_params(project, freeze=freeze, **recipe, **{"train.ema_warmup": warmup})
     stage("train", project)
     checkpoints = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
     raw = [checkpoint["model_state_dict"] for checkpoint in checkpoints]
+    assert checkpoints[0]["ema_state_dict"].keys() == raw[0].keys()
     assert [checkpoint["ema_updates"] for checkpoint in checkpoints] == [1, 2, 3]
     for name, tensor in raw[0].items():
         if not tensor.is_floating_point():
