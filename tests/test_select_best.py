@@ -110,8 +110,8 @@ def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(
     """`python -m pipeline.select_best` on two epochs of raw and averaged weights (train.ema_decay)
     scored by hand, where epoch 1's average ties epoch 2's raw weights on val_loss and the rest
     score worse: the earlier epoch wins, so best.pt must hold epoch 1's averaged weights and its
-    test-time augmentation, the confusion table must be that average's predictions, and
-    best/epochs.csv the raw weights' rows with epoch 1 marked."""
+    test-time augmentation, metrics.json its parameter counts, the confusion table must be that
+    average's predictions, and best/epochs.csv the raw weights' rows with epoch 1 marked."""
     stage("check_params", project)  # default select: val_loss, min
     classes = ["a", "b"]
     built = build_model("resnet18", None, classes, 16)
@@ -130,7 +130,7 @@ def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(
     for epoch in (1, 2):
         save_checkpoint(
             {**spec, "epoch": epoch, "model_state_dict": states[epoch, "raw"], "ema_state_dict": states[epoch, "ema"],
-             "optimizer_state_dict": {}, "trainable_params": 1, "total_params": 1},
+             "optimizer_state_dict": {}, "trainable_params": 10 * epoch, "total_params": 100 + epoch},
             project / f"checkpoints/epoch_{epoch:03d}.pt",
         )  # fmt: skip
         for weights, loss in {"raw": 0.4 if epoch == 1 else 0.3, "ema": 0.3 if epoch == 1 else 0.5}.items():
@@ -145,6 +145,8 @@ def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(
 
     metrics = json.loads((project / "best/metrics.json").read_text())
     assert (metrics["epoch"], metrics["weights"], metrics["val_loss"]) == (1, "ema", 0.3)
+    # The chosen checkpoint's parameter counts (each epoch's differ, as under gradual unfreezing), not the last one's.
+    assert (metrics["trainable_params"], metrics["total_params"]) == (10, 101)
     best = torch.load(project / "models/best.pt", weights_only=True)
     assert all(torch.equal(best["model_state_dict"][key], value) for key, value in states[1, "ema"].items())
     assert best["tta"] == "hflip" and "ema_state_dict" not in best
