@@ -703,7 +703,14 @@ import json, runpy, sys
 import pipeline.augment as augment
 import pipeline.engine as engine
 seen = {}
-build, train_and_score = augment.batch_augmentation, engine.train_and_score
+build, train_and_score, epoch_order = augment.batch_augmentation, engine.train_and_score, engine.epoch_order
+def recorded_order(*args, **kwargs):
+    order = epoch_order(*args, **kwargs)
+    if "boxes" not in seen and order.draws is not None and order.draws.boxes is not None:
+        seen["boxes"] = order.draws.boxes.tolist()  # the first epoch's crops: top, left, height, width
+        with open("seen.json", "w") as file:
+            json.dump(seen, file)
+    return order
 def recorded_build(params, num_classes, mean, std, device):
     seen["augment"] = {"mean": list(mean), "std": list(std), "classes": num_classes}
     return build(params, num_classes, mean, std, device)
@@ -724,7 +731,7 @@ def recorded_loop(model, train_data, val_data, optimizer, loop, epoch, classes):
         with open("seen.json", "w") as file:
             json.dump(seen, file)
     return train_and_score(model, train_data, val_data, optimizer, loop, epoch, classes)
-augment.batch_augmentation, engine.train_and_score = recorded_build, recorded_loop
+augment.batch_augmentation, engine.train_and_score, engine.epoch_order = recorded_build, recorded_loop, recorded_order
 runpy.run_module(sys.argv[1], run_name="__main__")
 """
 
@@ -752,6 +759,13 @@ def test_every_training_param_reaches_the_train_stage_s_loop(prepared: Path) -> 
     head = loop.pop("head")
     loop.pop("val_images")
     normalised_with = loop.pop("normalised_with")
+    # The loop's crops as train.augment sets them, their aspect drawn log-uniformly from [1/2, 2]
+    # (rounded to the digits' few pixels; a fifth beyond 1.45 here): the loop's default, 1,
+    # would draw squares alone.
+    boxes = torch.tensor(seen["boxes"], dtype=torch.float64)
+    aspect = (boxes[:, 3] / boxes[:, 2]).log().abs()
+    assert len(boxes) == len(labels["train"]) and (aspect <= math.log(2) + 0.15).all()
+    assert (aspect > math.log(1.45)).double().mean() > 0.1
     assert (loop.pop("optimizer"), loop.pop("rates_and_decays")) == ("SGD", [[0.01, 0.0], [0.01, 0.0001]])
     assert loop.pop("train_targets") == sorted(labels["train"]) and loop.pop("val_targets") == sorted(labels["val"])
     counts = [labels["train"].count(k) for k in range(len(classes))]
