@@ -307,6 +307,12 @@ def test_settings_that_cannot_take_effect_are_warned_of(params_file: Path, overr
         {"train.epochs": 4, "train.schedule": "step", "train.step_every": 3},
         {"train.epochs": 8, "train.early_stopping.patience": 6},
         {"freeze": "all_but_head", "train.trunk_lr_scale": 0.1, "train.unfreeze_after": 2},
+        # a partly frozen trunk trains at its scale and decay; head-only or partly frozen runs
+        # without unfreezing leave train.unfreeze_to at its default, which is no setting of theirs
+        {"freeze": "first:2", "train.trunk_lr_scale": 0.1, "train.layer_decay": 0.5},
+        {"freeze": "modules:layer1+layer2", "train.trunk_lr_scale": 0.1},
+        {"freeze": "all_but_head"},
+        {"freeze": "first:2"},
         # each of these takes effect only beside the other setting
         {"train.epochs": 8, "train.early_stopping.patience": 3, "train.early_stopping.min_delta": 0.1},
         {"train.sync_batchnorm": True, "train.processes": 2},
