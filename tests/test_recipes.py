@@ -369,6 +369,10 @@ def test_early_stopping_keeps_every_finished_epoch(prepared: Path) -> None:
     result = stage("train", project)
     assert "early stopping after epoch 2: val_accuracy has not improved" in result.stderr
     assert sorted(p.name for p in (project / "checkpoints").glob("*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
+    # Frozen for the whole run (no unfreezing), the trunk is none of the optimizer's: it holds
+    # the head's weight and bias alone (docs/fine-tuning.md).
+    groups = load_checkpoint(project / "checkpoints/epoch_001.pt")["optimizer_state_dict"]["param_groups"]
+    assert sum(len(group["params"]) for group in groups) == len(list(nn.Linear(2, 2).parameters()))
 
 
 def test_gradual_unfreezing_survives_a_resume(prepared: Path) -> None:
