@@ -115,6 +115,29 @@ def test_a_weights_file_of_another_arch_is_caught_before_any_training(
     assert "r34.pt holds a resnet34 checkpoint, but model.arch is resnet18" in problem(params_file)
 
 
+def test_a_checkpoint_saved_at_another_image_size_is_refused(
+    params_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipeline checkpoint of timm's test_vit made at 32 px, with model.image_size 64: the
+    model is built at the params' size (as build_model builds it), where its position embedding
+    has 1 + (64 / 16) ** 2 = 17 places for 16-px patches, not the file's 1 + (32 / 16) ** 2 = 5,
+    so the weights stage could not load it: check_params says so first."""
+    root = tmp_path / "root"
+    (root / "models" / "weights").mkdir(parents=True)
+    (root / "data").symlink_to(REPO / "data", target_is_directory=True)
+    monkeypatch.chdir(root)
+    torch.manual_seed(0)
+    built = build_model("timm/test_vit", None, ["a", "b"], 32)
+    save_checkpoint({**built.spec.to_dict(), "model_state_dict": built.model.state_dict()}, Path("models/weights/v.pt"))
+    set_params(params_file.parent, **{"model.arch": "timm/test_vit", "model.weights": "models/weights/v.pt"})
+    for size, fits in ((32, True), (64, False)):
+        set_params(params_file.parent, **{"model.image_size": size})
+        if fits:
+            check(load_params(params_file))
+        else:
+            assert "pos_embed (1, 5, 64), the model's (1, 17, 64)" in problem(params_file)
+
+
 def dvc_fails_before_real_work(project: Path, message: str, *args: str) -> None:
     result = run([sys.executable, "-m", "dvc", *args], project, check=False)
     assert result.returncode != 0, result.stdout
