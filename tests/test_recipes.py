@@ -703,7 +703,7 @@ def test_decaying_norms_and_biases_too_reaches_the_train_stage_s_optimizer(prepa
 # Runs a stage as `python -m` does, recording what its first call of the training loop is
 # given (engine.train_and_score) and what the augmentation is built with, in seen.json.
 RECORD_THE_LOOP = """\
-import json, runpy, sys
+import hashlib, json, runpy, sys
 import pipeline.augment as augment
 import pipeline.engine as engine
 seen = {}
@@ -730,6 +730,8 @@ def recorded_loop(model, train_data, val_data, optimizer, loop, epoch, classes):
             "optimizer": type(optimizer).__name__,
             "rates_and_decays": sorted({(g["lr"], g["weight_decay"]) for g in optimizer.param_groups}),
             "val_images": sorted(val_data.images[val_data.rows].flatten(1).sum(1).tolist()),  # rows: the split's
+            "pixels": {name: [hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in data.images[data.rows]]
+                       for name, data in (("train", train_data), ("val", val_data))},
             "normalised_with": [list(train_data.mean), list(train_data.std)],
         }
         with open("seen.json", "w") as file:
@@ -793,8 +795,14 @@ def test_every_training_param_reaches_the_train_stage_s_loop(prepared: Path) -> 
 def test_pretraining_takes_its_own_params_and_random_weights_draw_from_pretrain_seed(prepared: Path) -> None:
     """docs/params.md: the weights stage pretrains with pretrain.* (its seed, split, batch and
     optimizer), each set apart here from its train.* and prepare.* namesake, which play no
-    part; pretrain.seed also draws the weights of `model.weights: null`, as torchvision does."""
+    part; pretrain.seed also draws the weights of `model.weights: null`, as torchvision does.
+    Byte copies of 12 source images (weights.py: copies stay in one split, as in prepare)
+    each land in their original's split."""
     project = prepared
+    source = project / "data/digits/source"
+    for folder in sorted(source.iterdir())[:3]:
+        for path in sorted(folder.iterdir())[:4]:
+            (folder / f"copy_{path.name}").write_bytes(path.read_bytes())
     recipe = {
         "pretrain.seed": 3, "train.seed": 5, "prepare.seed": 1, "pretrain.val_fraction": 0.3,
         "pretrain.batch_size": 96, "pretrain.optimizer": "adamw", "pretrain.lr": 0.003, "pretrain.weight_decay": 0.002,
@@ -810,6 +818,9 @@ def test_pretraining_takes_its_own_params_and_random_weights_draw_from_pretrain_
     val = seen["val_targets"]
     assert all(abs(val.count(k) - round(0.3 * n)) <= 3 for k, n in enumerate(counts)), val
     assert len(seen["train_targets"]) + len(val) == sum(counts)
+    pixels = seen["pixels"]
+    assert len(pixels["train"]) + len(pixels["val"]) - len({*pixels["train"], *pixels["val"]}) >= 12  # the copies
+    assert not set(pixels["train"]) & set(pixels["val"])
     # Pretraining's model as torchvision's draws it from pretrain.seed, with a head for the source classes.
     arch = load_checkpoint(project / "models/start.pt")["arch"]
     torch.manual_seed(3)
