@@ -106,12 +106,18 @@ def test_the_stage_keeps_the_checkpoint_validation_prefers_when_test_disagrees(
     assert confusion.equals(pd.read_csv(project / "eval/predictions/epoch_001.csv")[["actual", "predicted"]])
 
 
-def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(project: Path) -> None:
+@pytest.mark.parametrize("epoch_2_average", [0.5, 0.2])
+def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(
+    project: Path, epoch_2_average: float
+) -> None:
     """`python -m pipeline.select_best` on two epochs of raw and averaged weights (train.ema_decay)
     scored by hand, where epoch 1's average ties epoch 2's raw weights on val_loss and the rest
     score worse: the earlier epoch wins, so best.pt must hold epoch 1's averaged weights and its
     test-time augmentation, metrics.json its parameter counts, the confusion table must be that
-    average's predictions, and best/epochs.csv the raw weights' rows with epoch 1 marked."""
+    average's predictions, and best/epochs.csv the raw weights' rows with epoch 1 marked. With
+    epoch 2's average at 0.2 it wins instead (its row is the table's fourth, the raw weights'
+    second)."""
+    winner = (1, "ema") if epoch_2_average > 0.3 else (2, "ema")
     stage("check_params", project)  # default select: val_loss, min
     classes = ["a", "b"]
     built = build_model("resnet18", None, classes, 16)
@@ -133,7 +139,7 @@ def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(
              "optimizer_state_dict": {}, "trainable_params": 10 * epoch, "total_params": 100 + epoch},
             project / f"checkpoints/epoch_{epoch:03d}.pt",
         )  # fmt: skip
-        for weights, loss in {"raw": 0.4 if epoch == 1 else 0.3, "ema": 0.3 if epoch == 1 else 0.5}.items():
+        for weights, loss in {"raw": 0.4 if epoch == 1 else 0.3, "ema": 0.3 if epoch == 1 else epoch_2_average}.items():
             scores = {name: 0.5 for name in REPORTED} | {"val_loss": loss}
             rows.append({"epoch": epoch, "weights": weights, "tta": "hflip", **scores})
             name = f"epoch_{epoch:03d}{'' if weights == 'raw' else '_ema'}.csv"
@@ -144,15 +150,16 @@ def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(
     stage("select_best", project)
 
     metrics = json.loads((project / "best/metrics.json").read_text())
-    assert (metrics["epoch"], metrics["weights"], metrics["val_loss"]) == (1, "ema", 0.3)
+    epoch = winner[0]
+    assert (metrics["epoch"], metrics["weights"], metrics["val_loss"]) == (*winner, min(0.3, epoch_2_average))
     # The chosen checkpoint's parameter counts (each epoch's differ, as under gradual unfreezing), not the last one's.
-    assert (metrics["trainable_params"], metrics["total_params"]) == (10, 101)
+    assert (metrics["trainable_params"], metrics["total_params"]) == (10 * epoch, 100 + epoch)
     best = torch.load(project / "models/best.pt", weights_only=True)
-    assert all(torch.equal(best["model_state_dict"][key], value) for key, value in states[1, "ema"].items())
+    assert all(torch.equal(best["model_state_dict"][key], value) for key, value in states[winner].items())
     assert best["tta"] == "hflip" and "ema_state_dict" not in best
-    assert pd.read_csv(project / "best/confusion.csv")["predicted"].tolist() == answers[1, "ema"]
+    assert pd.read_csv(project / "best/confusion.csv")["predicted"].tolist() == answers[winner]
     epochs = pd.read_csv(project / "best/epochs.csv")
     assert list(zip(epochs["epoch"], epochs["weights"], epochs["selected"], strict=True)) == [
-        (1, "raw", 1),
-        (2, "raw", 0),
+        (1, "raw", int(epoch == 1)),
+        (2, "raw", int(epoch == 2)),
     ]
