@@ -1341,6 +1341,27 @@ MUTATIONS = [
         "later = trainable_names(model, unfreeze_to, spec.head)",
         ("tests/test_recipes.py", "-k", "early_stopping_keeps"),
     ),
+    Mutation(
+        "check-params-kwargs-from-checkpoint-win",
+        "check_params builds a checkpoint's model at the file's image size, not the params' as the weights stage does",
+        'model_kwargs = {**loaded.get("model_kwargs", {}), **model_kwargs}',
+        'model_kwargs = {**model_kwargs, **loaded.get("model_kwargs", {})}',
+        ("tests/test_check_params.py", "-k", "image_size"),
+    ),
+    Mutation(
+        "pretrain-split-ignores-duplicates",
+        "pretraining's split ignores groups of copies: copies of a source image land in both splits",
+        'stratified_split(manifest["label"].tolist(), fractions, config.seed, duplicate_groups(manifest))',
+        'stratified_split(manifest["label"].tolist(), fractions, config.seed)',
+        ("tests/test_recipes.py", "-k", "pretraining_takes"),
+    ),
+    Mutation(
+        "curve-marker-by-row-position",
+        "best/epochs.csv marks the raw row at position epoch - 1, not the chosen epoch's (off with average rows)",
+        'raw.assign(selected=(raw["epoch"] == epoch).astype(int))',
+        "raw.assign(selected=(raw.index == epoch - 1).astype(int))",
+        ("tests/test_select_best.py", "-k", "winning_average"),
+    ),
 ]
 
 
