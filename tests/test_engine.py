@@ -12,7 +12,15 @@ from torchvision.transforms.v2.functional import horizontal_flip
 from pipeline.batches import CropBatches, ImageBatches, batch_indices, normalize
 from pipeline.cli import UserError
 from pipeline.config import Optimizer, OptimParams
-from pipeline.engine import LoopOptions, NonFiniteLoss, batch_logits, epoch_generator, score, train_one_epoch
+from pipeline.engine import (
+    LoopOptions,
+    NonFiniteLoss,
+    batch_logits,
+    epoch_generator,
+    epoch_order,
+    score,
+    train_one_epoch,
+)
 from pipeline.optim import make_optimizer
 from tests.helpers import crop_batches_of
 
@@ -260,3 +268,15 @@ def test_flip_tta_is_the_mean_of_the_two_views_logits() -> None:
         plain, mirrored = model(images), model(horizontal_flip(images))
     assert not torch.allclose(plain, mirrored, atol=1e-3)
     torch.testing.assert_close(batch_logits(model, images, flip=True), (plain + mirrored) / 2)
+
+
+def test_turning_a_recipe_on_keeps_the_epochs_order_crops_and_flips() -> None:
+    """docs/design.md: an epoch's order, boxes and flips come from the seed and the epoch alone,
+    the recipes' per-image seeds drawn after them: the same with the seeds drawn (a policy,
+    erasing or mixing on) as without, for crops over pictures of several sizes."""
+    sizes = torch.tensor([[40, 30], [30, 40], [64, 64]]).repeat(20, 1)
+    plain = epoch_order(len(sizes), epoch_generator(3, 2), True, 0.2, 4 / 3, sizes, keys=False)
+    keyed = epoch_order(len(sizes), epoch_generator(3, 2), True, 0.2, 4 / 3, sizes, keys=True)
+    assert plain.keys is None and keyed.keys is not None and keyed.keys.unique().numel() == len(sizes)
+    assert torch.equal(plain.order, keyed.order)
+    assert torch.equal(plain.draws.boxes, keyed.draws.boxes) and torch.equal(plain.draws.flips, keyed.draws.flips)
