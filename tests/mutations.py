@@ -1362,6 +1362,27 @@ MUTATIONS = [
         "raw.assign(selected=(raw.index == epoch - 1).astype(int))",
         ("tests/test_select_best.py", "-k", "winning_average"),
     ),
+    Mutation(
+        "crop-never-full-side",
+        "a crop box spanning the picture's whole width or height counts as not fitting (< for <=)",
+        "(tried_width <= width[:, None])",
+        "(tried_width < width[:, None])",
+        ("tests/test_crops.py", "-k", "few_pixels"),
+    ),
+    Mutation(
+        "recipe-keys-drawn-before-crops",
+        "the recipes' per-image seeds are drawn before the crops: turning a policy on changes them",
+        (
+            "    draws = draw_augmentation(n, hflip, min_scale, generator, max_aspect, visited)\n"
+            "    return EpochOrder(order, draws, torch.randint(2**62, (n,), generator=generator) if keys else None)"
+        ),
+        (
+            "    seeds = torch.randint(2**62, (n,), generator=generator) if keys else None\n"
+            "    draws = draw_augmentation(n, hflip, min_scale, generator, max_aspect, visited)\n"
+            "    return EpochOrder(order, draws, seeds)"
+        ),
+        ("tests/test_engine.py", "-k", "recipe_on"),
+    ),
 ]
 
 
