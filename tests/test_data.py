@@ -412,6 +412,16 @@ def test_stratified_split_shuffles_within_a_class() -> None:
     assert "train" in splits[:30]
 
 
+def test_stratified_split_shuffles_each_class_on_its_own() -> None:
+    """Two classes of the same size, their images listed in the same order (as a camera's file
+    names would list them): each takes its own positions for val and test, not the other's
+    (by chance they would, 1 time in C(20, 4) x C(16, 2) = 581,400)."""
+    labels = ["a"] * 20 + ["b"] * 20
+    splits = stratified_split(labels, FRACTIONS, seed=0)
+    assert splits[:20].count("val") == splits[20:].count("val") == 4
+    assert splits[:20] != splits[20:]
+
+
 def test_stratified_split_rejects_a_class_too_small_for_every_split() -> None:
     with pytest.raises(UserError, match="'b' has 2 usable image"):
         stratified_split(["a"] * 10 + ["b"] * 2, FRACTIONS, seed=0)
