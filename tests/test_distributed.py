@@ -24,6 +24,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DistributedSampler
 
+from pipeline import distributed
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.cli import UserError, progress
 from pipeline.config import load_params
@@ -541,3 +542,37 @@ def test_sync_batchnorm_converts_on_gpus_and_says_so_on_the_cpu() -> None:
         synced = sync_batchnorm(model, torch.device("cuda"))
         assert isinstance(synced[1], torch.nn.SyncBatchNorm)
         assert synced.state_dict().keys() == model.state_dict().keys()
+
+
+@pytest.mark.parametrize(("local_rank", "refused"), [(1, False), (2, True)])
+def test_a_rank_beyond_the_machines_gpus_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, local_rank: int, refused: bool
+) -> None:
+    """On a machine with 2 GPUs (faked: this one may have none), local ranks 0 and 1 each take
+    their own; rank 2 would have none, and stops with a line that says what to lower, before
+    it touches CUDA. Checked without starting any process (torchrun's variables set by hand)."""
+    for name, value in {
+        "RANK": local_rank,
+        "WORLD_SIZE": 3,
+        "LOCAL_RANK": local_rank,
+        "MASTER_ADDR": "127.0.0.1",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(distributed, "tie_to_launcher", lambda: None)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+    class TookAGpu(Exception):
+        pass
+
+    def set_device(device: torch.device) -> None:
+        raise TookAGpu(device)
+
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    with pytest.raises(UserError if refused else TookAGpu) as raised:
+        distributed.start(torch.device("cuda"), wait_minutes=0.01)
+    if refused:
+        assert str(raised.value) == (
+            "process 2 on this machine has no GPU of its own (2 here): lower train.processes or evaluate.processes"
+        )
+    else:
+        assert raised.value.args[0] == torch.device("cuda", 1)
