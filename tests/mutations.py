@@ -1383,6 +1383,20 @@ MUTATIONS = [
         ),
         ("tests/test_engine.py", "-k", "recipe_on"),
     ),
+    Mutation(
+        "split-rng-reseeded-per-class",
+        "the split reseeds its generator per class: classes of one size take the same positions",
+        "for rank, index in enumerate(rng.permutation(len(units))):",
+        "for rank, index in enumerate(np.random.default_rng(seed).permutation(len(units))):",
+        ("tests/test_data.py", "-k", "on_its_own"),
+    ),
+    Mutation(
+        "rank-without-gpu-off-by-one",
+        "a rank whose local index equals the GPU count passes the check and fails later in CUDA",
+        "if ranks.local_rank >= torch.cuda.device_count():",
+        "if ranks.local_rank > torch.cuda.device_count():",
+        ("tests/test_distributed.py", "-k", "beyond_the_machines"),
+    ),
 ]
 
 
