@@ -82,10 +82,13 @@ def expected_top(project: Path, k: int) -> dict[str, list[tuple[str, float]]]:
 
 
 def test_csv_matches_the_training_code_and_reports_the_broken_file(project: Path) -> None:
-    result = predict(project, "shots", "c.png", "--model", MODEL, "--format", "csv", "--top-k", "2")
+    # --top-k above the number of classes (3) gives every class, and columns for those alone.
+    result = predict(project, "shots", "c.png", "--model", MODEL, "--format", "csv", "--top-k", "5")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [row["path"] for row in rows] == EXPECTED_PATHS
-    expected = expected_top(project, 2)
+    columns = [f"{key}_{k}" for k in (1, 2, 3) for key in ("class", "probability")]
+    assert list(rows[0]) == ["path", *columns, "error"]
+    expected = expected_top(project, 3)
     for row in rows:
         if row["path"] == BROKEN:
             assert "cannot be decoded" in row["error"]
