@@ -1397,6 +1397,20 @@ MUTATIONS = [
         "if ranks.local_rank > torch.cuda.device_count():",
         ("tests/test_distributed.py", "-k", "beyond_the_machines"),
     ),
+    Mutation(
+        "predict-columns-for-unavailable-classes",
+        "with --top-k above the class count, the CSV and table get columns for classes that do not exist",
+        "WRITERS[args.format](predictions, top_k, sys.stdout)",
+        "WRITERS[args.format](predictions, args.top_k, sys.stdout)",
+        ("tests/test_predict.py", "-k", "csv_matches"),
+    ),
+    Mutation(
+        "prepare-decodes-at-the-hash-scale",
+        "prepare keeps its hash decode for the model exactly where it is too small for it (inverted check)",
+        "if not decoded.same_for(sizing.resize):",
+        "if decoded.same_for(sizing.resize):",
+        ("tests/test_preprocessing.py", "-k", "decodes_anew"),
+    ),
 ]
 
 
