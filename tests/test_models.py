@@ -462,8 +462,9 @@ def test_plain_state_dict_loads_into_everything_but_the_head(tmp_path: Path):
     built = build_model("resnet18", str(path), CLASSES, SIZE)
     assert_trunk_equal(built.model, state, "fc")
     assert built.model.fc.weight.shape == (len(CLASSES), 512)
-    assert built.spec.mean == torchvision_backbones.IMAGENET_MEAN
-    assert built.spec.std == torchvision_backbones.IMAGENET_STD
+    # Normalised as torchvision's ImageNet weights are (their own transforms, RGB order).
+    imagenet = ResNet18_Weights.IMAGENET1K_V1.transforms()
+    assert (built.spec.mean, built.spec.std) == (list(imagenet.mean), list(imagenet.std))
 
 
 def save_pipeline_checkpoint(built: models.Built, path: Path) -> None:

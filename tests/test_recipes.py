@@ -836,6 +836,9 @@ def test_pretraining_takes_its_own_params_and_random_weights_draw_from_pretrain_
     stage("weights", project)
     torch.manual_seed(3)
     reference = torchvision.models.get_model(arch).state_dict()  # torchvision's own draw
-    start = load_checkpoint(project / "models/start.pt")["model_state_dict"]
+    start = load_checkpoint(project / "models/start.pt")
+    imagenet = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()  # random weights: ImageNet's statistics
+    assert (start["mean"], start["std"]) == (list(imagenet.mean), list(imagenet.std))
+    start = start["model_state_dict"]
     assert start.keys() == {key for key in reference if not key.startswith("fc.")}, arch  # no head
     assert all(torch.equal(start[key], reference[key]) for key in start)
