@@ -205,6 +205,10 @@ def records(values: list[float]) -> list[dict]:
         ([0.9, 0.895, 0.89], Mode.min, 2, 0.01, True),  # improvements below min_delta do not count
         ([0.5, 0.6, 0.7], Mode.max, 1, 0.0, False),
         ([0.5, math.nan, 0.4], Mode.max, 2, 0.0, True),  # NaN is never an improvement
+        # ... not even the first epoch's: two epochs without a score use up a patience of 2, as
+        # Keras's EarlyStopping counts them (NaN < inf is false, so its wait grows each epoch)
+        ([math.nan, math.nan], Mode.min, 2, 0.0, True),
+        ([math.nan], Mode.min, 2, 0.0, False),
         ([0.9, 0.9, 0.9], Mode.min, 0, 0.0, False),  # patience 0: off
         # An equal value is no improvement (Keras's EarlyStopping compares with np.less / np.greater).
         ([0.9, 0.9, 0.9], Mode.min, 2, 0.0, True),
