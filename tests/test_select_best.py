@@ -136,7 +136,8 @@ def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(
     for epoch in (1, 2):
         save_checkpoint(
             {**spec, "epoch": epoch, "model_state_dict": states[epoch, "raw"], "ema_state_dict": states[epoch, "ema"],
-             "optimizer_state_dict": {}, "trainable_params": 10 * epoch, "total_params": 100 + epoch},
+             "optimizer_state_dict": {}, "ema_updates": 4 * epoch, "trainable_params": 10 * epoch,
+             "total_params": 100 + epoch},
             project / f"checkpoints/epoch_{epoch:03d}.pt",
         )  # fmt: skip
         for weights, loss in {"raw": 0.4 if epoch == 1 else 0.3, "ema": 0.3 if epoch == 1 else epoch_2_average}.items():
@@ -156,7 +157,9 @@ def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(
     assert (metrics["trainable_params"], metrics["total_params"]) == (10 * epoch, 100 + epoch)
     best = torch.load(project / "models/best.pt", weights_only=True)
     assert all(torch.equal(best["model_state_dict"][key], value) for key, value in states[winner].items())
-    assert best["tta"] == "hflip" and "ema_state_dict" not in best
+    # The weights for using the model, named, with none of the state that resumes a run (docs/design.md).
+    assert (best["tta"], best["weights"]) == ("hflip", winner[1])
+    assert not {"optimizer_state_dict", "ema_state_dict", "ema_updates"} & best.keys()
     assert pd.read_csv(project / "best/confusion.csv")["predicted"].tolist() == answers[winner]
     epochs = pd.read_csv(project / "best/epochs.csv")
     assert list(zip(epochs["epoch"], epochs["weights"], epochs["selected"], strict=True)) == [
