@@ -84,11 +84,17 @@ def test_a_finished_run_is_republished_not_retrained(project: Path) -> None:
     (folder,) = run_folders(project)
     assert (folder / "finished").is_file()
     # A kill after training but before DVC recorded the outputs: DVC deletes them and reruns.
+    # (A file that a run by hand left in checkpoints/ goes too: it holds this run's epochs alone.)
     shutil.rmtree(project / "checkpoints")
+    (project / "checkpoints").mkdir()
+    (project / "checkpoints" / f"epoch_{EPOCHS + 1:03d}.pt").write_bytes(b"a longer run's")
     log = stage("train", project).stderr
     assert f"resuming after epoch {EPOCHS}" in log
     assert epochs_trained(log) == []
-    assert len(list((project / "checkpoints").glob("epoch_*.pt"))) == EPOCHS
+    published = sorted((project / "checkpoints").iterdir())
+    assert [path.name for path in published] == [f"epoch_{epoch:03d}.pt" for epoch in range(1, EPOCHS + 1)]
+    # Hard links to the run folder's files (docs/design.md): the checkpoints take their disk space once.
+    assert all(path.samefile(folder / path.name) for path in published)
 
 
 def test_old_run_folders_are_reported_and_only_the_newest_kept(project: Path) -> None:
