@@ -180,6 +180,40 @@ def test_plots_html_renders_offline_in_headless_chromium(reproduced: Path, tmp_p
     located(np.asarray(Image.open(shot).convert("RGB")), gallery[row : row + 48, column : column + 48])
 
 
+# A stand-in for Chromium: draws a known picture, a block of random pixels on white, at the
+# window size it is given, where --screenshot says.
+FAKE_CHROMIUM = """
+import sys
+import numpy as np
+from PIL import Image
+flags = dict(arg.split("=", 1) for arg in sys.argv[1:] if arg.startswith("--") and "=" in arg)
+width, height = map(int, flags["--window-size"].split(","))
+pixels = np.full((height, width, 3), 255, dtype=np.uint8)
+pixels[40:300, 10 : width - 50] = np.random.default_rng(0).integers(0, 256, (260, width - 60, 3))
+Image.fromarray(pixels).save(flags["--screenshot"])
+"""
+
+
+def test_the_screenshot_is_cut_below_the_page_then_shrunk_and_quantized(reproduced: Path, tmp_path: Path) -> None:
+    """tools.screenshot's own steps, with the README's --scale and --colours 256, on a known
+    picture (Chromium stood in for): cut 15 rows below the last drawn one, shrunk with Lanczos
+    to round(0.5 x the sides), kept to 256 colours by Pillow's octree quantizer, by hand."""
+    chromium = tmp_path / "chromium"
+    chromium.write_text(f"#!{sys.executable}\n{FAKE_CHROMIUM}")
+    chromium.chmod(0o755)
+    shot = tmp_path / "shot.png"
+    options = ["--width", "400", "--scale", "0.5", "--colours", "256", "--chromium", str(chromium)]
+    run([sys.executable, "-m", "tools.screenshot", "--out", str(shot), *options], reproduced)
+
+    pixels = np.full((299 + 16, 400, 3), 255, dtype=np.uint8)  # the last drawn row, 299, and 15 below it
+    pixels[40:300, 10:350] = np.random.default_rng(0).integers(0, 256, (260, 340, 3))
+    expected = Image.fromarray(pixels).resize((200, 158), Image.Resampling.LANCZOS)
+    expected = expected.quantize(colors=256, method=Image.Quantize.FASTOCTREE)
+    with Image.open(shot) as written:
+        assert written.mode == "P" and written.size == (200, 158)
+        assert np.array_equal(np.asarray(written.convert("RGB")), np.asarray(expected.convert("RGB")))
+
+
 def chart_sections(dom: str) -> dict[str, str]:
     """Each chart's part of the rendered page, by its div's id."""
     parts = re.split(r'<div id="([^"]+)"', dom)[1:]
