@@ -289,6 +289,26 @@ def test_the_weights_stage_loads_timm_weights_from_an_offline_hub_cache(
     assert (start["resize_size"], start["interpolation"], start["mean"], start["std"]) == expected
 
 
+def test_timm_weights_kept_only_at_a_url_load_from_torch_hubs_cache(
+    project: Path, offline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few of timm's tags are kept at a URL, not on the Hugging Face hub (legacy_seresnet18's
+    in1k): the weights stage reads them where torch.hub keeps what it downloads,
+    $TORCH_HOME/hub/checkpoints/<the URL's file name>, never downloading them."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    config = timm.models.get_pretrained_cfg("legacy_seresnet18.in1k")
+    assert config.url and not config.hf_hub_id
+    state = random_state("legacy_seresnet18")
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(state, checkpoints / config.url.rsplit("/", 1)[1])
+    set_checked_params(project, **{"model.arch": "timm/legacy_seresnet18", "model.weights": "in1k"})
+    stage("weights", project)
+    saved = load_checkpoint(project / "models/start.pt")["model_state_dict"]
+    assert set(saved) == {key for key in state if not key.startswith(f"{config.classifier}.")}
+    assert all(torch.equal(saved[key], state[key]) for key in saved)
+
+
 def test_missing_timm_weights_name_the_file_and_the_folder(project: Path, offline: Path) -> None:
     set_checked_params(project, **{"model.arch": "timm/resnet18", "model.weights": "DEFAULT", "model.image_size": SIZE})
     result = stage("weights", project, check=False)
