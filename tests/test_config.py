@@ -354,7 +354,9 @@ def test_load_params_reports_broken_yaml_with_its_line(params_file: Path) -> Non
     number = replace_line(params_file, "train", "lr", "  lr: 0.01: 0.02")
     with pytest.raises(UserError) as caught:
         load_params(params_file)
-    pattern = rf"{re.escape(str(params_file))} is not valid YAML: mapping values are not allowed here \(line {number}, "
+    # The second colon, the 11th character of "  lr: 0.01: 0.02", counted from 1 as editors count.
+    where = rf"\(line {number}, column 11\)"
+    pattern = rf"{re.escape(str(params_file))} is not valid YAML: mapping values are not allowed here {where}"
     assert re.match(pattern, str(caught.value)), str(caught.value)
 
 
