@@ -26,6 +26,7 @@ import pytest
 from omegaconf import OmegaConf
 from torchvision.models import ResNet18_Weights
 
+from pipeline.checked import load_checked_params, record_checked
 from pipeline.cli import UserError
 from pipeline.config import AugmentParams, Mode, Optimizer, ParamError, Params, TrainParams, load_params, validate
 from pipeline.paths import PREPARED_DIR
@@ -526,3 +527,18 @@ def test_each_number_param_is_refused_just_beyond_its_documented_range(params_fi
     held_out = "prepare.val_fraction + prepare.test_fraction"
     assert problem({"prepare.val_fraction": 0.6, "prepare.test_fraction": 0.4}) == held_out
     assert wrong == []
+
+
+def test_a_stage_names_three_params_that_differ_from_the_checked_ones_and_counts_the_rest(
+    params_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five params changed after check_params: a stage names the first three in key order,
+    each with both values, and says how many more (2) there are."""
+    monkeypatch.chdir(params_file.parent)
+    record_checked(load_params(params_file))
+    changes = {"train.seed": 3, "train.momentum": 0.5, "prepare.seed": 4, "train.lr": 0.5, "train.epochs": 3}
+    set_params(params_file.parent, **changes)
+    with pytest.raises(UserError) as caught:
+        load_checked_params()
+    named = "prepare.seed = 4 (checked: 0), train.epochs = 3 (checked: 8), train.lr = 0.5 (checked: 0.01)"
+    assert str(caught.value).startswith(f"params.yaml is not what check_params checked: {named} and 2 more; ")
