@@ -148,10 +148,11 @@ def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(
             pd.DataFrame(frame).to_csv(project / "eval/predictions" / name, index=False)
     pd.DataFrame(rows).to_csv(project / "eval/scores.csv", index=False)
 
-    stage("select_best", project)
+    log = stage("select_best", project).stderr
 
     metrics = json.loads((project / "best/metrics.json").read_text())
     epoch = winner[0]
+    assert f"best: epoch {epoch} of 2 (ema weights) by val_loss (min)" in log  # epochs, not table rows
     assert (metrics["epoch"], metrics["weights"], metrics["val_loss"]) == (*winner, min(0.3, epoch_2_average))
     # The chosen checkpoint's parameter counts (each epoch's differ, as under gradual unfreezing), not the last one's.
     assert (metrics["trainable_params"], metrics["total_params"]) == (10 * epoch, 100 + epoch)
