@@ -1411,6 +1411,126 @@ MUTATIONS = [
         "if decoded.same_for(sizing.resize):",
         ("tests/test_preprocessing.py", "-k", "decodes_anew"),
     ),
+    Mutation(
+        "publish-all-keeps-stale-checkpoints",
+        "checkpoints/ keeps files of an earlier, longer run beside this run's own, and evaluate scores them too",
+        "        shutil.rmtree(self.output, ignore_errors=True)\n        self.output.mkdir(parents=True)\n",
+        "        self.output.mkdir(parents=True, exist_ok=True)\n",
+        ("tests/test_runs.py", "-k", "republished"),
+    ),
+    Mutation(
+        "publish-copies-not-links",
+        "each checkpoint is copied into checkpoints/ instead of hard-linked, so a run takes twice the disk",
+        "        os.link(path, target)\n",
+        "        shutil.copy2(path, target)\n",
+        ("tests/test_runs.py", "-k", "republished"),
+    ),
+    Mutation(
+        "adopt-oldest-unfinished-run",
+        "a killed run goes on from the oldest unfinished folder of its lineage, not the newest, losing epochs",
+        "        for other in sorted(self.root.iterdir(), key=lambda path: path.stat().st_mtime, reverse=True):",
+        "        for other in sorted(self.root.iterdir(), key=lambda path: path.stat().st_mtime):",
+        ("tests/test_runs.py", "-k", "newest_free_folder"),
+    ),
+    Mutation(
+        "adopt-held-run",
+        "a new trainer moves the checkpoints out of an unfinished run folder that a live trainer still holds",
+        "                if lock is None:  # a live trainer holds it\n                    continue\n",
+        "",
+        ("tests/test_runs.py", "-k", "newest_free_folder"),
+    ),
+    Mutation(
+        "prune-before-adopt",
+        "old run folders are pruned before adoption: a killed run older than the newest 3 others is lost",
+        (
+            "            if not self.checkpoints():\n"
+            "                self.adopt()\n"
+            "            prune_other_runs(self.root, keep=self.fingerprint)\n"
+        ),
+        (
+            "            prune_other_runs(self.root, keep=self.fingerprint)\n"
+            "            if not self.checkpoints():\n"
+            "                self.adopt()\n"
+        ),
+        ("tests/test_runs.py", "-k", "newest_free_folder"),
+    ),
+    Mutation(
+        "early-stop-counts-from-epoch-one",
+        "a run whose watched metric is NaN from epoch 1 on stops one epoch later than its patience says",
+        "    best_epoch, best = 0, math.inf\n",
+        '    best_epoch, best = history[0]["epoch"], math.inf\n',
+        ("tests/test_recipes.py", "-k", "test_early_stop and not keeps"),
+    ),
+    Mutation(
+        "random-weights-bgr-mean",
+        "models without torchvision weights are normalised with ImageNet's mean in BGR order, not RGB",
+        "IMAGENET_MEAN = [0.485, 0.456, 0.406]",
+        "IMAGENET_MEAN = [0.406, 0.456, 0.485]",
+        ("tests/test_models.py", "-k", "plain_state_dict_loads"),
+    ),
+    Mutation(
+        "best-pt-unnamed-weights",
+        "best.pt no longer says which weights won, so mistakes.png's title calls a winning average 'raw'",
+        '    checkpoint |= {"weights": weights, "tta": best["tta"]}',
+        '    checkpoint |= {"tta": best["tta"]}',
+        ("tests/test_select_best.py", "-k", "winning_average"),
+    ),
+    Mutation(
+        "best-pt-keeps-ema-count",
+        "best.pt keeps the moving average's update count, resume state the model file should not carry",
+        '    for key in ("optimizer_state_dict", "ema_state_dict", "ema_updates"):',
+        '    for key in ("optimizer_state_dict", "ema_state_dict"):',
+        ("tests/test_select_best.py", "-k", "winning_average"),
+    ),
+    Mutation(
+        "select-best-log-counts-rows",
+        "select-best logs 'best: epoch 2 of 4' for a 2-epoch run with a moving average (rows, not epochs)",
+        "        len(raw),\n",
+        "        len(scores),\n",
+        ("tests/test_select_best.py", "-k", "winning_average"),
+    ),
+    Mutation(
+        "screenshot-256-colours-refused",
+        "tools.screenshot refuses --colours 256, the README's own example, as out of range",
+        "    if args.colours and not 2 <= args.colours <= 256:",
+        "    if args.colours and not 2 <= args.colours < 256:",
+        ("tests/test_plots.py", "-k", "cut_below"),
+    ),
+    Mutation(
+        "screenshot-scale-swaps-sides",
+        "tools.screenshot --scale shrinks to a picture with width and height swapped, the page distorted",
+        "        size = (round(picture.width * args.scale), round(picture.height * args.scale))",
+        "        size = (round(picture.height * args.scale), round(picture.width * args.scale))",
+        ("tests/test_plots.py", "-k", "cut_below"),
+    ),
+    Mutation(
+        "screenshot-cut-at-last-column",
+        "tools.screenshot cuts the page at the index of its last drawn column, dropping what lies below it",
+        "(pixels != pixels[-1, -1]).any(axis=(1, 2))",
+        "(pixels != pixels[-1, -1]).any(axis=(0, 2))",
+        ("tests/test_plots.py", "-k", "cut_below"),
+    ),
+    Mutation(
+        "timm-url-weights-outside-checkpoints",
+        "timm weights kept only at a URL are looked for in $TORCH_HOME/hub, not hub/checkpoints: never found",
+        'cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name',
+        "cached = Path(torch.hub.get_dir()) / Path(urlparse(url).path).name",
+        ("tests/test_timm.py", "-k", "only_at_a_url"),
+    ),
+    Mutation(
+        "yaml-error-column-zero-based",
+        "a params.yaml syntax error names a column one to the left of the problem (YAML's 0-based mark)",
+        "column {mark.column + 1})",
+        "column {mark.column})",
+        ("tests/test_config.py", "-k", "broken_yaml"),
+    ),
+    Mutation(
+        "params-differences-more-miscounted",
+        "a params.yaml differing from the checked record in 5 keys names 3 of them 'and 5 more'",
+        'more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""',
+        'more = f" and {len(changed)} more" if len(changed) > 3 else ""',
+        ("tests/test_config.py", "-k", "three_params"),
+    ),
 ]
 
 
