@@ -109,6 +109,12 @@ def test_the_gallery_puts_each_image_and_its_heat_side_by_side_in_rows_of_four()
     first, fifth = (np.asarray(panel(tile.pixels)) for tile in (tiles[0], tiles[4]))
     found = [located(picture, image) for image in (first, fifth)]
     assert found[0][1] == found[1][1] and found[1][0] > found[0][0] + PANEL
+    # By hand, GAP pixels apart: the image, its heat beside it, then the next tile's image.
+    second = located(picture, np.asarray(panel(tiles[1].pixels)))
+    assert second == (found[0][0], found[0][1] + 2 * PANEL + 2 * GAP)
+    # Fewer mistakes than a row: as many columns as tiles (a short title), no blank ones.
+    two = draw_gallery(tiles[:2], ["title"])
+    assert two.width == GAP + 2 * (2 * PANEL + GAP + GAP)
 
 
 def test_no_mistakes_is_a_picture_that_says_so() -> None:
