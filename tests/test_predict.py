@@ -121,10 +121,17 @@ def test_table_prints_a_line_per_image(project: Path) -> None:
     lines = predict(project, "shots", "c.png", "--model", MODEL).stdout.splitlines()
     assert lines[0].split() == ["path", "top", "1", "top", "2", "top", "3"]
     assert [line.split()[0] for line in lines[1:]] == EXPECTED_PATHS
-    expected = expected_top(project, 1)
+    expected = expected_top(project, 3)
     for line in lines[1:]:
-        path, first, *_ = line.split()
-        assert first == ("error:" if path == BROKEN else expected[path][0][0])
+        path, *cells = line.split()
+        if path == BROKEN:
+            assert cells[0] == "error:"
+            continue
+        # Each class, then its probability in percent to one decimal ("40.3%"), as torchvision's model gives it.
+        assert cells[::2] == [name for name, _ in expected[path]]
+        assert all(cell.endswith("%") for cell in cells[1::2])
+        percents = [float(cell.removesuffix("%")) for cell in cells[1::2]]
+        assert percents == pytest.approx([100 * probability for _, probability in expected[path]], abs=0.051)
 
 
 @pytest.mark.parametrize(
