@@ -125,9 +125,13 @@ def test_intact_files_pass(fake_project: Path, capsys: pytest.CaptureFixture) ->
 def test_damage_is_reported_and_repaired(
     fake_project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A checkpoint damaged in place (so its cache object too), and the other cache object:
+    1 damaged checkpoint and 2 damaged objects, counted apart; --repair deletes each file once."""
     checkpoint = fake_project / "checkpoints" / "epoch_001.pt"
     (obj,) = (fake_project / ".dvc" / "cache").rglob(md5(checkpoint.read_bytes())[2:])
+    (other,) = (fake_project / ".dvc" / "cache").rglob(md5(b"another output\n")[2:])
     truncate(checkpoint)
+    flip_a_bit(other)
 
     with pytest.raises(SystemExit) as exit_:
         verify.main([])
@@ -135,15 +139,21 @@ def test_damage_is_reported_and_repaired(
     assert exit_.value.code == 1
     assert "damaged: checkpoints/epoch_001.pt" in out
     assert f"damaged: {obj.relative_to(fake_project)}" in out
+    assert "checked 1 checkpoints and 2 cache objects: 1 damaged checkpoints, 2 damaged cache objects\n" in out
     assert checkpoint.exists() and obj.exists()  # only --repair deletes
 
     verify.main(["--repair"])
     out = capsys.readouterr().out
-    assert not checkpoint.exists() and not obj.exists()
+    assert not checkpoint.exists() and not obj.exists() and not other.exists()
+    deleted = [line for line in out.splitlines() if line.startswith("deleted ")]
+    assert sorted(deleted) == sorted(
+        f"deleted {path}"
+        for path in ("checkpoints/epoch_001.pt", obj.relative_to(fake_project), other.relative_to(fake_project))
+    )
     assert "now run `dvc repro`" in out
 
     verify.main([])
-    assert capsys.readouterr().out == "checked 0 checkpoints and 1 cache objects: all intact\n"
+    assert capsys.readouterr().out == "checked 0 checkpoints and 0 cache objects: all intact\n"
 
 
 def test_a_file_that_cannot_be_deleted_is_named_the_rest_are_deleted_and_the_exit_is_1(
