@@ -304,7 +304,7 @@ def test_prepare_keeps_duplicates_in_one_split_and_drops_conflicting_copies(proj
     set_params(project, **{"prepare.data_dir": "dups", "prepare.val_fraction": 0.3, "prepare.test_fraction": 0.3})
     for seed in range(4):
         set_checked_params(project, **{"prepare.seed": seed})
-        stage("prepare", project)
+        log = stage("prepare", project).stderr
         manifest, _, skipped = read_outputs(project)
         split_of = dict(zip(manifest["path"], manifest["split"], strict=True))
         assert len({split_of[p] for p in rel[0]}) == 1, seed
@@ -316,6 +316,9 @@ def test_prepare_keeps_duplicates_in_one_split_and_drops_conflicting_copies(proj
     for path, other in [rel[2], rel[2][::-1]]:
         assert "conflicting labels" in reasons[path] and other in reasons[path], reasons[path]
 
+    # Two groups, 9 images; one group (the near copies) holds two labels, b and c.
+    counted = "9 images in 2 groups of copies or near-copies, each group in one split; 1 group(s) with different labels"
+    assert counted in log and len(rel[0]) + len(rel[1]) == 9
     duplicates = read_csv(project / PREPARED / "duplicates.csv")
     by_group = {group: rows for group, rows in duplicates.groupby("group")}
     assert sorted(by_group) == ["1", "2"]  # numbered from 1, in the manifest's order (read as text)
