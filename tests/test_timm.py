@@ -302,8 +302,12 @@ def test_timm_weights_kept_only_at_a_url_load_from_torch_hubs_cache(
     checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     torch.save(state, checkpoints / config.url.rsplit("/", 1)[1])
-    set_checked_params(project, **{"model.arch": "timm/legacy_seresnet18", "model.weights": "in1k"})
-    stage("weights", project)
+    params = {"model.arch": "timm/legacy_seresnet18", "model.weights": "in1k", "model.image_size": SIZE}
+    set_checked_params(project, **params)
+    log = stage("weights", project).stderr
+    # The tag's preprocessing, by hand from its config: the resize keeps crop_pct.
+    resize = math.floor(SIZE / config.crop_pct)
+    assert f"inputs resized to {resize}, centre {SIZE} crop ({config.interpolation})" in log and resize != SIZE
     saved = load_checkpoint(project / "models/start.pt")["model_state_dict"]
     assert set(saved) == {key for key in state if not key.startswith(f"{config.classifier}.")}
     assert all(torch.equal(saved[key], state[key]) for key in saved)
