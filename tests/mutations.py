@@ -1531,6 +1531,62 @@ MUTATIONS = [
         'more = f" and {len(changed)} more" if len(changed) > 3 else ""',
         ("tests/test_config.py", "-k", "three_params"),
     ),
+    Mutation(
+        "gallery-heat-touches-next-tile",
+        "in best/mistakes.png each heat map butts against the next tile's image: the tile width lacks its gap",
+        "    tile_width = PANEL * (2 if with_heat else 1) + (GAP if with_heat else 0)",
+        "    tile_width = PANEL * (2 if with_heat else 1)",
+        ("tests/test_interpretation.py", "-k", "rows_of_four"),
+    ),
+    Mutation(
+        "gallery-always-four-columns",
+        "best/mistakes.png is four tiles wide even for fewer mistakes, leaving blank columns beside them",
+        "    columns = min(COLUMNS, max(len(tiles), 1))",
+        "    columns = COLUMNS",
+        ("tests/test_interpretation.py", "-k", "rows_of_four"),
+    ),
+    Mutation(
+        "mistakes-title-counts-mistakes-as-images",
+        "mistakes.png's title gives the number of mistakes as the number of test images ('5 of the 5')",
+        'f"{which} mistakes on the {len(predictions)} test images, the most confident first "',
+        'f"{which} mistakes on the {len(wrong)} test images, the most confident first "',
+        ("tests/test_interpretation.py", "-k", "most_confident_mistakes_each"),
+    ),
+    Mutation(
+        "predict-table-fraction-as-percent",
+        "predict's table prints each probability as a fraction followed by %, '0.9%' for 90%",
+        '[f"{n:<{name_width}} {q:6.1%}" for n, q in p.top]',
+        '[f"{n:<{name_width}} {q:6.1f}%" for n, q in p.top]',
+        ("tests/test_predict.py", "-k", "table_prints"),
+    ),
+    Mutation(
+        "verify-summary-counts-swapped",
+        "tools.verify's summary line swaps the counts of damaged checkpoints and damaged cache objects",
+        'summary += f"{len(damaged_checkpoints)} damaged checkpoints, {len(damaged_objects)} damaged cache objects"',
+        'summary += f"{len(damaged_objects)} damaged checkpoints, {len(damaged_checkpoints)} damaged cache objects"',
+        ("tests/test_verify.py", "-k", "reported_and_repaired"),
+    ),
+    Mutation(
+        "verify-repair-deletes-twice",
+        "--repair names a checkpoint linked to a damaged cache object twice, as deleted or as undeletable",
+        "paths = dict.fromkeys(p for damage in damages for p in (damage.path, *damage.linked))",
+        "paths = [p for damage in damages for p in (damage.path, *damage.linked)]",
+        ("tests/test_verify.py", "-k", "reported_and_repaired"),
+    ),
+    Mutation(
+        "prepare-mixed-groups-miscounted",
+        "prepare's log counts every group of copies as one 'with different labels', not only the mixed ones",
+        'mixed = duplicates.groupby("group")["label"].nunique().gt(1).sum()',
+        'mixed = duplicates.groupby("group")["label"].nunique().ge(1).sum()',
+        ("tests/test_prepare.py", "-k", "keeps_duplicates"),
+    ),
+    Mutation(
+        "weights-log-resize-and-crop-swapped",
+        "the weights stage logs 'inputs resized to 16, centre 18 crop': the resize and crop sizes swapped",
+        "        sizing.resize,\n        sizing.crop,\n",
+        "        sizing.crop,\n        sizing.resize,\n",
+        ("tests/test_timm.py", "-k", "only_at_a_url"),
+    ),
 ]
 
 
