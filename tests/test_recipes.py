@@ -735,7 +735,7 @@ def recorded_loop(model, train_data, val_data, optimizer, loop, epoch, classes):
             "rates_and_decays": sorted({(g["lr"], g["weight_decay"]) for g in optimizer.param_groups}),
             "val_images": sorted(val_data.images[val_data.rows].flatten(1).sum(1).tolist()),  # rows: the split's
             "pixels": {name: [hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in data.images[data.rows]]
-                       for name, data in (("train", train_data), ("val", val_data))},
+                       for name, data in (("train", train_data), ("val", val_data)) if hasattr(data, "images")},
             "normalised_with": [list(train_data.mean), list(train_data.std)],
         }
         with open("seen.json", "w") as file:

@@ -7,11 +7,16 @@ with its train stage, at an exact optimizer step, the way `kill -9` on its proce
 would. Each resumed run must log where it resumed and train only the remaining epochs.
 """
 
+import contextlib
+import fcntl
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -270,6 +275,30 @@ def test_evaluate_refuses_a_damaged_checkpoint_and_names_it(trained: tuple[Path,
     assert not (project / "eval" / "scores.csv").exists()
 
 
+@contextlib.contextmanager
+def decoys_beside(killed: Path) -> Iterator[list[str]]:
+    """Run folders beside a killed run's, newest first: a copy of it that a live trainer holds
+    (its lock taken for the block), three folders of other runs, the killed run, then an
+    older copy of it under other settings. A run that takes over the killed one must pass
+    over the held copy and the older one, and take it before removing folders beyond the
+    newest three."""
+    runs = killed.parent
+    for name, threads in (("held", 7), ("older", 5)):
+        shutil.copytree(killed, runs / name, ignore=shutil.ignore_patterns(".lock"))
+        record = json.loads((runs / name / "run.json").read_text())
+        record["settings"]["train.threads"] = threads
+        (runs / name / "run.json").write_text(json.dumps(record))
+    for name in ("other1", "other2", "other3"):
+        (runs / name).mkdir()
+    names = ["held", "other1", "other2", "other3", killed.name, "older"]
+    with open(runs / "held" / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live trainer holds it
+        now = time.time()
+        for age, name in enumerate(names):  # after the lock file, whose creation touches its folder
+            os.utime(runs / name, (now - 100 * (age + 1), now - 100 * (age + 1)))
+        yield names
+
+
 def test_a_resumed_run_keeps_its_cpu_threads_unless_train_threads_names_a_count(
     trained: tuple[Path, list[dict]],
 ) -> None:
@@ -281,9 +310,17 @@ def test_a_resumed_run_keeps_its_cpu_threads_unless_train_threads_names_a_count(
     count = (os.cpu_count() or 1) + 1
     set_checked_params(project, **{"train.threads": count})
     train_killed_at(project, "publish", 1)
+    runs = project / ".cache/runs"
+    (killed,) = [path for path in runs.iterdir() if not (path / "finished").exists()]
     set_checked_params(project, **{"train.threads": 0})
-    resumed = stage("train", project)
+    with decoys_beside(killed) as names:
+        resumed = stage("train", project)
     assert_resumed(resumed.stderr, after=1, epochs=EPOCHS)
+    # Taken over from the killed run's folder, the newest free one of its lineage, before old
+    # folders went (it was the fifth newest); a live trainer's folder is left as it is.
+    line = f"continuing the run stopped after epoch 1 in .cache/runs/{killed.name} with train.threads {count} -> 0"
+    assert line in resumed.stderr
+    assert (runs / names[0] / "epoch_001.pt").is_file()
     assert f"keeping {count} CPU threads per process, as the run had so far" in resumed.stderr
     assert [checkpoint["threads"] for checkpoint in final_state(project)] == [count] * EPOCHS
     # A count named on resuming wins: the kept 3 only stands in for train.threads 0.

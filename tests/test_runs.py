@@ -2,7 +2,6 @@
 lost the outputs all resume; a second trainer is refused; old folders are bounded."""
 
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from testing.project import run, set_checked_params, stage
+from testing.project import run, stage
 from tests.helpers import epochs_trained, kill_env
 
 EPOCHS = 2  # TINY_PARAMS
@@ -125,33 +124,3 @@ def test_a_run_folder_that_a_live_trainer_holds_is_never_removed(project: Path) 
     assert "4 other run folder(s)" in log
     assert "removed" not in log
     assert all((runs / name).is_dir() for name in names)
-
-
-def test_a_killed_run_is_taken_over_from_its_newest_free_folder_before_old_folders_go(project: Path) -> None:
-    """A run killed after epoch 1 (train.threads 0), resumed under train.threads 1 (another run
-    folder, the same lineage): among the folders it could take over, it takes the newest that
-    no live trainer holds, and before old folders are removed, although the killed one is
-    only the fifth newest. The others, newest first: a copy of the killed run that a live
-    trainer holds, three folders of other runs, then the killed run, then an older copy of it
-    under train.threads 5."""
-    killed_after_epoch_one(project)
-    (killed,) = run_folders(project)
-    runs = project / ".cache/runs"
-    for name, threads in (("held", 7), ("older", 5)):
-        shutil.copytree(killed, runs / name, ignore=shutil.ignore_patterns(".lock"))
-        record = json.loads((runs / name / "run.json").read_text())
-        (runs / name / "run.json").write_text(
-            json.dumps({**record, "settings": {**record["settings"], "train.threads": threads}})
-        )
-    for name in ("other1", "other2", "other3"):
-        (runs / name).mkdir()
-    with open(runs / "held" / ".lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live trainer holds it
-        now = time.time()
-        for age, name in enumerate(["held", "other1", "other2", "other3", killed.name, "older"]):
-            os.utime(runs / name, (now - 100 * (age + 1), now - 100 * (age + 1)))
-        set_checked_params(project, **{"train.threads": 1})
-        log = stage("train", project).stderr
-    assert f"continuing the run stopped after epoch 1 in .cache/runs/{killed.name} with train.threads 0 -> 1" in log
-    assert "resuming after epoch 1" in log and epochs_trained(log) == [2]
-    assert (runs / "held" / "epoch_001.pt").is_file()  # a live trainer's folder is left as it is
