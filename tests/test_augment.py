@@ -288,3 +288,13 @@ def test_with_both_mixings_on_each_batch_is_torchvisions_random_choice_of_them()
         torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
         cut += set(ours[0].unique().tolist()) <= set(range(1, 9))  # CutMix only moves pixels
     assert 0 < cut < 12, cut
+
+
+def test_the_recipes_keep_the_batchs_memory_layout() -> None:
+    """A channels-last batch (the layout on GPUs) stays channels-last through a policy, erasing
+    and mixing, so the model's convolutions get the layout they were set up for."""
+    images = copies_of_one_image(4).contiguous(memory_format=torch.channels_last)
+    changes = {"policy": AugmentPolicy.trivialaugment, "erasing": 0.5, "mixup_alpha": 0.2}
+    augment = batch_augmentation(params(**changes), 5, MEAN, STD, CPU)
+    out, _ = augment(images, torch.zeros(4, dtype=torch.int64), torch.arange(4))
+    assert out.is_contiguous(memory_format=torch.channels_last)

@@ -195,8 +195,8 @@ def save_weights(obj: dict, name: str) -> str:
         from safetensors.torch import save_file
 
         save_file(obj, path)
-    else:
-        torch.save(obj, path)
+    else:  # name "legacy...": torch.save's format before 1.6, which cannot be memory-mapped
+        torch.save(obj, path, _use_new_zipfile_serialization=not name.startswith("legacy"))
     return path.as_posix()
 
 
@@ -229,6 +229,7 @@ def test_a_weights_file_that_does_not_fit_the_arch_is_refused(
         (lambda state: {"state_dict": state, "epoch": 3}, "lightning.pt"),
         (lambda state: {"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, "references.pth"),
         (lambda state: {"model_state_dict": state, "optimizer_state_dict": {"state": {}}}, "tutorial.pt"),
+        (lambda state: state, "legacy.pth"),
     ],
 )
 def test_the_wrappers_users_bring_pass(params_file: Path, weights_root: Path, wrap, name: str) -> None:

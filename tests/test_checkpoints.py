@@ -296,6 +296,21 @@ def test_importing_pipeline_makes_every_torch_load_safe(
         assert marker.exists()
 
 
+def test_a_users_opposite_switch_leaves_loads_safe_and_working(tmp_path: Path) -> None:
+    """A shell that exports TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (torch's opposite switch; with
+    both set torch refuses every load): after `import pipeline`, tensors still load, and
+    pickled code is still refused."""
+    plain, marker, evil = tmp_path / "plain.pt", tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save({"w": torch.ones(2)}, plain)
+    torch.save(Evil(marker), evil)
+    code = "import sys, torch\nimport pipeline\nprint(torch.load(sys.argv[1], weights_only=False)['w'].sum().item())"
+    env = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    assert run([sys.executable, "-c", code, str(plain)], REPO, env=env).stdout.strip() == "2.0"
+    refused = run([sys.executable, "-c", IMPORT_THEN_LOAD, "import pipeline", str(evil)], REPO, check=False, env=env)
+    assert refused.returncode != 0 and "Weights only load failed" in refused.stderr, refused.stderr
+    assert not marker.exists()
+
+
 def test_check_params_refuses_an_evil_weights_file(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # check_params reads the file's structure, before any stage: the first to read it must refuse it.
     monkeypatch.delenv(FORCE_SAFE_LOAD, raising=False)  # as in a user's shell

@@ -97,6 +97,24 @@ def test_find_images_accepts_upper_and_mixed_case_extensions(tmp_path: Path) -> 
     assert skipped == []
 
 
+def test_find_images_takes_every_format_pillow_reads_that_photos_come_in(tmp_path: Path) -> None:
+    """BMP, GIF, JPEG, PNG, PPM, TIFF and WebP files, each written by Pillow in its own format:
+    every one is an image of its class, and decodes to its colour."""
+    formats = {"a.bmp": "BMP", "b.gif": "GIF", "c.jpeg": "JPEG", "d.jpg": "JPEG", "e.png": "PNG", "f.ppm": "PPM",
+               "g.tif": "TIFF", "h.tiff": "TIFF", "i.webp": "WEBP"}  # fmt: skip
+    paths = []
+    for name, fmt in formats.items():
+        paths.append(tmp_path / "cat" / name)
+        paths[-1].parent.mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8), (200, 40, 40)).save(
+            paths[-1], format=fmt, **({"lossless": True} if fmt == "WEBP" else {})
+        )
+    _, files, skipped = find_images(tmp_path)
+    assert sorted(files) == sorted((path, "cat") for path in paths) and skipped == []
+    for path in paths:
+        assert np.abs(load_image(path, Sizing(8, 8)).astype(int) - [[[200]], [[40]], [[40]]]).max() <= 3, path.name
+
+
 def test_find_images_and_load_image_handle_non_ascii_names(tmp_path: Path) -> None:
     path = save_solid(tmp_path / "кошка" / "ünïcødé_图.png", GREEN)
 
@@ -696,3 +714,44 @@ def test_usable_images_skip_a_decompression_bomb_with_a_clear_reason(tmp_path: P
     assert [s.path for s in skipped] == [(tmp_path / "cat" / "bomb.png").as_posix()]
     assert "too large" in skipped[0].reason and "MAX_IMAGE_PIXELS" in skipped[0].reason
     assert (tmp_path / "cat" / "large.png").as_posix() in set(found["path"])  # decoded, memory bounded
+
+
+def grey_ramp(width: int, height: int, top: int) -> np.ndarray:
+    """A diagonal ramp from 0 to `top`, smooth enough that resizing orders barely matter."""
+    x, y = np.meshgrid(np.linspace(0, 1, width), np.linspace(0, 1, height))
+    return np.round((0.7 * x + 0.3 * y) * top)
+
+
+def sparse_bright_dots(width: int, height: int) -> np.ndarray:
+    """Grey 100 with a dot of 3000 every 8 pixels: 16-bit range (white is 65535) though a 5 x 5
+    average of it never passes 255."""
+    pixels = np.full((height, width), 100.0)
+    pixels[::8, ::8] = 3000
+    return pixels
+
+
+@pytest.mark.parametrize(
+    ("name", "pixels", "mode", "peak"),
+    [
+        ("wide.png", grey_ramp(800, 200, 65535), "I;16", 65535),  # shrunk 5 times before the resize
+        ("big_endian.tif", grey_ramp(160, 120, 65535), "I;16B", 65535),
+        ("eight_bit_in_32.tif", grey_ramp(160, 120, 255), "I", 255),  # 32-bit, white at 255
+        ("dots_in_32.tif", sparse_bright_dots(800, 200), "I", 65535),  # its white from every pixel, not the shrunk ones
+    ],
+)
+def test_16_and_32_bit_grey_images_are_scaled_by_their_white(
+    tmp_path: Path, name: str, pixels: np.ndarray, mode: str, peak: int
+) -> None:
+    """Greyscale of more than 8 bits, scaled to 8 bits by its white level (65535, or 255 for a
+    32-bit image whose pixels stay within 8 bits) and then resized: by hand, the pixels over
+    the white times 255, then torchvision's Resize and CenterCrop. Within 2 steps of 8-bit value."""
+    path = tmp_path / name
+    array = pixels.astype({"I;16": "<u2", "I;16B": ">u2", "I": np.int32}[mode])
+    image = Image.fromarray(array) if mode != "I;16B" else Image.frombytes("I;16B", array.shape[::-1], array.tobytes())
+    image.save(path)
+    assert Image.open(path).mode == mode
+    sizing = Sizing(8, 8)
+    grey = torch.from_numpy(np.round(pixels / peak * 255).astype(np.uint8))[None].expand(3, -1, -1)
+    expected = v2.Compose([v2.Resize(8, antialias=True), v2.CenterCrop(8)])(grey).numpy().astype(int)
+    difference = np.abs(load_image(path, sizing).astype(int) - expected)
+    assert difference.max() <= 2, (difference.max(), expected.mean())

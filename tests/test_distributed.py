@@ -548,12 +548,13 @@ def test_sync_batchnorm_converts_on_gpus_and_says_so_on_the_cpu() -> None:
 def test_a_rank_beyond_the_machines_gpus_is_refused_in_one_line(
     monkeypatch: pytest.MonkeyPatch, local_rank: int, refused: bool
 ) -> None:
-    """On a machine with 2 GPUs (faked: this one may have none), local ranks 0 and 1 each take
-    their own; rank 2 would have none, and stops with a line that says what to lower, before
-    it touches CUDA. Checked without starting any process (torchrun's variables set by hand)."""
+    """On the second of two machines, each with 2 GPUs (faked: this one may have none), local
+    ranks 0 and 1 each take their own, by their local rank (ranks 4 and 5 of the job); local
+    rank 2 would have none, and stops with a line that says what to lower, before it touches
+    CUDA. Checked without starting any process (torchrun's variables set by hand)."""
     for name, value in {
-        "RANK": local_rank,
-        "WORLD_SIZE": 3,
+        "RANK": 4 + local_rank,
+        "WORLD_SIZE": 8,
         "LOCAL_RANK": local_rank,
         "MASTER_ADDR": "127.0.0.1",
     }.items():
@@ -576,3 +577,31 @@ def test_a_rank_beyond_the_machines_gpus_is_refused_in_one_line(
         )
     else:
         assert raised.value.args[0] == torch.device("cuda", 1)
+
+
+def test_the_processes_of_a_machine_are_its_own_not_the_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the second of two machines running 2 processes each (torchrun's variables set by
+    hand): 2 processes here, of 4 in all; the cores are shared out among this machine's."""
+    for name, value in {
+        "RANK": 2,
+        "WORLD_SIZE": 4,
+        "LOCAL_RANK": 0,
+        "LOCAL_WORLD_SIZE": 2,
+        "MASTER_ADDR": "10.0.0.1",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    assert distributed.local_processes() == 2
+
+
+def test_a_shell_with_a_master_address_alone_is_no_partial_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster shell's MASTER_ADDR and MASTER_PORT alone: a plain process, refused nothing;
+    RANK and WORLD_SIZE 2 without LOCAL_RANK (an operator's pod): refused, naming what is missing."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    distributed.refuse_partial_launch()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="WORLD_SIZE = 2 is set, but not LOCAL_RANK"):
+        distributed.refuse_partial_launch()

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from pipeline.cli import UserError
 from pipeline.engine import score
-from pipeline.gallery import GAP, PANEL, TEXT, Tile, draw_gallery, font, heat_colours, overlay, panel
+from pipeline.gallery import GAP, PANEL, TEXT, Tile, draw_gallery, font, heat_colours, label, overlay, panel
 from pipeline.interpretation import mistakes, model_inputs, per_class_scores, write_interpretation
 from pipeline.models import ModelSpec, build_model
 from tests.helpers import located
@@ -115,6 +115,15 @@ def test_the_gallery_puts_each_image_and_its_heat_side_by_side_in_rows_of_four()
     # Fewer mistakes than a row: as many columns as tiles (a short title), no blank ones.
     two = draw_gallery(tiles[:2], ["title"])
     assert two.width == GAP + 2 * (2 * PANEL + GAP + GAP)
+
+
+def test_a_long_class_name_is_cut_so_that_its_line_fits_its_tile() -> None:
+    """A class name too long for a tile is cut with an ellipsis so that the whole line, the
+    probability after the name included, fits the tile's width."""
+    face, width = font(), 2 * PANEL + GAP
+    line = label("predicted: ", "a_class_name_much_longer_than_any_tile_is_wide", "  p = 0.93", width, face)
+    assert line.startswith("predicted: a_class") and line.endswith("…  p = 0.93")
+    assert face.getlength(line) <= width
 
 
 def test_no_mistakes_is_a_picture_that_says_so() -> None:

@@ -375,8 +375,18 @@ def test_early_stopping_keeps_every_finished_epoch(prepared: Path) -> None:
     assert sorted(p.name for p in (project / "checkpoints").glob("*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
     # Frozen for the whole run (no unfreezing), the trunk is none of the optimizer's: it holds
     # the head's weight and bias alone (docs/fine-tuning.md).
-    groups = load_checkpoint(project / "checkpoints/epoch_001.pt")["optimizer_state_dict"]["param_groups"]
+    checkpoints = [load_checkpoint(project / f"checkpoints/epoch_{epoch:03d}.pt") for epoch in (1, 2)]
+    groups = checkpoints[0]["optimizer_state_dict"]["param_groups"]
     assert sum(len(group["params"]) for group in groups) == len(list(nn.Linear(2, 2).parameters()))
+    # The log: what trains, counted on torchvision's own model, and each epoch's numbers as its checkpoint holds them.
+    whole = torchvision.models.shufflenet_v2_x0_5(num_classes=5)
+    trains, total = whole.fc.weight.numel() + whole.fc.bias.numel(), sum(p.numel() for p in whole.parameters())
+    assert (
+        f"shufflenet_v2_x0_5, 5 classes, freeze all_but_head: {trains:,} of {total:,} parameters train" in result.stderr
+    )
+    for epoch, checkpoint in enumerate(checkpoints, start=1):
+        numbers = f"loss {checkpoint['loss']:.4f}, val loss {checkpoint['val_loss']:.4f}"
+        assert f"epoch {epoch}/4: {numbers}, val accuracy {checkpoint['val_accuracy']:.3f}" in result.stderr
 
 
 def test_gradual_unfreezing_survives_a_resume(prepared: Path) -> None:
@@ -421,8 +431,8 @@ def test_the_weights_moving_average_is_kept_scored_beside_them_and_may_be_chosen
     # the same for every image, so mirror images would change nothing.
     recipe = {"model.arch": "resnet18", "model.weights": None, "train.ema_decay": 0.5, "evaluate.tta": "hflip"}
     set_checked_params(project, freeze="first:3", **recipe)
-    for name in ("weights", "train", "evaluate", "select_best"):
-        stage(name, project)
+    logs = {name: stage(name, project).stderr for name in ("weights", "train", "evaluate", "select_best")}
+    assert "scored 2 checkpoints:" in logs["evaluate"]  # checkpoints, not the table's 4 rows
 
     start = load_checkpoint(project / "models/start.pt")["model_state_dict"]
     checkpoints = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
@@ -768,6 +778,7 @@ def test_every_training_param_reaches_the_train_stage_s_loop(prepared: Path) -> 
     loop = seen["loop"]
     head = loop.pop("head")
     loop.pop("val_images")
+    loop.pop("pixels")
     normalised_with = loop.pop("normalised_with")
     # The loop's crops as train.augment sets them, their aspect drawn log-uniformly from [1/2, 2]
     # (rounded to the digits' few pixels; a fifth beyond 1.45 here): the loop's default, 1,
@@ -812,7 +823,8 @@ def test_pretraining_takes_its_own_params_and_random_weights_draw_from_pretrain_
         "pretrain.batch_size": 96, "pretrain.optimizer": "adamw", "pretrain.lr": 0.003, "pretrain.weight_decay": 0.002,
     }  # fmt: skip
     set_checked_params(project, **recipe)
-    run_script(RECORD_THE_LOOP, ["pipeline.weights"], project)
+    log = run_script(RECORD_THE_LOOP, ["pipeline.weights"], project).stderr
+    assert "pretrain epoch 1/1: loss " in log  # epochs counted from 1, as train's (each seeds its own draws)
     seen = json.loads((project / "seen.json").read_text())["loop"]
     assert (seen["seed"], seen["batch_size"], seen["optimizer"]) == (3, 96, "AdamW")
     assert seen["rates_and_decays"] == [[0.003, 0.002]]  # every parameter decayed (docs/params.md)

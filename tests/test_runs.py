@@ -1,6 +1,7 @@
 """Run folders (pipeline/runs.py): a moved project, queued and --temp experiments and a rerun after DVC
 lost the outputs all resume; a second trainer is refused; old folders are bounded."""
 
+import errno
 import fcntl
 import os
 import re
@@ -11,7 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from pipeline.config import load_params
+from pipeline.runs import publish
+from pipeline.train import run_folder
 from testing.project import run, stage
 from tests.helpers import epochs_trained, kill_env
 
@@ -124,3 +129,30 @@ def test_a_run_folder_that_a_live_trainer_holds_is_never_removed(project: Path) 
     assert "4 other run folder(s)" in log
     assert "removed" not in log
     assert all((runs / name).is_dir() for name in names)
+
+
+def test_a_run_on_another_device_is_another_run(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The device type shapes a run (bf16 autocast on CUDA, other kernels): a CPU run and a
+    CUDA run of the same params never resume each other's epochs, nor take over each other's
+    folders (their lineages differ too)."""
+    monkeypatch.chdir(project)
+    params = load_params(Path("params.yaml"))
+    cpu, cuda = (run_folder(params, torch.device(kind)) for kind in ("cpu", "cuda"))
+    assert cpu.fingerprint != cuda.fingerprint and cpu.lineage != cuda.lineage
+    assert run_folder(params, torch.device("cpu")).fingerprint == cpu.fingerprint  # and the same device, the same run
+
+
+def test_a_checkpoint_is_copied_where_a_hard_link_cannot_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """checkpoints/ on another file system than .cache/runs (a link fails with EXDEV, as
+    across mounts): the checkpoint is copied instead, the same bytes."""
+    source, output = tmp_path / "run" / "epoch_001.pt", tmp_path / "checkpoints"
+    source.parent.mkdir()
+    output.mkdir()
+    source.write_bytes(b"a checkpoint's bytes")
+
+    def across_mounts(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", across_mounts)
+    publish(source, output)
+    assert (output / "epoch_001.pt").read_bytes() == source.read_bytes()

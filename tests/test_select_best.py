@@ -141,7 +141,7 @@ def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(
             project / f"checkpoints/epoch_{epoch:03d}.pt",
         )  # fmt: skip
         for weights, loss in {"raw": 0.4 if epoch == 1 else 0.3, "ema": 0.3 if epoch == 1 else epoch_2_average}.items():
-            scores = {name: 0.5 for name in REPORTED} | {"val_loss": loss}
+            scores = {name: 0.5 for name in REPORTED} | {"val_loss": loss, "test_accuracy": 0.25}
             rows.append({"epoch": epoch, "weights": weights, "tta": "hflip", **scores})
             name = f"epoch_{epoch:03d}{'' if weights == 'raw' else '_ema'}.csv"
             frame = {"path": paths, "actual": ["a", "b"], "predicted": answers[epoch, weights], "confidence": 0.7}
@@ -152,7 +152,11 @@ def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(
 
     metrics = json.loads((project / "best/metrics.json").read_text())
     epoch = winner[0]
-    assert f"best: epoch {epoch} of 2 (ema weights) by val_loss (min)" in log  # epochs, not table rows
+    # Epochs, not table rows; the chosen row's val loss and test accuracy (not its val accuracy, 0.5).
+    val_loss = min(0.3, epoch_2_average)
+    assert (
+        f"best: epoch {epoch} of 2 (ema weights) by val_loss (min): val loss {val_loss:.4f}, test accuracy 0.250" in log
+    )
     assert (metrics["epoch"], metrics["weights"], metrics["val_loss"]) == (*winner, min(0.3, epoch_2_average))
     # The chosen checkpoint's parameter counts (each epoch's differ, as under gradual unfreezing), not the last one's.
     assert (metrics["trainable_params"], metrics["total_params"]) == (10 * epoch, 100 + epoch)

@@ -461,3 +461,20 @@ def test_default_weights_are_the_tag_timm_itself_defaults_to(model_name: str) ->
     assert timm_backbones.named_weights(f"timm/{model_name}", "DEFAULT") == f"{model_name}.{default_tag}"
     first = timm.list_pretrained(f"{model_name}.*")[0]
     assert model_name != "vit_tiny_patch16_224" or first != f"{model_name}.{default_tag}"
+
+
+def test_timm_weights_kept_as_pytorch_model_bin_are_found_in_the_hub_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some Hugging Face repos of timm hold pytorch_model.bin and no model.safetensors: the
+    weights are found there too (in the cache as `hf download` leaves it)."""
+    from huggingface_hub import constants
+
+    repo_id = "timm/resnet18.a1_in1k"
+    snapshot = tmp_path / "hub" / "models--timm--resnet18.a1_in1k" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    torch.save({"fc.weight": torch.zeros(2, 2)}, snapshot / "pytorch_model.bin")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert timm_backbones._hub_file("resnet18.a1_in1k", repo_id) == snapshot / "pytorch_model.bin"

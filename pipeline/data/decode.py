@@ -177,6 +177,8 @@ def decode(source: Path | str | BinaryIO, size: int) -> Decoded:
         if _has_alpha(image) or image.mode in ("P", "1"):
             image = _to_rgb(image)  # flatten first: averaging must not mix in transparent pixels' colours
         peak = _peak(image)
+        if image.mode == "I;16B":  # Pillow's resize averages big-endian 16-bit pixels as little-endian ones
+            image = image.convert("I")
         try:
             image = image.reduce(factor)
         except ValueError:  # modes that reduce() lacks (I;16): a box filter is the same average
