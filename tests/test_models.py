@@ -740,6 +740,19 @@ def test_vit_from_scratch_takes_any_multiple_of_its_patch_size():
     assert built.model.image_size == 32
 
 
+def test_maxvit_from_scratch_is_built_for_the_size_it_is_given():
+    """MaxViT fixes its input size at construction (its default: 224, and sizes of 7 x 32 x k
+    alone fit its windows): built from scratch at model.image_size 448, it is built for 448
+    px, as torchvision's maxvit_t(input_size=(448, 448)), on the meta device."""
+    with torch.device("meta"):
+        built = build_model("maxvit_t", None, CLASSES, 448)
+        reference = torchvision.models.maxvit_t(input_size=(448, 448), num_classes=len(CLASSES))
+    assert built.spec.model_kwargs == {"input_size": [448, 448]}
+    assert [module.grid_size for module in built.model.modules() if hasattr(module, "grid_size")] == [
+        module.grid_size for module in reference.modules() if hasattr(module, "grid_size")
+    ]
+
+
 def test_vit_with_torchvision_weights_needs_their_size(torch_home: Path):
     # Fails on the size before looking for the weights file (the cache is empty).
     min_size = torchvision.models.ViT_B_16_Weights.DEFAULT.meta["min_size"][0]
