@@ -1734,6 +1734,13 @@ MUTATIONS = [
         '        if image.mode == "never":  # Pillow',
         ("tests/test_data.py", "-k", "scaled_by_their_white"),
     ),
+    Mutation(
+        "maxvit-built-at-its-default-size",
+        "MaxViT from scratch is built at its default 224 px whatever model.image_size says",
+        '    if arch.startswith("maxvit_"):\n        return {"input_size": [size, size]}\n    return {}',
+        "    return {}",
+        ("tests/test_models.py", "-k", "maxvit_from_scratch"),
+    ),
 ]
 
 
