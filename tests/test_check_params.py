@@ -98,38 +98,28 @@ def test_an_unknown_key_stops_it(params_file: Path) -> None:
     assert "unknown key 'trian'" in problem(params_file)
 
 
-def test_a_weights_file_of_another_arch_is_caught_before_any_training(
-    params_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A project root of its own (the data folders linked), to put the file where weights go.
-    root = tmp_path / "root"
-    (root / "models" / "weights").mkdir(parents=True)
-    (root / "data").symlink_to(REPO / "data", target_is_directory=True)
-    monkeypatch.chdir(root)
+def save_pipeline_checkpoint(arch: str, image_size: int, name: str) -> str:
+    """A checkpoint of this pipeline, of random weights, under models/weights/ (`weights_root`)."""
     torch.manual_seed(0)
-    built = build_model("resnet34", None, ["a", "b"], 16)
-    save_checkpoint(
-        {**built.spec.to_dict(), "model_state_dict": built.model.state_dict()}, Path("models/weights/r34.pt")
-    )
-    set_params(params_file.parent, **{"model.weights": "models/weights/r34.pt"})
+    built = build_model(arch, None, ["a", "b"], image_size)
+    path = Path("models/weights") / name
+    save_checkpoint({**built.spec.to_dict(), "model_state_dict": built.model.state_dict()}, path)
+    return path.as_posix()
+
+
+def test_a_weights_file_of_another_arch_is_caught_before_any_training(params_file: Path, weights_root: Path) -> None:
+    weights = save_pipeline_checkpoint("resnet34", 16, "r34.pt")
+    set_params(params_file.parent, **{"model.arch": "resnet18", "model.weights": weights})
     assert "r34.pt holds a resnet34 checkpoint, but model.arch is resnet18" in problem(params_file)
 
 
-def test_a_checkpoint_saved_at_another_image_size_is_refused(
-    params_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_checkpoint_saved_at_another_image_size_is_refused(params_file: Path, weights_root: Path) -> None:
     """A pipeline checkpoint of timm's test_vit made at 32 px, with model.image_size 64: the
     model is built at the params' size (as build_model builds it), where its position embedding
     has 1 + (64 / 16) ** 2 = 17 places for 16-px patches, not the file's 1 + (32 / 16) ** 2 = 5,
     so the weights stage could not load it: check_params says so first."""
-    root = tmp_path / "root"
-    (root / "models" / "weights").mkdir(parents=True)
-    (root / "data").symlink_to(REPO / "data", target_is_directory=True)
-    monkeypatch.chdir(root)
-    torch.manual_seed(0)
-    built = build_model("timm/test_vit", None, ["a", "b"], 32)
-    save_checkpoint({**built.spec.to_dict(), "model_state_dict": built.model.state_dict()}, Path("models/weights/v.pt"))
-    set_params(params_file.parent, **{"model.arch": "timm/test_vit", "model.weights": "models/weights/v.pt"})
+    weights = save_pipeline_checkpoint("timm/test_vit", 32, "v.pt")
+    set_params(params_file.parent, **{"model.arch": "timm/test_vit", "model.weights": weights})
     for size, fits in ((32, True), (64, False)):
         set_params(params_file.parent, **{"model.image_size": size})
         if fits:
