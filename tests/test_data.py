@@ -18,7 +18,7 @@ from pipeline.augment import draw_augmentation
 from pipeline.batches import Draws, ImageBatches
 from pipeline.cli import UserError
 from pipeline.data import inspection
-from pipeline.data.cache import decoded_images
+from pipeline.data.cache import decoded_images, training_copies
 from pipeline.data.decode import Sizing, decode, load_image
 from pipeline.data.inspection import image_hash, inspect_file
 from pipeline.data.scan import find_images
@@ -489,6 +489,19 @@ def test_decoded_images_reuse_the_cache(tmp_path: Path, manifest: pd.DataFrame, 
 
     np.testing.assert_array_equal(again, first)
     assert cache_files(cache) == before
+
+
+def test_a_cache_left_without_its_copies_index_is_made_again(tmp_path: Path, manifest: pd.DataFrame) -> None:
+    """A run killed after the decoded array was written but before the training copies' index
+    (written last): the array is not taken as finished, and the copies are there after it, each
+    image's own (its whole size, as the manifest's files have it)."""
+    cache = tmp_path / "cache"
+    decoded_images(manifest, Sizing(8, 8), cache)
+    (index,) = cache.glob("*.train.npy")
+    index.unlink()
+    copies = training_copies(manifest, Sizing(8, 8), cache)
+    assert index.is_file()
+    assert copies.whole_sizes(torch.arange(3)).tolist() == [[10, 10], [20, 12], [12, 20]]
 
 
 def test_decoded_images_of_another_filter_are_decoded_again(tmp_path: Path, manifest: pd.DataFrame) -> None:
