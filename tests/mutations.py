@@ -1430,14 +1430,14 @@ MUTATIONS = [
         "a killed run goes on from the oldest unfinished folder of its lineage, not the newest, losing epochs",
         "        for other in sorted(self.root.iterdir(), key=lambda path: path.stat().st_mtime, reverse=True):",
         "        for other in sorted(self.root.iterdir(), key=lambda path: path.stat().st_mtime):",
-        ("tests/test_runs.py", "-k", "newest_free_folder"),
+        ("tests/test_resume.py", "-k", "keeps_its_cpu_threads"),
     ),
     Mutation(
         "adopt-held-run",
         "a new trainer moves the checkpoints out of an unfinished run folder that a live trainer still holds",
         "                if lock is None:  # a live trainer holds it\n                    continue\n",
         "",
-        ("tests/test_runs.py", "-k", "newest_free_folder"),
+        ("tests/test_resume.py", "-k", "keeps_its_cpu_threads"),
     ),
     Mutation(
         "prune-before-adopt",
@@ -1452,7 +1452,7 @@ MUTATIONS = [
             "            if not self.checkpoints():\n"
             "                self.adopt()\n"
         ),
-        ("tests/test_runs.py", "-k", "newest_free_folder"),
+        ("tests/test_resume.py", "-k", "keeps_its_cpu_threads"),
     ),
     Mutation(
         "early-stop-counts-from-epoch-one",
