@@ -735,6 +735,11 @@ def grey_ramp(width: int, height: int, top: int) -> np.ndarray:
     return np.round((0.7 * x + 0.3 * y) * top)
 
 
+def stripes(width: int, height: int, period: int) -> np.ndarray:
+    """Upright stripes, black and 16-bit white, `period` pixels wide: detail along the long side."""
+    return np.tile(np.where(np.arange(width) % period < period // 2, 0.0, 65535.0), (height, 1))
+
+
 def sparse_bright_dots(width: int, height: int) -> np.ndarray:
     """Grey 100 with a dot of 3000 every 8 pixels: 16-bit range (white is 65535) though a 5 x 5
     average of it never passes 255."""
@@ -744,20 +749,30 @@ def sparse_bright_dots(width: int, height: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("name", "pixels", "mode", "peak"),
+    ("name", "pixels", "mode", "peak", "steps"),
     [
-        ("wide.png", grey_ramp(800, 200, 65535), "I;16", 65535),  # shrunk 5 times before the resize
-        ("big_endian.tif", grey_ramp(160, 120, 65535), "I;16B", 65535),
-        ("eight_bit_in_32.tif", grey_ramp(160, 120, 255), "I", 255),  # 32-bit, white at 255
-        ("dots_in_32.tif", sparse_bright_dots(800, 200), "I", 65535),  # its white from every pixel, not the shrunk ones
+        ("wide.png", grey_ramp(800, 200, 65535), "I;16", 65535, 2),  # shrunk 5 times before the resize
+        # ...a panorama's 50-px stripes kept through it: grey (each output pixel spans a period),
+        # where a shrink to the wrong sides would blur them into columns 64 steps apart
+        ("panorama.png", stripes(2000, 200, 50), "I;16", 65535, 3),
+        ("big_endian.tif", grey_ramp(160, 120, 65535), "I;16B", 65535, 2),
+        ("eight_bit_in_32.tif", grey_ramp(160, 120, 255), "I", 255, 2),  # 32-bit, white at 255
+        (
+            "dots_in_32.tif",
+            sparse_bright_dots(800, 200),
+            "I",
+            65535,
+            2,
+        ),  # its white from every pixel, not the shrunk ones
     ],
 )
 def test_16_and_32_bit_grey_images_are_scaled_by_their_white(
-    tmp_path: Path, name: str, pixels: np.ndarray, mode: str, peak: int
+    tmp_path: Path, name: str, pixels: np.ndarray, mode: str, peak: int, steps: int
 ) -> None:
     """Greyscale of more than 8 bits, scaled to 8 bits by its white level (65535, or 255 for a
     32-bit image whose pixels stay within 8 bits) and then resized: by hand, the pixels over
-    the white times 255, then torchvision's Resize and CenterCrop. Within 2 steps of 8-bit value."""
+    the white times 255, then torchvision's Resize and CenterCrop. Within 2 steps of 8-bit value
+    (3 where black and white stripes average to grey, each way rounding its own)."""
     path = tmp_path / name
     array = pixels.astype({"I;16": "<u2", "I;16B": ">u2", "I": np.int32}[mode])
     image = Image.fromarray(array) if mode != "I;16B" else Image.frombytes("I;16B", array.shape[::-1], array.tobytes())
@@ -767,4 +782,4 @@ def test_16_and_32_bit_grey_images_are_scaled_by_their_white(
     grey = torch.from_numpy(np.round(pixels / peak * 255).astype(np.uint8))[None].expand(3, -1, -1)
     expected = v2.Compose([v2.Resize(8, antialias=True), v2.CenterCrop(8)])(grey).numpy().astype(int)
     difference = np.abs(load_image(path, sizing).astype(int) - expected)
-    assert difference.max() <= 2, (difference.max(), expected.mean())
+    assert difference.max() <= steps, (difference.max(), expected.mean())
