@@ -205,6 +205,23 @@ def test_a_nan_loss_in_one_rank_stops_every_rank(ddp: Path, tmp_path: Path) -> N
     assert not (ddp / "checkpoints").exists() or not list((ddp / "checkpoints").iterdir())
 
 
+def test_early_stopping_stops_every_rank_after_the_same_epoch(ddp: Path) -> None:
+    """docs/distributed.md: every process computes the same val scores and decides early
+    stopping alike. A head-only run of 3 epochs on 2 processes whose val accuracy cannot move
+    (lr 1e-9; patience 1, min_delta 0.01) stops after epoch 2 on both: the stage ends at once,
+    with epochs 1 and 2 kept, where a rank that trained on would wait for the other in vain
+    (wait_minutes 0.2: 12 s) and fail the stage."""
+    recipe = {"train.processes": 2, "train.cache_features": True, "train.epochs": 3, "train.lr": 1e-9,
+              "train.early_stopping.patience": 1, "train.early_stopping.min_delta": 0.01,
+              "select.metric": "val_accuracy", "select.mode": "max", "wait_minutes": 0.2, **NO_RECIPES}  # fmt: skip
+    set_checked_params(ddp, freeze="all_but_head", **recipe)
+    result = run([PYTHON, "-m", "pipeline.train"], ddp, check=False, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "early stopping after epoch 2: val_accuracy has not improved" in result.stderr
+    assert epochs_trained(result.stderr) == [1, 2]
+    assert sorted(path.name for path in (ddp / "checkpoints").iterdir()) == ["epoch_001.pt", "epoch_002.pt"]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
