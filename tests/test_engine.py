@@ -9,9 +9,11 @@ from torch import nn
 from torchvision.transforms.v2 import Normalize
 from torchvision.transforms.v2.functional import horizontal_flip
 
+from pipeline import engine
 from pipeline.batches import CropBatches, ImageBatches, batch_indices, normalize
 from pipeline.cli import UserError
 from pipeline.config import Optimizer, OptimParams
+from pipeline.distributed import SINGLE, Ranks
 from pipeline.engine import (
     LoopOptions,
     NonFiniteLoss,
@@ -280,3 +282,37 @@ def test_turning_a_recipe_on_keeps_the_epochs_order_crops_and_flips() -> None:
     assert plain.keys is None and keyed.keys is not None and keyed.keys.unique().numel() == len(sizes)
     assert torch.equal(plain.order, keyed.order)
     assert torch.equal(plain.draws.boxes, keyed.draws.boxes) and torch.equal(plain.draws.flips, keyed.draws.flips)
+
+
+class SeedRecorder(nn.Module):
+    """A linear model that records torch's global RNG seed each time it runs, which dropout
+    and MixUp/CutMix draw from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3 * SIZE * SIZE, NUM_CLASSES)
+        self.seeds: list[int] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.seeds.append(torch.initial_seed())
+        return self.linear(images.flatten(1))
+
+
+def test_dropout_and_mixing_draw_per_epoch_and_process_and_rank_0_as_one_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/distributed.md: what draws from torch's global RNG is seeded per (seed, epoch,
+    process): process 0 draws what one process draws, the others their own, each epoch anew.
+    The epoch run as rank 0 and rank 1 of 2 (their losses summed as one process's alone: no
+    other process here), and as one process."""
+    monkeypatch.setattr(engine, "all_sum", lambda values, ranks: values)
+    seen = {}
+    for name, ranks, epoch in [("one", SINGLE, 1), ("rank 0", Ranks(0, 2), 1), ("rank 1", Ranks(1, 2), 1),
+                               ("one, epoch 2", SINGLE, 2)]:  # fmt: skip
+        model = SeedRecorder()
+        optimizer = make_optimizer(optim_params(), model, "6")
+        train_one_epoch(model, random_batches(8), optimizer, LoopOptions(batch_size=4, seed=3, ranks=ranks), epoch)
+        assert len(set(model.seeds)) == 1  # seeded once, at the epoch's start
+        seen[name] = model.seeds[0]
+    assert seen["rank 0"] == seen["one"]
+    assert len({seen["one"], seen["rank 1"], seen["one, epoch 2"]}) == 3
