@@ -1748,6 +1748,20 @@ MUTATIONS = [
         "    if path.exists():",
         ("tests/test_data.py", "-k", "without_its_copies_index"),
     ),
+    Mutation(
+        "early-stop-on-rank-0-alone",
+        "early stopping stops process 0 alone: the others train on and wait for it in vain",
+        "        if stop:\n",
+        "        if stop and run.ranks.main:\n",
+        ("tests/test_distributed.py", "-k", "early_stopping_stops_every_rank"),
+    ),
+    Mutation(
+        "rank-seed-without-rank",
+        "every process seeds dropout and mixing as process 0: their draws repeat each other's",
+        "torch.manual_seed(rank_seed(generator, loop.ranks.rank))",
+        "torch.manual_seed(rank_seed(generator, 0))",
+        ("tests/test_engine.py", "-k", "per_epoch_and_process"),
+    ),
 ]
 
 
