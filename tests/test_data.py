@@ -757,13 +757,8 @@ def sparse_bright_dots(width: int, height: int) -> np.ndarray:
         ("panorama.png", stripes(2000, 200, 50), "I;16", 65535, 3),
         ("big_endian.tif", grey_ramp(160, 120, 65535), "I;16B", 65535, 2),
         ("eight_bit_in_32.tif", grey_ramp(160, 120, 255), "I", 255, 2),  # 32-bit, white at 255
-        (
-            "dots_in_32.tif",
-            sparse_bright_dots(800, 200),
-            "I",
-            65535,
-            2,
-        ),  # its white from every pixel, not the shrunk ones
+        # 32-bit, its white (65535) from every pixel, not from the shrunk ones
+        ("dots_in_32.tif", sparse_bright_dots(800, 200), "I", 65535, 2),
     ],
 )
 def test_16_and_32_bit_grey_images_are_scaled_by_their_white(

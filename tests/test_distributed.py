@@ -561,6 +561,12 @@ def test_sync_batchnorm_converts_on_gpus_and_says_so_on_the_cpu() -> None:
         assert synced.state_dict().keys() == model.state_dict().keys()
 
 
+def as_torchrun_sets_them(monkeypatch: pytest.MonkeyPatch, **variables: object) -> None:
+    """torchrun's environment variables for a process it would start, set by hand."""
+    for name, value in variables.items():
+        monkeypatch.setenv(name, str(value))
+
+
 @pytest.mark.parametrize(("local_rank", "refused"), [(1, False), (2, True)])
 def test_a_rank_beyond_the_machines_gpus_is_refused_in_one_line(
     monkeypatch: pytest.MonkeyPatch, local_rank: int, refused: bool
@@ -569,13 +575,9 @@ def test_a_rank_beyond_the_machines_gpus_is_refused_in_one_line(
     ranks 0 and 1 each take their own, by their local rank (ranks 4 and 5 of the job); local
     rank 2 would have none, and stops with a line that says what to lower, before it touches
     CUDA. Checked without starting any process (torchrun's variables set by hand)."""
-    for name, value in {
-        "RANK": 4 + local_rank,
-        "WORLD_SIZE": 8,
-        "LOCAL_RANK": local_rank,
-        "MASTER_ADDR": "127.0.0.1",
-    }.items():
-        monkeypatch.setenv(name, str(value))
+    as_torchrun_sets_them(
+        monkeypatch, RANK=4 + local_rank, WORLD_SIZE=8, LOCAL_RANK=local_rank, MASTER_ADDR="127.0.0.1"
+    )
     monkeypatch.setattr(distributed, "tie_to_launcher", lambda: None)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
 
@@ -599,14 +601,7 @@ def test_a_rank_beyond_the_machines_gpus_is_refused_in_one_line(
 def test_the_processes_of_a_machine_are_its_own_not_the_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
     """On the second of two machines running 2 processes each (torchrun's variables set by
     hand): 2 processes here, of 4 in all; the cores are shared out among this machine's."""
-    for name, value in {
-        "RANK": 2,
-        "WORLD_SIZE": 4,
-        "LOCAL_RANK": 0,
-        "LOCAL_WORLD_SIZE": 2,
-        "MASTER_ADDR": "10.0.0.1",
-    }.items():
-        monkeypatch.setenv(name, str(value))
+    as_torchrun_sets_them(monkeypatch, RANK=2, WORLD_SIZE=4, LOCAL_RANK=0, LOCAL_WORLD_SIZE=2, MASTER_ADDR="10.0.0.1")
     assert distributed.local_processes() == 2
 
 

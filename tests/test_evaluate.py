@@ -76,9 +76,9 @@ def test_each_image_is_scored_on_its_own_logits(reproduced: Reproduced) -> None:
     torch.manual_seed(0)
     built = build_model("resnet18", None, classes, 16)
     checkpoint = {**built.spec.to_dict(), "model_state_dict": built.model.state_dict(), "epoch": 1, "loss": 0.5}
-    paths = list(pd.read_csv(project / "data/prepared/manifest.csv")["path"])
+    manifest = pd.read_csv(project / "data/prepared/manifest.csv", dtype=str, keep_default_na=False)
     head = checkpoint["model_state_dict"]
-    products = torchvision_logits(checkpoint, paths, project) - head["fc.bias"]  # each image's W f
+    products = torchvision_logits(checkpoint, list(manifest["path"]), project) - head["fc.bias"]  # each image's W f
     scale = 2 / products.std(dim=0).mean()
     head["fc.weight"], head["fc.bias"] = head["fc.weight"] * scale, -scale * products.mean(dim=0)
     for path in (project / "checkpoints").glob("*.pt"):
@@ -86,7 +86,6 @@ def test_each_image_is_scored_on_its_own_logits(reproduced: Reproduced) -> None:
     save_checkpoint(checkpoint, project / "checkpoints/epoch_001.pt")
     stage("evaluate", project)
 
-    manifest = pd.read_csv(project / "data/prepared/manifest.csv", dtype=str, keep_default_na=False)
     row = pd.read_csv(project / "eval/scores.csv").iloc[0]
     for split in ("val", "test"):
         rows = manifest[manifest["split"] == split]

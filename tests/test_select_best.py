@@ -157,7 +157,7 @@ def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(
     assert (
         f"best: epoch {epoch} of 2 (ema weights) by val_loss (min): val loss {val_loss:.4f}, test accuracy 0.250" in log
     )
-    assert (metrics["epoch"], metrics["weights"], metrics["val_loss"]) == (*winner, min(0.3, epoch_2_average))
+    assert (metrics["epoch"], metrics["weights"], metrics["val_loss"]) == (*winner, val_loss)
     # The chosen checkpoint's parameter counts (each epoch's differ, as under gradual unfreezing), not the last one's.
     assert (metrics["trainable_params"], metrics["total_params"]) == (10 * epoch, 100 + epoch)
     best = torch.load(project / "models/best.pt", weights_only=True)
