@@ -1,5 +1,6 @@
 """End to end, the way users drive it: dvc repro, dvc exp run -S, dvc metrics/exp show."""
 
+import io
 import json
 import shutil
 import sys
@@ -8,10 +9,11 @@ from urllib.parse import urlparse
 
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 from torchvision.models import ShuffleNet_V2_X0_5_Weights, shufflenet_v2_x0_5
 
 from pipeline.checkpoints import load_checkpoint
-from testing.project import run
+from testing.project import REPO, run
 from tests.conftest import Reproduced
 from tools import verify
 
@@ -31,6 +33,20 @@ def git_status(project: Path) -> list[str]:
 def shown_metrics(row: dict) -> dict:
     """best/metrics.json of a row of `dvc exp show --json`; {} where the table shows `!` or `-`."""
     return (row["metrics"] or {}).get("best/metrics.json", {}).get("data", {})
+
+
+def experiment_rows(project: Path, baseline_rev: str) -> list[dict]:
+    """The experiments of `dvc exp show --json` on the baseline commit, each with its name and data."""
+    rows = json.loads(dvc(project, "exp", "show", "--json"))
+    baseline = next(row for row in rows if row["rev"] == baseline_rev)
+    return [rev for exp in baseline["experiments"] for rev in exp["revs"]]
+
+
+def documented_sweep_sort() -> list[str]:
+    """The options of docs/fine-tuning.md's `dvc exp show --sort-by ...` line."""
+    text = (REPO / "docs" / "fine-tuning.md").read_text()
+    (line,) = [line for line in text.splitlines() if line.startswith("dvc exp show --sort-by")]
+    return line.split("#")[0].split()[3:]
 
 
 def test_quick_start_then_results_shared_through_a_remote(reproduced: Reproduced, tmp_path: Path) -> None:
@@ -105,6 +121,7 @@ def test_quick_start_then_results_shared_through_a_remote(reproduced: Reproduced
         assert changed == []
 
     frozen_metrics = json.loads(dvc(project, "metrics", "show", "--json"))[""]["data"]["best/metrics.json"]["data"]
+    frozen_best = (project / "models" / "best.pt").read_bytes()
     head_only = sum(p.numel() for p in whole.get_submodule(head).parameters())  # fc: 1024 x 5 + 5
     assert (frozen_metrics["trainable_params"], frozen_metrics["total_params"]) == (head_only, metrics["total_params"])
 
@@ -112,7 +129,7 @@ def test_quick_start_then_results_shared_through_a_remote(reproduced: Reproduced
     # experiment's, each with its params and its metrics (not `!`: the README's promise).
     rows = json.loads(dvc(project, "exp", "show", "--json"))
     baseline = next(row for row in rows if row["rev"] == baseline_rev)
-    experiments = [rev for exp in baseline["experiments"] for rev in exp["revs"]]
+    experiments = experiment_rows(project, baseline_rev)
     assert len(experiments) == 1
     runs = [baseline["data"], experiments[0]["data"]]
     freezes = {r["params"]["params.yaml"]["data"]["freeze"]: shown_metrics(r) for r in runs}
@@ -137,6 +154,21 @@ def test_quick_start_then_results_shared_through_a_remote(reproduced: Reproduced
     assert "Stage 'train' is cached - skipping run" in output
     restored = json.loads(dvc(project, "metrics", "show", "--json"))[""]["data"]["best/metrics.json"]["data"]
     assert restored == metrics
+
+    # docs/fine-tuning.md's sweep, from its comparison on: the two experiments ranked by the
+    # chosen checkpoint's validation loss, then the winner kept in the workspace. (Its
+    # `--queue` and `dvc queue start` run stages as tests/test_runs.py's queued run does.)
+    ranked = pd.read_csv(io.StringIO(dvc(project, "exp", "show", "--csv", *documented_sweep_sort())))
+    ranked = ranked[ranked["typ"] != "baseline"]
+    shown = {row["name"]: shown_metrics(row["data"]) for row in experiment_rows(project, baseline_rev)}
+    assert set(shown) == set(ranked["Experiment"]) and len(shown) == 2
+    assert shown["frozen-head"] == frozen_metrics and metrics in shown.values()
+    assert ranked["Experiment"].tolist() == sorted(shown, key=lambda name: shown[name]["val_loss"])
+    # Applying the experiment the workspace does not hold brings back its params, metrics and models.
+    dvc(project, "exp", "apply", "frozen-head")
+    assert OmegaConf.load(project / "params.yaml").freeze == "all_but_head"
+    assert json.loads((project / "best" / "metrics.json").read_text()) == frozen_metrics
+    assert (project / "models" / "best.pt").read_bytes() == frozen_best
 
 
 def test_torchvision_weights_are_a_params_only_switch(project: Path, tmp_path: Path) -> None:
