@@ -62,6 +62,10 @@ def test_the_default_params_pass(params_file: Path) -> None:
         # a module holding the head freezes it too: refused, as the head itself is
         ({"model.arch": "mobilenet_v3_small", "freeze": "modules:classifier"}, "names the head (classifier.3) or a"),
         ({"model.arch": "resnet19"}, "did you mean resnet18"),
+        # torchvision models that are not classifiers: segmentation, video, detection
+        ({"model.arch": "fcn_resnet50"}, "model.arch = 'fcn_resnet50' is not a torchvision classification model"),
+        ({"model.arch": "r3d_18"}, "model.arch = 'r3d_18' is not a torchvision classification model"),
+        ({"model.arch": "fasterrcnn_resnet50_fpn"}, "'fasterrcnn_resnet50_fpn' is not a torchvision classification"),
         ({"model.weights": "IMAGENET1K_V9"}, "is not a weights name of resnet18"),
         ({"model.weights": "models/weights/nope.pt"}, "the file does not exist"),
         # elsewhere, DVC would not see the file change: the weights stage depends on models/weights/

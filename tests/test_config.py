@@ -361,6 +361,24 @@ def test_load_params_reports_broken_yaml_with_its_line(params_file: Path) -> Non
     assert re.match(pattern, str(caught.value)), str(caught.value)
 
 
+def test_load_params_names_the_problem_of_a_yaml_error_not_its_context(params_file: Path) -> None:
+    """A key indented one space too few: YAML's problem, where it found it, not the mapping it
+    was parsing when it did (its context, line 1)."""
+    number = replace_line(params_file, "train", "lr", " lr: 0.01")
+    with pytest.raises(UserError) as caught:
+        load_params(params_file)
+    problem = f"expected <block end>, but found '<block mapping start>' (line {number}, column 2)"
+    assert str(caught.value) == f"{params_file} is not valid YAML: {problem}"
+
+
+def test_load_params_reports_an_unprintable_character_on_one_line(params_file: Path) -> None:
+    replace_line(params_file, "train", "lr", "  lr: 0.01\x07")  # a bell pasted in
+    with pytest.raises(UserError) as caught:
+        load_params(params_file)
+    message = str(caught.value)
+    assert "\n" not in message and "unacceptable character #x0007: special characters are not allowed" in message
+
+
 def test_missing_params_file_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not found: run the stage from the project root"):
         load_params(tmp_path / "params.yaml")
@@ -394,6 +412,9 @@ def write_value(path: Path, key: str, text: str) -> None:
         ("model.weights", "NULL", None),
         ("model.weights", "~", None),
         ("model.weights", "'null'", "null"),
+        # an optional text param: a weights name or file, as written
+        ("model.weights", "007", "007"),
+        ("model.weights", "no", "no"),
         ("freeze", "'off'", "off"),
     ],
 )
@@ -405,7 +426,9 @@ def test_text_params_are_taken_as_written(params_file: Path, key: str, text: str
 @pytest.mark.parametrize(
     ("key", "text", "fragment"),
     [
-        ("train.optimizer", "off", "train.optimizer = off: "),
+        # a choice is text too: refused as written, two levels deep as well
+        ("train.optimizer", "off", "train.optimizer = off: Invalid value 'off', expected one of [sgd, adamw]"),
+        ("train.augment.policy", "no", "train.augment.policy = no: Invalid value 'no', expected one of [none, "),
         ("train.epochs", "0x0", "train.epochs = 0x0 (read as 0) is not allowed"),
         ("train.epochs", "yes", "train.epochs = yes: "),
         ("train.lr", ".inf", "train.lr = .inf (read as inf) is not allowed; it must be a finite number"),
@@ -529,16 +552,36 @@ def test_each_number_param_is_refused_just_beyond_its_documented_range(params_fi
     assert wrong == []
 
 
+def test_a_batch_that_does_not_split_names_the_parts_it_must_split_into(params_file: Path) -> None:
+    """2 processes x 3 accumulated steps: the global batch must be a multiple of 6 (2 or 3
+    alone would pass 64 or fail 66 the other way)."""
+    for key, text in {"train.processes": "2", "train.accumulate_steps": "3", "train.batch_size": "64"}.items():
+        write_value(params_file, key, text)
+    with pytest.raises(UserError) as caught:
+        load_params(params_file)
+    message = str(caught.value)
+    assert "train.batch_size = 64 is not allowed; it must be a multiple of train.processes x" in message
+    assert "train.accumulate_steps (6): it is the global batch" in message
+
+
+FIVE_CHANGES = {"train.seed": 3, "train.momentum": 0.5, "prepare.seed": 4, "train.lr": 0.5, "train.epochs": 3}
+FIRST_THREE = "prepare.seed = 4 (checked: 0), train.epochs = 3 (checked: 8), train.lr = 0.5 (checked: 0.01)"
+# three, one of them two groups deep: named in full, with nothing "more"
+THREE_CHANGES = {"train.augment.hflip": True, "prepare.seed": 4, "train.epochs": 3}
+THREE = "prepare.seed = 4 (checked: 0), train.augment.hflip = True (checked: False), train.epochs = 3 (checked: 8)"
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"), [(FIVE_CHANGES, f"{FIRST_THREE} and 2 more"), (THREE_CHANGES, THREE)], ids=["five", "three"]
+)
 def test_a_stage_names_three_params_that_differ_from_the_checked_ones_and_counts_the_rest(
-    params_file: Path, monkeypatch: pytest.MonkeyPatch
+    params_file: Path, monkeypatch: pytest.MonkeyPatch, changes: dict, named: str
 ) -> None:
-    """Five params changed after check_params: a stage names the first three in key order,
-    each with both values, and says how many more (2) there are."""
+    """Params changed after check_params: a stage names the first three in key order, each
+    with both values, and says how many more there are."""
     monkeypatch.chdir(params_file.parent)
     record_checked(load_params(params_file))
-    changes = {"train.seed": 3, "train.momentum": 0.5, "prepare.seed": 4, "train.lr": 0.5, "train.epochs": 3}
     set_params(params_file.parent, **changes)
     with pytest.raises(UserError) as caught:
         load_checked_params()
-    named = "prepare.seed = 4 (checked: 0), train.epochs = 3 (checked: 8), train.lr = 0.5 (checked: 0.01)"
-    assert str(caught.value).startswith(f"params.yaml is not what check_params checked: {named} and 2 more; ")
+    assert str(caught.value).startswith(f"params.yaml is not what check_params checked: {named}; ")

@@ -387,6 +387,10 @@ def test_early_stopping_keeps_every_finished_epoch(prepared: Path) -> None:
     for epoch, checkpoint in enumerate(checkpoints, start=1):
         numbers = f"loss {checkpoint['loss']:.4f}, val loss {checkpoint['val_loss']:.4f}"
         assert f"epoch {epoch}/4: {numbers}, val accuracy {checkpoint['val_accuracy']:.3f}" in result.stderr
+    # Its output goes to a pipe, as in a CI log: the pipeline's own lines, no progress bar (tqdm
+    # draws with carriage returns) and no library's debug chatter.
+    assert "\r" not in result.stderr and "it/s" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if not line.startswith("pipeline.")] == []
 
 
 def test_gradual_unfreezing_survives_a_resume(prepared: Path) -> None:
