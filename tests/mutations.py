@@ -1839,6 +1839,13 @@ MUTATIONS = [
         "    known = list_models()",
         ("tests/test_check_params.py", "-k", "bad_params_are_named"),
     ),
+    Mutation(
+        "train-mode-never-restored",
+        "after the first validation every epoch trains in inference mode: BatchNorm statistics stop updating",
+        "    model.train()\n    for name in frozen:\n",
+        "    for name in frozen:\n",
+        ("tests/test_pipeline.py", "-k", "quick_start"),
+    ),
 ]
 
 

@@ -2,6 +2,7 @@
 
 import io
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 from torchvision.models import ShuffleNet_V2_X0_5_Weights, shufflenet_v2_x0_5
 
 from pipeline.checkpoints import load_checkpoint
-from testing.project import REPO, run
+from testing.project import REPO, TINY_PARAMS, run
 from tests.conftest import Reproduced
 from tools import verify
 
@@ -77,6 +78,18 @@ def test_quick_start_then_results_shared_through_a_remote(reproduced: Reproduced
         share = round(0.2 * count)
         assert in_class == {"train": count - 2 * share, "val": share, "test": share}
     assert manifest["split"].value_counts().to_dict() == {"train": 538, "val": 179, "test": 179}
+
+    # Every epoch trains in training mode, not only the first (evaluation between them puts the
+    # model in inference mode): with freeze none each BatchNorm counts each batch of each epoch,
+    # ceil(538 / 128) = 5 batches in epoch 2 as in epoch 1 (from pretraining's count).
+    second = load_checkpoint(checkpoints[1])
+    batches = math.ceil(538 / TINY_PARAMS["train.batch_size"])
+    counted = {
+        name: int(second["model_state_dict"][name] - tensor)
+        for name, tensor in first["model_state_dict"].items()
+        if name.endswith("num_batches_tracked")
+    }
+    assert len(counted) > 10 and set(counted.values()) == {batches}, counted
 
     # The best is the argmin of validation loss over evaluate's table.
     scores = pd.read_csv(project / "eval" / "scores.csv")
