@@ -1846,6 +1846,13 @@ MUTATIONS = [
         "    for name in frozen:\n",
         ("tests/test_pipeline.py", "-k", "quick_start"),
     ),
+    Mutation(
+        "drop-path-zero-becomes-probe-rate",
+        "train.drop_path 0 builds the model with the check's probe rate 0.1: stochastic depth stays on",
+        "    kwargs = family_of(arch).drop_path_kwargs(arch, rate)",
+        "    kwargs = family_of(arch).drop_path_kwargs(arch, max(rate, 0.1))",
+        ("tests/test_models.py", "-k", "drop_path_of_zero"),
+    ),
 ]
 
 

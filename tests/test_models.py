@@ -796,6 +796,18 @@ def test_drop_path_gives_each_block_the_rate_its_library_gives_it(arch: str) -> 
     assert default != drop_rates(built.model)
 
 
+@pytest.mark.parametrize("arch", ["efficientnet_b0", "convnext_tiny", "timm/vit_tiny_patch16_224"])
+def test_a_drop_path_of_zero_turns_stochastic_depth_off(arch: str) -> None:
+    """train.drop_path 0 turns it off (docs/params.md), whatever the model's default (0.2 and 0.1
+    for these torchvision models): blocks at p 0, timm's without DropPath modules, as the
+    libraries' own constructors build them at 0."""
+    with torch.device("meta"):
+        built = build_model(arch, None, CLASSES, 224, drop_path=0.0)
+        expected = drop_rates(library_model(arch, 0.0))
+    assert set(expected.values()) <= {0.0}
+    assert drop_rates(built.model) == expected
+
+
 def test_train_drop_path_wins_over_the_rate_a_starting_checkpoint_was_trained_with(tmp_path: Path) -> None:
     """A pipeline checkpoint trained with train.drop_path 0.1 as model.weights: the new run's
     0.3 is what its model gets, as the library spreads it; null keeps the checkpoint's 0.1
