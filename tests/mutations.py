@@ -1853,6 +1853,20 @@ MUTATIONS = [
         "    kwargs = family_of(arch).drop_path_kwargs(arch, max(rate, 0.1))",
         ("tests/test_models.py", "-k", "drop_path_of_zero"),
     ),
+    Mutation(
+        "timm-tag-file-of-default-tag",
+        "timm weights of a tag other than the default are looked up under the default tag's repo",
+        "    cfg = timm.models.get_pretrained_cfg(weights)",
+        "    cfg = timm.models.get_pretrained_cfg(timm_name(arch))",
+        ("tests/test_timm.py", "-k", "offline_hub_cache and tv_in1k"),
+    ),
+    Mutation(
+        "timm-tag-built-as-default-tag",
+        "timm weights of another tag are loaded into the model built from the default tag's config",
+        "    model = timm.create_model(weights, pretrained=True,",
+        "    model = timm.create_model(timm_name(arch), pretrained=True,",
+        ("tests/test_timm.py", "-k", "offline_hub_cache and tv_in1k"),
+    ),
 ]
 
 
