@@ -1867,6 +1867,26 @@ MUTATIONS = [
         "    model = timm.create_model(timm_name(arch), pretrained=True,",
         ("tests/test_timm.py", "-k", "offline_hub_cache and tv_in1k"),
     ),
+    Mutation(
+        "hash-from-the-models-decode",
+        "the perceptual hash is taken from the model's decode where it differs: the split depends on the model",
+        "        fingerprint = image_hash(decoded.pixels)\n"
+        "        if sizing is not None:\n"
+        "            if not decoded.same_for(sizing.resize):\n"
+        "                decoded = decode(io.BytesIO(content), sizing.resize)\n",
+        "        if sizing is not None:\n"
+        "            if not decoded.same_for(sizing.resize):\n"
+        "                decoded = decode(io.BytesIO(content), sizing.resize)\n"
+        "        fingerprint = image_hash(decoded.pixels)\n",
+        ("tests/test_prepare.py", "-k", "do_not_depend_on_the_models"),
+    ),
+    Mutation(
+        "error-lines-carry-exception-type",
+        "error_line names the exception's type by default, so one-line user errors read 'ValidationError: ...'",
+        "def error_line(error: BaseException, with_type: bool = False) -> str:",
+        "def error_line(error: BaseException, with_type: bool = True) -> str:",
+        ("tests/test_config.py", "-k", "quote_the_value_as_written"),
+    ),
 ]
 
 

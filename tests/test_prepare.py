@@ -331,6 +331,27 @@ def test_prepare_keeps_duplicates_in_one_split_and_drops_conflicting_copies(proj
     assert dict(zip(duplicates["path"], duplicates["split"], strict=True)) == {p: split_of[p] for p in rel[0] + rel[1]}
 
 
+def test_the_hashes_and_the_split_do_not_depend_on_the_models_sizing(project: Path) -> None:
+    """docs/design.md: the perceptual hash comes from a fixed decode, so the split never depends
+    on the model. Photos of 640x480, each with a near copy at half size, prepared for 16 px
+    crops (decoded again, much smaller, for the model) and for 224 px ones: the same groups of
+    near copies, with the same hashes, and the same split."""
+    for k, label in enumerate(["a", "b"]):
+        for i in range(5):
+            original = photo(project / "big" / label / f"{i}.png", seed=10 * k + i, size=(640, 480))
+            with Image.open(original) as image:
+                image.resize((320, 240), Image.Resampling.LANCZOS).save(original.with_suffix(".jpg"), quality=90)
+    outputs = []
+    for size in (16, 224):
+        set_checked_params(project, **{"prepare.data_dir": "big", "model.image_size": size})
+        stage("prepare", project)
+        outputs.append((read_outputs(project)[0], read_csv(project / PREPARED / "duplicates.csv")))
+    (manifest16, duplicates16), (manifest224, duplicates224) = outputs
+    assert (duplicates224["match"] == "near").sum() >= 4  # most of the pairs found
+    assert duplicates16.equals(duplicates224)
+    assert manifest16.equals(manifest224)
+
+
 PILLOW_OF_ANOTHER_VERSION = """
 import runpy, sys
 import PIL
