@@ -1887,6 +1887,13 @@ MUTATIONS = [
         "def error_line(error: BaseException, with_type: bool = True) -> str:",
         ("tests/test_config.py", "-k", "quote_the_value_as_written"),
     ),
+    Mutation(
+        "hash-detail-checked-one-way",
+        "image_hash checks only for too few 'brighter' bits: smooth gradients all share one hash and are grouped",
+        "if min(bits.sum(), (~bits).sum()) < MIN_HASH_BITS:",
+        "if bits.sum() < MIN_HASH_BITS:",
+        ("tests/test_prepare.py", "-k", "smooth_pictures"),
+    ),
 ]
 
 

@@ -352,6 +352,24 @@ def test_the_hashes_and_the_split_do_not_depend_on_the_models_sizing(project: Pa
     assert manifest16.equals(manifest224)
 
 
+def test_smooth_pictures_are_never_matched_as_near_copies(project: Path) -> None:
+    """docs/design.md: flat images are never matched. Smooth gradients, each of its own colours,
+    brightening towards one corner (every thumbnail pixel brighter than its left and upper
+    neighbours: a hash of ones alone, which tells none of them apart): no group of copies."""
+    ramp = np.add.outer(np.arange(40), np.arange(48))[..., None] / 86  # 0 at the top left, 1 at the bottom right
+    for k, label in enumerate(["a", "b"]):
+        for i in range(5):
+            dark, bright = np.array([10 * i, 20 * k, 5]), np.array([200, 150 + 10 * i, 240 - 30 * k])
+            folder = project / "smooth" / label
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((dark + ramp * (bright - dark)).round().astype(np.uint8)).save(folder / f"{i}.png")
+    set_checked_params(project, **{"prepare.data_dir": "smooth"})
+    stage("prepare", project)
+    manifest, _, _ = read_outputs(project)
+    assert len(manifest) == 10
+    assert read_csv(project / PREPARED / "duplicates.csv").empty
+
+
 PILLOW_OF_ANOTHER_VERSION = """
 import runpy, sys
 import PIL
