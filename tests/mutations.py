@@ -1894,6 +1894,27 @@ MUTATIONS = [
         "if bits.sum() < MIN_HASH_BITS:",
         ("tests/test_prepare.py", "-k", "smooth_pictures"),
     ),
+    Mutation(
+        "copy-capped-by-resize-size",
+        "training copies are capped at 2.5 times the resize size, not the model's input: larger than documented",
+        "width, height = copy_size(decoded.size, sizing.crop)",
+        "width, height = copy_size(decoded.size, sizing.resize)",
+        ("tests/test_crops.py", "-k", "both_caps"),
+    ),
+    Mutation(
+        "crop-batches-at-resize-size",
+        "random resized crops are cut at the weights' resize size, not the model's input size",
+        "return CropBatches(copies, rows, targets, device, mean, std, spec.image_size, spec.interpolation)",
+        "return CropBatches(copies, rows, targets, device, mean, std, spec.sizing.resize, spec.interpolation)",
+        ("tests/test_crops.py", "-k", "own_pictures_at"),
+    ),
+    Mutation(
+        "crops-cut-from-split-positions",
+        "random resized crops are cut from the manifest row at the visit's position in the split, not from its own row",
+        "jobs = zip(self.rows[index].tolist(), draws.boxes.tolist(), flips, range(len(index)), strict=True)",
+        "jobs = zip(index.tolist(), draws.boxes.tolist(), flips, range(len(index)), strict=True)",
+        ("tests/test_crops.py", "-k", "own_pictures_at"),
+    ),
 ]
 
 

@@ -20,10 +20,11 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from pipeline.augment import random_boxes
-from pipeline.batches import CropBatches, Draws, iterate
+from pipeline.batches import CropBatches, Draws, crop_batches, iterate
 from pipeline.data.cache import training_copies
 from pipeline.data.decode import Sizing
 from pipeline.engine import epoch_order
+from pipeline.models import ModelSpec
 from testing.photos import photo
 from tests.helpers import crop_batches_of, file_sha1
 
@@ -138,13 +139,15 @@ def test_a_copy_keeps_its_aspect_within_both_caps(
     whole: tuple[int, int], kept: tuple[int, int], tmp_path: Path
 ) -> None:
     """docs: a copy's shorter side is at most 2.5 model inputs (160 px for 64), its longer side
-    at most 1.5 times that (240 px); the sizes here are by hand."""
+    at most 1.5 times that (240 px); the sizes here are by hand. The model's input, not the
+    resize before its centre crop (73 px for 64, as 256 for 224)."""
     path = tmp_path / "photo.jpg"
     photo(np.random.default_rng(0), *whole).save(path, quality=90)
     manifest = pd.DataFrame({"path": [path.as_posix()], "sha1": [file_sha1(path)]})
-    copies = training_copies(manifest, Sizing(CROP, CROP), tmp_path / "cache")
-    assert tuple(copies.index[0, 4:6].tolist()) == kept  # the copy's width and height
-    assert copies.whole_sizes(torch.tensor([0])).tolist() == [list(whole)]
+    for sizing in (Sizing(CROP, CROP), Sizing(CROP * 256 // 224, CROP)):
+        copies = training_copies(manifest, sizing, tmp_path / f"cache{sizing.resize}")
+        assert tuple(copies.index[0, 4:6].tolist()) == kept, sizing  # the copy's width and height
+        assert copies.whole_sizes(torch.tensor([0])).tolist() == [list(whole)]
 
 
 def shifted(box: list[int], width: int, height: int) -> list[int] | None:
@@ -266,4 +269,33 @@ def test_each_crop_comes_with_its_own_pictures_label_in_any_order(tmp_path: Path
     for row, box, crop in zip(visit, boxes, crops, strict=True):
         source = TF.pil_to_tensor(Image.open(tmp_path / f"{row}.png"))
         reference = TF.resized_crop(source, *box, [16, 16], antialias=True)
+        assert (crop.permute(2, 0, 1).int() - reference.int()).abs().max() <= 1, row
+
+
+def test_the_train_splits_crops_are_its_own_pictures_at_the_models_input_size(tmp_path: Path) -> None:
+    """crop_batches, as the train stage calls it, on a manifest whose train rows sit between
+    val and test ones, for weights that resize to 18 px before their 16 px centre crop: each
+    crop is cut from its own row's picture, comes with that row's label, and is the model's
+    16 px input (the resize size is evaluation's, before its centre crop)."""
+    shapes = [(8, 8), (12, 6), (6, 12), (10, 10), (9, 7), (7, 9)]
+    rng = np.random.default_rng(1)
+    paths = []
+    for index, (width, height) in enumerate(shapes):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(paths[-1])
+    manifest = pd.DataFrame({
+        "path": [p.as_posix() for p in paths], "sha1": [file_sha1(p) for p in paths],
+        "label": ["a", "c", "b", "b", "a", "a"], "split": ["val", "train", "test", "train", "val", "train"],
+    })  # fmt: skip
+    spec = ModelSpec("resnet18", "fc", ["a", "b", "c"], 16, [0.0] * 3, [1.0] * 3, resize_size=18)
+    copies = training_copies(manifest, spec.sizing, tmp_path / "cache")
+    data = crop_batches(copies, manifest, "train", spec, torch.device("cpu"))
+    visit = [2, 0, 1]  # positions in the train split: its rows 5, 1 and 3
+    rows = [[1, 3, 5][position] for position in visit]
+    boxes = [[0, 0, shapes[row][1], shapes[row][0]] for row in rows]  # each picture whole
+    crops, targets = data.gather(torch.tensor(visit), draws=Draws(torch.tensor(boxes), None))
+    assert targets.tolist() == [spec.classes.index(manifest["label"][row]) for row in rows]
+    assert crops.shape == (3, 16, 16, 3)
+    for row, box, crop in zip(rows, boxes, crops, strict=True):
+        reference = TF.resized_crop(TF.pil_to_tensor(Image.open(paths[row])), *box, [16, 16], antialias=True)
         assert (crop.permute(2, 0, 1).int() - reference.int()).abs().max() <= 1, row
