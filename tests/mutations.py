@@ -1915,6 +1915,13 @@ MUTATIONS = [
         "jobs = zip(index.tolist(), draws.boxes.tolist(), flips, range(len(index)), strict=True)",
         ("tests/test_crops.py", "-k", "own_pictures_at"),
     ),
+    Mutation(
+        "opened-stage-drops-the-rest",
+        "opening the largest stage drops the stages after it: Swin's final norm is in no stage",
+        "        stages[position : position + 1] = inner",
+        "        stages[position:] = inner",
+        ("tests/test_models.py", "-k", "every_model_has_stages and swin"),
+    ),
 ]
 
 

@@ -203,6 +203,12 @@ def test_every_model_has_stages_and_first_n_freezes_them(arch: str):
     # Every parameter is in a stage: ViT's are grouped as timm groups its ViT (the tokens with the
     # patch embedding, the final norm with the last block).
     assert not loose_parameters(model, stages)
+    # ...and every other parameter in one, but those beside the head in the top-level module
+    # that holds it (MobileNetV3's classifier.0): none left out, as a final norm after the last
+    # block would be (Swin's).
+    staged = set().union(*(stage_contents(model, stage)[1] for stage in stages))
+    holder = head.split(".")[0]
+    assert {name for name, _ in model.named_parameters() if name.split(".")[0] != holder} - staged == set()
     if arch.startswith("vit_"):
         blocks = len(model.encoder.layers)
         assert stages[0] == "conv_proj+class_token+encoder.pos_embedding" and len(stages) == blocks + 1
