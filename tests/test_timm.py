@@ -176,7 +176,8 @@ def test_describe_lists_timms_stages() -> None:
 
 
 def random_state(name: str, **model_kwargs: object) -> dict[str, torch.Tensor]:
-    """A state_dict of timm's model `name` with its original head (1000 classes), every tensor random."""
+    """A state_dict of timm's model `name` with its original head (1000 classes unless
+    `model_kwargs` say otherwise), every tensor random."""
     with torch.device("meta"):
         model = timm.create_model(name, **model_kwargs)
     generator = torch.Generator().manual_seed(1)
@@ -266,13 +267,17 @@ def offline(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
         ("timm/resnet18", "DEFAULT", "timm/resnet18.a1_in1k"),
         # a tag other than the default: its own file and its own preprocessing (0.875 bilinear, not 0.95 bicubic)
         ("timm/resnet18", "tv_in1k", "timm/resnet18.tv_in1k"),
+        # ...and one whose head has other classes than the default tag's: ImageNet-21k's 21,843
+        ("timm/vit_tiny_patch16_224", "augreg_in21k", "timm/vit_tiny_patch16_224.augreg_in21k"),
         ("timm/vit_tiny_patch16_224", "augreg_in21k_ft_in1k", "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
     ],
 )
 def test_the_weights_stage_loads_timm_weights_from_an_offline_hub_cache(
     arch: str, weights: str, repo_id: str, project: Path, offline: Path
 ) -> None:
-    state = random_state(arch.removeprefix("timm/"))  # for timm's own input size: 224 px
+    config = timm.models.get_pretrained_cfg(repo_id.removeprefix("timm/"))
+    # for timm's own input size, 224 px, and the tag's own classes
+    state = random_state(arch.removeprefix("timm/"), num_classes=config.num_classes)
     fill_hub_cache(offline, repo_id, state)
     set_checked_params(project, **{"model.arch": arch, "model.weights": weights, "model.image_size": SIZE})
     stage("weights", project)
@@ -286,7 +291,6 @@ def test_the_weights_stage_loads_timm_weights_from_an_offline_hub_cache(
     for key in resized:  # 1 class token and 14 x 14 patches at 224 px; 1 and 2 x 2 at 32 px
         assert (state[key].shape[1], saved[key].shape[1]) == (1 + 14 * 14, 1 + 2 * 2)
     # The preprocessing of the tag's data config, for 32 px crops.
-    config = timm.models.get_pretrained_cfg(repo_id.removeprefix("timm/"))
     expected = (math.floor(SIZE / config.crop_pct), config.interpolation, list(config.mean), list(config.std))
     assert (start["resize_size"], start["interpolation"], start["mean"], start["std"]) == expected
 
