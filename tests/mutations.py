@@ -1922,6 +1922,27 @@ MUTATIONS = [
         "        stages[position:] = inner",
         ("tests/test_models.py", "-k", "every_model_has_stages and swin"),
     ),
+    Mutation(
+        "aux-keys-not-dropped-from-files",
+        "a weights file with GoogLeNet's or Inception's auxiliary classifiers (torchvision's own) does not fit",
+        '    return key.startswith(f"{head}.") or key.split(".")[0] in _AUX_HEADS',
+        '    return key.startswith(f"{head}.")',
+        ("tests/test_models.py", "-k", "auxiliary_heads_loads"),
+    ),
+    Mutation(
+        "describe-keeps-aux-heads",
+        "`python -m pipeline.models inception_v3` lists the auxiliary classifiers as stages",
+        "    _drop_aux_heads(model)\n    head = family.find_head(model)\n    stages = stage_names(model, head)\n",
+        "    head = family.find_head(model)\n    stages = stage_names(model, head)\n",
+        ("tests/test_models.py", "-k", "models_command"),
+    ),
+    Mutation(
+        "check-params-skeleton-keeps-aux-heads",
+        "check_params takes freeze specs that name or count the auxiliary classifiers; train refuses them",
+        "    _drop_aux_heads(skeleton)\n",
+        "",
+        ("tests/test_check_params.py", "-k", "bad_params_are_named"),
+    ),
 ]
 
 

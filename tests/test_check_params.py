@@ -59,6 +59,9 @@ def test_the_default_params_pass(params_file: Path) -> None:
         ({"train.unfreeze_to": "first:99"}, "train.unfreeze_to = first:99, but this model has"),
         ({"train.unfreeze_to": "modules:layer9"}, "train.unfreeze_to names module(s) layer9"),
         ({"freeze": "modules:layer9"}, "does not have"),
+        # GoogLeNet's auxiliary classifiers: dropped for fine-tuning, so neither named nor counted
+        ({"model.arch": "googlenet", "model.image_size": 32, "freeze": "modules:aux1"}, "module(s) aux1 that the"),
+        ({"model.arch": "googlenet", "model.image_size": 32, "freeze": "first:13"}, "but this model has 12 stages"),
         # a module holding the head freezes it too: refused, as the head itself is
         ({"model.arch": "mobilenet_v3_small", "freeze": "modules:classifier"}, "names the head (classifier.3) or a"),
         ({"model.arch": "resnet19"}, "did you mean resnet18"),

@@ -673,6 +673,20 @@ def test_unknown_torchvision_weights_name_lists_the_valid_ones():
         build_model("resnet18", "IMAGENET1K_V9", CLASSES, SIZE)
 
 
+def test_torchvisions_own_googlenet_file_with_its_auxiliary_heads_loads_into_the_trunk(tmp_path: Path) -> None:
+    """A weights file as torchvision's own GoogLeNet one holds it, with the auxiliary
+    classifiers (aux1, aux2) that fine-tuning drops: it loads, every trunk tensor as saved."""
+    torch.manual_seed(0)
+    state = torchvision.models.googlenet(aux_logits=True, init_weights=False).state_dict()
+    path = tmp_path / "googlenet.pth"
+    torch.save(state, path)
+    built = build_model("googlenet", str(path), CLASSES, 32)
+    loaded = built.model.state_dict()
+    auxiliary = {key for key in state if key.split(".")[0] in ("aux1", "aux2")}
+    assert auxiliary and set(loaded) == set(state) - auxiliary
+    assert all(torch.equal(loaded[key], state[key]) for key in loaded if not key.startswith("fc."))
+
+
 def test_a_checkpoint_of_pretrained_googlenet_rebuilds_with_its_input_transform(torch_home: Path, tmp_path: Path):
     """torchvision builds GoogLeNet (and Inception) with transform_input=True for its weights,
     which rescales the inputs inside the model: a checkpoint trained from them must rebuild
@@ -831,8 +845,9 @@ def test_the_models_command_lists_the_head_and_what_first_n_freezes() -> None:
     """docs/fine-tuning.md: `python -m pipeline.models ARCH` names the head and, in order, the
     stages `freeze: first:N` counts: for resnet18 its children with parameters but the head,
     for vit_b_16 the patch embedding (with the class token and position embeddings), then
-    each encoder block, as torchvision's own modules list them."""
-    result = run([sys.executable, "-m", "pipeline.models", "resnet18", "vit_b_16"], REPO)
+    each encoder block, as torchvision's own modules list them; for googlenet its children but
+    the head and the auxiliary classifiers that fine-tuning drops (aux1, aux2)."""
+    result = run([sys.executable, "-m", "pipeline.models", "resnet18", "vit_b_16", "googlenet"], REPO)
     lines = result.stdout.splitlines()
     with torch.device("meta"):
         resnet, vit = torchvision.models.resnet18(), torchvision.models.vit_b_16()
@@ -843,8 +858,18 @@ def test_the_models_command_lists_the_head_and_what_first_n_freezes() -> None:
     blocks = [f"encoder.layers.{name}" for name, _ in vit.encoder.layers.named_children()]
     at = 1 + len(trunk)
     assert lines[at] == f"vit_b_16: head heads.head; {1 + len(blocks)} stages for freeze first:N"
-    listed = [line.split()[-1].split("+") for line in lines[at + 1 :]]
+    listed = [line.split()[-1].split("+") for line in lines[at + 1 : at + 2 + len(blocks)]]
     assert listed[0][0] == "conv_proj" and [entry[0] for entry in listed[1:]] == blocks
+    at += 2 + len(blocks)
+    with torch.device("meta"):
+        googlenet = torchvision.models.googlenet(aux_logits=True, init_weights=False)
+    trunk = [
+        name
+        for name, child in googlenet.named_children()
+        if name not in ("fc", "aux1", "aux2") and any(True for _ in child.parameters())
+    ]
+    assert lines[at] == f"googlenet: head fc; {len(trunk)} stages for freeze first:N"
+    assert [line.split()[-1] for line in lines[at + 1 :]] == trunk
 
 
 @pytest.mark.parametrize(
