@@ -1943,6 +1943,13 @@ MUTATIONS = [
         "",
         ("tests/test_check_params.py", "-k", "bad_params_are_named"),
     ),
+    Mutation(
+        "prefix-hint-without-missing-keys",
+        "a weights file with one key too many and none missing is told to save a wrapped model's inner state_dict",
+        "    if len(prefixes) != 1 or not missing or not set(missing) <=",
+        "    if len(prefixes) != 1 or not set(missing) <=",
+        ("tests/test_models.py", "-k", "do_not_fit_are_one_line"),
+    ),
 ]
 
 

@@ -608,7 +608,11 @@ def reshaped_first(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     ("saved", "fragment"),
     [
         (lambda state: {"weights": state}, "nor a dict that holds a state_dict under 'state_dict' or 'model'"),
-        (lambda state: {**state, "extra.weight": torch.zeros(2)}, "0 missing keys [], 1 unexpected keys ['extra."),
+        # one key too many, none missing: a file of another model, not of a wrapper around this one
+        (
+            lambda state: {**state, "extra.weight": torch.zeros(2)},
+            "0 missing keys [], 1 unexpected keys ['extra.weight']; set model.arch (and model.image_size) to the model",
+        ),
         (lambda state: {k: v for k, v in state.items() if not k.startswith("stage4.")}, "missing keys ['stage4."),
         (lambda state: {"state_dict": prefixed(state, "net.")}, "every unexpected key starts with 'net.'"),
         # A prefix is taken off only when every key has it: here one key does, and stays as saved.
