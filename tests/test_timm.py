@@ -473,7 +473,8 @@ def test_timm_weights_kept_as_pytorch_model_bin_are_found_in_the_hub_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Some Hugging Face repos of timm hold pytorch_model.bin and no model.safetensors: the
-    weights are found there too (in the cache as `hf download` leaves it)."""
+    weights are found there too, in the cache as `hf download` leaves it, or as timm's own
+    download does: with a marker in .no_exist/ that the repo has no model.safetensors."""
     from huggingface_hub import constants
 
     repo_id = "timm/resnet18.a1_in1k"
@@ -482,5 +483,8 @@ def test_timm_weights_kept_as_pytorch_model_bin_are_found_in_the_hub_cache(
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     torch.save({"fc.weight": torch.zeros(2, 2)}, snapshot / "pytorch_model.bin")
+    absent = snapshot.parents[1] / ".no_exist" / ("0" * 40)
+    absent.mkdir(parents=True)
+    (absent / "model.safetensors").touch()
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert timm_backbones._hub_file("resnet18.a1_in1k", repo_id) == snapshot / "pytorch_model.bin"
