@@ -1957,6 +1957,13 @@ MUTATIONS = [
         "        if cached is not None:",
         ("tests/test_timm.py", "-k", "pytorch_model_bin"),
     ),
+    Mutation(
+        "unreadable-folder-unreported",
+        "a sub-folder that cannot be read is skipped silently: its images vanish and skipped.csv does not list it",
+        '            skipped.append(Skipped(directory.as_posix(), f"folder cannot be read:',
+        '            (Skipped(directory.as_posix(), f"folder cannot be read:',
+        ("tests/test_data.py", "-k", "cannot_read"),
+    ),
 ]
 
 

@@ -142,6 +142,29 @@ def test_find_images_reports_non_image_files_as_skipped(tmp_path: Path) -> None:
     assert all("extension" in reason for reason in reasons.values())
 
 
+def test_find_images_reports_a_folder_it_cannot_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sub-folder without read permission: its images cannot be listed, so it gets a row in
+    skipped.csv's reasons instead of vanishing. (The tests may run as root, whom permissions do
+    not stop: listing it fails here as it would for a user.)"""
+    image = save_solid(tmp_path / "cat" / "a.png")
+    save_solid(tmp_path / "cat" / "locked" / "b.png")
+    listdir = os.listdir
+
+    def refusing(path: os.PathLike | str) -> list[str]:
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refusing)
+    _, files, skipped = find_images(tmp_path)
+
+    assert files == [(image, "cat")]
+    assert [(s.path, s.reason.split(":")[0]) for s in skipped] == [
+        ((tmp_path / "cat" / "locked").as_posix(), "folder cannot be read")
+    ]
+    assert "PermissionError" in skipped[0].reason
+
+
 def test_find_images_missing_folder_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         find_images(tmp_path / "nope")
