@@ -265,9 +265,7 @@ def offline(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
     ("arch", "weights", "repo_id"),
     [
         ("timm/resnet18", "DEFAULT", "timm/resnet18.a1_in1k"),
-        # a tag other than the default: its own file and its own preprocessing (0.875 bilinear, not 0.95 bicubic)
-        ("timm/resnet18", "tv_in1k", "timm/resnet18.tv_in1k"),
-        # ...and one whose head has other classes than the default tag's: ImageNet-21k's 21,843
+        # a tag other than the default, whose head has other classes than the default's (ImageNet-21k's 21,843)
         ("timm/vit_tiny_patch16_224", "augreg_in21k", "timm/vit_tiny_patch16_224.augreg_in21k"),
         ("timm/vit_tiny_patch16_224", "augreg_in21k_ft_in1k", "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
     ],
