@@ -27,6 +27,8 @@ from testing.project import set_checked_params, stage
     [
         ("resnet18", 224, FeatureLayer("layer4", "NCHW", 7)),  # the last convolution stage, before pooling
         ("resnet18", 32, FeatureLayer("layer3", "NCHW", 2)),  # layer4 is 1 x 1 there: one position points nowhere
+        # ...and a stage's, not a module inside one of its blocks (layer4.0's 2 x 2 maps, before its stride)
+        ("resnet50", 32, FeatureLayer("layer3", "NCHW", 2)),
         # stage3's last 2 x 2 map is inside its first block, on one of its two branches: not that
         ("shufflenet_v2_x0_5", 16, FeatureLayer("stage2", "NCHW", 2)),
         ("efficientnet_b0", 224, FeatureLayer("features", "NCHW", 7)),
