@@ -1971,6 +1971,52 @@ MUTATIONS = [
         'call.name.count(".") < 3',
         ("tests/test_heatmaps.py", "-k", "layer_for_each_kind and resnet50"),
     ),
+    Mutation(
+        "crop-place-on-the-diagonal",
+        "a random resized crop's top and left are drawn from one uniform number: crops only along the diagonal",
+        "    top = (torch.rand(n, generator=generator, dtype=torch.float64) * (height - box_height + 1)).floor()\n"
+        "    left = (torch.rand(n, generator=generator, dtype=torch.float64) * (width - box_width + 1)).floor()\n",
+        "    place = torch.rand(n, generator=generator, dtype=torch.float64)\n"
+        "    top = (place * (height - box_height + 1)).floor()\n"
+        "    left = (place * (width - box_width + 1)).floor()\n",
+        ("tests/test_crops.py", "-k", "drawn_as_random_resized"),
+    ),
+    Mutation(
+        "mixing-before-policy-and-erasing",
+        "MixUp/CutMix mix the batch before the per-image policy and erasing instead of after them",
+        "    if policy is not None or erasing is not None:\n"
+        "        mean, std = normalization  # of 8-bit pixel values\n",
+        "    if mixing is not None:\n"
+        "        images, targets = mixing(images, targets)\n"
+        "        mixing = None\n"
+        "    if policy is not None or erasing is not None:\n"
+        "        mean, std = normalization  # of 8-bit pixel values\n",
+        ("tests/test_augment.py", "-k", "mixed_after_each_image"),
+    ),
+    Mutation(
+        "clip-each-accumulated-batch",
+        "with accumulate_steps > 1, each accumulated batch's gradient is clipped, not the step's whole gradient",
+        "            loss.backward()\n"
+        "        if last:\n"
+        "            if loop.clip_grad_norm:\n"
+        '                params = [param for group in optimizer.param_groups for param in group["params"]]\n'
+        "                torch.nn.utils.clip_grad_norm_(params, loop.clip_grad_norm)\n"
+        "            optimizer.step()\n",
+        "            loss.backward()\n"
+        "            if loop.clip_grad_norm:\n"
+        '                params = [param for group in optimizer.param_groups for param in group["params"]]\n'
+        "                torch.nn.utils.clip_grad_norm_(params, loop.clip_grad_norm)\n"
+        "        if last:\n"
+        "            optimizer.step()\n",
+        ("tests/test_engine.py", "-k", "whole_batch"),
+    ),
+    Mutation(
+        "infinite-loss-trains-on",
+        "the finite check looks for NaN only: an infinite training loss passes and its epoch is checkpointed",
+        "bad = (~torch.isfinite(losses)).nonzero()",
+        "bad = torch.isnan(losses).nonzero()",
+        ("tests/test_claims.py", "-k", "infinite_training_loss"),
+    ),
 ]
 
 

@@ -271,6 +271,28 @@ def test_with_a_policy_and_erasing_each_image_is_erased_after_its_policy() -> No
     assert 4 <= erased <= 28 and changed >= 8, (erased, changed)
 
 
+def test_with_erasing_and_mixup_the_batch_is_mixed_after_each_image_is_erased() -> None:
+    """Erasing 1.0 and MixUp at alpha 0.2 (docs/fine-tuning.md: erasing, then mixing, as the
+    references chain them): each image as torchvision's RandomErasing(p=1.0, value=0) leaves it
+    from its key's draw, then the batch as MixUp(alpha=0.2) mixes it from the global RNG's
+    state (MixUp alone is still a choice of one, as the references join the mixings). Mixed
+    first, an erased patch would be 0 in a mixed image, not a blend of zeros."""
+    images, targets = distinct_flat_images(), torch.arange(8)
+    keys = torch.arange(8) * 7 + 3
+    augment = batch_augmentation(params(erasing=1.0, mixup_alpha=0.2), 8, MEAN, STD, CPU)
+    erasing, mixup = v2.RandomErasing(p=1.0, value=0), v2.RandomChoice([v2.MixUp(alpha=0.2, num_classes=8)])
+    erased = []
+    for image, key in zip(images, keys.tolist(), strict=True):
+        torch.manual_seed(key)
+        erased.append(erasing(image))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ours = augment(images, targets, keys)
+        torch.manual_seed(seed)
+        theirs = mixup(torch.stack(erased), targets)
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
 def test_with_both_mixings_on_each_batch_is_torchvisions_random_choice_of_them() -> None:
     """MixUp at alpha 0.2 and CutMix at 1.0 with mix_switch 0.3: each batch is what torchvision's
     RandomChoice([MixUp(alpha=0.2), CutMix(alpha=1.0)], p=[0.7, 0.3]) (the references' way of

@@ -211,25 +211,31 @@ def test_same_seed_and_epoch_give_bit_identical_weights(crops: CropBatches, opti
     assert not torch.equal(state["0.weight"], other.state_dict()["0.weight"])
 
 
-def accumulated_epoch(initial: nn.Module, batch_size: int, accumulate: int) -> tuple[nn.Module, float]:
+def accumulated_epoch(initial: nn.Module, batch_size: int, accumulate: int, clip: float = 0) -> tuple[nn.Module, float]:
     model = copy.deepcopy(initial)
     loss = train_one_epoch(
         model,
         random_batches(10),
         torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
-        LoopOptions(batch_size=batch_size, accumulate=accumulate),
+        LoopOptions(batch_size=batch_size, accumulate=accumulate, clip_grad_norm=clip),
         1,
     )
     return model, loss
 
 
-def test_accumulated_batches_take_the_step_of_their_whole_batch():
+@pytest.mark.parametrize("clip", [0.0, 0.05], ids=["unclipped", "clipped"])
+def test_accumulated_batches_take_the_step_of_their_whole_batch(clip: float):
     """2 accumulated batches of 4 step as one batch of 8, the ragged last step included (10
-    items: 4 + 4, then 2). No BatchNorm or dropout here: those see each batch apart."""
+    items: 4 + 4, then 2), gradient clipping too: the step's whole gradient is clipped (0.05
+    binds: the unclipped gradients' norms are larger). No BatchNorm or dropout here: those
+    see each batch apart."""
     torch.manual_seed(0)
     initial = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
-    whole, whole_loss = accumulated_epoch(initial, batch_size=8, accumulate=1)
-    parts, parts_loss = accumulated_epoch(initial, batch_size=8, accumulate=2)
+    whole, whole_loss = accumulated_epoch(initial, batch_size=8, accumulate=1, clip=clip)
+    parts, parts_loss = accumulated_epoch(initial, batch_size=8, accumulate=2, clip=clip)
+    if clip:
+        unclipped, _ = accumulated_epoch(initial, batch_size=8, accumulate=1)
+        assert not torch.allclose(unclipped.state_dict()["4.weight"], whole.state_dict()["4.weight"], atol=1e-4)
     assert parts_loss == pytest.approx(whole_loss, rel=1e-6)
     for name, tensor in whole.state_dict().items():
         torch.testing.assert_close(parts.state_dict()[name], tensor, atol=1e-6, rtol=1e-5)
