@@ -2017,6 +2017,20 @@ MUTATIONS = [
         "bad = torch.isnan(losses).nonzero()",
         ("tests/test_claims.py", "-k", "infinite_training_loss"),
     ),
+    Mutation(
+        "predict-table-header-misaligned",
+        "tools.predict's table makes its columns a character too narrow for the class cells: they drift apart",
+        'cell_width = max(len(f"top {top_k}"), name_width + 7)',
+        'cell_width = max(len(f"top {top_k}"), name_width + 6)',
+        ("tests/test_predict.py", "-k", "table_prints"),
+    ),
+    Mutation(
+        "pretrain-log-losses-swapped",
+        "the weights stage's log swaps each pretraining epoch's loss and validation loss",
+        '            loss,\n            val["loss"],\n',
+        '            val["loss"],\n            loss,\n',
+        ("tests/test_recipes.py", "-k", "pretraining_takes_its_own"),
+    ),
 ]
 
 

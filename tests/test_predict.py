@@ -132,6 +132,12 @@ def test_table_prints_a_line_per_image(project: Path) -> None:
         assert all(cell.endswith("%") for cell in cells[1::2])
         percents = [float(cell.removesuffix("%")) for cell in cells[1::2]]
         assert percents == pytest.approx([100 * probability for _, probability in expected[path]], abs=0.051)
+        # Aligned: each class starts where its column's "top k" header does.
+        starts, at = [], 0
+        for name in cells[::2]:
+            at = line.index(f" {name} ", at) + 1
+            starts.append(at)
+        assert starts == [lines[0].index(f"top {k}") for k in (1, 2, 3)], line
 
 
 @pytest.mark.parametrize(

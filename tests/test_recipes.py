@@ -828,7 +828,10 @@ def test_pretraining_takes_its_own_params_and_random_weights_draw_from_pretrain_
     }  # fmt: skip
     set_checked_params(project, **recipe)
     log = run_script(RECORD_THE_LOOP, ["pipeline.weights"], project).stderr
-    assert "pretrain epoch 1/1: loss " in log  # epochs counted from 1, as train's (each seeds its own draws)
+    # Epochs counted from 1, as train's (each seeds its own draws); the numbers start.pt records.
+    kept = load_checkpoint(project / "models/start.pt")
+    numbers = f"loss {kept['loss']:.4f}, val loss {kept['val_loss']:.4f}, val accuracy {kept['val_accuracy']:.3f}"
+    assert f"pretrain epoch 1/1: {numbers}" in log and kept["loss"] != kept["val_loss"]
     seen = json.loads((project / "seen.json").read_text())["loop"]
     assert (seen["seed"], seen["batch_size"], seen["optimizer"]) == (3, 96, "AdamW")
     assert seen["rates_and_decays"] == [[0.003, 0.002]]  # every parameter decayed (docs/params.md)
@@ -842,7 +845,7 @@ def test_pretraining_takes_its_own_params_and_random_weights_draw_from_pretrain_
     assert len(pixels["train"]) + len(pixels["val"]) - len({*pixels["train"], *pixels["val"]}) >= 12  # the copies
     assert not set(pixels["train"]) & set(pixels["val"])
     # Pretraining's model as torchvision's draws it from pretrain.seed, with a head for the source classes.
-    arch = load_checkpoint(project / "models/start.pt")["arch"]
+    arch = kept["arch"]
     torch.manual_seed(3)
     reference = torchvision.models.get_model(arch)
     head = nn.Linear(reference.fc.in_features, len(counts)).weight
