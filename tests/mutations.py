@@ -2031,6 +2031,27 @@ MUTATIONS = [
         '            val["loss"],\n            loss,\n',
         ("tests/test_recipes.py", "-k", "pretraining_takes_its_own"),
     ),
+    Mutation(
+        "gallery-title-counted-as-one-line",
+        "best/mistakes.png leaves room for one title line: the tiles cover the second",
+        "top = GAP + len(title) * line + GAP",
+        "top = GAP + line + GAP",
+        ("tests/test_interpretation.py", "-k", "most_confident_mistakes_each"),
+    ),
+    Mutation(
+        "mistakes-title-all-only-below-sixteen",
+        "with exactly 16 test mistakes the title says 'The 16 most confident of 16'",
+        "if len(shown) == len(wrong) else",
+        "if len(wrong) < GALLERY else",
+        ("tests/test_interpretation.py", "-k", "title_says_all"),
+    ),
+    Mutation(
+        "no-mistakes-title-counts-mistakes",
+        "without test mistakes the picture says 'No mistakes on the test split (0 images).'",
+        'title = [f"No mistakes on the test split ({len(predictions)} images)."]',
+        'title = [f"No mistakes on the test split ({len(wrong)} images)."]',
+        ("tests/test_interpretation.py", "-k", "title_says_all"),
+    ),
 ]
 
 

@@ -140,6 +140,42 @@ def test_an_image_gone_since_prepare_is_an_error_naming_it(tmp_path: Path) -> No
             model_inputs([str(path)], spec)
 
 
+def assert_title_line(picture: np.ndarray, index: int, text: str) -> None:
+    """best/mistakes.png's title line `index` begins with `text`, drawn as the gallery draws text."""
+    face, line = font(), TEXT + 4
+    strip = Image.new("RGB", (picture.shape[1] - GAP, line), (255, 255, 255))
+    ImageDraw.Draw(strip).text((0, 0), text, fill=(0, 0, 0), font=face)
+    drawn, top = int(face.getlength(text)), GAP + index * line
+    assert (picture[top : top + line, GAP : GAP + drawn] == np.asarray(strip)[:, :drawn]).all(), text
+
+
+@pytest.mark.parametrize(
+    ("wrong", "title"),
+    [
+        (16, "All 16 mistakes on the 19 test images, the most confident first (resnet18, epoch 2, raw weights)."),
+        (0, "No mistakes on the test split (3 images)."),
+    ],
+)
+def test_the_title_says_all_mistakes_when_all_are_shown_and_counts_the_test_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wrong: int, title: str
+) -> None:
+    """write_interpretation, as select-best runs it: exactly as many mistakes as the picture
+    shows (16) are all of them; without any, the title counts the test images (3 right)."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    classes = ["ant", "bee"]
+    built = build_model("resnet18", None, classes, 32)
+    checkpoint = {**built.spec.to_dict(), "model_state_dict": built.model.state_dict(), "epoch": 2}
+    rows = []
+    for i in range(wrong + 3):
+        path = tmp_path / f"{i:02d}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+        predicted = classes[(i + 1) % 2] if i < wrong else classes[i % 2]
+        rows.append((str(path), classes[i % 2], predicted, f"{0.95 - 0.01 * i:.2f}"))
+    write_interpretation(checkpoint, pd.DataFrame(rows, columns=["path", "actual", "predicted", "confidence"]))
+    assert_title_line(np.asarray(Image.open("best/mistakes.png").convert("RGB")), 0, title)
+
+
 def test_the_picture_shows_the_most_confident_mistakes_each_under_its_predicted_class_s_heat(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -169,13 +205,12 @@ def test_the_picture_shows_the_most_confident_mistakes_each_under_its_predicted_
     write_interpretation(checkpoint, frame)
 
     picture = np.asarray(Image.open("best/mistakes.png").convert("RGB"))
-    # The title counts the mistakes, those shown, and the test images: 16 of 17 of 20.
+    # The title counts the mistakes, those shown, and the test images: 16 of 17 of 20; its second
+    # line says what the two pictures of a tile are (the tiles start below it).
     face, line = font(), TEXT + 4
     title = "The 16 most confident of 17 mistakes on the 20 test images, the most confident first (resnet18, epoch 3, "
-    strip = Image.new("RGB", (picture.shape[1] - GAP, line), (255, 255, 255))
-    ImageDraw.Draw(strip).text((0, 0), title, fill=(0, 0, 0), font=face)
-    drawn = int(face.getlength(title))
-    assert (picture[GAP : GAP + line, GAP : GAP + drawn] == np.asarray(strip)[:, :drawn]).all()
+    assert_title_line(picture, 0, title)
+    assert_title_line(picture, 1, "Left: the model's input before normalisation. Right: Grad-CAM for the predicted")
     enlarged = [image.repeat(2, axis=0).repeat(2, axis=1) for image in pixels]  # 64 px shown pixel for pixel at 128
     corners = [located(picture, image) for image in enlarged[:shown]]
     assert sorted(corners) == corners  # rows of tiles, each left to right: most confident first
