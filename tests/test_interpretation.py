@@ -14,7 +14,7 @@ from pipeline.cli import UserError
 from pipeline.engine import score
 from pipeline.gallery import GAP, PANEL, TEXT, Tile, draw_gallery, font, heat_colours, label, overlay, panel
 from pipeline.interpretation import mistakes, model_inputs, per_class_scores, write_interpretation
-from pipeline.models import ModelSpec, build_model
+from pipeline.models import Built, ModelSpec, build_model
 from tests.helpers import located
 
 CLASSES = ["a", "b", "c"]
@@ -140,6 +140,13 @@ def test_an_image_gone_since_prepare_is_an_error_naming_it(tmp_path: Path) -> No
             model_inputs([str(path)], spec)
 
 
+def untrained_checkpoint(arch: str, classes: list[str], size: int, epoch: int) -> tuple[Built, dict]:
+    """A model of random weights (seed 0) and the checkpoint of it that select-best would read."""
+    torch.manual_seed(0)
+    built = build_model(arch, None, classes, size)
+    return built, {**built.spec.to_dict(), "model_state_dict": built.model.state_dict(), "epoch": epoch}
+
+
 def assert_title_line(picture: np.ndarray, index: int, text: str) -> None:
     """best/mistakes.png's title line `index` begins with `text`, drawn as the gallery draws text."""
     face, line = font(), TEXT + 4
@@ -162,10 +169,8 @@ def test_the_title_says_all_mistakes_when_all_are_shown_and_counts_the_test_imag
     """write_interpretation, as select-best runs it: exactly as many mistakes as the picture
     shows (16) are all of them; without any, the title counts the test images (3 right)."""
     monkeypatch.chdir(tmp_path)
-    torch.manual_seed(0)
     classes = ["ant", "bee"]
-    built = build_model("resnet18", None, classes, 32)
-    checkpoint = {**built.spec.to_dict(), "model_state_dict": built.model.state_dict(), "epoch": 2}
+    _, checkpoint = untrained_checkpoint("resnet18", classes, 32, epoch=2)
     rows = []
     for i in range(wrong + 3):
         path = tmp_path / f"{i:02d}.png"
@@ -185,10 +190,8 @@ def test_the_picture_shows_the_most_confident_mistakes_each_under_its_predicted_
     that ends in global pooling and one linear layer: tests/test_heatmaps.py), not for its true
     one; under it, its true class in green, then the predicted one in red."""
     monkeypatch.chdir(tmp_path)
-    torch.manual_seed(0)
     classes = ["ant", "bee", "cow"]
-    built = build_model("resnet18", None, classes, 64)  # random weights: no resize margin, 64 px in
-    checkpoint = {**built.spec.to_dict(), "model_state_dict": built.model.state_dict(), "epoch": 3}
+    built, checkpoint = untrained_checkpoint("resnet18", classes, 64, epoch=3)  # no resize margin: 64 px in
     rng = np.random.default_rng(0)
     pixels, rows = [], []
     shown = 16  # docs/design.md: "its 16 most confident test mistakes"
@@ -253,10 +256,8 @@ def test_a_model_without_a_layer_for_grad_cam_gets_the_picture_without_heat_maps
     runs it, still draws every mistake, with no heat beside it, and says why. The images are
     grey, so any of Grad-CAM's jet colours in the picture would show as blue."""
     monkeypatch.chdir(tmp_path)
-    torch.manual_seed(0)
     classes = ["ant", "bee"]
-    built = build_model("timm/pit_ti_224", None, classes, 224)
-    checkpoint = {**built.spec.to_dict(), "model_state_dict": built.model.state_dict(), "epoch": 1}
+    built, checkpoint = untrained_checkpoint("timm/pit_ti_224", classes, 224, epoch=1)
     rows = []
     for i in range(3):
         grey = np.random.default_rng(i).integers(0, 256, (224, 224), dtype=np.uint8)
