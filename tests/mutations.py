@@ -2052,6 +2052,13 @@ MUTATIONS = [
         'title = [f"No mistakes on the test split ({len(wrong)} images)."]',
         ("tests/test_interpretation.py", "-k", "title_says_all"),
     ),
+    Mutation(
+        "evaluate-launches-torchrun-for-one",
+        "evaluate.processes 1 still starts torchrun with one process, instead of scoring in the stage's own",
+        "    if processes > 1 and not distributed.launched():",
+        "    if processes >= 1 and not distributed.launched():",
+        ("tests/test_recipes.py", "-k", "moving_average_is_kept"),
+    ),
 ]
 
 

@@ -437,6 +437,8 @@ def test_the_weights_moving_average_is_kept_scored_beside_them_and_may_be_chosen
     set_checked_params(project, freeze="first:3", **recipe)
     logs = {name: stage(name, project).stderr for name in ("weights", "train", "evaluate", "select_best")}
     assert "scored 2 checkpoints:" in logs["evaluate"]  # checkpoints, not the table's 4 rows
+    # evaluate.processes 1 and train.processes 1 (params.yaml's): each stage in its own process, no launcher
+    assert all("processes (torchrun" not in log for log in logs.values())
 
     start = load_checkpoint(project / "models/start.pt")["model_state_dict"]
     checkpoints = [load_checkpoint(p) for p in sorted((project / "checkpoints").glob("*.pt"))]
