@@ -36,11 +36,12 @@ def shown_metrics(row: dict) -> dict:
     return (row["metrics"] or {}).get("best/metrics.json", {}).get("data", {})
 
 
-def experiment_rows(project: Path, baseline_rev: str) -> list[dict]:
-    """The experiments of `dvc exp show --json` on the baseline commit, each with its name and data."""
+def shown_experiments(project: Path, baseline_rev: str) -> tuple[dict, list[dict]]:
+    """`dvc exp show --json`'s row of the baseline commit, and of each of its experiments
+    (with its name and data)."""
     rows = json.loads(dvc(project, "exp", "show", "--json"))
     baseline = next(row for row in rows if row["rev"] == baseline_rev)
-    return [rev for exp in baseline["experiments"] for rev in exp["revs"]]
+    return baseline, [rev for exp in baseline["experiments"] for rev in exp["revs"]]
 
 
 def documented_sweep_sort() -> list[str]:
@@ -140,9 +141,7 @@ def test_quick_start_then_results_shared_through_a_remote(reproduced: Reproduced
 
     # dvc exp show puts both runs side by side: the baseline commit's row and its one
     # experiment's, each with its params and its metrics (not `!`: the README's promise).
-    rows = json.loads(dvc(project, "exp", "show", "--json"))
-    baseline = next(row for row in rows if row["rev"] == baseline_rev)
-    experiments = experiment_rows(project, baseline_rev)
+    baseline, experiments = shown_experiments(project, baseline_rev)
     assert len(experiments) == 1
     runs = [baseline["data"], experiments[0]["data"]]
     freezes = {r["params"]["params.yaml"]["data"]["freeze"]: shown_metrics(r) for r in runs}
@@ -173,7 +172,7 @@ def test_quick_start_then_results_shared_through_a_remote(reproduced: Reproduced
     # `--queue` and `dvc queue start` run stages as tests/test_runs.py's queued run does.)
     ranked = pd.read_csv(io.StringIO(dvc(project, "exp", "show", "--csv", *documented_sweep_sort())))
     ranked = ranked[ranked["typ"] != "baseline"]
-    shown = {row["name"]: shown_metrics(row["data"]) for row in experiment_rows(project, baseline_rev)}
+    shown = {row["name"]: shown_metrics(row["data"]) for row in shown_experiments(project, baseline_rev)[1]}
     assert set(shown) == set(ranked["Experiment"]) and len(shown) == 2
     assert shown["frozen-head"] == frozen_metrics and metrics in shown.values()
     assert ranked["Experiment"].tolist() == sorted(shown, key=lambda name: shown[name]["val_loss"])
