@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torchvision
-from PIL import Image
+from PIL import Image, ImageDraw
 from torchvision.transforms import v2
 
 from pipeline.batches import CropBatches
 from pipeline.data.cache import training_copies
 from pipeline.data.decode import Sizing
+from pipeline.gallery import GAP, TEXT, font
 
 # Put on PYTHONPATH, this runs in every Python process started, dvc's own included; it acts
 # only in the train stage's process (with KILL_RANK, in that rank's only), and only when
@@ -184,3 +185,12 @@ def torchvision_model_logits(
     with torch.no_grad():
         logits = model.eval()(inputs)
         return (logits + model(inputs.flip(-1))) / 2 if flip else logits
+
+
+def assert_title_line(picture: np.ndarray, index: int, text: str) -> None:
+    """best/mistakes.png's title line `index` begins with `text`, drawn as the gallery draws text."""
+    face, line = font(), TEXT + 4
+    strip = Image.new("RGB", (picture.shape[1] - GAP, line), (255, 255, 255))
+    ImageDraw.Draw(strip).text((0, 0), text, fill=(0, 0, 0), font=face)
+    drawn, top = int(face.getlength(text)), GAP + index * line
+    assert (picture[top : top + line, GAP : GAP + drawn] == np.asarray(strip)[:, :drawn]).all(), text

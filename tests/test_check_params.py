@@ -188,6 +188,7 @@ def weights_root(params_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def save_weights(obj: dict, name: str) -> str:
     path = Path("models/weights") / name
+    path.parent.mkdir(exist_ok=True)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
@@ -227,6 +228,7 @@ def test_a_weights_file_that_does_not_fit_the_arch_is_refused(
         (lambda state: {"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, "references.pth"),
         (lambda state: {"model_state_dict": state, "optimizer_state_dict": {"state": {}}}, "tutorial.pt"),
         (lambda state: state, "legacy.pth"),
+        (lambda state: state, "mine/plain.pt"),  # in a folder of its own under models/weights/
     ],
 )
 def test_the_wrappers_users_bring_pass(params_file: Path, weights_root: Path, wrap, name: str) -> None:

@@ -214,16 +214,34 @@ def test_load_image_converts_modes_to_rgb(tmp_path: Path, mode: str, make, toler
         assert_close(rgb_at(image, row, col), expected, tolerance)
 
 
+@pytest.mark.parametrize("mode", ["P", "1"])
+def test_a_large_palette_or_one_bit_image_is_shrunk_averaging_its_colours(tmp_path: Path, mode: str) -> None:
+    """A 200 x 160 checker of single pixels, red and blue in a palette (black and white in one
+    bit), large enough to be shrunk before the resize: the model input is torchvision's Resize
+    and CenterCrop of its RGB pixels, an even mix (purple, grey), not every n-th pixel's colour."""
+    checker = (np.indices((160, 200)).sum(axis=0) % 2).astype(bool)
+    pixels = np.where(checker[..., None], np.array(RED, np.uint8), np.array(BLUE, np.uint8))
+    image = Image.fromarray(pixels).quantize(2) if mode == "P" else Image.fromarray(checker).convert("1")
+    image.save(tmp_path / "checker.png")
+    loaded = load_image(tmp_path / "checker.png", Sizing(8, 8))
+    rgb = Image.open(tmp_path / "checker.png").convert("RGB")
+    reference = v2.CenterCrop(8)(v2.Resize(8)(v2.functional.pil_to_tensor(rgb))).numpy().astype(int)
+    assert np.abs(loaded.astype(int) - reference).max() <= 2
+    assert (abs(reference.max(axis=0) - 127) < 30).all()  # the mix of the two colours
+
+
 def test_load_image_flattens_rgba_onto_black(tmp_path: Path) -> None:
     pixels = np.zeros((8, 8, 4), dtype=np.uint8)
     pixels[:, :4] = (255, 255, 255, 0)  # fully transparent white
-    pixels[:, 4:] = (*RED, 255)  # opaque red
+    pixels[:, 4:6] = (200, 100, 50, 128)  # half transparent: blended with black, half as bright
+    pixels[:, 6:] = (*RED, 255)  # opaque red
     Image.fromarray(pixels, "RGBA").save(tmp_path / "a.png")
 
     image = load_image(tmp_path / "a.png", Sizing(8, 8))
 
     assert image.dtype == np.uint8 and image.shape == (3, 8, 8)
     assert rgb_at(image, 3, 0) == (0, 0, 0)
+    assert_close(rgb_at(image, 3, 4), (100, 50, 25), 1)  # 200 x 128 / 255 = 100.4, and so on
     assert rgb_at(image, 3, 7) == RED
 
 
@@ -274,18 +292,22 @@ def test_load_image_follows_exif_orientation(tmp_path: Path, orientation: int, t
 @pytest.mark.parametrize("name", ["photo.png", "cmyk.jpg"])
 def test_exif_orientation_is_followed_in_pngs_and_cmyk_jpegs_too(tmp_path: Path, name: str) -> None:
     """Orientation 6 stored in a PNG (and in a CMYK JPEG, which Pillow decodes): upright as
-    Pillow's exif_transpose turns it."""
+    Pillow's exif_transpose turns it, then resized and cropped by its upright sides, as
+    torchvision's Resize and CenterCrop do: a stored 48 x 24 picture stands 24 x 48."""
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = 6
-    image = Image.fromarray(bands(32, 16, [RED, BLUE]))
+    image = Image.fromarray(bands(48, 24, [RED, BLUE]))
     if name.endswith(".jpg"):
         image.convert("CMYK").save(tmp_path / name, exif=exif.tobytes(), quality=95)
     else:
         image.save(tmp_path / name, exif=exif.tobytes())
-    loaded = load_image(tmp_path / name, Sizing(16, 16))
-    for col in (0, 8, 15):
+    loaded = load_image(tmp_path / name, Sizing(16, 8))
+    for col in (0, 4, 7):
         assert_close(rgb_at(loaded, 1, col), RED, 16)
-        assert_close(rgb_at(loaded, 14, col), BLUE, 16)
+        assert_close(rgb_at(loaded, 6, col), BLUE, 16)
+    upright = ImageOps.exif_transpose(Image.open(tmp_path / name)).convert("RGB")
+    reference = v2.functional.pil_to_tensor(v2.CenterCrop(8)(v2.Resize(16)(upright))).numpy()
+    assert np.abs(loaded.astype(int) - reference).max() <= 16
 
 
 def pillows_decode(path: Path, scale: int = 1) -> np.ndarray:

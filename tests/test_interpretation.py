@@ -15,7 +15,7 @@ from pipeline.engine import score
 from pipeline.gallery import GAP, PANEL, TEXT, Tile, draw_gallery, font, heat_colours, label, overlay, panel
 from pipeline.interpretation import mistakes, model_inputs, per_class_scores, write_interpretation
 from pipeline.models import Built, ModelSpec, build_model
-from tests.helpers import located
+from tests.helpers import assert_title_line, located
 
 CLASSES = ["a", "b", "c"]
 # (actual, predicted, how many): a is mostly right, b mostly taken for a, c never recognised.
@@ -145,15 +145,6 @@ def untrained_checkpoint(arch: str, classes: list[str], size: int, epoch: int) -
     torch.manual_seed(0)
     built = build_model(arch, None, classes, size)
     return built, {**built.spec.to_dict(), "model_state_dict": built.model.state_dict(), "epoch": epoch}
-
-
-def assert_title_line(picture: np.ndarray, index: int, text: str) -> None:
-    """best/mistakes.png's title line `index` begins with `text`, drawn as the gallery draws text."""
-    face, line = font(), TEXT + 4
-    strip = Image.new("RGB", (picture.shape[1] - GAP, line), (255, 255, 255))
-    ImageDraw.Draw(strip).text((0, 0), text, fill=(0, 0, 0), font=face)
-    drawn, top = int(face.getlength(text)), GAP + index * line
-    assert (picture[top : top + line, GAP : GAP + drawn] == np.asarray(strip)[:, :drawn]).all(), text
 
 
 @pytest.mark.parametrize(

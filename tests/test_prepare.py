@@ -176,6 +176,8 @@ def test_prepare_handles_a_messy_folder(project: Path, monkeypatch: pytest.Monke
     monkeypatch.chdir(project)
     sizing = Sizing(16, 16)  # weights pretrained here: inputs resized straight to image_size
     assert (project / ".cache/images").is_dir()
+    # ...and no temporary file of the decoding pass (a full array of every image) left beside it
+    assert not [path.name for path in (project / ".cache/images").iterdir() if path.name.startswith(".decoding.")]
     with monkeypatch.context() as patched:
         patched.setattr(inspection, "decode", lambda *args: pytest.fail("decoded again: the cache was not used"))
         images = decoded_images(manifest, sizing, Path(".cache/images"))
@@ -185,6 +187,9 @@ def test_prepare_handles_a_messy_folder(project: Path, monkeypatch: pytest.Monke
 
 def test_a_single_class_is_refused_by_check_params_and_by_prepare_before_decoding(project: Path) -> None:
     simple_folder(project / "one", {"only": 6})
+    (project / "one" / "empty").mkdir()  # a second class folder, without a file: no class
+    (project / "one" / "notes").mkdir()
+    (project / "one" / "notes" / "todo.txt").write_text("not an image")  # nor one without an image
     set_params(project, **{"prepare.data_dir": "one"})
     assert_one_line_error(stage("check_params", project, check=False), "1 class folder", "at least 2")
 

@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -18,6 +19,7 @@ from pipeline.models import build_model
 from pipeline.select_best import pick_best
 from testing.project import set_checked_params, stage
 from tests.conftest import Reproduced
+from tests.helpers import assert_title_line
 
 NAN = math.nan
 
@@ -166,6 +168,10 @@ def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(
     assert (best["tta"], best["weights"]) == ("hflip", winner[1])
     assert not {"optimizer_state_dict", "ema_state_dict", "ema_updates"} & best.keys()
     assert pd.read_csv(project / "best/confusion.csv")["predicted"].tolist() == answers[winner]
+    # The picture of the mistakes is the chosen weights' too: its title names them and counts their mistakes.
+    wrong = sum(a != b for a, b in zip(["a", "b"], answers[winner], strict=True))
+    title = f"All {wrong} mistakes on the 2 test images, the most confident first (resnet18, epoch {epoch}, ema"
+    assert_title_line(np.asarray(Image.open(project / "best/mistakes.png").convert("RGB")), 0, title)
     epochs = pd.read_csv(project / "best/epochs.csv")
     assert list(zip(epochs["epoch"], epochs["weights"], epochs["selected"], strict=True)) == [
         (1, "raw", int(epoch == 1)),

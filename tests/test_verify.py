@@ -65,18 +65,26 @@ def test_cache_objects_are_checked_against_their_names(tmp_path: Path) -> None:
 
 
 def test_a_damaged_object_names_the_workspace_files_linked_to_it(tmp_path: Path) -> None:
+    """Files directly in a directory output and deeper in one (dvclive/train's curves)."""
     cache = tmp_path / ".dvc" / "cache"
     obj = put_object(cache, b"checkpoint bytes")
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "epoch_001.pt").hardlink_to(obj)
-    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  train:\n    outs:\n    - path: checkpoints\n")
+    curve = tmp_path / "dvclive" / "train" / "plots" / "metrics" / "loss.tsv"
+    curve.parent.mkdir(parents=True)
+    curve_obj = put_object(cache, b"step\tloss\n1\t0.5\n")
+    curve.hardlink_to(curve_obj)
+    outs = "    outs:\n    - path: checkpoints\n    - path: dvclive/train\n"
+    (tmp_path / "dvc.lock").write_text(f"schema: '2.0'\nstages:\n  train:\n{outs}")
     truncate(tmp_path / "checkpoints" / "epoch_001.pt")
+    truncate(curve)
 
     _, damaged = verify.check_cache(cache, verify.workspace_links(tmp_path))
 
-    assert [d.path for d in damaged] == [obj]
-    assert damaged[0].linked == (tmp_path / "checkpoints" / "epoch_001.pt",)
-    assert "checkpoints/epoch_001.pt" in damaged[0].line(tmp_path)
+    assert sorted(d.path for d in damaged) == sorted([obj, curve_obj])
+    linked = {d.path: d.linked for d in damaged}
+    assert linked == {obj: (tmp_path / "checkpoints" / "epoch_001.pt",), curve_obj: (curve,)}
+    assert "checkpoints/epoch_001.pt" in next(d for d in damaged if d.path == obj).line(tmp_path)
 
 
 def test_every_damaged_checkpoint_is_named(tmp_path: Path) -> None:
