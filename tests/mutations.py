@@ -2059,6 +2059,67 @@ MUTATIONS = [
         "    if processes >= 1 and not distributed.launched():",
         ("tests/test_recipes.py", "-k", "moving_average_is_kept"),
     ),
+    Mutation(
+        "pillow-path-size-before-turn",
+        "a PNG or CMYK JPEG with EXIF orientation 5-8 is sized before its quarter turn: squashed inputs",
+        "        ImageOps.exif_transpose(image, in_place=True)\n"
+        "        whole = (image.width * scale, image.height * scale)\n",
+        "        whole = (image.width * scale, image.height * scale)\n"
+        "        ImageOps.exif_transpose(image, in_place=True)\n",
+        ("tests/test_data.py", "-k", "pngs_and_cmyk"),
+    ),
+    Mutation(
+        "palette-shrunk-by-nearest",
+        "a large palette or 1-bit image is shrunk in its own mode, by nearest pixels: the input aliases",
+        '        if _has_alpha(image) or image.mode in ("P", "1"):',
+        "        if _has_alpha(image):",
+        ("tests/test_data.py", "-k", "averaging_its_colours"),
+    ),
+    Mutation(
+        "alpha-onto-transparent-black",
+        "half-transparent pixels keep their full colour instead of being blended onto black",
+        'Image.new("RGBA", image.size, (0, 0, 0, 255))',
+        'Image.new("RGBA", image.size, (0, 0, 0, 0))',
+        ("tests/test_data.py", "-k", "flattens_rgba"),
+    ),
+    Mutation(
+        "scratch-kept-after-success",
+        "a prepare that leaves a file out leaves its decoding pass's temporary arrays in .cache/images",
+        "    finally:\n        for name in names:\n            name.unlink(missing_ok=True)",
+        "    except BaseException:\n"
+        "        for name in names:\n"
+        "            name.unlink(missing_ok=True)\n"
+        "        raise",
+        ("tests/test_prepare.py", "-k", "messy"),
+    ),
+    Mutation(
+        "verify-nested-outputs-unlinked",
+        "tools.verify traces damaged objects to files directly in a directory output only, not deeper",
+        'sorted(p for p in out.rglob("*") if p.is_file())',
+        'sorted(p for p in out.glob("*") if p.is_file())',
+        ("tests/test_verify.py", "-k", "linked_to_it"),
+    ),
+    Mutation(
+        "weights-subfolder-refused",
+        "check_params refuses a weights file in a folder under models/weights/",
+        "WEIGHTS_DIR.resolve() not in Path(weights).resolve().parents",
+        "WEIGHTS_DIR.resolve() != Path(weights).resolve().parent",
+        ("tests/test_check_params.py", "-k", "wrappers_users_bring"),
+    ),
+    Mutation(
+        "scan-counts-empty-class-folders",
+        "one class of images and an empty folder pass the two-class check",
+        "    if len(with_files) < 2:\n",
+        "    if len(classes) < 2:\n",
+        ("tests/test_prepare.py", "-k", "single_class_is_refused"),
+    ),
+    Mutation(
+        "mistakes-picture-of-the-last-checkpoint",
+        "best/mistakes.png is drawn with the last checkpoint read, not the chosen weights",
+        "    write_interpretation(checkpoint, predictions)\n",
+        "    write_interpretation(loaded, predictions)\n",
+        ("tests/test_select_best.py", "-k", "winning_average_whole"),
+    ),
 ]
 
 
