@@ -1923,13 +1923,6 @@ MUTATIONS = [
         ("tests/test_models.py", "-k", "every_model_has_stages and swin"),
     ),
     Mutation(
-        "aux-keys-not-dropped-from-files",
-        "a weights file with GoogLeNet's or Inception's auxiliary classifiers (torchvision's own) does not fit",
-        '    return key.startswith(f"{head}.") or key.split(".")[0] in _AUX_HEADS',
-        '    return key.startswith(f"{head}.")',
-        ("tests/test_models.py", "-k", "auxiliary_heads_loads"),
-    ),
-    Mutation(
         "describe-keeps-aux-heads",
         "`python -m pipeline.models inception_v3` lists the auxiliary classifiers as stages",
         "    _drop_aux_heads(model)\n    head = family.find_head(model)\n    stages = stage_names(model, head)\n",
