@@ -687,6 +687,9 @@ def test_duplicate_groups_join_exact_and_near_copies_transitively() -> None:
     })  # fmt: skip
 
     assert duplicate_groups(found) == [0, 1, 0, 0, 4, 5]  # an empty hash joins nothing
+    # Row 2 shares its bytes with row 0's group and its picture with row 1's: the two groups join.
+    bridge = pd.DataFrame({"sha1": ["s1", "s2", "s1"], "dhash": ["hA", "hB", "hB"]})
+    assert duplicate_groups(bridge) == [0, 0, 0]
 
 
 def test_image_hash_matches_a_resized_copy_but_not_a_flat_image() -> None:

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from pipeline.data.cache import decoded_images
 from pipeline.data.decode import Sizing, load_image
 from pipeline.data.split import SPLITS
 from pipeline.files import read_csv
-from testing.project import run_script, set_checked_params, set_params, stage
+from testing.project import run, run_script, set_checked_params, set_params, stage
 from tests.helpers import file_sha1
 
 PREPARED = Path("data/prepared")
@@ -263,6 +264,22 @@ def test_prepare_is_reproducible_and_seeded(project: Path) -> None:
     expected = {"a": (4, 2, 3), "b": (4, 1, 2), "c": (3, 1, 2)}  # train, val, test
     assert {label: tuple(sizes0[label][split] for split in SPLITS) for label in expected} == expected
     assert re.search(rf"{len(manifest1)} images in 3 classes", result.stderr)
+
+
+def test_the_split_is_the_same_in_every_new_process(project: Path) -> None:
+    """prepare.seed alone draws the split: not the order in which a process's string hashing
+    (random in each new one, PYTHONHASHSEED) walks a set of the class names. Hash seeds 1 and
+    2 walk these three names in other orders (the control below)."""
+    simple_folder(project / "pics", {"a": 6, "b": 6, "c": 6})
+    set_checked_params(project, **{"prepare.data_dir": "pics"})
+    manifests, orders = [], []
+    for hash_seed in ("1", "2"):
+        env = {"PYTHONHASHSEED": hash_seed}
+        run([sys.executable, "-m", "pipeline.prepare"], project, env=env)
+        manifests.append((project / PREPARED / "manifest.csv").read_bytes())
+        orders.append(run([sys.executable, "-c", "print(list({'a', 'b', 'c'}))"], project, env=env).stdout)
+    assert orders[0] != orders[1]
+    assert manifests[0] == manifests[1]
 
 
 def photo(path: Path, seed: int, size: tuple[int, int] = (48, 40)) -> Path:

@@ -25,7 +25,7 @@ from pipeline.optim import class_weights, lr_factor, make_optimizer, training_lo
 from pipeline.runs import early_stop
 from testing.compare import assert_same_run, assert_tensors_equal
 from testing.project import run, run_script, set_checked_params, stage
-from tests.helpers import torchvision_logits
+from tests.helpers import epochs_trained, torchvision_logits
 
 
 def torch_schedule(scheduler: type, epochs: int, **kwargs: object) -> list[float]:
@@ -387,6 +387,13 @@ def test_early_stopping_keeps_every_finished_epoch(prepared: Path) -> None:
     for epoch, checkpoint in enumerate(checkpoints, start=1):
         numbers = f"loss {checkpoint['loss']:.4f}, val loss {checkpoint['val_loss']:.4f}"
         assert f"epoch {epoch}/4: {numbers}, val accuracy {checkpoint['val_accuracy']:.3f}" in result.stderr
+    # Killed after its last epoch's checkpoint, before the run was marked finished: the rerun
+    # decides from the kept epochs that the run has stopped, and trains no epoch more.
+    (run_folder,) = (project / ".cache/runs").iterdir()
+    (run_folder / "finished").unlink()
+    rerun = stage("train", project).stderr
+    assert "early stopping after epoch 2" in rerun and epochs_trained(rerun) == []
+    assert sorted(p.name for p in (project / "checkpoints").glob("*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
     # Its output goes to a pipe, as in a CI log: the pipeline's own lines, no progress bar (tqdm
     # draws with carriage returns) and no library's debug chatter.
     assert "\r" not in result.stderr and "it/s" not in result.stderr

@@ -140,6 +140,9 @@ def test_a_run_on_another_device_is_another_run(project: Path, monkeypatch: pyte
     cpu, cuda = (run_folder(params, torch.device(kind)) for kind in ("cpu", "cuda"))
     assert cpu.fingerprint != cuda.fingerprint and cpu.lineage != cuda.lineage
     assert run_folder(params, torch.device("cpu")).fingerprint == cpu.fingerprint  # and the same device, the same run
+    # Each process of a run on several GPUs has its own (cuda:0, cuda:1...): still the one run,
+    # which a run killed on one GPU resumes on another.
+    assert {run_folder(params, torch.device("cuda", index)).fingerprint for index in (0, 1)} == {cuda.fingerprint}
 
 
 def test_a_checkpoint_is_copied_where_a_hard_link_cannot_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
