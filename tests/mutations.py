@@ -2113,6 +2113,68 @@ MUTATIONS = [
         "    write_interpretation(loaded, predictions)\n",
         ("tests/test_select_best.py", "-k", "winning_average_whole"),
     ),
+    Mutation(
+        "early-stop-checked-after-the-epoch",
+        "early stopping is checked after each epoch, not before the next: a rerun of a stopped run trains one more",
+        "        stop = early_stop(run.history, params.select.metric, params.select.mode, config.early_stopping)\n"
+        "        if stop:\n"
+        '            log.info("%s", stop)\n'
+        "            break\n"
+        "        phase = run.phase(epoch)\n"
+        "        try:\n"
+        "            record = train_epoch(run, phase, epoch)\n"
+        "        except RuntimeError as error:\n"
+        "            raise distributed.lost_contact(error, run.ranks) or error from None\n"
+        "        if run.ranks.main:\n"
+        "            save_epoch(run, phase, record)\n"
+        "        run.history.append(record)\n"
+        "        log_epoch(live, record)\n"
+        "        log.info(\n"
+        '            "epoch %d/%d: loss %.4f, val loss %.4f, val accuracy %.3f, lr %.2g, %.1fs",\n'
+        '            epoch, config.epochs, record["loss"], record["val_loss"], record["val_accuracy"], record["lr"],\n'
+        '            record["seconds"],\n'
+        "        )  # fmt: skip\n",
+        "        phase = run.phase(epoch)\n"
+        "        try:\n"
+        "            record = train_epoch(run, phase, epoch)\n"
+        "        except RuntimeError as error:\n"
+        "            raise distributed.lost_contact(error, run.ranks) or error from None\n"
+        "        if run.ranks.main:\n"
+        "            save_epoch(run, phase, record)\n"
+        "        run.history.append(record)\n"
+        "        log_epoch(live, record)\n"
+        "        log.info(\n"
+        '            "epoch %d/%d: loss %.4f, val loss %.4f, val accuracy %.3f, lr %.2g, %.1fs",\n'
+        '            epoch, config.epochs, record["loss"], record["val_loss"], record["val_accuracy"], record["lr"],\n'
+        '            record["seconds"],\n'
+        "        )  # fmt: skip\n"
+        "        stop = early_stop(run.history, params.select.metric, params.select.mode, config.early_stopping)\n"
+        "        if stop:\n"
+        '            log.info("%s", stop)\n'
+        "            break\n",
+        ("tests/test_recipes.py", "-k", "early_stopping_keeps"),
+    ),
+    Mutation(
+        "split-classes-in-hash-order",
+        "the split walks the classes in a set's order: each new process splits otherwise for one prepare.seed",
+        "for label in sorted(set(labels)):",
+        "for label in set(labels):",
+        ("tests/test_prepare.py", "-k", "same_in_every_new_process"),
+    ),
+    Mutation(
+        "duplicate-union-without-find",
+        "duplicate_groups joins a row, not its group's root, to a match: bridged groups stay apart",
+        "a, b = sorted((root(i), j))",
+        "a, b = sorted((i, j))",
+        ("tests/test_data.py", "-k", "transitively"),
+    ),
+    Mutation(
+        "fingerprint-by-device-index",
+        "the run's fingerprint holds the GPU's index: the processes of one run on several GPUs are other runs",
+        '"device": device.type,',
+        '"device": str(device),',
+        ("tests/test_runs.py", "-k", "another_device"),
+    ),
 ]
 
 
