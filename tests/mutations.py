@@ -2175,6 +2175,13 @@ MUTATIONS = [
         '"device": str(device),',
         ("tests/test_runs.py", "-k", "another_device"),
     ),
+    Mutation(
+        "adopt-every-unfinished-folder",
+        "a run with no epochs takes over every unfinished folder of its lineage in turn, not the newest alone",
+        "                changed,\n            )\n            return\n",
+        "                changed,\n            )\n",
+        ("tests/test_resume.py", "-k", "keeps_its_cpu_threads"),
+    ),
 ]
 
 
