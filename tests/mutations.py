@@ -2054,7 +2054,7 @@ MUTATIONS = [
     ),
     Mutation(
         "pillow-path-size-before-turn",
-        "a PNG or CMYK JPEG with EXIF orientation 5-8 is sized before its quarter turn: squashed inputs",
+        "a PNG or CMYK JPEG with EXIF orientation 5-8 keeps its sides from before its quarter turn: crops squashed",
         "        ImageOps.exif_transpose(image, in_place=True)\n"
         "        whole = (image.width * scale, image.height * scale)\n",
         "        whole = (image.width * scale, image.height * scale)\n"

@@ -308,6 +308,10 @@ def test_exif_orientation_is_followed_in_pngs_and_cmyk_jpegs_too(tmp_path: Path,
     upright = ImageOps.exif_transpose(Image.open(tmp_path / name)).convert("RGB")
     reference = v2.functional.pil_to_tensor(v2.CenterCrop(8)(v2.Resize(16)(upright))).numpy()
     assert np.abs(loaded.astype(int) - reference).max() <= 16
+    # Training crops are drawn over the upright picture's sides too.
+    manifest = pd.DataFrame({"path": [(tmp_path / name).as_posix()], "sha1": [file_sha1(tmp_path / name)]})
+    copies = training_copies(manifest, Sizing(16, 8), tmp_path / "cache")
+    assert copies.whole_sizes(torch.tensor([0])).tolist() == [[24, 48]]
 
 
 def pillows_decode(path: Path, scale: int = 1) -> np.ndarray:
