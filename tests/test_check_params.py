@@ -303,6 +303,7 @@ def warnings_for(params_file: Path, **overrides: object) -> list[str]:
         ({"train.early_stopping.min_delta": 0.1}, "min_delta has no effect"),
         ({"train.sync_batchnorm": True}, "sync_batchnorm has no effect"),
         ({"freeze": "all_but_head", "train.trunk_lr_scale": 0.1}, "train.trunk_lr_scale = 0.1 has no effect"),
+        ({"freeze": "all_but_head", "train.trunk_lr_scale": 2.0}, "train.trunk_lr_scale = 2.0 has no effect"),
         ({"freeze": "all_but_head", "train.layer_decay": 0.5}, "train.layer_decay = 0.5 has no effect"),
         # unfreezing to what is already trainable leaves the trunk frozen: the scale is named too
         (
@@ -328,6 +329,7 @@ def test_settings_that_cannot_take_effect_are_warned_of(params_file: Path, overr
         {"train.epochs": 8, "train.unfreeze_after": 7, "train.unfreeze_to": "first:2"},
         {"train.epochs": 4, "train.warmup_epochs": 3},
         {"train.epochs": 4, "train.schedule": "step", "train.step_every": 3},
+        {"train.epochs": 2, "train.schedule": "cosine", "train.step_every": 4},  # step_every shapes step alone
         {"train.epochs": 8, "train.early_stopping.patience": 6},
         {"freeze": "all_but_head", "train.trunk_lr_scale": 0.1, "train.unfreeze_after": 2},
         # a partly frozen trunk trains at its scale and decay; head-only or partly frozen runs

@@ -379,6 +379,22 @@ def test_load_params_reports_an_unprintable_character_on_one_line(params_file: P
     assert "\n" not in message and "unacceptable character #x0007: special characters are not allowed" in message
 
 
+def test_a_misspelt_group_is_named_with_the_one_meant(params_file: Path) -> None:
+    params_file.write_text(params_file.read_text().replace("\nselect:", "\nselct:"))
+    with pytest.raises(UserError) as caught:
+        load_params(params_file)
+    assert "unknown key 'selct'" in str(caught.value) and "(did you mean 'select'?)" in str(caught.value)
+
+
+def test_a_count_given_as_a_fraction_is_refused(params_file: Path) -> None:
+    write_value(params_file, "train.early_stopping.patience", "2.5")  # epochs: a whole number
+    with pytest.raises(UserError) as caught:
+        load_params(params_file)
+    assert "train.early_stopping.patience = 2.5: Value '2.5' of type 'float' could not be converted to Integer" in str(
+        caught.value
+    )
+
+
 def test_missing_params_file_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not found: run the stage from the project root"):
         load_params(tmp_path / "params.yaml")

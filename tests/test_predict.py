@@ -117,6 +117,15 @@ def test_json_lists_top_k_per_image(project: Path) -> None:
         assert sum(entry["probability"] for entry in obj["top"]) == pytest.approx(1, abs=1e-5)
 
 
+def test_a_batch_with_no_readable_image_leaves_the_next_batches_read(project: Path) -> None:
+    """--batch-size 1: the broken file's batch decodes nothing; the images after it still get
+    their classes, as torchvision's model gives them."""
+    result = predict(project, BROKEN, "c.png", "--model", MODEL, "--format", "csv", "--batch-size", "1")
+    rows = {row["path"]: row for row in csv.DictReader(io.StringIO(result.stdout))}
+    assert list(rows) == [BROKEN, "c.png"] and "cannot be decoded" in rows[BROKEN]["error"]
+    assert rows["c.png"]["class_1"] == expected_top(project, 1)["c.png"][0][0] and rows["c.png"]["error"] == ""
+
+
 def test_table_prints_a_line_per_image(project: Path) -> None:
     lines = predict(project, "shots", "c.png", "--model", MODEL).stdout.splitlines()
     assert lines[0].split() == ["path", "top", "1", "top", "2", "top", "3"]

@@ -841,6 +841,7 @@ def test_pretraining_takes_its_own_params_and_random_weights_draw_from_pretrain_
     kept = load_checkpoint(project / "models/start.pt")
     numbers = f"loss {kept['loss']:.4f}, val loss {kept['val_loss']:.4f}, val accuracy {kept['val_accuracy']:.3f}"
     assert f"pretrain epoch 1/1: {numbers}" in log and kept["loss"] != kept["val_loss"]
+    assert kept["source"] == "pretrained on data/digits/source"  # pretrain.data_dir, not prepare's
     seen = json.loads((project / "seen.json").read_text())["loop"]
     assert (seen["seed"], seen["batch_size"], seen["optimizer"]) == (3, 96, "AdamW")
     assert seen["rates_and_decays"] == [[0.003, 0.002]]  # every parameter decayed (docs/params.md)
