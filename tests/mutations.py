@@ -2182,6 +2182,48 @@ MUTATIONS = [
         "                changed,\n            )\n",
         ("tests/test_resume.py", "-k", "keeps_its_cpu_threads"),
     ),
+    Mutation(
+        "step-warning-for-cosine",
+        "check_params warns that a step schedule never steps of cosine runs too",
+        "if train.schedule is Schedule.step and",
+        "if train.schedule is not Schedule.constant and",
+        ("tests/test_check_params.py", "-k", "take_effect"),
+    ),
+    Mutation(
+        "trunk-scale-above-one-not-warned",
+        "a trunk_lr_scale above 1 on a frozen trunk is not warned of",
+        "            if getattr(train, key) != 1:",
+        "            if getattr(train, key) < 1:",
+        ("tests/test_check_params.py", "-k", "take_effect"),
+    ),
+    Mutation(
+        "misspelt-group-crashes",
+        "a misspelt group of params.yaml is a traceback, not 'unknown key ... did you mean'",
+        "if dataclasses.is_dataclass(f.type) and f.name in node:",
+        "if dataclasses.is_dataclass(f.type):",
+        ("tests/test_config.py", "-k", "misspelt_group"),
+    ),
+    Mutation(
+        "patience-typed-float",
+        "train.early_stopping.patience takes a fraction of an epoch",
+        "    patience: int = MISSING  # epochs without improvement",
+        "    patience: float = MISSING  # epochs without improvement",
+        ("tests/test_config.py", "-k", "fraction_is_refused"),
+    ),
+    Mutation(
+        "predict-stops-after-an-unreadable-batch",
+        "tools.predict stops at a batch with no readable image: the images after it get no answer",
+        "        if not pixels:\n            continue",
+        "        if not pixels:\n            break",
+        ("tests/test_predict.py", "-k", "no_readable_image"),
+    ),
+    Mutation(
+        "start-source-names-prepare-folder",
+        "start.pt says it was pretrained on prepare.data_dir, not pretrain.data_dir",
+        'f"pretrained on {params.pretrain.data_dir}"',
+        'f"pretrained on {params.prepare.data_dir}"',
+        ("tests/test_recipes.py", "-k", "pretraining_takes_its_own"),
+    ),
 ]
 
 
