@@ -59,6 +59,8 @@ def test_the_default_params_pass(params_file: Path) -> None:
         ({"train.unfreeze_to": "first:99"}, "train.unfreeze_to = first:99, but this model has"),
         ({"train.unfreeze_to": "modules:layer9"}, "train.unfreeze_to names module(s) layer9"),
         ({"freeze": "modules:layer9"}, "does not have"),
+        # the example of a dotted name is one of the model's own modules (conv1, the first stage, has no children)
+        ({"freeze": "modules:layer9"}, "(any dotted module name works, e.g. layer1.0)"),
         # GoogLeNet's auxiliary classifiers: dropped for fine-tuning, so neither named nor counted
         ({"model.arch": "googlenet", "model.image_size": 32, "freeze": "modules:aux1"}, "module(s) aux1 that the"),
         ({"model.arch": "googlenet", "model.image_size": 32, "freeze": "first:13"}, "but this model has 12 stages"),

@@ -75,6 +75,20 @@ def test_trunk_learns_at_a_scaled_rate_and_later_unfrozen_params_are_in_the_opti
     assert not any(id(p) in in_trunk for p in model.layer1.parameters())
 
 
+def test_layers_beside_a_nested_head_learn_at_the_trunk_s_rate() -> None:
+    """docs/params.md: what sits beside the head (MobileNetV3's classifier.0, a Linear before
+    its head classifier.3) learns at lr x trunk_lr_scale; the head alone at lr."""
+    with torch.device("meta"):
+        built = build_model("mobilenet_v3_small", None, ["a", "b"], 32)
+    model, head = built.model, built.spec.head
+    assert head == "classifier.3"
+    params = OptimParams(epochs=1, batch_size=2, optimizer=Optimizer.sgd, lr=0.1, momentum=0.9, weight_decay=0, seed=0)
+    optimizer = make_optimizer(params, model, head, trunk_lr_scale=0.1)
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    for name, param in model.named_parameters():
+        assert rate[id(param)] == pytest.approx(0.1 if name.startswith("classifier.3.") else 0.01), name
+
+
 @pytest.mark.parametrize("kind", list(Optimizer))
 def test_norms_and_biases_get_no_weight_decay_unless_asked_and_frozen_parts_stay_put(kind: Optimizer) -> None:
     """One step with zero gradients but the head weight's: weight decay alone moves the other
@@ -514,7 +528,10 @@ def test_the_weights_moving_average_is_kept_scored_beside_them_and_may_be_chosen
     assert (plain - torch.tensor(evaluated["confidence"].to_numpy())).abs().max() > 1e-3  # the flip shows
 
 
-@pytest.mark.parametrize(("ema_decay", "warmup", "freeze"), [(0.999, True, "none"), (0.7, False, "all_but_head")])
+@pytest.mark.parametrize(
+    ("ema_decay", "warmup", "freeze"),
+    [(0.999, True, "none"), (0.7, False, "all_but_head"), (0.45, True, "all_but_head")],
+)
 def test_the_trained_average_warms_up_as_the_recipe_says(
     prepared: Path, ema_decay: float, warmup: bool, freeze: str
 ) -> None:
@@ -525,7 +542,7 @@ def test_the_trained_average_warms_up_as_the_recipe_says(
     and 0.7 (above both warm-up decays, and not 0.5, where the average and the weights could
     swap places unseen) each step after the first copy decays by 0.7; that case trains the
     head alone, on the frozen backbone's cached features, whose average is still the whole
-    model's."""
+    model's. With 0.45 and the warm-up, the warm-up's 0.52 is capped at 0.45 in the last step."""
     project = prepared
     # Two accumulated batches per step: the average follows the optimizer's steps, not the batches.
     recipe = {"train.epochs": 3, "train.batch_size": 1024, "train.accumulate_steps": 2, "train.ema_decay": ema_decay}
@@ -536,14 +553,15 @@ def test_the_trained_average_warms_up_as_the_recipe_says(
     assert checkpoints[0]["ema_state_dict"].keys() == raw[0].keys()
     assert [checkpoint["ema_updates"] for checkpoint in checkpoints] == [1, 2, 3]
     for name, tensor in raw[0].items():
-        if not tensor.is_floating_point():
+        if not tensor.is_floating_point():  # BatchNorm's batch counters: the model's, copied at each step
+            assert all(torch.equal(c["ema_state_dict"][name], r[name]) for c, r in zip(checkpoints, raw, strict=True))
             continue
         average = raw[0][name]
         for k in (1, 2):
-            decay = 1 - (k + 1) ** (-2 / 3) if warmup else ema_decay
+            decay = min(1 - (k + 1) ** (-2 / 3), ema_decay) if warmup else ema_decay
             average = decay * average + (1 - decay) * raw[k][name]
             torch.testing.assert_close(checkpoints[k]["ema_state_dict"][name], average, msg=name)
-    if not warmup:
+    if freeze != "none":
         return
 
     # docs/results.md: with the average on, the raw weights train as without it (the control:
