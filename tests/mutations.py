@@ -2224,6 +2224,34 @@ MUTATIONS = [
         'f"pretrained on {params.prepare.data_dir}"',
         ("tests/test_recipes.py", "-k", "pretraining_takes_its_own"),
     ),
+    Mutation(
+        "ema-warmup-decay-uncapped",
+        "the moving average's warm-up decay climbs past train.ema_decay",
+        ".clamp(max=decay)",
+        "",
+        ("tests/test_recipes.py", "-k", "warms_up_as_the_recipe and 0.45"),
+    ),
+    Mutation(
+        "ema-counters-stale",
+        "the moving average stops copying the model's BatchNorm batch counters after its first step",
+        "            for mine, theirs in zip(averaged, current, strict=True):\n                mine.copy_(theirs)\n",
+        "            pass  # counters are not averaged\n",
+        ("tests/test_recipes.py", "-k", "warms_up_as_the_recipe and 0.999"),
+    ),
+    Mutation(
+        "head-container-at-head-rate",
+        "layers beside a nested head (MobileNetV3's classifier.0) learn at the head's rate, not the trunk's",
+        'in_head = name.startswith(f"{head}.")',
+        "in_head = name.startswith(f\"{head.split('.')[0]}.\")",
+        ("tests/test_recipes.py", "-k", "beside_a_nested_head"),
+    ),
+    Mutation(
+        "freeze-error-example-missing-module",
+        "the refusal of an unknown freeze module suggests conv1.0, a module ResNet does not have",
+        'example = next((n for n in names if any(n.startswith(f"{stage}.") for stage in stages)), stages[0])',
+        'example = f"{stages[0]}.0"',
+        ("tests/test_check_params.py", "-k", "bad_params_are_named"),
+    ),
 ]
 
 
