@@ -91,7 +91,7 @@ def main() -> None:
             checkpoint = loaded
     # best.pt holds the chosen weights alone, for using the model, not for resuming.
     checkpoint["model_state_dict"] = checkpoint[WEIGHTS[weights]]
-    for key in ("optimizer_state_dict", "ema_state_dict", "ema_updates"):
+    for key in ("optimizer_state_dict", "scheduler_state_dict", "ema_state_dict", "ema_updates"):
         checkpoint.pop(key, None)
     checkpoint |= {"weights": weights, "tta": best["tta"]}  # tools.predict averages as evaluate did
     checksum = save_checkpoint(checkpoint, BEST_MODEL)

@@ -1478,8 +1478,8 @@ MUTATIONS = [
     Mutation(
         "best-pt-keeps-ema-count",
         "best.pt keeps the moving average's update count, resume state the model file should not carry",
-        '    for key in ("optimizer_state_dict", "ema_state_dict", "ema_updates"):',
-        '    for key in ("optimizer_state_dict", "ema_state_dict"):',
+        '    for key in ("optimizer_state_dict", "scheduler_state_dict", "ema_state_dict", "ema_updates"):',
+        '    for key in ("optimizer_state_dict", "scheduler_state_dict", "ema_state_dict"):',
         ("tests/test_select_best.py", "-k", "winning_average"),
     ),
     Mutation(
@@ -2251,6 +2251,13 @@ MUTATIONS = [
         'example = next((n for n in names if any(n.startswith(f"{stage}.") for stage in stages)), stages[0])',
         'example = f"{stages[0]}.0"',
         ("tests/test_check_params.py", "-k", "bad_params_are_named"),
+    ),
+    Mutation(
+        "best-pt-keeps-the-schedule",
+        "best.pt keeps the learning-rate schedule's state, which only resuming the run needs",
+        '    for key in ("optimizer_state_dict", "scheduler_state_dict", "ema_state_dict", "ema_updates"):',
+        '    for key in ("optimizer_state_dict", "ema_state_dict", "ema_updates"):',
+        ("tests/test_select_best.py", "-k", "winning_average_whole"),
     ),
 ]
 

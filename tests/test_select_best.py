@@ -138,7 +138,8 @@ def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(
     for epoch in (1, 2):
         save_checkpoint(
             {**spec, "epoch": epoch, "model_state_dict": states[epoch, "raw"], "ema_state_dict": states[epoch, "ema"],
-             "optimizer_state_dict": {}, "ema_updates": 4 * epoch, "trainable_params": 10 * epoch,
+             "optimizer_state_dict": {}, "scheduler_state_dict": {"last_epoch": epoch}, "ema_updates": 4 * epoch,
+             "trainable_params": 10 * epoch,
              "total_params": 100 + epoch},
             project / f"checkpoints/epoch_{epoch:03d}.pt",
         )  # fmt: skip
@@ -166,7 +167,7 @@ def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(
     assert all(torch.equal(best["model_state_dict"][key], value) for key, value in states[winner].items())
     # The weights for using the model, named, with none of the state that resumes a run (docs/design.md).
     assert (best["tta"], best["weights"]) == ("hflip", winner[1])
-    assert not {"optimizer_state_dict", "ema_state_dict", "ema_updates"} & best.keys()
+    assert not {"optimizer_state_dict", "scheduler_state_dict", "ema_state_dict", "ema_updates"} & best.keys()
     assert pd.read_csv(project / "best/confusion.csv")["predicted"].tolist() == answers[winner]
     # The picture of the mistakes is the chosen weights' too: its title names them and counts their mistakes.
     wrong = sum(a != b for a, b in zip(["a", "b"], answers[winner], strict=True))
