@@ -72,6 +72,17 @@ def test_the_default_params_pass(params_file: Path) -> None:
         ({"model.arch": "r3d_18"}, "model.arch = 'r3d_18' is not a torchvision classification model"),
         ({"model.arch": "fasterrcnn_resnet50_fpn"}, "'fasterrcnn_resnet50_fpn' is not a torchvision classification"),
         ({"model.weights": "IMAGENET1K_V9"}, "is not a weights name of resnet18"),
+        # another model's weights, named in full: resnet50 has an IMAGENET1K_V2 of its own
+        (
+            {"model.arch": "resnet50", "model.weights": "ResNet101_Weights.IMAGENET1K_V2"},
+            "model.weights = 'ResNet101_Weights.IMAGENET1K_V2' is not a weights name of resnet50",
+        ),
+        # resnet18d's tag, not resnet18's (timm.list_pretrained("resnet18.*") lacks it)
+        ({"model.arch": "timm/resnet18", "model.weights": "ra2_in1k"}, "is not a pretrained tag of timm/resnet18"),
+        # a tag after a model timm does not have: the model is the mistake
+        ({"model.arch": "timm/resnet81.a1_in1k"}, "'timm/resnet81.a1_in1k' is not a timm model; did you mean"),
+        # a file beside params.yaml, by its suffix: not taken for a weights name
+        ({"model.weights": "mine.pt"}, "model.weights = 'mine.pt': put weights files in models/weights/"),
         ({"model.weights": "models/weights/nope.pt"}, "the file does not exist"),
         # elsewhere, DVC would not see the file change: the weights stage depends on models/weights/
         ({"model.weights": "models/mine.pt"}, "model.weights = 'models/mine.pt': put weights files in models/weights/"),
@@ -86,6 +97,9 @@ def test_the_default_params_pass(params_file: Path) -> None:
         ({"model.arch": "timm/vgg11", "train.drop_path": 0.2}, "timm/vgg11 takes no stochastic depth rate"),
         ({"prepare.data_dir": "data/nope"}, "prepare.data_dir = 'data/nope': no such folder"),
         ({"pretrain.data_dir": "data/nope"}, "pretrain.data_dir = 'data/nope': no such folder"),
+        # the weights stage depends on the folder whatever model.weights says
+        ({"model.weights": None, "pretrain.data_dir": "data/nope"}, "pretrain.data_dir = 'data/nope': no such folder"),
+        ({"train.label_smoothing": 1.0}, "train.label_smoothing = 1.0 is not allowed; it must be a number in [0, 1)"),
         ({"device": "gpu"}, "is not a device"),
     ],
 )
@@ -322,6 +336,7 @@ def warnings_for(params_file: Path, **overrides: object) -> list[str]:
 def test_settings_that_cannot_take_effect_are_warned_of(params_file: Path, overrides: dict, fragment: str) -> None:
     lines = warnings_for(params_file, **overrides)
     assert any(fragment in line for line in lines) and len(lines) <= 2, lines
+    check(load_params(params_file))  # warned of, not refused: the run goes on
 
 
 @pytest.mark.parametrize(
@@ -340,6 +355,7 @@ def test_settings_that_cannot_take_effect_are_warned_of(params_file: Path, overr
         {"freeze": "modules:layer1+layer2", "train.trunk_lr_scale": 0.1},
         {"freeze": "all_but_head"},
         {"freeze": "first:2"},
+        {"freeze": "first:0"},  # freezes nothing, as none does (the end of a sweep first:0,2,4)
         # each of these takes effect only beside the other setting
         {"train.epochs": 8, "train.early_stopping.patience": 3, "train.early_stopping.min_delta": 0.1},
         {"train.sync_batchnorm": True, "train.processes": 2},
@@ -347,6 +363,8 @@ def test_settings_that_cannot_take_effect_are_warned_of(params_file: Path, overr
 )
 def test_settings_that_take_effect_are_not_warned_of(params_file: Path, overrides: dict) -> None:
     assert warnings_for(params_file, **overrides) == []
+    if not (overrides.get("train.sync_batchnorm") and not torch.cuda.is_available()):  # it needs GPUs
+        check(load_params(params_file))
 
 
 @pytest.mark.parametrize(("after", "warned"), [(4, True), (3, False)])

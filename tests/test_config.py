@@ -386,13 +386,30 @@ def test_a_misspelt_group_is_named_with_the_one_meant(params_file: Path) -> None
     assert "unknown key 'selct'" in str(caught.value) and "(did you mean 'select'?)" in str(caught.value)
 
 
+# Every param docs/params.md gives as a count (epochs, images, steps, processes, seeds, pixels).
+WHOLE_NUMBERS = [
+    "prepare.seed", "pretrain.epochs", "pretrain.batch_size", "pretrain.seed", "model.image_size",
+    "train.epochs", "train.batch_size", "train.seed", "train.warmup_epochs", "train.step_every",
+    "train.unfreeze_after", "train.early_stopping.patience", "train.augment.randaugment_ops",
+    "train.augment.randaugment_magnitude", "train.processes", "train.accumulate_steps", "train.threads",
+    "evaluate.batch_size", "evaluate.cuda_batch_size", "evaluate.processes",
+]  # fmt: skip
+
+
 def test_a_count_given_as_a_fraction_is_refused(params_file: Path) -> None:
-    write_value(params_file, "train.early_stopping.patience", "2.5")  # epochs: a whole number
-    with pytest.raises(UserError) as caught:
-        load_params(params_file)
-    assert "train.early_stopping.patience = 2.5: Value '2.5' of type 'float' could not be converted to Integer" in str(
-        caught.value
-    )
+    """1.5 warm-up epochs or a step every 2.5 epochs has no meaning the schedule could follow:
+    refused, as each count is, by its name."""
+    original = params_file.read_text()
+    taken = []
+    for key in WHOLE_NUMBERS:
+        params_file.write_text(original)
+        write_value(params_file, key, "2.5")
+        try:
+            load_params(params_file)
+            taken.append(key)
+        except UserError as error:
+            assert f"{key} = 2.5: Value '2.5' of type 'float' could not be converted to Integer" in str(error)
+    assert taken == []
 
 
 def test_missing_params_file_is_a_user_error(tmp_path: Path) -> None:

@@ -161,3 +161,20 @@ def test_predict_refuses_a_count_of_zero(project: Path, option: str) -> None:
         f"python -m tools.predict: error: argument {option}: 0 is not a positive integer"
     )
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        # Each at the first value outside its range, so a bound moved by one shows.
+        ("--scale", "0", "--scale 0.0 is not in (0, 1]: it only shrinks"),
+        ("--colours", "257", "--colours 257 is not in 2-256 (a PNG palette's size), nor 0 for all"),
+    ],
+)
+def test_screenshot_refuses_a_size_outside_its_range(project: Path, option: str, value: str, message: str) -> None:
+    """One line and exit 2, before Chromium runs (a Chromium that is not there would say so)."""
+    command = ["-m", "tools.screenshot", option, value, "--chromium", str(project / "no-chromium")]
+    result = run([sys.executable, *command], project, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"pipeline: error: {message}"
+    assert not (project / "plots.png").exists()

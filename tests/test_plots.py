@@ -197,11 +197,12 @@ Image.fromarray(pixels).save(flags["--screenshot"])
 def test_the_screenshot_is_cut_below_the_page_then_shrunk_and_quantized(reproduced: Path, tmp_path: Path) -> None:
     """tools.screenshot's own steps, with the README's --scale and --colours 256, on a known
     picture (Chromium stood in for): cut 15 rows below the last drawn one, shrunk with Lanczos
-    to round(0.5 x the sides), kept to 256 colours by Pillow's octree quantizer, by hand."""
+    to round(0.5 x the sides), kept to 256 colours by Pillow's octree quantizer, by hand;
+    written where --out says, its folder made."""
     chromium = tmp_path / "chromium"
     chromium.write_text(f"#!{sys.executable}\n{FAKE_CHROMIUM}")
     chromium.chmod(0o755)
-    shot = tmp_path / "shot.png"
+    shot = tmp_path / "docs" / "shot.png"  # in a folder not made yet
     options = ["--width", "400", "--scale", "0.5", "--colours", "256", "--chromium", str(chromium)]
     run([sys.executable, "-m", "tools.screenshot", "--out", str(shot), *options], reproduced)
 

@@ -27,7 +27,8 @@ from pipeline.models import build_model
 from testing.project import make_project, run
 from tests.helpers import torchvision_logits
 
-CLASSES = ["cat", "dog", "fox"]
+# Names of different lengths, so a table that does not pad them shows.
+CLASSES = ["cat", "dingo", "ox"]
 MODEL = "models/tiny.pt"
 # In the order predict must list them: arguments in order, a folder's files sorted.
 READABLE = ["shots/a.png", "shots/sub/b.JPG", "c.png"]
@@ -131,6 +132,7 @@ def test_table_prints_a_line_per_image(project: Path) -> None:
     assert lines[0].split() == ["path", "top", "1", "top", "2", "top", "3"]
     assert [line.split()[0] for line in lines[1:]] == EXPECTED_PATHS
     expected = expected_top(project, 3)
+    percent_ends = set()
     for line in lines[1:]:
         path, *cells = line.split()
         if path == BROKEN:
@@ -147,6 +149,12 @@ def test_table_prints_a_line_per_image(project: Path) -> None:
             at = line.index(f" {name} ", at) + 1
             starts.append(at)
         assert starts == [lines[0].index(f"top {k}") for k in (1, 2, 3)], line
+        # Each probability ends at the same place in its column, whatever its class name's length.
+        at = 0
+        for percent, start in zip(cells[1::2], starts, strict=True):
+            at = line.index(percent, at) + len(percent)
+            percent_ends.add(at - start)
+    assert len(percent_ends) == 1, percent_ends
 
 
 @pytest.mark.parametrize(
