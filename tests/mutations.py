@@ -2357,6 +2357,20 @@ MUTATIONS = [
         "        if not 1 <= spec.count <= len(stages):\n",
         ("tests/test_check_params.py", "-k", "take_effect_are_not"),
     ),
+    Mutation(
+        "early-stop-mode-as-text",
+        "early stopping gets select.mode as text, read as max: a run whose val_loss falls stops as 'not improved'",
+        "early_stop(run.history, params.select.metric, params.select.mode, config.early_stopping)",
+        "early_stop(run.history, params.select.metric, params.select.mode.value, config.early_stopping)",
+        ("tests/test_recipes.py", "-k", "default_recipe_trains"),
+    ),
+    Mutation(
+        "class-weights-none-compared-as-text",
+        "train.class_weights none is compared with the text 'none', never equal to the enum: every run is balanced",
+        "    if kind is ClassWeights.none:\n",
+        '    if kind == "none":\n',
+        ("tests/test_recipes.py", "-k", "default_recipe_trains"),
+    ),
 ]
 
 

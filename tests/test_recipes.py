@@ -367,6 +367,28 @@ def test_the_weights_average_is_timms_model_ema_and_a_hand_computed_average(warm
     assert ours.module[1].num_batches_tracked.item() == 40  # the model's count, not an average
 
 
+def test_the_default_recipe_trains_unweighted_and_stops_early_only_when_val_loss_stops_falling(
+    prepared: Path,
+) -> None:
+    """The defaults select.metric val_loss, select.mode min and train.class_weights none, with
+    patience 1: each of the 3 epochs lowers the validation loss (asserted below, the test's
+    premise: a head trained by AdamW on the frozen trunk), so early stopping, reading val_loss
+    as lower-is-better, never stops the run; one that read it as higher-is-better would stop
+    after epoch 2. class_weights none reaches the loop as no weights at all: the plain mean of
+    the batch's losses."""
+    project = prepared
+    recipe = {
+        "train.epochs": 3, "train.early_stopping.patience": 1, "freeze": "all_but_head",
+        "train.optimizer": "adamw", "train.lr": 0.01, "train.cache_features": False,  # the loop sees images
+    }  # fmt: skip
+    set_checked_params(project, **recipe)
+    log = run_script(RECORD_THE_LOOP, ["pipeline.train"], project).stderr
+    assert json.loads((project / "seen.json").read_text())["loop"]["class_weights"] is None
+    val_losses = [load_checkpoint(path)["val_loss"] for path in sorted((project / "checkpoints").glob("*.pt"))]
+    assert len(val_losses) == 3 and val_losses == sorted(val_losses, reverse=True), (val_losses, log)
+    assert "early stopping" not in log
+
+
 def test_early_stopping_keeps_every_finished_epoch(prepared: Path) -> None:
     project = prepared
     # A frozen backbone and a vanishing lr: the watched metric (select.metric, here validation
