@@ -2371,6 +2371,52 @@ MUTATIONS = [
         '    if kind == "none":\n',
         ("tests/test_recipes.py", "-k", "default_recipe_trains"),
     ),
+    Mutation(
+        "split-too-small-message-undercounts",
+        "prepare says a class needs at least 2 images (the fractions' count), not 3: one for train, val and test",
+        'each class needs at least {len(names)} "',
+        'each class needs at least {len(fractions)} "',
+        ("tests/test_prepare.py", "-k", "too_small_for_every_split"),
+    ),
+    Mutation(
+        "fit-weights-compares-sizes-not-shapes",
+        "the weights fit check compares element counts, not shapes: transposed tensors pass it",
+        "own[k].shape != v.shape]",
+        "own[k].numel() != v.numel()]",
+        ("tests/test_check_params.py", "-k", "does_not_fit_the_arch"),
+    ),
+    Mutation(
+        "fit-weights-missing-count-capped",
+        "the keys a weights file misses are cut to 5 before they are counted: the message says 5",
+        "    missing = [k for k in missing if not _is_head_key(k, head)]\n",
+        "    missing = [k for k in missing if not _is_head_key(k, head)][:5]\n",
+        ("tests/test_check_params.py", "-k", "missing_a_stage"),
+    ),
+    Mutation(
+        "weights-checkpoint-checksum-unchecked",
+        "build_model reads a pipeline checkpoint's spec (and weights) without verifying its checksum",
+        "    return ModelSpec.from_checkpoint(verify_checkpoint(loaded, path))",
+        "    return ModelSpec.from_checkpoint(loaded)",
+        ("tests/test_errors.py", "-k", "damaged and start"),
+    ),
+    Mutation(
+        "timm-border-crop-unwarned",
+        "only timm tags whose crop_mode is squash are warned of; border tags get the centre crop silently",
+        '    if config["crop_mode"] != "center":',
+        '    if config["crop_mode"] == "squash":',
+        ("tests/test_timm.py", "-k", "not_a_centre_crop"),
+    ),
+    Mutation(
+        "regnet-skeleton-leaves-init-off",
+        "_no_weight_init records the originals after installing the no-ops: it 'restores' the no-ops",
+        "    originals = {name: getattr(nn.init, name) for name in initializers}\n"
+        "    for name in initializers:\n"
+        "        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)\n",
+        "    for name in initializers:\n"
+        "        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)\n"
+        "    originals = {name: getattr(nn.init, name) for name in initializers}\n",
+        ("tests/test_models.py", "-k", "regnet_of_random"),
+    ),
 ]
 
 

@@ -214,6 +214,10 @@ def save_weights(obj: dict, name: str) -> str:
     return path.as_posix()
 
 
+def turned(state: dict[str, torch.Tensor], key: str) -> dict[str, torch.Tensor]:
+    return {**state, key: state[key].transpose(0, 1).contiguous()}
+
+
 @pytest.mark.parametrize(
     ("saved", "name", "fragment"),
     [
@@ -222,6 +226,8 @@ def save_weights(obj: dict, name: str) -> str:
         (lambda: state_of("resnet18"), "resnet18.safetensors", "does not fit shufflenet_v2_x0_5: "),
         (lambda: {**state_of(SMALL), "extra.weight": torch.zeros(2)}, "extra.pt", "1 unexpected keys ['extra.weight']"),
         (lambda: {k: v for k, v in state_of(SMALL).items() if "stage4" not in k}, "part.pt", "missing keys ['stage4."),
+        # the same number of values in another shape (a tensor saved transposed)
+        (lambda: turned(state_of(SMALL), "conv1.0.weight"), "turned.pt", "shapes: conv1.0.weight (3, 24, 3, 3), the"),
         (lambda: {"state_dict": {f"net.{k}": v for k, v in state_of(SMALL).items()}}, "lit.ckpt.pt", "with 'net.'"),
         (lambda: {"weights": state_of(SMALL)}, "other.pt", "nor a dict that holds a state_dict under"),
     ],
@@ -232,6 +238,18 @@ def test_a_weights_file_that_does_not_fit_the_arch_is_refused(
     set_params(params_file.parent, **{"model.weights": save_weights(saved(), name)})
     message = problem(params_file)
     assert fragment in message and "\n" not in message, message
+
+
+def test_a_weights_file_missing_a_stage_is_refused_with_every_missing_key_counted(
+    params_file: Path, weights_root: Path
+) -> None:
+    state = state_of(SMALL)
+    part = {k: v for k, v in state.items() if not k.startswith("stage4.")}
+    set_params(params_file.parent, **{"model.weights": save_weights(part, "part.pt")})
+    # torch's BatchNorm takes a missing num_batches_tracked as 0: the others are missing.
+    missing = [k for k in state if k not in part and not k.endswith("num_batches_tracked")]
+    message = problem(params_file)
+    assert f"{len(missing)} missing keys ['stage4." in message and " ..." in message, message
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from testing.project import run, stage
 
@@ -44,6 +45,16 @@ def every_val_loss_nan(project: Path) -> str:
 def remove_start_weights(project: Path) -> str:
     (project / "models/start.pt").unlink()
     return "models/start.pt not found: run the weights stage first (dvc repro weights)"
+
+
+def damaged_start_weights(project: Path) -> str:
+    """models/start.pt changed after the weights stage saved it (a bit flipped on disk), still
+    a file torch loads: its checksum says so before training starts from it."""
+    path = project / "models/start.pt"
+    loaded = torch.load(path, weights_only=True)
+    next(t for t in loaded["model_state_dict"].values() if t.is_floating_point()).add_(1)
+    torch.save(loaded, path)
+    return "models/start.pt is damaged: its contents do not match the checksum stored in it"
 
 
 def checked_only(project: Path) -> str:
@@ -110,6 +121,7 @@ CASES = [
     ),
     ("evaluate before prepare", "project", checked_only, ["-m", "pipeline.evaluate"]),
     ("train without start weights", "prepared", remove_start_weights, ["-m", "pipeline.train"]),
+    ("train on damaged start weights", "prepared", damaged_start_weights, ["-m", "pipeline.train"]),
     (
         "select-best before evaluate",
         "prepared",

@@ -244,6 +244,19 @@ def test_skeleton_model_builds_regnet_on_meta():
     assert output.shape == (1, 1000)
 
 
+def test_a_regnet_of_random_weights_draws_them_as_torchvision_does() -> None:
+    """model.weights null: the trunk torchvision's own constructor draws from the seed, also
+    for RegNet, whose size check builds a skeleton on the CPU with torch's initialisers off
+    first (they must be back on for the model itself)."""
+    torch.manual_seed(0)
+    built = build_model("regnet_x_400mf", None, ["a", "b"], 32)
+    torch.manual_seed(0)
+    reference = torchvision.models.regnet_x_400mf().state_dict()
+    trunk = {key: value for key, value in built.model.state_dict().items() if not key.startswith("fc.")}
+    assert trunk.keys() == {key for key in reference if not key.startswith("fc.")}
+    assert all(torch.equal(value, reference[key]) for key, value in trunk.items())
+
+
 # --- freezing a real small model ---------------------------------------------------------
 
 

@@ -219,7 +219,11 @@ def test_prepare_rejects_a_class_too_small_for_every_split(project: Path) -> Non
     simple_folder(project / "few", {"many": 6, "rare": 2})
     set_checked_params(project, **{"prepare.data_dir": "few"})
 
-    assert_one_line_error(stage("prepare", project, check=False), "'rare'", "2 usable image")
+    # docs/design.md: one image for each of train, val and test, so 3 at least.
+    assert_one_line_error(
+        stage("prepare", project, check=False),
+        "class 'rare' has 2 usable image(s); each class needs at least 3 (one for train and one for each of val, test)",
+    )
 
 
 def test_a_missing_data_dir_is_refused_by_check_params_and_by_prepare(project: Path) -> None:

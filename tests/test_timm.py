@@ -375,19 +375,25 @@ def test_inputs_are_timms_own_eval_transforms(name: str, size: int, tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    ("name", "warned"), [("convnext_base.fb_in22k_ft_in1k_384", True), ("resnet18.tv_in1k", False)]
+    ("name", "crop_mode"),
+    [
+        ("convnext_base.fb_in22k_ft_in1k_384", "squash"),
+        ("deepseek_vit_412m.deepseek_v4_1_flash", "border"),
+        ("resnet18.tv_in1k", "center"),
+    ],
 )
 def test_a_tag_whose_eval_transform_is_not_a_centre_crop_is_warned_of(
-    name: str, warned: bool, caplog: pytest.LogCaptureFixture
+    name: str, crop_mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """docs/fine-tuning.md: tags whose crop_mode is squash or border (timm's data config) get
     the centre crop all the same, with a warning; centre-crop tags get none."""
     model_name = name.partition(".")[0]
-    assert timm.models.get_pretrained_cfg(name).to_dict()["crop_mode"] == ("squash" if warned else "center")
+    assert timm.models.get_pretrained_cfg(name).to_dict()["crop_mode"] == crop_mode
     with caplog.at_level(logging.WARNING):
         timm_backbones.preprocessing(f"timm/{model_name}", name, 64)
+    warned = crop_mode != "center"
     assert ("crop_mode" in caplog.text) == warned, caplog.text
-    assert not warned or f"timm's data config for {name} resizes with crop_mode squash" in caplog.text
+    assert not warned or f"timm's data config for {name} resizes with crop_mode {crop_mode}" in caplog.text
 
 
 # --- the checkpoint's model: export and predict --------------------------------------------
