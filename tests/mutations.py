@@ -2417,6 +2417,41 @@ MUTATIONS = [
         "    originals = {name: getattr(nn.init, name) for name in initializers}\n",
         ("tests/test_models.py", "-k", "regnet_of_random"),
     ),
+    Mutation(
+        "fingerprint-hashes-bytecode",
+        "the fingerprint hashes pipeline/__pycache__ too: bytecode written after a kill makes the rerun start over",
+        'if path.is_file() and "__pycache__" not in path.parts)',
+        "if path.is_file())",
+        ("tests/test_runs.py", "-k", "moved_project"),
+    ),
+    Mutation(
+        "predict-top-k-unused",
+        "tools.predict ignores --top-k: every image gets all the classes, a 1000-class model 1000 columns",
+        "    top_k = min(args.top_k, len(spec.classes))\n",
+        "    top_k = len(spec.classes)\n",
+        ("tests/test_predict.py", "-k", "json_lists"),
+    ),
+    Mutation(
+        "select-max-tie-to-the-later-epoch",
+        "with select.mode max (val_accuracy, val_f1) a tie goes to the later epoch, and to the average over the raw",
+        '.sort_values(["epoch", "ema"])',
+        '.sort_values(["epoch", "ema"], ascending=mode is Mode.min)',
+        ("tests/test_select_best.py", "-k", "pick_best"),
+    ),
+    Mutation(
+        "classes-f1-ties-by-name",
+        "best/classes.csv orders classes of equal F1 by name only, not by recall first",
+        'table.sort_values(["f1", "recall", "class"], kind="stable")',
+        'table.sort_values(["f1", "class"], kind="stable")',
+        ("tests/test_interpretation.py", "-k", "ties_in_f1"),
+    ),
+    Mutation(
+        "screenshot-window-too-short",
+        "tools.screenshot renders in a 1600 px tall window: a page taller than that is cut off",
+        "TALLEST = 16_000",
+        "TALLEST = 1_600",
+        ("tests/test_plots.py", "-k", "cut_below"),
+    ),
 ]
 
 

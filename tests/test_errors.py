@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from testing.project import run, stage
+from testing.project import run, set_params, stage
 
 
 def chosen_epoch(project: Path) -> int:
@@ -90,6 +90,12 @@ def record_without_a_key(project: Path) -> str:
     return "params.yaml is not what check_params checked: train.drop_path; run `dvc repro`"
 
 
+def changed_since_checked(project: Path) -> str:
+    """params.yaml edited after check_params checked it, and prepare run by hand."""
+    set_params(project, **{"prepare.seed": 3})
+    return "params.yaml is not what check_params checked: prepare.seed = 3 (checked: 0); run `dvc repro`"
+
+
 def latin_1_params(project: Path) -> str:
     """params.yaml saved by an editor in Latin-1, with an accent in a comment."""
     path = project / "params.yaml"
@@ -134,6 +140,7 @@ CASES = [
     ("verify outside a DVC project", "project", no_dvc, ["-m", "tools.verify"]),
     ("evaluate after the checked params record was damaged", "reproduced", damaged_record, ["-m", "pipeline.evaluate"]),
     ("train on params the record lacks", "prepared", record_without_a_key, ["-m", "pipeline.train"]),
+    ("prepare on params edited since checked", "prepared", changed_since_checked, ["-m", "pipeline.prepare"]),
     ("check params saved in Latin-1", "project", latin_1_params, ["-m", "pipeline.check_params"]),
     ("train on an image damaged since prepare", "prepared", damaged_after_prepare, ["-m", "pipeline.train"]),
 ]
@@ -150,7 +157,7 @@ def test_a_step_out_of_order_is_one_line_saying_what_to_do(
     made = request.getfixturevalue(fixture)
     project = getattr(made, "path", made)
     message = breaks(project)
-    outputs = ("eval/scores.csv", "best/metrics.json", "models/best.pt")
+    outputs = ("data/prepared/manifest.csv", "eval/scores.csv", "best/metrics.json", "models/best.pt")
     before = {name: (project / name).read_bytes() for name in outputs if (project / name).exists()}
 
     result = run([sys.executable, *command], project, check=False)

@@ -54,11 +54,12 @@ def test_the_table_s_mean_f1_is_the_reported_macro_f1() -> None:
 
 
 def test_ties_in_f1_go_to_the_lower_recall_first_then_the_name() -> None:
-    # x: recall 1/2, precision 1 (F1 2/3); y: recall 1, precision 1/2 (F1 2/3); z and w: perfect.
-    counts = [("x", "x", 1), ("x", "y", 1), ("y", "y", 1), ("w", "w", 1), ("z", "z", 1)]
-    table = per_class_scores(predictions(counts), ["z", "y", "x", "w"])
-    assert table["class"].tolist() == ["x", "y", "w", "z"]
-    assert table["confused_with"].tolist() == ["y", "", "", ""]
+    # q: recall 1/2, precision 1 (F1 2/3); p: recall 1, precision 1/2 (F1 2/3); z and w: perfect.
+    # q, the lower recall, comes first though p comes first by name.
+    counts = [("q", "q", 1), ("q", "p", 1), ("p", "p", 1), ("w", "w", 1), ("z", "z", 1)]
+    table = per_class_scores(predictions(counts), ["z", "p", "q", "w"])
+    assert table["class"].tolist() == ["q", "p", "w", "z"]
+    assert table["confused_with"].tolist() == ["p", "", "", ""]
 
 
 def test_mistakes_most_confident_first_ties_by_path() -> None:

@@ -190,6 +190,7 @@ flags = dict(arg.split("=", 1) for arg in sys.argv[1:] if arg.startswith("--") a
 width, height = map(int, flags["--window-size"].split(","))
 pixels = np.full((height, width, 3), 255, dtype=np.uint8)
 pixels[40:300, 10 : width - 50] = np.random.default_rng(0).integers(0, 256, (260, width - 60, 3))
+pixels[2000:2010, 10:50] = 0  # a page's last line, further down than a short window would reach
 Image.fromarray(pixels).save(flags["--screenshot"])
 """
 
@@ -206,12 +207,13 @@ def test_the_screenshot_is_cut_below_the_page_then_shrunk_and_quantized(reproduc
     options = ["--width", "400", "--scale", "0.5", "--colours", "256", "--chromium", str(chromium)]
     run([sys.executable, "-m", "tools.screenshot", "--out", str(shot), *options], reproduced)
 
-    pixels = np.full((299 + 16, 400, 3), 255, dtype=np.uint8)  # the last drawn row, 299, and 15 below it
+    pixels = np.full((2009 + 16, 400, 3), 255, dtype=np.uint8)  # the last drawn row, 2009, and 15 below it
     pixels[40:300, 10:350] = np.random.default_rng(0).integers(0, 256, (260, 340, 3))
-    expected = Image.fromarray(pixels).resize((200, 158), Image.Resampling.LANCZOS)
+    pixels[2000:2010, 10:50] = 0
+    expected = Image.fromarray(pixels).resize((200, 1012), Image.Resampling.LANCZOS)  # 2025 / 2, rounded to even
     expected = expected.quantize(colors=256, method=Image.Quantize.FASTOCTREE)
     with Image.open(shot) as written:
-        assert written.mode == "P" and written.size == (200, 158)
+        assert written.mode == "P" and written.size == (200, 1012)
         assert np.array_equal(np.asarray(written.convert("RGB")), np.asarray(expected.convert("RGB")))
 
 

@@ -1,5 +1,6 @@
 """The prepare stage through its entry point: messy folders, one-line errors, reproducible splits."""
 
+import hashlib
 import json
 import os
 import re
@@ -347,9 +348,19 @@ def test_prepare_keeps_duplicates_in_one_split_and_drops_conflicting_copies(proj
     counted = "9 images in 2 groups of copies or near-copies, each group in one split; 1 group(s) with different labels"
     assert counted in log and len(rel[0]) + len(rel[1]) == 9
     duplicates = read_csv(project / PREPARED / "duplicates.csv")
+    assert list(duplicates.columns) == ["group", "path", "label", "split", "match", "sha1", "dhash"]  # docs/design.md
     by_group = {group: rows for group, rows in duplicates.groupby("group")}
     assert sorted(by_group) == ["1", "2"]  # numbered from 1, in the manifest's order (read as text)
-    assert sorted(sorted(rows["path"]) for rows in by_group.values()) == sorted(sorted(group) for group in rel[:2])
+    row_of = {path: row for row, path in enumerate(manifest["path"])}
+    in_order = sorted(rel[:2], key=lambda group: min(row_of[path] for path in group))
+    assert [sorted(by_group[group]["path"]) for group in ("1", "2")] == [sorted(group) for group in in_order]
+    # Each file's own sha1, and each near copy matched by the perceptual hash of another in its group.
+    for path, sha1 in zip(duplicates["path"], duplicates["sha1"], strict=True):
+        assert sha1 == hashlib.sha1((project / path).read_bytes()).hexdigest(), path
+    for rows in by_group.values():
+        near_rows = rows[rows["match"] == "near"]
+        for path, dhash in zip(near_rows["path"], near_rows["dhash"], strict=True):
+            assert dhash in set(rows.loc[rows["path"] != path, "dhash"]), (path, rows)
     assert set(duplicates.loc[duplicates["path"].isin(rel[0]), "match"]) == {"exact"}
     match = dict(zip(duplicates["path"], duplicates["match"], strict=True))
     assert [match[p] for p in rel[1]] == ["exact", "near", "near", "near", "near", "exact"]
@@ -368,6 +379,14 @@ def test_the_hashes_and_the_split_do_not_depend_on_the_models_sizing(project: Pa
             original = photo(project / "big" / label / f"{i}.png", seed=10 * k + i, size=(640, 480))
             with Image.open(original) as image:
                 image.resize((320, 240), Image.Resampling.LANCZOS).save(original.with_suffix(".jpg"), quality=90)
+    # Bands across the picture, a smooth random profile down it: detail in one direction alone,
+    # which the hash's thumbnail of pixels against the pixel above holds. Halved and doubled.
+    profile = np.random.default_rng(0).integers(0, 256, (6, 1), dtype=np.uint8)
+    bands = Image.fromarray(profile).resize((1, 240), Image.Resampling.BICUBIC).resize((320, 240)).convert("RGB")
+    banded = [project / "big/a" / f"bands_{width}.png" for width in (160, 320, 640)]
+    for path in banded:
+        width = int(path.stem.removeprefix("bands_"))
+        bands.resize((width, width * 3 // 4), Image.Resampling.LANCZOS).save(path)
     outputs = []
     for size in (16, 224):
         set_checked_params(project, **{"prepare.data_dir": "big", "model.image_size": size})
@@ -375,6 +394,8 @@ def test_the_hashes_and_the_split_do_not_depend_on_the_models_sizing(project: Pa
         outputs.append((read_outputs(project)[0], read_csv(project / PREPARED / "duplicates.csv")))
     (manifest16, duplicates16), (manifest224, duplicates224) = outputs
     assert (duplicates224["match"] == "near").sum() >= 4  # most of the pairs found
+    group = duplicates224.loc[duplicates224["path"].str.startswith("big/a/bands_"), "group"]
+    assert len(group) == len(banded) and group.nunique() == 1, duplicates224
     assert duplicates16.equals(duplicates224)
     assert manifest16.equals(manifest224)
 

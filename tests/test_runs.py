@@ -42,6 +42,9 @@ def test_a_moved_project_resumes(project: Path, tmp_path: Path) -> None:
     killed_after_epoch_one(project)
     moved = tmp_path / "elsewhere" / "renamed"
     shutil.move(project, moved)
+    # Bytecode another Python left beside the code: not the code, so no other run.
+    (moved / "pipeline/__pycache__").mkdir(exist_ok=True)
+    (moved / "pipeline/__pycache__/engine.cpython-39.pyc").write_bytes(b"another Python's bytecode")
     log = stage("train", moved).stderr
     assert "resuming after epoch 1" in log
     assert epochs_trained(log) == [2]

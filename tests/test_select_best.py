@@ -40,7 +40,8 @@ def scores(val_loss: list[float], test_loss: list[float] | None = None) -> pd.Da
         ([NAN, 0.8, 0.6], Mode.min, 3),  # NaN is never best when minimising...
         ([0.2, NAN, 0.1], Mode.max, 1),  # ...nor when maximising
         ([0.4, math.inf, 0.5], Mode.max, 3),  # inf is a diverged run, not a great score
-        ([0.5, 0.3, 0.3, 0.4], Mode.min, 2),  # a tie goes to the earlier epoch
+        ([0.5, 0.3, 0.3, 0.4], Mode.min, 2),  # a tie goes to the earlier epoch...
+        ([0.5, 0.7, 0.7, 0.4], Mode.max, 2),  # ...when maximising too
     ],
 )
 def test_pick_best(val_loss: list[float], mode: Mode, expected_epoch: int) -> None:
