@@ -2452,6 +2452,100 @@ MUTATIONS = [
         "TALLEST = 1_600",
         ("tests/test_plots.py", "-k", "cut_below"),
     ),
+    Mutation(
+        "duplicates-csv-without-dhash",
+        "duplicates.csv leaves out its dhash column: the hash that matched each near copy is not listed",
+        'DUPLICATE_COLUMNS = ["group", "path", "label", "split", "match", "sha1", "dhash"]',
+        'DUPLICATE_COLUMNS = ["group", "path", "label", "split", "match", "sha1"]',
+        ("tests/test_prepare.py", "-k", "keeps_duplicates"),
+    ),
+    Mutation(
+        "duplicate-groups-numbered-by-size",
+        "duplicates.csv numbers its groups largest first (value_counts), not in manifest order",
+        'number = {group: n for n, group in enumerate(dict.fromkeys(rows["group"]), start=1)}',
+        'number = {group: n for n, group in enumerate(rows["group"].value_counts().index, start=1)}',
+        ("tests/test_prepare.py", "-k", "keeps_duplicates"),
+    ),
+    Mutation(
+        "hash-vertical-bits-compared-across",
+        "image_hash compares the tall thumbnail's pixels with their left neighbours, not those above them",
+        "(tall[1:] > tall[:-1]).ravel()",
+        "(tall[:, 1:] > tall[:, :-1]).ravel()",
+        ("tests/test_prepare.py", "-k", "do_not_depend_on_the_models_sizing"),
+    ),
+    Mutation(
+        "prepare-params-unchecked",
+        "prepare loads params.yaml unchecked: it rewrites data/prepared/ on unchecked values, then fails at its end",
+        "    all_params = load_checked_params()\n    params, model = all_params.prepare, all_params.model\n",
+        "    from pipeline.config import load_params\n"
+        "\n"
+        "    all_params = load_params()\n"
+        "    params, model = all_params.prepare, all_params.model\n",
+        ("tests/test_errors.py", "-k", "edited and since"),
+    ),
+    Mutation(
+        "model-input-size-from-shrunk-decode",
+        "the model's input is resized from the shrunk decode's shape, not the whole image's: a pixel off, off-centre",
+        "resized = resized_size(decoded.size[1], decoded.size[0], sizing.resize)",
+        "resized = resized_size(*pixels.shape[:2], sizing.resize)",
+        ("tests/test_data.py", "-k", "large_png_shrunk"),
+    ),
+    Mutation(
+        "cache-code-version-decode-only",
+        "the decoded cache's names hash decode.py alone: after an edit of copies.py stages read the old copies",
+        '    for path in sorted(Path(__file__).parent.glob("*.py")):\n',
+        '    for path in [Path(__file__).with_name("decode.py")]:\n',
+        ("tests/test_prepare.py", "-k", "never_reads_an_old_cache"),
+    ),
+    Mutation(
+        "timm-matcher-assertion-uncaught",
+        "timm's stages no longer fall back when a model's coarse group matcher asserts (RDNet)",
+        "    except (AttributeError, AssertionError, NotImplementedError):  # a few models' matchers do not run",
+        "    except (AttributeError, NotImplementedError):  # a few models' matchers do not run",
+        ("tests/test_check_params.py", "-k", "take_effect_are_not"),
+    ),
+    Mutation(
+        "pretrain-log-epoch-and-total-swapped",
+        "the weights stage's pretraining log swaps the epoch and the number of epochs",
+        "            epoch,\n            config.epochs,\n",
+        "            config.epochs,\n            epoch,\n",
+        ("tests/test_recipes.py", "-k", "pretraining_takes_its_own"),
+    ),
+    Mutation(
+        "run-lock-keeps-earlier-pids",
+        "a run folder's lock file keeps every trainer's pid: a refusal after a resume names 'pid 101pid 202'",
+        '        self._lock.truncate()\n        self._lock.write(f"pid {os.getpid()}")',
+        '        self._lock.write(f"pid {os.getpid()}")',
+        ("tests/test_runs.py", "-k", "second_trainer"),
+    ),
+    Mutation(
+        "rank-failure-line-loses-resume-hint",
+        "a failed training process's line no longer says that rerunning resumes after the last checkpoint",
+        'after = {"training": "; every checkpoint written so far is complete',
+        'after = {"train": "; every checkpoint written so far is complete',
+        ("tests/test_distributed.py", "-k", "rank_killed_mid_epoch"),
+    ),
+    Mutation(
+        "pillow-filter-reducing-gap",
+        "Pillow-only filters resize with reducing_gap=3.0: images 6 times the size are box-reduced first",
+        "RESAMPLING[sizing.interpolation], reducing_gap=None)",
+        "RESAMPLING[sizing.interpolation], reducing_gap=3.0)",
+        ("tests/test_data.py", "-k", "pillow_filters_resize"),
+    ),
+    Mutation(
+        "export-stub-logged-as-exported",
+        "a model torch.export cannot capture is logged as exported (the stub's path named as the program)",
+        "        return False  # the line is not cached: only programs are\n",
+        "        return True  # the line is not cached: only programs are\n",
+        ("tests/test_export.py", "-k", "failed_export_keeps"),
+    ),
+    Mutation(
+        "verify-one-workspace-link-per-object",
+        "tools.verify names (and --repair deletes) only one of several workspace files hard-linked to a damaged object",
+        "links.setdefault((stat.st_dev, stat.st_ino), []).append(path)",
+        "links[(stat.st_dev, stat.st_ino)] = [path]",
+        ("tests/test_verify.py", "-k", "names_the_workspace_files"),
+    ),
 ]
 
 

@@ -149,6 +149,9 @@ def test_a_checkpoint_saved_at_another_image_size_is_refused(params_file: Path, 
             check(load_params(params_file))
         else:
             assert "pos_embed (1, 5, 64), the model's (1, 17, 64)" in problem(params_file)
+    # A stochastic depth rate changes no shape: the file still fits at its own size.
+    set_params(params_file.parent, **{"model.image_size": 32, "train.drop_path": 0.1})
+    check(load_params(params_file))
 
 
 def dvc_fails_before_real_work(project: Path, message: str, *args: str) -> None:
@@ -374,6 +377,9 @@ def test_settings_that_cannot_take_effect_are_warned_of(params_file: Path, overr
         {"freeze": "all_but_head"},
         {"freeze": "first:2"},
         {"freeze": "first:0"},  # freezes nothing, as none does (the end of a sweep first:0,2,4)
+        # a timm model whose own grouping of its layers fails (RDNet's coarse matcher asserts):
+        # its stages are found as a torchvision model's are
+        {"model.arch": "timm/rdnet_tiny", "model.weights": None, "freeze": "first:1"},
         # each of these takes effect only beside the other setting
         {"train.epochs": 8, "train.early_stopping.patience": 3, "train.early_stopping.min_delta": 0.1},
         {"train.sync_batchnorm": True, "train.processes": 2},

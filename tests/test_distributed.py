@@ -179,6 +179,8 @@ def test_a_rank_killed_mid_epoch_stops_the_job_and_the_rerun_resumes_bit_identic
     assert "Traceback" not in killed.stderr and "terminated" not in killed.stderr  # rank 0 was stopped: no cause
     (error,) = error_lines(killed.stderr)  # one line, the real cause
     assert "training process rank 1 " in error and "failed with signal SIGKILL" in error, killed.stderr
+    # ...and what the user can count on: rerunning resumes after epoch 1 (as below).
+    assert error.endswith("; every checkpoint written so far is complete, and rerunning resumes after the last one")
     assert epochs_trained(killed.stderr) == [1]
 
     resumed = stage("train", ddp)

@@ -446,11 +446,13 @@ def test_other_decoding_code_or_pillow_never_reads_an_old_cache(project: Path) -
     stage("prepare", project)
     assert cache_files() == first
 
-    decode = project / "pipeline" / "data" / "decode.py"
-    decode.write_text(decode.read_text() + "# a change that gives other pixels, for all the cache knows\n")
-    stage("prepare", project)
-    edited = cache_files()
-    assert len(edited) == 2 * len(first) and {name: edited[name] for name in first} == first
+    # The module that decodes, then the one that makes the training copies: each a new cache.
+    for edits, module in enumerate(["decode.py", "copies.py"], start=2):
+        code = project / "pipeline" / "data" / module
+        code.write_text(code.read_text() + "# a change that gives other pixels, for all the cache knows\n")
+        stage("prepare", project)
+        edited = cache_files()
+        assert len(edited) == edits * len(first) and {name: edited[name] for name in first} == first, module
 
     run_script(PILLOW_OF_ANOTHER_VERSION, [], project)
-    assert len(cache_files()) == 3 * len(first)
+    assert len(cache_files()) == 4 * len(first)

@@ -874,13 +874,15 @@ def test_pretraining_takes_its_own_params_and_random_weights_draw_from_pretrain_
     recipe = {
         "pretrain.seed": 3, "train.seed": 5, "prepare.seed": 1, "pretrain.val_fraction": 0.3,
         "pretrain.batch_size": 96, "pretrain.optimizer": "adamw", "pretrain.lr": 0.003, "pretrain.weight_decay": 0.002,
+        "pretrain.epochs": 2,
     }  # fmt: skip
     set_checked_params(project, **recipe)
     log = run_script(RECORD_THE_LOOP, ["pipeline.weights"], project).stderr
     # Epochs counted from 1, as train's (each seeds its own draws); the numbers start.pt records.
     kept = load_checkpoint(project / "models/start.pt")
     numbers = f"loss {kept['loss']:.4f}, val loss {kept['val_loss']:.4f}, val accuracy {kept['val_accuracy']:.3f}"
-    assert f"pretrain epoch 1/1: {numbers}" in log and kept["loss"] != kept["val_loss"]
+    assert "pretrain epoch 1/2: loss " in log and f"pretrain epoch 2/2: {numbers}" in log
+    assert kept["epoch"] == 2 and kept["loss"] != kept["val_loss"]
     assert kept["source"] == "pretrained on data/digits/source"  # pretrain.data_dir, not prepare's
     seen = json.loads((project / "seen.json").read_text())["loop"]
     assert (seen["seed"], seen["batch_size"], seen["optimizer"]) == (3, 96, "AdamW")

@@ -82,8 +82,10 @@ def test_a_second_trainer_is_refused_and_told_who_has_the_run(project: Path) -> 
         result = stage("train", project, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert f"another trainer (pid 4242) is training this run in .cache/runs/{folder.name}" in result.stderr
-    # The holder gone (its flock ends with it), the run resumes.
+    # The holder gone (its flock ends with it), the run resumes, and the lock names that trainer alone.
     assert "resuming after epoch 1" in stage("train", project).stderr
+    holder = (folder / ".lock").read_text()
+    assert re.fullmatch(r"pid \d+", holder) and holder != "pid 4242", holder
 
 
 def test_a_finished_run_is_republished_not_retrained(project: Path) -> None:

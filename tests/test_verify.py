@@ -65,11 +65,14 @@ def test_cache_objects_are_checked_against_their_names(tmp_path: Path) -> None:
 
 
 def test_a_damaged_object_names_the_workspace_files_linked_to_it(tmp_path: Path) -> None:
-    """Files directly in a directory output and deeper in one (dvclive/train's curves)."""
+    """Files directly in a directory output and deeper in one (dvclive/train's curves), and
+    every file linked to one object."""
     cache = tmp_path / ".dvc" / "cache"
     obj = put_object(cache, b"checkpoint bytes")
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "epoch_001.pt").hardlink_to(obj)
+    # Two outputs of the same bytes: DVC links both to the one object.
+    (tmp_path / "checkpoints" / "epoch_002.pt").hardlink_to(obj)
     curve = tmp_path / "dvclive" / "train" / "plots" / "metrics" / "loss.tsv"
     curve.parent.mkdir(parents=True)
     curve_obj = put_object(cache, b"step\tloss\n1\t0.5\n")
@@ -82,8 +85,8 @@ def test_a_damaged_object_names_the_workspace_files_linked_to_it(tmp_path: Path)
     _, damaged = verify.check_cache(cache, verify.workspace_links(tmp_path))
 
     assert sorted(d.path for d in damaged) == sorted([obj, curve_obj])
-    linked = {d.path: d.linked for d in damaged}
-    assert linked == {obj: (tmp_path / "checkpoints" / "epoch_001.pt",), curve_obj: (curve,)}
+    linked = {d.path: set(d.linked) for d in damaged}
+    assert linked == {obj: {tmp_path / "checkpoints" / f"epoch_00{k}.pt" for k in (1, 2)}, curve_obj: {curve}}
     assert "checkpoints/epoch_001.pt" in next(d for d in damaged if d.path == obj).line(tmp_path)
 
 
