@@ -132,6 +132,7 @@ def test_training_crops_are_torchvisions_resized_crop_of_the_whole_image(
         ((900, 600), (240, 160)),  # 3:2: both caps bind alike
         ((1200, 300), (240, 60)),  # a panorama: the longer side's cap binds, 1.5 x 160
         ((300, 1200), (60, 240)),  # ...upright
+        ((1000, 800), (200, 160)),  # 5:4: the shorter side's cap binds, the longer one's would allow 240
         ((150, 100), (150, 100)),  # within both caps: never enlarged
     ],
 )
@@ -241,8 +242,11 @@ def test_when_no_box_fits_the_fallback_is_torchvisions(size: tuple[int, int]) ->
     image = torch.empty(1, height, width)
     expected = list(v2.RandomResizedCrop.get_params(image, [0.99, 1.0], list(RATIO)))
     ours = random_boxes(torch.tensor([size] * 50), 0.99, RATIO[1], torch.Generator().manual_seed(1))
-    if width == height:  # any draw fits; the box is close to the whole image
+    if width == height:  # any draw fits; the box is close to the whole image, and inside it
         assert (ours[:, 2] * ours[:, 3] >= 0.99 * width * height - width - height).all()
+        top, left, box_height, box_width = ours.unbind(1)
+        assert (top >= 0).all() and (left >= 0).all()
+        assert (top + box_height <= height).all() and (left + box_width <= width).all()
     else:
         assert ours.tolist() == [expected] * 50
 

@@ -581,15 +581,20 @@ def test_a_cache_left_without_its_copies_index_is_made_again(tmp_path: Path, man
     assert copies.whole_sizes(torch.arange(3)).tolist() == [[10, 10], [20, 12], [12, 20]]
 
 
-def test_decoded_images_of_another_filter_are_decoded_again(tmp_path: Path, manifest: pd.DataFrame) -> None:
+def test_decoded_images_of_another_filter_or_resize_are_decoded_again(tmp_path: Path, manifest: pd.DataFrame) -> None:
     """Bicubic and bilinear inputs of the same sizes are different arrays: the cache keeps
-    each under its own name, and a bicubic model never reads a bilinear one's."""
+    each under its own name, and a bicubic model never reads a bilinear one's. So are inputs
+    of one crop resized to another size first (weights with a margin, as 256 for 224)."""
     cache = tmp_path / "cache"
     decoded_images(manifest, Sizing(8, 8, "bilinear"), cache)
     bicubic = decoded_images(manifest, Sizing(8, 8, "bicubic"), cache)
     for i, path in enumerate(manifest["path"]):
         np.testing.assert_array_equal(bicubic[i], load_image(path, Sizing(8, 8, "bicubic")))
     assert not np.array_equal(bicubic[1], load_image(manifest.loc[1, "path"], Sizing(8, 8, "bilinear")))
+    with_margin = decoded_images(manifest, Sizing(10, 8, "bicubic"), cache)
+    for i, path in enumerate(manifest["path"]):
+        np.testing.assert_array_equal(with_margin[i], load_image(path, Sizing(10, 8, "bicubic")))
+    assert not np.array_equal(with_margin[1], bicubic[1])
 
 
 def test_decoded_images_rebuild_for_a_new_size_or_changed_files(tmp_path: Path, manifest: pd.DataFrame) -> None:

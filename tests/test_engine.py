@@ -281,13 +281,19 @@ def test_flip_tta_is_the_mean_of_the_two_views_logits() -> None:
 def test_turning_a_recipe_on_keeps_the_epochs_order_crops_and_flips() -> None:
     """docs/design.md: an epoch's order, boxes and flips come from the seed and the epoch alone,
     the recipes' per-image seeds drawn after them: the same with the seeds drawn (a policy,
-    erasing or mixing on) as without, for crops over pictures of several sizes."""
+    erasing or mixing on) as without, for crops over pictures of several sizes; those seeds
+    change with the epoch."""
     sizes = torch.tensor([[40, 30], [30, 40], [64, 64]]).repeat(20, 1)
     plain = epoch_order(len(sizes), epoch_generator(3, 2), True, 0.2, 4 / 3, sizes, keys=False)
     keyed = epoch_order(len(sizes), epoch_generator(3, 2), True, 0.2, 4 / 3, sizes, keys=True)
     assert plain.keys is None and keyed.keys is not None and keyed.keys.unique().numel() == len(sizes)
     assert torch.equal(plain.order, keyed.order)
     assert torch.equal(plain.draws.boxes, keyed.draws.boxes) and torch.equal(plain.draws.flips, keyed.draws.flips)
+    # Each image's seed is drawn anew each epoch (a policy's op, an erasing box): the next epoch
+    # gives every image another one.
+    following = epoch_order(len(sizes), epoch_generator(3, 3), True, 0.2, 4 / 3, sizes, keys=True)
+    by_image = [plan.keys[torch.argsort(plan.order)] for plan in (keyed, following)]
+    assert (by_image[0] != by_image[1]).all()
 
 
 class SeedRecorder(nn.Module):

@@ -27,8 +27,9 @@ from pipeline.models import build_model
 from testing.project import make_project, run
 from tests.helpers import torchvision_logits
 
-# Names of different lengths, so a table that does not pad them shows.
-CLASSES = ["cat", "dingo", "ox"]
+# Names of different lengths, so a table that does not pad them shows; four, one more than the
+# default --top-k.
+CLASSES = ["cat", "dingo", "ox", "emu"]
 MODEL = "models/tiny.pt"
 # In the order predict must list them: arguments in order, a folder's files sorted.
 READABLE = ["shots/a.png", "shots/sub/b.JPG", "c.png"]
@@ -44,7 +45,7 @@ PROBABILITY_TOLERANCE = 2e-3 if torch.cuda.is_available() else 1e-6
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy with a tiny 3-class checkpoint and a few images, one of them corrupt."""
+    """A project copy with a tiny 4-class checkpoint and a few images, one of them corrupt."""
     root = make_project(tmp_path_factory.mktemp("predict") / "project")
     torch.manual_seed(0)
     built = build_model("resnet18", None, CLASSES, 16)
@@ -83,13 +84,13 @@ def expected_top(project: Path, k: int) -> dict[str, list[tuple[str, float]]]:
 
 
 def test_csv_matches_the_training_code_and_reports_the_broken_file(project: Path) -> None:
-    # --top-k above the number of classes (3) gives every class, and columns for those alone.
+    # --top-k above the number of classes (4) gives every class, and columns for those alone.
     result = predict(project, "shots", "c.png", "--model", MODEL, "--format", "csv", "--top-k", "5")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [row["path"] for row in rows] == EXPECTED_PATHS
-    columns = [f"{key}_{k}" for k in (1, 2, 3) for key in ("class", "probability")]
+    columns = [f"{key}_{k}" for k in (1, 2, 3, 4) for key in ("class", "probability")]
     assert list(rows[0]) == ["path", *columns, "error"]
-    expected = expected_top(project, 3)
+    expected = expected_top(project, 4)
     for row in rows:
         if row["path"] == BROKEN:
             assert "cannot be decoded" in row["error"]
@@ -103,7 +104,7 @@ def test_csv_matches_the_training_code_and_reports_the_broken_file(project: Path
 
 
 def test_json_lists_top_k_per_image(project: Path) -> None:
-    # --top-k 2 of the 3 classes: the two most likely, no more.
+    # --top-k 2 of the 4 classes: the two most likely, no more.
     result = predict(project, "shots", "c.png", "--model", MODEL, "--format", "json", "--top-k", "2")
     objects = json.loads(result.stdout)
     assert [obj["path"] for obj in objects] == EXPECTED_PATHS
@@ -129,7 +130,7 @@ def test_a_batch_with_no_readable_image_leaves_the_next_batches_read(project: Pa
 
 def test_table_prints_a_line_per_image(project: Path) -> None:
     lines = predict(project, "shots", "c.png", "--model", MODEL).stdout.splitlines()
-    assert lines[0].split() == ["path", "top", "1", "top", "2", "top", "3"]
+    assert lines[0].split() == ["path", "top", "1", "top", "2", "top", "3"]  # the default --top-k, 3 of 4
     assert [line.split()[0] for line in lines[1:]] == EXPECTED_PATHS
     expected = expected_top(project, 3)
     percent_ends = set()
@@ -216,6 +217,9 @@ def test_every_path_named_or_found_gets_a_row_that_says_what_it_is(project: Path
         assert rows[path].startswith(error), (path, rows[path])
     assert f"{folder}: 1 file(s) without an image extension left out" in result.stderr
     assert "8 of 9 path(s) could not be read as an image" in result.stderr
+    # One image to classify, on the device --device auto picks here.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert f"{MODEL} (resnet18, 4 classes, 16px) on 1 image(s), on {device}" in result.stderr
 
 
 def test_each_path_gets_one_row_whatever_its_name_and_one_readable_image_is_enough(

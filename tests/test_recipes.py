@@ -206,8 +206,10 @@ def test_torchvision_vit_is_grouped_as_timm_groups_its_vit(layer_decay: float) -
         assert ours[id(model.get_parameter("conv_proj.weight"))][0] == pytest.approx(0.65**13)
 
 
-def records(values: list[float]) -> list[dict]:
-    return [{"epoch": i + 1, "val_loss": v, "val_accuracy": v} for i, v in enumerate(values)]
+def records(values: list[float], metric: str) -> list[dict]:
+    """Epochs whose `metric` takes `values`; the other metric stays flat, so reading it instead
+    would stop a run that improves."""
+    return [{"epoch": i + 1, "val_loss": 0.5, "val_accuracy": 0.5, metric: v} for i, v in enumerate(values)]
 
 
 @pytest.mark.parametrize(
@@ -232,7 +234,9 @@ def records(values: list[float]) -> list[dict]:
 )
 def test_early_stop(values: list[float], mode: Mode, patience: int, min_delta: float, stops: bool) -> None:
     metric = "val_loss" if mode is Mode.min else "val_accuracy"
-    reason = early_stop(records(values), metric, mode, EarlyStoppingParams(patience=patience, min_delta=min_delta))
+    reason = early_stop(
+        records(values, metric), metric, mode, EarlyStoppingParams(patience=patience, min_delta=min_delta)
+    )
     assert (reason is not None) == stops
 
 
