@@ -2630,6 +2630,13 @@ MUTATIONS = [
         'size=(height, width), mode="bicubic", align_corners=True',
         ("tests/test_crops.py", "-k", "resized_crop"),
     ),
+    Mutation(
+        "run-cache-in-the-throwaway-workspace",
+        "queued and --temp experiments keep their run folders and decoded images in DVC's throw-away copy",
+        '    return Path(os.environ.get("DVC_ROOT", ".")) / ".cache" / name',
+        '    return Path(".") / ".cache" / name',
+        ("tests/test_runs.py", "-k", "queued"),
+    ),
 ]
 
 

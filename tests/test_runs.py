@@ -50,23 +50,40 @@ def test_a_moved_project_resumes(project: Path, tmp_path: Path) -> None:
     assert epochs_trained(log) == [2]
 
 
+def queue_when_done(project: Path, timeout: float = 300) -> str:
+    """`dvc queue status` once it shows no queued or running experiment (docs/results.md: wait
+    until it shows none)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = run([sys.executable, "-m", "dvc", "queue", "status"], project).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+
+
 def test_a_queued_experiment_killed_mid_train_resumes_in_a_temp_experiment(project: Path, tmp_path: Path) -> None:
-    # Queued and `--temp` experiments run in throw-away copies of the project; the run folder
-    # is the project's, so what one of them trained survives it.
-    dvc = [sys.executable, "-m", "dvc", "exp", "run"]
+    """docs/fine-tuning.md's commands: `dvc exp run --queue`, then `dvc queue start`, whose
+    worker runs the experiment in the background; `dvc queue status` and `dvc queue logs`
+    say how it went. Queued and `--temp` experiments run in throw-away copies of the project;
+    the run folder is the project's, so what one of them trained survives it."""
+    dvc = [sys.executable, "-m", "dvc"]
     # The queue's worker starts the train stage; its 6th optimizer step (the first of epoch
     # 2) SIGKILLs it.
     env = kill_env(tmp_path / "site", "step", 6)
-    run([*dvc, "--queue"], project, env=env)
-    killed = run([*dvc, "--run-all"], project, check=False, env=env)
+    run([*dvc, "exp", "run", "--queue", "--name", "killed"], project, env=env)
+    run([*dvc, "queue", "start"], project, env=env)
+    status = queue_when_done(project)
+    assert re.search(r"^\S+\s+killed\s.*\bFailed\b", status, re.MULTILINE), status
+    log = run([*dvc, "queue", "logs", "killed"], project).stdout
     # DVC runs the command through a shell: it reports -9 when the shell exec'd python, 137 when
     # the shell outlived it (which one depends on the shell).
-    assert re.search(r"failed to run: python -m pipeline.train, exited with (-9|137)\n", killed.stdout + killed.stderr)
-    assert epochs_trained(killed.stdout + killed.stderr) == [1]
+    assert re.search(r"failed to run: python -m pipeline.train, exited with (-9|137)\n", log), log
+    assert epochs_trained(log) == [1]
     # The images prepare decoded in the workspace are the project's: not decoded again.
-    assert "decoded" not in killed.stdout + killed.stderr
+    assert "decoded" not in log
 
-    result = run([*dvc, "--temp", "train"], project)  # up to train: what resumes
+    result = run([*dvc, "exp", "run", "--temp", "train"], project)  # up to train: what resumes
     assert "resuming after epoch 1" in result.stdout + result.stderr
     assert epochs_trained(result.stdout + result.stderr) == [2]
 
