@@ -2637,6 +2637,48 @@ MUTATIONS = [
         '    return Path(".") / ".cache" / name',
         ("tests/test_runs.py", "-k", "queued"),
     ),
+    Mutation(
+        "unfrozen-phase-trains-only-the-head",
+        "after gradual unfreezing the head alone trains, on cached features (params.freeze, not the phase's spec)",
+        'if spec.kind == "all_but_head" and config.cache_features',
+        'if run.params.freeze == "all_but_head" and config.cache_features',
+        ("tests/test_recipes.py", "-k", "gradual_unfreezing_survives"),
+    ),
+    Mutation(
+        "erasing-declared-as-shaping",
+        "train.augment.erasing is declared as shaping the policy: a head-only run with erasing takes the feature cache",
+        "    erasing: float = off_at(0.0)  # RandomErasing's probability per image",
+        '    erasing: float = shapes("policy")  # RandomErasing\'s probability per image, after the policy',
+        ("tests/test_augment.py", "-k", "nothing_on"),
+    ),
+    Mutation(
+        "warmup-warning-numbers-swapped",
+        "check_params' warm-up warning puts train.epochs where train.warmup_epochs goes and the other way round",
+        "{train.warmup_epochs} is not smaller than train.epochs = {epochs}",
+        "{epochs} is not smaller than train.epochs = {train.warmup_epochs}",
+        ("tests/test_check_params.py", "-k", "cannot_take_effect"),
+    ),
+    Mutation(
+        "step-warning-numbers-swapped",
+        "check_params' step-schedule warning gives train.epochs as step_every and step_every as the epoch count",
+        "step_every = {train.step_every}: the step schedule never steps in {epochs} epochs",
+        "step_every = {epochs}: the step schedule never steps in {train.step_every} epochs",
+        ("tests/test_check_params.py", "-k", "cannot_take_effect"),
+    ),
+    Mutation(
+        "exports-of-the-last-checkpoint-read",
+        "select-best exports the last checkpoint it read as best.pt2 and best_image.pt2, not the chosen weights",
+        "    write_exports(checkpoint, checksum=checksum)  # copied from the export cache",
+        "    write_exports(loaded, checksum=checksum)  # copied from the export cache",
+        ("tests/test_select_best.py", "-k", "winning_average"),
+    ),
+    Mutation(
+        "classes-confused-counts-every-mistake",
+        "best/classes.csv's confused column counts all of a class's mistakes, not those taken for confused_with",
+        '"confused": confused.numpy(),',
+        '"confused": (support - hits).long().numpy(),',
+        ("tests/test_interpretation.py", "-k", "hand_count_weakest"),
+    ),
 ]
 
 

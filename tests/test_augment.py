@@ -112,8 +112,14 @@ def test_mixing_gives_class_probabilities_that_sum_to_one(mixup: float, cutmix: 
 def test_nothing_on_means_no_batch_augmentation_and_no_augmenting() -> None:
     assert batch_augmentation(params(), 5, MEAN, STD, CPU) is None
     assert not augments(params())
-    for changes in ({"hflip": True}, {"min_scale": 0.5}, {"policy": AugmentPolicy.autoaugment}, {"mixup_alpha": 0.2}):
-        assert augments(params(**changes))
+    # Each option the docs name as augmenting, alone (not read from config.AugmentParams' own
+    # declarations): any one on means the frozen-feature cache cannot be used.
+    each_on = [
+        {"hflip": True}, {"min_scale": 0.5}, {"policy": AugmentPolicy.autoaugment}, {"erasing": 0.25},
+        {"mixup_alpha": 0.2}, {"cutmix_alpha": 1.0},
+    ]  # fmt: skip
+    for changes in each_on:
+        assert augments(params(**changes)), changes
 
 
 def switched_on(off: object) -> object:

@@ -334,7 +334,13 @@ def warnings_for(params_file: Path, **overrides: object) -> list[str]:
         ({"freeze": "first:2", "train.unfreeze_after": 2, "train.unfreeze_to": "first:2"}, "is freeze itself"),
         ({"train.unfreeze_to": "first:2"}, "has no effect while train.unfreeze_after is 0"),
         ({"train.epochs": 4, "train.warmup_epochs": 4}, "the run ends within the warm-up"),
+        # numbers apart from each other, so each is seen in its place
+        ({"train.epochs": 4, "train.warmup_epochs": 5}, "train.warmup_epochs = 5 is not smaller than train.epochs = 4"),
         ({"train.epochs": 4, "train.schedule": "step", "train.step_every": 4}, "never steps in 4 epochs"),
+        (
+            {"train.epochs": 4, "train.schedule": "step", "train.step_every": 5},
+            "step_every = 5: the step schedule never steps in 4 epochs",
+        ),
         ({"train.epochs": 4, "train.schedule": "step", "train.step_every": 2, "train.warmup_epochs": 2}, "never"),
         ({"train.epochs": 8, "train.early_stopping.patience": 7}, "early stopping never stops one"),
         ({"train.early_stopping.min_delta": 0.1}, "min_delta has no effect"),

@@ -28,15 +28,17 @@ def predictions(counts: list[tuple[str, str, int]]) -> pd.DataFrame:
 
 
 def test_per_class_scores_match_a_hand_count_weakest_first() -> None:
-    table = per_class_scores(predictions(COUNTS), CLASSES)
-    # By hand: a is predicted 5 times (3 right), b 4 times (1 right), c never.
+    # COUNTS, and one b more taken for c: b's mistakes go two ways, so "confused" (how often
+    # it was taken for a, the class it is most confused with) is not all of its mistakes (3).
+    table = per_class_scores(predictions([*COUNTS, ("b", "c", 1)]), CLASSES)
+    # By hand: a is predicted 5 times (3 right), b 4 times (1 right), c once (wrongly).
     expected = pd.DataFrame(
         {
             "class": ["c", "b", "a"],
-            "f1": [0.0, 2 * 1 / (3 + 4), 2 * 3 / (4 + 5)],
-            "precision": [0.0, 1 / 4, 3 / 5],
-            "recall": [0 / 2, 1 / 3, 3 / 4],
-            "support": [2, 3, 4],
+            "f1": [0.0, 2 * 1 / (4 + 4), 2 * 3 / (4 + 5)],
+            "precision": [0 / 1, 1 / 4, 3 / 5],
+            "recall": [0 / 2, 1 / 4, 3 / 4],
+            "support": [2, 4, 4],
             "confused_with": ["b", "a", "b"],
             "confused": [2, 2, 1],
         }

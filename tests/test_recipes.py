@@ -464,6 +464,12 @@ def test_gradual_unfreezing_survives_a_resume(prepared: Path) -> None:
     trunk_lr = [c["optimizer_state_dict"]["param_groups"][-1]["lr"] for c in expected]  # the head's groups come first
     head_lr = [c["optimizer_state_dict"]["param_groups"][0]["lr"] for c in expected]
     assert trunk_lr == pytest.approx([h * 0.1 for h in head_lr])
+    # What trains, by the weights themselves: the trunk is start.pt's to the bit after the
+    # head-only epoch, and part of it has moved after the first unfrozen one.
+    start = load_checkpoint(project / "models/start.pt")["model_state_dict"]
+    trunks = [{key: c["model_state_dict"][key] for key in start} for c in expected[:2]]
+    assert all(torch.equal(trunks[0][key], start[key]) for key in start)
+    assert any(not torch.equal(trunks[1][key], trunks[0][key]) for key in start if start[key].is_floating_point())
 
     shutil.rmtree(project / ".cache/runs")  # the finished run's folder: train again, from scratch
     killed = run([sys.executable, "-m", "tests.kill_wrapper", "step", "13"], project, check=False)  # in epoch 3

@@ -19,7 +19,7 @@ from pipeline.models import build_model
 from pipeline.select_best import pick_best
 from testing.project import set_checked_params, stage
 from tests.conftest import Reproduced
-from tests.helpers import assert_title_line
+from tests.helpers import assert_title_line, torchvision_model_logits
 
 NAN = math.nan
 
@@ -175,6 +175,13 @@ def test_the_stage_keeps_a_winning_average_whole_and_on_a_tie_the_earlier_epoch(
     # The weights for using the model, named, with none of the state that resumes a run (docs/design.md).
     assert (best["tta"], best["weights"]) == ("hflip", winner[1])
     assert not {"optimizer_state_dict", "scheduler_state_dict", "ema_state_dict", "ema_updates"} & best.keys()
+    # The export is of those weights too: models/best.pt2 computes what torchvision's resnet18
+    # holding them computes.
+    images = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exported = torch.export.load(project / "models/best.pt2").module()(images)
+    expected = torchvision_model_logits({**spec, "model_state_dict": states[winner]}, images)
+    torch.testing.assert_close(exported, expected, rtol=1e-5, atol=1e-5)
     assert pd.read_csv(project / "best/confusion.csv")["predicted"].tolist() == answers[winner]
     # The picture of the mistakes is the chosen weights' too: its title names them and counts their mistakes.
     wrong = sum(a != b for a, b in zip(["a", "b"], answers[winner], strict=True))
