@@ -2679,6 +2679,34 @@ MUTATIONS = [
         '"confused": (support - hits).long().numpy(),',
         ("tests/test_interpretation.py", "-k", "hand_count_weakest"),
     ),
+    Mutation(
+        "crop-boxes-drawn-over-the-first-rows-sizes",
+        "the train split's crop boxes are drawn over the sizes of the cache's first rows, not of the rows visited",
+        "        self.whole_sizes = self.copies.whole_sizes(self.rows)\n",
+        "        self.whole_sizes = self.copies.whole_sizes(torch.arange(len(self.copies)))\n",
+        ("tests/test_crops.py", "-k", "train_splits_crops"),
+    ),
+    Mutation(
+        "train-crops-bilinear-whatever-the-weights",
+        "the train stage's random resized crops are resized bilinearly whatever filter the weights state",
+        "spec.image_size, spec.interpolation)",
+        'spec.image_size, "bilinear")',
+        ("tests/test_crops.py", "-k", "train_splits_crops"),
+    ),
+    Mutation(
+        "hash-horizontal-bits-compared-down",
+        "image_hash compares the wide thumbnail's pixels with those above them, not their left neighbours",
+        "(wide[:, 1:] > wide[:, :-1]).ravel()",
+        "(wide[1:] > wide[:-1]).ravel()",
+        ("tests/test_prepare.py", "-k", "do_not_depend_on_the_models_sizing"),
+    ),
+    Mutation(
+        "cache-key-without-crop",
+        "the decoded-image cache is named without the crop: another image_size with the same resize reads its inputs",
+        '        return {"resize_size": self.resize, "image_size": self.crop, "interpolation": self.interpolation}',
+        '        return {"resize_size": self.resize, "interpolation": self.interpolation}',
+        ("tests/test_data.py", "-k", "another_filter_or_resize"),
+    ),
 ]
 
 

@@ -281,9 +281,10 @@ def test_each_crop_comes_with_its_own_pictures_label_in_any_order(tmp_path: Path
 
 def test_the_train_splits_crops_are_its_own_pictures_at_the_models_input_size(tmp_path: Path) -> None:
     """crop_batches, as the train stage calls it, on a manifest whose train rows sit between
-    val and test ones, for weights that resize to 18 px before their 16 px centre crop: each
-    crop is cut from its own row's picture, comes with that row's label, and is the model's
-    16 px input (the resize size is evaluation's, before its centre crop)."""
+    val and test ones, for bicubic weights that resize to 18 px before their 16 px centre
+    crop: each crop is cut from its own row's picture, comes with that row's label, and is the
+    model's 16 px input (the resize size is evaluation's, before its centre crop), resized
+    with the weights' filter; the boxes are drawn over the split's own pictures' sizes."""
     shapes = [(8, 8), (12, 6), (6, 12), (10, 10), (9, 7), (7, 9)]
     rng = np.random.default_rng(1)
     paths = []
@@ -294,9 +295,12 @@ def test_the_train_splits_crops_are_its_own_pictures_at_the_models_input_size(tm
         "path": [p.as_posix() for p in paths], "sha1": [file_sha1(p) for p in paths],
         "label": ["a", "c", "b", "b", "a", "a"], "split": ["val", "train", "test", "train", "val", "train"],
     })  # fmt: skip
-    spec = ModelSpec("resnet18", "fc", ["a", "b", "c"], 16, [0.0] * 3, [1.0] * 3, resize_size=18)
+    spec = ModelSpec(
+        "resnet18", "fc", ["a", "b", "c"], 16, [0.0] * 3, [1.0] * 3, resize_size=18, interpolation="bicubic"
+    )
     copies = training_copies(manifest, spec.sizing, tmp_path / "cache")
     data = crop_batches(copies, manifest, "train", spec, torch.device("cpu"))
+    assert data.whole_sizes.tolist() == [list(shapes[row]) for row in (1, 3, 5)]  # (width, height) of rows 1, 3, 5
     visit = [2, 0, 1]  # positions in the train split: its rows 5, 1 and 3
     rows = [[1, 3, 5][position] for position in visit]
     boxes = [[0, 0, shapes[row][1], shapes[row][0]] for row in rows]  # each picture whole
@@ -304,5 +308,6 @@ def test_the_train_splits_crops_are_its_own_pictures_at_the_models_input_size(tm
     assert targets.tolist() == [spec.classes.index(manifest["label"][row]) for row in rows]
     assert crops.shape == (3, 16, 16, 3)
     for row, box, crop in zip(rows, boxes, crops, strict=True):
-        reference = TF.resized_crop(TF.pil_to_tensor(Image.open(paths[row])), *box, [16, 16], antialias=True)
+        picture = TF.pil_to_tensor(Image.open(paths[row]))
+        reference = TF.resized_crop(picture, *box, [16, 16], TF.InterpolationMode.BICUBIC, antialias=True)
         assert (crop.permute(2, 0, 1).int() - reference.int()).abs().max() <= 1, row

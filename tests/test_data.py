@@ -584,7 +584,8 @@ def test_a_cache_left_without_its_copies_index_is_made_again(tmp_path: Path, man
 def test_decoded_images_of_another_filter_or_resize_are_decoded_again(tmp_path: Path, manifest: pd.DataFrame) -> None:
     """Bicubic and bilinear inputs of the same sizes are different arrays: the cache keeps
     each under its own name, and a bicubic model never reads a bilinear one's. So are inputs
-    of one crop resized to another size first (weights with a margin, as 256 for 224)."""
+    of one crop resized to another size first (weights with a margin, as 256 for 224), and
+    of one resize cropped to another size."""
     cache = tmp_path / "cache"
     decoded_images(manifest, Sizing(8, 8, "bilinear"), cache)
     bicubic = decoded_images(manifest, Sizing(8, 8, "bicubic"), cache)
@@ -595,6 +596,10 @@ def test_decoded_images_of_another_filter_or_resize_are_decoded_again(tmp_path: 
     for i, path in enumerate(manifest["path"]):
         np.testing.assert_array_equal(with_margin[i], load_image(path, Sizing(10, 8, "bicubic")))
     assert not np.array_equal(with_margin[1], bicubic[1])
+    # ...and a smaller crop of that same resize: its own array, at its own size.
+    smaller = decoded_images(manifest, Sizing(10, 6, "bicubic"), cache)
+    for i, path in enumerate(manifest["path"]):
+        np.testing.assert_array_equal(smaller[i], load_image(path, Sizing(10, 6, "bicubic")))
 
 
 def test_decoded_images_rebuild_for_a_new_size_or_changed_files(tmp_path: Path, manifest: pd.DataFrame) -> None:

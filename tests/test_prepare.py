@@ -380,13 +380,18 @@ def test_the_hashes_and_the_split_do_not_depend_on_the_models_sizing(project: Pa
             with Image.open(original) as image:
                 image.resize((320, 240), Image.Resampling.LANCZOS).save(original.with_suffix(".jpg"), quality=90)
     # Bands across the picture, a smooth random profile down it: detail in one direction alone,
-    # which the hash's thumbnail of pixels against the pixel above holds. Halved and doubled.
+    # which the hash's thumbnail of pixels against the pixel above holds; and columns, the
+    # same turned, which only its thumbnail of pixels against their left neighbours holds.
+    # Each halved and doubled.
     profile = np.random.default_rng(0).integers(0, 256, (6, 1), dtype=np.uint8)
     bands = Image.fromarray(profile).resize((1, 240), Image.Resampling.BICUBIC).resize((320, 240)).convert("RGB")
-    banded = [project / "big/a" / f"bands_{width}.png" for width in (160, 320, 640)]
-    for path in banded:
-        width = int(path.stem.removeprefix("bands_"))
-        bands.resize((width, width * 3 // 4), Image.Resampling.LANCZOS).save(path)
+    columns = bands.transpose(Image.Transpose.TRANSPOSE)  # 240 x 320
+    banded = {kind: [project / "big/a" / f"{kind}_{scale}.png" for scale in (1, 2, 4)] for kind in ("bands", "columns")}
+    for kind, picture in (("bands", bands), ("columns", columns)):
+        for path, scale in zip(banded[kind], (1, 2, 4), strict=True):
+            picture.resize((picture.width * scale // 2, picture.height * scale // 2), Image.Resampling.LANCZOS).save(
+                path
+            )
     outputs = []
     for size in (16, 224):
         set_checked_params(project, **{"prepare.data_dir": "big", "model.image_size": size})
@@ -394,8 +399,9 @@ def test_the_hashes_and_the_split_do_not_depend_on_the_models_sizing(project: Pa
         outputs.append((read_outputs(project)[0], read_csv(project / PREPARED / "duplicates.csv")))
     (manifest16, duplicates16), (manifest224, duplicates224) = outputs
     assert (duplicates224["match"] == "near").sum() >= 4  # most of the pairs found
-    group = duplicates224.loc[duplicates224["path"].str.startswith("big/a/bands_"), "group"]
-    assert len(group) == len(banded) and group.nunique() == 1, duplicates224
+    for kind, paths in banded.items():
+        group = duplicates224.loc[duplicates224["path"].str.startswith(f"big/a/{kind}_"), "group"]
+        assert len(group) == len(paths) and group.nunique() == 1, (kind, duplicates224)
     assert duplicates16.equals(duplicates224)
     assert manifest16.equals(manifest224)
 
