@@ -2707,6 +2707,20 @@ MUTATIONS = [
         '        return {"resize_size": self.resize, "interpolation": self.interpolation}',
         ("tests/test_data.py", "-k", "another_filter_or_resize"),
     ),
+    Mutation(
+        "verify-dvc-file-outs-from-the-root",
+        "tools.verify reads a .dvc file's outputs from the project's root, not its own folder: data/raw.dvc's raw",
+        '                paths += [Path(folder) / out["path"] for out in outs or []]',
+        '                paths += [root / out["path"] for out in outs or []]',
+        ("tests/test_verify.py", "-k", "dvc_add"),
+    ),
+    Mutation(
+        "verify-dvc-files-ignored",
+        "tools.verify links damaged objects only to dvc.lock's outputs: data tracked with dvc add is never named",
+        '            if name.endswith(".dvc"):',
+        '            if name == "dvc.lock":',
+        ("tests/test_verify.py", "-k", "dvc_add"),
+    ),
 ]
 
 

@@ -241,3 +241,24 @@ def test_in_place_damage_that_reached_the_cache_is_found_and_repaired(reproduced
     assert "Running stage 'evaluate'" in rerun.stdout, rerun.stdout
     assert run(tool, project).stdout.endswith("cache objects: all intact\n")
     assert "up to date" in run([*dvc, "status"], project).stdout
+
+
+def test_data_tracked_with_dvc_add_is_named_and_repaired_too(project: Path) -> None:
+    """The README's `dvc add data/raw`: DVC links the images into its cache as it links the
+    stages' outputs, so an image damaged in place damages its object, and the tool names the
+    image with it; --repair deletes both (a .dvc file's data, not only dvc.lock's outputs)."""
+    raw = project / "data" / "raw" / "cats"
+    raw.mkdir(parents=True)
+    for index in range(3):
+        (raw / f"{index}.png").write_bytes(bytes(range(index, index + 200)))
+    run([sys.executable, "-m", "dvc", "add", "data/raw"], project)
+    image = raw / "1.png"
+    assert image.stat().st_nlink == 2  # the workspace file is the cache object
+    truncate(image)
+
+    found = run([sys.executable, "-m", "tools.verify"], project, check=False)
+    assert found.returncode == 1, found.stdout + found.stderr
+    (line,) = [line for line in found.stdout.splitlines() if line.startswith("damaged: ")]
+    assert line.endswith("(also the workspace file data/raw/cats/1.png)"), line
+    run([sys.executable, "-m", "tools.verify", "--repair"], project)
+    assert not image.exists() and (raw / "0.png").exists()

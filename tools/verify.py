@@ -118,17 +118,32 @@ def check_cache(cache: Path, links: dict[tuple[int, int], list[Path]] | None = N
     return checked, damaged
 
 
+# Folders that hold no .dvc file of the project's: git's and DVC's own, and the run cache.
+NOT_SEARCHED = {".git", ".dvc", ".cache"}
+
+
 def output_paths(root: Path) -> list[Path]:
-    """The workspace paths of every output in dvc.lock (files and directories)."""
+    """The workspace paths of everything DVC tracks (files and directories): the outputs in
+    dvc.lock, and the data each .dvc file tracks (`dvc add data/raw` writes data/raw.dvc)."""
+    paths = []
     lockfile = root / "dvc.lock"
-    if not lockfile.is_file():
-        return []
-    lock = yaml.safe_load(lockfile.read_text()) or {}
-    return [root / out["path"] for stage in (lock.get("stages") or {}).values() for out in stage.get("outs") or []]
+    if lockfile.is_file():
+        lock = yaml.safe_load(lockfile.read_text()) or {}
+        paths += [
+            root / out["path"] for stage in (lock.get("stages") or {}).values() for out in stage.get("outs") or []
+        ]
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in NOT_SEARCHED]
+        for name in files:
+            if name.endswith(".dvc"):
+                tracked = yaml.safe_load((Path(folder) / name).read_text())
+                outs = tracked.get("outs") if isinstance(tracked, dict) else None  # another program's file
+                paths += [Path(folder) / out["path"] for out in outs or []]
+    return paths
 
 
 def workspace_links(root: Path) -> dict[tuple[int, int], list[Path]]:
-    """(device, inode) -> the files under the outputs in dvc.lock, to find which are a cache object."""
+    """(device, inode) -> the files DVC tracks in the workspace, to find which are a cache object."""
     links: dict[tuple[int, int], list[Path]] = {}
     for out in output_paths(root):
         files = [out] if out.is_file() else sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else []
