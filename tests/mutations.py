@@ -2721,6 +2721,13 @@ MUTATIONS = [
         '            if name == "dvc.lock":',
         ("tests/test_verify.py", "-k", "dvc_add"),
     ),
+    Mutation(
+        "validation-scored-with-training-flips",
+        "with train.augment.hflip the checkpoints' val scores average each image with its mirror: not evaluate's",
+        "score(predict(model, val_data, loop.batch_size, loop.ranks), val_data.targets, num_classes)",
+        "score(predict(model, val_data, loop.batch_size, loop.ranks, flip=loop.hflip), val_data.targets, num_classes)",
+        ("tests/test_distributed.py", "-k", "batchnorm_training"),
+    ),
 ]
 
 

@@ -95,11 +95,13 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory, one_process: dict) -
 def batchnorm_trains(tmp_path_factory: pytest.TempPathFactory, ddp_once: Path) -> Path:
     """`dvc exp run` of every layer (BatchNorm included) on 2 processes, and evaluate after
     it (`evaluate`, the target: the tests read its scores, not select-best's), in a copy of
-    `ddp_once`, once per run."""
+    `ddp_once`, once per run. Training flips images (train.augment.hflip); validation, as
+    evaluate without evaluate.tta, must not."""
 
     def build(root: Path) -> dict:
         project = copy_project(ddp_once, root / "project")
-        run([PYTHON, "-m", "dvc", "exp", "run", "-S", "freeze=none", "-S", "train.processes=2", "evaluate"], project)
+        overrides = ["-S", "freeze=none", "-S", "train.processes=2", "-S", "train.augment.hflip=true"]
+        run([PYTHON, "-m", "dvc", "exp", "run", *overrides, "evaluate"], project)
         return {"path": str(project)}
 
     return Path(once_per_run(tmp_path_factory, "batchnorm_trains", build)["path"])
