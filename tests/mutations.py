@@ -2728,6 +2728,13 @@ MUTATIONS = [
         "score(predict(model, val_data, loop.batch_size, loop.ranks, flip=loop.hflip), val_data.targets, num_classes)",
         ("tests/test_distributed.py", "-k", "batchnorm_training"),
     ),
+    Mutation(
+        "model-redecode-at-the-crops-margin",
+        "prepare decodes a file again for the model with the crop's margin, not the resize's",
+        "                decoded = decode(io.BytesIO(content), sizing.resize)\n",
+        "                decoded = decode(io.BytesIO(content), sizing.crop)\n",
+        ("tests/test_preprocessing.py", "-k", "decodes_anew"),
+    ),
 ]
 
 

@@ -124,17 +124,18 @@ def test_a_large_jpeg_decoded_at_reduced_scale_stays_within_a_level_or_two(
             assert near.max() > 8
 
 
-def test_prepare_decodes_anew_where_its_hash_decode_is_too_small_for_the_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sizing", [Sizing(500, 448), Sizing(300, 256)], ids=["500-448", "300-256"])
+def test_prepare_decodes_anew_where_its_hash_decode_is_too_small_for_the_model(tmp_path: Path, sizing: Sizing) -> None:
     """prepare decodes each file once at a fixed size for its hash (HASH_DECODE_SIZE 256, with
     DECODE_MARGIN: a 3000 x 2700 JPEG at 1/2 scale) and reuses that decode for the model only
     where the model's would be the same. At resize 500 the model's needs the whole file
     (5 x 500 > 1350): its input is then torchvision's Resize and CenterCrop of the whole decode
     within a step of 8-bit value (measured: mean 0.002); from the hash's 1/2-scale decode it
-    would be 4 steps off here and there (mean 0.47)."""
+    would be 4 steps off here and there (mean 0.47). At resize 300 for a 256 crop the margin is
+    the resize's (5 x 300 > 1350), not the crop's (5 x 256 < 1350): the whole file too."""
     path = photo(tmp_path / "large.jpg", 3000, 2700, seed=1)
-    sizing = Sizing(500, 448)
     inspected = inspect_file(str(path), sizing)
-    reference = v2.Compose([v2.Resize(500, antialias=True), v2.CenterCrop(448)])
+    reference = v2.Compose([v2.Resize(sizing.resize, antialias=True), v2.CenterCrop(sizing.crop)])
     expected = np.asarray(reference(Image.open(path).convert("RGB"))).transpose(2, 0, 1)
     difference = np.abs(inspected.pixels.astype(int) - expected)
     assert difference.max() <= 1 and difference.mean() < 0.05, (difference.max(), difference.mean())
