@@ -118,8 +118,9 @@ def check_cache(cache: Path, links: dict[tuple[int, int], list[Path]] | None = N
     return checked, damaged
 
 
-# Folders that hold no .dvc file of the project's: git's and DVC's own, and the run cache.
-NOT_SEARCHED = {".git", ".dvc", ".cache"}
+# Folders that hold no .dvc file of the project's: git's and DVC's own, the run cache, and
+# the README's virtual environment (tens of thousands of files).
+NOT_SEARCHED = {".git", ".dvc", ".cache", ".venv"}
 
 
 def output_paths(root: Path) -> list[Path]:
