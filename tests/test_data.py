@@ -269,8 +269,11 @@ def test_load_image_scales_16_bit_grey_instead_of_clipping(tmp_path: Path) -> No
     image = load_image(tmp_path / "g.png", Sizing(4, 4))
 
     assert image.dtype == np.uint8 and image.shape == (3, 4, 4)
+    # By hand: 32768 / 65535 x 255 = 127.502, the nearest 8-bit value 128. A flat picture stays
+    # flat through any resize, so every pixel is that exactly; truncated, it would be 127.
     expected = round(grey16 / 65535 * 255)
-    assert np.abs(image.astype(int) - expected).max() <= 1
+    assert expected == 128
+    np.testing.assert_array_equal(image, np.full((3, 4, 4), expected, dtype=np.uint8))
     assert image.max() < 255  # Pillow's plain convert("RGB") would clip to white
 
 
@@ -518,6 +521,18 @@ def test_stratified_split_shuffles_each_class_on_its_own() -> None:
 def test_stratified_split_rejects_a_class_too_small_for_every_split() -> None:
     with pytest.raises(UserError, match="'b' has 2 usable image"):
         stratified_split(["a"] * 10 + ["b"] * 2, FRACTIONS, seed=0)
+
+
+def test_with_val_alone_a_class_needs_two_images_not_three() -> None:
+    """Pretraining splits train and val alone (fractions without test): a class of 2 images
+    fills both, one each by hand, for every seed; a class of 1 is refused as needing 2."""
+    labels = ["a"] * 2 + ["b"] * 5
+    for seed in range(5):
+        splits = stratified_split(labels, {"val": 0.2}, seed)
+        assert sorted(splits[:2]) == ["train", "val"], (seed, splits)
+        assert Counter(splits[2:]) == {"val": 1, "train": 4}, (seed, splits)  # 0.2 x 5 = 1 image
+    with pytest.raises(UserError, match=r"'a' has 1 usable image.*needs at least 2"):
+        stratified_split(["a"] + ["b"] * 5, {"val": 0.2}, seed=0)
 
 
 # --- decoded_images ----------------------------------------------------------------------
@@ -847,6 +862,9 @@ def sparse_bright_dots(width: int, height: int) -> np.ndarray:
         ("eight_bit_in_32.tif", grey_ramp(160, 120, 255), "I", 255, 2),  # 32-bit, white at 255
         # 32-bit, its white (65535) from every pixel, not from the shrunk ones
         ("dots_in_32.tif", sparse_bright_dots(800, 200), "I", 65535, 2),
+        # 32-bit, a seventh of it beyond white and a tenth below black: saturated to white and black
+        # (small enough to be decoded whole: shrunk first, the pipeline averages before it saturates)
+        ("beyond_white_in_32.tif", grey_ramp(64, 48, 120000) - 25000, "I", 65535, 2),
     ],
 )
 def test_16_and_32_bit_grey_images_are_scaled_by_their_white(
@@ -854,15 +872,16 @@ def test_16_and_32_bit_grey_images_are_scaled_by_their_white(
 ) -> None:
     """Greyscale of more than 8 bits, scaled to 8 bits by its white level (65535, or 255 for a
     32-bit image whose pixels stay within 8 bits) and then resized: by hand, the pixels over
-    the white times 255, then torchvision's Resize and CenterCrop. Within 2 steps of 8-bit value
-    (3 where black and white stripes average to grey, each way rounding its own)."""
+    the white times 255, beyond white or black saturated as 8-bit values saturate, then
+    torchvision's Resize and CenterCrop. Within 2 steps of 8-bit value (3 where black and
+    white stripes average to grey, each way rounding its own)."""
     path = tmp_path / name
     array = pixels.astype({"I;16": "<u2", "I;16B": ">u2", "I": np.int32}[mode])
     image = Image.fromarray(array) if mode != "I;16B" else Image.frombytes("I;16B", array.shape[::-1], array.tobytes())
     image.save(path)
     assert Image.open(path).mode == mode
     sizing = Sizing(8, 8)
-    grey = torch.from_numpy(np.round(pixels / peak * 255).astype(np.uint8))[None].expand(3, -1, -1)
+    grey = torch.from_numpy(np.clip(np.round(pixels / peak * 255), 0, 255).astype(np.uint8))[None].expand(3, -1, -1)
     expected = v2.Compose([v2.Resize(8, antialias=True), v2.CenterCrop(8)])(grey).numpy().astype(int)
     difference = np.abs(load_image(path, sizing).astype(int) - expected)
     assert difference.max() <= steps, (difference.max(), expected.mean())

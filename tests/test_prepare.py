@@ -11,10 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from pipeline.data import inspection
 from pipeline.data.cache import decoded_images
+from pipeline.data.copies import TrainingCopies
 from pipeline.data.decode import Sizing, load_image
 from pipeline.data.split import SPLITS
 from pipeline.files import read_csv
@@ -367,6 +370,21 @@ def test_prepare_keeps_duplicates_in_one_split_and_drops_conflicting_copies(proj
     labels = dict(zip(manifest["path"], manifest["label"], strict=True))
     assert {labels[p] for p in rel[1]} == {"b", "c"} and labels[rel[1][-2]] == "c"
     assert dict(zip(duplicates["path"], duplicates["split"], strict=True)) == {p: split_of[p] for p in rel[0] + rel[1]}
+
+    # The training copies that prepare kept, with the conflicting file left out before a later
+    # row (b/from_c.png sorts before b/original.jpg): each row's random resized crop is cut
+    # from its own picture. The whole box, against torchvision's resized_crop of the file.
+    (index,) = (project / ".cache" / "images").glob("*.train.npy")
+    copies = TrainingCopies(index.with_suffix(".bin"), index)
+    assert len(copies) == len(manifest)
+    for row, path in enumerate(manifest["path"]):
+        whole = TF.pil_to_tensor(Image.open(project / path).convert("RGB"))
+        height, width = whole.shape[1:]
+        assert copies.whole_sizes(torch.tensor([row])).tolist() == [[width, height]], path
+        crop = copies.crop(row, [0, 0, height, width], False, 16, "bilinear")
+        reference = TF.resized_crop(whole, 0, 0, height, width, [16, 16], antialias=True)
+        difference = np.abs(crop.transpose(2, 0, 1).astype(int) - reference.numpy().astype(int))
+        assert difference.mean() < 2, (path, difference.mean())
 
 
 def test_the_hashes_and_the_split_do_not_depend_on_the_models_sizing(project: Path) -> None:
