@@ -302,8 +302,10 @@ def test_a_data_folder_without_two_classes_is_refused(params_file: Path, overrid
 
 
 def test_the_pretrain_folder_is_scanned_only_when_pretraining(params_file: Path) -> None:
-    set_params(params_file.parent, **{"pretrain.data_dir": "data/digits/source/0", "model.weights": None})
-    check(load_params(params_file))
+    # Random weights, or torchvision's (checked by name, never downloaded): no stage reads the folder.
+    for weights in [None, "IMAGENET1K_V1"]:
+        set_params(params_file.parent, **{"pretrain.data_dir": "data/digits/source/0", "model.weights": weights})
+        check(load_params(params_file))
     # ...while the data folder is scanned whatever the starting weights
     set_params(params_file.parent, **{"prepare.data_dir": "data/digits/target/5"})
     assert "prepare.data_dir = 'data/digits/target/5': " in problem(params_file)
@@ -329,10 +331,17 @@ def warnings_for(params_file: Path, **overrides: object) -> list[str]:
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        ({"train.epochs": 8, "train.unfreeze_after": 8, "train.unfreeze_to": "first:2"}, "never takes over"),
+        # unfreeze_to apart from freeze (none), so the line names the spec that never takes over
+        (
+            {"train.epochs": 8, "train.unfreeze_after": 8, "train.unfreeze_to": "first:2"},
+            "train.unfreeze_after = 8 is not smaller than train.epochs = 8: train.unfreeze_to (first:2) never takes",
+        ),
         ({"train.epochs": 8, "train.unfreeze_after": 9, "freeze": "first:2"}, "train.unfreeze_after = 9 is not"),
         ({"freeze": "first:2", "train.unfreeze_after": 2, "train.unfreeze_to": "first:2"}, "is freeze itself"),
-        ({"train.unfreeze_to": "first:2"}, "has no effect while train.unfreeze_after is 0"),
+        (
+            {"train.unfreeze_to": "first:2"},
+            "train.unfreeze_to = 'first:2' has no effect while train.unfreeze_after is 0",
+        ),
         ({"train.epochs": 4, "train.warmup_epochs": 4}, "the run ends within the warm-up"),
         # numbers apart from each other, so each is seen in its place
         ({"train.epochs": 4, "train.warmup_epochs": 5}, "train.warmup_epochs = 5 is not smaller than train.epochs = 4"),
@@ -342,7 +351,11 @@ def warnings_for(params_file: Path, **overrides: object) -> list[str]:
             "step_every = 5: the step schedule never steps in 4 epochs",
         ),
         ({"train.epochs": 4, "train.schedule": "step", "train.step_every": 2, "train.warmup_epochs": 2}, "never"),
-        ({"train.epochs": 8, "train.early_stopping.patience": 7}, "early stopping never stops one"),
+        # the run's 8 epochs named as such, not patience + 1 or epochs - 1
+        (
+            {"train.epochs": 8, "train.early_stopping.patience": 7},
+            "train.early_stopping.patience = 7: in 8 epochs no run can go that long after its best epoch",
+        ),
         ({"train.early_stopping.min_delta": 0.1}, "min_delta has no effect"),
         ({"train.sync_batchnorm": True}, "sync_batchnorm has no effect"),
         ({"freeze": "all_but_head", "train.trunk_lr_scale": 0.1}, "train.trunk_lr_scale = 0.1 has no effect"),

@@ -554,14 +554,31 @@ RANGES: list[tuple[str, list[object], list[object]]] = [
 ]
 
 
+def admitted(allowed: str, value: float) -> bool | None:
+    """Whether the range a refusal states (`in [0, 1)`, `between 0 and 1 (exclusive)`, `>= 1`,
+    `> 0`) holds `value`, read as a user reads it; None where it states no range."""
+    number = r"(-?\d+(?:\.\d+)?)"
+    if found := re.search(rf"([\[(]){number}, {number}([\])])", allowed):
+        opening, low, high, closing = found.groups()
+        above = value >= float(low) if opening == "[" else value > float(low)
+        return above and (value <= float(high) if closing == "]" else value < float(high))
+    if found := re.search(rf"between {number} and {number} \(exclusive\)", allowed):
+        return float(found[1]) < value < float(found[2])
+    if found := re.search(rf"(>=?) {number}", allowed):
+        return value >= float(found[2]) if found[1] == ">=" else value > float(found[2])
+    return None
+
+
 def test_each_number_param_is_refused_just_beyond_its_documented_range(params_file: Path) -> None:
     """validate on the repo's params with one value changed (loaded once: each load is a tenth
-    of a second). Besides the table: the global batch must split evenly over processes x
-    accumulated batches (66 splits over 2 processes, not over 2 x 2), and the held-out
-    fractions must leave some images for training."""
+    of a second). Each refusal quotes the value given and states a range that the documented
+    values at its ends fall in and the refused one does not: the user fixes the value by it.
+    Besides the table: the global batch must split evenly over processes x accumulated batches
+    (66 splits over 2 processes, not over 2 x 2), and the held-out fractions must leave some
+    images for training."""
     loaded = load_params(params_file)
 
-    def problem(changes: dict[str, object]) -> str | None:
+    def refusal(changes: dict[str, object]) -> ParamError | None:
         params = copy.deepcopy(loaded)
         for key, value in changes.items():
             parent, _, name = key.rpartition(".")
@@ -569,13 +586,27 @@ def test_each_number_param_is_refused_just_beyond_its_documented_range(params_fi
         try:
             validate(params)
         except ParamError as error:
-            return error.key
+            return error
         return None
+
+    def problem(changes: dict[str, object]) -> str | None:
+        return error.key if (error := refusal(changes)) else None
 
     wrong = []
     for key, oks, bads in RANGES:
         wrong += [f"{key} = {ok!r} refused" for ok in oks if problem({key: ok}) is not None]
-        wrong += [f"{key} = {bad!r} passed (or named {found})" for bad in bads if (found := problem({key: bad})) != key]
+        for bad in bads:
+            if (error := refusal({key: bad})) is None or error.key != key:
+                wrong.append(f"{key} = {bad!r} passed (or named {error and error.key})")
+                continue
+            # A message quoting a neighbour's value shows where the two differ: accumulate_steps'
+            # 0 beside processes' default 1.
+            said, _, allowed = str(error).partition(" is not allowed; it must be ")
+            numbers = [ok for ok in oks if ok is not None]
+            if not said.endswith(f" {key} = {bad!r}"):
+                wrong.append(f"{error}: quotes another value than {bad!r}")
+            elif [admitted(allowed, value) for value in [bad, *numbers]] != [False] + [True] * len(numbers):
+                wrong.append(f"{error}: states a range that does not hold {numbers} and refuse {bad!r}")
     split = {"train.processes": 2, "train.accumulate_steps": 2}
     assert problem({**split, "train.batch_size": 64}) is None
     assert problem({**split, "train.batch_size": 66}) == "train.batch_size"

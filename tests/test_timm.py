@@ -135,13 +135,19 @@ def rates_and_decays(model: nn.Module, groups: list[dict], lr: float) -> dict[st
     }
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("layer_decay", [1.0, 0.65])
+# XCiT's no_weight_decay() holds a wildcard ('pos_embed.*', a module whose convolution weight is
+# 4-D), matched as timm matches it: fnmatch, the parameter's name against the pattern. Its build
+# takes a second, so it runs once, for the decay alone.
+@pytest.mark.parametrize(
+    ("arch", "layer_decay"),
+    [*((arch, decay) for arch in ARCHS for decay in (1.0, 0.65)), ("timm/xcit_nano_12_p16_224", 1.0)],
+)
 def test_parameter_groups_are_timms_name_by_name(arch: str, layer_decay: float) -> None:
     """Weight decay as timm's param_groups_weight_decay (1-D parameters, biases and the model's
-    no_weight_decay(): ViT's cls_token and pos_embed undecayed), and with layer decay each
-    parameter's rate as param_groups_layer_decay scales it: timm's fine groups (each ResNet and
-    ConvNeXt block apart), ConvNeXt's head.norm with the head, ViT's final norm with its last block."""
+    no_weight_decay(): ViT's cls_token and pos_embed undecayed, XCiT's pos_embed.* too), and with
+    layer decay each parameter's rate as param_groups_layer_decay scales it: timm's fine groups
+    (each ResNet and ConvNeXt block apart), ConvNeXt's head.norm with the head, ViT's final norm
+    with its last block."""
     model, head = on_meta(arch)
     params = OptimParams(
         epochs=1, batch_size=2, optimizer=Optimizer.adamw, lr=0.3, momentum=0, weight_decay=0.05, seed=0
@@ -159,6 +165,8 @@ def test_parameter_groups_are_timms_name_by_name(arch: str, layer_decay: float) 
         assert got[name] == (pytest.approx(rate, rel=1e-12), decay), name
     if "vit" in arch:
         assert got["cls_token"][1] == got["pos_embed"][1] == 0 and got["blocks.0.attn.qkv.weight"][1] == 0.05
+    if "xcit" in arch:
+        assert got["pos_embed.token_projection.weight"][1] == 0 and got["blocks.0.attn.qkv.weight"][1] == 0.05
     # One rate per fine group: the stem, each block (8 for resnet18, 12 for the others), the head's.
     rates = {rate for rate, _ in got.values()}
     assert len(rates) == (1 if layer_decay == 1 else {"timm/resnet18": 10}.get(arch, 14))
