@@ -1,6 +1,7 @@
 """select-best's per-class table and its list and picture of the mistakes
 (pipeline.interpretation, pipeline.gallery), against hand counts and hand-drawn pixels."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.cli import UserError
 from pipeline.engine import score
@@ -99,6 +100,14 @@ def test_heat_is_jet_coloured_and_laid_over_the_image_where_it_is() -> None:
     hot, cold = shown[24 * 4, 8 * 4], shown[4 * 4, 24 * 4]
     assert (hot[0] > hot[2]) and (cold[2] > cold[0])  # red where it is hot, blue where it is not
     assert np.abs(hot - [(100 + 128) / 2, 100 / 2, 100 / 2]).max() <= 1  # half the image, half jet's dark red
+    # Enlarged smoothly, as Pillow's bilinear resize enlarges it: random heat at the demo's 32 px,
+    # so that nearest-neighbour's 4 x 4 blocks would stand out everywhere, not only at edges.
+    heat = np.random.default_rng(2).random((32, 32))
+    smooth = np.asarray(Image.fromarray(heat.astype(np.float32), "F").resize((PANEL, PANEL), Image.Resampling.BILINEAR))
+    jet = np.array([[0, 0, 127.5], [0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0], [127.5, 0, 0]])
+    colours = np.stack([np.interp(smooth, anchors[[0, 1, 2, 4, 5, 6]], channel) for channel in jet.T], axis=-1)
+    grey = Image.new("RGB", (PANEL, PANEL), (100, 100, 100))
+    assert np.abs(np.asarray(overlay(grey, heat)) - (100 + colours) / 2).max() <= 1.5
 
 
 def test_the_gallery_puts_each_image_and_its_heat_side_by_side_in_rows_of_four() -> None:
@@ -124,17 +133,58 @@ def test_the_gallery_puts_each_image_and_its_heat_side_by_side_in_rows_of_four()
 
 def test_a_long_class_name_is_cut_so_that_its_line_fits_its_tile() -> None:
     """A class name too long for a tile is cut with an ellipsis so that the whole line, the
-    probability after the name included, fits the tile's width."""
+    probability after the name included, fits the tile's width (an image and its heat map);
+    one that fits is drawn whole."""
     face, width = font(), 2 * PANEL + GAP
     line = label("predicted: ", "a_class_name_much_longer_than_any_tile_is_wide", "  p = 0.93", width, face)
     assert line.startswith("predicted: a_class") and line.endswith("…  p = 0.93")
     assert face.getlength(line) <= width
+
+    # In the picture: a true class wider than one image (128 px) but not than the tile, and a
+    # predicted one that fits the tile alone but not with its probability after it.
+    actual, predicted = "common_kingfisher", "eurasian_oystercatcher"
+    assert PANEL < face.getlength(f"true: {actual}") <= width
+    assert face.getlength(f"predicted: {predicted}") <= width < face.getlength(f"predicted: {predicted}  p = 0.93")
+    rng = np.random.default_rng(3)
+    tiles = [Tile(rng.integers(0, 256, (3, 32, 32), dtype=np.uint8), rng.random((32, 32)), actual, predicted, 0.93)] * 2
+    picture = np.asarray(draw_gallery(tiles, ["title"]))
+    # By hand, the longest start of the name whose line fits, with the ellipsis and probability.
+    kept = max(n for n in range(len(predicted)) if face.getlength(f"predicted: {predicted[:n]}…  p = 0.93") <= width)
+    line_height = TEXT + 4
+    top = GAP + line_height + GAP + PANEL + 2  # under the first tile's images, below one title line
+    for k, (text, colour) in enumerate(
+        [(f"true: {actual}", (0, 110, 0)), (f"predicted: {predicted[:kept]}…  p = 0.93", (190, 0, 0))]
+    ):
+        strip = Image.new("RGB", (width + GAP, line_height), (255, 255, 255))  # the tile, and the gap after it
+        ImageDraw.Draw(strip).text((0, 0), text, fill=colour, font=face)
+        rows = slice(top + k * line_height, top + (k + 1) * line_height)
+        assert (picture[rows, GAP : GAP + width + GAP] == np.asarray(strip)).all(), text
 
 
 def test_no_mistakes_is_a_picture_that_says_so() -> None:
     picture = draw_gallery([], ["No mistakes on the test split (12 images)."])
     pixels = np.asarray(picture)
     assert picture.width > 200 and (pixels < 128).any()  # the line of text, in a picture of its own
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Pillow looks for fonts under the XDG folders on Linux only")
+def test_no_mistakes_without_dejavu_sans_is_said_in_pillow_s_own_font_at_the_gallery_s_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a machine without DejaVu Sans (slim images) the picture is still drawn, its text in
+    Pillow's own font at the gallery's TEXT size, not at that font's 10 px default."""
+    monkeypatch.chdir(tmp_path)
+    for folder in ("XDG_DATA_HOME", "XDG_DATA_DIRS"):  # where Pillow looks for a font by name on Linux
+        monkeypatch.setenv(folder, str(tmp_path))
+    with pytest.raises(OSError):
+        ImageFont.truetype("DejaVuSans.ttf", TEXT)  # as on such a machine
+    title = "No mistakes on the test split (12 images)."
+    picture = np.asarray(draw_gallery([], [title]))
+    face = ImageFont.load_default(TEXT)
+    assert picture.shape[1] == int(2 * GAP + face.getlength(title))  # the title is wider than a tile
+    strip = Image.new("RGB", (picture.shape[1] - GAP, TEXT + 4), (255, 255, 255))
+    ImageDraw.Draw(strip).text((0, 0), title, fill=(0, 0, 0), font=face)
+    assert (picture[GAP : GAP + TEXT + 4, GAP:] == np.asarray(strip)).all()
 
 
 def test_an_image_gone_since_prepare_is_an_error_naming_it(tmp_path: Path) -> None:
@@ -267,6 +317,8 @@ def test_a_model_without_a_layer_for_grad_cam_gets_the_picture_without_heat_maps
     assert "No heat maps: timm/pit_ti_224 has no square feature map or patch tokens for Grad-CAM." in caplog.text
     picture = np.asarray(Image.open("best/mistakes.png").convert("RGB")).astype(int)
     for pixels in model_inputs(frame["path"].tolist(), built.spec):
-        located(picture, np.asarray(panel(pixels)))  # every mistake is drawn
+        # every mistake is drawn, its 224 px shrunk to 128 as Pillow's Lanczos filter shrinks it
+        shrunk = Image.fromarray(pixels.transpose(1, 2, 0)).resize((PANEL, PANEL), Image.Resampling.LANCZOS)
+        located(picture, np.asarray(shrunk))
     red, green, blue = picture[..., 0], picture[..., 1], picture[..., 2]
     assert not ((blue > red + 40) & (blue > green + 40)).any()  # and no heat over any of them
