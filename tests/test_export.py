@@ -2,6 +2,7 @@
 loads and runs, with the checkpoint's outputs for any batch size, or from a decoded image
 tools.predict's probabilities, and that never cost the stage its results."""
 
+import hashlib
 import json
 import logging
 import os
@@ -81,6 +82,26 @@ def fake_evaluation(project: Path, checkpoint: dict) -> None:
     pd.DataFrame(predictions).to_csv(project / "eval/predictions/epoch_001.csv", index=False)
 
 
+def tracked_by_dvc(project: Path, path: Path, data: bytes) -> Path:
+    """`path` holding `data` as `dvc repro` leaves a stage's output with the project's
+    cache.type hardlink: one file with its cache object, named by the md5 of its bytes and
+    made read-only. The object, which a write into `path` in place would change too."""
+    digest = hashlib.md5(data).hexdigest()
+    cached = project / ".dvc/cache/files/md5" / digest[:2] / digest[2:]
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(data)
+    cached.chmod(0o444)
+    path.unlink(missing_ok=True)
+    path.hardlink_to(cached)
+    return cached
+
+
+def assert_dvc_object_whole(cached: Path) -> None:
+    """DVC's cache object still holds the bytes its name is the md5 of (what DVC, which does
+    not re-hash its cache, would check out again for that version)."""
+    assert hashlib.md5(cached.read_bytes()).hexdigest() == cached.parent.name + cached.name, cached
+
+
 LOAD_WITH_PLAIN_TORCH = """
 import json, sys
 import torch
@@ -112,8 +133,11 @@ def test_select_best_writes_a_file_that_plain_torch_runs_and_a_rerun_reuses_it(
     def fail(*args: object, **kwargs: object) -> None:
         raise RuntimeError("exported again")
 
-    for path in programs:
-        path.unlink()
+    # In their place, other programs (another experiment's, checked out with `dvc exp apply`),
+    # linked into DVC's cache: the copies must replace the links, not write through them, or
+    # that experiment's cached programs become this one's. Not this run's bytes, which a write
+    # through the link would leave as they were.
+    earlier = [tracked_by_dvc(project, path, f"another experiment's {path.name}\n".encode()) for path in programs]
     monkeypatch.chdir(project)
     monkeypatch.setattr(torch.export, "export", fail)
     with caplog.at_level(logging.INFO):
@@ -122,6 +146,8 @@ def test_select_best_writes_a_file_that_plain_torch_runs_and_a_rerun_reuses_it(
     # The copies are the first run's files, and what plain torch makes of them is checked
     # below against the model run directly and against torchvision's preprocessing.
     assert [path.read_bytes() for path in programs] == exported
+    for cached in earlier:
+        assert_dvc_object_whole(cached)
 
     # Load it where no pipeline package can be imported: not in cwd, not on PYTHONPATH.
     images = torch.randn(4, 3, 16, 16)
@@ -194,10 +220,14 @@ def test_a_failed_export_keeps_the_results_and_says_why(
         raise RuntimeError("this model cannot be captured")
 
     fake_evaluation(project, tiny_checkpoint("resnet18", 16))
+    # An earlier run's program, as `dvc repro` left it linked into DVC's cache: the line that
+    # replaces it must not be written through the link into that cache object.
+    earlier = tracked_by_dvc(project, project / "models/best.pt2", b"an earlier run's program\n")
     monkeypatch.chdir(project)
     monkeypatch.setattr(torch.export, "export", fail)
     with caplog.at_level(logging.INFO):
         select_best.main()
+    assert_dvc_object_whole(earlier)
     assert "could not export resnet18 with torch.export (RuntimeError: this model cannot be captured)" in caplog.text
     assert "exported resnet18 for" not in caplog.text  # the stub is no export: not logged as one
     assert load_checkpoint(project / "models/best.pt")["classes"] == CLASSES

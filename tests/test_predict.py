@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -24,7 +25,7 @@ from PIL import Image
 
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.models import build_model
-from testing.project import make_project, run
+from testing.project import make_project, run, run_script
 from tests.helpers import torchvision_logits
 
 # Names of different lengths, so a table that does not pad them shows; four, one more than the
@@ -83,10 +84,26 @@ def expected_top(project: Path, k: int) -> dict[str, list[tuple[str, float]]]:
     return expected
 
 
-def test_csv_matches_the_training_code_and_reports_the_broken_file(project: Path) -> None:
+# `python -m tools.predict ARGS > OUT`, as the README's example writes predictions.csv: the shell
+# opens OUT as the process's stdout. The output is read back as bytes, because the text that
+# `run` captures has \r\n already turned into \n.
+PREDICT_INTO_FILE = """
+import os, runpy, sys
+os.dup2(os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
+sys.argv = ["tools.predict", *sys.argv[2:]]
+runpy.run_module("tools.predict", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_csv_matches_the_training_code_and_reports_the_broken_file(project: Path, tmp_path: Path) -> None:
     # --top-k above the number of classes (4) gives every class, and columns for those alone.
-    result = predict(project, "shots", "c.png", "--model", MODEL, "--format", "csv", "--top-k", "5")
-    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    out = tmp_path / "predictions.csv"
+    args = [str(out), "shots", "c.png", "--model", MODEL, "--format", "csv", "--top-k", "5"]
+    result = run_script(PREDICT_INTO_FILE, args, project)
+    data = out.read_bytes()
+    # A header and a row per path, each ending in \n alone (not csv's default \r\n).
+    assert data.count(b"\n") == 1 + len(EXPECTED_PATHS) and b"\r" not in data, data
+    rows = list(csv.DictReader(io.StringIO(data.decode(), newline="")))
     assert [row["path"] for row in rows] == EXPECTED_PATHS
     columns = [f"{key}_{k}" for k in (1, 2, 3, 4) for key in ("class", "probability")]
     assert list(rows[0]) == ["path", *columns, "error"]
@@ -141,7 +158,7 @@ def test_table_prints_a_line_per_image(project: Path) -> None:
             continue
         # Each class, then its probability in percent to one decimal ("40.3%"), as torchvision's model gives it.
         assert cells[::2] == [name for name, _ in expected[path]]
-        assert all(cell.endswith("%") for cell in cells[1::2])
+        assert all(re.fullmatch(r"\d{1,3}\.\d%", cell) for cell in cells[1::2]), line
         percents = [float(cell.removesuffix("%")) for cell in cells[1::2]]
         assert percents == pytest.approx([100 * probability for _, probability in expected[path]], abs=0.051)
         # Aligned: each class starts where its column's "top k" header does.
