@@ -2735,6 +2735,186 @@ MUTATIONS = [
         "                decoded = decode(io.BytesIO(content), sizing.crop)\n",
         ("tests/test_preprocessing.py", "-k", "decodes_anew"),
     ),
+    Mutation(
+        "grey-16-bit-truncated",
+        "16- and 32-bit grey images are scaled to 8 bits by truncation, not rounding: every pixel up to a step"
+        " darker (32768 of 65535 becomes 127, not 128)",
+        "np.clip(pixels / peak * 255.0, 0, 255).round().astype(np.uint8)",
+        "np.clip(pixels / peak * 255.0, 0, 255).astype(np.uint8)",
+        ("tests/test_data.py", "-k", "scales_16_bit_grey_instead_of_clipping"),
+    ),
+    Mutation(
+        "split-minimum-counts-three-splits",
+        "the smallest-class check counts the three SPLITS whatever the fractions: pretraining (val only)"
+        " refuses a source class of 2 images that train + val could split",
+        "        if len(units) < len(names):\n",
+        "        if len(units) < len(SPLITS):\n",
+        ("tests/test_data.py", "-k", "with_val_alone_a_class_needs_two_images"),
+    ),
+    Mutation(
+        "copies-index-of-every-written-file",
+        "the training copies' index lists every decoded file, the conflicting copies prepare left out too:"
+        " after such a file, every random resized crop is cut from another image than its row's",
+        "            np.save(file, written.copies.index(rows))",
+        "            np.save(file, written.copies.index(list(written.copies.rows)))",
+        ("tests/test_prepare.py", "-k", "keeps_duplicates_in_one_split_and_drops_conflicting_copies"),
+    ),
+    Mutation(
+        "load-image-at-the-crops-margin",
+        "load_image (tools.predict, the mistakes' heat maps) decodes with the crop's margin, not the resize's:"
+        " on large photos predict's inputs and probabilities differ from evaluate's",
+        "    return model_input(decode(path, sizing.resize), sizing)",
+        "    return model_input(decode(path, sizing.crop), sizing)",
+        ("tests/test_preprocessing.py", "-k", "decoded_at_reduced_scale and 128-1"),
+    ),
+    Mutation(
+        "hash-decode-reused-for-non-jpegs",
+        "prepare decodes again for the model only for JPEGs: large PNGs/TIFFs/WebPs keep the hash's decode,"
+        " so the cached inputs (evaluate, train) differ from load_image's (predict)",
+        "            if not decoded.same_for(sizing.resize):\n",
+        "            if decoded.jpeg and not decoded.same_for(sizing.resize):\n",
+        ("tests/test_preprocessing.py", "-k", "decodes_anew and tiff"),
+    ),
+    Mutation(
+        "grey-32-bit-unclipped",
+        "32-bit grey pixels beyond the white level (over 65535, or negative) wrap around in uint8 instead of"
+        " saturating: such images turn to noise",
+        "np.clip(pixels / peak * 255.0, 0, 255).round()",
+        "(pixels / peak * 255.0).round()",
+        ("tests/test_data.py", "-k", "scaled_by_their_white and beyond_white"),
+    ),
+    Mutation(
+        "pretrain-folder-scanned-for-any-weights",
+        "check_params scans pretrain.data_dir whenever model.weights is not null: a run from torchvision weights "
+        "is refused over a pretrain folder that no stage reads",
+        "or weights == PRETRAIN_WEIGHTS:  # the folders a stage will read",
+        "or weights is not None:  # the folders a stage will read",
+        ("tests/test_check_params.py", "-k", "scanned_only_when_pretraining"),
+    ),
+    Mutation(
+        "ema-decay-message-allows-one",
+        "the refusal of train.ema_decay = 1.0 says it must be 'a number in [0, 1]', which 1.0 is",
+        '"a number in [0, 1); 0 = off"',
+        '"a number in [0, 1]; 0 = off"',
+        ("tests/test_config.py", "-k", "documented_range"),
+    ),
+    Mutation(
+        "magnitude-message-on-timm-scale",
+        "a refused train.augment.randaugment_magnitude is told to be in [0, 10] (timm's scale), "
+        "though the check and docs allow 0-30",
+        '"an integer in [0, 30]"',
+        '"an integer in [0, 10]"',
+        ("tests/test_config.py", "-k", "documented_range"),
+    ),
+    Mutation(
+        "accumulate-steps-refusal-quotes-processes",
+        "train.accumulate_steps = 0 is refused as '0 (read as 1)': the message quotes train.processes' value",
+        '_require(train.accumulate_steps >= 1, "train.accumulate_steps", train.accumulate_steps,',
+        '_require(train.accumulate_steps >= 1, "train.accumulate_steps", train.processes,',
+        ("tests/test_config.py", "-k", "documented_range"),
+    ),
+    Mutation(
+        "patience-warning-counts-one-epoch-short",
+        "check_params' early-stopping warning for an 8-epoch run says 'in 7 epochs no run can go that long'",
+        "patience = {patience}: in {epochs} epochs no run",
+        "patience = {patience}: in {epochs - 1} epochs no run",
+        ("tests/test_check_params.py", "-k", "cannot_take_effect_are_warned"),
+    ),
+    Mutation(
+        "unfreeze-warning-names-freeze",
+        "the 'unfreeze_after is not smaller than epochs' warning names freeze's spec "
+        "as the unfreeze_to that never takes over",
+        'f"train.unfreeze_to ({train.unfreeze_to}) never takes over"',
+        'f"train.unfreeze_to ({params.freeze}) never takes over"',
+        ("tests/test_check_params.py", "-k", "cannot_take_effect_are_warned"),
+    ),
+    Mutation(
+        "unfreeze-to-ignored-warning-names-freeze",
+        "the 'unfreeze_to has no effect while unfreeze_after is 0' warning quotes freeze's value, not unfreeze_to's",
+        'lines.append(f"train.unfreeze_to = {train.unfreeze_to!r} has no effect while',
+        'lines.append(f"train.unfreeze_to = {params.freeze!r} has no effect while',
+        ("tests/test_check_params.py", "-k", "cannot_take_effect_are_warned"),
+    ),
+    Mutation(
+        "no-decay-wildcards-unmatched",
+        "fnmatch's arguments swapped: no_weight_decay() wildcards (timm XCiT's 'pos_embed.*') no longer match, "
+        "so those weights get decay that timm's param_groups_weight_decay leaves off",
+        "any(fnmatch.fnmatch(name, p) for p in patterns)",
+        "any(fnmatch.fnmatch(p, name) for p in patterns)",
+        ("tests/test_timm.py", "-k", "parameter_groups_are_timms and xcit"),
+    ),
+    Mutation(
+        "font-fallback-catches-only-missing-files",
+        "without DejaVu Sans (slim images, macOS) select-best dies with OSError 'cannot open resource', no picture",
+        "    except OSError:\n        return ImageFont.load_default(size)",
+        "    except FileNotFoundError:\n        return ImageFont.load_default(size)",
+        ("tests/test_interpretation.py", "-k", "no_mistakes_without_dejavu_sans"),
+    ),
+    Mutation(
+        "font-fallback-at-default-size",
+        "without DejaVu Sans the picture's labels and title fall back to Pillow's 10 px font, not TEXT (14 px)",
+        "        return ImageFont.load_default(size)",
+        "        return ImageFont.load_default()",
+        ("tests/test_interpretation.py", "-k", "no_mistakes_without_dejavu_sans"),
+    ),
+    Mutation(
+        "gallery-true-label-cut-to-one-panel",
+        "in mistakes.png a true class name over ~11 characters is cut with an ellipsis though its tile has room",
+        'true_line = label("true: ", tile.actual, "", tile_width, face)',
+        'true_line = label("true: ", tile.actual, "", PANEL, face)',
+        ("tests/test_interpretation.py", "-k", "long_class_name"),
+    ),
+    Mutation(
+        "gallery-label-fit-check-ignores-the-probability",
+        "a predicted class name that fits without '  p = 0.93' is not cut: the line runs into the next tile",
+        "    if face.getlength(before + name + after) <= width:",
+        "    if face.getlength(before + name) <= width:",
+        ("tests/test_interpretation.py", "-k", "long_class_name"),
+    ),
+    Mutation(
+        "gallery-heat-enlarged-nearest",
+        "mistakes.png's heat maps are enlarged nearest-neighbour: blocky squares (4x4 at the demo's 32 px), not smooth",
+        "resize(image.size, Image.Resampling.BILINEAR)",
+        "resize(image.size, Image.Resampling.NEAREST)",
+        ("tests/test_interpretation.py", "-k", "heat_is_jet_coloured"),
+    ),
+    Mutation(
+        "gallery-large-inputs-shrunk-nearest",
+        "inputs above 128 px (224 for most weights) are shrunk nearest-neighbour in mistakes.png: aliased, not Lanczos",
+        "    enlarge = image.width <= PANEL\n"
+        "    return image.resize((PANEL, PANEL), Image.Resampling.NEAREST if enlarge else Image.Resampling.LANCZOS)",
+        "    return image.resize((PANEL, PANEL), Image.Resampling.NEAREST)",
+        ("tests/test_interpretation.py", "-k", "without_a_layer"),
+    ),
+    Mutation(
+        "cached-export-copied-in-place",
+        "a rerun that reuses a cached export writes it into models/best*.pt2 in place, not via temp file + rename:"
+        " a kill or full disk leaves a truncated program, and a hard-linked (DVC cache) output is overwritten",
+        "            with atomic_path(path) as tmp:\n                shutil.copyfile(cached, tmp)\n",
+        "            shutil.copyfile(cached, path)\n",
+        ("tests/test_export.py", "-k", "rerun_reuses_it"),
+    ),
+    Mutation(
+        "export-stub-written-in-place",
+        "the 'not a model' line for an export that fails is written straight into best*.pt2, not atomically",
+        '        with atomic_write(path, "w") as file:\n            file.write(f"not a model:',
+        '        with open(path, "w") as file:\n            file.write(f"not a model:',
+        ("tests/test_export.py", "-k", "failed_export_keeps"),
+    ),
+    Mutation(
+        "predict-csv-crlf",
+        "predict --format csv ends every row with \\r\\n (csv's default), so `> predictions.csv` gets CRLF lines",
+        'writer = csv.writer(out, lineterminator="\\n")',
+        "writer = csv.writer(out)",
+        ("tests/test_predict.py", "-k", "csv_matches"),
+    ),
+    Mutation(
+        "predict-table-two-decimals",
+        "predict's table prints each probability with two decimals (40.32%) instead of the one it promises (40.3%)",
+        ' {q:6.1%}"',
+        ' {q:6.2%}"',
+        ("tests/test_predict.py", "-k", "table_prints"),
+    ),
 ]
 
 
