@@ -552,7 +552,9 @@ def test_the_cores_are_shared_out_among_the_processes_of_a_machine(monkeypatch: 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert [cpu_threads(0, processes) for processes in (2, 3, 16, 40)] == [8, 5, 1, 1]
     assert cpu_threads(0, 1) == torch.get_num_threads()
-    assert cpu_threads(3, 2) == 3
+    # 1 too is a count, not torch's choice nor a share: on 16 cores, 1 process is torch's 16 and 2 share 8 each.
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    assert [cpu_threads(3, 2), cpu_threads(1, 1), cpu_threads(1, 2)] == [3, 1, 1]
 
 
 def test_sync_batchnorm_converts_on_gpus_and_says_so_on_the_cpu() -> None:

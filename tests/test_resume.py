@@ -300,7 +300,7 @@ def decoys_beside(killed: Path) -> Iterator[list[str]]:
 
 
 def test_a_resumed_run_keeps_its_cpu_threads_unless_train_threads_names_a_count(
-    trained: tuple[Path, list[dict]],
+    trained: tuple[Path, list[dict]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """docs/params.md: each checkpoint records the thread count, and a resumed run keeps it
     unless train.threads names one, since the count changes the float rounding. Killed under
@@ -326,3 +326,6 @@ def test_a_resumed_run_keeps_its_cpu_threads_unless_train_threads_names_a_count(
     # A count named on resuming wins: the kept 3 only stands in for train.threads 0.
     assert run_threads(2, [{"threads": 3}]) == 2 and run_threads(0, [{"threads": 3}]) == 3
     assert run_threads(0, [{"threads": 3}, {"threads": 5}]) == 5  # the last epoch's
+    # Kept when fewer than torch's own choice too: a run of 1 thread resumed where torch takes 4.
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert run_threads(0, [{"threads": 1}]) == 1

@@ -167,6 +167,36 @@ def test_damage_is_reported_and_repaired(
     assert capsys.readouterr().out == "checked 0 checkpoints and 0 cache objects: all intact\n"
 
 
+def test_a_damaged_checkpoint_whose_cache_object_is_intact_is_reported_and_repaired(
+    fake_project: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A checkpoint replaced by damaged bytes rather than damaged through the hard link (a copy
+    written over it; likewise any damage under `cache.type copy`): its cache object stays good,
+    yet the checkpoint is damage to name, exit 1 on, and delete, so that `dvc checkout` or
+    `dvc repro` restores it from that object."""
+    checkpoint = fake_project / "checkpoints" / "epoch_001.pt"
+    (obj,) = (fake_project / ".dvc" / "cache").rglob(md5(checkpoint.read_bytes())[2:])
+    damaged = checkpoint.read_bytes()[:-100]
+    checkpoint.unlink()  # a new file: the object's inode keeps the good bytes
+    checkpoint.write_bytes(damaged)
+
+    with pytest.raises(SystemExit) as exit_:
+        verify.main([])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 1
+    (line,) = [line for line in out.splitlines() if line.startswith("damaged: ")]  # the object is not named
+    assert line.startswith("damaged: checkpoints/epoch_001.pt: ") and "(also" not in line, line
+    assert "checked 1 checkpoints and 2 cache objects: 1 damaged checkpoints, 0 damaged cache objects\n" in out
+
+    verify.main(["--repair"])
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("deleted ")] == ["deleted checkpoints/epoch_001.pt"]
+    assert not checkpoint.exists() and obj.exists()  # the good object stays, for DVC to restore from
+    assert "now run `dvc repro`" in out
+    verify.main([])
+    assert capsys.readouterr().out == "checked 0 checkpoints and 2 cache objects: all intact\n"
+
+
 def test_a_file_that_cannot_be_deleted_is_named_the_rest_are_deleted_and_the_exit_is_1(
     fake_project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -220,6 +250,13 @@ def test_in_place_damage_that_reached_the_cache_is_found_and_repaired(reproduced
     (scores_obj,) = (project / ".dvc" / "cache" / "files" / "md5").rglob(md5(scores.read_bytes())[2:])
     assert scores.stat().st_ino == scores_obj.stat().st_ino
     truncate(scores)
+    # A checkpoint replaced rather than damaged in place (a truncated copy written over it, as
+    # any damage is under cache.type copy): its cache object stays good and is not named.
+    best = project / "models" / "best.pt"
+    good_best = best.read_bytes()
+    (best_obj,) = (project / ".dvc" / "cache" / "files" / "md5").rglob(md5(good_best)[2:])
+    best.unlink()
+    best.write_bytes(good_best[: len(good_best) // 2])
 
     found = run(tool, project, check=False)
     assert found.returncode == 1, found.stdout + found.stderr
@@ -230,15 +267,19 @@ def test_in_place_damage_that_reached_the_cache_is_found_and_repaired(reproduced
     )
     assert line.endswith("(also the workspace file eval/scores.csv)"), line
     assert "epoch_001.pt" not in found.stdout
+    assert "damaged: models/best.pt: " in found.stdout and str(best_obj.relative_to(project)) not in found.stdout
+    assert ": 2 damaged checkpoints, 2 damaged cache objects\n" in found.stdout
 
     repaired = run([*tool, "--repair"], project)
     assert "now run `dvc repro`" in repaired.stdout
     assert not checkpoint.exists() and not obj.exists()
     assert not scores.exists() and not scores_obj.exists()
+    assert not best.exists() and best_obj.exists()
     rerun = run([*dvc, "repro"], project)
     assert "Running stage 'train'" in rerun.stdout, rerun.stdout  # retrained, not restored from the run-cache
     # evaluate, which read every checkpoint after it, refuses a damaged one.
     assert "Running stage 'evaluate'" in rerun.stdout, rerun.stdout
+    assert best.read_bytes() == good_best
     assert run(tool, project).stdout.endswith("cache objects: all intact\n")
     assert "up to date" in run([*dvc, "status"], project).stdout
 
