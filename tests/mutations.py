@@ -2915,6 +2915,37 @@ MUTATIONS = [
         ' {q:6.2%}"',
         ("tests/test_predict.py", "-k", "table_prints"),
     ),
+    Mutation(
+        "verify-intact-without-damaged-objects",
+        "tools.verify says 'all intact' and exits 0 when damaged checkpoints have no damaged cache object "
+        "(cache.type copy, a file replaced rather than damaged in place, a run not yet committed)",
+        '    if not damages:\n        print(f"checked {n_checkpoints} checkpoints',
+        '    if not damaged_objects:\n        print(f"checked {n_checkpoints} checkpoints',
+        ("tests/test_verify.py", "-k", "whose_cache_object_is_intact"),
+    ),
+    Mutation(
+        "verify-repair-objects-only",
+        "tools.verify --repair deletes only damaged cache objects and their linked files: a damaged checkpoint "
+        "whose cache object is intact (or absent) stays, though the tool then says to run dvc repro",
+        "    if not repair(damages, root):",
+        "    if not repair(damaged_objects, root):",
+        ("tests/test_verify.py", "-k", "whose_cache_object_is_intact"),
+    ),
+    Mutation(
+        "one-thread-taken-as-default",
+        "train.threads: 1 is read as 0: one process trains on torch's own thread count (every core), and records it",
+        "    if requested > 0:\n        return requested",
+        "    if requested > 1:\n        return requested",
+        ("tests/test_distributed.py", "-k", "cores_are_shared"),
+    ),
+    Mutation(
+        "resume-keeps-threads-only-when-more",
+        "a resumed run with train.threads 0 keeps its epochs' thread count only when it exceeds this machine's "
+        "default: resumed where torch picks more threads, it rounds differently from the uninterrupted run",
+        "    if requested == 0 and kept != threads:",
+        "    if requested == 0 and kept > threads:",
+        ("tests/test_resume.py", "-k", "keeps_its_cpu_threads"),
+    ),
 ]
 
 
