@@ -80,12 +80,18 @@ def test_every_plot_dvc_yaml_declares_shows_the_run_s_own_numbers(reproduced: Pa
     shown = values("Learning rate per epoch")
     assert [int(row["step"]) for row in shown] == [checkpoint["epoch"] for checkpoint in checkpoints] == [1, 2]
     assert [float(row["lr"]) for row in shown] == pytest.approx([checkpoint["lr"] for checkpoint in checkpoints])
-    # dvclive's other curves: each epoch's training and validation loss, as its checkpoint has them.
+    # dvclive's other curves: each epoch's training loss and validation scores, as its checkpoint has them,
+    # and the validation accuracy and F1 as evaluate scored each checkpoint apart (eval/scores.csv).
     metrics = reproduced / "dvclive/train/plots/metrics"
-    for curve, key in [("train/loss.tsv", "loss"), ("val/loss.tsv", "val_loss")]:
+    curves = [("train/loss.tsv", "loss"), *((f"val/{name}.tsv", f"val_{name}") for name in ("loss", "accuracy", "f1"))]
+    for curve, key in curves:
         table = pd.read_csv(metrics / curve, sep="\t")
         assert list(table["step"]) == [checkpoint["epoch"] for checkpoint in checkpoints], curve
-        assert list(table["loss"]) == pytest.approx([checkpoint[key] for checkpoint in checkpoints]), curve
+        logged = list(table[Path(curve).stem])
+        assert logged == pytest.approx([checkpoint[key] for checkpoint in checkpoints]), curve
+        if key in ("val_accuracy", "val_f1"):
+            by_epoch = dict(zip(scores["epoch"], scores[key], strict=True))
+            assert logged == pytest.approx([by_epoch[step] for step in table["step"]], abs=1e-6), curve
 
     name = f"epoch_{chosen['epoch']:03d}{'' if chosen['weights'] == 'raw' else '_' + chosen['weights']}.csv"
     predictions = pd.read_csv(reproduced / "eval" / "predictions" / name, dtype=str)

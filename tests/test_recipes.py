@@ -763,13 +763,19 @@ def test_the_train_stage_builds_its_model_with_the_drop_path_rate_set(prepared: 
 def test_decaying_norms_and_biases_too_reaches_the_train_stage_s_optimizer(prepared: Path) -> None:
     """train.decay_norms_and_biases: true (docs/results.md's setting, as the references' plain
     --weight-decay does): the stage's optimizer decays every trained tensor, resnet18's
-    one-dimensional ones (BatchNorm's and the biases, counted on torchvision's own) included."""
+    one-dimensional ones (BatchNorm's and the biases, counted on torchvision's own) included.
+    With train.trunk_lr_scale 0.1, the trunk learns at a tenth of the head's rate, and the epoch
+    records (and plots) train.lr, the head's (docs/params.md), not the trunk's."""
     project = prepared
-    recipe = {"model.arch": "resnet18", "model.weights": None, "train.epochs": 1, "train.weight_decay": 0.01}
-    set_checked_params(project, freeze="none", **recipe, **{"train.decay_norms_and_biases": True})
+    recipe = {"model.arch": "resnet18", "model.weights": None, "train.epochs": 1, "train.weight_decay": 0.01,
+              "train.lr": 0.02, "train.trunk_lr_scale": 0.1, "train.decay_norms_and_biases": True}  # fmt: skip
+    set_checked_params(project, freeze="none", **recipe)
     for name in ("weights", "train"):
         stage(name, project)
-    groups = load_checkpoint(project / "checkpoints/epoch_001.pt")["optimizer_state_dict"]["param_groups"]
+    checkpoint = load_checkpoint(project / "checkpoints/epoch_001.pt")
+    assert checkpoint["lr"] == pytest.approx(0.02, rel=1e-12)  # the constant schedule's only epoch, at train.lr
+    groups = checkpoint["optimizer_state_dict"]["param_groups"]
+    assert sorted(group["lr"] for group in groups) == pytest.approx([0.002, 0.02], rel=1e-12)
     reference = torchvision.models.resnet18(num_classes=5)
     assert sum(len(group["params"]) for group in groups) == len(list(reference.parameters()))
     undecayed = sum(len(group["params"]) for group in groups if group["weight_decay"] == 0)
@@ -787,10 +793,11 @@ seen = {}
 build, train_and_score, epoch_order = augment.batch_augmentation, engine.train_and_score, engine.epoch_order
 def recorded_order(*args, **kwargs):
     order = epoch_order(*args, **kwargs)
+    seen.setdefault("orders", []).append(hashlib.sha1(order.order.cpu().numpy().tobytes()).hexdigest())  # each epoch's
     if "boxes" not in seen and order.draws is not None and order.draws.boxes is not None:
         seen["boxes"] = order.draws.boxes.tolist()  # the first epoch's crops: top, left, height, width
-        with open("seen.json", "w") as file:
-            json.dump(seen, file)
+    with open("seen.json", "w") as file:
+        json.dump(seen, file)
     return order
 def recorded_build(params, num_classes, mean, std, device):
     seen["augment"] = {"mean": list(mean), "std": list(std), "classes": num_classes}
@@ -894,9 +901,17 @@ def test_pretraining_takes_its_own_params_and_random_weights_draw_from_pretrain_
     assert "pretrain epoch 1/2: loss " in log and f"pretrain epoch 2/2: {numbers}" in log
     assert kept["epoch"] == 2 and kept["loss"] != kept["val_loss"]
     assert kept["source"] == "pretrained on data/digits/source"  # pretrain.data_dir, not prepare's
-    seen = json.loads((project / "seen.json").read_text())["loop"]
+    recorded = json.loads((project / "seen.json").read_text())
+    seen = recorded["loop"]
     assert (seen["seed"], seen["batch_size"], seen["optimizer"]) == (3, 96, "AdamW")
     assert seen["rates_and_decays"] == [[0.003, 0.002]]  # every parameter decayed (docs/params.md)
+    # pretrain.* has no clipping, accumulation, class weights, flips, crops or policy: the loop
+    # runs with each off, as train does at its defaults (clipping by default would be silent).
+    plain = {"clip_grad_norm": 0.0, "accumulate": 1, "class_weights": None, "hflip": False, "min_scale": 1.0,
+             "max_aspect": 1.0, "augmented": False}  # fmt: skip
+    assert {key: seen[key] for key in plain} == plain
+    # Each of the 2 epochs shuffles anew (seeded by pretrain.seed and its epoch), none repeats another's order.
+    assert len(recorded["orders"]) == 2 and len(set(recorded["orders"])) == 2
     # The source digits' classes hold 177 to 183 images: 0.3 of each in val, by hand (copies
     # of one image stay together, so a class may miss its share by a few).
     counts = [len(list(folder.iterdir())) for folder in sorted((project / "data/digits/source").iterdir())]
