@@ -2946,6 +2946,37 @@ MUTATIONS = [
         "    if requested == 0 and kept > threads:",
         ("tests/test_resume.py", "-k", "keeps_its_cpu_threads"),
     ),
+    Mutation(
+        "val-curves-plot-val-loss",
+        "dvclive's val/accuracy.tsv and val/f1.tsv curves hold each epoch's validation loss, not its accuracy and F1",
+        'live.log_metric(f"val/{name}", record[column])',
+        'live.log_metric(f"val/{name}", record["val_loss"])',
+        ("tests/test_plots.py", "-k", "own_numbers"),
+    ),
+    Mutation(
+        "epoch-lr-from-second-group",
+        "each epoch records (and plots) the rate of optimizer group 1, not the head's group 0: with weight_decay 0 or "
+        "decay_norms_and_biases a head-only run dies with IndexError, else the trunk's scaled rate is recorded",
+        '"lr": run.optimizer.param_groups[0]["lr"],',
+        '"lr": run.optimizer.param_groups[1]["lr"],',
+        ("tests/test_recipes.py", "-k", "decaying_norms"),
+    ),
+    Mutation(
+        "pretraining-clips-gradients",
+        "LoopOptions defaults to clip_grad_norm 1.0: the weights stage (which passes no clip) silently clips "
+        "every pretraining step, so models/start.pt is not the documented unclipped pretraining",
+        "    clip_grad_norm: float = 0.0  # > 0: the gradients' total norm is clipped to this before each step",
+        "    clip_grad_norm: float = 1.0  # > 0: the gradients' total norm is clipped to this before each step",
+        ("tests/test_recipes.py", "-k", "pretraining_takes_its_own_params"),
+    ),
+    Mutation(
+        "pretrain-epochs-repeat-one-draw",
+        "the weights stage seeds every pretraining epoch as its last one: each epoch repeats the same "
+        "shuffle and dropout draws (logs still count 1..N)",
+        "loss, val = train_and_score(model, train_data, val_data, optimizer, loop, epoch, len(classes))",
+        "loss, val = train_and_score(model, train_data, val_data, optimizer, loop, config.epochs, len(classes))",
+        ("tests/test_recipes.py", "-k", "pretraining_takes_its_own_params"),
+    ),
 ]
 
 
