@@ -10,6 +10,7 @@ from torchvision.transforms.v2 import Normalize
 from torchvision.transforms.v2.functional import horizontal_flip
 
 from pipeline import engine
+from pipeline.augment import Augment
 from pipeline.batches import CropBatches, ImageBatches, batch_indices, normalize
 from pipeline.cli import UserError
 from pipeline.config import Optimizer, OptimParams
@@ -294,6 +295,33 @@ def test_turning_a_recipe_on_keeps_the_epochs_order_crops_and_flips() -> None:
     following = epoch_order(len(sizes), epoch_generator(3, 3), True, 0.2, 4 / 3, sizes, keys=True)
     by_image = [plan.keys[torch.argsort(plan.order)] for plan in (keyed, following)]
     assert (by_image[0] != by_image[1]).all()
+
+
+def test_the_loop_hands_each_image_new_recipe_keys_each_epoch() -> None:
+    """docs/design.md: the recipes' per-image seeds are drawn per epoch, so an image gets another
+    policy op and erasing box each epoch. Seen where the loop hands them to the augmentation:
+    the keys each image arrives with, by its pixels, over two epochs of train_one_epoch."""
+    data = random_batches(8)
+    seen: list[dict[bytes, int]] = [{}, {}]
+
+    def recording(epoch: int) -> Augment:
+        def augment(
+            images: torch.Tensor, targets: torch.Tensor, keys: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            assert len(keys) == len(images)
+            seen[epoch].update((image.numpy().tobytes(), key) for image, key in zip(images, keys.tolist(), strict=True))
+            return images, targets
+
+        return augment
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, NUM_CLASSES))
+    optimizer = make_optimizer(optim_params(), model, "6")
+    for epoch in range(2):
+        train_one_epoch(model, data, optimizer, LoopOptions(batch_size=4, seed=3, augment=recording(epoch)), epoch + 1)
+    assert len(seen[0]) == len(seen[1]) == len(data)  # every image visited, each told apart by its pixels
+    assert seen[0].keys() == seen[1].keys()
+    assert all(seen[0][image] != seen[1][image] for image in seen[0])
+    assert len(set(seen[0].values())) == len(data)  # and no two images share a draw
 
 
 class SeedRecorder(nn.Module):

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import functools
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -587,9 +588,15 @@ def test_the_train_stage_freezes_the_modules_the_freeze_spec_names(prepared: Pat
     frozen = ["conv1", "stage3"]
     assert {name for name, _ in torchvision.models.get_model(SMALL).named_children()} >= set(frozen)
     set_checked_params(prepared, **{"freeze": "modules:conv1+stage3", "train.epochs": 1})
+    began = time.perf_counter()
     stage("train", prepared)
+    took = time.perf_counter() - began
     start = load_checkpoint(prepared / "models/start.pt")["model_state_dict"]
-    trained = load_checkpoint(prepared / "checkpoints/epoch_001.pt")["model_state_dict"]
+    checkpoint = load_checkpoint(prepared / "checkpoints/epoch_001.pt")
+    # docs/design.md's `seconds` of the epoch: a duration, so more than 0 and, the epoch being
+    # part of the stage's process, no more than the stage took by this test's clock.
+    assert 0 < checkpoint["seconds"] <= took
+    trained = checkpoint["model_state_dict"]
     same = {name for name, tensor in start.items() if torch.equal(trained[name], tensor)}
     in_frozen = {name for name in start if name.split(".")[0] in frozen}
     assert in_frozen and same == in_frozen, sorted(same ^ in_frozen)[:5]
@@ -919,6 +926,30 @@ def test_a_backbone_whose_features_hold_its_weight_is_opened_into_their_blocks(a
         model = torchvision.models.get_model(arch)
     blocks = [f"features.{i}" for i, block in enumerate(model.features) if any(True for _ in block.parameters())]
     assert stage_names(model, head) == blocks
+
+
+@pytest.mark.parametrize(
+    ("arch", "head", "trunk"),
+    [("swin_t", "head", "features"), ("regnet_y_400mf", "fc", "trunk_output"), ("maxvit_t", "classifier.5", "blocks")],
+)
+def test_the_module_holding_the_weight_is_opened_beside_a_small_stem_or_norm(arch: str, head: str, trunk: str) -> None:
+    """docs/fine-tuning.md's 90% rule where the module holding the weight sits beside small ones
+    (Swin's final norm, RegNet's and MaxViT's stem): that module, not the smallest, is opened
+    into its children, the others kept as they are, all in torchvision's own module order."""
+    with torch.device("meta"), regnet_widths_on_cpu():
+        model = torchvision.models.get_model(arch)
+
+    def size(module: nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    holder = head.split(".")[0]  # its top-level module: no stage (the classifier of MaxViT, Swin's bare head)
+    top = {name: child for name, child in model.named_children() if name != holder and size(child)}
+    assert len(top) > 1 and size(top[trunk]) > 0.9 * sum(size(child) for child in top.values())
+    expected = []
+    for name, child in top.items():
+        opened = [f"{name}.{inner}" for inner, block in child.named_children() if size(block)]
+        expected += opened if name == trunk else [name]
+    assert stage_names(model, head) == expected
 
 
 def test_a_pipeline_checkpoint_at_another_image_size_keeps_its_resize_to_crop_ratio(tmp_path: Path) -> None:

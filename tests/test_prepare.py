@@ -153,6 +153,7 @@ def test_prepare_handles_a_messy_folder(project: Path, monkeypatch: pytest.Monke
     assert result.returncode == 0
     assert "Traceback" not in result.stderr
     manifest, classes, skipped = read_outputs(project)
+    assert list(manifest.columns) == ["path", "label", "split", "sha1"]  # docs/design.md's, in its order
     assert classes == ["cat", "cow", "dog"]
     assert dict(zip(manifest["path"], manifest["label"], strict=True)) == good
     assert len(manifest) == len(good)

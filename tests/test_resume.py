@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
+from pipeline.runs import RECORD_KEYS, RunFolder
 from pipeline.train import run_threads
 from testing.compare import assert_same_run
 from testing.project import copy_project, run, set_checked_params, stage
@@ -329,3 +330,43 @@ def test_a_resumed_run_keeps_its_cpu_threads_unless_train_threads_names_a_count(
     # Kept when fewer than torch's own choice too: a run of 1 thread resumed where torch takes 4.
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     assert run_threads(0, [{"threads": 1}]) == 1
+
+
+# How ext4 listed one run folder's checkpoints (by a hash of the name): not their epochs' order.
+EXT4_ORDER = ["epoch_001.pt", "epoch_004.pt", "epoch_002.pt", "epoch_003.pt", "epoch_005.pt"]
+
+
+def test_a_run_killed_after_epoch_5_resumes_whatever_order_its_folder_lists_the_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder lists its files in its file system's order (ext4: by name hash; tmpfs, btrfs:
+    others). The run folder that train resumes from, listing the checkpoints in EXT4_ORDER,
+    still resumes after epoch 5 from epoch 5's weights and keeps all five: none is taken
+    for one that does not continue the run."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    folder = RunFolder("run", "lineage", root=tmp_path / "runs", output=tmp_path / "checkpoints")
+    folder.path.mkdir(parents=True)
+    folder.output.mkdir()
+    for epoch in range(1, 6):
+        with torch.no_grad():
+            model.weight.fill_(epoch)  # each epoch's weights its own, to tell which one is restored
+        record = {key: 0.0 for key in RECORD_KEYS} | {"epoch": epoch}
+        folder.commit_epoch({**record, "lineage": "lineage", "model_state_dict": model.state_dict(),
+                             "optimizer_state_dict": optimizer.state_dict(),
+                             "scheduler_state_dict": scheduler.state_dict()})  # fmt: skip
+    listed = Path.glob
+
+    def in_ext4_order(self: Path, pattern: str) -> Iterator[Path]:
+        found = list(listed(self, pattern))
+        return iter(sorted(found, key=lambda path: EXT4_ORDER.index(path.name) if path.name in EXT4_ORDER else -1))
+
+    monkeypatch.setattr(Path, "glob", in_ext4_order)
+    assert [path.name for path in folder.path.glob("epoch_*.pt")] == EXT4_ORDER  # the listing the run gets
+    with torch.no_grad():
+        model.weight.zero_()
+    history = folder.restore(model, optimizer, scheduler)
+    assert [record["epoch"] for record in history] == [1, 2, 3, 4, 5]
+    assert torch.equal(model.weight, torch.full((2, 2), 5.0))
+    assert sorted(path.name for path in folder.path.iterdir() if path.suffix == ".pt") == sorted(EXT4_ORDER)

@@ -3,19 +3,21 @@ lost the outputs all resume; a second trainer is refused; old folders are bounde
 
 import errno
 import fcntl
+import json
 import os
 import re
 import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.config import load_params
-from pipeline.runs import publish
+from pipeline.runs import RunFolder, fingerprint, publish
 from pipeline.train import run_folder
 from testing.project import run, stage
 from tests.helpers import epochs_trained, kill_env
@@ -48,6 +50,21 @@ def test_a_moved_project_resumes(project: Path, tmp_path: Path) -> None:
     log = stage("train", moved).stderr
     assert "resuming after epoch 1" in log
     assert epochs_trained(log) == [2]
+
+
+def test_a_project_copied_to_another_file_system_fingerprints_its_runs_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another file system lists pipeline/'s files in another order (ext4 by a hash of the name
+    with its own seed, tmpfs by creation, btrfs by inode): the same code is the same run there,
+    which resumes. Here the order this one lists reversed, so it differs whatever it was."""
+    shaping = {"train": {"lr": 0.01}}
+    here = fingerprint(shaping, [])
+    listed = Path.rglob
+
+    def reversed_listing(self: Path, pattern: str) -> Iterator[Path]:
+        return reversed(list(listed(self, pattern)))
+
+    monkeypatch.setattr(Path, "rglob", reversed_listing)
+    assert fingerprint(shaping, []) == here
 
 
 def queue_when_done(project: Path, timeout: float = 300) -> str:
@@ -91,18 +108,20 @@ def test_a_queued_experiment_killed_mid_train_resumes_in_a_temp_experiment(proje
 def test_a_second_trainer_is_refused_and_told_who_has_the_run(project: Path) -> None:
     killed_after_epoch_one(project)
     (folder,) = run_folders(project)
-    with open(folder / ".lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live trainer holds it
-        lock.truncate(0)
-        lock.write("pid 4242")
-        lock.flush()
+    # The first trainer: this process takes the run's folder the way train takes it before its first epoch
+    # (a lock taken by hand here would hide a trainer whose own lock lets a second one in).
+    first = RunFolder(folder.name, **json.loads((folder / "run.json").read_text()), root=folder.parent)
+    first.acquire()
+    try:
         result = stage("train", project, check=False)
+    finally:
+        first._lock.close()  # as the first trainer's end releases its flock
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert f"another trainer (pid 4242) is training this run in .cache/runs/{folder.name}" in result.stderr
-    # The holder gone (its flock ends with it), the run resumes, and the lock names that trainer alone.
+    assert f"another trainer (pid {os.getpid()}) is training this run in .cache/runs/{folder.name}" in result.stderr
+    # The holder gone, the run resumes, and the lock names that trainer alone.
     assert "resuming after epoch 1" in stage("train", project).stderr
     holder = (folder / ".lock").read_text()
-    assert re.fullmatch(r"pid \d+", holder) and holder != "pid 4242", holder
+    assert re.fullmatch(r"pid \d+", holder) and holder != f"pid {os.getpid()}", holder
 
 
 def test_a_finished_run_is_republished_not_retrained(project: Path) -> None:
