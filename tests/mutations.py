@@ -2977,6 +2977,79 @@ MUTATIONS = [
         "loss, val = train_and_score(model, train_data, val_data, optimizer, loop, config.epochs, len(classes))",
         ("tests/test_recipes.py", "-k", "pretraining_takes_its_own_params"),
     ),
+    Mutation(
+        "recipe-keys-are-the-items-visited-in-the-loop",
+        "the loop hands each batch's recipe the visited items' indices as keys, not the epoch's drawn seeds: "
+        "with a policy or erasing, every image gets the same op and erased box in every epoch",
+        '    keys = per_batch(plan.keys, torch.device("cpu"))',
+        '    keys = per_batch(plan.order, torch.device("cpu"))',
+        ("tests/test_engine.py", "-k", "new_recipe_keys_each_epoch"),
+    ),
+    Mutation(
+        "stage-opening-picks-the-smallest",
+        "stage_names measures the smallest stage, not the largest, against the 90% rule: Swin keeps "
+        "[features, norm], RegNet [stem, trunk_output], MaxViT [stem, blocks], so first:1 freezes the whole trunk",
+        "        largest = max(stages, key=size)",
+        "        largest = min(stages, key=size)",
+        ("tests/test_models.py", "-k", "opened_beside_a_small_stem_or_norm"),
+    ),
+    Mutation(
+        "epoch-seconds-negative",
+        "each epoch's duration is recorded as start minus end: checkpoints' `seconds`, the epoch log line and "
+        "dvclive's epoch_seconds curve all show negative times",
+        '"seconds": time.perf_counter() - started,',
+        '"seconds": started - time.perf_counter(),',
+        ("tests/test_models.py", "-k", "train_stage_freezes_the_modules"),
+    ),
+    Mutation(
+        "manifest-csv-every-column",
+        "manifest.csv is written with every in-memory column: path, label, sha1, dhash, split instead of the "
+        "documented path, label, split, sha1",
+        "    write_csv(manifest[MANIFEST_COLUMNS], MANIFEST)\n",
+        "    write_csv(manifest, MANIFEST)\n",
+        ("tests/test_prepare.py", "-k", "messy_folder"),
+    ),
+    Mutation(
+        "run-checkpoints-unsorted",
+        "a run folder's checkpoints are listed in directory order: on ext4 (hash order: epoch_001, 004, 002,"
+        " 003 here) a run killed after epoch 4+ deletes them as 'does not continue this run' and retrains",
+        'return sorted(self.path.glob("epoch_*.pt"))',
+        'return list(self.path.glob("epoch_*.pt"))',
+        ("tests/test_resume.py", "-k", "whatever_order"),
+    ),
+    Mutation(
+        "crop-held-region-unclamped",
+        "a crop box reaching the copy's right or bottom edge is cut past it where float scaling overshoots"
+        " (about 7% of photo sizes): Pillow pads a black row/column that darkens the crop's last one",
+        "        held = (math.floor(x0), math.floor(y0), min(math.ceil(x1), copy_width),"
+        " min(math.ceil(y1), copy_height))",
+        "        held = (math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1))",
+        ("tests/test_crops.py", "-k", "torchvisions_resized_crop_of_the_whole_image"),
+    ),
+    Mutation(
+        "copy-size-truncated",
+        "training copies' sides are truncated, not rounded: a 4032x3024 photo's copy is 746x560, not 747x560"
+        " (aspect not kept to the nearest pixel; every crop of it shifts slightly)",
+        "return max(round(whole[0] * factor), 1), max(round(whole[1] * factor), 1)",
+        "return max(int(whole[0] * factor), 1), max(int(whole[1] * factor), 1)",
+        ("tests/test_crops.py", "-k", "aspect"),
+    ),
+    Mutation(
+        "second-trainer-shares-the-lock",
+        "the trainer takes its run folder's lock shared: a second trainer of the same run (two dvc exp run"
+        " --temp, or python -m pipeline.train twice) is not refused and trains into the same folder",
+        "fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+        "fcntl.flock(self._lock, fcntl.LOCK_SH | fcntl.LOCK_NB)",
+        ("tests/test_runs.py", "-k", "second_trainer"),
+    ),
+    Mutation(
+        "code-files-in-listing-order",
+        "the fingerprint hashes pipeline/'s files in directory-listing order: a project copied to another"
+        " file system (other hash seed, btrfs, tmpfs) gets another fingerprint and never resumes its runs",
+        "return sorted(path.relative_to(root) for path in files)",
+        "return [path.relative_to(root) for path in files]",
+        ("tests/test_runs.py", "-k", "another_file_system"),
+    ),
 ]
 
 
