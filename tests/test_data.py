@@ -759,6 +759,40 @@ def test_image_hash_matches_a_resized_copy_but_not_a_flat_image() -> None:
     assert image_hash(flat) == ""  # no detail: never a near-duplicate
 
 
+def dhash_bits_by_hand(pixels: np.ndarray) -> np.ndarray:
+    """The 128 bits of docs/design.md's dHash of a picture no larger than 64 px a side (so not
+    shrunk first), as image_hash's docstring gives them: ITU-R 601 luma (Pillow's convert("L")
+    weights), rounded 9x8 and 8x9 (width x height) thumbnails, each pixel against its left
+    neighbour in the first and against the one above in the second."""
+    red, green, blue = (pixels[..., channel].astype(np.float64) for channel in range(3))
+    grey = torch.from_numpy(0.299 * red + 0.587 * green + 0.114 * blue).float()[None]
+    wide = v2.functional.resize(grey, [8, 9], antialias=True)[0].round().numpy()  # 8 rows of 9
+    tall = v2.functional.resize(grey, [9, 8], antialias=True)[0].round().numpy()  # 9 rows of 8
+    return np.concatenate([(wide[:, 1:] > wide[:, :-1]).ravel(), (tall[1:] > tall[:-1]).ravel()])
+
+
+def dhash_by_hand(pixels: np.ndarray) -> str:
+    """`dhash_bits_by_hand` as 32 hex digits; "" with fewer than 8 bits of either kind (too flat)."""
+    bits = dhash_bits_by_hand(pixels)
+    return "" if min(bits.sum(), (~bits).sum()) < 8 else np.packbits(bits).tobytes().hex()
+
+
+def test_image_hash_is_the_documented_dhash_of_the_luma_and_leaves_nearly_flat_pictures_out() -> None:
+    # Saturated random colours: red and blue weigh differently in the luma, so swapped weights
+    # give other thumbnails. Not square, so that a thumbnail of the other shape differs too.
+    for seed, (height, width) in enumerate([(40, 52), (60, 33)]):
+        coarse = np.random.default_rng(seed).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+        picture = np.array(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC))
+        assert image_hash(picture) == dhash_by_hand(picture) != "", seed
+    # A smooth ramp darkening to the bottom right, with a faint square: 5 'brighter' bits (not
+    # a symmetric point: 4 to 7 of them would pass a lower threshold), too little to match on.
+    ramp = 200 - 2.0 * np.add.outer(np.arange(36), np.arange(40))
+    ramp[10:17, 12:19] += 30
+    smooth = np.repeat(ramp.round().astype(np.uint8)[..., None], 3, axis=2)
+    assert dhash_bits_by_hand(smooth).sum() == 5
+    assert image_hash(smooth) == "" == dhash_by_hand(smooth)
+
+
 # --- bad inputs: links, huge images -------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from pipeline.data import inspection
 from pipeline.data.cache import decoded_images
 from pipeline.data.copies import TrainingCopies
 from pipeline.data.decode import Sizing, load_image
-from pipeline.data.split import SPLITS
+from pipeline.data.split import SPLITS, usable_images
 from pipeline.files import read_csv
 from testing.project import run, run_script, set_checked_params, set_params, stage
 from tests.helpers import file_sha1
@@ -189,6 +190,24 @@ def test_prepare_handles_a_messy_folder(project: Path, monkeypatch: pytest.Monke
         images = decoded_images(manifest, sizing, Path(".cache/images"))
     for row, path in enumerate(manifest["path"]):
         np.testing.assert_array_equal(images[row], load_image(path, sizing), err_msg=path)
+
+
+def test_the_decoding_pass_writes_its_scratch_files_in_the_cache_folder_not_the_system_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prepare's decoding pass writes its scratch arrays as temporary files of the cache folder
+    (cache.Scratch), then renames them into place: that rename must not cross file systems (/tmp
+    is often a tmpfs, and a full array there fills RAM). Python's temporary folder is pointed at
+    one that does not exist, so a scratch file made there fails the pass."""
+    simple_folder(tmp_path / "data", {"cat": 2, "dog": 2})
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no system temp"))
+    cache = tmp_path / "cache"
+
+    _, found, skipped = usable_images(tmp_path / "data", Sizing(16, 16), cache)
+
+    assert len(found) == 4 and not skipped
+    assert sorted(path.suffix for path in cache.iterdir()) == [".bin", ".npy", ".npy"]  # array, copies, index
+    assert not (tmp_path / "no system temp").exists()
 
 
 def test_a_single_class_is_refused_by_check_params_and_by_prepare_before_decoding(project: Path) -> None:
