@@ -3050,6 +3050,35 @@ MUTATIONS = [
         "return [path.relative_to(root) for path in files]",
         ("tests/test_runs.py", "-k", "another_file_system"),
     ),
+    Mutation(
+        "hash-luma-bgr",
+        "image_hash weighs blue as red and red as blue: dhash values (duplicates.csv) and near-duplicate groups change",
+        "LUMA = torch.tensor([0.299, 0.587, 0.114])",
+        "LUMA = torch.tensor([0.114, 0.587, 0.299])",
+        ("tests/test_data.py", "-k", "documented_dhash"),
+    ),
+    Mutation(
+        "hash-wide-thumbnail-shape",
+        "image_hash's wide thumbnail is 9x8, not 8x9: 63 left-right bits, another hash for every picture",
+        "wide = TF.resize(grey, [8, 9], antialias=True)",
+        "wide = TF.resize(grey, [9, 8], antialias=True)",
+        ("tests/test_data.py", "-k", "documented_dhash"),
+    ),
+    Mutation(
+        "hash-min-bits-4",
+        "images with only 4-7 bits of one kind get a hash: nearly flat pictures group as near-duplicates",
+        "MIN_HASH_BITS = 8",
+        "MIN_HASH_BITS = 4",
+        ("tests/test_data.py", "-k", "documented_dhash"),
+    ),
+    Mutation(
+        "decoding-scratch-in-system-tmp",
+        "the decoding pass's scratch arrays go to the system temp dir, not the cache folder: where /tmp is"
+        " another file system (tmpfs) moving them into .cache/images fails (EXDEV) and a full array fills RAM",
+        '        fd, name = tempfile.mkstemp(dir=cache_dir, prefix=".decoding.", suffix=suffix)\n',
+        '        fd, name = tempfile.mkstemp(prefix=".decoding.", suffix=suffix)\n',
+        ("tests/test_prepare.py", "-k", "scratch_files_in_the_cache_folder"),
+    ),
 ]
 
 
