@@ -18,6 +18,12 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
+def cache_object(project: Path, data: bytes) -> Path:
+    """The one object of the project's DVC cache that holds `data` (named by its md5)."""
+    (found,) = (project / ".dvc" / "cache").rglob(md5(data)[2:])
+    return found
+
+
 def put_object(cache: Path, data: bytes, name: str | None = None, suffix: str = "") -> Path:
     """Store `data` in a DVC 3 cache the way DVC names it (by md5), or under `name`."""
     name = name or md5(data)
@@ -139,8 +145,8 @@ def test_damage_is_reported_and_repaired(
     """A checkpoint damaged in place (so its cache object too), and the other cache object:
     1 damaged checkpoint and 2 damaged objects, counted apart; --repair deletes each file once."""
     checkpoint = fake_project / "checkpoints" / "epoch_001.pt"
-    (obj,) = (fake_project / ".dvc" / "cache").rglob(md5(checkpoint.read_bytes())[2:])
-    (other,) = (fake_project / ".dvc" / "cache").rglob(md5(b"another output\n")[2:])
+    obj = cache_object(fake_project, checkpoint.read_bytes())
+    other = cache_object(fake_project, b"another output\n")
     truncate(checkpoint)
     flip_a_bit(other)
 
@@ -175,7 +181,7 @@ def test_a_damaged_checkpoint_whose_cache_object_is_intact_is_reported_and_repai
     yet the checkpoint is damage to name, exit 1 on, and delete, so that `dvc checkout` or
     `dvc repro` restores it from that object."""
     checkpoint = fake_project / "checkpoints" / "epoch_001.pt"
-    (obj,) = (fake_project / ".dvc" / "cache").rglob(md5(checkpoint.read_bytes())[2:])
+    obj = cache_object(fake_project, checkpoint.read_bytes())
     damaged = checkpoint.read_bytes()[:-100]
     checkpoint.unlink()  # a new file: the object's inode keeps the good bytes
     checkpoint.write_bytes(damaged)
@@ -203,7 +209,7 @@ def test_a_file_that_cannot_be_deleted_is_named_the_rest_are_deleted_and_the_exi
     """--repair deletes what it can: a damaged checkpoint it cannot delete (a read-only mount)
     is named, every other damaged file still goes, and the exit code is 1."""
     checkpoint = fake_project / "checkpoints" / "epoch_001.pt"
-    (obj,) = (fake_project / ".dvc" / "cache").rglob(md5(checkpoint.read_bytes())[2:])
+    obj = cache_object(fake_project, checkpoint.read_bytes())
     truncate(checkpoint)
     unlink = Path.unlink
 
@@ -243,18 +249,18 @@ def test_in_place_damage_that_reached_the_cache_is_found_and_repaired(reproduced
     checkpoint = project / "checkpoints" / "epoch_002.pt"
     # The workspace file is the cache object (and the finished run's copy in .cache/runs).
     assert checkpoint.stat().st_nlink >= 2
-    (obj,) = (project / ".dvc" / "cache" / "files" / "md5").rglob(md5(checkpoint.read_bytes())[2:])
+    obj = cache_object(project, checkpoint.read_bytes())
     truncate(checkpoint)
     # And a file output that is no checkpoint, damaged the same way: only its link names it.
     scores = project / "eval" / "scores.csv"
-    (scores_obj,) = (project / ".dvc" / "cache" / "files" / "md5").rglob(md5(scores.read_bytes())[2:])
+    scores_obj = cache_object(project, scores.read_bytes())
     assert scores.stat().st_ino == scores_obj.stat().st_ino
     truncate(scores)
     # A checkpoint replaced rather than damaged in place (a truncated copy written over it, as
     # any damage is under cache.type copy): its cache object stays good and is not named.
     best = project / "models" / "best.pt"
     good_best = best.read_bytes()
-    (best_obj,) = (project / ".dvc" / "cache" / "files" / "md5").rglob(md5(good_best)[2:])
+    best_obj = cache_object(project, good_best)
     best.unlink()
     best.write_bytes(good_best[: len(good_best) // 2])
 
