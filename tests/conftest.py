@@ -94,6 +94,14 @@ def prepare_project(root: Path) -> dict:
     return prepare_with(make_project(root / "project"), SMALL_MODEL, "prepared")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def temporary_files_in_the_run(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The processes the tests start (stages, torchrun and its ranks) keep their temporary
+    files in this run's folder, which pytest deletes a few runs later: each torchrun leaves a
+    torchelastic_* folder behind, and the suite would leave dozens in /tmp."""
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmp"))
+
+
 @pytest.fixture(scope="session")
 def prepared_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`prepare_project`, once per run; tests copy it (`prepared`)."""
