@@ -2,8 +2,11 @@
 tools/ and names test files that exist, so the script cannot silently rot as code moves."""
 
 import re
+import subprocess
+import sys
 
 import pytest
+from _pytest.mark.expression import Expression
 
 from tests.mutations import MUTATIONS, REPO, Mutation, MutationError, apply
 
@@ -25,6 +28,40 @@ def test_each_mutation_names_tests_that_exist(mutation: Mutation) -> None:
     files = [name.split("::")[0] for name in mutation.tests if name.startswith("tests/")]
     assert files, "a mutation must name the tests that should catch it"
     assert all((REPO / name).is_file() for name in files), files
+
+
+def selected(tests: tuple[str, ...], collected: list[str]) -> list[str]:
+    """The ids of `collected` that `pytest *tests` runs: files and node ids, narrowed by -k,
+    which matches a name of the id's parts (folder, file, class, test with its parameters)
+    by substring, regardless of case, as pytest's own -k does."""
+    args, keyword = list(tests), None
+    if "-k" in args:
+        at = args.index("-k")
+        keyword = Expression.compile(args[at + 1])
+        del args[at : at + 2]
+    chosen = [
+        test for test in collected if any(test == arg or test.startswith((f"{arg}::", f"{arg}[")) for arg in args)
+    ]
+    return [test for test in chosen if keyword is None or keyword.evaluate(lambda word, test=test: matches(word, test))]
+
+
+def matches(word: str, test: str) -> bool:
+    path, *names = test.split("::")
+    return any(word.lower() in name.lower() for name in [*path.split("/"), *names])
+
+
+def test_each_mutation_selects_tests_that_pytest_collects() -> None:
+    """Each mutation's test names (files, node ids, a -k expression) still select at least one
+    collected test: after a test is renamed, the script would run none for its mutation and
+    call it uncaught, or a copy with the bug would pass for want of tests."""
+    listing = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", "tests"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    collected = [line for line in listing.splitlines() if line.startswith("tests/") and "::" in line]
+    assert len(collected) > len(MUTATIONS)  # the whole suite, not an error's few lines
+    selecting_none = [m.name for m in MUTATIONS if not selected(m.tests, collected)]
+    assert not selecting_none, selecting_none
 
 
 def test_a_mutation_whose_text_is_gone_is_an_error(tmp_path) -> None:
