@@ -388,6 +388,9 @@ def test_settings_that_cannot_take_effect_are_warned_of(params_file: Path, overr
         {"train.epochs": 4, "train.schedule": "step", "train.step_every": 3},
         {"train.epochs": 2, "train.schedule": "cosine", "train.step_every": 4},  # step_every shapes step alone
         {"train.epochs": 8, "train.early_stopping.patience": 6},
+        # a one-epoch run (a smoke test): early stopping is off (patience 0), so however few the
+        # epochs, there is no patience that no run can reach
+        {"train.epochs": 1},
         {"freeze": "all_but_head", "train.trunk_lr_scale": 0.1, "train.unfreeze_after": 2},
         # a partly frozen trunk trains at its scale and decay; head-only or partly frozen runs
         # without unfreezing leave train.unfreeze_to at its default, which is no setting of theirs

@@ -294,6 +294,32 @@ def test_dvc_set_param_overrides_load_with_their_types(
     assert type(value) is type(expected)
 
 
+# Every choice docs/params.md offers for a param of choices, spelt as the docs spell it: not
+# read from config's enums, which a misspelt member would agree with.
+DOCUMENTED_CHOICES = {
+    "train.optimizer": ["sgd", "adamw"],
+    "pretrain.optimizer": ["sgd", "adamw"],
+    "train.schedule": ["constant", "step", "cosine"],
+    "train.class_weights": ["none", "balanced"],
+    "train.augment.policy": ["none", "trivialaugment", "randaugment", "autoaugment"],
+    "evaluate.tta": ["none", "hflip"],
+}
+
+
+def test_every_documented_choice_set_by_dvc_exp_run_loads_as_itself(params_file: Path) -> None:
+    """`dvc exp run -S` of each documented choice: a few loads in all, each one setting every
+    param to its next choice (each load is a tenth of a second)."""
+    from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S` edits params.yaml with
+
+    original = params_file.read_text()
+    for n in range(max(len(choices) for choices in DOCUMENTED_CHOICES.values())):
+        params_file.write_text(original)
+        picked = {key: choices[n % len(choices)] for key, choices in DOCUMENTED_CHOICES.items()}
+        apply_overrides(params_file, [f"{key}={text}" for key, text in picked.items()])
+        params = load_params(params_file)
+        assert {key: attrgetter(key)(params).value for key in picked} == picked
+
+
 @pytest.mark.parametrize(
     ("key", "value", "fragments"),
     [
