@@ -19,7 +19,11 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"device = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        device = None
+    # torch also names devices the pipeline never runs on (mps, meta, xpu, cpu:1): refuse them
+    # here, not with a traceback once a stage has started.
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index is not None):
+        raise UserError(f"device = {name!r} is not a device; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"device = {name!r}, but CUDA is not available here; use auto or cpu")

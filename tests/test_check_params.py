@@ -101,6 +101,10 @@ def test_the_default_params_pass(params_file: Path) -> None:
         ({"model.weights": None, "pretrain.data_dir": "data/nope"}, "pretrain.data_dir = 'data/nope': no such folder"),
         ({"train.label_smoothing": 1.0}, "train.label_smoothing = 1.0 is not allowed; it must be a number in [0, 1)"),
         ({"device": "gpu"}, "is not a device"),
+        # devices torch knows of that the pipeline does not run on (docs/params.md: auto, cpu, cuda, cuda:N)
+        ({"device": "mps"}, "device = 'mps' is not a device; use auto, cpu, cuda or cuda:N"),
+        ({"device": "meta"}, "device = 'meta' is not a device"),
+        ({"device": "cpu:1"}, "device = 'cpu:1' is not a device"),
     ],
 )
 def test_bad_params_are_named(params_file: Path, overrides: dict, message: str) -> None:
