@@ -28,8 +28,10 @@ def read_yaml(path: Path) -> tuple[DictConfig, Written]:
     the file, so both are of the same text. A UserError for a file that is no YAML mapping."""
     try:
         text = path.read_text(encoding="utf-8")
-        loaded = OmegaConf.load(io.StringIO(text))
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if isinstance(root, yaml.ScalarNode) and root.value:  # omegaconf fails on it with an OSError
+            raise UserError(f"{path} does not hold a mapping of params, only the value {root.value!r}")
+        loaded = OmegaConf.load(io.StringIO(text))
     except UnicodeDecodeError as error:
         raise UserError(f"{path} is not UTF-8 text: {error.reason} at byte {error.start}") from None
     except yaml.YAMLError as error:  # a hand-edit that broke the syntax: say where, not a traceback

@@ -104,6 +104,13 @@ def latin_1_params(project: Path) -> str:
     return "params.yaml is not UTF-8 text: invalid continuation byte at byte 3"
 
 
+def params_of_one_value(project: Path) -> str:
+    """params.yaml overwritten with a single value (an editor's slip, a redirect gone wrong):
+    YAML reads it as a number, not a mapping of params."""
+    (project / "params.yaml").write_text("5\n")
+    return "params.yaml does not hold a mapping of params, only the value '5'"
+
+
 def damaged_after_prepare(project: Path) -> re.Pattern:
     """An image damaged after prepare decoded it, and the decoded cache gone (another machine,
     a cleaned cache): train must decode it again and cannot."""
@@ -142,6 +149,7 @@ CASES = [
     ("train on params the record lacks", "prepared", record_without_a_key, ["-m", "pipeline.train"]),
     ("prepare on params edited since checked", "prepared", changed_since_checked, ["-m", "pipeline.prepare"]),
     ("check params saved in Latin-1", "project", latin_1_params, ["-m", "pipeline.check_params"]),
+    ("check params of one value", "project", params_of_one_value, ["-m", "pipeline.check_params"]),
     ("train on an image damaged since prepare", "prepared", damaged_after_prepare, ["-m", "pipeline.train"]),
 ]
 
