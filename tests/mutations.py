@@ -3079,6 +3079,36 @@ MUTATIONS = [
         '        fd, name = tempfile.mkstemp(prefix=".decoding.", suffix=suffix)\n',
         ("tests/test_prepare.py", "-k", "scratch_files_in_the_cache_folder"),
     ),
+    Mutation(
+        "patience-off-warned-in-one-epoch-runs",
+        "check_params warns 'train.early_stopping.patience = 0: in 1 epochs no run can go that long' on every "
+        "one-epoch run, where early stopping is off and nothing is wrong",
+        "    if patience and patience >= epochs - 1:\n",
+        "    if patience >= epochs - 1:\n",
+        ("tests/test_check_params.py", "-k", "take_effect_are_not_warned"),
+    ),
+    Mutation(
+        "autoaugment-choice-misspelt",
+        "params.yaml's documented `train.augment.policy: autoaugment` is refused as an invalid choice "
+        "(the schema's value is spelt auto_augment)",
+        '    autoaugment = "autoaugment"  # the ImageNet policy',
+        '    autoaugment = "auto_augment"  # the ImageNet policy',
+        ("tests/test_config.py", "-k", "documented_choice"),
+    ),
+    Mutation(
+        "devices-torch-knows-accepted",
+        "device: mps, meta or cpu:1 passes check_params, and a stage fails later with a traceback",
+        '    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index is not None):',
+        "    if device is None:",
+        ("tests/test_check_params.py", "-k", "bad_params_are_named"),
+    ),
+    Mutation(
+        "params-of-one-value-traceback",
+        "a params.yaml holding a single value ends check_params in omegaconf's OSError traceback",
+        "        if isinstance(root, yaml.ScalarNode) and root.value:  # omegaconf fails on it with an OSError",
+        "        if False:",
+        ("tests/test_errors.py", "-k", "one and value"),
+    ),
 ]
 
 
