@@ -3098,8 +3098,8 @@ MUTATIONS = [
     Mutation(
         "devices-torch-knows-accepted",
         "device: mps, meta or cpu:1 passes check_params, and a stage fails later with a traceback",
-        '    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index is not None):',
-        "    if device is None:",
+        'device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index is not None):',
+        "False:",
         ("tests/test_check_params.py", "-k", "bad_params_are_named"),
     ),
     Mutation(
@@ -3108,6 +3108,27 @@ MUTATIONS = [
         "        if isinstance(root, yaml.ScalarNode) and root.value:  # omegaconf fails on it with an OSError",
         "        if False:",
         ("tests/test_errors.py", "-k", "one and value"),
+    ),
+    Mutation(
+        "train-flips-upside-down",
+        "train.augment.hflip without crops mirrors the training images upside down",
+        "pixels = torch.where(draws.flips.view(-1, 1, 1, 1), pixels.flip(-1), pixels)",
+        "pixels = torch.where(draws.flips.view(-1, 1, 1, 1), pixels.flip(-2), pixels)",
+        ("tests/test_engine.py", "-k", "hflip_without_crops_mirrors_half_the_images"),
+    ),
+    Mutation(
+        "flips-drawn-once-per-epoch",
+        "train.augment.hflip flips every image of an epoch alike: one draw for all visits",
+        "torch.rand(n, generator=generator) < 0.5 if hflip else None",
+        "(torch.rand(1, generator=generator) < 0.5).expand(n) if hflip else None",
+        ("tests/test_engine.py", "-k", "hflip_without_crops_mirrors_half_the_images"),
+    ),
+    Mutation(
+        "flips-one-in-four",
+        "train.augment.hflip mirrors a quarter of the visits, not half as RandomHorizontalFlip does",
+        "torch.rand(n, generator=generator) < 0.5 if hflip else None",
+        "torch.rand(n, generator=generator) < 0.25 if hflip else None",
+        ("tests/test_engine.py", "-k", "hflip_without_crops_mirrors_half_the_images"),
     ),
 ]
 

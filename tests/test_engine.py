@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import Normalize
 from torchvision.transforms.v2.functional import horizontal_flip
 
@@ -277,6 +278,44 @@ def test_flip_tta_is_the_mean_of_the_two_views_logits() -> None:
         plain, mirrored = model(images), model(horizontal_flip(images))
     assert not torch.allclose(plain, mirrored, atol=1e-3)
     torch.testing.assert_close(batch_logits(model, images, flip=True), (plain + mirrored) / 2)
+
+
+class InputRecorder(nn.Module):
+    """A linear classifier that keeps each batch it is given: what the loop's augmentation made."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3 * SIZE * SIZE, NUM_CLASSES)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.seen.append(images.detach().clone())
+        return self.linear(images.flatten(1))
+
+
+def test_hflip_without_crops_mirrors_half_the_images_as_random_horizontal_flip_does() -> None:
+    """train.augment.hflip alone (no crops: the loop flips the decoded inputs): each visit of an
+    epoch is its image, normalised as torchvision's Normalize does, either as it is or as
+    torchvision's horizontal_flip mirrors it (not upside down), each drawn apart with
+    RandomHorizontalFlip's default probability. 400 visits: a share within 0.08 of it is
+    3 standard deviations wide, and one draw for the whole epoch gives 0 or 1."""
+    data = random_batches(400)
+    model = InputRecorder()
+    # lr 0: the weights stay, only the inputs matter here.
+    train_one_epoch(model, data, torch.optim.SGD(model.parameters(), lr=0.0), LoopOptions(100, hflip=True), 1)
+    visits = torch.cat(model.seen)
+    images = Normalize(data.mean, data.std)(data.images.float() / 255)
+    mirrored = horizontal_flip(images)
+    assert not torch.allclose(images, mirrored)
+
+    # Which image each visit is: its nearest, as it is or mirrored (the images are random, so far apart).
+    plain_distance, plain_index = torch.cdist(visits.flatten(1), images.flatten(1)).min(dim=1)
+    mirror_distance, mirror_index = torch.cdist(visits.flatten(1), mirrored.flatten(1)).min(dim=1)
+    flipped = mirror_distance < plain_distance
+    index = torch.where(flipped, mirror_index, plain_index)
+    assert torch.equal(index.sort().values, torch.arange(len(data)))  # each image visited once
+    torch.testing.assert_close(visits, torch.where(flipped.view(-1, 1, 1, 1), mirrored[index], images[index]))
+    assert flipped.float().mean().item() == pytest.approx(v2.RandomHorizontalFlip().p, abs=0.08)
 
 
 def test_turning_a_recipe_on_keeps_the_epochs_order_crops_and_flips() -> None:
