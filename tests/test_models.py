@@ -591,7 +591,15 @@ def test_the_train_stage_freezes_the_modules_the_freeze_spec_names(prepared: Pat
     began = time.perf_counter()
     stage("train", prepared)
     took = time.perf_counter() - began
-    start = load_checkpoint(prepared / "models/start.pt")["model_state_dict"]
+    # docs/design.md: start.pt is the backbone without its head. `prepared` pretrained it on the
+    # source digits (model.weights: pretrain), whose classes the backbone's spec must not keep:
+    # it has no outputs for them. The head's keys are those of torchvision's own model's `fc`.
+    whole = load_checkpoint(prepared / "models/start.pt")
+    assert whole["classes"] == [] and whole["source"].startswith("pretrained on ")
+    assert not {key for key in torchvision.models.get_model(SMALL).state_dict() if key.startswith("fc.")} & set(
+        whole["model_state_dict"]
+    )
+    start = whole["model_state_dict"]
     checkpoint = load_checkpoint(prepared / "checkpoints/epoch_001.pt")
     # docs/design.md's `seconds` of the epoch: a duration, so more than 0 and, the epoch being
     # part of the stage's process, no more than the stage took by this test's clock.
