@@ -3137,6 +3137,37 @@ MUTATIONS = [
         "",
         ("tests/test_models.py", "-k", "the_train_stage_freezes_the_modules"),
     ),
+    Mutation(
+        "mistakes-probability-two-decimals",
+        "best/mistakes.csv's probability is rounded to the picture's 2 decimals, not evaluate's value; "
+        "mistakes that then tie are listed by path, not by confidence",
+        'table = wrong[["path", "actual", "predicted"]].assign(probability=wrong["confidence"].astype(float))',
+        'table = wrong[["path", "actual", "predicted"]].assign(probability=wrong["confidence"].astype(float).round(2))',
+        ("tests/test_interpretation.py", "-k", "mistakes_most_confident_first"),
+    ),
+    Mutation(
+        "mistakes-columns-predicted-first",
+        "best/mistakes.csv's columns come as path, predicted, actual, probability, not the documented order",
+        'table = wrong[["path", "actual", "predicted"]].assign(',
+        'table = wrong[["path", "predicted", "actual"]].assign(',
+        ("tests/test_interpretation.py", "-k", "mistakes_most_confident_first"),
+    ),
+    Mutation(
+        "heat-layer-traced-at-224",
+        "the heat maps' layer is read off a 224 px trace, not the model's input size: at the demo's 32 px "
+        "resnet18 gets layer4 (1 x 1), so every heat map is one flat colour",
+        "    layer = feature_layer(model, spec.image_size)\n    if layer is None:\n        why",
+        "    layer = feature_layer(model, 224)\n    if layer is None:\n        why",
+        ("tests/test_interpretation.py", "-k", "title_says_all"),
+    ),
+    Mutation(
+        "heat-blocks-sequential-only",
+        "a stack of blocks held in a ModuleList (timm's EVA, BEiT) is not seen as one: their heat maps come "
+        "from the patch embedding's convolution, not the tokens into the last block",
+        "isinstance(module, nn.Sequential | nn.ModuleList)",
+        "isinstance(module, nn.Sequential)",
+        ("tests/test_heatmaps.py", "-k", "patch_tokens and EVA"),
+    ),
 ]
 
 

@@ -64,6 +64,10 @@ def small_model(kind: str, size: int = 64) -> torch.nn.Module:
     elif kind in ("timm ViT with 4 registers", "timm ViT without a class token"):  # prefix 5 (DINOv2-reg), 0
         tokens = {"reg_tokens": 4} if "registers" in kind else {"class_token": False, "global_pool": "avg"}
         model = timm.create_model("vit_tiny_patch16_224", img_size=size, depth=2, embed_dim=32, num_heads=2, **tokens)
+    elif kind == "timm EVA":  # its blocks in a ModuleList, not a Sequential (as BEiT's)
+        model = timm.create_model(
+            "eva02_tiny_patch14_224", img_size=size, patch_size=16, depth=2, embed_dim=32, num_heads=2
+        )
     else:
         model = new_model(kind, {})
     return model.eval()
@@ -76,6 +80,7 @@ def small_model(kind: str, size: int = 64) -> torch.nn.Module:
         ("timm/test_vit", 1),
         ("timm ViT with 4 registers", 5),
         ("timm ViT without a class token", 0),
+        ("timm EVA", 1),
     ],
 )
 def test_patch_tokens_are_laid_out_as_the_model_cuts_the_image(kind: str, prefix: int) -> None:

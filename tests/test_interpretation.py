@@ -73,12 +73,16 @@ def test_mistakes_most_confident_first_ties_by_path() -> None:
             "path": ["p/3", "p/1", "p/2", "p/0", "p/4"],
             "actual": ["a", "a", "b", "b", "c"],
             "predicted": ["b", "b", "b", "a", "a"],
-            "confidence": ["0.6", "0.9", "0.99", "0.6", "0.7"],  # as read back: text
+            # As read back: text. p/1's and p/4's differ in the third decimal, as evaluate's
+            # 6 decimals do, so that two decimals (the picture's "p = 0.90") would tie them.
+            "confidence": ["0.6", "0.896", "0.99", "0.6", "0.904"],
         }
     )
     wrong = mistakes(frame)
-    assert wrong["path"].tolist() == ["p/1", "p/4", "p/0", "p/3"]  # p/2 was right
-    assert wrong["probability"].tolist() == [0.9, 0.7, 0.6, 0.6]
+    assert list(wrong.columns) == ["path", "actual", "predicted", "probability"]  # best/mistakes.csv's, in order
+    assert wrong["path"].tolist() == ["p/4", "p/1", "p/0", "p/3"]  # p/2 was right
+    assert wrong["probability"].tolist() == [0.904, 0.896, 0.6, 0.6]  # evaluate's, as it wrote them
+    assert wrong["actual"].tolist() == ["c", "a", "b", "a"] and wrong["predicted"].tolist() == ["a", "b", "a", "b"]
 
 
 def test_small_inputs_are_shown_pixel_for_pixel() -> None:
@@ -213,18 +217,46 @@ def test_the_title_says_all_mistakes_when_all_are_shown_and_counts_the_test_imag
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wrong: int, title: str
 ) -> None:
     """write_interpretation, as select-best runs it: exactly as many mistakes as the picture
-    shows (16) are all of them; without any, the title counts the test images (3 right)."""
+    shows (16) are all of them; without any, the title counts the test images (3 right).
+
+    At the demo's 32 px, resnet18's layer4 is 1 x 1, so its heat maps come from layer3, 2 x 2
+    (docs/design.md): beside each image, Grad-CAM at layer3 by hand (torch's autograd on the
+    layer's output), not the one colour of a 1 x 1 map. The picture test below runs at 64 px,
+    where layer4 would be the layer at any larger size too."""
     monkeypatch.chdir(tmp_path)
     classes = ["ant", "bee"]
-    _, checkpoint = untrained_checkpoint("resnet18", classes, 32, epoch=2)
-    rows = []
+    built, checkpoint = untrained_checkpoint("resnet18", classes, 32, epoch=2)
+    rows, pixels = [], []
     for i in range(wrong + 3):
         path = tmp_path / f"{i:02d}.png"
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+        pixels.append(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+        Image.fromarray(pixels[-1]).save(path)
         predicted = classes[(i + 1) % 2] if i < wrong else classes[i % 2]
         rows.append((str(path), classes[i % 2], predicted, f"{0.95 - 0.01 * i:.2f}"))
     write_interpretation(checkpoint, pd.DataFrame(rows, columns=["path", "actual", "predicted", "confidence"]))
-    assert_title_line(np.asarray(Image.open("best/mistakes.png").convert("RGB")), 0, title)
+    picture = np.asarray(Image.open("best/mistakes.png").convert("RGB"))
+    assert_title_line(picture, 0, title)
+    if not wrong:
+        return
+
+    model = built.model.eval()
+    maps: list[torch.Tensor] = []
+    model.layer3.register_forward_hook(lambda module, args, output: maps.append(output))
+    mean, std = torch.tensor(checkpoint["mean"]).view(3, 1, 1), torch.tensor(checkpoint["std"]).view(3, 1, 1)
+    inputs = torch.stack([(torch.from_numpy(image).permute(2, 0, 1) / 255 - mean) / std for image in pixels[:wrong]])
+    logits = model(inputs)
+    assert maps[0].shape[-2:] == (2, 2)
+    predicted = torch.tensor([classes.index(row[2]) for row in rows[:wrong]])
+    (gradients,) = torch.autograd.grad(logits[torch.arange(wrong), predicted].sum(), maps[0])
+    cam = F.relu((gradients.mean(dim=(2, 3), keepdim=True) * maps[0]).sum(dim=1, keepdim=True))
+    cam = F.interpolate(cam, size=(32, 32), mode="bilinear", align_corners=False)[:, 0].detach()
+    cam = (cam / cam.amax(dim=(1, 2), keepdim=True).clamp(min=1e-12)).numpy()
+    assert (cam.std(axis=(1, 2)) > 0.1).sum() >= wrong // 2  # heat that varies over most images
+    for image, heat in zip(pixels[:wrong], cam, strict=True):
+        enlarged = image.repeat(4, axis=0).repeat(4, axis=1)  # 32 px shown pixel for pixel at 128
+        row, column = located(picture, enlarged)
+        shown = picture[row : row + PANEL, column + PANEL + GAP : column + 2 * PANEL + GAP].astype(int)
+        assert np.abs(shown - np.asarray(overlay(Image.fromarray(enlarged), heat))).max() <= 2
 
 
 def test_the_picture_shows_the_most_confident_mistakes_each_under_its_predicted_class_s_heat(

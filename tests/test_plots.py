@@ -128,6 +128,13 @@ def test_select_best_tells_which_classes_and_images_the_chosen_checkpoint_gets_w
     listed = pd.read_csv(reproduced / "best" / "mistakes.csv", dtype={"actual": str, "predicted": str})
     assert sorted(listed["path"]) == sorted(wrong["path"])
     assert listed["probability"].is_monotonic_decreasing
+    # Each mistake's row is its row of evaluate's predictions, in the documented columns: the
+    # true and predicted class, and the probability as evaluate wrote it (6 decimals, not rounded).
+    assert list(listed.columns) == ["path", "actual", "predicted", "probability"]
+    evaluated = wrong.set_index("path").loc[listed["path"]]
+    assert listed["actual"].tolist() == evaluated["actual"].tolist()
+    assert listed["predicted"].tolist() == evaluated["predicted"].tolist()
+    assert listed["probability"].tolist() == evaluated["confidence"].astype(float).tolist()
     tiles = min(len(wrong), 16)
     with Image.open(reproduced / "best" / "mistakes.png") as picture:
         assert picture.width >= 4 * 2 * 128 and picture.height >= -(-tiles // 4) * 128  # rows of 4 pairs of panels
