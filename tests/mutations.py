@@ -3168,6 +3168,36 @@ MUTATIONS = [
         "isinstance(module, nn.Sequential)",
         ("tests/test_heatmaps.py", "-k", "patch_tokens and EVA"),
     ),
+    Mutation(
+        "restore-skips-the-epoch-check",
+        "a run folder missing a middle checkpoint resumes from a later one: history skips an epoch and the"
+        " missing epoch never comes back to checkpoints/",
+        'if checkpoint["epoch"] != index + 1 or checkpoint.get("lineage") != self.lineage:',
+        'if checkpoint.get("lineage") != self.lineage:',
+        ("tests/test_resume.py", "-k", "missing_a_middle_checkpoint"),
+    ),
+    Mutation(
+        "image-export-refuses-two-pixel-width",
+        "models/best_image.pt2 refuses an image 2 pixels wide, which docs/export.md promises (any size from 2 x 2)",
+        'torch.export.Dim("width", min=2)',
+        'torch.export.Dim("width", min=3)',
+        ("tests/test_export.py", "-k", "image_export_gives"),
+    ),
+    Mutation(
+        "verify-skips-epochs-from-ten",
+        "tools.verify checks checkpoints/epoch_001..009 only: a damaged epoch_010.pt or later is called intact",
+        '"checkpoints/epoch_*.pt", "models/*.pt"',
+        '"checkpoints/epoch_00*.pt", "models/*.pt"',
+        ("tests/test_verify.py", "-k", "every_damaged_checkpoint"),
+    ),
+    Mutation(
+        "resume-restarts-the-schedule",
+        "a resumed run does not restore its learning-rate schedule: under train.schedule cosine or step the"
+        " epochs after the resumed one take the rates of the run's first epochs, and the result moves",
+        '            scheduler.load_state_dict(last["scheduler_state_dict"])\n',
+        "",
+        ("tests/test_resume.py", "-k", "every-recipe"),
+    ),
 ]
 
 

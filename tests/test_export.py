@@ -282,13 +282,15 @@ def image_checkpoint(interpolation: str, tta: str) -> dict:
 
 
 def pictures(folder: Path) -> list[Path]:
-    """Landscape, portrait, square, one smaller than the input, one of the smallest size the
-    program takes (docs/export.md: from 2 x 2), and a JPEG stored turned a quarter (EXIF
+    """Landscape, portrait, square, one smaller than the input, the smallest height and the
+    smallest width the program takes (docs/export.md: from 2 x 2), each with the other side
+    above it, so that either side's limit shows, and a JPEG stored turned a quarter (EXIF
     orientation 6); each small enough for tools.predict to decode it whole."""
     rng = np.random.default_rng(1)
     paths = []
     for name, (width, height) in [("wide.png", (41, 30)), ("tall.png", (30, 57)), ("square.png", (20, 20)),
-                                  ("small.png", (9, 7)), ("least.png", (3, 2)), ("turned.jpg", (64, 48))]:  # fmt: skip
+                                  ("small.png", (9, 7)), ("least.png", (3, 2)), ("narrowest.png", (2, 3)),
+                                  ("turned.jpg", (64, 48))]:  # fmt: skip
         paths.append(folder / name)
         exif = Image.Exif()
         exif[0x0112] = 6

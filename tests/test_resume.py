@@ -96,9 +96,12 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(
 
 # Every training recipe that keeps state from step to step or draws at random: the weights'
 # moving average, clipping, layer-wise rates, (the default) no decay on norms and biases,
-# the augmentation policies, erasing and mixing; on a partly frozen model.
+# the augmentation policies, erasing and mixing; on a partly frozen model. A rate schedule
+# too: under the default constant one a resumed run that lost its place in the schedule
+# would still train at the right rate (cosine over 3 epochs: 1, 0.75, 0.25).
 RECIPES = {
     "freeze": "first:2",
+    "train.schedule": "cosine",
     "train.ema_decay": 0.9,
     "train.clip_grad_norm": 0.5,
     "train.layer_decay": 0.8,
@@ -336,13 +339,11 @@ def test_a_resumed_run_keeps_its_cpu_threads_unless_train_threads_names_a_count(
 EXT4_ORDER = ["epoch_001.pt", "epoch_004.pt", "epoch_002.pt", "epoch_003.pt", "epoch_005.pt"]
 
 
-def test_a_run_killed_after_epoch_5_resumes_whatever_order_its_folder_lists_the_checkpoints(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A folder lists its files in its file system's order (ext4: by name hash; tmpfs, btrfs:
-    others). The run folder that train resumes from, listing the checkpoints in EXT4_ORDER,
-    still resumes after epoch 5 from epoch 5's weights and keeps all five: none is taken
-    for one that does not continue the run."""
+def killed_after_epoch_5(
+    tmp_path: Path,
+) -> tuple[RunFolder, torch.nn.Linear, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """A run folder holding epochs 1 to 5, each epoch's weights filled with its number (to
+    tell which one is restored), and the model, optimizer and scheduler to restore into."""
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
@@ -351,11 +352,24 @@ def test_a_run_killed_after_epoch_5_resumes_whatever_order_its_folder_lists_the_
     folder.output.mkdir()
     for epoch in range(1, 6):
         with torch.no_grad():
-            model.weight.fill_(epoch)  # each epoch's weights its own, to tell which one is restored
+            model.weight.fill_(epoch)
         record = {key: 0.0 for key in RECORD_KEYS} | {"epoch": epoch}
         folder.commit_epoch({**record, "lineage": "lineage", "model_state_dict": model.state_dict(),
                              "optimizer_state_dict": optimizer.state_dict(),
                              "scheduler_state_dict": scheduler.state_dict()})  # fmt: skip
+    with torch.no_grad():
+        model.weight.zero_()
+    return folder, model, optimizer, scheduler
+
+
+def test_a_run_killed_after_epoch_5_resumes_whatever_order_its_folder_lists_the_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder lists its files in its file system's order (ext4: by name hash; tmpfs, btrfs:
+    others). The run folder that train resumes from, listing the checkpoints in EXT4_ORDER,
+    still resumes after epoch 5 from epoch 5's weights and keeps all five: none is taken
+    for one that does not continue the run."""
+    folder, model, optimizer, scheduler = killed_after_epoch_5(tmp_path)
     listed = Path.glob
 
     def in_ext4_order(self: Path, pattern: str) -> Iterator[Path]:
@@ -364,9 +378,20 @@ def test_a_run_killed_after_epoch_5_resumes_whatever_order_its_folder_lists_the_
 
     monkeypatch.setattr(Path, "glob", in_ext4_order)
     assert [path.name for path in folder.path.glob("epoch_*.pt")] == EXT4_ORDER  # the listing the run gets
-    with torch.no_grad():
-        model.weight.zero_()
     history = folder.restore(model, optimizer, scheduler)
     assert [record["epoch"] for record in history] == [1, 2, 3, 4, 5]
     assert torch.equal(model.weight, torch.full((2, 2), 5.0))
     assert sorted(path.name for path in folder.path.iterdir() if path.suffix == ".pt") == sorted(EXT4_ORDER)
+
+
+def test_a_run_folder_missing_a_middle_checkpoint_resumes_after_the_epoch_before_the_gap(tmp_path: Path) -> None:
+    """docs/design.md: a rerun verifies each checkpoint and continues after the last good
+    epoch. With epoch 3's file gone (deleted by hand, or a disk that lost it), epochs 4 and
+    5 no longer continue the run: it resumes after epoch 2, from epoch 2's weights, and their
+    files go, so that epochs 3 to 5 are trained again and every epoch reaches checkpoints/."""
+    folder, model, optimizer, scheduler = killed_after_epoch_5(tmp_path)
+    (folder.path / "epoch_003.pt").unlink()
+    history = folder.restore(model, optimizer, scheduler)
+    assert [record["epoch"] for record in history] == [1, 2]
+    assert torch.equal(model.weight, torch.full((2, 2), 2.0))
+    assert sorted(path.name for path in folder.path.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt"]

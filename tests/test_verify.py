@@ -104,13 +104,16 @@ def test_every_damaged_checkpoint_is_named(tmp_path: Path) -> None:
     torch.save({"w": torch.zeros(3)}, tmp_path / "models" / "my_weights.pt")  # weights a user gave
     stripped = tmp_path / "checkpoints" / "epoch_004.pt"  # only the train stage writes here: no checksum is damage
     torch.save({"w": torch.zeros(3)}, stripped)
+    # A longer run's (train.epochs above 9, as docs/fine-tuning.md's 600-epoch recipe): epochs from 10 on count too.
+    late = save(tmp_path / "checkpoints" / "epoch_012.pt", value=2.0)
     truncate(truncated)
     flip_a_bit(flipped)
+    flip_a_bit(late)
 
     checked, damaged, foreign = verify.check_checkpoints(tmp_path)
 
-    assert checked == 5
-    assert [d.path for d in damaged] == [truncated, flipped, stripped]
+    assert checked == 6
+    assert [d.path for d in damaged] == [truncated, flipped, stripped, late]
     assert damaged[0].line(tmp_path).startswith("damaged: checkpoints/epoch_002.pt: truncated or corrupt: ")
     assert damaged[1].line(tmp_path) == (
         "damaged: checkpoints/epoch_003.pt: its contents do not match the checksum stored in it"
