@@ -3198,6 +3198,30 @@ MUTATIONS = [
         "",
         ("tests/test_resume.py", "-k", "every-recipe"),
     ),
+    Mutation(
+        "hash-thumbnail-shrunk-without-antialias",
+        "image_hash shrinks a picture over 64 px without antialiasing: grainy photos get other hashes, "
+        "and resized copies of them are no longer matched as near copies",
+        "image = TF.resize(image, [HASH_SOURCE_SIZE], antialias=True)",
+        "image = TF.resize(image, [HASH_SOURCE_SIZE], antialias=False)",
+        ("tests/test_data.py", "-k", "antialiased_to_64"),
+    ),
+    Mutation(
+        "dct-scale-divides-the-width-only",
+        "a JPEG whose height the chosen DCT scale does not divide is decoded with part-blocks: its whole size "
+        "comes out a few rows too tall, and crop boxes are drawn over a picture that is not there",
+        "width % s == 0 == height % s]",
+        "width % s == 0]",
+        ("tests/test_data.py", "-k", "shrunk_as_documented"),
+    ),
+    Mutation(
+        "pillow-jpeg-decode-skips-the-dct-scale",
+        "a CMYK (or damaged) JPEG that Pillow decodes is read whole where a DCT scale was picked, and its size "
+        "reported as that scale times the whole: training copies record a picture 2 to 8 times too large",
+        "image.draft(image.mode, (image.width // scale, image.height // scale))  # Pillow picks this scale\n",
+        "pass  # Pillow picks this scale\n",
+        ("tests/test_data.py", "-k", "shrunk_as_documented"),
+    ),
 ]
 
 

@@ -374,6 +374,44 @@ def test_jpegs_that_libjpeg_decodes_past_damage_or_that_are_cmyk_decode_as_pillo
     assert inspect_file(str(stray), Sizing(16, 16)).problem is None
 
 
+# (stored width x height, how it is saved, the size asked for; then by hand, docs/design.md's rule:
+# the DCT scale, the smallest of 1/8, 1/4, 1/2 that divides both sides and keeps five times the size
+# on the shorter side; then the whole factor other formats are reduced by, which keeps that margin).
+SHRINK_CASES = {
+    # 1/8 would keep 7 >= 5 rows but does not divide 60 (its last row would be part of a block):
+    # a quarter, 24 x 15, then reduced by 15 // 5 = 3.
+    "jpeg-a-side-an-eighth-does-not-divide": ((96, 60), "RGB.jpg", 1, 4, 3),
+    # A panorama: at 1/8 its longer side keeps 80 px (5 x 16), its shorter side only 20.
+    "jpeg-panorama": ((640, 160), "RGB.jpg", 16, 2, 1),
+    # Pillow decodes CMYK JPEGs (libjpeg-turbo's path takes YCbCr and grey alone), at the DCT scale too.
+    "cmyk-jpeg": ((96, 64), "CMYK.jpg", 1, 8, 1),
+    # A PNG reduced by a whole factor, by its shorter side: 160 // (5 x 16) = 2, not 640 // 80 = 8.
+    "png-panorama": ((640, 160), "RGB.png", 16, 1, 2),
+}
+
+
+@pytest.mark.parametrize(("size", "stored", "asked", "scale", "factor"), SHRINK_CASES.values(), ids=SHRINK_CASES)
+def test_a_large_image_is_shrunk_as_documented_and_keeps_its_whole_size(
+    tmp_path: Path, size: tuple[int, int], stored: str, asked: int, scale: int, factor: int
+) -> None:
+    """decode's pixels are Pillow's own decode at the scale and factor worked out by hand above
+    (Image.draft picks the DCT scale, Image.reduce the factor); the size it reports is the
+    stored picture's, which model inputs are resized by and crop boxes are drawn over."""
+    mode, suffix = stored.split(".")
+    path = tmp_path / f"large.{suffix}"
+    textured(*size).convert(mode).save(path, quality=90)
+    with Image.open(path) as image:
+        image.draft(image.mode, (image.width // scale, image.height // scale))
+        expected = np.asarray(image.convert("RGB").reduce(factor))
+
+    decoded = decode(path, asked)
+
+    assert decoded.size == size
+    assert expected.shape == (size[1] // scale // factor, size[0] // scale // factor, 3)
+    assert min(expected.shape[:2]) >= 5 * asked
+    np.testing.assert_array_equal(decoded.pixels, expected)
+
+
 @pytest.mark.parametrize("vertical", [True, False], ids=["landscape", "portrait"])
 def test_load_image_resizes_shorter_side_then_crops_centre(tmp_path: Path, vertical: bool) -> None:
     # Three equal bands along the long side; a centre crop keeps only the middle one,
@@ -791,6 +829,21 @@ def test_image_hash_is_the_documented_dhash_of_the_luma_and_leaves_nearly_flat_p
     smooth = np.repeat(ramp.round().astype(np.uint8)[..., None], 3, axis=2)
     assert dhash_bits_by_hand(smooth).sum() == 5
     assert image_hash(smooth) == "" == dhash_by_hand(smooth)
+
+
+def test_image_hash_of_a_larger_picture_first_shrinks_it_antialiased_to_64_px() -> None:
+    """image_hash's docstring: a picture whose shorter side is over 64 px first has it shrunk
+    to 64, antialiased bilinear (torchvision's resize here), then gets the dHash above. Strong
+    grain on these pictures: a shrink without antialiasing samples it and gives the thumbnails
+    other bits (2 or 3 of 128, measured), where the antialiased shrink averages it out."""
+    for seed, (height, width) in enumerate([(300, 400), (520, 380)]):
+        rng = np.random.default_rng(seed)
+        coarse = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC))
+        picture = np.clip(smooth.astype(int) + rng.integers(-120, 121, smooth.shape), 0, 255).astype(np.uint8)
+        shrunk = v2.functional.resize(torch.from_numpy(picture).permute(2, 0, 1), [64], antialias=True)
+        assert min(shrunk.shape[1:]) == 64
+        assert image_hash(picture) == dhash_by_hand(shrunk.permute(1, 2, 0).numpy()) != "", seed
 
 
 # --- bad inputs: links, huge images -------------------------------------------------------
