@@ -14,8 +14,9 @@ Writes: data/prepared/manifest.csv    (path, label, split, sha1; one row per usa
 skipped.csv lists every file, link and folder not hidden (.name) that does not end up in
 the manifest: files directly in the data folder (no class), non-image extensions, files
 that fail to decode or exceed Pillow's size limit, broken links and link loops, links to
-folders below a class folder (not followed), class folders with no usable image, and exact
-duplicates whose labels conflict. A link loop is handled here, but DVC itself stops with
+folders below a class folder (not followed), class folders with no usable image, exact
+duplicates whose labels conflict, and files whose path is not valid UTF-8 (listed with
+their bytes as escapes, `cl\\xe9/1.png`). A link loop is handled here, but DVC itself stops with
 Errno 40 on one in a dependency folder before this stage runs: remove it to use `dvc repro`.
 
 One pass reads each file once, on every core: its sha1, a check that it decodes, its
@@ -40,6 +41,7 @@ import pandas as pd
 from pipeline.checked import confirm_unchanged, load_checked_params
 from pipeline.cli import run_stage
 from pipeline.config import PRETRAIN_WEIGHTS
+from pipeline.data.scan import readable
 from pipeline.data.split import MANIFEST_COLUMNS, duplicate_groups, stratified_split, usable_images
 from pipeline.files import write_csv, write_json
 from pipeline.models import model_sizing
@@ -79,7 +81,8 @@ def main() -> None:
     write_csv(manifest[MANIFEST_COLUMNS], MANIFEST)
     write_json(classes, CLASSES)
     report = pd.DataFrame(
-        [(s.path, s.reason) for s in sorted(skipped, key=lambda s: s.path)], columns=["path", "reason"]
+        [(readable(s.path), readable(s.reason)) for s in sorted(skipped, key=lambda s: s.path)],
+        columns=["path", "reason"],
     )
     write_csv(report, SKIPPED)
     duplicates = duplicates_report(manifest, groups)

@@ -3222,6 +3222,36 @@ MUTATIONS = [
         "pass  # Pillow picks this scale\n",
         ("tests/test_data.py", "-k", "shrunk_as_documented"),
     ),
+    Mutation(
+        "non-utf8-names-kept",
+        "an image whose path is not valid UTF-8 (a Latin-1 class folder from a Windows zip) reaches the manifest: "
+        "prepare crashes with UnicodeEncodeError",
+        "                if is_utf8(path.as_posix()):",
+        "                if True:",
+        ("tests/test_text_labels.py", "-k", "not_utf8"),
+    ),
+    Mutation(
+        "skipped-path-not-escaped",
+        "skipped.csv gets a non-UTF-8 path as Python holds it: prepare crashes with UnicodeEncodeError",
+        "[(readable(s.path), readable(s.reason))",
+        "[(s.path, readable(s.reason))",
+        ("tests/test_text_labels.py", "-k", "not_utf8"),
+    ),
+    Mutation(
+        "skipped-reason-not-escaped",
+        "a broken link whose target is not valid UTF-8: writing its reason to skipped.csv crashes prepare",
+        "readable(s.reason)",
+        "s.reason",
+        ("tests/test_text_labels.py", "-k", "not_utf8"),
+    ),
+    Mutation(
+        "misnamed-images-not-counted",
+        "check_params says '0 class folder(s) with image files' for a data folder of Latin-1 class folders full of "
+        "images, without saying why they do not count",
+        "misnamed = sum(s.reason == NOT_UTF8 for s in skipped)",
+        "misnamed = 0",
+        ("tests/test_errors.py", "-k", "folders and named"),
+    ),
 ]
 
 

@@ -9,6 +9,7 @@ library's own message) is written out here."""
 
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -111,6 +112,20 @@ def params_of_one_value(project: Path) -> str:
     return "params.yaml does not hold a mapping of params, only the value '5'"
 
 
+def class_folders_in_latin_1(project: Path) -> str:
+    """A data folder unpacked from a zip made on Windows: class names `clé` and `thé` in Latin-1."""
+    for name in (b"cl\xe9", b"th\xe9"):
+        folder = os.fsencode(project / "latin") + b"/" + name
+        os.makedirs(folder)
+        open(folder + b"/0.png", "wb").close()  # never read: the folders are counted from a listing
+    set_params(project, **{"prepare.data_dir": "latin"})
+    return (
+        "prepare.data_dir = 'latin': latin holds 0 class folder(s) with image files; a classifier needs at least 2 "
+        "sub-folders, one per class; 2 image file(s) below it are left out, each with a path not valid UTF-8 "
+        "(a zip made on Windows can write such names): rename the file or its folder in UTF-8"
+    )
+
+
 def damaged_after_prepare(project: Path) -> re.Pattern:
     """An image damaged after prepare decoded it, and the decoded cache gone (another machine,
     a cleaned cache): train must decode it again and cannot."""
@@ -150,6 +165,12 @@ CASES = [
     ("prepare on params edited since checked", "prepared", changed_since_checked, ["-m", "pipeline.prepare"]),
     ("check params saved in Latin-1", "project", latin_1_params, ["-m", "pipeline.check_params"]),
     ("check params of one value", "project", params_of_one_value, ["-m", "pipeline.check_params"]),
+    (
+        "check params on class folders named in Latin-1",
+        "project",
+        class_folders_in_latin_1,
+        ["-m", "pipeline.check_params"],
+    ),
     ("train on an image damaged since prepare", "prepared", damaged_after_prepare, ["-m", "pipeline.train"]),
 ]
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,30 @@ def test_read_manifest_keeps_labels(tmp_path: Path, name: str) -> None:
 
     assert manifest["label"].tolist() == classes == [name]
     assert manifest["sha1"].tolist() == ["0" * 40]
+
+
+def test_prepare_leaves_out_names_that_are_not_utf8(project: Path) -> None:
+    """A zip made on Windows unpacks `clé` in Latin-1 (byte E9 for é): each file in a folder so
+    named, and a file so named, is listed in skipped.csv, its bytes written as escapes (a link's
+    target too); the folder, left with no image, is listed as a class left out; the rest is prepared."""
+    tiny_images(project / "odd", ["a", "b", "cle"], 4)
+    odd = os.fsencode(project / "odd")
+    os.rename(odd + b"/cle", odd + b"/cl\xe9")
+    os.rename(odd + b"/b/3.png", odd + b"/b/bad\xffname.png")
+    os.symlink(b"gone\xff.png", odd + b"/a/dangling.png")
+    set_checked_params(project, **{"prepare.data_dir": "odd"})
+
+    stage("prepare", project)
+    manifest, classes = read_manifest(project / "data" / "prepared")
+    skipped = read_csv(project / "data" / "prepared" / "skipped.csv")
+
+    assert classes == ["a", "b"]
+    assert sorted(manifest["path"]) == [f"odd/{c}/{i}.png" for c, n in [("a", 4), ("b", 3)] for i in range(n)]
+    rename = "path not valid UTF-8 (a zip made on Windows can write such names): rename the file or its folder in UTF-8"
+    no_image = "class folder with no usable image (empty, or each of its files is listed): left out as a class"
+    assert skipped.values.tolist() == [
+        ["odd/a/dangling.png", "a broken link: its target gone\\xff.png does not exist"],
+        ["odd/b/bad\\xffname.png", rename],
+        ["odd/cl\\xe9", no_image],
+        *[[f"odd/cl\\xe9/{i}.png", rename] for i in range(4)],
+    ]

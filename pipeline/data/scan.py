@@ -20,6 +20,10 @@ SPECIAL_KINDS = {
     stat.S_IFBLK: "a block device",
 }
 
+# Linux names are bytes: one not valid UTF-8 (a zip made on Windows, Latin-1 `clé`) comes to
+# Python with surrogates in it, which no UTF-8 file such as the manifest can hold.
+NOT_UTF8 = "path not valid UTF-8 (a zip made on Windows can write such names): rename the file or its folder in UTF-8"
+
 
 @dataclass(frozen=True)
 class Skipped:
@@ -46,8 +50,12 @@ def find_images(root: Path) -> tuple[list[str], list[tuple[Path, str]], list[Ski
         if entry.is_dir():
             classes.append(entry.name)
             images, reasons = scan_folder(entry)
-            files += [(path, entry.name) for path in images]
             skipped += reasons
+            for path in images:
+                if is_utf8(path.as_posix()):
+                    files.append((path, entry.name))
+                else:
+                    skipped.append(Skipped(path.as_posix(), NOT_UTF8))
         else:
             why = not_a_file(entry) or "not inside a class folder: a file must lie in a folder named after its class"
             skipped.append(Skipped(entry.as_posix(), why))
@@ -105,3 +113,16 @@ def not_a_file(path: Path) -> str | None:
 
 def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # the surrogates that stand for bytes not valid in UTF-8
+        return False
+    return True
+
+
+def readable(name: str) -> str:
+    """`name` as text that UTF-8 can hold: the bytes of a name not valid UTF-8 written as escapes (`cl\\xe9`)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")

@@ -14,7 +14,7 @@ from pipeline.cli import UserError
 from pipeline.data.cache import cache_folder, scratch, store_decoded
 from pipeline.data.decode import Sizing
 from pipeline.data.inspection import inspect_all
-from pipeline.data.scan import Skipped, find_images
+from pipeline.data.scan import NOT_UTF8, Skipped, find_images
 from pipeline.files import read_csv
 from pipeline.paths import CLASSES, MANIFEST
 
@@ -83,9 +83,12 @@ def scan_classes(root: Path) -> tuple[list[str], list[tuple[Path, str]], list[Sk
     classes, files, skipped = find_images(root)
     with_files = {label for _, label in files}
     if len(with_files) < 2:
+        # Class folders unpacked from a Windows zip hold images that do not count: say why.
+        misnamed = sum(s.reason == NOT_UTF8 for s in skipped)
+        why = f"; {misnamed} image file(s) below it are left out, each with a {NOT_UTF8}" if misnamed else ""
         raise UserError(
             f"{root} holds {len(with_files)} class folder(s) with image files; a classifier needs at least 2 "
-            "sub-folders, one per class"
+            f"sub-folders, one per class{why}"
         )
     return classes, files, skipped
 
