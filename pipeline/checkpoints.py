@@ -195,7 +195,7 @@ def weights_state(loaded: Any, path: Path, arch: str) -> dict[str, torch.Tensor]
     if is_checkpoint(loaded):
         if loaded.get("arch") != arch:
             raise UserError(f"{path} holds a {loaded.get('arch')} checkpoint, but model.arch is {arch}")
-        return loaded["model_state_dict"]
+        return check_tensors(loaded["model_state_dict"], path)
     entry = next((key for key in STATE_DICT_ENTRIES if _is_state_dict(_entry(loaded, key))), None)
     state = loaded if entry is None else loaded[entry]
     if not _is_state_dict(state):
@@ -203,6 +203,7 @@ def weights_state(loaded: Any, path: Path, arch: str) -> dict[str, torch.Tensor]
             f"{path} is neither a state_dict, nor a checkpoint of this pipeline, nor a dict that holds a "
             f"state_dict under {' or '.join(repr(key) for key in STATE_DICT_ENTRIES)}"
         )
+    check_tensors(state, path)
     removed = ""
     for _ in WRAPPER_PREFIXES:  # each may wrap the other: module._orig_mod.conv1.weight
         for prefix in WRAPPER_PREFIXES:
@@ -212,6 +213,22 @@ def weights_state(loaded: Any, path: Path, arch: str) -> dict[str, torch.Tensor]
         where = f"the state_dict under '{entry}'" if entry else "the state_dict"
         log.info("%s: %s%s", path, where, f", its keys without the prefix '{removed}'" if removed else "")
     return dict(state)
+
+
+def check_tensors(state: dict[Any, torch.Tensor], path: Path) -> dict[Any, torch.Tensor]:
+    """`state`, once each of its entries could be a model's weight: named by text, of real
+    numbers, with values in the file; else a CheckpointError naming the first that is not.
+    Checked here, before any model is built: each of these loads (or fails) much later."""
+    save = "save the model's state_dict after loading its weights (torch.save(model.state_dict(), path))"
+    for key, tensor in state.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path} holds a tensor under {key!r}, not under a weight's name: {save}")
+        if tensor.is_complex():
+            raise CheckpointError(f"{path}: {key} holds complex numbers ({tensor.dtype}), not a weight's: {save}")
+        # Read lazily, a safetensors file's header gives meta tensors; its file holds the values.
+        if tensor.is_meta and path.suffix != ".safetensors":
+            raise CheckpointError(f"{path}: {key} has no values (a tensor on the meta device): {save}")
+    return state
 
 
 def _entry(loaded: Any, key: str) -> Any:

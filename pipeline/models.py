@@ -169,10 +169,21 @@ def _checked_model_params(
     return weights_path, named, model_kwargs
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
-    """Rebuild the exact model a checkpoint was saved from; needs no params.yaml."""
-    model = ModelSpec.from_checkpoint(checkpoint).untrained_model()
-    model.load_state_dict(checkpoint["model_state_dict"])
+def model_from_checkpoint(checkpoint: dict[str, Any], path: Path | str = "the checkpoint") -> nn.Module:
+    """Rebuild the exact model a checkpoint (from `path`) was saved from; needs no params.yaml.
+    A UserError when its state_dict does not fit the model it describes."""
+    spec = ModelSpec.from_checkpoint(checkpoint)
+    if not spec.classes:  # the weights stage saves its backbone so: train gives it a head
+        raise UserError(
+            f"{path} holds a backbone without a head (the weights stage's starting weights), not a trained "
+            "classifier: give a checkpoint of train (checkpoints/epoch_NNN.pt) or models/best.pt"
+        )
+    model = spec.untrained_model()
+    try:
+        model.load_state_dict(checkpoint["model_state_dict"])
+    except RuntimeError as error:  # torch lists every missing, unexpected or reshaped key, a line each
+        reasons = "; ".join(line.strip() for line in str(error).splitlines()[1:])
+        raise UserError(f"{path} does not fit the {spec.arch} model it describes: {reasons}") from None
     return model
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+import torchvision
 from PIL import Image
 from torch import nn
 
@@ -326,6 +327,38 @@ def test_check_params_refuses_an_evil_weights_file(project: Path, monkeypatch: p
     assert "models/weights/evil.pt was refused" in errors[0]
     assert not marker.exists()
     assert not (project / "checks" / "params.ok").exists()
+
+
+def resnet18_state(convert: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The default arch's weights, each float tensor converted: a file that fits it, as saved."""
+    state = torchvision.models.resnet18().state_dict()
+    return {key: convert(value) if value.is_floating_point() else value for key, value in state.items()}
+
+
+SAVE_STATE = "save the model's state_dict after loading its weights (torch.save(model.state_dict(), path))"
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ({1: torch.zeros(1)}, f"models/weights/x.pt holds a tensor under 1, not under a weight's name: {SAVE_STATE}"),
+        (
+            resnet18_state(lambda tensor: tensor.to(torch.complex64)),
+            f"models/weights/x.pt: conv1.weight holds complex numbers (torch.complex64), not a weight's: {SAVE_STATE}",
+        ),
+        (
+            resnet18_state(lambda tensor: tensor.to("meta")),
+            f"models/weights/x.pt: conv1.weight has no values (a tensor on the meta device): {SAVE_STATE}",
+        ),
+    ],
+)
+def test_check_params_refuses_tensors_no_model_can_load(project: Path, weights: dict, message: str) -> None:
+    """Refused before the weights stage, which would fail on them, or load complex numbers' real parts."""
+    torch.save(weights, project / "models/weights/x.pt")
+    set_params(project, **{"model.weights": "models/weights/x.pt"})
+    result = stage("check_params", project, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"pipeline: error: {message}", result.stderr
 
 
 # --- files that are no checkpoint at all ---------------------------------------------------

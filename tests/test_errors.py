@@ -139,6 +139,21 @@ def unchanged(message: str) -> Callable[[Path], str]:
     return lambda project: message
 
 
+def written(name: str, content: bytes, message: str) -> Callable[[Path], str]:
+    """The project's file `name` holding `content` (a merge's conflict markers, damage)."""
+
+    def write(project: Path) -> str:
+        (project / name).write_bytes(content)
+        return message
+
+    return write
+
+
+RESTORE = "restore it (git checkout, or finish the merge) and run this again"
+NOT_DVC_LAYOUT = f"is not laid out as DVC writes it (outs, each with a path); {RESTORE}"
+MERGED_LOCK = b'schema: "2.0"\nstages:\n<<<<<<< HEAD\n  prepare:\n=======\n  weights:\n>>>>>>> other\n'
+
+
 # (what the user did, the project they did it in, what breaks it, their command)
 CASES = [
     (
@@ -172,6 +187,58 @@ CASES = [
         ["-m", "pipeline.check_params"],
     ),
     ("train on an image damaged since prepare", "prepared", damaged_after_prepare, ["-m", "pipeline.train"]),
+    (
+        "predict with the weights stage's backbone",
+        "prepared",
+        unchanged(
+            "models/start.pt holds a backbone without a head (the weights stage's starting weights), not a trained "
+            "classifier: give a checkpoint of train (checkpoints/epoch_NNN.pt) or models/best.pt"
+        ),
+        ["-m", "tools.predict", "--model", "models/start.pt", "data/digits/target"],
+    ),
+    (
+        "verify a dvc.lock left mid-merge",
+        "project",
+        written(
+            "dvc.lock",
+            MERGED_LOCK,
+            f"dvc.lock is not valid YAML: could not find expected ':' (line 4, column 10); {RESTORE}",
+        ),
+        ["-m", "tools.verify"],
+    ),
+    (
+        "verify a dvc.lock of a list",
+        "project",
+        written("dvc.lock", b"- stages\n", f"dvc.lock {NOT_DVC_LAYOUT}"),
+        ["-m", "tools.verify"],
+    ),
+    (
+        "verify a .dvc file of bare names",
+        "project",
+        written("data.dvc", b"outs: [data]\n", f"data.dvc {NOT_DVC_LAYOUT}"),
+        ["-m", "tools.verify"],
+    ),
+    (
+        "verify a .dvc file not in UTF-8",
+        "project",
+        written(
+            "data.dvc",
+            b"outs:\n- path: \xff\n",
+            f"data.dvc is not UTF-8 text: invalid start byte at byte 14; {RESTORE}",
+        ),
+        ["-m", "tools.verify"],
+    ),
+    (
+        "verify with a bad line in DVC's config",
+        "project",
+        written(
+            ".dvc/config",
+            b"[core]\nthis is bad\n",
+            ".dvc/config cannot be read: Invalid line ('this is bad') (matched as neither section nor keyword) at "
+            "line 2; fix it and run this again",
+        ),
+        ["-m", "tools.verify"],
+    ),
 ]
 
 

@@ -54,6 +54,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     preprocessing = {"resize_size": 20, "interpolation": "bicubic"}
     checkpoint = {**built.spec.to_dict(), **preprocessing, "model_state_dict": built.model.state_dict()}
     save_checkpoint(checkpoint, root / MODEL)
+    # A checkpoint whose weights do not fit the model it describes: its head's bias lost.
+    misfit = {k: v for k, v in checkpoint["model_state_dict"].items() if k != "fc.bias"}
+    save_checkpoint({**checkpoint, "model_state_dict": misfit}, root / "models/misfit.pt")
     rng = np.random.default_rng(0)
     for name, size in [("shots/a.png", (20, 24)), ("shots/sub/b.JPG", (40, 30)), ("c.png", (16, 16))]:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +188,10 @@ def test_table_prints_a_line_per_image(project: Path) -> None:
         (["c.png", "--model", "c.png"], "c.png is not a PyTorch file (a checkpoint or state_dict saved with"),
         (["c.png", "--model", "models/empty.pt"], "models/empty.pt is damaged: it is empty (0 bytes)"),
         (["c.png", "--model", "models/photos.zip"], "models/photos.zip is a zip archive, but not one that torch.save"),
+        (
+            ["c.png", "--model", "models/misfit.pt"],
+            'models/misfit.pt does not fit the resnet18 model it describes: Missing key(s) in state_dict: "fc.bias".',
+        ),
     ],
 )
 def test_user_errors_are_one_line(project: Path, args: list[str], message: str) -> None:
@@ -193,6 +200,31 @@ def test_user_errors_are_one_line(project: Path, args: list[str], message: str) 
     assert result.returncode == 2
     assert len(errors) == 1 and errors[0].startswith(f"pipeline: error: {message}"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("scores", "message"),
+    [
+        (b"", "eval/scores.csv cannot be read (EmptyDataError: No columns to parse from file)"),
+        (b"not a table of scores\n", "eval/scores.csv has no tta column"),
+        (b"epoch,tta\n1,\xff\xfe\n", "eval/scores.csv cannot be read (UnicodeDecodeError: 'utf-8' codec can't"),
+        (b"epoch,tta\n1,bogus\n", "eval/scores.csv gives tta = 'bogus', not one of none, hflip"),
+    ],
+)
+def test_damaged_scores_of_evaluate_are_one_line(project: Path, scores: bytes, message: str) -> None:
+    """The checkpoint records no tta (as an epoch's does not), so predict reads which
+    test-time flips evaluate used from eval/scores.csv: a damaged table is named, not a
+    traceback, and a tta it does not know is refused, not taken for none."""
+    table = project / "eval/scores.csv"
+    table.write_bytes(scores)
+    try:
+        result = predict(project, "c.png", "--model", MODEL, check=False)
+    finally:
+        table.unlink()
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(errors) == 1 and errors[0].startswith(f"pipeline: error: {message}"), result.stderr
+    assert errors[0].endswith(": run the evaluate stage again (dvc repro evaluate), or pass --tta"), errors[0]
 
 
 def test_every_path_named_or_found_gets_a_row_that_says_what_it_is(project: Path, tmp_path: Path) -> None:

@@ -195,13 +195,31 @@ def evaluated_tta(checkpoint: dict, path: Path) -> str:
     Without either: none."""
     if "tta" in checkpoint:
         return checkpoint["tta"]
-    used = set(read_csv(SCORES_FILE, text=("weights", "tta"))["tta"]) if SCORES_FILE.is_file() else set()
+    used = scores_tta() if SCORES_FILE.is_file() else set()
     if len(used) == 1:
         tta = used.pop()
         log.info("%s does not record evaluate.tta; evaluate used %s (%s): so does this", path, tta, SCORES_FILE)
         return tta
     log.info("%s does not record evaluate.tta, and %s does not say: no test-time augmentation", path, SCORES_FILE)
     return TestTimeAugmentation.none.value
+
+
+def scores_tta() -> set[str]:
+    """The evaluate.tta values in evaluate's table of scores; a UserError naming the table when
+    it is damaged, rather than predicting with test-time flips evaluate may not have used."""
+    allowed = [t.value for t in TestTimeAugmentation]
+    redo = "run the evaluate stage again (dvc repro evaluate), or pass --tta"
+    try:
+        scores = read_csv(SCORES_FILE, text=("weights", "tta"))
+    except ValueError as error:  # pandas' EmptyDataError and ParserError, and UnicodeDecodeError, are ValueErrors
+        raise UserError(f"{SCORES_FILE} cannot be read ({error_line(error, with_type=True)}): {redo}") from None
+    if "tta" not in scores.columns:
+        raise UserError(f"{SCORES_FILE} has no tta column: {redo}")
+    used = set(scores["tta"])
+    wrong = sorted(used - set(allowed))
+    if wrong:
+        raise UserError(f"{SCORES_FILE} gives tta = {wrong[0]!r}, not one of {', '.join(allowed)}: {redo}")
+    return used
 
 
 def main() -> None:
@@ -213,7 +231,7 @@ def main() -> None:
         raise UserError(f"model file {args.model} does not exist: run `dvc repro` to make it, or pass --model")
     checkpoint = load_checkpoint(args.model)  # verifies the checksum; refuses pickled code
     device = resolve_device(args.device)
-    model = place_model(model_from_checkpoint(checkpoint), device)
+    model = place_model(model_from_checkpoint(checkpoint, args.model), device)
     spec = ModelSpec.from_checkpoint(checkpoint)
     top_k = min(args.top_k, len(spec.classes))
     files = [path for path, why in entries if not why]

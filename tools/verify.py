@@ -30,18 +30,21 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from pipeline.checkpoints import CheckpointError, is_checkpoint, load_weights_file, verify_checkpoint
-from pipeline.cli import UserError, run_stage
+from pipeline.cli import UserError, error_line, run_stage
+from pipeline.params_text import _yaml_problem
 
 log = logging.getLogger("tools.verify")
 
 CHECKPOINT_PATTERNS = ("checkpoints/epoch_*.pt", "models/*.pt")
+CONFIG_FILE = Path(".dvc/config")
 OBJECT_NAME = re.compile(r"[0-9a-f]{30}(\.dir)?")  # after the two-character folder name
 
 
@@ -129,18 +132,39 @@ def output_paths(root: Path) -> list[Path]:
     paths = []
     lockfile = root / "dvc.lock"
     if lockfile.is_file():
-        lock = yaml.safe_load(lockfile.read_text()) or {}
-        paths += [
-            root / out["path"] for stage in (lock.get("stages") or {}).values() for out in stage.get("outs") or []
-        ]
+        paths += tracked_paths(lockfile, root, stage_outs)
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = [name for name in subfolders if name not in NOT_SEARCHED]
         for name in files:
             if name.endswith(".dvc"):
-                tracked = yaml.safe_load((Path(folder) / name).read_text())
-                outs = tracked.get("outs") if isinstance(tracked, dict) else None  # another program's file
-                paths += [Path(folder) / out["path"] for out in outs or []]
+                paths += tracked_paths(Path(folder) / name, root, added_outs)
     return paths
+
+
+def stage_outs(lock: Any) -> list[dict]:
+    return [out for stage in (lock.get("stages") or {}).values() for out in stage.get("outs") or []]
+
+
+def added_outs(tracked: Any) -> list[dict]:
+    """A .dvc file's outs; none for a file that holds no mapping (another program's)."""
+    return (tracked.get("outs") or []) if isinstance(tracked, dict) else []
+
+
+def tracked_paths(path: Path, root: Path, outs: Callable[[Any], list[dict]]) -> list[Path]:
+    """The workspace paths of the `outs` entries of the DVC file `path`, which `outs` picks
+    from its YAML; a UserError naming the file when it is not what DVC writes (a merge's
+    conflict markers, damage), as verify cannot tell which files are linked to the cache."""
+    fix = "restore it (git checkout, or finish the merge) and run this again"
+    try:
+        return [path.parent / out["path"] for out in outs(yaml.safe_load(path.read_text(encoding="utf-8")) or {})]
+    except UnicodeDecodeError as error:
+        raise UserError(f"{shown(path, root)} is not UTF-8 text: {error.reason} at byte {error.start}; {fix}") from None
+    except yaml.YAMLError as error:
+        raise UserError(f"{shown(path, root)} is not valid YAML: {_yaml_problem(error)}; {fix}") from None
+    except (AttributeError, TypeError, KeyError):  # a list, or a string, where DVC writes a mapping
+        raise UserError(
+            f"{shown(path, root)} is not laid out as DVC writes it (outs, each with a path); {fix}"
+        ) from None
 
 
 def workspace_links(root: Path) -> dict[tuple[int, int], list[Path]]:
@@ -156,6 +180,7 @@ def workspace_links(root: Path) -> dict[tuple[int, int], list[Path]]:
 
 def dvc_cache_and_remotes(root: Path) -> tuple[Path, list[str]]:
     """DVC's local cache folder (the one holding files/md5) and the names of the remotes configured."""
+    from dvc.config import ConfigError
     from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
@@ -163,6 +188,9 @@ def dvc_cache_and_remotes(root: Path) -> tuple[Path, list[str]]:
         repo = Repo(os.fspath(root))
     except NotDvcRepoError:
         raise UserError(f"{root} is not a DVC project: run this from the project's root") from None
+    except ConfigError as error:  # "config file error: Invalid line ... at line 2."
+        reason = error_line(error).removeprefix("config file error: ").rstrip(".")
+        raise UserError(f"{CONFIG_FILE} cannot be read: {reason}; fix it and run this again") from None
     try:
         # repo.cache.local.path is <cache>/files/md5
         return Path(repo.cache.local.path).parent.parent, sorted(repo.config.get("remote", {}))
@@ -194,11 +222,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     root = Path.cwd()
     cache, remotes = dvc_cache_and_remotes(root)
+    links = workspace_links(root)  # first: a DVC file it cannot read stops the tool before any line
 
     n_checkpoints, damaged_checkpoints, foreign = check_checkpoints(root)
     for path in foreign:
         print(f"not checked: {shown(path, root)} is not a checkpoint of this pipeline (no checksum in it)")
-    n_objects, damaged_objects = check_cache(cache, workspace_links(root))
+    n_objects, damaged_objects = check_cache(cache, links)
     damages = damaged_checkpoints + damaged_objects
     for damage in damages:
         print(damage.line(root))
