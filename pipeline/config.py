@@ -9,6 +9,7 @@ import difflib
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,23 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from pipeline.cli import UserError, error_line
 from pipeline.metrics import SELECTABLE
-from pipeline.params_text import as_written, read_yaml, take_text_as_written
+from pipeline.params_text import (
+    as_written,
+    read_yaml,
+    refuse_numbers_read_apart,
+    refuse_text_dvc_reads_otherwise,
+    take_text_as_written,
+)
 from pipeline.paths import PARAMS_FILE
 
 # model.weights: the weights stage trains the backbone on pretrain.data_dir first (the demo).
 PRETRAIN_WEIGHTS = "pretrain"
+# The params dvc.yaml interpolates (`${prepare.data_dir}`): DVC reads these itself, as YAML 1.2.
+DVC_INTERPOLATED = ("prepare.data_dir", "pretrain.data_dir")
+# The largest whole-number param: C's int, which torch and tqdm take counts in; beyond it
+# threads, batch sizes and epoch counts overflow there, far into a run.
+LARGEST_WHOLE = 2**31 - 1
+SEEDS = ("prepare.seed", "pretrain.seed", "train.seed")
 
 
 class Optimizer(Enum):
@@ -194,6 +207,8 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
         # omegaconf reports a group given as a single value (`train: 0.1`) without its key.
         _check_groups(path, Params, loaded)
         take_text_as_written(Params, loaded, written)
+        refuse_numbers_read_apart(path, Params, written)
+        refuse_text_dvc_reads_otherwise(path, DVC_INTERPOLATED, written)
         merged = OmegaConf.merge(OmegaConf.structured(Params), loaded)
         params = OmegaConf.to_object(merged)
     except ConfigKeyError as error:
@@ -239,6 +254,9 @@ def _unknown_key_message(path: Path, error: ConfigKeyError) -> str:
 def validate(params: Params) -> None:
     """Range checks that types alone cannot express, group by group; the first failure raises."""
     _validate_finite(params)
+    for key in SEEDS:  # numpy and torch refuse a negative seed, as the stage starts
+        seed = attrgetter(key)(params)
+        _require(seed >= 0, key, seed, "an integer >= 0")
     for group in ("pretrain", "train"):
         _validate_optim(group, getattr(params, group))
     _validate_fractions(params.prepare, params.pretrain)
@@ -257,13 +275,16 @@ def validate(params: Params) -> None:
 
 
 def _validate_finite(obj: object, prefix: str = "") -> None:
-    """Every float param a finite number: YAML reads .inf and .nan, and an lr of inf passes `> 0`."""
+    """Every number param finite for what runs it. A float: YAML reads .inf and .nan, and an lr
+    of inf passes `> 0`. A whole number: at most LARGEST_WHOLE; the lower bounds are each param's own."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             _validate_finite(value, f"{prefix}{f.name}.")
         elif isinstance(value, float):
             _require(math.isfinite(value), f"{prefix}{f.name}", value, "a finite number")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            _require(value <= LARGEST_WHOLE, f"{prefix}{f.name}", value, f"an integer <= {LARGEST_WHOLE} (2**31 - 1)")
 
 
 def _validate_optim(group: str, optim: OptimParams) -> None:

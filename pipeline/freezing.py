@@ -37,7 +37,7 @@ def parse_freeze(text: str, key: str = "freeze") -> FreezeSpec:
     kind, _, arg = text.partition(":")
     if text in ("none", "all_but_head"):
         return FreezeSpec(text, key=key)
-    if kind == "first" and arg.isdigit():
+    if kind == "first" and arg.isascii() and arg.isdigit():  # isdigit alone takes ² and ①, which int() refuses
         return FreezeSpec("first", count=int(arg), key=key)
     if kind == "modules" and arg and all(arg.split("+")):
         return FreezeSpec("modules", modules=tuple(arg.split("+")), key=key)

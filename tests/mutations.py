@@ -3336,6 +3336,55 @@ MUTATIONS = [
         "        if False:",
         ("tests/test_checkpoints.py", "-k", "no_model_can_load"),
     ),
+    Mutation(
+        "freeze-first-takes-unicode-digits",
+        "freeze: first:² (or unfreeze_to: first:①) ends check_params in a ValueError traceback from int()",
+        'if kind == "first" and arg.isascii() and arg.isdigit():',
+        'if kind == "first" and arg.isdigit():',
+        ("tests/test_check_params.py", "-k", "test_bad_params_are_named and first"),
+    ),
+    Mutation(
+        "null-key-left-to-omegaconf",
+        "a key `null:` in params.yaml ends check_params in omegaconf's KeyValidationError traceback, naming no key",
+        "if key.tag == NULL_TAG:",
+        'if key.tag == NULL_TAG + "!":',
+        ("tests/test_errors.py", "-k", "null and key"),
+    ),
+    Mutation(
+        "tagged-values-left-to-omegaconf",
+        "a value tagged !!timestamp or !!set ends check_params in omegaconf's UnsupportedValueType traceback",
+        "except OmegaConfBaseException as error:  # a value tagged !!set or !!timestamp, which YAML reads",
+        "except ImportError as error:  # a value tagged !!set or !!timestamp, which YAML reads",
+        ("tests/test_errors.py", "-k", "tagged"),
+    ),
+    Mutation(
+        "negative-seeds-pass-check-params",
+        "prepare.seed: -1 passes check_params, then prepare fails in numpy (pretrain.seed: -1 in the weights stage)",
+        '_require(seed >= 0, key, seed, "an integer >= 0")',
+        '_require(seed >= -(2**63), key, seed, "an integer >= 0")',
+        ("tests/test_check_params.py", "-k", "test_bad_params_are_named and seed"),
+    ),
+    Mutation(
+        "whole-numbers-without-upper-bound",
+        "train.threads: 4294967296, batch_size 1e19, epochs 1e20 or seed 1e15 pass check_params, overflow in training",
+        "_require(value <= LARGEST_WHOLE,",
+        "_require(value <= 2**80,",
+        ("tests/test_check_params.py", "-k", "test_bad_params_are_named and (threads or batch_size or epochs)"),
+    ),
+    Mutation(
+        "numbers-yaml-versions-read-apart-pass",
+        "train.epochs: 010 trains 8 epochs while DVC shows and records 10 (0o10, 1:30 alike)",
+        "if (here is None and dvc is None) or repr(here) == repr(dvc):",
+        "if True:",
+        ("tests/test_config.py", "-k", "quote_the_value_as_written"),
+    ),
+    Mutation(
+        "unquoted-numeric-data-dir-passes",
+        "prepare.data_dir: 007 passes check_params, then every dvc command fails: 'int' object has no attribute",
+        "not isinstance(read_by_dvc := DVC_YAML.load(node.value), str)",
+        "not isinstance(read_by_dvc := node.value, str)",
+        ("tests/test_errors.py", "-k", "folder and YAML"),
+    ),
 ]
 
 

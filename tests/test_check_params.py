@@ -56,6 +56,9 @@ def test_the_default_params_pass(params_file: Path) -> None:
         # a bad unfreeze_to is caught even while unfreezing is off, and named as itself
         ({"train.unfreeze_to": "everything"}, "train.unfreeze_to = 'everything' is not a freeze spec"),
         ({"freeze": "first:99"}, "freeze = first:99, but this model has"),
+        # digits that str.isdigit takes and int() does not
+        ({"freeze": "first:²"}, "freeze = 'first:²' is not a freeze spec"),
+        ({"train.unfreeze_to": "first:①"}, "train.unfreeze_to = 'first:①' is not a freeze spec"),
         ({"train.unfreeze_to": "first:99"}, "train.unfreeze_to = first:99, but this model has"),
         ({"train.unfreeze_to": "modules:layer9"}, "train.unfreeze_to names module(s) layer9"),
         ({"freeze": "modules:layer9"}, "does not have"),
@@ -100,6 +103,17 @@ def test_the_default_params_pass(params_file: Path) -> None:
         # the weights stage depends on the folder whatever model.weights says
         ({"model.weights": None, "pretrain.data_dir": "data/nope"}, "pretrain.data_dir = 'data/nope': no such folder"),
         ({"train.label_smoothing": 1.0}, "train.label_smoothing = 1.0 is not allowed; it must be a number in [0, 1)"),
+        # seeds numpy or torch refuse as the stage starts, or whose epoch seeds overflow torch's
+        ({"prepare.seed": -1}, "prepare.seed = -1 is not allowed; it must be an integer >= 0"),
+        ({"pretrain.seed": -1}, "pretrain.seed = -1 is not allowed; it must be an integer >= 0"),
+        ({"train.seed": 10**15}, "train.seed = 1000000000000000 is not allowed; it must be an integer <= 2147483647"),
+        # counts that overflow torch's threads, the steps of an epoch, or the progress bar
+        ({"train.threads": 2**32}, "train.threads = 4294967296 is not allowed; it must be an integer <= 2147483647"),
+        (
+            {"train.batch_size": 10**19},
+            "train.batch_size = 10000000000000000000 is not allowed; it must be an integer <=",
+        ),
+        ({"train.epochs": 10**20}, "train.epochs = 100000000000000000000 is not allowed; it must be an integer <="),
         ({"device": "gpu"}, "is not a device"),
         # devices torch knows of that the pipeline does not run on (docs/params.md: auto, cpu, cuda, cuda:N)
         ({"device": "mps"}, "device = 'mps' is not a device; use auto, cpu, cuda or cuda:N"),

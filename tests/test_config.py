@@ -28,7 +28,17 @@ from torchvision.models import ResNet18_Weights
 
 from pipeline.checked import load_checked_params, record_checked
 from pipeline.cli import UserError
-from pipeline.config import AugmentParams, Mode, Optimizer, ParamError, Params, TrainParams, load_params, validate
+from pipeline.config import (
+    DVC_INTERPOLATED,
+    AugmentParams,
+    Mode,
+    Optimizer,
+    ParamError,
+    Params,
+    TrainParams,
+    load_params,
+    validate,
+)
 from pipeline.paths import PREPARED_DIR
 from testing.project import REPO, copy_project, set_checked_params, set_params, stage
 
@@ -461,9 +471,10 @@ def write_value(path: Path, key: str, text: str) -> None:
         # YAML 1.1 reads these as a boolean, a number or a date; a text param keeps the text.
         ("freeze", "off", "off"),
         ("device", "yes", "yes"),
-        ("prepare.data_dir", "007", "007"),
-        ("prepare.data_dir", "1e3", "1e3"),
-        ("prepare.data_dir", "0x1F", "0x1F"),
+        ("model.arch", "007", "007"),
+        ("model.arch", "1e3", "1e3"),
+        ("device", "0x1F", "0x1F"),
+        ("prepare.data_dir", "off", "off"),  # text to DVC too, which puts it into dvc.yaml
         ("model.arch", "1_000", "1_000"),
         ("model.arch", "2024-01-01", "2024-01-01"),
         ("train.unfreeze_to", "no", "no"),
@@ -497,6 +508,26 @@ def test_text_params_are_taken_as_written(params_file: Path, key: str, text: str
         # two levels deep: named with both groups
         ("train.augment.mixup_alpha", ".inf", "train.augment.mixup_alpha = .inf (read as inf) is not allowed"),
         ("train.early_stopping.min_delta", ".nan", "train.early_stopping.min_delta = .nan (read as nan)"),
+        # numbers YAML 1.1 (the pipeline) and YAML 1.2 (DVC, which shows and records them) read apart
+        (
+            "train.epochs",
+            "010",
+            "train.epochs = 010 is read as 8 by the pipeline (YAML 1.1) but as 10 by DVC (YAML 1.2); ",
+        ),
+        (
+            "train.lr",
+            "0o10",
+            "train.lr = 0o10 is read as '0o10' by the pipeline (YAML 1.1) but as 8 by DVC (YAML 1.2); ",
+        ),
+        (
+            "train.augment.randaugment_ops",
+            "1:30",
+            "ops = 1:30 is read as 90 by the pipeline (YAML 1.1) but as '1:30' by",
+        ),
+        ("train.epochs", "-010", "DVC (YAML 1.2); write the number in plain digits, e.g. -10"),
+        # a folder that dvc.yaml interpolates: DVC must read text there too, or fails on every command
+        ("prepare.data_dir", "007", "prepare.data_dir = 007 is read as 7 by DVC (YAML 1.2), not as a folder name for "),
+        ("pretrain.data_dir", "true", "dvc.yaml's ${pretrain.data_dir}; quote it: 'true'"),
         # The same number spelt another way is not worth a remark.
         ("train.epochs", "-0", "train.epochs = 0 is not allowed"),
         ("train.lr", "-1e-2", "train.lr = -0.01 is not allowed"),
@@ -577,12 +608,15 @@ RANGES: list[tuple[str, list[object], list[object]]] = [
     ("evaluate.batch_size", [1], [0]),
     ("evaluate.cuda_batch_size", [1], [0]),
     ("evaluate.processes", [1], [0]),
+    *[(key, [0], [-1]) for key in ("prepare.seed", "pretrain.seed", "train.seed")],
+    # every whole number up to C's int, which torch and tqdm count in: one shared bound
+    *[(key, [2**31 - 1], [2**31]) for key in ("train.seed", "train.epochs", "train.threads", "evaluate.batch_size")],
 ]
 
 
 def admitted(allowed: str, value: float) -> bool | None:
     """Whether the range a refusal states (`in [0, 1)`, `between 0 and 1 (exclusive)`, `>= 1`,
-    `> 0`) holds `value`, read as a user reads it; None where it states no range."""
+    `> 0`, `<= 2147483647`) holds `value`, read as a user reads it; None where it states no range."""
     number = r"(-?\d+(?:\.\d+)?)"
     if found := re.search(rf"([\[(]){number}, {number}([\])])", allowed):
         opening, low, high, closing = found.groups()
@@ -590,8 +624,9 @@ def admitted(allowed: str, value: float) -> bool | None:
         return above and (value <= float(high) if closing == "]" else value < float(high))
     if found := re.search(rf"between {number} and {number} \(exclusive\)", allowed):
         return float(found[1]) < value < float(found[2])
-    if found := re.search(rf"(>=?) {number}", allowed):
-        return value >= float(found[2]) if found[1] == ">=" else value > float(found[2])
+    if found := re.search(rf"([<>]=?) {number}", allowed):
+        compare = {">=": float.__ge__, ">": float.__gt__, "<=": float.__le__, "<": float.__lt__}[found[1]]
+        return compare(float(value), float(found[2]))
     return None
 
 
@@ -640,6 +675,10 @@ def test_each_number_param_is_refused_just_beyond_its_documented_range(params_fi
     held_out = "prepare.val_fraction + prepare.test_fraction"
     assert problem({"prepare.val_fraction": 0.6, "prepare.test_fraction": 0.4}) == held_out
     assert wrong == []
+
+
+def test_every_param_that_dvc_yaml_interpolates_is_checked_as_dvc_reads_it() -> None:
+    assert set(re.findall(r"\$\{([\w.]+)\}", (REPO / "dvc.yaml").read_text())) == set(DVC_INTERPOLATED)
 
 
 def test_a_batch_that_does_not_split_names_the_parts_it_must_split_into(params_file: Path) -> None:

@@ -126,6 +126,31 @@ def class_folders_in_latin_1(project: Path) -> str:
     )
 
 
+def a_null_key(project: Path) -> str:
+    """A key YAML reads as null (`null:`, `~:`), a slip omegaconf takes no key for."""
+    path = project / "params.yaml"
+    text = path.read_text()
+    path.write_text(text + "null: 3\n")
+    line = len(text.splitlines()) + 1
+    return f"params.yaml: unknown key 'null' (line {line}): YAML reads it as null, which names no param"
+
+
+def a_tagged_date(project: Path) -> str:
+    """A value tagged !!timestamp (or !!set): YAML reads it, omegaconf takes no such type."""
+    path = project / "params.yaml"
+    path.write_text(re.sub(r"(?m)^wait_minutes: .*$", "wait_minutes: !!timestamp 2024-01-01", path.read_text()))
+    return "params.yaml: wait_minutes: Value 'date' is not a supported primitive type; no param takes one"
+
+
+def a_folder_named_as_a_number(project: Path) -> str:
+    """A data folder `007`, unquoted: DVC reads a number there, and would fail on dvc.yaml's
+    `${prepare.data_dir}` at every command with a line that names no param."""
+    shutil.copytree(project / "data/digits/target", project / "007")
+    path = project / "params.yaml"
+    path.write_text(re.sub(r"(?m)^  data_dir: .*target.*$", "  data_dir: 007", path.read_text()))
+    return "params.yaml: prepare.data_dir = 007 is read as 7 by DVC (YAML 1.2), not as a folder name for dvc.yaml's "
+
+
 def damaged_after_prepare(project: Path) -> re.Pattern:
     """An image damaged after prepare decoded it, and the decoded cache gone (another machine,
     a cleaned cache): train must decode it again and cannot."""
@@ -184,6 +209,14 @@ CASES = [
         "check params on class folders named in Latin-1",
         "project",
         class_folders_in_latin_1,
+        ["-m", "pipeline.check_params"],
+    ),
+    ("check params with a null key", "project", a_null_key, ["-m", "pipeline.check_params"]),
+    ("check params with a value tagged !!timestamp", "project", a_tagged_date, ["-m", "pipeline.check_params"]),
+    (
+        "check params of a folder YAML reads as 7",
+        "project",
+        a_folder_named_as_a_number,
         ["-m", "pipeline.check_params"],
     ),
     ("train on an image damaged since prepare", "prepared", damaged_after_prepare, ["-m", "pipeline.train"]),

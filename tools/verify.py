@@ -39,7 +39,7 @@ import yaml
 
 from pipeline.checkpoints import CheckpointError, is_checkpoint, load_weights_file, verify_checkpoint
 from pipeline.cli import UserError, error_line, run_stage
-from pipeline.params_text import _yaml_problem
+from pipeline.params_text import yaml_problem
 
 log = logging.getLogger("tools.verify")
 
@@ -160,7 +160,7 @@ def tracked_paths(path: Path, root: Path, outs: Callable[[Any], list[dict]]) -> 
     except UnicodeDecodeError as error:
         raise UserError(f"{shown(path, root)} is not UTF-8 text: {error.reason} at byte {error.start}; {fix}") from None
     except yaml.YAMLError as error:
-        raise UserError(f"{shown(path, root)} is not valid YAML: {_yaml_problem(error)}; {fix}") from None
+        raise UserError(f"{shown(path, root)} is not valid YAML: {yaml_problem(error)}; {fix}") from None
     except (AttributeError, TypeError, KeyError):  # a list, or a string, where DVC writes a mapping
         raise UserError(
             f"{shown(path, root)} is not laid out as DVC writes it (outs, each with a path); {fix}"
