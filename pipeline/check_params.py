@@ -22,6 +22,7 @@ Writes: checks/params.ok    (constant text, so a change of params alone re-runs 
 """
 
 import logging
+import os
 from pathlib import Path
 
 from pipeline.checked import confirm_unchanged, record_checked
@@ -52,6 +53,9 @@ def check(params: Params) -> None:
     device = resolve_device(params.device)
     if params.train.sync_batchnorm and params.train.processes > 1:
         check_sync_batchnorm(device)
+    if weights is not None and Path(weights).is_symlink() and not Path(weights).exists():
+        # resolve() would follow it out of models/weights/ and blame the folder instead
+        raise UserError(f"model.weights = {weights!r} is a broken link (to {os.readlink(weights)!r}): fix or remove it")
     if (
         weights is not None
         and is_weights_file(weights)

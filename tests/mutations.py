@@ -3385,6 +3385,13 @@ MUTATIONS = [
         "not isinstance(read_by_dvc := node.value, str)",
         ("tests/test_errors.py", "-k", "folder and YAML"),
     ),
+    Mutation(
+        "broken-weights-link-blamed-on-the-folder",
+        "a broken link in models/weights/ is refused as a file outside models/weights/, not as a broken link",
+        "    if weights is not None and Path(weights).is_symlink() and not Path(weights).exists():",
+        "    if False:",
+        ("tests/test_check_params.py", "-k", "broken_link_for_weights"),
+    ),
 ]
 
 

@@ -154,6 +154,16 @@ def test_a_weights_file_of_another_arch_is_caught_before_any_training(params_fil
     assert "r34.pt holds a resnet34 checkpoint, but model.arch is resnet18" in problem(params_file)
 
 
+def test_a_broken_link_for_weights_says_so(params_file: Path, weights_root: Path) -> None:
+    """A link left in models/weights/ after its file moved: said as it is, not that the file
+    lies outside models/weights/ (where the link, followed, points)."""
+    (weights_root / "models/weights/big.pt").symlink_to("/nowhere/big.pt")
+    set_params(params_file.parent, **{"model.weights": "models/weights/big.pt"})
+    assert problem(params_file) == (
+        "model.weights = 'models/weights/big.pt' is a broken link (to '/nowhere/big.pt'): fix or remove it"
+    )
+
+
 def test_a_checkpoint_saved_at_another_image_size_is_refused(params_file: Path, weights_root: Path) -> None:
     """A pipeline checkpoint of timm's test_vit made at 32 px, with model.image_size 64: the
     model is built at the params' size (as build_model builds it), where its position embedding
