@@ -64,7 +64,10 @@ def overlay(image: Image.Image, heat: np.ndarray) -> Image.Image:
 
 
 def label(before: str, name: str, after: str, width: float, face: ImageFont.ImageFont) -> str:
-    """before + name + after, the class `name` cut with an ellipsis to fit `width` pixels."""
+    """before + name + after, the class `name` cut with an ellipsis to fit `width` pixels; a
+    character that is not printable written as its escape (a folder name can hold a line break,
+    on which Pillow's text layout fails)."""
+    name = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
     if face.getlength(before + name + after) <= width:
         return before + name + after
     while name and face.getlength(before + name + "…" + after) > width:

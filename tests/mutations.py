@@ -3392,6 +3392,13 @@ MUTATIONS = [
         "    if False:",
         ("tests/test_check_params.py", "-k", "broken_link_for_weights"),
     ),
+    Mutation(
+        "gallery-label-with-a-line-break-crashes",
+        "a class folder named with a line break ends select-best in Pillow's raqm_layout() failed traceback",
+        '    name = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)\n',
+        "",
+        ("tests/test_interpretation.py", "-k", "line_breaks"),
+    ),
 ]
 
 

@@ -206,6 +206,27 @@ def untrained_checkpoint(arch: str, classes: list[str], size: int, epoch: int) -
     return built, {**built.spec.to_dict(), "model_state_dict": built.model.state_dict(), "epoch": epoch}
 
 
+def test_class_names_with_line_breaks_are_drawn_escaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linux allows a line break (or another character that is not printable) in a class
+    folder's name; select-best's picture of the mistakes still draws, naming the class with
+    the break written as Python writes it (`b\\nc`), and mistakes.csv keeps the name as it is."""
+    monkeypatch.chdir(tmp_path)
+    classes = ["a", "b\nc", "d\u2029e"]
+    _, checkpoint = untrained_checkpoint("resnet18", classes, 32, epoch=1)
+    rows = []
+    for i in range(3):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+        rows.append((str(path), classes[i], classes[(i + 1) % 3], "0.9"))
+    write_interpretation(checkpoint, pd.DataFrame(rows, columns=["path", "actual", "predicted", "confidence"]))
+    with Image.open("best/mistakes.png") as picture:
+        assert picture.format == "PNG"  # written whole, not cut short by the failing label
+    listed = pd.read_csv("best/mistakes.csv", dtype=str, keep_default_na=False)
+    assert sorted(listed["actual"]) == sorted(classes)
+    assert label("true: ", "b\nc", "", 10_000, font()) == "true: b\\nc"
+    assert label("", "d\u2029e", "", 10_000, font()) == "d\\u2029e"
+
+
 @pytest.mark.parametrize(
     ("wrong", "title"),
     [
