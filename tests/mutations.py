@@ -3399,6 +3399,24 @@ MUTATIONS = [
         "",
         ("tests/test_interpretation.py", "-k", "line_breaks"),
     ),
+    Mutation(
+        "image-export-made-before-best-pt-records-tta",
+        "select-best exports best_image.pt2 before the chosen row's tta is set: no mirror-image average under hflip",
+        '    checkpoint |= {"weights": weights, "tta": best["tta"]}  # tools.predict averages as evaluate did\n'
+        "    checksum = save_checkpoint(checkpoint, BEST_MODEL)\n"
+        "    write_exports(checkpoint, checksum=checksum)",
+        '    checksum = save_checkpoint(checkpoint | {"weights": weights, "tta": best["tta"]}, BEST_MODEL)\n'
+        "    write_exports(checkpoint, checksum=checksum)\n"
+        '    checkpoint |= {"weights": weights, "tta": best["tta"]}',
+        ("tests/test_export.py", "-k", "test_select_best_writes_a_file_that_plain_torch_runs_and_a_rerun_reuses_it"),
+    ),
+    Mutation(
+        "no-heat-picture-does-not-say-why",
+        "best/mistakes.png of a model without a Grad-CAM layer no longer says why it has no heat maps",
+        '        log.info("%s %s", BEST_GALLERY, why)\n        return None, why\n',
+        '        log.info("%s %s", BEST_GALLERY, why)\n        return None, ""\n',
+        ("tests/test_interpretation.py", "-k", "model_without_a_layer_for_grad_cam"),
+    ),
 ]
 
 

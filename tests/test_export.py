@@ -68,12 +68,13 @@ def fake_checkpoint(project: Path, checkpoint: dict) -> None:
     )
 
 
-def fake_evaluation(project: Path, checkpoint: dict) -> None:
-    """What select-best reads from the train and evaluate stages, for one epoch."""
+def fake_evaluation(project: Path, checkpoint: dict, tta: str = "none") -> None:
+    """What select-best reads from the train and evaluate stages, for one epoch scored with
+    evaluate.tta `tta`."""
     fake_checkpoint(project, checkpoint)
     (project / "eval/predictions").mkdir(parents=True)
     scores = {name: [0.5] for name in REPORTED}
-    row = {"epoch": [1], "weights": ["raw"], "tta": ["none"], **scores}
+    row = {"epoch": [1], "weights": ["raw"], "tta": [tta], **scores}
     pd.DataFrame(row).to_csv(project / "eval/scores.csv", index=False)
     image = project / "images" / "a" / "0.png"  # one test image, of class a, taken for b
     image.parent.mkdir(parents=True)
@@ -111,9 +112,11 @@ model = torch.export.load(sys.argv[1], extra_files=extra).module()
 images = torch.load("images.pt", weights_only=True)
 with torch.no_grad():
     torch.save(model(images), "logits.pt")
-    probabilities = torch.export.load(sys.argv[2]).module()(torch.load("picture.pt", weights_only=True))
-    torch.save(probabilities, "probabilities.pt")
+    image_extra = {"metadata.json": ""}
+    image_model = torch.export.load(sys.argv[2], extra_files=image_extra).module()
+    torch.save(image_model(torch.load("picture.pt", weights_only=True)), "probabilities.pt")
 print(json.loads(extra["metadata.json"])["classes"])
+print(json.loads(image_extra["metadata.json"])["tta"])
 assert not any(name == "pipeline" or name.startswith("pipeline.") for name in sys.modules)
 """
 
@@ -122,7 +125,8 @@ def test_select_best_writes_a_file_that_plain_torch_runs_and_a_rerun_reuses_it(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     checkpoint = tiny_checkpoint("resnet18", 16)
-    fake_evaluation(project, checkpoint)
+    # Scored with evaluate.tta hflip: the image program must average with the mirror image too.
+    fake_evaluation(project, checkpoint, tta="hflip")
     stage("select_best", project)
     assert load_checkpoint(project / "models/best.pt")["classes"] == CLASSES
     programs = [project / "models/best.pt2", project / "models/best_image.pt2"]
@@ -158,15 +162,18 @@ def test_select_best_writes_a_file_that_plain_torch_runs_and_a_rerun_reuses_it(
     script = [sys.executable, "-c", LOAD_WITH_PLAIN_TORCH, *map(str, programs)]
     result = subprocess.run(script, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(CLASSES)
+    assert result.stdout.split("\n")[:2] == [str(CLASSES), "hflip"]
     # Against torchvision's own model holding the checkpoint's weights, not the project's rebuild.
     expected = torchvision_model_logits(checkpoint, images)
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt", weights_only=True), expected, rtol=1e-6, atol=1e-6)
     # The image program, with random weights' preprocessing (resize to 16, no margin): the
-    # picture resized by torchvision to 16 px (its shorter side), its centre, normalised.
+    # picture resized by torchvision to 16 px (its shorter side), its centre, normalised; the
+    # mean of the logits of it and its mirror image, as evaluate scored the chosen row
+    # (docs/export.md), not of the picture alone.
     inputs = TF.center_crop(TF.resize(picture.permute(2, 0, 1), [16]), [16])
     inputs = TF.normalize(inputs[None].float() / 255, checkpoint["mean"], checkpoint["std"])
-    expected = torchvision_model_logits(checkpoint, inputs).softmax(dim=1)[0]
+    expected, plain = (torchvision_model_logits(checkpoint, inputs, flip=f).softmax(dim=1)[0] for f in (True, False))
+    assert (expected - plain).abs().max() > 1e-3  # the mirror image shows
     torch.testing.assert_close(torch.load(tmp_path / "probabilities.pt", weights_only=True), expected)
 
 

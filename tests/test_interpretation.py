@@ -369,6 +369,9 @@ def test_a_model_without_a_layer_for_grad_cam_gets_the_picture_without_heat_maps
 
     assert "No heat maps: timm/pit_ti_224 has no square feature map or patch tokens for Grad-CAM." in caplog.text
     picture = np.asarray(Image.open("best/mistakes.png").convert("RGB")).astype(int)
+    # The picture says so itself, under the title, where the heat maps' layer is named otherwise.
+    why = "Left: the model's input before normalisation. No heat maps: timm/pit_ti_224 has no square feature map"
+    assert_title_line(picture, 1, why)
     for pixels in model_inputs(frame["path"].tolist(), built.spec):
         # every mistake is drawn, its 224 px shrunk to 128 as Pillow's Lanczos filter shrinks it
         shrunk = Image.fromarray(pixels.transpose(1, 2, 0)).resize((PANEL, PANEL), Image.Resampling.LANCZOS)
