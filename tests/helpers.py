@@ -18,6 +18,7 @@ from pipeline.batches import CropBatches
 from pipeline.data.cache import training_copies
 from pipeline.data.decode import Sizing
 from pipeline.gallery import GAP, TEXT, font
+from pipeline.runs import RECORD_KEYS, RunFolder
 
 # Put on PYTHONPATH, this runs in every Python process started, dvc's own included; it acts
 # only in the train stage's process (with KILL_RANK, in that rank's only), and only when
@@ -194,3 +195,23 @@ def assert_title_line(picture: np.ndarray, index: int, text: str) -> None:
     ImageDraw.Draw(strip).text((0, 0), text, fill=(0, 0, 0), font=face)
     drawn, top = int(face.getlength(text)), GAP + index * line
     assert (picture[top : top + line, GAP : GAP + drawn] == np.asarray(strip)[:, :drawn]).all(), text
+
+
+def restore_targets() -> tuple[torch.nn.Linear, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """A model, optimizer and schedule for RunFolder.restore to load a run's epoch into."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 1)
+
+
+def commit_numbered_epochs(folder: RunFolder, epochs: int) -> None:
+    """Epochs 1 to `epochs` committed to `folder` (of lineage "lineage"), each epoch's weights
+    filled with its number, to tell which one a restore takes."""
+    model, optimizer, scheduler = restore_targets()
+    for epoch in range(1, epochs + 1):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        record = dict.fromkeys(RECORD_KEYS, 0.0) | {"epoch": epoch}
+        folder.commit_epoch({**record, "lineage": "lineage", "model_state_dict": model.state_dict(),
+                             "optimizer_state_dict": optimizer.state_dict(),
+                             "scheduler_state_dict": scheduler.state_dict()})  # fmt: skip

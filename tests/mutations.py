@@ -3417,6 +3417,30 @@ MUTATIONS = [
         '        log.info("%s %s", BEST_GALLERY, why)\n        return None, ""\n',
         ("tests/test_interpretation.py", "-k", "model_without_a_layer_for_grad_cam"),
     ),
+    Mutation(
+        "adopt-takes-a-finished-run",
+        "a rerun under another thread or process count takes over a finished run folder of its lineage: the"
+        " finished run's epochs are moved away and published as the new run's",
+        "if other == self.path or not (other / SETTINGS).is_file() or (other / FINISHED).exists():",
+        "if other == self.path or not (other / SETTINGS).is_file():",
+        ("tests/test_runs.py", "-k", "takes_over_the_killed_run_not_a_finished_or_empty_one"),
+    ),
+    Mutation(
+        "adopt-takes-an-empty-folder",
+        "a newer folder of the lineage with no checkpoints (killed before its first epoch) is taken over instead"
+        " of the killed run that has epochs: the run trains again from epoch 1",
+        'if recorded["lineage"] != self.lineage or not checkpoints:',
+        'if recorded["lineage"] != self.lineage:',
+        ("tests/test_runs.py", "-k", "takes_over_the_killed_run_not_a_finished_or_empty_one"),
+    ),
+    Mutation(
+        "checksum-skips-list-items",
+        "a checkpoint's checksum covers each list's length only: a damaged class name (or mean, std) loads"
+        " without complaint, and predict names images with the wrong class",
+        '        digest.update(f"L{len(obj)}".encode())\n        for item in obj:\n            _feed(digest, item)\n',
+        '        digest.update(f"L{len(obj)}".encode())\n',
+        ("tests/test_checkpoints.py", "-k", "damaged_checkpoint_is_detected"),
+    ),
 ]
 
 

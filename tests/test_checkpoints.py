@@ -187,10 +187,14 @@ def rename(path: Path) -> None:  # an entry under another name (a flipped bit in
     resave(path, lambda c: c.update(weighs=c.pop("weights")))
 
 
-@pytest.mark.parametrize("damage", [truncate, empty, flip_tensor_byte, retype, reshape, renumber, rename])
+def relabel(path: Path) -> None:  # a class name in a list changed, its length kept: predict would name it wrongly
+    resave(path, lambda c: c.update(classes=["cat", "cot"]))
+
+
+@pytest.mark.parametrize("damage", [truncate, empty, flip_tensor_byte, retype, reshape, renumber, rename, relabel])
 def test_damaged_checkpoint_is_detected(tmp_path: Path, damage: Callable[[Path], None]) -> None:
     path = tmp_path / "epoch_002.pt"
-    save_checkpoint({"weights": torch.randn(64, 64), "epoch": 2}, path)
+    save_checkpoint({"weights": torch.randn(64, 64), "epoch": 2, "classes": ["cat", "dog"]}, path)
     damage(path)
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(path)

@@ -23,11 +23,11 @@ import pytest
 import torch
 
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
-from pipeline.runs import RECORD_KEYS, RunFolder
+from pipeline.runs import RunFolder
 from pipeline.train import run_threads
 from testing.compare import assert_same_run
 from testing.project import copy_project, run, set_checked_params, stage
-from tests.helpers import assert_resumed, epochs_trained, kill_env
+from tests.helpers import assert_resumed, commit_numbered_epochs, epochs_trained, kill_env, restore_targets
 
 WRAPPER = [sys.executable, "-m", "tests.kill_wrapper"]
 EPOCHS = 3
@@ -342,24 +342,13 @@ EXT4_ORDER = ["epoch_001.pt", "epoch_004.pt", "epoch_002.pt", "epoch_003.pt", "e
 def killed_after_epoch_5(
     tmp_path: Path,
 ) -> tuple[RunFolder, torch.nn.Linear, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """A run folder holding epochs 1 to 5, each epoch's weights filled with its number (to
-    tell which one is restored), and the model, optimizer and scheduler to restore into."""
-    model = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    """A run folder holding epochs 1 to 5 (`commit_numbered_epochs`), and the model, optimizer
+    and scheduler to restore into."""
     folder = RunFolder("run", "lineage", root=tmp_path / "runs", output=tmp_path / "checkpoints")
     folder.path.mkdir(parents=True)
     folder.output.mkdir()
-    for epoch in range(1, 6):
-        with torch.no_grad():
-            model.weight.fill_(epoch)
-        record = {key: 0.0 for key in RECORD_KEYS} | {"epoch": epoch}
-        folder.commit_epoch({**record, "lineage": "lineage", "model_state_dict": model.state_dict(),
-                             "optimizer_state_dict": optimizer.state_dict(),
-                             "scheduler_state_dict": scheduler.state_dict()})  # fmt: skip
-    with torch.no_grad():
-        model.weight.zero_()
-    return folder, model, optimizer, scheduler
+    commit_numbered_epochs(folder, 5)
+    return folder, *restore_targets()
 
 
 def test_a_run_killed_after_epoch_5_resumes_whatever_order_its_folder_lists_the_checkpoints(

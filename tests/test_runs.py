@@ -20,7 +20,7 @@ from pipeline.config import load_params
 from pipeline.runs import RunFolder, fingerprint, publish
 from pipeline.train import run_folder
 from testing.project import run, stage
-from tests.helpers import epochs_trained, kill_env
+from tests.helpers import commit_numbered_epochs, epochs_trained, kill_env, restore_targets
 
 EPOCHS = 2  # TINY_PARAMS
 
@@ -200,3 +200,42 @@ def test_a_checkpoint_is_copied_where_a_hard_link_cannot_go(tmp_path: Path, monk
     monkeypatch.setattr(os, "link", across_mounts)
     publish(source, output)
     assert (output / "epoch_001.pt").read_bytes() == source.read_bytes()
+
+
+def left_by_a_trainer(root: Path, name: str, settings: dict[str, int], epochs: int, finished: bool) -> RunFolder:
+    """The folder a trainer of lineage "lineage" under `settings` left after `epochs` epochs
+    (`commit_numbered_epochs`), its process gone."""
+    folder = RunFolder(name, "lineage", settings, root=root, output=root.parent / f"{name}_checkpoints")
+    folder.acquire()
+    folder.output.mkdir()
+    commit_numbered_epochs(folder, epochs)
+    if finished:
+        folder.finish()
+    folder._lock.close()  # as its process's end releases the flock
+    return folder
+
+
+def test_a_rerun_under_other_threads_takes_over_the_killed_run_not_a_finished_or_empty_one(tmp_path: Path) -> None:
+    """docs/distributed.md: a run with no epochs of its own takes over the unfinished run folder of
+    its params but the thread or process count, and a finished run is never taken over. Beside
+    the killed run (one epoch, under 3 threads) lie two newer folders of the same lineage: a
+    finished run (2 threads, both epochs) and a run killed before its first epoch (5 threads).
+    The newest with epochs to go on from, the killed one, is taken; the finished one stays whole."""
+    root = tmp_path / "runs"
+    killed = left_by_a_trainer(root, "killed", {"train.threads": 3}, epochs=1, finished=False)
+    done = left_by_a_trainer(root, "done", {"train.threads": 2}, epochs=2, finished=True)
+    empty = left_by_a_trainer(root, "empty", {"train.threads": 5}, epochs=0, finished=False)
+    now = time.time()
+    for age, folder in enumerate((empty, done, killed)):  # newest first, so the newest would be taken
+        os.utime(folder.path, (now - 100 * (age + 1), now - 100 * (age + 1)))
+
+    rerun = RunFolder("rerun", "lineage", {"train.threads": 0}, root=root, output=tmp_path / "checkpoints")
+    model, optimizer, scheduler = restore_targets()
+    history = rerun.restore(model, optimizer, scheduler)
+
+    assert [record["epoch"] for record in history] == [1]
+    assert torch.equal(model.weight, torch.full((2, 2), 1.0))  # the killed run's epoch 1
+    assert sorted(path.name for path in rerun.path.glob("epoch_*.pt")) == ["epoch_001.pt"]
+    assert not killed.path.exists()
+    assert sorted(path.name for path in done.path.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
+    assert (done.path / "finished").is_file()
