@@ -3441,6 +3441,13 @@ MUTATIONS = [
         '        digest.update(f"L{len(obj)}".encode())\n',
         ("tests/test_checkpoints.py", "-k", "damaged_checkpoint_is_detected"),
     ),
+    Mutation(
+        "epoch-seconds-timed-after-training",
+        "each checkpoint's `seconds` (and dvclive's epoch_seconds) times the record's building, not the epoch",
+        '    )\n    record = {\n        "epoch": epoch,\n        "loss": loss,\n',
+        '    )\n    started = time.perf_counter()\n    record = {\n        "epoch": epoch,\n        "loss": loss,\n',
+        ("tests/test_models.py", "-k", "freezes_the_modules_the_freeze_spec_names"),
+    ),
 ]
 
 

@@ -7,6 +7,7 @@ initialised. A meta-device forward pass checks shapes without computing anything
 """
 
 import copy
+import csv
 import dataclasses
 import functools
 import sys
@@ -43,7 +44,7 @@ from pipeline.freezing import (
 )
 from pipeline.models import ModelSpec, build_model, check_input_size, model_from_checkpoint, skeleton_model
 from pipeline.optim import make_optimizer
-from testing.project import REPO, run, set_checked_params, stage
+from testing.project import REPO, run, run_script, set_checked_params, stage
 
 ARCHS = torchvision.models.list_models(module=torchvision.models)
 NUM_CLASSES = 3
@@ -580,6 +581,21 @@ def test_the_weights_stage_starts_from_a_users_wrapped_weights_file(project: Pat
     assert f"{name}: {entry}, its keys without the prefix 'module.'" in result.stderr, result.stderr
 
 
+EPOCH_DELAY = 0.5  # seconds
+# Runs a stage as `python -m` does, its epochs' training slowed by EPOCH_DELAY: an epoch's
+# duration has a known floor, whatever the machine.
+SLOW_EPOCHS = f"""\
+import runpy, sys, time
+import pipeline.engine as engine
+train_and_score = engine.train_and_score
+def slowed(*args, **kwargs):
+    time.sleep({EPOCH_DELAY})
+    return train_and_score(*args, **kwargs)
+engine.train_and_score = slowed
+runpy.run_module(sys.argv[1], run_name="__main__")
+"""
+
+
 def test_the_train_stage_freezes_the_modules_the_freeze_spec_names(prepared: Path) -> None:
     """docs/fine-tuning.md's `modules:A+B` through the train stage (first:N is counted by the
     same freeze(), against torchvision's modules above): every tensor of those modules,
@@ -589,7 +605,7 @@ def test_the_train_stage_freezes_the_modules_the_freeze_spec_names(prepared: Pat
     assert {name for name, _ in torchvision.models.get_model(SMALL).named_children()} >= set(frozen)
     set_checked_params(prepared, **{"freeze": "modules:conv1+stage3", "train.epochs": 1})
     began = time.perf_counter()
-    stage("train", prepared)
+    run_script(SLOW_EPOCHS, ["pipeline.train"], prepared)  # `python -m pipeline.train`, each epoch EPOCH_DELAY longer
     took = time.perf_counter() - began
     # docs/design.md: start.pt is the backbone without its head. `prepared` pretrained it on the
     # source digits (model.weights: pretrain), whose classes the backbone's spec must not keep:
@@ -601,9 +617,14 @@ def test_the_train_stage_freezes_the_modules_the_freeze_spec_names(prepared: Pat
     )
     start = whole["model_state_dict"]
     checkpoint = load_checkpoint(prepared / "checkpoints/epoch_001.pt")
-    # docs/design.md's `seconds` of the epoch: a duration, so more than 0 and, the epoch being
-    # part of the stage's process, no more than the stage took by this test's clock.
-    assert 0 < checkpoint["seconds"] <= took
+    # docs/design.md's `seconds` of the epoch: a duration that holds the delay slept inside the
+    # epoch's training (a clock started after it would give microseconds) and, the epoch being
+    # part of the stage's process, no more than the stage took by this test's clock. dvclive's
+    # epoch_seconds curve is the same duration.
+    assert EPOCH_DELAY <= checkpoint["seconds"] <= took
+    with open(prepared / "dvclive/train/plots/metrics/epoch_seconds.tsv", newline="") as file:
+        curve = [(row["step"], float(row["epoch_seconds"])) for row in csv.DictReader(file, delimiter="\t")]
+    assert curve == [("1", pytest.approx(checkpoint["seconds"]))], curve
     trained = checkpoint["model_state_dict"]
     same = {name for name, tensor in start.items() if torch.equal(trained[name], tensor)}
     in_frozen = {name for name in start if name.split(".")[0] in frozen}
