@@ -3448,6 +3448,13 @@ MUTATIONS = [
         '    )\n    started = time.perf_counter()\n    record = {\n        "epoch": epoch,\n        "loss": loss,\n',
         ("tests/test_models.py", "-k", "freezes_the_modules_the_freeze_spec_names"),
     ),
+    Mutation(
+        "duplicate-groups-join-a-non-root",
+        "a chain of copies joined through a row already moved to another group is split in two groups",
+        "            j = root(first.setdefault(key, i))\n",
+        "            j = first.setdefault(key, i)\n",
+        ("tests/test_data.py", "-k", "duplicate_groups_join_exact_and_near_copies_transitively"),
+    ),
 ]
 
 

@@ -783,6 +783,10 @@ def test_duplicate_groups_join_exact_and_near_copies_transitively() -> None:
     # Row 2 shares its bytes with row 0's group and its picture with row 1's: the two groups join.
     bridge = pd.DataFrame({"sha1": ["s1", "s2", "s1"], "dhash": ["hA", "hB", "hB"]})
     assert duplicate_groups(bridge) == [0, 0, 0]
+    # Row 2 is joined to row 1's group (through row 3) before row 4 meets it by its hash: row 4
+    # must join row 2's whole group, not row 2 alone, or rows 1 and 3 split off as a second group.
+    chain = pd.DataFrame({"sha1": ["sa", "sb", "sc", "sb", "sa"], "dhash": ["hX", "hY", "hZ", "hZ", "hZ"]})
+    assert duplicate_groups(chain) == [0, 0, 0, 0, 0]  # by hand: 0-4 bytes, 4-2-3 picture, 3-1 bytes
 
 
 def test_image_hash_matches_a_resized_copy_but_not_a_flat_image() -> None:
