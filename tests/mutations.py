@@ -3455,6 +3455,34 @@ MUTATIONS = [
         "            j = first.setdefault(key, i)\n",
         ("tests/test_data.py", "-k", "duplicate_groups_join_exact_and_near_copies_transitively"),
     ),
+    Mutation(
+        "confidence-five-decimals",
+        "eval/predictions/*.csv (and best/mistakes.csv) keep each probability to 5 decimals, not 6",
+        '"confidence": confidence.numpy().round(6),',
+        '"confidence": confidence.numpy().round(5),',
+        ("tests/test_evaluate.py", "-k", "test_each_image_is_scored_on_its_own_logits"),
+    ),
+    Mutation(
+        "metrics-json-test-before-val",
+        "best/metrics.json (dvc metrics show) lists the test scores before the validation ones",
+        'REPORTED = (*columns("val"), *columns("test"))',
+        'REPORTED = (*columns("test"), *columns("val"))',
+        ("tests/test_select_best.py", "-k", "validation_prefers_when_test_disagrees and val_loss"),
+    ),
+    Mutation(
+        "scores-columns-test-first",
+        "eval/scores.csv puts test's columns before val's",
+        'for split in ("val", "test")}',
+        'for split in ("test", "val")}',
+        ("tests/test_evaluate.py", "-k", "test_each_checkpoints_scores_are_what_torchvision_computes_from_its_weights"),
+    ),
+    Mutation(
+        "epochs-selected-as-bool",
+        "best/epochs.csv marks the chosen epoch True/False, not 1/0: the plots' red rule (selected == 1) is lost",
+        'raw.assign(selected=(raw["epoch"] == epoch).astype(int))',
+        'raw.assign(selected=(raw["epoch"] == epoch))',
+        ("tests/test_select_best.py", "-k", "validation_prefers_when_test_disagrees and val_loss"),
+    ),
 ]
 
 

@@ -33,6 +33,11 @@ def test_each_checkpoints_scores_are_what_torchvision_computes_from_its_weights(
     manifest = pd.read_csv(project / "data/prepared/manifest.csv", dtype=str, keep_default_na=False)
     scores = pd.read_csv(project / "eval/scores.csv")
     assert list(scores["epoch"]) == [1, 2]
+    # The documented columns in their order (docs/design.md): validation's scores, then test's.
+    assert list(scores.columns) == [
+        "epoch", "weights", "tta", "train_loss", "val_loss", "val_accuracy", "val_f1", "test_loss", "test_accuracy",
+        "test_f1",
+    ]  # fmt: skip
     for epoch in (1, 2):
         checkpoint = torch.load(project / f"checkpoints/epoch_{epoch:03d}.pt", weights_only=True)
         row = scores[scores["epoch"] == epoch].iloc[0]
@@ -101,6 +106,11 @@ def test_each_image_is_scored_on_its_own_logits(reproduced: Reproduced) -> None:
     assert list(written["path"]) == list(rows["path"])
     assert list(written["predicted"]) == [checkpoint["classes"][k] for k in predicted]
     assert written["confidence"].astype(float).to_numpy() == pytest.approx(confidence.numpy(), abs=tolerance)
+    # Each probability as written, to 6 decimals: best/mistakes.csv and tools.predict's comparisons
+    # take it from here. Read as text, since a float column cannot tell 5 decimals from 6; over
+    # this many images some end in a nonzero sixth digit.
+    decimals = written["confidence"].str.partition(".")[2].str.len()
+    assert decimals.max() == 6, written["confidence"].head()
 
 
 def test_checkpoints_of_other_classes_are_refused_not_scored(project: Path) -> None:

@@ -97,14 +97,22 @@ def test_the_stage_keeps_the_checkpoint_validation_prefers_when_test_disagrees(
 
     metrics = json.loads((project / "best/metrics.json").read_text())
     assert metrics["epoch"] == 1
+    # `dvc metrics show` prints the keys in the file's order: the choice, validation, test, the
+    # parameter counts, as the README lists them.
+    assert list(metrics) == [
+        "epoch", "weights", "tta", "val_loss", "val_accuracy", "val_f1", "test_loss", "test_accuracy", "test_f1",
+        "trainable_params", "total_params",
+    ]  # fmt: skip
     for name in better:  # epoch 1's row, by hand
         assert metrics[f"val_{name}"] == pytest.approx(val[name][0])
         assert metrics[f"test_{name}"] == pytest.approx(worse[name] + 0.01)
     chosen = torch.load(project / "checkpoints/epoch_001.pt", weights_only=True)["model_state_dict"]
     kept = torch.load(project / "models/best.pt", weights_only=True)["model_state_dict"]
     assert kept.keys() == chosen.keys() and all(torch.equal(kept[key], chosen[key]) for key in chosen)
-    epochs = pd.read_csv(project / "best/epochs.csv")
-    assert list(epochs["selected"]) == [1, 0]
+    # As text: the plots' template (.dvc/plots/epochs_with_choice.json) draws its red rule where
+    # `datum.selected == 1`, which a column of True and False (equal to 1 and 0 in Python) never meets.
+    epochs = pd.read_csv(project / "best/epochs.csv", dtype={"selected": str})
+    assert list(epochs["selected"]) == ["1", "0"]
     confusion = pd.read_csv(project / "best/confusion.csv")
     assert confusion.equals(pd.read_csv(project / "eval/predictions/epoch_001.csv")[["actual", "predicted"]])
 
