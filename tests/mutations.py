@@ -3483,6 +3483,20 @@ MUTATIONS = [
         'raw.assign(selected=(raw["epoch"] == epoch))',
         ("tests/test_select_best.py", "-k", "validation_prefers_when_test_disagrees and val_loss"),
     ),
+    Mutation(
+        "macro-f1-leaves-out-predicted-only-classes",
+        "macro-F1 (val_f1, test_f1, select on val_f1) leaves out a class predicted but absent from the split",
+        "    present = (support + predicted) > 0\n",
+        "    present = support > 0\n",
+        ("tests/test_metrics.py", "-k", "macro_f1_averages_the_classes"),
+    ),
+    Mutation(
+        "macro-f1-counts-absent-classes",
+        "macro-F1 counts a class absent from the split and never predicted as F1 0, lowering val_f1/test_f1",
+        '        "f1": f1[present].mean().item(),\n',
+        '        "f1": f1.mean().item(),\n',
+        ("tests/test_metrics.py", "-k", "macro_f1_averages_the_classes"),
+    ),
 ]
 
 

@@ -1,5 +1,6 @@
 """pipeline.metrics names what engine.score measures, and everything named after it follows."""
 
+import pytest
 import torch
 
 from pipeline.engine import score
@@ -22,3 +23,15 @@ def test_the_names_derived_from_the_metrics() -> None:
         "test_accuracy": 0.75,
         "test_f1": 0.5,
     }
+
+
+def test_macro_f1_averages_the_classes_in_the_targets_or_the_predictions() -> None:
+    """Macro-F1 (val_f1, test_f1, select.metric: val_f1) is the mean F1 over the classes that occur
+    in the split's targets or its predictions: a class predicted but absent from the split counts,
+    with F1 0; a class absent from both (a small split may lack one) does not."""
+    targets = torch.tensor([0, 0, 1, 1])
+    # Predicted 0, 1, 1, 2: class 2 is predicted once but has no image, class 3 has neither.
+    logits = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 2]), 4).float()
+    # By hand, F1 = 2 TP / (support + predicted): class 0: 2 * 1 / (2 + 1); class 1: 2 * 1 / (2 + 2); class 2: 0.
+    expected = (2 / 3 + 1 / 2 + 0) / 3
+    assert score(logits, targets, 4)["f1"] == pytest.approx(expected)
