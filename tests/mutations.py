@@ -3497,6 +3497,22 @@ MUTATIONS = [
         '        "f1": f1.mean().item(),\n',
         ("tests/test_metrics.py", "-k", "macro_f1_averages_the_classes"),
     ),
+    Mutation(
+        "mixup-alone-at-switch-one-crashes",
+        "MixUp alone with train.augment.mix_switch 1 (valid; it only acts with both mixings on) ends train in"
+        " a ZeroDivisionError traceback",
+        "weights.append(1 - params.mix_switch if params.cutmix_alpha > 0 else 1.0)",
+        "weights.append(1 - params.mix_switch)",
+        ("tests/test_augment.py", "-k", "one_mixing_on"),
+    ),
+    Mutation(
+        "cutmix-alone-at-switch-zero-crashes",
+        "CutMix alone with train.augment.mix_switch 0 (valid; it only acts with both mixings on) ends train in"
+        " a ZeroDivisionError traceback",
+        "weights.append(params.mix_switch if params.mixup_alpha > 0 else 1.0)",
+        "weights.append(params.mix_switch)",
+        ("tests/test_augment.py", "-k", "one_mixing_on"),
+    ),
 ]
 
 

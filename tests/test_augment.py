@@ -326,3 +326,28 @@ def test_the_recipes_keep_the_batchs_memory_layout() -> None:
     augment = batch_augmentation(params(**changes), 5, MEAN, STD, CPU)
     out, _ = augment(images, torch.zeros(4, dtype=torch.int64), torch.arange(4))
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    ("changes", "mixing"),
+    [
+        ({"mixup_alpha": 0.2, "mix_switch": 1.0}, v2.MixUp(alpha=0.2, num_classes=8)),
+        ({"mixup_alpha": 0.2, "mix_switch": 0.0}, v2.MixUp(alpha=0.2, num_classes=8)),
+        ({"cutmix_alpha": 1.0, "mix_switch": 0.0}, v2.CutMix(alpha=1.0, num_classes=8)),
+        ({"cutmix_alpha": 1.0, "mix_switch": 1.0}, v2.CutMix(alpha=1.0, num_classes=8)),
+    ],
+    ids=["mixup-switch-1", "mixup-switch-0", "cutmix-switch-0", "cutmix-switch-1"],
+)
+def test_with_one_mixing_on_mix_switch_plays_no_part(changes: dict, mixing: v2.Transform) -> None:
+    """docs/params.md: mix_switch acts only with both mixings on. With one alone, each batch
+    is what torchvision's MixUp or CutMix makes of it from the same global RNG state (a choice
+    of one, as the references join the mixings), at the ends of mix_switch's range too (1:
+    CutMix always, were it on; 0: MixUp always), where a share of batches given to the mixing
+    that is off would leave the one on no chance."""
+    augment = batch_augmentation(params(**changes), 8, MEAN, STD, CPU)
+    images, targets = distinct_flat_images(), torch.arange(8)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ours = augment(images, targets, torch.zeros(8, dtype=torch.int64))
+        torch.manual_seed(seed)
+        torch.testing.assert_close(ours, v2.RandomChoice([mixing])(images, targets), atol=0, rtol=0)
