@@ -3513,6 +3513,13 @@ MUTATIONS = [
         "weights.append(params.mix_switch)",
         ("tests/test_augment.py", "-k", "one_mixing_on"),
     ),
+    Mutation(
+        "grads-zeroed-once-per-epoch",
+        "gradients are zeroed before the epoch's first step only: each later step adds up every earlier one's",
+        "            if first:\n                optimizer.zero_grad(set_to_none=True)\n",
+        "            if step == 0:\n                optimizer.zero_grad(set_to_none=True)\n",
+        ("tests/test_engine.py", "-k", "own_batches"),
+    ),
 ]
 
 

@@ -247,6 +247,36 @@ def test_accumulated_batches_take_the_step_of_their_whole_batch(clip: float):
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
+def test_each_step_takes_only_its_own_batches_gradient(accumulate: int):
+    """Each optimizer step starts from zero gradients, not from the sum of the epoch's earlier
+    steps. Twelve copies of one image and label make every batch alike whatever the order, so
+    the epoch is plain SGD steps written here with torch alone (a run compared with another
+    run of the loop would share any slip in when it zeroes): 3 of 4 images, or with 2 batches
+    accumulated, one of 8 and a ragged one of 4 (whose mean gradient is a batch of 4's). A
+    small rate, so that the logits stay far from saturating and each step still moves them."""
+    torch.manual_seed(0)
+    initial = nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, NUM_CLASSES))
+    image = torch.randint(0, 256, (1, 3, SIZE, SIZE), dtype=torch.uint8)
+    data = ImageBatches(
+        image.expand(12, -1, -1, -1).contiguous(), torch.arange(12), torch.full((12,), 1), torch.device("cpu"),
+        [0.5, 0.5, 0.5], [0.25, 0.25, 0.25],
+    )  # fmt: skip
+    model = copy.deepcopy(initial)
+    options = LoopOptions(batch_size=4 * accumulate, accumulate=accumulate)
+    train_one_epoch(model, data, torch.optim.SGD(model.parameters(), lr=0.002), options, 1)
+
+    reference = copy.deepcopy(initial)
+    sgd = torch.optim.SGD(reference.parameters(), lr=0.002)
+    inputs = (image.float() / 255 - 0.5) / 0.25
+    for _ in range(math.ceil(12 / (4 * accumulate))):
+        sgd.zero_grad()
+        nn.functional.cross_entropy(reference(inputs.expand(4, -1, -1, -1)), torch.full((4,), 1)).backward()
+        sgd.step()
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
 def test_clipping_bounds_each_step_to_the_gradient_norm_given(accumulate: int):
     """SGD without momentum or decay moves the weights by lr x the gradient: clipped, by at most lr x the bound."""
     torch.manual_seed(0)
