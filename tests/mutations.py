@@ -3520,6 +3520,20 @@ MUTATIONS = [
         "            if step == 0:\n                optimizer.zero_grad(set_to_none=True)\n",
         ("tests/test_engine.py", "-k", "own_batches"),
     ),
+    Mutation(
+        "quoted-data-dir-refused",
+        "a data folder quoted as the refusal says to ('007') is refused all the same: quoted values are read as plain",
+        "    elif isinstance(node, yaml.ScalarNode) and node.style is None:\n",
+        "    elif isinstance(node, yaml.ScalarNode):\n",
+        ("tests/test_config.py", "-k", "taken_as_written"),
+    ),
+    Mutation(
+        "frozen-modules-of-the-head-network",
+        "with freeze all_but_head and cached features, each checkpoint (and best.pt) records no frozen module",
+        "    return Phase(spec_text, frozen, trainable, total, net, data, loop)",
+        "    return Phase(spec_text, net_frozen, trainable, total, net, data, loop)",
+        ("tests/test_pipeline.py", "-k", "test_quick_start_then_results_shared_through_a_remote"),
+    ),
 ]
 
 

@@ -475,6 +475,9 @@ def write_value(path: Path, key: str, text: str) -> None:
         ("model.arch", "1e3", "1e3"),
         ("device", "0x1F", "0x1F"),
         ("prepare.data_dir", "off", "off"),  # text to DVC too, which puts it into dvc.yaml
+        # quoted, as the refusal of a plain 007 or true says to write it: text to DVC as well
+        ("prepare.data_dir", "'007'", "007"),
+        ("pretrain.data_dir", '"true"', "true"),
         ("model.arch", "1_000", "1_000"),
         ("model.arch", "2024-01-01", "2024-01-01"),
         ("train.unfreeze_to", "no", "no"),

@@ -128,6 +128,9 @@ def test_quick_start_then_results_shared_through_a_remote(reproduced: Reproduced
     for path in sorted((project / "checkpoints").glob("*.pt")):
         checkpoint = load_checkpoint(path)
         assert checkpoint["freeze"] == "all_but_head"
+        # The model's frozen modules, every child of torchvision's model but its head, though
+        # with the backbone's features cached (train.cache_features) the loop runs the head alone.
+        assert checkpoint["frozen_modules"] == [name for name, _ in whole.named_children() if name != head]
         frozen, original = trunk(checkpoint["model_state_dict"], head), trunk(pretrained["model_state_dict"], head)
         assert frozen.keys() == original.keys()
         # Weights and BatchNorm running statistics alike: bit-identical to the pretrained backbone.
