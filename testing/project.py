@@ -112,12 +112,19 @@ def _warm_python(env: dict[str, str]) -> WarmPython:
     return _warm
 
 
+# What `run` may start from the warm interpreter: the project's entry modules, and the tests'
+# train stage that kills (or signals) itself at a given point, whose signals reach only the
+# command's own forked process. Not with KILL_GROUP, whose kill takes the whole process group:
+# the warm interpreter and the pytest worker with it.
+WARM_MODULES = ("pipeline.", "tools.", "tests.kill_wrapper")
+
+
 def _runs_warm(args: list[str], env: dict[str, str]) -> bool:
-    """Whether `args` can run in the warm interpreter (testing/warm.py): one of the project's
-    entry modules, under an environment that starts up as the warm interpreter's does."""
-    if args[:2] != [sys.executable, "-m"] or len(args) < 3 or not args[2].startswith(("pipeline.", "tools.")):
+    """Whether `args` can run in the warm interpreter (testing/warm.py): one of WARM_MODULES,
+    under an environment that starts up as the warm interpreter's does."""
+    if args[:2] != [sys.executable, "-m"] or len(args) < 3 or not args[2].startswith(WARM_MODULES):
         return False
-    return _warm_start_up(env)
+    return "KILL_GROUP" not in env and _warm_start_up(env)
 
 
 def _warm_start_up(env: dict[str, str]) -> bool:
