@@ -15,10 +15,11 @@ from omegaconf import OmegaConf
 from testing.warm import WarmPython
 
 REPO = Path(__file__).resolve().parent.parent
-# Environment variables read when Python or a library starts (search path, hash seed,
-# thread pools, devices, huggingface_hub's cache folders): a command that sets them otherwise
-# than the warm interpreter runs apart.
-START_UP_VARIABLES = ("PYTHON", "OMP_", "MKL_", "CUDA_", "LD_", "HF_")
+# Environment variables read when Python or a library the warm interpreter has imported
+# starts (search path, hash seed, thread pools, devices): a command that sets them otherwise
+# than the warm interpreter runs apart. Not huggingface_hub's (HF_HOME...): it reads them when
+# imported, which only a command's own process does (testing/warm.py checks that).
+START_UP_VARIABLES = ("PYTHON", "OMP_", "MKL_", "CUDA_", "LD_")
 
 # Small enough that a full `dvc repro` takes seconds on two CPU cores.
 TINY_PARAMS = {

@@ -88,6 +88,10 @@ def serve() -> None:
     """Read one JSON request per line on stdin; fork a child for each; reply with its exit status."""
     for name in PRELOAD:
         __import__(name)
+    # huggingface_hub reads HF_HOME and its other variables when imported: testing.project
+    # runs commands that set them otherwise here only because each child imports it afresh.
+    if "huggingface_hub" in sys.modules:
+        raise RuntimeError("the warm interpreter must not import huggingface_hub: see START_UP_VARIABLES")
     replies = sys.stdout
     for line in sys.stdin:
         request = json.loads(line)
