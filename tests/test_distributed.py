@@ -288,7 +288,9 @@ def test_killing_the_process_group_of_dvc_repro_leaves_no_rank_running(ddp: Path
         command = [PYTHON, "-m", "dvc", "repro", "train"]
         dvc = subprocess.Popen(command, cwd=ddp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         assert dvc.wait(timeout=300) == -signal.SIGKILL, (tmp_path / "log").read_text()
-    time.sleep(5)
+    deadline = time.monotonic() + 10  # the ranks' death signal takes a moment; gone for good once gone
+    while processes_in(ddp) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert processes_in(ddp) == [], (tmp_path / "log").read_text()
     assert "starting 2 training processes" in (tmp_path / "log").read_text()
     # Killed in epoch 1: no checkpoint, in the run folder or the stage's output.
