@@ -115,8 +115,7 @@ def _warm_python(env: dict[str, str]) -> WarmPython:
 
 # What `run` may start from the warm interpreter: the project's entry modules, and the tests'
 # train stage that kills (or signals) itself at a given point, whose signals reach only the
-# command's own forked process. Not with KILL_GROUP, whose kill takes the whole process group:
-# the warm interpreter and the pytest worker with it.
+# command's own forked process, as they reach only a process of its own started by `run`.
 WARM_MODULES = ("pipeline.", "tools.", "tests.kill_wrapper")
 
 
@@ -125,7 +124,7 @@ def _runs_warm(args: list[str], env: dict[str, str]) -> bool:
     under an environment that starts up as the warm interpreter's does."""
     if args[:2] != [sys.executable, "-m"] or len(args) < 3 or not args[2].startswith(WARM_MODULES):
         return False
-    return "KILL_GROUP" not in env and _warm_start_up(env)
+    return _warm_start_up(env)
 
 
 def _warm_start_up(env: dict[str, str]) -> bool:
