@@ -12,15 +12,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from testing.warm import WarmPython
+from testing.warm import WARM_MODULES, WarmPython
 
 REPO = Path(__file__).resolve().parent.parent
-# Environment variables read when Python or a library the warm interpreter has imported
-# starts (search path, hash seed, thread pools, devices): a command that sets them otherwise
-# than the warm interpreter runs apart. Not huggingface_hub's (HF_HOME...): it reads them when
-# imported, which only a command's own process does (testing/warm.py checks that).
-START_UP_VARIABLES = ("PYTHON", "OMP_", "MKL_", "CUDA_", "LD_")
-
 # Small enough that a full `dvc repro` takes seconds on two CPU cores.
 TINY_PARAMS = {
     "model.image_size": 16,
@@ -59,9 +53,10 @@ def run(
     """Run a command the way a user would, in `cwd`, capturing its output; `env` adds to
     (or replaces) this process's environment variables."""
     full_env = _command_env(env)
-    if _runs_warm(args, full_env) and not kwargs:
-        result = _warm_python(full_env).run(args[2], args[3:], cwd, full_env)
-    else:
+    result = None
+    if args[:2] == [sys.executable, "-m"] and len(args) > 2 and args[2].startswith(WARM_MODULES) and not kwargs:
+        result = _warm_python().run(args[2], args[3:], cwd, full_env) if _warm_allowed else None
+    if result is None:
         result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, **kwargs)
     return _checked(result, check)
 
@@ -74,9 +69,8 @@ def run_script(
     where `run` would use it for a stage, so the script must not depend on what a fresh
     interpreter has not imported yet (torch, torchvision and the pipeline's libraries are)."""
     full_env = _command_env(env)
-    if _warm_start_up(full_env):
-        result = _warm_python(full_env).run("", args, cwd, full_env, code=code)
-    else:
+    result = _warm_python().run("", args, cwd, full_env, code=code) if _warm_allowed else None
+    if result is None:
         result = subprocess.run(
             [sys.executable, "-c", code, *args], cwd=cwd, env=full_env, capture_output=True, text=True
         )
@@ -84,6 +78,13 @@ def run_script(
 
 
 def _command_env(env: dict[str, str] | None) -> dict[str, str]:
+    """The environment of a command: `_plain_env`'s, where the tests allow it with the warm
+    interpreter's stand-in as its `python` (testing/stand_in.py), for the stages DVC starts."""
+    full_env = _plain_env(env)
+    return full_env | _warm_python().variables(full_env["PATH"]) if _warm_allowed else full_env
+
+
+def _plain_env(env: dict[str, str] | None = None) -> dict[str, str]:
     # DVC runs stage commands as `python -m ...`: make that this interpreter.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "PATH": path}
@@ -100,45 +101,18 @@ _warm_allowed = False
 
 
 def allow_warm_python() -> None:
-    """Let `run` start the project's modules from a warm interpreter (testing/warm.py). The
-    test suite does; benchmarks do not, since a user's stage pays for its own start-up."""
+    """Let `run` start the project's modules, and DVC the stages, from a warm interpreter
+    (testing/warm.py). The test suite does; benchmarks do not, since a user's stage pays for
+    its own start-up."""
     global _warm_allowed
     _warm_allowed = True
 
 
-def _warm_python(env: dict[str, str]) -> WarmPython:
+def _warm_python() -> WarmPython:
     global _warm
     if _warm is None:
-        _warm = WarmPython(env)
+        _warm = WarmPython(_plain_env())
     return _warm
-
-
-# What `run` may start from the warm interpreter: the project's entry modules, and the tests'
-# train stage that kills (or signals) itself at a given point, whose signals reach only the
-# command's own forked process, as they reach only a process of its own started by `run`.
-WARM_MODULES = ("pipeline.", "tools.", "tests.kill_wrapper")
-
-
-def _runs_warm(args: list[str], env: dict[str, str]) -> bool:
-    """Whether `args` can run in the warm interpreter (testing/warm.py): one of WARM_MODULES,
-    under an environment that starts up as the warm interpreter's does."""
-    if args[:2] != [sys.executable, "-m"] or len(args) < 3 or not args[2].startswith(WARM_MODULES):
-        return False
-    return _warm_start_up(env)
-
-
-def _warm_start_up(env: dict[str, str]) -> bool:
-    """Whether the warm interpreter may run a command under `env`: the tests allow it, and
-    `env` sets what Python and torch read at start-up as the warm interpreter's does."""
-    if not _warm_allowed:
-        return False
-    if _warm is None:
-        return True
-
-    def start_up(variables: dict[str, str]) -> dict[str, str]:
-        return {k: v for k, v in variables.items() if k.startswith(START_UP_VARIABLES)}
-
-    return start_up(env) == start_up(_warm.env)
 
 
 def stage(name: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

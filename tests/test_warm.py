@@ -1,10 +1,16 @@
 """The warm interpreter (testing/warm.py), which runs most of the suite's stage and tool
 commands, does what `python -m` does: the same exit code, output and files as a fresh
-process, which is what a user's command is. Every test that runs a command warm rests on it."""
+process, which is what a user's command is; and the `python` stand-in that DVC's stages
+start through (testing/stand_in.py) acts as that process would, signals included. Every
+test that runs a command warm rests on these."""
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from testing import project as project_module
 from testing.project import run, set_params
@@ -28,9 +34,10 @@ def files_in(folder: Path) -> dict[str, tuple[int, int]]:
 def test_a_warm_command_gives_what_a_fresh_python_gives(reproduced: Reproduced) -> None:
     project = reproduced.path
     predict = [sys.executable, "-m", "tools.predict", "data/digits/target/5", "--format", "json", "--tta", "hflip"]
-    assert project_module._runs_warm(predict, project_module._command_env(None))  # else both would be cold
     before = files_in(project)
-    warm, fresh = run(predict, project), cold(predict, project)
+    warm = project_module._warm_python().run(predict[2], predict[3:], project, project_module._command_env(None))
+    assert warm is not None  # else it did not run warm
+    fresh = cold(predict, project)
     assert (warm.returncode, warm.stdout, warm.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
     assert warm.stdout.count('"path"') == len(list((project / "data/digits/target/5").iterdir()))
     assert files_in(project) == before  # the README: tools.predict writes no file
@@ -41,3 +48,69 @@ def test_a_warm_command_gives_what_a_fresh_python_gives(reproduced: Reproduced) 
     warm, fresh = run(check, project, check=False), cold(check, project)
     assert (warm.returncode, warm.stdout, warm.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
     assert warm.returncode == 2 and "train.lr = -1.0" in warm.stderr, warm.stderr
+
+
+# A module of a project's own (tools.*, which the warm interpreter runs): it says which process
+# runs it, then does what its argument says.
+PROBE = """\
+import os
+import sys
+import time
+
+print(os.getpid(), os.getppid(), os.getpgrp(), os.getcwd(), os.environ.get("PROBE"), flush=True)
+print("to stderr", file=sys.stderr, flush=True)
+if sys.argv[1] == "wait":
+    time.sleep(60)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+@pytest.fixture
+def probe_project(tmp_path: Path) -> Path:
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "__init__.py").write_text("")
+    (tmp_path / "tools" / "probe.py").write_text(PROBE)
+    return tmp_path
+
+
+def stand_in(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
+    """`python *args` as DVC starts a stage: `python` looked up on the tests' PATH."""
+    full_env = project_module._command_env(env)
+    return subprocess.Popen(
+        ["python", *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_the_stand_in_runs_a_stage_warm_as_its_own_process_would(probe_project: Path) -> None:
+    process = stand_in(["-m", "tools.probe", "3"], probe_project, PROBE="passed")
+    out, err = process.communicate(timeout=60)
+    pid, parent, group, cwd, variable = out.split()
+    assert process.returncode == 3 and err == "to stderr\n"
+    assert (cwd, variable) == (str(probe_project), "passed")
+    # Not the stand-in's process: a child of the warm interpreter, in a process group of its own.
+    assert int(pid) != process.pid and int(parent) != process.pid and int(group) == int(pid)
+
+    # An environment that starts Python otherwise: the stand-in becomes the real interpreter.
+    process = stand_in(["-m", "tools.probe", "0"], probe_project, PYTHONHASHSEED="7")
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0 and int(out.split()[0]) == process.pid
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_a_signal_to_the_stand_in_ends_the_stage_as_it_ends_a_real_one(probe_project: Path, number: int) -> None:
+    """The same exit status and stderr as the real interpreter's (which the stand-in becomes
+    under another hash seed), and a killed stand-in takes its child with it."""
+    ended = {}
+    for how, env in {"warm": {}, "real": {"PYTHONHASHSEED": "7"}}.items():
+        process = stand_in(["-m", "tools.probe", "wait"], probe_project, **env)
+        pid = int(process.stdout.readline().split()[0])
+        assert (pid != process.pid) == (how == "warm")
+        process.stderr.readline()  # "to stderr": it is waiting now
+        process.send_signal(number)
+        ended[how] = (process.wait(timeout=30), process.stderr.read().splitlines()[-1:])
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{pid}").exists()
+    assert ended["warm"] == ended["real"]
+    assert ended["warm"][0] == -number

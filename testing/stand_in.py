@@ -1,0 +1,74 @@
+"""The `python` that the tests' DVC finds first on its PATH: it hands `python -m MODULE ARGS`
+to the pytest worker's warm interpreter (testing/warm.py), which forks a child to run it, and
+stands in for that child until it ends; anything else, or a command the warm interpreter
+refuses, it runs as the real interpreter would, by becoming it.
+
+The stand-in is the process DVC waits for, so it acts as the stage's process would: the
+child works on the stand-in's own stdin, stdout and stderr (passed over the socket), in its
+folder, environment and umask; every signal the stand-in can catch goes on to the child; its
+exit status is the child's, a death by signal included; and a stand-in that dies (SIGKILL)
+takes the child with it (the warm interpreter kills a child whose stand-in went away).
+
+It imports only the standard library and starts with -I -S, so it costs a few milliseconds,
+where a real `python -m pipeline.<stage>` pays some 3.5 s of CPU for torch's imports.
+"""
+
+import json
+import os
+import signal
+import socket
+import sys
+
+SOCKET_VARIABLE = "TESTS_WARM_SOCKET"  # the warm interpreter's address, set by testing.project
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    address = os.environ.get(SOCKET_VARIABLE)
+    if address and len(args) >= 2 and args[0] == "-m":
+        returncode = ask(address, args[1], args[2:])
+        if returncode is not None:
+            end_like(returncode)
+    os.execv(sys.executable, [sys.executable, *args])
+
+
+def ask(address: str, module: str, args: list[str]) -> int | None:
+    """The exit code of `python -m module *args` run by the warm interpreter at `address`;
+    None if it refused (or is gone), for the real interpreter to run it."""
+    pending: list[int] = []  # signals that came before the child's pid
+    child: list[int] = []
+    for number in FORWARDED:
+        signal.signal(number, lambda number, _: os.kill(child[0], number) if child else pending.append(number))
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        connection.connect(address)
+    except OSError:
+        return None
+    umask = os.umask(0)
+    os.umask(umask)
+    request = {"module": module, "args": args, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask}
+    socket.send_fds(connection, [json.dumps(request).encode()], [0, 1, 2])
+    reply = json.loads(connection.recv(1 << 16) or b'{"refused": "the warm interpreter is gone"}')
+    if "refused" in reply:
+        return None
+    child.append(reply["pid"])
+    for number in pending:
+        os.kill(child[0], number)
+    ended = connection.recv(1 << 16)
+    if not ended:
+        print(f"testing/stand_in.py: the warm interpreter ended before pid {child[0]}", file=sys.stderr)
+        return 1
+    return json.loads(ended)["returncode"]
+
+
+def end_like(returncode: int) -> None:
+    """Exit as the child did: with its code, or killed by its signal."""
+    if returncode < 0:
+        signal.signal(-returncode, signal.SIG_DFL)
+        os.kill(os.getpid(), -returncode)
+    sys.exit(returncode)
+
+
+if __name__ == "__main__":
+    main()
