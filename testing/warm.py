@@ -227,6 +227,10 @@ def _child(request: dict, fds: list[int]) -> int:
         sys.argv = [options[1] if code is None else "-c", *request["args"]]
         sys.orig_argv = [sys.executable, *options, *request["args"]]
         sys.path[0] = request["cwd"]
+        # A fresh interpreter seeds numpy's global generator from the OS (Python's `random`
+        # reseeds itself in a forked child); without this every child would draw the same.
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()
         # The project's own code, imported afresh as `python -m` there would: its copy of the
         # files (what the run fingerprints hash), and pipeline/__init__.py's settings made
         # in this environment.

@@ -54,10 +54,14 @@ def test_a_warm_command_gives_what_a_fresh_python_gives(reproduced: Reproduced) 
 # runs it, then does what its argument says.
 PROBE = """\
 import os
+import random
 import sys
 import time
 
+import numpy
+
 print(os.getpid(), os.getppid(), os.getpgrp(), os.getcwd(), os.environ.get("PROBE"), flush=True)
+print(numpy.random.randint(2**31), random.getrandbits(31), flush=True)
 print("to stderr", file=sys.stderr, flush=True)
 if sys.argv[1] == "wait":
     time.sleep(60)
@@ -84,11 +88,15 @@ def stand_in(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
 def test_the_stand_in_runs_a_stage_warm_as_its_own_process_would(probe_project: Path) -> None:
     process = stand_in(["-m", "tools.probe", "3"], probe_project, PROBE="passed")
     out, err = process.communicate(timeout=60)
-    pid, parent, group, cwd, variable = out.split()
+    pid, parent, group, cwd, variable, *draws = out.split()
     assert process.returncode == 3 and err == "to stderr\n"
     assert (cwd, variable) == (str(probe_project), "passed")
     # Not the stand-in's process: a child of the warm interpreter, in a process group of its own.
     assert int(pid) != process.pid and int(parent) != process.pid and int(group) == int(pid)
+
+    # numpy's and Python's generators are seeded from the OS in each fresh process: as in another run.
+    again = stand_in(["-m", "tools.probe", "0"], probe_project).communicate(timeout=60)[0].split()
+    assert again[0] != pid and all(a != b for a, b in zip(again[5:], draws, strict=True))
 
     # An environment that starts Python otherwise: the stand-in becomes the real interpreter.
     process = stand_in(["-m", "tools.probe", "0"], probe_project, PYTHONHASHSEED="7")
