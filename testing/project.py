@@ -54,8 +54,9 @@ def run(
     (or replaces) this process's environment variables."""
     full_env = _command_env(env)
     result = None
-    if args[:2] == [sys.executable, "-m"] and len(args) > 2 and args[2].startswith(WARM_MODULES) and not kwargs:
-        result = _warm_python().run(args[2], args[3:], cwd, full_env) if _warm_allowed else None
+    module = args[2] if args[:2] == [sys.executable, "-m"] and len(args) > 2 else ""
+    if _warm_allowed and module.startswith(WARM_MODULES) and set(kwargs) <= {"timeout"}:
+        result = _warm_python().run(module, args[3:], cwd, full_env, timeout=kwargs.get("timeout"))
     if result is None:
         result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, **kwargs)
     return _checked(result, check)

@@ -45,9 +45,7 @@ def ask(address: str, module: str, args: list[str]) -> int | None:
         connection.connect(address)
     except OSError:
         return None
-    umask = os.umask(0)
-    os.umask(umask)
-    request = {"module": module, "args": args, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask}
+    request = {"module": module, "args": args, "cwd": os.getcwd(), "env": dict(os.environ), "umask": current_umask()}
     socket.send_fds(connection, [json.dumps(request).encode()], [0, 1, 2])
     reply = json.loads(connection.recv(1 << 16) or b'{"refused": "the warm interpreter is gone"}')
     if "refused" in reply:
@@ -60,6 +58,12 @@ def ask(address: str, module: str, args: list[str]) -> int | None:
         print(f"testing/stand_in.py: the warm interpreter ended before pid {child[0]}", file=sys.stderr)
         return 1
     return json.loads(ended)["returncode"]
+
+
+def current_umask() -> int:
+    umask = os.umask(0)  # the only way to read it is to set it
+    os.umask(umask)
+    return umask
 
 
 def end_like(returncode: int) -> None:

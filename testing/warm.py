@@ -37,7 +37,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from testing.stand_in import SOCKET_VARIABLE
+from testing.stand_in import SOCKET_VARIABLE, current_umask
 
 REPO = Path(__file__).resolve().parent.parent
 # What the entry modules import, so that the child has nothing heavy left to import. The
@@ -93,24 +93,35 @@ class WarmPython:
         return {"PATH": f"{self.bin}{os.pathsep}{path}", SOCKET_VARIABLE: self.address}
 
     def run(
-        self, module: str, args: list[str], cwd: Path, env: dict[str, str], code: str | None = None
+        self,
+        module: str,
+        args: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        code: str | None = None,
+        timeout: float | None = None,
     ) -> subprocess.CompletedProcess | None:
         """`python -m module *args` in `cwd` with exactly `env`, as a completed process; with
         `code`, `python -c code *args` instead (module unused). None where `env` starts up
-        otherwise than the warm interpreter (START_UP_VARIABLES): run it as a process of its own."""
+        otherwise than the warm interpreter (START_UP_VARIABLES): run it as a process of its own.
+        After `timeout` seconds, as subprocess.run: the command is killed, TimeoutExpired raised."""
+        command = [sys.executable, *(["-m", module] if code is None else ["-c", code]), *args]
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, open(os.devnull) as stdin:
-            request = {"module": module, "code": code, "args": args, "cwd": str(cwd), "env": env, "umask": 0o022}
+            request = {"module": module, "code": code, "args": args, "cwd": str(cwd), "env": env}
             with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as connection:
                 connection.connect(self.address)
                 fds = [stdin.fileno(), out.fileno(), err.fileno()]
-                socket.send_fds(connection, [json.dumps(request).encode()], fds)
+                socket.send_fds(connection, [json.dumps(request | {"umask": current_umask()}).encode()], fds)
                 reply = json.loads(connection.recv(1 << 16))
                 if "refused" in reply:
                     return None
-                ended = connection.recv(1 << 16)
+                connection.settimeout(timeout)
+                try:
+                    ended = connection.recv(1 << 16)
+                except TimeoutError:  # closing the connection kills the command (see `serve`)
+                    raise subprocess.TimeoutExpired(command, timeout) from None
             if not ended:
                 raise RuntimeError(f"the warm interpreter exited with {self._process.wait()}")
-            command = [sys.executable, *(["-m", module] if code is None else ["-c", code]), *args]
             out.seek(0)
             err.seek(0)
             return subprocess.CompletedProcess(command, json.loads(ended)["returncode"], out.read(), err.read())

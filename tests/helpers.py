@@ -215,3 +215,17 @@ def commit_numbered_epochs(folder: RunFolder, epochs: int) -> None:
         folder.commit_epoch({**record, "lineage": "lineage", "model_state_dict": model.state_dict(),
                              "optimizer_state_dict": optimizer.state_dict(),
                              "scheduler_state_dict": scheduler.state_dict()})  # fmt: skip
+
+
+def processes_in(folder: Path) -> list[str]:
+    """The command lines of the processes working in `folder` (their current directory)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            command = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+        except OSError:  # gone, or a zombie
+            continue
+        if int(pid) != os.getpid() and (cwd == str(folder) or cwd.startswith(f"{folder}/")):
+            found.append(command)
+    return found

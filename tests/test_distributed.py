@@ -32,7 +32,7 @@ from pipeline.distributed import EXIT_LOST_CONTACT, Ranks, cpu_threads, first_ca
 from pipeline.engine import EpochOrder, LoopOptions, epoch_generator, rank_seed, split_loss, split_steps
 from testing.project import copy_project, run, set_checked_params, set_params, stage
 from tests.conftest import Reproduced, once_per_run, prepare_with
-from tests.helpers import assert_resumed, epochs_trained, kill_env
+from tests.helpers import assert_resumed, epochs_trained, kill_env, processes_in
 
 # resnet18's random features are enough for its head to learn the digits at 16 px, policy and
 # erasing included (val loss 1.37 after the 2 epochs, where a uniform guess scores log 5 =
@@ -261,20 +261,6 @@ def test_two_machines_rendezvous_with_torchrun(ddp: Path) -> None:
     assert epochs_trained(stage("train", ddp).stderr) == [1, 2]
     for name, tensor in weights(ddp / LAST).items():
         torch.testing.assert_close(tensor, two["model_state_dict"][name], atol=1e-6, rtol=1e-5)
-
-
-def processes_in(folder: Path) -> list[str]:
-    """The command lines of the processes working in `folder` (their current directory)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-            command = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-        except OSError:  # gone, or a zombie
-            continue
-        if int(pid) != os.getpid() and (cwd == str(folder) or cwd.startswith(f"{folder}/")):
-            found.append(command)
-    return found
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")

@@ -15,6 +15,7 @@ import pytest
 from testing import project as project_module
 from testing.project import run, set_params
 from tests.conftest import Reproduced
+from tests.helpers import processes_in
 
 
 def cold(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -122,3 +123,13 @@ def test_a_signal_to_the_stand_in_ends_the_stage_as_it_ends_a_real_one(probe_pro
         assert not Path(f"/proc/{pid}").exists()
     assert ended["warm"] == ended["real"]
     assert ended["warm"][0] == -number
+
+
+def test_a_warm_command_past_its_timeout_is_killed_as_subprocess_run_kills_one(probe_project: Path) -> None:
+    waits = [sys.executable, "-m", "tools.probe", "wait"]
+    with pytest.raises(subprocess.TimeoutExpired):
+        run(waits, probe_project, timeout=3)
+    deadline = time.monotonic() + 10
+    while processes_in(probe_project) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_in(probe_project) == []
