@@ -73,7 +73,9 @@ class WarmPython:
     (testing/stand_in.py) of any process given `variables`."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="warm-"))
+        # A Unix socket's path holds at most 107 bytes: under a deep TMPDIR, /tmp instead.
+        deep = len(os.path.join(tempfile.gettempdir(), "warm-xxxxxxxx", "socket")) > 100
+        self.folder = Path(tempfile.mkdtemp(prefix="warm-", dir="/tmp" if deep else None))
         self.address = str(self.folder / "socket")
         self.bin = self.folder / "bin"
         self.bin.mkdir()
