@@ -161,9 +161,10 @@ def serve(address: str) -> None:
                 _start(key.fileobj, selector)
             elif key.data[0] == "running":  # the requester went away (a stand-in killed): so does its child
                 _, pid, connection = key.data
-                os.kill(pid, signal.SIGKILL)
-                selector.unregister(connection)
-                connection.close()
+                if connection.fileno() != -1:  # else the child ended, and was reaped, just before
+                    os.kill(pid, signal.SIGKILL)
+                    selector.unregister(connection)
+                    connection.close()
             else:
                 _, pid, connection = key.data
                 _reply_exit(pid, key.fileobj, connection, selector)
@@ -177,7 +178,7 @@ def _start(connection: socket.socket, selector: selectors.BaseSelector) -> None:
     if refusal:
         for fd in fds:
             os.close(fd)
-        if message:
+        with contextlib.suppress(OSError):  # the requester may be gone already
             connection.send(json.dumps({"refused": refusal}).encode())
         connection.close()
         return
@@ -193,7 +194,8 @@ def _start(connection: socket.socket, selector: selectors.BaseSelector) -> None:
         os._exit(_child(json.loads(message), fds))
     for fd in fds:
         os.close(fd)
-    connection.send(json.dumps({"pid": pid}).encode())
+    with contextlib.suppress(OSError):  # a requester gone already shows as the EOF below
+        connection.send(json.dumps({"pid": pid}).encode())
     pidfd = os.pidfd_open(pid)
     selector.register(connection, selectors.EVENT_READ, ("running", pid, connection))
     selector.register(pidfd, selectors.EVENT_READ, ("ended", pid, connection))
