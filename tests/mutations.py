@@ -3534,6 +3534,13 @@ MUTATIONS = [
         "    return Phase(spec_text, net_frozen, trainable, total, net, data, loop)",
         ("tests/test_pipeline.py", "-k", "test_quick_start_then_results_shared_through_a_remote"),
     ),
+    Mutation(
+        "skipped-csv-sorted-by-reason",
+        "data/prepared/skipped.csv lists its rows by reason, not in path order",
+        "sorted(skipped, key=lambda s: s.path)",
+        "sorted(skipped, key=lambda s: s.reason)",
+        ("tests/test_prepare.py", "-k", "messy_folder"),
+    ),
 ]
 
 
