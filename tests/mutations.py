@@ -3541,6 +3541,35 @@ MUTATIONS = [
         "sorted(skipped, key=lambda s: s.reason)",
         ("tests/test_prepare.py", "-k", "messy_folder"),
     ),
+    Mutation(
+        "tensor-export-at-resize-size",
+        "models/best.pt2 is exported for inputs of the resize size, not the crop: a checkpoint with a resize "
+        "margin (pretrained weights) gets a program that refuses the documented (N, 3, S, S) inputs",
+        "    size = ModelSpec.from_checkpoint(checkpoint).image_size\n",
+        "    size = ModelSpec.from_checkpoint(checkpoint).sizing.resize\n",
+        ("tests/test_export.py", "-k", "tools_predicts_probabilities"),
+    ),
+    Mutation(
+        "mistakes-title-calls-ema-weights-raw",
+        "the picture of the mistakes calls a winning moving average's weights raw in its title (a misspelt key)",
+        "{checkpoint.get('weights', 'raw')} weights",
+        "{checkpoint.get('weight', 'raw')} weights",
+        ("tests/test_interpretation.py", "-k", "most_confident_mistakes_each"),
+    ),
+    Mutation(
+        "screenshot-default-width-800",
+        "tools.screenshot without --width draws the page 800 px wide, not the documented 1200",
+        'parser.add_argument("--width", type=int, default=1200,',
+        'parser.add_argument("--width", type=int, default=800,',
+        ("tests/test_plots.py", "-k", "renders_offline_in_headless_chromium"),
+    ),
+    Mutation(
+        "screenshot-scale-above-one-accepted",
+        "tools.screenshot --scale 2 is taken and writes the unshrunk page, not refused (it only shrinks)",
+        "    if not 0 < args.scale <= 1:",
+        "    if not 0 < args.scale:",
+        ("tests/test_errors.py", "-k", "screenshot_refuses_a_size"),
+    ),
 ]
 
 

@@ -316,6 +316,7 @@ def test_predict_refuses_a_count_of_zero(project: Path, option: str) -> None:
     [
         # Each at the first value outside its range, so a bound moved by one shows.
         ("--scale", "0", "--scale 0.0 is not in (0, 1]: it only shrinks"),
+        ("--scale", "1.01", "--scale 1.01 is not in (0, 1]: it only shrinks"),  # and the upper bound
         ("--colours", "257", "--colours 257 is not in 2-256 (a PNG palette's size), nor 0 for all"),
     ],
 )

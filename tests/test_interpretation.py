@@ -291,6 +291,9 @@ def test_the_picture_shows_the_most_confident_mistakes_each_under_its_predicted_
     monkeypatch.chdir(tmp_path)
     classes = ["ant", "bee", "cow"]
     built, checkpoint = untrained_checkpoint("resnet18", classes, 64, epoch=3)  # no resize margin: 64 px in
+    # As select-best's best.pt holds a winning moving average: the title names those weights
+    # (the test above, a checkpoint that names none, raw ones).
+    checkpoint["weights"] = "ema"
     rng = np.random.default_rng(0)
     pixels, rows = [], []
     shown = 16  # docs/design.md: "its 16 most confident test mistakes"
@@ -311,6 +314,7 @@ def test_the_picture_shows_the_most_confident_mistakes_each_under_its_predicted_
     # line says what the two pictures of a tile are (the tiles start below it).
     face, line = font(), TEXT + 4
     title = "The 16 most confident of 17 mistakes on the 20 test images, the most confident first (resnet18, epoch 3, "
+    title += "ema weights)."
     assert_title_line(picture, 0, title)
     assert_title_line(picture, 1, "Left: the model's input before normalisation. Right: Grad-CAM for the predicted")
     enlarged = [image.repeat(2, axis=0).repeat(2, axis=1) for image in pixels]  # 64 px shown pixel for pixel at 128
