@@ -40,17 +40,12 @@ def ask(address: str, module: str, args: list[str]) -> int | None:
     child: list[int] = []
     for number in FORWARDED:
         signal.signal(number, lambda number, _: os.kill(child[0], number) if child else pending.append(number))
-    connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        connection.connect(address)
-    except OSError:
+    request = {"module": module, "args": args, "cwd": os.getcwd(), "env": dict(os.environ)}
+    started = start(address, request, [0, 1, 2])
+    if started is None:
         return None
-    request = {"module": module, "args": args, "cwd": os.getcwd(), "env": dict(os.environ), "umask": current_umask()}
-    socket.send_fds(connection, [json.dumps(request).encode()], [0, 1, 2])
-    reply = json.loads(connection.recv(1 << 16) or b'{"refused": "the warm interpreter is gone"}')
-    if "refused" in reply:
-        return None
-    child.append(reply["pid"])
+    connection, pid = started
+    child.append(pid)
     for number in pending:
         os.kill(child[0], number)
     ended = connection.recv(1 << 16)
@@ -60,10 +55,24 @@ def ask(address: str, module: str, args: list[str]) -> int | None:
     return json.loads(ended)["returncode"]
 
 
-def current_umask() -> int:
+def start(address: str, request: dict, fds: list[int]) -> tuple[socket.socket, int] | None:
+    """Send `request` (and this process's umask) with the command's stdin, stdout and stderr
+    `fds` to the warm interpreter at `address`: the connection, on which its exit code will
+    come, and the child's pid; None if it refused (or is not there)."""
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        connection.connect(address)
+    except OSError:
+        connection.close()
+        return None
     umask = os.umask(0)  # the only way to read it is to set it
     os.umask(umask)
-    return umask
+    socket.send_fds(connection, [json.dumps(request | {"umask": umask}).encode()], fds)
+    reply = json.loads(connection.recv(1 << 16) or b'{"refused": "the warm interpreter is gone"}')
+    if "refused" in reply:
+        connection.close()
+        return None
+    return connection, reply["pid"]
 
 
 def end_like(returncode: int) -> None:

@@ -37,7 +37,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from testing.stand_in import SOCKET_VARIABLE, current_umask
+from testing.stand_in import SOCKET_VARIABLE, start
 
 REPO = Path(__file__).resolve().parent.parent
 # What the entry modules import, so that the child has nothing heavy left to import. The
@@ -110,13 +110,10 @@ class WarmPython:
         command = [sys.executable, *(["-m", module] if code is None else ["-c", code]), *args]
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, open(os.devnull) as stdin:
             request = {"module": module, "code": code, "args": args, "cwd": str(cwd), "env": env}
-            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as connection:
-                connection.connect(self.address)
-                fds = [stdin.fileno(), out.fileno(), err.fileno()]
-                socket.send_fds(connection, [json.dumps(request | {"umask": current_umask()}).encode()], fds)
-                reply = json.loads(connection.recv(1 << 16))
-                if "refused" in reply:
-                    return None
+            started = start(self.address, request, [stdin.fileno(), out.fileno(), err.fileno()])
+            if started is None:
+                return None
+            with started[0] as connection:
                 connection.settimeout(timeout)
                 try:
                     ended = connection.recv(1 << 16)
