@@ -3570,6 +3570,13 @@ MUTATIONS = [
         "    if not 0 < args.scale:",
         ("tests/test_errors.py", "-k", "screenshot_refuses_a_size"),
     ),
+    Mutation(
+        "duplicate-pairs-unreported",
+        "duplicates.csv leaves out groups of two copies: only groups of three or more are listed",
+        '    rows = rows[rows.groupby("group")["path"].transform("size") > 1]',
+        '    rows = rows[rows.groupby("group")["path"].transform("size") > 2]',
+        ("tests/test_prepare.py", "-k", "keeps_duplicates_in_one_split"),
+    ),
 ]
 
 
