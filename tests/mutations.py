@@ -3577,6 +3577,14 @@ MUTATIONS = [
         '    rows = rows[rows.groupby("group")["path"].transform("size") > 2]',
         ("tests/test_prepare.py", "-k", "keeps_duplicates_in_one_split"),
     ),
+    Mutation(
+        "checked-record-other-keys-crash",
+        "a checked record holding other keys than params.yaml (another version's) ends the stage in a KeyError, "
+        "not a refusal naming them",
+        '        f"{key} = {now[key]!r} (checked: {checked[key]!r})" if key in now and key in checked else key',
+        '        f"{key} = {now[key]!r} (checked: {checked[key]!r})" if key in now or key in checked else key',
+        ("tests/test_config.py", "-k", "other_keys"),
+    ),
 ]
 
 

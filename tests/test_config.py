@@ -9,6 +9,7 @@ in-process at the end, including the `dvc exp run -S` overrides.
 
 import copy
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -717,3 +718,21 @@ def test_a_stage_names_three_params_that_differ_from_the_checked_ones_and_counts
     with pytest.raises(UserError) as caught:
         load_checked_params()
     assert str(caught.value).startswith(f"params.yaml is not what check_params checked: {named}; ")
+
+
+def test_a_record_with_other_keys_than_params_yaml_names_each_such_key(
+    params_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record written by another version of the project (a param added since, one removed):
+    a stage refuses, naming each key that only one side holds, bare, as there is no pair of
+    values to show."""
+    monkeypatch.chdir(params_file.parent)
+    record_checked(load_params(params_file))
+    record_file = params_file.parent / "checks" / "params.json"
+    record = json.loads(record_file.read_text())
+    del record["train.seed"]
+    record["train.retired"] = 1
+    record_file.write_text(json.dumps(record))
+    with pytest.raises(UserError) as caught:
+        load_checked_params()
+    assert str(caught.value).startswith("params.yaml is not what check_params checked: train.retired, train.seed; ")
