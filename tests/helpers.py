@@ -2,6 +2,7 @@
 shares with the tests lives in testing/."""
 
 import hashlib
+import json
 import os
 import re
 import sys
@@ -174,6 +175,13 @@ def torchvision_preprocessing(checkpoint: dict) -> v2.Compose:
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(checkpoint["mean"], checkpoint["std"]),
     ])  # fmt: skip
+
+
+def load_export(path: Path) -> tuple[torch.nn.Module, dict]:
+    """A `.pt2` file's program as a module, and its metadata, as docs/export.md says to read them."""
+    extra = {"metadata.json": ""}
+    module = torch.export.load(path, extra_files=extra).module()
+    return module, json.loads(extra["metadata.json"])
 
 
 def torchvision_model_logits(

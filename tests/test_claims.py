@@ -25,6 +25,7 @@ from pipeline.freezing import freeze, parse_freeze, set_train_mode
 from pipeline.models import build_model
 from testing.project import REPO, copy_project, run, set_checked_params, stage
 from tests.conftest import Reproduced
+from tests.helpers import load_export
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 READ_ON_CUDA_ONLY = {"evaluate.cuda_batch_size"}
@@ -87,9 +88,8 @@ def test_the_recorder_sees_a_param_read(pipeline_run: tuple[Path, Path]) -> None
 
 def test_pt2_refuses_other_image_sizes(pipeline_run: tuple[Path, Path]) -> None:
     project, _ = pipeline_run
-    extra = {"metadata.json": ""}
-    model = torch.export.load(project / "models" / "best.pt2", extra_files=extra).module()
-    size = json.loads(extra["metadata.json"])["image_size"]
+    model, metadata = load_export(project / "models" / "best.pt2")
+    size = metadata["image_size"]
     assert size == 16
     with torch.no_grad():
         assert model(torch.zeros(3, 3, size, size)).shape == (3, 5)

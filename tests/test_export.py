@@ -22,7 +22,7 @@ from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.metrics import REPORTED
 from pipeline.models import build_model, model_from_checkpoint
 from testing.project import run, run_script, stage
-from tests.helpers import torchvision_model_logits, torchvision_preprocessing
+from tests.helpers import load_export, torchvision_model_logits, torchvision_preprocessing
 
 CLASSES = ["a", "b", "c"]
 
@@ -314,11 +314,10 @@ def test_the_image_export_gives_tools_predicts_probabilities(project: Path, inte
     paths = pictures(project)
     command = ["-m", "tools.predict", *(path.name for path in paths), "--model", "models/tiny.pt", "--format", "json"]
     result = run([sys.executable, *command], project)
-    extra = {"metadata.json": ""}
-    program = torch.export.load(project / "models/tiny_image.pt2", extra_files=extra).module()
+    program, metadata = load_export(project / "models/tiny_image.pt2")
     # What a user of the file reads (docs/export.md's keys), by hand from the checkpoint; tta
     # says whether it averages with the mirror image.
-    assert json.loads(extra["metadata.json"]) == {
+    assert metadata == {
         "arch": "resnet18", "classes": CLASSES, "image_size": 16, "resize_size": 20, "interpolation": interpolation,
         "mean": checkpoint["mean"], "std": checkpoint["std"], "tta": tta,
     }  # fmt: skip
@@ -340,9 +339,8 @@ def test_the_image_export_gives_tools_predicts_probabilities(project: Path, inte
         # best.pt2 of the same checkpoint takes what docs/export.md makes of a picture: the
         # centre crop, image_size (16) square, not the resize size (20) it is cut from, and gives
         # torchvision's model's logits. The other tests' checkpoints have no margin to tell them.
-        tensor_extra = {"metadata.json": ""}
-        tensors = torch.export.load(project / "models/tiny.pt2", extra_files=tensor_extra).module()
-        assert json.loads(tensor_extra["metadata.json"])["image_size"] == 16
+        tensors, tensor_metadata = load_export(project / "models/tiny.pt2")
+        assert tensor_metadata["image_size"] == 16
         inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             logits = tensors(inputs)
