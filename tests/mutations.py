@@ -3585,6 +3585,13 @@ MUTATIONS = [
         '        f"{key} = {now[key]!r} (checked: {checked[key]!r})" if key in now or key in checked else key',
         ("tests/test_config.py", "-k", "other_keys"),
     ),
+    Mutation(
+        "cutmix-alpha-not-passed",
+        "CutMix is built without train.augment.cutmix_alpha: torchvision's default (1.0) whatever params.yaml says",
+        "        choices.append(v2.CutMix(alpha=params.cutmix_alpha, num_classes=num_classes))",
+        "        choices.append(v2.CutMix(num_classes=num_classes))",
+        ("tests/test_augment.py", "-k", "mixing"),
+    ),
 ]
 
 

@@ -300,12 +300,13 @@ def test_with_erasing_and_mixup_the_batch_is_mixed_after_each_image_is_erased() 
 
 
 def test_with_both_mixings_on_each_batch_is_torchvisions_random_choice_of_them() -> None:
-    """MixUp at alpha 0.2 and CutMix at 1.0 with mix_switch 0.3: each batch is what torchvision's
-    RandomChoice([MixUp(alpha=0.2), CutMix(alpha=1.0)], p=[0.7, 0.3]) (the references' way of
+    """MixUp at alpha 0.2 and CutMix at 0.5 with mix_switch 0.3: each batch is what torchvision's
+    RandomChoice([MixUp(alpha=0.2), CutMix(alpha=0.5)], p=[0.7, 0.3]) (the references' way of
     joining them) makes of it from the same global RNG state, images and labels. Over 12 seeds
-    both are chosen, and the two alphas differ, so one used for the other shows."""
-    augment = batch_augmentation(params(mixup_alpha=0.2, cutmix_alpha=1.0, mix_switch=0.3), 8, MEAN, STD, CPU)
-    reference = v2.RandomChoice([v2.MixUp(alpha=0.2, num_classes=8), v2.CutMix(alpha=1.0, num_classes=8)], p=[0.7, 0.3])
+    both are chosen, and the two alphas differ from each other and from torchvision's default
+    (1.0), so one used for the other, or an alpha not passed on, shows."""
+    augment = batch_augmentation(params(mixup_alpha=0.2, cutmix_alpha=0.5, mix_switch=0.3), 8, MEAN, STD, CPU)
+    reference = v2.RandomChoice([v2.MixUp(alpha=0.2, num_classes=8), v2.CutMix(alpha=0.5, num_classes=8)], p=[0.7, 0.3])
     images, targets = distinct_flat_images(), torch.arange(8)
     cut = 0
     for seed in range(12):
@@ -333,8 +334,8 @@ def test_the_recipes_keep_the_batchs_memory_layout() -> None:
     [
         ({"mixup_alpha": 0.2, "mix_switch": 1.0}, v2.MixUp(alpha=0.2, num_classes=8)),
         ({"mixup_alpha": 0.2, "mix_switch": 0.0}, v2.MixUp(alpha=0.2, num_classes=8)),
-        ({"cutmix_alpha": 1.0, "mix_switch": 0.0}, v2.CutMix(alpha=1.0, num_classes=8)),
-        ({"cutmix_alpha": 1.0, "mix_switch": 1.0}, v2.CutMix(alpha=1.0, num_classes=8)),
+        ({"cutmix_alpha": 0.5, "mix_switch": 0.0}, v2.CutMix(alpha=0.5, num_classes=8)),
+        ({"cutmix_alpha": 0.5, "mix_switch": 1.0}, v2.CutMix(alpha=0.5, num_classes=8)),
     ],
     ids=["mixup-switch-1", "mixup-switch-0", "cutmix-switch-0", "cutmix-switch-1"],
 )
@@ -343,7 +344,8 @@ def test_with_one_mixing_on_mix_switch_plays_no_part(changes: dict, mixing: v2.T
     is what torchvision's MixUp or CutMix makes of it from the same global RNG state (a choice
     of one, as the references join the mixings), at the ends of mix_switch's range too (1:
     CutMix always, were it on; 0: MixUp always), where a share of batches given to the mixing
-    that is off would leave the one on no chance."""
+    that is off would leave the one on no chance. Neither alpha is torchvision's default (1.0),
+    so an alpha not passed on shows."""
     augment = batch_augmentation(params(**changes), 8, MEAN, STD, CPU)
     images, targets = distinct_flat_images(), torch.arange(8)
     for seed in range(3):
