@@ -126,9 +126,10 @@ def frozen_parts(model: nn.Module, spec: FreezeSpec, head: str) -> tuple[list[st
             )
         frozen = stages[: spec.count]
         if spec.count:
-            # ViT's class_token and encoder.pos_embedding sit beside the stages, not in one. They
-            # are part of the input embedding, so they freeze with the first stage (timm groups
-            # them with the patch embedding the same way).
+            # Parameters beside the stages, in none, are taken as part of the input embedding and
+            # freeze with the first stage, as timm groups ViT's tokens with its patch embedding.
+            # stage_names already puts those of the models it knows (torchvision ViT's class_token
+            # and encoder.pos_embedding) in the first stage: this is for models it does not.
             loose = list(loose_parameters(model, stages))
     else:
         names = [name for name, _ in model.named_modules() if name]
