@@ -543,7 +543,7 @@ MUTATIONS = [
         "--top-k 0 and --batch-size 0 pass the option check",
         "    if value < 1:\n        raise argparse.ArgumentTypeError",
         "    if value < 0:\n        raise argparse.ArgumentTypeError",
-        ("tests/test_errors.py", "-k", "count_of_zero"),
+        ("tests/test_errors.py", "-k", "outside_an_option"),
     ),
     Mutation(
         "evaluate-damage-of-other-ranks-ignored",
@@ -3591,6 +3591,13 @@ MUTATIONS = [
         "        choices.append(v2.CutMix(alpha=params.cutmix_alpha, num_classes=num_classes))",
         "        choices.append(v2.CutMix(num_classes=num_classes))",
         ("tests/test_augment.py", "-k", "mixing"),
+    ),
+    Mutation(
+        "predict-any-tta-accepted",
+        "tools.predict takes any --tta: a misspelt one predicts without flips, and says nothing",
+        "        choices=tta,\n",
+        "",
+        ("tests/test_errors.py", "-k", "outside_an_option"),
     ),
 ]
 

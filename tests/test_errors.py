@@ -299,15 +299,24 @@ def test_a_step_out_of_order_is_one_line_saying_what_to_do(
     assert after == before, "a failed command must leave the results as they were"
 
 
-@pytest.mark.parametrize("option", ["--top-k", "--batch-size"])
-def test_predict_refuses_a_count_of_zero(project: Path, option: str) -> None:
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--top-k", "0", "0 is not a positive integer"),
+        ("--batch-size", "0", "0 is not a positive integer"),
+        ("--format", "xml", "invalid choice: 'xml' (choose from 'table', 'csv', 'json')"),
+        ("--tta", "vflip", "invalid choice: 'vflip' (choose from 'none', 'hflip')"),
+    ],
+)
+def test_predict_refuses_a_value_outside_an_option_s_range(
+    project: Path, option: str, value: str, message: str
+) -> None:
     """argparse's usage line and exit 2, before any file is read: zero classes per image
-    would print rows with no answer, and batches of zero never end."""
-    result = run([sys.executable, "-m", "tools.predict", "missing.png", option, "0"], project, check=False)
+    would print rows with no answer, and batches of zero never end; an unknown --tta would
+    predict without flips, and an unknown --format fail after the work was done."""
+    result = run([sys.executable, "-m", "tools.predict", "missing.png", option, value], project, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1] == (
-        f"python -m tools.predict: error: argument {option}: 0 is not a positive integer"
-    )
+    assert result.stderr.splitlines()[-1] == f"python -m tools.predict: error: argument {option}: {message}"
     assert result.stdout == ""
 
 
