@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pipeline.checkpoints import save_checkpoint
+from testing.compare import assert_tensors_equal
 from testing.project import run
 from tests.conftest import Reproduced
 from tools import verify
@@ -239,17 +240,6 @@ def test_repair_points_to_dvc_pull_when_a_remote_is_configured(
     assert "now run `dvc pull`" in capsys.readouterr().out
 
 
-def equal(a: object, b: object) -> bool:
-    """Checkpoint contents equal to the bit: tensors, and the dicts, lists and values around them."""
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(map(equal, a, b))
-    return a == b
-
-
 def test_in_place_damage_that_reached_the_cache_is_found_and_repaired(reproduced: Reproduced) -> None:
     """The end to end claim: damage written through a hard link into DVC's cache, which
     `dvc repro` would restore as it is, is found; after --repair, `dvc repro` retrains it."""
@@ -305,7 +295,7 @@ def test_in_place_damage_that_reached_the_cache_is_found_and_repaired(reproduced
     timeless = ("seconds", "checksum")
     good = {k: v for k, v in torch.load(io.BytesIO(good_best), weights_only=True).items() if k not in timeless}
     rebuilt = {k: v for k, v in torch.load(best, weights_only=True).items() if k not in timeless}
-    assert equal(rebuilt, good)
+    assert_tensors_equal(rebuilt, good, "models/best.pt")
     assert run(tool, project).stdout.endswith("cache objects: all intact\n")
     assert "up to date" in run([*dvc, "status"], project).stdout
 
