@@ -3606,6 +3606,13 @@ MUTATIONS = [
         'not set(missing) < {key.partition(".")[2]',
         ("tests/test_models.py", "-k", "do_not_fit_are_one_line"),
     ),
+    Mutation(
+        "classes-precision-of-one-call-halved",
+        "best/classes.csv gives a class predicted once, rightly, precision 0.5",
+        '"precision": (hits / called.clamp(min=1)).numpy(),',
+        '"precision": (hits / called.clamp(min=2)).numpy(),',
+        ("tests/test_interpretation.py", "-k", "ties_in_f1"),
+    ),
 ]
 
 

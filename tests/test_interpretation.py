@@ -65,6 +65,9 @@ def test_ties_in_f1_go_to_the_lower_recall_first_then_the_name() -> None:
     table = per_class_scores(predictions(counts), ["z", "p", "q", "w"])
     assert table["class"].tolist() == ["q", "p", "w", "z"]
     assert table["confused_with"].tolist() == ["p", "", "", ""]
+    # q, w and z are each predicted once, rightly: precision 1 (p: 1 of 2). F1 is counted from
+    # hits, support and calls, so a wrong precision would not show in it.
+    assert table.set_index("class")["precision"].to_dict() == {"q": 1.0, "p": 0.5, "w": 1.0, "z": 1.0}
 
 
 def test_mistakes_most_confident_first_ties_by_path() -> None:
