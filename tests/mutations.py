@@ -3613,6 +3613,13 @@ MUTATIONS = [
         '"precision": (hits / called.clamp(min=2)).numpy(),',
         ("tests/test_interpretation.py", "-k", "ties_in_f1"),
     ),
+    Mutation(
+        "early-stop-min-delta-halved-for-max",
+        "early stopping with select.mode max counts rises of half train.early_stopping.min_delta as improvements",
+        "sign = 1 if mode is Mode.min else -1",
+        "sign = 1 if mode is Mode.min else -2",
+        ("tests/test_recipes.py", "-k", "test_early_stop and not keeps"),
+    ),
 ]
 
 

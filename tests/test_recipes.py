@@ -220,6 +220,9 @@ def records(values: list[float], metric: str) -> list[dict]:
         ([0.9, 0.8, 0.85], Mode.min, 2, 0.0, False),  # only one
         ([0.9, 0.895, 0.89], Mode.min, 2, 0.01, True),  # improvements below min_delta do not count
         ([0.5, 0.6, 0.7], Mode.max, 1, 0.0, False),
+        # Rises below min_delta do not count either: min_delta is in the metric's own units,
+        # whichever way it improves (0.008 over the best, then 0.009: half the min_delta would count them).
+        ([0.5, 0.508, 0.509], Mode.max, 2, 0.01, True),
         ([0.5, math.nan, 0.4], Mode.max, 2, 0.0, True),  # NaN is never an improvement
         # ... not even the first epoch's: two epochs without a score use up a patience of 2, as
         # Keras's EarlyStopping counts them (NaN < inf is false, so its wait grows each epoch)
