@@ -3620,6 +3620,13 @@ MUTATIONS = [
         "sign = 1 if mode is Mode.min else -2",
         ("tests/test_recipes.py", "-k", "test_early_stop and not keeps"),
     ),
+    Mutation(
+        "early-stop-patience-one-off",
+        "train.early_stopping.patience 1 turns early stopping off, as 0 does",
+        "    if config.patience <= 0 or not history:",
+        "    if config.patience <= 1 or not history:",
+        ("tests/test_recipes.py", "-k", "test_early_stop and not keeps"),
+    ),
 ]
 
 

@@ -229,6 +229,7 @@ def records(values: list[float], metric: str) -> list[dict]:
         ([math.nan, math.nan], Mode.min, 2, 0.0, True),
         ([math.nan], Mode.min, 2, 0.0, False),
         ([0.9, 0.9, 0.9], Mode.min, 0, 0.0, False),  # patience 0: off
+        ([0.9, 0.95], Mode.min, 1, 0.0, True),  # patience 1: on, one epoch without improvement stops
         # An equal value is no improvement (Keras's EarlyStopping compares with np.less / np.greater).
         ([0.9, 0.9, 0.9], Mode.min, 2, 0.0, True),
         ([0.5, 0.5, 0.5], Mode.max, 2, 0.0, True),
