@@ -9,6 +9,7 @@ is pipeline.freezing's.
 
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from torch import nn
 from pipeline.backbones import Weights, family_of
 from pipeline.backbones.preprocessing import Preprocessing, at_size
 from pipeline.checkpoints import is_checkpoint, load_weights_file, verify_checkpoint, weights_state
-from pipeline.cli import UserError, error_line
+from pipeline.cli import UserError, error_line, run_stage
 from pipeline.data.decode import Sizing
 from pipeline.freezing import freeze, loose_parameters, parse_freeze, stage_names
 
@@ -365,8 +366,11 @@ def check_model_params(
         freeze(skeleton, spec, head)
 
 
-if __name__ == "__main__":
-    import sys
-
+def main() -> None:
+    """`python -m pipeline.models [ARCH ...]` (resnet18 when none is named)."""
     for name in sys.argv[1:] or ["resnet18"]:
         print(describe(name))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -3627,6 +3627,20 @@ MUTATIONS = [
         "    if config.patience <= 1 or not history:",
         ("tests/test_recipes.py", "-k", "test_early_stop and not keeps"),
     ),
+    Mutation(
+        "models-listing-error-is-a-traceback",
+        "python -m pipeline.models with a misspelt model ends in a traceback, not one line and exit 2",
+        '        print(describe(name))\n\n\nif __name__ == "__main__":\n    run_stage(main)\n',
+        '        print(describe(name))\n\n\nif __name__ == "__main__":\n    main()\n',
+        ("tests/test_errors.py", "-k", "misspelt_model"),
+    ),
+    Mutation(
+        "models-listing-arch-unchecked",
+        "python -m pipeline.models builds a misspelt model unchecked: torchvision's error, without the close names",
+        "    family = family_of(arch)\n    family.check_arch(arch)\n    model = skeleton_model(arch)\n",
+        "    family = family_of(arch)\n    model = skeleton_model(arch)\n",
+        ("tests/test_errors.py", "-k", "misspelt_model"),
+    ),
 ]
 
 

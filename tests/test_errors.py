@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import torchvision
 
 from testing.project import run, set_params, stage
 
@@ -336,3 +337,22 @@ def test_screenshot_refuses_a_size_outside_its_range(project: Path, option: str,
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"pipeline: error: {message}"
     assert not (project / "plots.png").exists()
+
+
+def test_the_model_listing_of_a_misspelt_model_is_one_line(project: Path) -> None:
+    """`python -m pipeline.models ARCH ...` (docs/fine-tuning.md) lists each model's stages;
+    a misspelt name ends it as a stage ends, one line naming the close ones and exit 2, after
+    the models named before it."""
+    result = run([sys.executable, "-m", "pipeline.models", "resnet18", "resnett18"], project, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "pipeline: error: model.arch = 'resnett18' is not a torchvision classification model; "
+        "did you mean resnet18, resnet152, resnet101? (timm's models: timm/NAME)"
+    )
+    # resnet18's stages: torchvision's model's children that hold weights, but the head.
+    with torch.device("meta"):
+        children = torchvision.models.resnet18().named_children()
+    stages = [name for name, child in children if name != "fc" and any(True for _ in child.parameters())]
+    assert result.stdout.splitlines()[0] == f"resnet18: head fc; {len(stages)} stages for freeze first:N"
+    listed = [line.split()[-1] for line in result.stdout.splitlines()[1:]]
+    assert listed == stages
