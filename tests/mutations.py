@@ -3641,6 +3641,13 @@ MUTATIONS = [
         "    family = family_of(arch)\n    model = skeleton_model(arch)\n",
         ("tests/test_errors.py", "-k", "misspelt_model"),
     ),
+    Mutation(
+        "gallery-rows-multiplied",
+        "best/mistakes.png is as many rows of tiles tall as tiles times columns, blank below the mistakes",
+        "    rows = -(-len(tiles) // columns)",
+        "    rows = -(-len(tiles) * columns)",
+        ("tests/test_interpretation.py", "-k", "rows_of_four"),
+    ),
 ]
 
 

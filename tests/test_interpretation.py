@@ -126,6 +126,10 @@ def test_the_gallery_puts_each_image_and_its_heat_side_by_side_in_rows_of_four()
     picture = np.asarray(draw_gallery(tiles, ["title"]))
     wide_enough = 4 * 2 * PANEL
     assert picture.shape[1] >= wide_enough and picture.shape[1] < wide_enough + 100
+    # Two rows, no more, by hand: the title line between gaps, then each row's images, their two
+    # lines of text and a gap.
+    line = TEXT + 4
+    assert picture.shape[0] == GAP + line + GAP + 2 * (PANEL + 2 * line + GAP)
     # The fifth tile starts a second row: its image appears below the first's, at the same x.
     first, fifth = (np.asarray(panel(tile.pixels)) for tile in (tiles[0], tiles[4]))
     found = [located(picture, image) for image in (first, fifth)]
