@@ -19,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import torchvision
 
 from testing.project import run, set_params, stage
 
@@ -349,10 +348,5 @@ def test_the_model_listing_of_a_misspelt_model_is_one_line(project: Path) -> Non
         "pipeline: error: model.arch = 'resnett18' is not a torchvision classification model; "
         "did you mean resnet18, resnet152, resnet101? (timm's models: timm/NAME)"
     )
-    # resnet18's stages: torchvision's model's children that hold weights, but the head.
-    with torch.device("meta"):
-        children = torchvision.models.resnet18().named_children()
-    stages = [name for name, child in children if name != "fc" and any(True for _ in child.parameters())]
-    assert result.stdout.splitlines()[0] == f"resnet18: head fc; {len(stages)} stages for freeze first:N"
-    listed = [line.split()[-1] for line in result.stdout.splitlines()[1:]]
-    assert listed == stages
+    # resnet18, named first, was listed (what the listing holds: test_models' models-command test).
+    assert result.stdout.startswith("resnet18: head fc; ")
