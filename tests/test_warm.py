@@ -52,7 +52,9 @@ def test_a_warm_command_gives_what_a_fresh_python_gives(reproduced: Reproduced) 
 
 
 # A module of a project's own (tools.*, which the warm interpreter runs): it says which process
-# runs it, then does what its argument says.
+# runs it, then does what its argument says. Its wait sleeps in slices because Python runs a
+# signal's handler between bytecodes: a signal that lands after "to stderr" but before one long
+# sleep's system call would wait for the sleep's end, in any Python process.
 PROBE = """\
 import os
 import random
@@ -65,7 +67,8 @@ print(os.getpid(), os.getppid(), os.getpgrp(), os.getcwd(), os.environ.get("PROB
 print(numpy.random.randint(2**31), random.getrandbits(31), flush=True)
 print("to stderr", file=sys.stderr, flush=True)
 if sys.argv[1] == "wait":
-    time.sleep(60)
+    for _ in range(600):  # in slices: see below
+        time.sleep(0.1)
 sys.exit(int(sys.argv[1]))
 """
 
