@@ -13,8 +13,10 @@ It imports only the standard library and starts with -I -S, so it costs a few mi
 where a real `python -m pipeline.<stage>` pays some 3.5 s of CPU for torch's imports.
 """
 
+import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -36,21 +38,34 @@ def main() -> None:
 def ask(address: str, module: str, args: list[str]) -> int | None:
     """The exit code of `python -m module *args` run by the warm interpreter at `address`;
     None if it refused (or is gone), for the real interpreter to run it."""
-    pending: list[int] = []  # signals that came before the child's pid
-    child: list[int] = []
+    # Each signal caught writes its number to the wakeup socket, and the forwarding reads it
+    # there. Forwarding from the Python handlers instead loses a signal that lands just before
+    # the blocking wait for the exit code: Python runs handlers between bytecodes, and a recv
+    # that no signal interrupted never returns to them, so the stand-in and its child waited
+    # for each other.
+    signals_read, signals_write = socket.socketpair()
+    signals_write.setblocking(False)
+    signal.set_wakeup_fd(signals_write.fileno(), warn_on_full_buffer=False)
     for number in FORWARDED:
-        signal.signal(number, lambda number, _: os.kill(child[0], number) if child else pending.append(number))
+        signal.signal(number, lambda number, frame: None)
     request = {"module": module, "args": args, "cwd": os.getcwd(), "env": dict(os.environ)}
     started = start(address, request, [0, 1, 2])
     if started is None:
+        signals_read.setblocking(False)
+        with contextlib.suppress(BlockingIOError):  # as a real interpreter not yet started: killed by it
+            end_like(-signals_read.recv(1)[0])
         return None
-    connection, pid = started
-    child.append(pid)
-    for number in pending:
-        os.kill(child[0], number)
+    connection, child = started
+    while True:
+        ready = select.select([connection, signals_read], [], [])[0]
+        if signals_read in ready:
+            for number in signals_read.recv(64):
+                os.kill(child, number)
+        if connection in ready:
+            break
     ended = connection.recv(1 << 16)
     if not ended:
-        print(f"testing/stand_in.py: the warm interpreter ended before pid {child[0]}", file=sys.stderr)
+        print(f"testing/stand_in.py: the warm interpreter ended before pid {child}", file=sys.stderr)
         return 1
     return json.loads(ended)["returncode"]
 
