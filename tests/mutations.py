@@ -3177,6 +3177,14 @@ MUTATIONS = [
         ("tests/test_resume.py", "-k", "missing_a_middle_checkpoint"),
     ),
     Mutation(
+        "restore-skips-the-lineage-check",
+        "a checkpoint of another run copied into the run folder, numbered as the next epoch, is resumed from:"
+        " the run goes on from another run's weights",
+        ' or checkpoint.get("lineage") != self.lineage:',
+        ":",
+        ("tests/test_resume.py", "-k", "another_run_in_the_folder"),
+    ),
+    Mutation(
         "image-export-refuses-two-pixel-width",
         "models/best_image.pt2 refuses an image 2 pixels wide, which docs/export.md promises (any size from 2 x 2)",
         'torch.export.Dim("width", min=2)',

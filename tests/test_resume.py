@@ -384,3 +384,19 @@ def test_a_run_folder_missing_a_middle_checkpoint_resumes_after_the_epoch_before
     assert [record["epoch"] for record in history] == [1, 2]
     assert torch.equal(model.weight, torch.full((2, 2), 2.0))
     assert sorted(path.name for path in folder.path.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
+
+
+def test_a_checkpoint_of_another_run_in_the_folder_is_not_resumed_from(tmp_path: Path) -> None:
+    """An epoch_003.pt of another lineage (copied in by hand), whole and numbered as the run's
+    own would be, does not continue the run: it resumes after epoch 2 and the file goes."""
+    folder, model, optimizer, scheduler = killed_after_epoch_5(tmp_path)
+    for later in ("epoch_004.pt", "epoch_005.pt"):
+        (folder.path / later).unlink()
+    foreign = load_checkpoint(folder.path / "epoch_003.pt") | {"lineage": "another"}
+    weights = foreign["model_state_dict"]
+    foreign["model_state_dict"] = {key: torch.full_like(value, 9.0) for key, value in weights.items()}
+    save_checkpoint(foreign, folder.path / "epoch_003.pt")
+    history = folder.restore(model, optimizer, scheduler)
+    assert [record["epoch"] for record in history] == [1, 2]
+    assert torch.equal(model.weight, torch.full((2, 2), 2.0))
+    assert sorted(path.name for path in folder.path.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
