@@ -3177,6 +3177,14 @@ MUTATIONS = [
         ("tests/test_resume.py", "-k", "missing_a_middle_checkpoint"),
     ),
     Mutation(
+        "check-params-warns-per-batchnorm",
+        "a weights file without num_batches_tracked (torchvision's older files) makes check_params print a torch"
+        " warning for each BatchNorm layer",
+        '            warnings.filterwarnings("ignore", "for .*: copying from a non-meta parameter", UserWarning)\n',
+        "            pass\n",
+        ("tests/test_check_params.py", "-k", "without_batchnorm_counters"),
+    ),
+    Mutation(
         "restore-skips-the-lineage-check",
         "a checkpoint of another run copied into the run folder, numbered as the next epoch, is resumed from:"
         " the run goes on from another run's weights",

@@ -301,6 +301,17 @@ def test_the_wrappers_users_bring_pass(params_file: Path, weights_root: Path, wr
     check(load_params(params_file))
 
 
+def test_a_weights_file_without_batchnorm_counters_passes_the_stage_in_silence(project: Path) -> None:
+    """torchvision's older weights files (resnet18-5c106cde.pth and its kin) hold no
+    num_batches_tracked, which BatchNorm fills in itself: the stage passes such a file and
+    prints nothing (no warning for each BatchNorm layer)."""
+    state = {k: v for k, v in state_of(SMALL).items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, project / "models/weights/old.pth")
+    set_params(project, **{"model.arch": SMALL, "model.image_size": 16, "model.weights": "models/weights/old.pth"})
+    checked = stage("check_params", project)
+    assert (checked.stdout, checked.stderr) == ("", ""), checked.stderr[-2000:]
+
+
 def test_dvc_repro_stops_on_a_weights_file_of_another_model_before_prepare(project: Path) -> None:
     torch.save(state_of(SMALL), project / "models/weights/mine.pt")
     set_params(project, **{"model.arch": SMALL, "model.weights": "models/weights/mine.pt"})
