@@ -2784,6 +2784,14 @@ MUTATIONS = [
         ("tests/test_data.py", "-k", "scaled_by_their_white and beyond_white"),
     ),
     Mutation(
+        "grey-32-bit-white-past-256",
+        "a 32-bit grey picture whose brightest value is 256 is read as 8-bit, where docs/design.md takes any value"
+        " above 255 for 16-bit: it comes out 256 times too bright, saturated",
+        "image.getextrema()[1] > 255",
+        "image.getextrema()[1] > 256",
+        ("tests/test_data.py", "-k", "scaled_by_their_white and just_past"),
+    ),
+    Mutation(
         "pretrain-folder-scanned-for-any-weights",
         "check_params scans pretrain.data_dir whenever model.weights is not null: a run from torchvision weights "
         "is refused over a pretrain folder that no stage reads",

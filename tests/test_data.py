@@ -951,6 +951,8 @@ def sparse_bright_dots(width: int, height: int) -> np.ndarray:
         ("panorama.png", stripes(2000, 200, 50), "I;16", 65535, 3),
         ("big_endian.tif", grey_ramp(160, 120, 65535), "I;16B", 65535, 2),
         ("eight_bit_in_32.tif", grey_ramp(160, 120, 255), "I", 255, 2),  # 32-bit, white at 255
+        # ...and one value above 255 makes it 16-bit (docs/design.md): the ramp to 256 is near black
+        ("just_past_eight_bits_in_32.tif", grey_ramp(160, 120, 256), "I", 65535, 2),
         # 32-bit, its white (65535) from every pixel, not from the shrunk ones
         ("dots_in_32.tif", sparse_bright_dots(800, 200), "I", 65535, 2),
         # 32-bit, a seventh of it beyond white and a tenth below black: saturated to white and black
