@@ -2786,7 +2786,7 @@ MUTATIONS = [
     Mutation(
         "grey-32-bit-white-past-256",
         "a 32-bit grey picture whose brightest value is 256 is read as 8-bit, where docs/design.md takes any value"
-        " above 255 for 16-bit: it comes out 256 times too bright, saturated",
+        " above 255 for 16-bit: it comes out 257 (65535 / 255) times too bright",
         "image.getextrema()[1] > 255",
         "image.getextrema()[1] > 256",
         ("tests/test_data.py", "-k", "scaled_by_their_white and just_past"),
