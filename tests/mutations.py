@@ -431,6 +431,14 @@ MUTATIONS = [
         ("tests/test_export.py",),
     ),
     Mutation(
+        "full-disk-line-drops-the-error",
+        "a full disk's one line says 'no space left on the disk (None)' where the error has no file name, instead"
+        " of the error itself",
+        "error.filename or error, SAFE_TO_RERUN",
+        "error.filename and error, SAFE_TO_RERUN",
+        ("tests/test_export.py", "-k", "full_disk"),
+    ),
+    Mutation(
         "full-disk-is-a-traceback",
         "a full disk while a stage writes a file other than a checkpoint ends in a traceback, not one line",
         "        if error.errno not in (errno.ENOSPC, errno.EDQUOT):\n            raise",

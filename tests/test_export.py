@@ -2,6 +2,7 @@
 loads and runs, with the checkpoint's outputs for any batch size, or from a decoded image
 tools.predict's probabilities, and that never cost the stage its results."""
 
+import errno
 import hashlib
 import json
 import logging
@@ -262,6 +263,8 @@ def test_a_full_disk_while_writing_the_export_fails_the_stage(project: Path, ste
     assert result.returncode == 1, result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "no space left on the disk" in errors[0], result.stderr
+    # ...and says which error it was (an error without a file name: the error itself)
+    assert f"([Errno {getattr(errno, code)}] No space left on device)" in errors[0], errors[0]
     assert "Traceback" not in result.stderr
     assert not (project / "models/best.pt2").exists()
 
