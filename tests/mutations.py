@@ -431,6 +431,22 @@ MUTATIONS = [
         ("tests/test_export.py",),
     ),
     Mutation(
+        "checkpoint-write-failure-known-one-way",
+        "torch's 'file write failed' (a full disk while writing a checkpoint) ends train in a traceback, and an"
+        " unrelated RuntimeError is called a full disk",
+        'and "file write failed" not in str(error):',
+        'and "file write failed" in str(error):',
+        ("tests/test_faults.py", "-k", "failed_checkpoint_write"),
+    ),
+    Mutation(
+        "every-runtime-error-taken-for-a-full-disk",
+        "any RuntimeError in a stage (a model bug) ends in 'writing a checkpoint failed (is the disk full?)'"
+        " instead of its traceback",
+        '"file write failed" not in str(error):\n            raise\n',
+        '"file write failed" not in str(error):\n            pass\n',
+        ("tests/test_faults.py", "-k", "failed_checkpoint_write"),
+    ),
+    Mutation(
         "full-disk-line-drops-the-error",
         "a full disk's one line says 'no space left on the disk (None)' where the error has no file name, instead"
         " of the error itself",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.data import inspection
-from testing.project import run, stage
+from testing.project import run, run_script, stage
 from tests.helpers import assert_resumed
 
 
@@ -42,6 +42,35 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_line(project: Path, tiny_di
     assert len(errors) == 1 and "writing a checkpoint failed (is the disk full?)" in errors[0], result.stderr
     assert "every file written so far is complete" in errors[0]
     assert not list(tiny_disk.rglob("epoch_*.pt"))  # no partial checkpoint under its final name
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # torch's zip writer says a write failed (a full disk) in one of two ways...
+        "[enforce fail at inline_container.cc:595] . unexpected pos 4096 vs 3968",
+        "PytorchStreamWriter failed writing file data/0: file write failed",
+        # ...and any other RuntimeError is a bug, not the disk: its traceback shows
+        "mat1 and mat2 shapes cannot be multiplied (2x8 and 4x3)",
+    ],
+)
+def test_a_failed_checkpoint_write_is_one_line_and_other_errors_are_not_taken_for_one(
+    project: Path, message: str
+) -> None:
+    script = (
+        "import runpy, torch\n"
+        "def failed_write(*args, **kwargs):\n"
+        f"    raise RuntimeError({message!r})\n"
+        "torch.save = failed_write\n"
+        "runpy.run_module('pipeline.train', run_name='__main__')\n"
+    )
+    result = run_script(script, [], project, check=False)
+    assert result.returncode == 1, result.stderr
+    disk = "error: writing a checkpoint failed (is the disk full?); every file written so far is complete"
+    if "shapes" in message:
+        assert f"RuntimeError: {message}" in result.stderr and disk not in result.stderr, result.stderr
+    else:
+        assert "Traceback" not in result.stderr and disk in result.stderr, result.stderr
 
 
 def test_a_closed_pipe_ends_predict_quietly(project: Path) -> None:
