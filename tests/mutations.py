@@ -3293,6 +3293,14 @@ MUTATIONS = [
         ("tests/test_text_labels.py", "-k", "not_utf8"),
     ),
     Mutation(
+        "conflicting-copies-and-zero-more",
+        "a file whose bytes lie under another class three more times is reported as the same bytes as three"
+        " files 'and 0 more'",
+        'if len(others) > 3 else "")',
+        'if len(others) >= 3 else "")',
+        ("tests/test_data.py", "-k", "lists_three_others"),
+    ),
+    Mutation(
         "misnamed-images-not-counted",
         "check_params says '0 class folder(s) with image files' for a data folder of Latin-1 class folders full of "
         "images, without saying why they do not count",

@@ -906,6 +906,31 @@ def test_load_image_memory_stays_near_the_file_pixels_for_a_huge_16_bit_png(tmp_
     assert abs(float(mean) - 127.5) < 3  # still the ramp from black to white, scaled from 16 bits
 
 
+def test_each_copy_under_two_classes_lists_three_others_then_counts_the_rest(tmp_path: Path) -> None:
+    """One file's bytes under cat (twice) and dog (three times): each of the five is left out,
+    its reason naming three of the other four, in path order, and then 'and 1 more'; with one
+    copy fewer in dog, the three others are all named."""
+    for k, label in enumerate(("cat", "dog")):
+        for i in range(3):
+            save_solid(tmp_path / label / f"{i}.png", (40 * i, 100 * k, 0))
+    save_solid(tmp_path / "cat" / "x1.png", (9, 9, 9))
+    for name in ("cat/x2.png", "dog/x1.png", "dog/x2.png", "dog/x3.png"):
+        (tmp_path / name).write_bytes((tmp_path / "cat" / "x1.png").read_bytes())
+    cat_1, cat_2, dog_1, dog_2, dog_3 = (f"{tmp_path.as_posix()}/{name}/x{i}.png" for name, i in
+                                         [("cat", 1), ("cat", 2), ("dog", 1), ("dog", 2), ("dog", 3)])  # fmt: skip
+    classes = "(classes 'cat', 'dog')"
+
+    reasons = {s.path: s.reason for s in usable_images(tmp_path)[2]}
+    assert sorted(reasons) == [cat_1, cat_2, dog_1, dog_2, dog_3]
+    assert reasons[cat_1].endswith(f": the same bytes as {cat_2}, {dog_1}, {dog_2} and 1 more {classes}")
+    assert reasons[dog_3].endswith(f": the same bytes as {cat_1}, {cat_2}, {dog_1} and 1 more {classes}")
+
+    Path(dog_3).unlink()
+    reasons = {s.path: s.reason for s in usable_images(tmp_path)[2]}
+    assert sorted(reasons) == [cat_1, cat_2, dog_1, dog_2]
+    assert reasons[cat_1] == f"duplicate with conflicting labels: the same bytes as {cat_2}, {dog_1}, {dog_2} {classes}"
+
+
 def test_usable_images_skip_a_decompression_bomb_with_a_clear_reason(tmp_path: Path, monkeypatch) -> None:
     for k, label in enumerate(("cat", "dog")):
         for i in range(3):
