@@ -3217,6 +3217,14 @@ MUTATIONS = [
         ("tests/test_check_params.py", "-k", "without_batchnorm_counters"),
     ),
     Mutation(
+        "prune-by-name-not-age",
+        "train keeps the other run folders whose names (hashes) sort last, not the newest three: a run killed"
+        " minutes ago can be removed while older ones stay",
+        "        key=lambda path: path.stat().st_mtime,\n        reverse=True,\n",
+        "        reverse=True,\n",
+        ("tests/test_runs.py", "-k", "only_the_newest_kept"),
+    ),
+    Mutation(
         "restore-skips-the-lineage-check",
         "a checkpoint of another run copied into the run folder, numbered as the next epoch, is resumed from:"
         " the run goes on from another run's weights",

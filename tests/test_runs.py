@@ -145,15 +145,16 @@ def test_a_finished_run_is_republished_not_retrained(project: Path) -> None:
 def test_old_run_folders_are_reported_and_only_the_newest_kept(project: Path) -> None:
     runs = project / ".cache/runs"
     now = time.time()
-    for age, name in enumerate(["old4", "old3", "old2", "old1", "old0"]):
+    # Newest first, their names in no order of age: only the folders' times tell the newest.
+    for age, name in enumerate(["old1", "old3", "old0", "old4", "old2"]):
         (runs / name).mkdir(parents=True)
         (runs / name / "epoch_001.pt").write_bytes(b"x" * 1_000_000)
         os.utime(runs / name, (now - 100 * (age + 1), now - 100 * (age + 1)))
     log = stage("train", project).stderr
     assert "5 other run folder(s) in .cache/runs (5 unfinished, 5 MB)" in log
-    assert "removed the unfinished run folder .cache/runs/old1" in log
-    assert "removed the unfinished run folder .cache/runs/old0" in log
-    assert sorted(p.name for p in runs.iterdir() if p.name.startswith("old")) == ["old2", "old3", "old4"]
+    assert "removed the unfinished run folder .cache/runs/old4" in log
+    assert "removed the unfinished run folder .cache/runs/old2" in log
+    assert sorted(p.name for p in runs.iterdir() if p.name.startswith("old")) == ["old0", "old1", "old3"]
 
 
 def test_a_run_folder_that_a_live_trainer_holds_is_never_removed(project: Path) -> None:
