@@ -60,7 +60,8 @@ def ask(address: str, module: str, args: list[str]) -> int | None:
         ready = select.select([connection, signals_read], [], [])[0]
         if signals_read in ready:
             for number in signals_read.recv(64):
-                os.kill(child, number)
+                with contextlib.suppress(ProcessLookupError):  # it ended (and was reaped) just now
+                    os.kill(child, number)
         if connection in ready:
             break
     ended = connection.recv(1 << 16)
