@@ -351,6 +351,13 @@ def killed_after_epoch_5(
     return folder, *restore_targets()
 
 
+def assert_resumed_after_epoch_2(folder: RunFolder, model: torch.nn.Linear, history: list[dict]) -> None:
+    """Epochs 1 and 2 restored, from epoch 2's weights, and every later checkpoint gone."""
+    assert [record["epoch"] for record in history] == [1, 2]
+    assert torch.equal(model.weight, torch.full((2, 2), 2.0))
+    assert sorted(path.name for path in folder.path.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
+
+
 def test_a_run_killed_after_epoch_5_resumes_whatever_order_its_folder_lists_the_checkpoints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -381,9 +388,7 @@ def test_a_run_folder_missing_a_middle_checkpoint_resumes_after_the_epoch_before
     folder, model, optimizer, scheduler = killed_after_epoch_5(tmp_path)
     (folder.path / "epoch_003.pt").unlink()
     history = folder.restore(model, optimizer, scheduler)
-    assert [record["epoch"] for record in history] == [1, 2]
-    assert torch.equal(model.weight, torch.full((2, 2), 2.0))
-    assert sorted(path.name for path in folder.path.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
+    assert_resumed_after_epoch_2(folder, model, history)
 
 
 def test_a_checkpoint_of_another_run_in_the_folder_is_not_resumed_from(tmp_path: Path) -> None:
@@ -397,6 +402,4 @@ def test_a_checkpoint_of_another_run_in_the_folder_is_not_resumed_from(tmp_path:
     foreign["model_state_dict"] = {key: torch.full_like(value, 9.0) for key, value in weights.items()}
     save_checkpoint(foreign, folder.path / "epoch_003.pt")
     history = folder.restore(model, optimizer, scheduler)
-    assert [record["epoch"] for record in history] == [1, 2]
-    assert torch.equal(model.weight, torch.full((2, 2), 2.0))
-    assert sorted(path.name for path in folder.path.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
+    assert_resumed_after_epoch_2(folder, model, history)

@@ -67,7 +67,7 @@ print(os.getpid(), os.getppid(), os.getpgrp(), os.getcwd(), os.environ.get("PROB
 print(numpy.random.randint(2**31), random.getrandbits(31), flush=True)
 print("to stderr", file=sys.stderr, flush=True)
 if sys.argv[1] == "wait":
-    for _ in range(600):  # in slices: see below
+    for _ in range(600):  # in slices: see above
         time.sleep(0.1)
 sys.exit(int(sys.argv[1]))
 """
