@@ -3217,6 +3217,14 @@ MUTATIONS = [
         ("tests/test_check_params.py", "-k", "without_batchnorm_counters"),
     ),
     Mutation(
+        "mixed-group-owned-by-the-first-class",
+        "a group of near copies under two classes counts for the class that sorts first, not the one most of its"
+        " files have: the smaller class's share of the splits is counted with the other's files",
+        "key=lambda item: (-item[1], item[0]))[0]",
+        "key=lambda item: item[0])[0]",
+        ("tests/test_data.py", "-k", "mixed_group_counts"),
+    ),
+    Mutation(
         "prune-by-name-not-age",
         "train keeps the other run folders whose names (hashes) sort last, not the newest three: a run killed"
         " minutes ago can be removed while older ones stay",

@@ -528,10 +528,11 @@ def test_stratified_split_rounds_each_share_to_the_nearest_item() -> None:
 
 
 def test_a_mixed_group_counts_for_the_class_most_of_it_has_and_on_a_tie_the_first_by_name() -> None:
-    # Rows 5-7 are one group, two a and one b: it is a's. So b keeps its two rows alone, too few
-    # for three splits, while a group counted for b would leave each class three.
-    with pytest.raises(UserError, match="'b' has 2 usable image"):
-        stratified_split(["a"] * 3 + ["b"] * 2 + ["a", "b", "a"], FRACTIONS, 0, [0, 1, 2, 3, 4, 5, 5, 5])
+    # Rows 5-7 are one group, two b and one a: it is b's, the class that sorts last, so that
+    # neither its first row's class nor the first class by name would do. So a keeps its two
+    # rows alone, too few for three splits, while a group counted for a would leave each class three.
+    with pytest.raises(UserError, match="'a' has 2 usable image"):
+        stratified_split(["a"] * 2 + ["b"] * 3 + ["a", "b", "b"], FRACTIONS, 0, [0, 1, 2, 3, 4, 5, 5, 5])
     # Rows 4-5, one b then one a, a tie: the group is a's ("a" sorts first), not its first row's,
     # which would leave a the two rows too few instead.
     with pytest.raises(UserError, match="'b' has 2 usable image"):
