@@ -3217,6 +3217,14 @@ MUTATIONS = [
         ("tests/test_check_params.py", "-k", "without_batchnorm_counters"),
     ),
     Mutation(
+        "decode-workers-take-ctrl-c",
+        "prepare's decode workers keep Python's Ctrl-C: each prints a KeyboardInterrupt traceback beside the"
+        " stage's one line",
+        "    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the stage itself handles Ctrl-C\n",
+        "",
+        ("tests/test_faults.py", "-k", "decode_workers"),
+    ),
+    Mutation(
         "mixed-group-owned-by-the-first-class",
         "a group of near copies under two classes counts for the class that sorts first, not the one most of its"
         " files have: the smaller class's share of the splits is counted with the other's files",

@@ -111,12 +111,17 @@ def test_sigterm_and_ctrl_c_stop_with_one_line_and_the_next_run_resumes(
     assert_resumed(stage("train", project).stderr, after=1, epochs=2)
 
 
-def test_decode_workers_keep_the_default_sigterm() -> None:
+def test_decode_workers_keep_the_default_sigterm_and_leave_ctrl_c_to_the_stage() -> None:
     """Pool's shutdown SIGTERMs its workers and waits for them: a worker that inherited the
-    stage's handler instead could outlive it and hang the stage."""
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # a handler, as run_stage installs
+    stage's handler instead could outlive it and hang the stage. Ctrl-C reaches every process
+    of the terminal's group: each worker would print its own KeyboardInterrupt traceback
+    beside the stage's one line, so workers ignore it."""
+    # A handler for each, as run_stage installs.
+    previous = {number: signal.signal(number, lambda *_: None) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
         with multiprocessing.Pool(1, inspection._start_worker) as pool:
             assert pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL
+            assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, earlier in previous.items():
+            signal.signal(number, earlier)
