@@ -3217,6 +3217,14 @@ MUTATIONS = [
         ("tests/test_check_params.py", "-k", "without_batchnorm_counters"),
     ),
     Mutation(
+        "atomic-temporary-file-in-tmpdir",
+        "an atomic write's temporary file is made in TMPDIR, not beside its target: where TMPDIR is a tmpfs and"
+        " the project on a disk, every rename onto the target fails (EXDEV)",
+        'tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")',
+        'tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp")',
+        ("tests/test_checkpoints.py", "-k", "beside_the_target"),
+    ),
+    Mutation(
         "decode-workers-take-ctrl-c",
         "prepare's decode workers keep Python's Ctrl-C: each prints a KeyboardInterrupt traceback beside the"
         " stage's one line",

@@ -5,6 +5,7 @@ import pickle
 import stat
 import struct
 import sys
+import tempfile
 import zipfile
 from collections.abc import Callable
 from functools import partial
@@ -382,6 +383,24 @@ def test_a_torch_export_program_is_named_as_one(tmp_path: Path) -> None:
     torch.export.save(program, str(path))
     with pytest.raises(CheckpointError, match=r"is a torch\.export program \(\.pt2\), not a checkpoint"):
         load_checkpoint(path)
+
+
+def test_atomic_write_keeps_its_temporary_file_beside_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename that makes a write atomic cannot cross filesystems (EXDEV), and TMPDIR is often
+    a tmpfs while the project is on a disk: the temporary file must be in the target's folder,
+    whatever TMPDIR says. Its name is hidden and ends in .tmp, as the run folder's clean-up of
+    writes cut short looks for (runs.py)."""
+    elsewhere = tmp_path / "tmpdir"
+    elsewhere.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))  # what TMPDIR sets
+    path = tmp_path / "models" / "epoch_001.pt"
+    with atomic_write(path) as file:
+        written = Path(file.name)
+        file.write(b"weights")
+    assert written.parent == path.parent and written.name.startswith(".epoch_001.pt.") and written.suffix == ".tmp"
+    assert path.read_bytes() == b"weights" and list(elsewhere.iterdir()) == []
 
 
 def test_atomic_write_syncs_the_folder_after_the_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
